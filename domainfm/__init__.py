@@ -1,0 +1,19 @@
+"""domainfm: domain-specialized vision foundation models (medical, remote sensing, pathology).
+
+Example:
+    >>> import domainfm
+    >>> enc = domainfm.build_encoder("vit-tiny", patch_embed="2d", in_chans=1, img_size=32, patch_size=8, depth=1)
+    >>> enc.embed_dim
+    192
+"""
+
+from domainfm.api import FoundationModel, config_from_card, demo, embed, evaluate, finetune, load, predict, pretrain
+from domainfm.config import Config, load_config
+from domainfm.errors import CheckpointError, ConfigError, DataError, DomainFMError, NonFiniteLossError
+from domainfm.models.encoder import build_encoder
+
+__version__ = "0.1.0"
+
+__all__ = ["pretrain", "finetune", "load", "embed", "predict", "evaluate", "demo", "build_encoder", "load_config",
+           "Config", "FoundationModel", "config_from_card", "DomainFMError", "ConfigError", "DataError",
+           "CheckpointError", "NonFiniteLossError"]

@@ -1,0 +1,256 @@
+"""``domainfm pretrain|finetune|embed|predict|evaluate|info|demo|list``: a thin layer over :mod:`domainfm.api`.
+
+Domain options become flags: a field ``target_mpp`` of the domain's ``Options`` is ``--target-mpp``.
+Errors the user can fix print one line (``error: ...``) and exit with status 2; no traceback.
+
+Example:
+    $ domainfm pretrain --domain synthetic --steps 50 --out runs/shapes
+    $ domainfm info runs/shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from domainfm.errors import ConfigError, DomainFMError
+
+
+def _common_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="data folder or manifest CSV/JSON (the domain decides how to read it)")
+    p.add_argument("--steps", type=int, help="optimizer steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--out", help="run folder (checkpoints, metrics.csv, tensorboard/)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:1 ...")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set objective.mask_ratio=0.6 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="domainfm", description="Domain-specialized vision foundation models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="self-supervised pretraining of an encoder")
+    p.add_argument("--config", help="YAML config; may also be given right after `pretrain` (optional)")
+    p.add_argument("--domain", help="medical | remote_sensing | pathology | synthetic | an installed plugin")
+    p.add_argument("--objective", choices=["mae", "contrastive", "mae+contrastive"])
+    p.add_argument("--model", help="vit-tiny | vit-small | vit-base | vit-large")
+    _common_train_flags(p)
+
+    p = sub.add_parser("finetune", help="fine-tune a pretrained checkpoint for a task")
+    p.add_argument("checkpoint", help="checkpoint folder or run folder (its latest checkpoint)")
+    p.add_argument("--config", help="YAML with changes to the pretraining config")
+    p.add_argument("--task", help="classification | multilabel | segmentation | mil (pathology)")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--freeze-encoder", action="store_true", help="train the head only")
+    p.add_argument("--lora-rank", type=int, help="parameter-efficient tuning with LoRA of this rank")
+    p.add_argument("--labels", help="labels file (e.g. slide-level CSV for MIL)")
+    _common_train_flags(p)
+
+    p = sub.add_parser("embed", help="embed every file of a dataset")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="output file (.npz/.h5) or folder (per-slide files)")
+
+    p = sub.add_parser("predict", help="predict on a whole file and write it back in its own format")
+    p.add_argument("checkpoint")
+    p.add_argument("--input", required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("evaluate", help="probe/fine-tune a checkpoint vs a random-init baseline at label fractions")
+    p.add_argument("checkpoint")
+    try:
+        from domainfm.eval import add_evaluate_arguments
+        add_evaluate_arguments(p)
+    except ImportError:
+        pass
+
+    p = sub.add_parser("info", help="print a checkpoint's card")
+    p.add_argument("checkpoint")
+
+    p = sub.add_parser("demo", help="end-to-end demo on sample data (pretrain, probe, fine-tune)")
+    p.add_argument("--domain", default="synthetic")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--quick", action="store_true", help="fewer steps, for a smoke test")
+
+    sub.add_parser("list", help="list encoders, objectives, heads and domains")
+    return parser
+
+
+def _option_flags(rest: list[str], options_cls, domain: str) -> dict:
+    """Turn leftover ``--foo-bar VALUE`` flags into domain options (validated later by the config)."""
+    import yaml
+    fields = {f.name: f for f in dataclasses.fields(options_cls)} if dataclasses.is_dataclass(options_cls) else {}
+    out: dict = {}
+    i = 0
+    while i < len(rest):
+        tok = rest[i]
+        if not tok.startswith("--"):
+            raise ConfigError(f"unexpected argument {tok!r}")
+        name, _, inline = tok[2:].partition("=")
+        key = name.replace("-", "_")
+        if key not in fields:
+            known = ", ".join("--" + f.replace("_", "-") for f in fields) or "none"
+            raise ConfigError(f"unknown option --{name} for domain {domain!r} (its options: {known})")
+        if inline:
+            raw = inline
+        elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+            raw = rest[i + 1]
+            i += 1
+        else:
+            raw = "true"
+        value = yaml.safe_load(raw)
+        ftype = str(fields[key].type)
+        if "list" in ftype and isinstance(value, str):
+            value = [yaml.safe_load(v) for v in value.split(",") if v]
+        elif "list" in ftype and not isinstance(value, list):
+            value = [value]
+        out[key] = value
+        i += 1
+    return out
+
+
+def _updates_from_args(args, options: dict) -> dict:
+    upd: dict = {"data": {}, "train": {}, "model": {}, "objective": {}, "finetune": {}}
+    if getattr(args, "data", None):
+        upd["data"]["path"] = args.data
+    for flag, key in (("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("device", "device")):
+        if getattr(args, flag, None) is not None:
+            upd["train"][key] = getattr(args, flag)
+    if getattr(args, "workers", None) is not None:
+        upd["data"]["num_workers"] = args.workers
+    if getattr(args, "out", None):
+        upd["out"] = args.out
+    if getattr(args, "model", None):
+        upd["model"]["name"] = args.model
+    if getattr(args, "objective", None):
+        upd["objective"]["name"] = args.objective
+    if getattr(args, "domain", None) and args.command == "pretrain":
+        upd["domain"] = args.domain
+    for flag in ("task", "num_classes", "lora_rank"):
+        if getattr(args, flag, None) is not None:
+            upd["finetune"][flag] = getattr(args, flag)
+    if getattr(args, "freeze_encoder", False):
+        upd["finetune"]["freeze_encoder"] = True
+    if options:
+        upd["data"]["options"] = options
+    return {k: v for k, v in upd.items() if v != {}}
+
+
+def _domain_of(args) -> str:
+    from domainfm.train.checkpoint import load_card
+    if args.command == "pretrain":
+        if args.domain:
+            return args.domain
+        if args.config:
+            import yaml
+            try:
+                raw = yaml.safe_load(Path(args.config).read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                raw = {}
+            return raw.get("domain", "synthetic") if isinstance(raw, dict) else "synthetic"
+        return "synthetic"
+    return load_card(args.checkpoint)["domain"]
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `domainfm pretrain CONFIG.yaml ...`: the config may come right after the command
+    i = next((k for k, a in enumerate(argv) if not a.startswith("-")), None)
+    if i is not None and argv[i] == "pretrain" and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+        argv[i + 1:i + 2] = ["--config", argv[i + 1]]
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import domainfm.api as api
+    from domainfm.registry import get_domain
+
+    if args.command == "list":
+        from domainfm.registry import list_domains, list_encoders, list_heads, list_objectives
+        print(json.dumps({"encoders": list_encoders(), "objectives": list_objectives(), "heads": list_heads(),
+                          "domains": list_domains()}, indent=2))
+        return 0
+    if args.command == "info":
+        from domainfm.train.checkpoint import load_card, resolve_checkpoint
+        print(f"# {resolve_checkpoint(args.checkpoint)}")
+        print(json.dumps(load_card(args.checkpoint), indent=2))
+        return 0
+    if args.command == "demo":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        figures = api.demo(args.domain, args.out, quick=args.quick)
+        print(json.dumps(figures, indent=2, default=str))
+        return 0
+    if args.command == "evaluate":
+        from domainfm.eval import run_evaluate_from_args
+        return int(run_evaluate_from_args(args, rest) or 0)
+
+    domain_name = _domain_of(args)
+    options = _option_flags(rest, get_domain(domain_name).Options, domain_name) if rest else {}
+    if args.command == "pretrain":
+        updates = _updates_from_args(args, options)
+        cfg = api.load_config(args.config, overrides=args.sets, updates=updates)
+        ckpt = api.pretrain(cfg, resume=args.resume)
+        print(f"checkpoint: {ckpt}")
+    elif args.command == "finetune":
+        updates = _updates_from_args(args, options)
+        data = updates.get("data", {}).pop("path", None)
+        extra = {"labels": args.labels} if args.labels else {}
+        ckpt = api.finetune(args.checkpoint, data=data, config=_merge_config_file(args.config, updates),
+                            overrides=args.sets, resume=args.resume, **extra)
+        print(f"checkpoint: {ckpt}")
+    elif args.command == "embed":
+        model = api.load(args.checkpoint)
+        if options:
+            raise ConfigError("embed takes the preprocessing from the checkpoint card; domain flags are not accepted")
+        out = api.embed(model, args.data, args.out)
+        print(f"embeddings: {out}")
+    elif args.command == "predict":
+        out = api.predict(args.checkpoint, args.input, args.out, **options)
+        print(f"prediction: {out}")
+    return 0
+
+
+def _merge_config_file(path: str | None, updates: dict) -> dict:
+    if not path:
+        return updates
+    import yaml
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    raw = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping")
+    for k, v in updates.items():
+        if isinstance(v, dict) and isinstance(raw.get(k), dict):
+            raw[k].update(v)
+        else:
+            raw[k] = v
+    return raw
+
+
+def main(argv: list[str] | None = None) -> None:
+    verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
+    try:
+        code = run(argv)
+    except DomainFMError as exc:
+        if verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

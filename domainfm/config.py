@@ -1,0 +1,312 @@
+"""Typed configs: YAML (or a dict) in, a validated :class:`Config` out, clear one-line errors.
+
+This module is the only place that reads a config file's text. Unknown keys, wrong types and
+missing data paths raise :class:`~domainfm.errors.ConfigError` naming the key and the file.
+
+Example:
+    >>> cfg = load_config({"domain": "synthetic", "train": {"steps": 5}}, overrides=["model.depth=2"])
+    >>> cfg.train.steps, cfg.model.depth
+    (5, 2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from domainfm.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how to feed it. ``options`` holds the domain's own settings."""
+
+    path: str | None = None
+    val_path: str | None = None
+    img_size: int | list[int] = 224
+    in_chans: int | None = None
+    num_workers: int = 0
+    cache: str = "none"  # none | memory | disk
+    val_fraction: float = 0.2
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """Encoder size (``vit-tiny|vit-small|vit-base|vit-large``) and token maker."""
+
+    name: str = "vit-tiny"
+    patch_embed: str | None = None  # 2d | 3d | wavelength; None lets the domain choose
+    patch_size: int | list[int] = 16
+    depth: int | None = None
+    embed_dim: int | None = None
+    num_heads: int | None = None
+    drop_path_rate: float = 0.0
+
+
+@dataclass
+class ObjectiveConfig:
+    """Pretraining objective: ``mae``, ``contrastive`` or ``mae+contrastive``."""
+
+    name: str = "mae"
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    proj_dim: int = 256
+    proj_hidden_dim: int = 1024
+    temperature: float = 0.2
+    momentum: float = 0.99
+    mae_weight: float = 1.0
+    contrastive_weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """The engine's knobs (see :func:`domainfm.train.engine.train`)."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1.5e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    accum_steps: int = 1
+    clip_grad: float | None = 1.0
+    ema: float = 0.0  # EMA decay of the weights; 0 disables
+    compile: bool = False
+    amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 100
+    keep_last: int = 2
+    tensorboard: bool = True
+    progress: bool = True
+    probe_every: int = 0  # online kNN probe every N steps when labelled data.val_path is given
+
+
+@dataclass
+class FinetuneConfig:
+    """Downstream training: task, head and how much of the encoder moves."""
+
+    task: str = "classification"  # classification | multilabel | segmentation | mil
+    num_classes: int | None = None
+    freeze_encoder: bool = False
+    layer_decay: float = 0.75
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    head_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    """A whole run: domain, data, model, objective, training and (for fine-tuning) the task."""
+
+    domain: str = "synthetic"
+    out: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def options(self):
+        """The domain's typed options (``data.options`` validated by the domain plugin)."""
+        from domainfm.registry import get_domain
+        return build_dataclass(get_domain(self.domain).Options, self.data.options, "data.options", "<config>")
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (a small subset of typing), converting gently."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{source}: {key} must not be null")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as exc:
+                errors.append(exc)
+        names = " or ".join(_type_name(a) for a in args if a is not type(None))
+        raise ConfigError(f"{source}: {key} must be {names}, got {value!r}")
+    if origin in (list, tuple):
+        (inner,) = typing.get_args(tp)[:1] or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        return [_coerce(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, key, source)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, Path):
+            return str(value)
+        raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+    return value
+
+
+def build_dataclass(cls, data: Any, key: str, source: str):
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
+    if isinstance(data, cls):
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {key or 'the config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{key}." if key else ""
+        raise ConfigError(f"{source}: unknown key {where}{unknown[0]!s} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{key}.{k}" if key else k, source) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.steps=10"`` -> (["train", "steps"], 10); values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.steps=100")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _set_nested(d: dict, keys: list[str], value: Any) -> None:
+    for k in keys[:-1]:
+        nxt = d.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {'.'.join(keys)}: {k} is not a section")
+        d = nxt
+    d[keys[-1]] = value
+
+
+def load_config(source: str | Path | dict | Config | None = None, overrides: list[str] | tuple = (),
+                updates: dict | None = None, check_paths: bool = True) -> Config:
+    """Load and validate a config from a YAML path, a dict or a :class:`Config`.
+
+    ``overrides`` are ``key=value`` strings (dotted keys, YAML values); ``updates`` a nested dict
+    merged on top. Domain options are validated against the domain plugin's ``Options`` dataclass.
+    """
+    name = "config"
+    if isinstance(source, Config):
+        raw = source.to_dict()
+    elif isinstance(source, (str, Path)):
+        path = Path(source)
+        name = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (domain, data, model, ...)")
+    elif source is None:
+        raw = {}
+    elif isinstance(source, dict):
+        raw = _deepcopy(source)
+    else:
+        raise ConfigError(f"config must be a path, a dict or a Config, got {type(source).__name__}")
+    for section, values in (updates or {}).items():
+        if isinstance(values, dict) and isinstance(raw.get(section), dict):
+            _merge(raw[section], values)
+        else:
+            raw[section] = _deepcopy(values)
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set_nested(raw, keys, value)
+    cfg = build_dataclass(Config, raw, "", name)
+    from domainfm.registry import get_domain
+    try:
+        domain = get_domain(cfg.domain)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    options = build_dataclass(domain.Options, cfg.data.options, "data.options", name)
+    cfg.data.options = dataclasses.asdict(options)
+    if cfg.objective.name not in ("mae", "contrastive", "mae+contrastive"):
+        raise ConfigError(f"{name}: objective.name must be mae, contrastive or mae+contrastive, got {cfg.objective.name!r}")
+    if not 0.0 <= cfg.objective.mask_ratio < 1.0:
+        raise ConfigError(f"{name}: objective.mask_ratio must be in [0, 1), got {cfg.objective.mask_ratio}")
+    if cfg.data.cache not in ("none", "memory", "disk"):
+        raise ConfigError(f"{name}: data.cache must be none, memory or disk, got {cfg.data.cache!r}")
+    if cfg.train.steps < 1 or cfg.train.batch_size < 1 or cfg.train.accum_steps < 1:
+        raise ConfigError(f"{name}: train.steps, train.batch_size and train.accum_steps must be >= 1")
+    if check_paths:
+        for key in ("path", "val_path"):
+            value = getattr(cfg.data, key)
+            if value is not None and not Path(value).exists():
+                raise ConfigError(f"{name}: data.{key} {value} does not exist")
+        if cfg.data.path is None and getattr(domain, "needs_data_path", True):
+            raise ConfigError(f"{name}: data.path is required for domain {cfg.domain!r} (a folder or a manifest CSV)")
+    return cfg
+
+
+def _merge(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _merge(dst[k], v)
+        else:
+            dst[k] = _deepcopy(v)
+
+
+def _deepcopy(obj):
+    if isinstance(obj, dict):
+        return {k: _deepcopy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_deepcopy(v) for v in obj]
+    return obj
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML (what a run actually used)."""
+    path = Path(path)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return path

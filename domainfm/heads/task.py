@@ -1,0 +1,72 @@
+"""Encoder + head as one trainable module with a task loss (what the engine fine-tunes).
+
+Tasks: ``classification`` (cross-entropy), ``multilabel`` (BCE), ``segmentation`` (cross-entropy +
+soft Dice).
+
+Example:
+    >>> import torch
+    >>> from domainfm.models import build_encoder
+    >>> from domainfm.heads.classification import LinearHead
+    >>> enc = build_encoder("vit-tiny", in_chans=1, img_size=32, patch_size=8, depth=2)
+    >>> model = TaskModel(enc, LinearHead(enc.embed_dim, 4), "classification")
+    >>> out = model({"image": torch.rand(2, 1, 32, 32), "label": torch.tensor([0, 3])})
+    >>> sorted(out)
+    ['accuracy', 'embeddings', 'logits', 'loss']
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TASKS = ("classification", "multilabel", "segmentation")
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """1 - mean soft Dice over foreground classes (class 0 is background)."""
+    probs = logits.float().softmax(1)
+    onehot = F.one_hot(target.long(), logits.shape[1]).movedim(-1, 1).float()
+    dims = tuple(range(2, logits.ndim))
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    dice = (2 * inter + eps) / (denom + eps)
+    return 1 - dice[:, 1:].mean() if logits.shape[1] > 1 else 1 - dice.mean()
+
+
+class TaskModel(nn.Module):
+    """``logits = head(encoder.forward_features(x, layers=head.layers))`` with the task's loss."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, task: str, class_weights: torch.Tensor | None = None):
+        super().__init__()
+        if task not in TASKS:
+            from domainfm.errors import ConfigError
+            raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        self.encoder, self.head, self.task = encoder, head, task
+        self.register_buffer("class_weights", class_weights, persistent=False)
+
+    def logits(self, x: torch.Tensor, wavelengths=None) -> torch.Tensor:
+        feats = self.encoder.forward_features(x, wavelengths=wavelengths, layers=getattr(self.head, "layers", None))
+        return self.head(feats)
+
+    def forward(self, batch: dict) -> dict:
+        x = batch["image"]
+        feats = self.encoder.forward_features(x, wavelengths=batch.get("wavelengths"),
+                                              layers=getattr(self.head, "layers", None))
+        logits = self.head(feats)
+        out = {"logits": logits, "embeddings": feats["pooled"].detach()}
+        if self.task == "classification":
+            y = batch["label"].long().reshape(-1)
+            out["loss"] = F.cross_entropy(logits.float(), y, weight=self.class_weights)
+            out["accuracy"] = (logits.argmax(1) == y).float().mean().detach()
+        elif self.task == "multilabel":
+            y = batch["label"].float()
+            out["loss"] = F.binary_cross_entropy_with_logits(logits.float(), y)
+            out["accuracy"] = ((logits > 0).float() == y).float().mean().detach()
+        else:
+            y = batch["mask"].long()
+            if y.ndim == logits.ndim:  # B x 1 x ... masks
+                y = y[:, 0]
+            out["loss"] = F.cross_entropy(logits.float(), y, weight=self.class_weights) + soft_dice_loss(logits, y)
+            out["accuracy"] = (logits.argmax(1) == y).float().mean().detach()
+        return out

@@ -1,0 +1,125 @@
+"""Masked autoencoding (MAE) for any patch embed: 2D, 3D or wavelength-conditioned.
+
+Example:
+    >>> import torch
+    >>> from domainfm.models import build_encoder
+    >>> enc = build_encoder("vit-tiny", in_chans=1, img_size=32, patch_size=8, depth=2)
+    >>> mae = MAE(enc, mask_ratio=0.75, decoder_dim=64, decoder_depth=1, decoder_heads=2)
+    >>> out = mae({"image": torch.rand(2, 1, 32, 32)})
+    >>> out["loss"].ndim, out["mask"].shape
+    (0, torch.Size([2, 16]))
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from domainfm.models.encoder import ViTEncoder
+from domainfm.models.patch_embed import build_pixel_head
+from domainfm.models.pos_embed import sincos_pos_embed
+
+
+def random_masking(batch: int, n_tokens: int, mask_ratio: float, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample random masking by shuffling (as in MAE).
+
+    Returns ``ids_keep`` (B x K), ``mask`` (B x N, 1 = masked) and ``ids_restore`` (B x N).
+    """
+    n_keep = max(1, int(round(n_tokens * (1.0 - mask_ratio))))
+    noise = torch.rand(batch, n_tokens, device=device)
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    ids_keep = ids_shuffle[:, :n_keep]
+    mask = torch.ones(batch, n_tokens, device=device)
+    mask[:, :n_keep] = 0
+    mask = torch.gather(mask, 1, ids_restore)
+    return ids_keep, mask, ids_restore
+
+
+class MAE(nn.Module):
+    """Masked autoencoder: encode visible tokens, decode all with a light ViT, predict masked pixels.
+
+    The loss is the mean squared error on masked patches; with ``norm_pix_loss`` the targets are
+    normalized per patch and per channel (which works for CT intensities and reflectances alike).
+    """
+
+    def __init__(self, encoder: ViTEncoder, mask_ratio: float = 0.75, decoder_dim: int = 128, decoder_depth: int = 2,
+                 decoder_heads: int = 4, norm_pix_loss: bool = True):
+        super().__init__()
+        self.encoder = encoder
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+        self.decoder_dim = decoder_dim
+        self.decoder_embed = nn.Linear(encoder.embed_dim, decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.decoder_blocks = nn.ModuleList([
+            Block(decoder_dim, decoder_heads, 4.0, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+            for _ in range(decoder_depth)])
+        self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
+        self.pixel_head = build_pixel_head(encoder.patch_embed, decoder_dim, encoder.patch_embed.in_chans)
+        self._pos: dict[tuple, torch.Tensor] = {}
+
+    def decoder_pos(self, grid: tuple[int, ...], device) -> torch.Tensor:
+        key = (tuple(grid), str(device))
+        if key not in self._pos:
+            self._pos[key] = sincos_pos_embed(self.decoder_dim, grid)[None].to(device)
+        return self._pos[key]
+
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-patch pixel targets ``B x N x (C*P)``, normalized per patch and channel if configured."""
+        patches = self.encoder.patch_embed.patchify(x)
+        if not self.norm_pix_loss:
+            return patches
+        b, n, _ = patches.shape
+        p = patches.reshape(b, n, x.shape[1], -1)
+        mean, var = p.mean(-1, keepdim=True), p.var(-1, keepdim=True)
+        return ((p - mean) / (var + 1e-6).sqrt()).reshape(b, n, -1)
+
+    def forward(self, batch: dict, image: torch.Tensor | None = None) -> dict:
+        x = batch["image"] if image is None else image
+        wavelengths = batch.get("wavelengths")
+        grid = self.encoder.grid_size(x.shape)
+        n = math.prod(grid)
+        ids_keep, mask, ids_restore = random_masking(x.shape[0], n, self.mask_ratio, x.device)
+        latent = self.encoder(x, wavelengths=wavelengths, ids_keep=ids_keep)
+        d = self.decoder_embed(latent)
+        fill = self.mask_token.to(d.dtype).expand(d.shape[0], n - d.shape[1], -1)
+        d = torch.cat([d, fill], dim=1)
+        d = torch.gather(d, 1, ids_restore[..., None].expand(-1, -1, d.shape[-1]))
+        d = d + self.decoder_pos(grid, d.device).to(d.dtype)
+        for block in self.decoder_blocks:
+            d = block(d)
+        pred = self.pixel_head(self.decoder_norm(d), wavelengths=wavelengths, channels=x.shape[1])
+        target = self.targets(x)
+        per_patch = ((pred.float() - target.float()) ** 2).mean(-1)
+        loss = (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
+        return {"loss": loss, "mae_loss": loss.detach(), "pred": pred, "mask": mask,
+                "embeddings": latent.mean(1).detach()}
+
+    @torch.no_grad()
+    def reconstruct(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(masked_input, reconstruction, original)`` images for a picture of what MAE learned.
+
+        The reconstruction pastes predicted patches (de-normalized with each patch's own statistics
+        when ``norm_pix_loss``) over the visible ones.
+        """
+        x = batch["image"]
+        out = self.forward(batch)
+        pe = self.encoder.patch_embed
+        grid = pe.grid_size(x.shape)
+        b, c = x.shape[:2]
+        patches = pe.patchify(x).reshape(b, -1, c, math.prod(pe.patch_size))
+        pred = out["pred"].float().reshape(b, -1, c, math.prod(pe.patch_size))
+        if self.norm_pix_loss:
+            mean, std = patches.mean(-1, keepdim=True), (patches.var(-1, keepdim=True) + 1e-6).sqrt()
+            pred = pred * std + mean
+        m = out["mask"][..., None, None]
+        recon = patches * (1 - m) + pred * m
+        masked = patches * (1 - m)
+        to_img = lambda p: pe.unpatchify(p.reshape(b, p.shape[1], -1), grid, c)  # noqa: E731
+        return to_img(masked), to_img(recon), x

@@ -1,0 +1,208 @@
+"""Checkpoints: safetensors weights + a JSON card (+ trainer state), written atomically, never pickled.
+
+A checkpoint is a folder ``ckpt-0000100/`` inside a run folder:
+
+``model.safetensors``   the trained module's weights (and ``ema.*`` copies when EMA is on)
+``card.json``           the self-describing card (domain, encoder, preprocessing, objective, versions...)
+``trainer_state.safetensors`` + ``trainer_state.json``  optimizer state, step and RNG, for exact resume
+
+It is written into a temporary folder and renamed into place, and the run's ``latest`` pointer is
+replaced atomically, so a crash mid-write never leaves a half checkpoint that looks whole.
+
+Example:
+    >>> import tempfile, torch
+    >>> run = Path(tempfile.mkdtemp())
+    >>> ck = save_checkpoint(run, 5, {"w": torch.ones(2)}, {"domain": "synthetic"})
+    >>> resolve_checkpoint(run) == ck, load_card(run)["step"]
+    (True, 5)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from domainfm.errors import CheckpointError
+
+FORMAT = "domainfm-checkpoint/1"
+_CKPT_PREFIX = "ckpt-"
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the packages that shape a checkpoint, for the card."""
+    import importlib.metadata as md
+    out = {"python": platform.python_version()}
+    for pkg in ("domainfm", "torch", "timm", "monai", "rasterio", "openslide-python", "torchgeo", "nibabel", "safetensors"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (np.ndarray,)):
+        return obj.tolist()
+    if isinstance(obj, (Path,)):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop aliases (the same storage under several names, e.g. a shared encoder), keep contiguous copies."""
+    seen: set[tuple] = set()
+    out = {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if t.numel() and key in seen:
+            continue
+        seen.add(key)
+        out[name] = t.detach().contiguous().cpu()
+    return out
+
+
+def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, torch.Tensor], card: dict,
+                    trainer_tensors: dict[str, torch.Tensor] | None = None, trainer_json: dict | None = None,
+                    keep_last: int = 0) -> Path:
+    """Write a checkpoint folder atomically and point ``run_dir/latest`` at it; return its path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / f"{_CKPT_PREFIX}{step:07d}"
+    tmp = run_dir / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    card = {**card, "format": FORMAT, "step": int(step)}
+    card.setdefault("versions", software_versions())
+    save_file(unique_tensors(tensors), str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+    _write_json_atomic(tmp / "card.json", card)
+    if trainer_tensors is not None or trainer_json is not None:
+        save_file(unique_tensors(trainer_tensors or {}), str(tmp / "trainer_state.safetensors"))
+        _write_json_atomic(tmp / "trainer_state.json", trainer_json or {})
+    if final.exists():
+        old = run_dir / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _write_json_atomic(run_dir / "latest.json", {"checkpoint": final.name, "step": int(step)})
+    if keep_last and keep_last > 0:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(_CKPT_PREFIX)
+             and (p / "card.json").is_file() and (p / "model.safetensors").is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a checkpoint folder or a run folder (its latest checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or run folder")
+    if (path / "card.json").is_file():
+        if not (path / "model.safetensors").is_file():
+            raise CheckpointError(f"{path}: card.json is there but model.safetensors is missing")
+        return path
+    pointer = path / "latest.json"
+    if pointer.is_file():
+        try:
+            name = json.loads(pointer.read_text())["checkpoint"]
+            if (path / name / "card.json").is_file():
+                return path / name
+        except (ValueError, KeyError):
+            pass
+    ckpts = list_checkpoints(path)
+    if ckpts:
+        return ckpts[-1]
+    # a finetune or pretrain run keeps its checkpoints one level down
+    for sub in ("checkpoints",):
+        if (path / sub).is_dir() and list_checkpoints(path / sub):
+            return list_checkpoints(path / sub)[-1]
+    raise CheckpointError(f"{path}: not a checkpoint (no card.json + model.safetensors) and no checkpoint inside")
+
+
+def load_card(path: str | Path) -> dict:
+    """The JSON card of a checkpoint (or of a run's latest checkpoint)."""
+    ckpt = resolve_checkpoint(path)
+    try:
+        card = json.loads((ckpt / "card.json").read_text())
+    except ValueError as exc:
+        raise CheckpointError(f"{ckpt / 'card.json'}: not valid JSON ({exc})") from None
+    if card.get("format") != FORMAT:
+        raise CheckpointError(f"{ckpt}: unknown checkpoint format {card.get('format')!r} (expected {FORMAT})")
+    return card
+
+
+def load_tensors(path: str | Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, through safetensors (never pickle)."""
+    ckpt = resolve_checkpoint(path)
+    file = ckpt / name
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{file}: unreadable safetensors file ({exc})") from None
+
+
+def load_module_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str = "", strict: bool = True) -> list[str]:
+    """Copy ``tensors`` (keys ``prefix + name``) into ``module``, resolving saved aliases.
+
+    Returns the names that were not found; raises :class:`CheckpointError` on shape mismatches, or
+    on missing names when ``strict``.
+    """
+    state = module.state_dict(keep_vars=True)
+    groups: dict[tuple, list[str]] = {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype) if t.numel() else (name,)
+        groups.setdefault(key, []).append(name)
+    missing = []
+    with torch.no_grad():
+        for names in groups.values():
+            src = next((tensors[prefix + n] for n in names if prefix + n in tensors), None)
+            if src is None:
+                missing.extend(names)
+                continue
+            dst = state[names[0]]
+            if tuple(src.shape) != tuple(dst.shape):
+                raise CheckpointError(f"weight {prefix + names[0]} has shape {tuple(src.shape)} in the checkpoint "
+                                      f"but {tuple(dst.shape)} in the model")
+            dst.copy_(src.to(dst.dtype))
+    if strict and missing:
+        raise CheckpointError(f"checkpoint lacks {len(missing)} weights, e.g. {prefix + missing[0]}")
+    return missing

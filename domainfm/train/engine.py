@@ -1,0 +1,362 @@
+"""The training engine: one plain, visible PyTorch loop for pretraining and fine-tuning.
+
+bf16 autocast on CUDA (fp32 on CPU), optional ``torch.compile``, fused AdamW on CUDA, warmup +
+cosine schedule, gradient accumulation and clipping, optional EMA, DDP under ``torchrun`` (gloo on
+CPU), progress bar, metrics to CSV and TensorBoard, atomic checkpoints every N steps and exact resume.
+A non-finite loss stops the run with a message naming the step and the last good checkpoint.
+
+The trained ``module`` is any ``nn.Module`` whose ``forward(batch)`` returns a dict with ``loss``
+(plus optional scalar metrics and ``embeddings`` for the collapse monitor). It may define
+``on_step_end(step, total_steps)`` (e.g. a momentum update) and ``param_groups(weight_decay)``.
+
+Example:
+    >>> # train(objective, dataset, cfg.train, "runs/x", card)   -> Path of the last checkpoint
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from domainfm.config import TrainConfig
+from domainfm.data.sample import collate_samples
+from domainfm.errors import CheckpointError, NonFiniteLossError
+from domainfm.ssl.monitor import collapse_metrics
+from domainfm.train.checkpoint import (list_checkpoints, load_module_state, load_tensors, save_checkpoint)
+from domainfm.train.distributed import DistContext
+from domainfm.train.sampling import epoch_batches, set_epoch
+from domainfm.train.schedule import lr_at
+
+log = logging.getLogger("domainfm.train")
+
+
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> the local CUDA device when present, else CPU."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+def default_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases, norms, tokens and other 1-D parameters."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") or "token" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+class _ListBatchSampler:
+    def __init__(self, batches: list[list[int]]):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+class MetricsLogger:
+    """Appends ``step,metric,value`` rows to ``metrics.csv`` and mirrors them to TensorBoard."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.csv"
+        self.writer = None
+        if not enabled:
+            return
+        new = not self.path.exists()
+        self._file = open(self.path, "a", newline="")
+        self._csv = csv.writer(self._file)
+        if new:
+            self._csv.writerow(["step", "metric", "value"])
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:  # tensorboard not installed: CSV only
+                self.writer = None
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        for k, v in metrics.items():
+            self._csv.writerow([step, k, f"{v:.6g}"])
+            if self.writer is not None:
+                self.writer.add_scalar(k, v, step)
+        self._file.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            if self.writer is not None:
+                self.writer.close()
+
+
+def _rng_state() -> tuple[dict, dict]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    meta = {"numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "python": [py_state[0], list(py_state[1]), py_state[2]]}
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict, meta: dict) -> None:
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
+        if states and len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+    if "numpy" in meta:
+        n = meta["numpy"]
+        np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    if "python" in meta:
+        p = meta["python"]
+        random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def _optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{idx}.{k}"] = v
+            else:
+                scalars[f"{idx}.{k}"] = v
+    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for key, v in meta.get("scalars", {}).items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = v.to(device, non_blocking=True)
+        elif k == "views":
+            out[k] = [t.to(device, non_blocking=True) for t in v]
+        else:
+            out[k] = v
+    return out
+
+
+def _batch_size(batch: dict) -> int:
+    return int(batch["image"].shape[0]) if "image" in batch else int(batch["views"][0].shape[0])
+
+
+def train(module: nn.Module, dataset, tcfg: TrainConfig, run_dir: str | Path, card: dict, *, resume: bool = False,
+          collate_fn: Callable = collate_samples, num_workers: int = 0,
+          callbacks: Iterable[Callable[[int, nn.Module], dict]] = (), encoder_attr: str = "encoder") -> Path:
+    """Train ``module`` on ``dataset`` for ``tcfg.steps`` optimizer steps; return the last checkpoint folder.
+
+    ``card`` is written into each checkpoint (step, EMA and versions are added). With ``resume``
+    the latest checkpoint in ``run_dir`` is loaded (weights, optimizer, step, RNG) and training
+    continues exactly where it stopped. ``callbacks`` are called as ``cb(step, encoder)`` after each
+    optimizer step and may return metrics to log (e.g. an online kNN probe).
+    """
+    run_dir = Path(run_dir)
+    device = pick_device(tcfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    ctx = DistContext.from_env(device.type)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device(f"cuda:{ctx.local_rank}")
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    ctx.barrier()
+    module.to(device)
+    use_bf16 = (tcfg.amp == "bf16") or (tcfg.amp == "auto" and device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    groups = module.param_groups(tcfg.weight_decay) if hasattr(module, "param_groups") else \
+        default_param_groups(module, tcfg.weight_decay)
+    for g in groups:
+        g.setdefault("lr_scale", 1.0)
+    opt_kwargs = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(groups, lr=tcfg.lr, betas=(0.9, 0.95), **opt_kwargs)
+    trainable = [p for g in groups for p in g["params"]]
+
+    ema: dict[str, torch.Tensor] | None = None
+    if tcfg.ema > 0:
+        ema = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+    start_step = 0
+    if resume:
+        ckpts = list_checkpoints(run_dir)
+        if not ckpts:
+            raise CheckpointError(f"--resume: no checkpoint in {run_dir} to resume from")
+        last = ckpts[-1]
+        weights = load_tensors(last)
+        load_module_state(module, {k: v for k, v in weights.items() if not k.startswith("ema.")})
+        if not (last / "trainer_state.safetensors").is_file():
+            raise CheckpointError(f"{last}: has no trainer state, cannot resume exactly")
+        import json
+        ttensors = load_tensors(last, "trainer_state.safetensors")
+        tmeta = json.loads((last / "trainer_state.json").read_text())
+        _load_optimizer_state(optimizer, ttensors, tmeta.get("optimizer", {}))
+        _set_rng_state(ttensors, tmeta.get("rng", {}))
+        if ema is not None:
+            for n in ema:
+                if f"ema.{n}" in weights:
+                    ema[n].copy_(weights[f"ema.{n}"])
+        start_step = int(tmeta["step"])
+        if ctx.is_main:
+            log.info("resumed from %s at step %d", last, start_step)
+
+    model_for_step = module
+    if ctx.enabled:
+        ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        model_for_step = nn.parallel.DistributedDataParallel(module, **ddp_kwargs)
+    if tcfg.compile:
+        model_for_step = torch.compile(model_for_step)
+
+    accum = tcfg.accum_steps
+    total = tcfg.steps
+    probe = [dataset[0]]  # fail early, with the file named, if the very first sample is bad
+    del probe
+    batches0 = epoch_batches(dataset, 0, tcfg.batch_size, tcfg.seed, ctx.rank, ctx.world_size)
+    per_epoch = len(batches0)
+    if per_epoch == 0:
+        raise CheckpointError(f"the dataset has {len(dataset)} samples: too few for one batch per rank")
+    micro = start_step * accum
+
+    logger = MetricsLogger(run_dir, tcfg.tensorboard, ctx.is_main)
+    progress = None
+    if tcfg.progress and ctx.is_main:
+        from tqdm.auto import tqdm
+        progress = tqdm(total=total, initial=start_step, desc="train", dynamic_ncols=True, leave=False)
+
+    def save(step: int) -> Path:
+        tensors = dict(module.state_dict())
+        if ema is not None:
+            tensors.update({f"ema.{n}": t for n, t in ema.items()})
+        otensors, ometa = _optimizer_state(optimizer)
+        rtensors, rmeta = _rng_state()
+        return save_checkpoint(run_dir, step, tensors, {**card, "ema": ema is not None},
+                               {**otensors, **rtensors}, {"step": step, "optimizer": ometa, "rng": rmeta},
+                               keep_last=tcfg.keep_last)
+
+    last_ckpt = list_checkpoints(run_dir)[-1] if (resume and ctx.is_main) else None
+    step = start_step
+    module.train()
+    t_last, seen = time.perf_counter(), 0
+    loader_iter = None
+    epoch = -1
+    try:
+        while step < total:
+            lr = lr_at(step, tcfg.lr, total, tcfg.warmup_steps, tcfg.min_lr)
+            for g in optimizer.param_groups:
+                g["lr"] = lr * g.get("lr_scale", 1.0)
+            torch.manual_seed(tcfg.seed * 1_000_003 + step * 7919 + ctx.rank)
+            outputs = {}
+            loss_sum = 0.0
+            for k in range(accum):
+                want_epoch, skip = divmod(micro, per_epoch)
+                if want_epoch != epoch or loader_iter is None:
+                    epoch = want_epoch
+                    set_epoch(dataset, epoch)
+                    batches = epoch_batches(dataset, epoch, tcfg.batch_size, tcfg.seed, ctx.rank, ctx.world_size)
+                    loader = DataLoader(dataset, batch_sampler=_ListBatchSampler(batches[skip:]), collate_fn=collate_fn,
+                                        num_workers=num_workers, pin_memory=device.type == "cuda")
+                    loader_iter = iter(loader)
+                batch = next(loader_iter)
+                micro += 1
+                if micro % per_epoch == 0:
+                    loader_iter = None
+                batch = _to_device(batch, device)
+                sync = contextlib.nullcontext() if (k == accum - 1 or not ctx.enabled) else model_for_step.no_sync()
+                with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    outputs = model_for_step(batch)
+                    loss = outputs["loss"] / accum
+                value = float(loss.detach()) * accum
+                if ctx.any_true(not math.isfinite(value), device):
+                    where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else "; no checkpoint was written yet"
+                    raise NonFiniteLossError(f"loss became {value} at step {step + 1}{where} "
+                                             f"(try a lower train.lr, train.clip_grad, or check the data for NaNs)")
+                loss.backward()
+                loss_sum += value / accum
+                seen += _batch_size(batch) * ctx.world_size
+            if tcfg.clip_grad:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, tcfg.clip_grad))
+            else:
+                grad_norm = float("nan")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if hasattr(module, "on_step_end"):
+                module.on_step_end(step, total)
+            if ema is not None:
+                with torch.no_grad():
+                    named = dict(module.named_parameters())
+                    for n, t in ema.items():
+                        t.mul_(tcfg.ema).add_(named[n].detach(), alpha=1 - tcfg.ema)
+            extra: dict[str, float] = {}
+            encoder = getattr(module, encoder_attr, module)
+            for cb in callbacks:
+                extra.update(cb(step, encoder) or {})
+            if ctx.is_main and (step % tcfg.log_every == 0 or step == total or extra):
+                now = time.perf_counter()
+                metrics = {"loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
+                           "samples_per_s": seen / max(now - t_last, 1e-9)}
+                for key, val in outputs.items():
+                    if key != "loss" and isinstance(val, torch.Tensor) and val.ndim == 0:
+                        metrics[key] = float(val)
+                if isinstance(outputs.get("embeddings"), torch.Tensor) and outputs["embeddings"].shape[0] > 1:
+                    metrics.update(collapse_metrics(outputs["embeddings"]))
+                metrics.update(extra)
+                logger.log(step, metrics)
+                t_last, seen = now, 0
+                if progress is not None:
+                    progress.set_postfix({k: f"{metrics[k]:.4g}" for k in ("loss", "embed_std") if k in metrics})
+            if progress is not None:
+                progress.update(1)
+            if step % tcfg.ckpt_every == 0 or step == total:
+                if ctx.is_main:
+                    last_ckpt = save(step)
+                ctx.barrier()
+    finally:
+        if progress is not None:
+            progress.close()
+        logger.close()
+        ctx.close()
+    if last_ckpt is None:
+        last_ckpt = list_checkpoints(run_dir)[-1]
+    return last_ckpt

@@ -1,0 +1,90 @@
+"""Config validation and the CLI: clear one-line errors, info, list, finetune/embed/predict wiring."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import domainfm
+from domainfm.cli import run
+from domainfm.config import load_config
+from domainfm.errors import ConfigError
+
+from tests.conftest import tiny_config
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "domainfm.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_config_errors_name_the_key_and_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("domain: synthetic\ntrain:\n  stepz: 10\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key train.stepz"):
+        load_config(bad)
+    bad.write_text("domain: synthetic\ntrain:\n  steps: ten\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: train.steps must be an integer, got 'ten'"):
+        load_config(bad)
+    bad.write_text("domain: medical\ndata:\n  path: /no/such/folder\n")
+    with pytest.raises(ConfigError, match=r"data.path /no/such/folder does not exist"):
+        load_config(bad)
+    bad.write_text("domain: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="unknown domain 'ultrasound'"):
+        load_config({"domain": "ultrasound"})
+    with pytest.raises(ConfigError, match="unknown key data.options.colour"):
+        load_config({"domain": "synthetic", "data": {"options": {"colour": 1}}})
+    cfg = load_config({"domain": "synthetic"}, overrides=["train.steps=7", "objective.mask_ratio=0.5"])
+    assert cfg.train.steps == 7 and cfg.objective.mask_ratio == 0.5
+
+
+@pytest.mark.parametrize("args,message", [
+    (["pretrain", "--domain", "synthetic", "--set", "train.stepz=3"], "unknown key train.stepz"),
+    (["pretrain", "--domain", "synthetic", "--colour", "red"], "unknown option --colour for domain 'synthetic'"),
+    (["pretrain", "missing.yaml"], "config file missing.yaml does not exist"),
+    (["info", "/no/such/run"], "/no/such/run: no such checkpoint"),
+])
+def test_cli_errors_are_one_line_without_traceback(args, message):
+    proc = _cli(*args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_cli_pretrain_info_finetune_embed(tmp_path, capsys):
+    run(["pretrain", "--domain", "synthetic", "--steps", "2", "--batch-size", "8", "--out", str(tmp_path / "pt"),
+         "--num-samples", "32", "--set", "model.depth=1", "--set", "model.embed_dim=32", "--set", "model.num_heads=2",
+         "--set", "model.patch_size=8", "--set", "data.img_size=32", "--set", "train.progress=false"])
+    run(["info", str(tmp_path / "pt")])
+    card = json.loads(capsys.readouterr().out.split("\n", 2)[2])
+    assert card["domain"] == "synthetic" and card["step"] == 2
+    run(["finetune", str(tmp_path / "pt"), "--task", "classification", "--steps", "2", "--out", str(tmp_path / "ft")])
+    model = domainfm.load(tmp_path / "ft")
+    assert model.card["task"] == "classification" and model.card["num_classes"] == 4
+    assert model.logits(torch.randn(2, 1, 32, 32)).shape == (2, 4)
+    assert "accuracy" in model.card["val_metrics"]
+    run(["embed", str(tmp_path / "pt"), "--data", str(tmp_path), "--out", str(tmp_path / "emb.npz")])
+    arrays = np.load(tmp_path / "emb.npz")
+    assert arrays["embeddings"].shape[1] == 32 and len(arrays["labels"]) == len(arrays["embeddings"])
+
+
+def test_finetune_segmentation_and_frozen_encoder(tmp_path):
+    pt = domainfm.pretrain(tiny_config(tmp_path / "pt", data={"options": {"num_samples": 32, "segmentation": True}}))
+    ft = domainfm.finetune(pt, task="segmentation", overrides=["train.steps=2", "finetune.freeze_encoder=true"],
+                           out=tmp_path / "seg")
+    model = domainfm.load(ft)
+    assert model.logits(torch.randn(2, 1, 32, 32)).shape == (2, 5, 32, 32)
+    assert set(model.card["val_metrics"]) == {"dice", "miou"}
+    before, after = domainfm.load(pt).encoder.state_dict(), model.encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_cli_list():
+    proc = _cli("list")
+    listing = json.loads(proc.stdout)
+    assert "vit-base" in listing["encoders"] and "mae+contrastive" in listing["objectives"]
+    assert {"synthetic", "medical", "remote_sensing", "pathology"} <= set(listing["domains"])

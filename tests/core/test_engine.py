@@ -1,0 +1,109 @@
+"""The engine: exact resume, atomic checkpoints, non-finite loss, EMA, accumulation, round trips."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import domainfm
+from domainfm.errors import CheckpointError, NonFiniteLossError
+from domainfm.train.checkpoint import list_checkpoints, load_card, resolve_checkpoint
+
+from tests.conftest import tiny_config
+
+
+def _weights(ckpt):
+    return load_file(str(Path(ckpt) / "model.safetensors"))
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("objective", ["mae", "mae+contrastive"])
+def test_resume_equals_uninterrupted_run(tmp_path, objective):
+    train = {"steps": 6, "ckpt_every": 3, "batch_size": 8}
+    full = domainfm.pretrain(tiny_config(tmp_path / "full", train=train, objective={"name": objective}))
+
+    def crash_at_4(step, encoder):
+        if step == 4:
+            raise Crash("simulated crash after step 4")
+        return {}
+
+    cfg = tiny_config(tmp_path / "crashed", train=train, objective={"name": objective})
+    with pytest.raises(Crash):
+        domainfm.pretrain(cfg, callbacks=[crash_at_4])
+    assert [p.name for p in list_checkpoints(tmp_path / "crashed")] == ["ckpt-0000003"]
+    resumed = domainfm.pretrain(cfg, resume=True)
+    assert resumed.name == full.name == "ckpt-0000006"
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_checkpoint_is_atomic_self_describing_and_pickle_free(tmp_path):
+    ckpt = domainfm.pretrain(tiny_config(tmp_path / "run", train={"steps": 2, "ckpt_every": 1, "keep_last": 1}))
+    run = tmp_path / "run"
+    assert [p.name for p in list_checkpoints(run)] == ["ckpt-0000002"]
+    assert not [p for p in run.iterdir() if p.name.startswith(".tmp")]
+    assert resolve_checkpoint(run) == ckpt
+    card = load_card(run)
+    assert card["domain"] == "synthetic" and card["step"] == 2 and card["encoder"]["embed_dim"] == 64
+    assert card["versions"]["torch"] and card["preprocessing"]["channels"] == 1
+    assert sorted(p.name for p in ckpt.iterdir()) == ["card.json", "model.safetensors", "trainer_state.json",
+                                                       "trainer_state.safetensors"]
+    assert (run / "reconstruction.png").stat().st_size > 100
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "step,metric,value" and any(",effective_rank," in r for r in rows)
+
+
+def test_load_round_trip_gives_same_embeddings(tmp_path):
+    ckpt = domainfm.pretrain(tiny_config(tmp_path / "run"))
+    a, b = domainfm.load(ckpt), domainfm.load(tmp_path / "run")
+    x = torch.randn(3, 1, 32, 32)
+    assert torch.equal(a.embed(x), b.embed(x))
+    w = _weights(ckpt)
+    assert torch.equal(a.encoder.blocks[0].attn.qkv.weight, w["encoder.blocks.0.attn.qkv.weight"])
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path / "run", train={"steps": 6, "ckpt_every": 2})
+
+    def poison(step, encoder):
+        if step == 3:
+            with torch.no_grad():
+                encoder.blocks[0].attn.qkv.weight.fill_(float("nan"))
+        return {}
+
+    with pytest.raises(NonFiniteLossError, match=r"at step 4; the last good checkpoint is .*ckpt-0000002"):
+        domainfm.pretrain(cfg, callbacks=[poison])
+    good = domainfm.load(tmp_path / "run")
+    assert torch.isfinite(good.embed(torch.randn(1, 1, 32, 32))).all()
+
+
+def test_ema_and_accumulation(tmp_path):
+    ckpt = domainfm.pretrain(tiny_config(tmp_path / "run", train={"steps": 3, "ema": 0.5, "accum_steps": 2}))
+    w = _weights(ckpt)
+    assert any(k.startswith("ema.encoder.") for k in w)
+    assert load_card(ckpt)["ema"] is True
+    model = domainfm.load(ckpt)
+    assert torch.equal(model.encoder.blocks[0].mlp.fc1.weight, w["ema.encoder.blocks.0.mlp.fc1.weight"])
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint in"):
+        domainfm.pretrain(tiny_config(tmp_path / "empty"), resume=True)
+
+
+def test_load_rejects_non_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        domainfm.load(tmp_path / "nope")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "card.json").write_text(json.dumps({"format": "domainfm-checkpoint/1"}))
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="unreadable safetensors"):
+        domainfm.load(bad)
