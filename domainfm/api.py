@@ -132,6 +132,7 @@ def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), 
     dataset = domain.dataset(cfg, "pretrain")
     if len(dataset) == 0:
         raise DataError(cfg.data.path, "no samples found for pretraining")
+    torch.manual_seed(cfg.train.seed)  # the same config gives the same initial weights
     encoder = _encoder_for(cfg, domain, dataset)
     objective = build_objective(encoder, cfg.objective)
     card = build_card(cfg, domain, encoder, dataset, "pretrain")
@@ -209,9 +210,11 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> FoundationMode
 
 
 def _infer_num_classes(dataset, task: str) -> tuple[int, list | None]:
-    classes = getattr(dataset, "classes", None)
-    if classes:
-        return len(classes), list(classes)
+    """Classes from the dataset's ``classes`` (image labels) or ``mask_classes`` (segmentation label
+    names, background first); otherwise from the largest label found in the data."""
+    names = getattr(dataset, "mask_classes" if task == "segmentation" else "classes", None)
+    if names:
+        return len(names), list(names)
     top = 0
     for i in range(len(dataset)):
         s = dataset[i]
@@ -264,6 +267,7 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
         num_classes = cfg.finetune.num_classes
     if task == "classification" and num_classes < 2:
         raise DataError(cfg.data.path, f"classification needs at least 2 classes, found {num_classes}")
+    torch.manual_seed(cfg.train.seed)
     head = domain.head(task, encoder, num_classes, cfg)
     if cfg.finetune.lora_rank:
         from domainfm.models.lora import apply_lora

@@ -209,9 +209,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"checkpoint: {ckpt}")
     elif args.command == "embed":
         model = api.load(args.checkpoint)
-        if options:
-            raise ConfigError("embed takes the preprocessing from the checkpoint card; domain flags are not accepted")
-        out = api.embed(model, args.data, args.out)
+        out = api.embed(model, args.data, args.out, **options)  # e.g. --mpp for slides that lack it
         print(f"embeddings: {out}")
     elif args.command == "predict":
         out = api.predict(args.checkpoint, args.input, args.out, **options)

@@ -177,6 +177,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -250,6 +255,7 @@ def load_config(source: str | Path | dict | Config | None = None, overrides: lis
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections (domain, data, model, ...)")
     elif source is None:
+        name = "command line"
         raw = {}
     elif isinstance(source, dict):
         raw = _deepcopy(source)

@@ -11,7 +11,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# tiny models gain nothing from more threads, and oversubscribed OpenMP threads stall on busy machines
+torch.set_num_threads(1)
 
 TINY_MODEL = {"name": "vit-tiny", "depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8}
 QUIET_TRAIN = {"progress": False, "tensorboard": False, "log_every": 1}

@@ -56,6 +56,7 @@ class ShapesDataset(Dataset):
         self.n, self.size, self.channels, self.spatial_dims = n, size, channels, spatial_dims
         self.seed, self.noise, self.wavelengths, self.with_mask = seed, noise, wavelengths, with_mask
         self.classes = list(CLASSES)
+        self.mask_classes = ["background", *CLASSES]
 
     def __len__(self) -> int:
         return self.n

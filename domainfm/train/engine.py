@@ -285,7 +285,6 @@ def train(module: nn.Module, dataset, tcfg: TrainConfig, run_dir: str | Path, ca
             lr = lr_at(step, tcfg.lr, total, tcfg.warmup_steps, tcfg.min_lr)
             for g in optimizer.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
-            torch.manual_seed(tcfg.seed * 1_000_003 + step * 7919 + ctx.rank)
             outputs = {}
             loss_sum = 0.0
             for k in range(accum):
@@ -295,13 +294,16 @@ def train(module: nn.Module, dataset, tcfg: TrainConfig, run_dir: str | Path, ca
                     set_epoch(dataset, epoch)
                     batches = epoch_batches(dataset, epoch, tcfg.batch_size, tcfg.seed, ctx.rank, ctx.world_size)
                     loader = DataLoader(dataset, batch_sampler=_ListBatchSampler(batches[skip:]), collate_fn=collate_fn,
-                                        num_workers=num_workers, pin_memory=device.type == "cuda")
+                                        num_workers=num_workers, pin_memory=device.type == "cuda",
+                                        generator=torch.Generator().manual_seed(tcfg.seed * 7919 + epoch))
                     loader_iter = iter(loader)
                 batch = next(loader_iter)
                 micro += 1
                 if micro % per_epoch == 0:
                     loader_iter = None
                 batch = _to_device(batch, device)
+                # randomness inside the step (masking, dropout) is a function of the step alone: exact resume
+                torch.manual_seed(tcfg.seed * 1_000_003 + (step * accum + k) * 7919 + ctx.rank)
                 sync = contextlib.nullcontext() if (k == accum - 1 or not ctx.enabled) else model_for_step.no_sync()
                 with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     outputs = model_for_step(batch)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import domainfm
-from domainfm.cli import run
+from domainfm.cli import main, run
 from domainfm.config import load_config
 from domainfm.errors import ConfigError
 
@@ -48,11 +48,18 @@ def test_config_errors_name_the_key_and_file(tmp_path):
     (["pretrain", "missing.yaml"], "config file missing.yaml does not exist"),
     (["info", "/no/such/run"], "/no/such/run: no such checkpoint"),
 ])
-def test_cli_errors_are_one_line_without_traceback(args, message):
-    proc = _cli(*args)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
+def test_cli_errors_are_one_line_without_traceback(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_cli_process_prints_one_line_and_no_traceback():
+    proc = _cli("pretrain", "--domain", "synthetic", "--set", "train.steps=zero")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "error: command line: train.steps must be an integer, got 'zero'"
 
 
 def test_cli_pretrain_info_finetune_embed(tmp_path, capsys):
@@ -83,8 +90,8 @@ def test_finetune_segmentation_and_frozen_encoder(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_cli_list():
-    proc = _cli("list")
-    listing = json.loads(proc.stdout)
+def test_cli_list(capsys):
+    run(["list"])
+    listing = json.loads(capsys.readouterr().out)
     assert "vit-base" in listing["encoders"] and "mae+contrastive" in listing["objectives"]
     assert {"synthetic", "medical", "remote_sensing", "pathology"} <= set(listing["domains"])
