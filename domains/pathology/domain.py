@@ -1,0 +1,378 @@
+"""The pathology domain plugin: whole-slide images to tiles, tile pretraining, slide features, MIL.
+
+Example (Python API; see docs/pathology.md for the whole walkthrough):
+    >>> import domainfm                                                             # doctest: +SKIP
+    >>> ckpt = domainfm.pretrain({"domain": "pathology", "data": {"path": "slides/", "img_size": 224,
+    ...                           "options": {"target_mpp": 0.5, "tile_size": 224, "mpp": 0.25}}})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from domainfm.domain import Domain
+from domainfm.errors import ConfigError, DataError
+from domainfm.registry import register_domain
+
+from .datasets import (IMAGENET_MEAN, IMAGENET_STD, SlideTileDataset, TileFolderDataset, TileTransform,
+                       is_tile_folder, list_slides)
+from .slide import SLIDE_SUFFIXES
+from .stain import MacenkoNormalizer, hed_jitter
+
+
+@dataclass
+class PathologyOptions:
+    """Pathology settings (``data.options`` in YAML; each is a CLI flag, e.g. ``--target-mpp 0.5``).
+
+    Attributes:
+        target_mpp: microns per pixel of a tile.  tile_size: tile side in pixels at ``target_mpp``
+            (resized to ``data.img_size`` for the model when they differ).
+        mpp: level-0 MPP override for slides whose files lack it (``--mpp``).
+        min_tissue: minimum tissue fraction of a kept tile.  thumbnail_size: tissue-mask thumbnail side.
+        max_tiles_per_slide: cap per slide for pretraining (fixed random subset).
+        coords_dir: where tile grids are cached (default ``<out>/tiles``).
+        stain_augment, hed_sigma: HED jitter in training and contrastive views.
+        macenko, macenko_reference: Macenko normalization (to the standard H&E reference, or to a
+            reference tile image).
+        mean, std: RGB normalization (ImageNet by default; a list or ``"0.7,0.5,0.7"``).
+        max_open_slides: open slide handles per DataLoader worker (LRU).
+        labels: slide labels CSV (``slide,label[,split]``) for ``--task mil``.
+        mil_epochs, mil_lr, mil_hidden: MIL training.  heatmaps: write attention heatmaps.
+    """
+
+    target_mpp: float = 0.5
+    tile_size: int = 224
+    mpp: float | None = None
+    min_tissue: float = 0.5
+    thumbnail_size: int = 1024
+    max_tiles_per_slide: int | None = None
+    coords_dir: str | None = None
+    stain_augment: bool = True
+    hed_sigma: float = 0.05
+    macenko: bool = False
+    macenko_reference: str | None = None
+    mean: list[float] | str = dataclasses.field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] | str = dataclasses.field(default_factory=lambda: list(IMAGENET_STD))
+    max_open_slides: int = 8
+    labels: str | None = None
+    mil_epochs: int = 20
+    mil_lr: float = 2e-4
+    mil_hidden: int = 128
+    heatmaps: bool = True
+
+
+def _floats3(value, name: str) -> list[float]:
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    try:
+        out = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise ConfigError(f"data.options.{name} must be three numbers (e.g. 0.485,0.456,0.406), got {value!r}") from None
+    if len(out) != 3:
+        raise ConfigError(f"data.options.{name} must be three numbers (one per RGB channel), got {out}")
+    return out
+
+
+def _img_size(cfg) -> int:
+    size = cfg.data.img_size
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1 or len(size) != 2:
+            raise ConfigError(f"pathology tiles are square 2D images; data.img_size must be one number, got {size}")
+        size = size[0]
+    return int(size)
+
+
+def _macenko(opts) -> MacenkoNormalizer | None:
+    if not opts.macenko:
+        return None
+    norm = MacenkoNormalizer()
+    if opts.macenko_reference:
+        from PIL import Image
+        ref = Path(opts.macenko_reference)
+        try:
+            rgb = np.asarray(Image.open(ref).convert("RGB"))
+        except Exception as exc:
+            raise DataError(ref, f"cannot read the Macenko reference image ({exc})") from None
+        try:
+            norm.fit(rgb)
+        except ValueError as exc:
+            raise DataError(ref, str(exc)) from None
+    return norm
+
+
+@register_domain("pathology")
+class PathologyDomain(Domain):
+    """Whole-slide images (OpenSlide), MPP-aware tissue tiles, stain tools, slide embeddings and MIL.
+
+    Data (``data.path``): a folder of slides, one slide, a manifest CSV (``slide[,mpp][,label]``),
+    or a folder of tile images (``<class>/*.png`` for tile classification, flat for pretraining).
+
+    Example:
+        >>> from domainfm.registry import get_domain
+        >>> get_domain("pathology").name
+        'pathology'
+    """
+
+    name = "pathology"
+    Options = PathologyOptions
+    spatial_dims = 2
+
+    # ---- data -------------------------------------------------------------------------------
+    def transform(self, cfg, train: bool) -> TileTransform:
+        """The tile transform of ``cfg`` (normalization, Macenko, and for training flips + HED jitter)."""
+        opts = cfg.options
+        return TileTransform(_img_size(cfg), _floats3(opts.mean, "mean"), _floats3(opts.std, "std"),
+                             macenko=_macenko(opts), train=train,
+                             stain_sigma=opts.hed_sigma if (train and opts.stain_augment) else 0.0)
+
+    def dataset(self, cfg, split: str):
+        """Tiles of slides (``SlideTileDataset``) or of a tile folder (``TileFolderDataset``)."""
+        opts = cfg.options
+        path = cfg.data.path
+        if split in ("val", "test") and cfg.data.val_path:
+            path = cfg.data.val_path
+        if path is None:
+            raise ConfigError("data.path is required for the pathology domain (slides, a manifest CSV or tiles)")
+        train = split in ("pretrain", "train")
+        transform = self.transform(cfg, train)
+        if is_tile_folder(path):
+            if split in ("val", "test") and cfg.data.val_path:
+                classes = None
+                if cfg.data.path and is_tile_folder(cfg.data.path):
+                    classes = TileFolderDataset(cfg.data.path, "all", transform=transform).classes or None
+                return TileFolderDataset(path, "all", transform=transform, classes=classes)
+            sub = split if split != "pretrain" else "all"
+            if cfg.data.val_path and split == "train":
+                sub = "all"
+            return TileFolderDataset(path, sub, transform=transform, val_fraction=cfg.data.val_fraction,
+                                     seed=cfg.train.seed)
+        slides = list_slides(path, opts.mpp)
+        labels = None
+        if split != "pretrain":
+            named = [s.label for s in slides if s.label]
+            if len(named) != len(slides):
+                raise ConfigError(f"{path}: slides carry no tile labels; for slide labels use --task mil --labels "
+                                  "slides.csv, for tile classification point data.path at a folder <class>/*.png")
+            classes = sorted(set(named))
+            labels = {c: i for i, c in enumerate(classes)}
+            if not cfg.data.val_path:
+                rng = np.random.default_rng(cfg.train.seed)
+                is_val = np.zeros(len(slides), bool)
+                is_val[rng.permutation(len(slides))[:int(round(len(slides) * cfg.data.val_fraction))]] = True
+                slides = [s for s, v in zip(slides, is_val) if v == (split in ("val", "test"))]
+        coords_dir = opts.coords_dir or str(Path(cfg.out) / "tiles")
+        ds = SlideTileDataset(slides, opts.target_mpp, opts.tile_size, _img_size(cfg), opts.min_tissue, coords_dir,
+                              transform, opts.max_tiles_per_slide, opts.mpp, opts.thumbnail_size, labels,
+                              opts.max_open_slides, cfg.train.seed)
+        if labels is not None:
+            ds.classes = list(labels)
+        return ds
+
+    def augment(self, cfg) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+        """Contrastive views: random resized crop, flips, 90° rotations and HED stain jitter.
+
+        Works on normalized tiles (un-normalizes, jitters in RGB, re-normalizes); all randomness
+        comes from the generator.
+        """
+        opts = cfg.options
+        mean = torch.tensor(_floats3(opts.mean, "mean")).view(3, 1, 1)
+        std = torch.tensor(_floats3(opts.std, "std")).view(3, 1, 1)
+        sigma = float(opts.hed_sigma) * 2 if opts.stain_augment else 0.0
+        return make_view_augment(mean, std, sigma)
+
+    def encoder_kwargs(self, cfg, dataset=None) -> dict:
+        return {"patch_embed": cfg.model.patch_embed or "2d", "img_size": _img_size(cfg),
+                "patch_size": cfg.model.patch_size, "in_chans": 3}
+
+    def preprocessing(self, cfg, dataset=None) -> dict:
+        """Target MPP, tile size, model input size, normalization and Macenko reference, for the card."""
+        opts = cfg.options
+        size = _img_size(cfg)
+        norm = _macenko(opts)
+        return {"kind": "tiles", "target_mpp": float(opts.target_mpp), "tile_size": int(opts.tile_size),
+                "img_size": size, "input_mpp": float(opts.target_mpp) * opts.tile_size / size,
+                "min_tissue": float(opts.min_tissue), "thumbnail_size": int(opts.thumbnail_size),
+                "mean": _floats3(opts.mean, "mean"), "std": _floats3(opts.std, "std"),
+                "macenko": norm.to_dict() if norm is not None else None,
+                "stain_augment": bool(opts.stain_augment), "hed_sigma": float(opts.hed_sigma),
+                "tissue_detection": "otsu(saturation)+closing+small-object removal on a thumbnail"}
+
+    def preprocessor(self, card: dict) -> Callable[[Any], torch.Tensor]:
+        """From a card: tile image (path, PIL image, ``H x W x 3`` uint8 array) -> ``3 x S x S`` tensor."""
+        from .embed import transform_from_preprocessing
+        transform = transform_from_preprocessing(card.get("preprocessing") or {})
+        return TilePreprocessor(transform)
+
+    # ---- downstream -------------------------------------------------------------------------
+    def head(self, task: str, encoder, num_classes: int, cfg):
+        """``mil``: a :class:`~.mil.GatedABMIL` over tile embeddings; other tasks: the core's heads."""
+        if task == "mil":
+            from .mil import GatedABMIL
+            hidden = int(cfg.options.mil_hidden)
+            return GatedABMIL(encoder.embed_dim, num_classes, hidden_dim=hidden, attn_dim=max(8, hidden // 2))
+        return super().head(task, encoder, num_classes, cfg)
+
+    def finetune(self, cfg, checkpoint: Path, **kwargs) -> Path | None:
+        """``task: mil``: slide classification from tile features (ABMIL + mean-pool baseline).
+
+        ``data.path``: a folder of feature files from ``embed``, or slides (embedded first, into
+        ``<out>/features``). ``labels`` (kwarg or option): CSV ``slide,label[,split]``.
+        Other tasks use the core's supervised fine-tuning (return ``None``).
+        """
+        if cfg.finetune.task != "mil":
+            return None
+        from .embed import embed_slides, find_feature_files
+        from .mil_task import require_labels, run_mil
+        import domainfm
+        from domainfm.train.checkpoint import load_tensors
+        opts = cfg.options
+        labels = require_labels(kwargs.get("labels") or opts.labels)
+        data = kwargs.get("data") or cfg.data.path
+        if data is None:
+            raise ConfigError("task mil needs data.path: the features folder written by `domainfm embed`, or slides")
+        data = Path(data)
+        model = domainfm.load(checkpoint)
+        if data.is_dir() and find_feature_files(data):
+            features = data
+        else:
+            features = Path(cfg.out) / "features"
+            pre = dict(model.card.get("preprocessing") or {})
+            embed_slides(model, data, features, pre, mpp=opts.mpp, batch_size=cfg.train.batch_size,
+                         num_workers=cfg.data.num_workers, coords_dir=opts.coords_dir)
+        card = {k: v for k, v in model.card.items() if k not in ("format", "step", "task", "num_classes", "classes",
+                                                                 "metrics", "mil")}
+        card["config"] = cfg.to_dict()
+        card["source_checkpoint"] = str(checkpoint)
+        card["features"] = str(features)
+        return run_mil(features, labels, Path(cfg.out), epochs=opts.mil_epochs, lr=opts.mil_lr,
+                       hidden_dim=opts.mil_hidden, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
+                       heatmaps=opts.heatmaps, thumbnail_size=opts.thumbnail_size, card=card,
+                       encoder_tensors=load_tensors(checkpoint))
+
+    def embed(self, model, data, out, **kwargs) -> Path:
+        """Every tissue tile of every slide of ``data`` embedded; one ``<slide>.h5`` per slide in ``out``
+        (features + level-0 coordinates); resumable (finished slides are skipped). For a folder of
+        tile images: one ``embeddings.npz`` (embeddings, labels, paths) via the core's default.
+
+        Keyword arguments: ``mpp`` (override), ``min_tissue``, ``coords_dir``, ``batch_size``,
+        ``num_workers``, ``overwrite``; ``target_mpp``/``tile_size`` override the card (with a warning).
+        """
+        import warnings
+        from .embed import embed_slides
+        if is_tile_folder(data):  # a folder of tile images: one embedding per tile, in one file
+            out = Path(out)
+            target = out if out.suffix in (".npz", ".h5", ".hdf5") else out / "embeddings.npz"
+            return super().embed(model, data, target, batch_size=int(kwargs.get("batch_size") or 32))
+        pre = dict((getattr(model, "card", None) or {}).get("preprocessing") or {})
+        for key in ("target_mpp", "tile_size"):
+            if kwargs.get(key) is not None and kwargs[key] != pre.get(key):
+                warnings.warn(f"embedding with {key}={kwargs[key]} while the encoder was pretrained with "
+                              f"{pre.get(key)}: features may transfer worse", stacklevel=2)
+                pre[key] = kwargs[key]
+        embed_slides(model, data, out, pre, mpp=kwargs.get("mpp"), min_tissue=kwargs.get("min_tissue"),
+                     batch_size=int(kwargs.get("batch_size") or 64), num_workers=int(kwargs.get("num_workers") or 0),
+                     coords_dir=kwargs.get("coords_dir"), overwrite=bool(kwargs.get("overwrite", False)))
+        return Path(out)
+
+    def predict(self, model, input_path, out_path, **kwargs) -> Path:
+        """Slide-level prediction with a MIL checkpoint: heatmap PNG at ``out_path`` (``.png``; else a
+        folder) plus ``<slide>.tiles.csv`` and ``<slide>.prediction.json`` next to it."""
+        from .predict import predict_slide
+        return predict_slide(model, input_path, out_path, mpp=kwargs.get("mpp"))
+
+    def write(self, prediction, sample: dict, path) -> Path:
+        """Write tile scores of one slide (``prediction``: N scores; ``sample``: coords, size0, path) as
+        heatmap PNG + CSV."""
+        from .heatmap import write_heatmap, write_tile_scores
+        path = Path(path)
+        scores = np.asarray(prediction, np.float64).reshape(-1)
+        coords = np.asarray(sample["coords"])
+        write_tile_scores(path.with_suffix(".csv"), coords, int(sample["size0"]), {"score": scores})
+        return write_heatmap(sample["path"], coords, int(sample["size0"]), scores, path.with_suffix(".png"))
+
+    def demo(self, out_dir: Path, quick: bool = False) -> dict:
+        from .demo import run_demo
+        return run_demo(Path(out_dir), quick=quick)
+
+
+class TilePreprocessor:
+    """Callable tile -> model-ready tensor, rebuilt from a card (see :meth:`PathologyDomain.preprocessor`).
+
+    Example:
+        >>> import numpy as np
+        >>> pre = TilePreprocessor(TileTransform(32))
+        >>> pre(np.zeros((64, 64, 3), np.uint8)).shape
+        torch.Size([3, 32, 32])
+    """
+
+    def __init__(self, transform: TileTransform):
+        self.transform = transform
+
+    def __call__(self, item) -> torch.Tensor:
+        from PIL import Image
+        if isinstance(item, (str, Path)):
+            path = Path(item)
+            if path.suffix.lower() in SLIDE_SUFFIXES and path.suffix.lower() not in (".tif", ".tiff"):
+                raise DataError(path, "is a whole slide; use domain.embed / `domainfm embed` for slides "
+                                      "(the preprocessor takes one tile)")
+            try:
+                with Image.open(path) as im:
+                    im = im.convert("RGBA")
+                    bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                    rgb = np.asarray(Image.alpha_composite(bg, im).convert("RGB"))
+            except Exception as exc:
+                raise DataError(path, f"cannot read the tile image ({exc})") from None
+        elif isinstance(item, Image.Image):
+            rgb = np.asarray(item.convert("RGB"))
+        elif isinstance(item, torch.Tensor):
+            arr = item.detach().cpu()
+            if arr.ndim == 3 and arr.shape[0] == 3:
+                arr = arr.permute(1, 2, 0)
+            arr = arr.numpy()
+            rgb = (arr * 255).clip(0, 255).astype(np.uint8) if arr.dtype != np.uint8 and arr.max() <= 1.0 else arr.astype(np.uint8)
+        else:
+            rgb = np.asarray(item)
+            if rgb.dtype != np.uint8:
+                rgb = (rgb * 255).clip(0, 255).astype(np.uint8) if rgb.max() <= 1.0 else rgb.clip(0, 255).astype(np.uint8)
+        if rgb.ndim != 3 or rgb.shape[2] < 3:
+            raise DataError(None, f"expected an H x W x 3 RGB tile, got shape {rgb.shape}")
+        return self.transform(rgb)
+
+
+def make_view_augment(mean: torch.Tensor, std: torch.Tensor, hed_sigma: float,
+                      crop_scale=(0.5, 1.0)) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """View augmentation on normalized ``3 x H x W`` tiles (see :meth:`PathologyDomain.augment`).
+
+    Example:
+        >>> import torch
+        >>> aug = make_view_augment(torch.zeros(3, 1, 1), torch.ones(3, 1, 1), 0.1)
+        >>> aug(torch.rand(3, 16, 16), torch.Generator().manual_seed(0)).shape
+        torch.Size([3, 16, 16])
+    """
+
+    def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        _, h, w = x.shape
+        frac = float(crop_scale[0] + (crop_scale[1] - crop_scale[0]) * torch.rand(1, generator=g)) ** 0.5
+        ch, cw = max(1, int(round(h * frac))), max(1, int(round(w * frac)))
+        y0 = int(torch.randint(0, h - ch + 1, (1,), generator=g))
+        x0 = int(torch.randint(0, w - cw + 1, (1,), generator=g))
+        y = F.interpolate(x[None, :, y0:y0 + ch, x0:x0 + cw].float(), size=(h, w), mode="bilinear",
+                          align_corners=False)[0]
+        k = int(torch.randint(0, 4, (1,), generator=g))
+        if k:
+            y = torch.rot90(y, k, dims=(1, 2))
+        if float(torch.rand(1, generator=g)) < 0.5:
+            y = y.flip(2)
+        if hed_sigma > 0:
+            rgb = (y * std + mean).clamp(0, 1)
+            y = (hed_jitter(rgb, g, hed_sigma) - mean) / std
+        return y.contiguous()
+
+    return augment

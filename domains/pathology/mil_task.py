@@ -1,0 +1,204 @@
+"""Slide-level classification from extracted tile features: ABMIL vs a mean-pool baseline, with
+attention heatmaps and tile-score CSVs.
+
+Input: a folder of feature files (see :mod:`.embed`) and a labels CSV with columns ``slide,label``
+(and optionally ``split`` = ``train``/``val``/``test``). Output: a checkpoint folder holding both MIL
+heads (ABMIL as the checkpoint's ``head.*``, the baseline as ``mil.mean.*``, next to the encoder
+weights in ``model.safetensors``, so ``domainfm.load`` rebuilds encoder + ABMIL),
+``metrics.json``, ``predictions.csv`` and ``heatmaps/<slide>.png`` + ``heatmaps/<slide>.tiles.csv``.
+
+Example:
+    >>> ckpt = run_mil("features/", "slides.csv", "runs/mil", epochs=20)   # doctest: +SKIP
+    >>> json.load(open(ckpt / "metrics.json"))["abmil"]["val"]["auc"]     # doctest: +SKIP
+    0.93
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from domainfm.errors import ConfigError, DataError
+
+from .embed import find_feature_files, load_slide_features, no_tissue_slides
+from .heatmap import rank_normalize, write_heatmap, write_tile_scores
+from .mil import GatedABMIL, MeanPoolMIL, classification_metrics, predict_bags, train_mil
+
+
+def read_labels(labels_csv: str | Path) -> list[dict]:
+    """Rows ``{"slide", "label", "split", "line"}`` of a labels CSV (``slide,label[,split]``).
+
+    Example:
+        >>> read_labels("slides.csv")[0]                        # doctest: +SKIP
+        {'slide': 'a.svs', 'label': 'tumor', 'split': None, 'line': 2}
+    """
+    labels_csv = Path(labels_csv)
+    if not labels_csv.is_file():
+        raise DataError(labels_csv, "labels CSV does not exist (expected columns slide,label)")
+    try:
+        with open(labels_csv, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            fields = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(labels_csv, f"cannot read the labels CSV ({exc})") from None
+    if "slide" not in fields or "label" not in fields:
+        raise DataError(labels_csv, f"labels CSV needs columns 'slide' and 'label' (has {', '.join(fields) or 'none'})")
+    out = []
+    for i, r in enumerate(rows, start=2):
+        slide, label = (r.get("slide") or "").strip(), (r.get("label") or "").strip()
+        if not slide or not label:
+            raise DataError(labels_csv, f"line {i}: empty slide or label")
+        split = (r.get("split") or "").strip().lower() or None
+        if split not in (None, "train", "val", "test"):
+            raise DataError(labels_csv, f"line {i}: split must be train, val or test, got {split!r}")
+        out.append({"slide": slide, "label": label, "split": split, "line": i})
+    if not out:
+        raise DataError(labels_csv, "labels CSV has no rows")
+    return out
+
+
+def _sorted_classes(labels: list[str]) -> list[str]:
+    uniq = sorted(set(labels))
+    try:
+        return sorted(uniq, key=float)
+    except ValueError:
+        return uniq
+
+
+def match_labels(rows: list[dict], features_dir: str | Path, labels_csv: str | Path) -> list[dict]:
+    """Attach each labelled slide's feature file; a slide with no feature file is an error naming it
+    (slides skipped for lack of tissue are dropped with a warning instead)."""
+    files = find_feature_files(features_dir)
+    empty = no_tissue_slides(features_dir)
+    matched, missing, dropped = [], [], []
+    for r in rows:
+        key = Path(r["slide"]).name
+        path = files.get(key) or files.get(Path(key).stem)
+        if path is None:
+            (dropped if key in empty or Path(key).stem in empty else missing).append(r)
+            continue
+        matched.append({**r, "features": path})
+    if missing:
+        names = ", ".join(f"{m['slide']!r} (line {m['line']})" for m in missing[:3])
+        raise DataError(labels_csv, f"{len(missing)} labelled slide(s) not found among the slides/features of "
+                                    f"{features_dir}: {names}{' ...' if len(missing) > 3 else ''}")
+    if dropped:
+        warnings.warn(f"{labels_csv}: {len(dropped)} labelled slide(s) had no tissue and are left out: "
+                      + ", ".join(d["slide"] for d in dropped[:5]), stacklevel=2)
+    if not matched:
+        raise DataError(labels_csv, "no labelled slide has features")
+    return matched
+
+
+def assign_splits(rows: list[dict], val_fraction: float, seed: int) -> list[str]:
+    """Given splits, or a stratified random ``val_fraction`` split (classes with one slide stay in train)."""
+    if all(r["split"] for r in rows):
+        return [r["split"] for r in rows]
+    rng = np.random.default_rng(seed)
+    splits = ["train"] * len(rows)
+    labels = np.array([r["label"] for r in rows])
+    for c in sorted(set(labels.tolist())):
+        idx = np.flatnonzero(labels == c)
+        n_val = int(round(len(idx) * val_fraction)) if len(idx) > 1 else 0
+        n_val = min(max(n_val, 1 if len(idx) > 1 and val_fraction > 0 else 0), len(idx) - 1)
+        for i in rng.permutation(idx)[:n_val]:
+            splits[i] = "val"
+    return [r["split"] or s for r, s in zip(rows, splits)]
+
+
+def run_mil(features_dir: str | Path, labels_csv: str | Path, out_dir: str | Path, *, epochs: int = 20,
+            lr: float = 2e-4, hidden_dim: int = 128, val_fraction: float = 0.3, seed: int = 0,
+            heatmaps: bool = True, thumbnail_size: int = 1024, card: dict | None = None,
+            encoder_tensors: dict | None = None, verbose: bool = True) -> Path:
+    """Train ABMIL and the mean-pool baseline on labelled slide features; write the checkpoint,
+    metrics, predictions and heatmaps. Returns the checkpoint folder."""
+    from domainfm.train.checkpoint import save_checkpoint
+
+    rows = match_labels(read_labels(labels_csv), features_dir, labels_csv)
+    classes = _sorted_classes([r["label"] for r in rows])
+    if len(classes) < 2:
+        raise DataError(labels_csv, f"MIL needs at least two classes, found only {classes}")
+    splits = assign_splits(rows, val_fraction, seed)
+    data = [load_slide_features(r["features"]) for r in rows]
+    dims = {d["features"].shape[1] for d in data}
+    if len(dims) != 1:
+        raise DataError(features_dir, f"feature files have different dimensions {sorted(dims)}; embed all slides "
+                                      "with the same checkpoint")
+    in_dim = dims.pop()
+    bags = [torch.from_numpy(d["features"]).float() for d in data]
+    y = np.array([classes.index(r["label"]) for r in rows])
+    tr = [i for i, s in enumerate(splits) if s == "train"]
+    if not tr:
+        raise DataError(labels_csv, "no slide in the train split")
+    models = {"abmil": GatedABMIL(in_dim, len(classes), hidden_dim=hidden_dim, attn_dim=max(8, hidden_dim // 2)),
+              "mean": MeanPoolMIL(in_dim, len(classes), hidden_dim=hidden_dim)}
+    metrics: dict = {"classes": classes, "n_slides": len(rows),
+                     "n_train": len(tr), "n_val": sum(s != "train" for s in splits)}
+    results = {}
+    for name, model in models.items():
+        torch.manual_seed(seed)
+        history = train_mil(model, [bags[i] for i in tr], y[tr].tolist(), epochs=epochs, lr=lr, seed=seed)
+        probs, attns = predict_bags(model, bags)
+        results[name] = (probs, attns)
+        metrics[name] = {"final_train_loss": history[-1] if history else None}
+        for split in ("train", "val", "test"):
+            idx = [i for i, s in enumerate(splits) if s == split]
+            if idx:
+                metrics[name][split] = classification_metrics(y[idx], probs[idx])
+    out_dir = Path(out_dir)
+    tensors = {k: v for k, v in (encoder_tensors or {}).items() if k.startswith("encoder.")}
+    tensors.update({f"head.{k}": v for k, v in models["abmil"].state_dict().items()})
+    tensors.update({f"mil.mean.{k}": v for k, v in models["mean"].state_dict().items()})
+    card = dict(card or {})
+    card.update({"domain": "pathology", "task": "mil", "stage": "finetune", "ema": False, "lora": None, "num_classes": len(classes), "classes": classes,
+                 "mil": {"abmil": models["abmil"].config, "mean": models["mean"].config, "default": "abmil"},
+                 "metrics": metrics})
+    ckpt = save_checkpoint(out_dir, int(epochs), tensors, card)
+    (ckpt / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with open(ckpt / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["slide", "label", "split", "abmil_pred", "mean_pred",
+                    *[f"abmil_p_{c}" for c in classes], *[f"mean_p_{c}" for c in classes]])
+        for i, r in enumerate(rows):
+            pa, pm = results["abmil"][0][i], results["mean"][0][i]
+            w.writerow([r["slide"], r["label"], splits[i], classes[int(pa.argmax())], classes[int(pm.argmax())],
+                        *[f"{p:.4f}" for p in pa], *[f"{p:.4f}" for p in pm]])
+    if heatmaps:
+        hm_dir = ckpt / "heatmaps"
+        abmil = models["abmil"]
+        for i, (r, d) in enumerate(zip(rows, data)):
+            attn = results["abmil"][1][i]
+            with torch.no_grad():
+                inst = abmil.classifier(abmil.fc(bags[i]))  # per-tile class logits
+            name = Path(r["slide"]).name
+            cols = {"attention": attn, "attention_rank": rank_normalize(attn)}
+            cols.update({f"tile_logit_{c}": inst[:, k].numpy() for k, c in enumerate(classes)})
+            write_tile_scores(hm_dir / f"{name}.tiles.csv", d["coords"], int(d["attrs"]["size0"]), cols)
+            slide = Path(str(d["attrs"].get("slide", "")))
+            if slide.is_file():
+                write_heatmap(slide, d["coords"], int(d["attrs"]["size0"]), attn, hm_dir / f"{name}.png",
+                              thumbnail_size=thumbnail_size)
+            else:
+                warnings.warn(f"{slide}: slide file not found; heatmap skipped (tile scores CSV written)", stacklevel=2)
+    if verbose:
+        for name in models:
+            m = metrics[name].get("val") or metrics[name].get("train")
+            split = "val" if metrics[name].get("val") else "train"
+            print(f"MIL {name:5s}: {split} accuracy {m['accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}, "
+                  f"AUC {m['auc'] if m['auc'] is None else round(m['auc'], 3)}")
+        print(f"MIL checkpoint: {ckpt}")
+    return ckpt
+
+
+def require_labels(labels) -> Path:
+    if not labels:
+        raise ConfigError("task mil needs a labels CSV with columns slide,label: pass --labels slides.csv "
+                          "(Options field `labels`)")
+    return Path(labels)

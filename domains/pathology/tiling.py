@@ -1,0 +1,231 @@
+"""MPP-aware tile grids over whole-slide images, saved per slide and reused.
+
+A tile is ``tile_size`` pixels at ``target_mpp`` microns per pixel. Its footprint at level 0 is
+``tile_size * target_mpp / mpp`` pixels; it is read from the pyramid level that OpenSlide picks with
+``get_best_level_for_downsample`` and resized to ``tile_size``. Tiles whose tissue fraction (from a
+thumbnail mask, see :mod:`.tissue`) is below ``min_tissue`` are dropped.
+
+Grids are written as CSV (``x,y,tissue`` in level-0 pixels, one JSON header line with the geometry
+and the parameters) so tiling runs once per slide and parameter set.
+
+Example:
+    >>> grid = tile_slide("slide.tif", target_mpp=0.5, tile_size=224, min_tissue=0.5)  # doctest: +SKIP
+    >>> grid.coords[:2], grid.level, grid.read_size                                  # doctest: +SKIP
+    (array([[ 896, 448], [1344, 448]]), 1, 224)
+    >>> grid = cached_tile_grid("slide.tif", "runs/tiles", target_mpp=0.5)           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from domainfm.errors import DataError
+
+from .slide import open_slide, read_rgb, slide_mpp, thumbnail_rgb
+from .tissue import box_fractions, tissue_mask
+
+GRID_VERSION = 1
+
+
+class NoTissueError(DataError):
+    """No tile of the slide reaches the minimum tissue fraction (callers skip such slides and count them)."""
+
+
+@dataclass
+class TileGrid:
+    """The tiles of one slide.
+
+    Attributes:
+        path: the slide file.  mpp: its level-0 microns per pixel.
+        target_mpp, tile_size: what a tile is (``tile_size`` px at ``target_mpp``).
+        size0: tile footprint in level-0 pixels.  level, read_size: pyramid level read and the square
+        size read there (then resized to ``tile_size``).  coords: ``N x 2`` level-0 ``(x, y)``
+        top-left corners.  tissue: ``N`` tissue fractions.  slide_size: level-0 ``(W, H)``.
+        n_grid: number of grid positions before the tissue filter.
+    """
+
+    path: str
+    mpp: float
+    target_mpp: float
+    tile_size: int
+    size0: int
+    level: int
+    read_size: int
+    coords: np.ndarray
+    tissue: np.ndarray
+    slide_size: tuple[int, int]
+    n_grid: int
+    params: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(len(self.coords))
+
+    def read(self, slide, i: int) -> Image.Image:
+        """Tile ``i`` as an RGB PIL image of ``tile_size`` pixels."""
+        x, y = (int(v) for v in self.coords[i])
+        img = read_rgb(slide, (x, y), self.level, (self.read_size, self.read_size))
+        if self.read_size != self.tile_size:
+            img = img.resize((self.tile_size, self.tile_size), Image.BILINEAR, reducing_gap=2.0)
+        return img
+
+
+def tile_geometry(slide, path, mpp: float, target_mpp: float, tile_size: int) -> tuple[int, int, int]:
+    """``(size0, level, read_size)`` for a tile of ``tile_size`` px at ``target_mpp``.
+
+    Raises:
+        DataError: the tile would be larger than the slide.
+    """
+    if tile_size < 1 or target_mpp <= 0:
+        raise DataError(path, f"tile_size must be >= 1 and target_mpp > 0 (got {tile_size}, {target_mpp})")
+    downsample = target_mpp / mpp
+    size0 = max(1, int(round(tile_size * downsample)))
+    w, h = slide.level_dimensions[0]
+    if size0 > w or size0 > h:
+        raise DataError(path, f"tile size {tile_size} px at {target_mpp} µm/px covers {size0}x{size0} level-0 "
+                              f"pixels ({size0 * mpp:.0f} µm), larger than the slide ({w}x{h} px at {mpp:g} µm/px); "
+                              "use a smaller --tile-size or --target-mpp")
+    level = int(slide.get_best_level_for_downsample(max(downsample, 1.0)))
+    read_size = max(1, int(round(size0 / slide.level_downsamples[level])))
+    return size0, level, read_size
+
+
+def tile_slide(path: str | Path, target_mpp: float = 0.5, tile_size: int = 224, min_tissue: float = 0.5,
+               mpp: float | None = None, thumbnail_size: int = 1024, min_saturation: float = 0.05,
+               slide=None) -> TileGrid:
+    """Tile one slide: tissue mask on a thumbnail, grid at ``target_mpp``, tissue filter.
+
+    Raises:
+        DataError: unreadable slide, no MPP and no override, tile larger than the slide.
+        NoTissueError: no tile reaches ``min_tissue``.
+    """
+    path = Path(path)
+    own = slide is None
+    if own:
+        slide = open_slide(path)
+    try:
+        mpp0 = slide_mpp(slide, path, mpp)
+        size0, level, read_size = tile_geometry(slide, path, mpp0, target_mpp, tile_size)
+        if target_mpp < mpp0 * 0.9:
+            warnings.warn(f"{path}: target {target_mpp} µm/px is finer than the scan ({mpp0:g} µm/px); "
+                          "tiles are upsampled", stacklevel=2)
+        w, h = slide.level_dimensions[0]
+        nx, ny = w // size0, h // size0
+        xs, ys = np.meshgrid(np.arange(nx) * size0, np.arange(ny) * size0)
+        coords = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.int64)
+        thumb = np.asarray(thumbnail_rgb(slide, thumbnail_size))
+        mask = tissue_mask(thumb, min_saturation=min_saturation)
+        sx, sy = mask.shape[1] / w, mask.shape[0] / h
+        boxes = np.stack([coords[:, 0] * sx, coords[:, 1] * sy,
+                          (coords[:, 0] + size0) * sx, (coords[:, 1] + size0) * sy], 1)
+        frac = box_fractions(mask, boxes)
+    finally:
+        if own:
+            slide.close()
+    keep = frac >= min_tissue
+    params = {"target_mpp": float(target_mpp), "tile_size": int(tile_size), "min_tissue": float(min_tissue),
+              "mpp_override": None if mpp is None else float(mpp), "thumbnail_size": int(thumbnail_size),
+              "min_saturation": float(min_saturation)}
+    grid = TileGrid(str(path), float(mpp0), float(target_mpp), int(tile_size), size0, level, read_size,
+                    coords[keep], frac[keep].astype(np.float32), (int(w), int(h)), int(len(coords)), params)
+    if len(grid) == 0:
+        raise NoTissueError(path, f"no tissue found: none of {len(coords)} tiles has >= {min_tissue:.0%} tissue "
+                                  f"(max {float(frac.max()) if len(frac) else 0:.0%}); lower --min-tissue or check the slide")
+    return grid
+
+
+def _file_stamp(path: Path) -> dict:
+    st = path.stat()
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def save_grid(grid: TileGrid, csv_path: str | Path, stamp: dict | None = None) -> Path:
+    """Write ``grid`` as CSV (atomically): a ``# {json}`` header line, then ``x,y,tissue`` rows."""
+    csv_path = Path(csv_path)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    header = {k: v for k, v in asdict(grid).items() if k not in ("coords", "tissue")}
+    header["slide_size"] = list(grid.slide_size)
+    header["version"] = GRID_VERSION
+    header["stamp"] = stamp or _file_stamp(Path(grid.path))
+    tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write("# " + json.dumps(header) + "\n")
+        f.write("x,y,tissue\n")
+        for (x, y), t in zip(grid.coords.tolist(), grid.tissue.tolist()):
+            f.write(f"{x},{y},{t:.4f}\n")
+    os.replace(tmp, csv_path)
+    return csv_path
+
+
+def load_grid(csv_path: str | Path) -> TileGrid:
+    """Read a grid written by :func:`save_grid`."""
+    csv_path = Path(csv_path)
+    try:
+        with open(csv_path) as f:
+            first = f.readline()
+            header = json.loads(first[2:]) if first.startswith("# ") else None
+        if header is None:
+            raise ValueError("missing '# {json}' header line")
+        body = csv_path.read_text().splitlines()[2:]
+        data = np.array([[float(v) for v in line.split(",")] for line in body if line.strip()], np.float64).reshape(-1, 3)
+    except Exception as exc:
+        raise DataError(csv_path, f"not a domainfm tile grid CSV ({exc})") from None
+    coords = data[:, :2].astype(np.int64) if data.size else np.zeros((0, 2), np.int64)
+    tissue = data[:, 2].astype(np.float32) if data.size else np.zeros((0,), np.float32)
+    return TileGrid(header["path"], header["mpp"], header["target_mpp"], header["tile_size"], header["size0"],
+                    header["level"], header["read_size"], coords, tissue, tuple(header["slide_size"]),
+                    header["n_grid"], header.get("params", {}))
+
+
+def grid_csv_path(coords_dir: str | Path, slide_path: str | Path) -> Path:
+    """Where the grid of ``slide_path`` is cached inside ``coords_dir``."""
+    return Path(coords_dir) / f"{Path(slide_path).name}.tiles.csv"
+
+
+def cached_tile_grid(path: str | Path, coords_dir: str | Path | None, target_mpp: float = 0.5,
+                     tile_size: int = 224, min_tissue: float = 0.5, mpp: float | None = None,
+                     thumbnail_size: int = 1024, min_saturation: float = 0.05) -> TileGrid:
+    """:func:`tile_slide` with its result cached as CSV in ``coords_dir`` (``None``: no cache).
+
+    The cache is reused only when the slide file (size, mtime) and every parameter match; otherwise
+    the slide is tiled again and the CSV replaced.
+    """
+    path = Path(path)
+    if coords_dir is None:
+        return tile_slide(path, target_mpp, tile_size, min_tissue, mpp, thumbnail_size, min_saturation)
+    params = {"target_mpp": float(target_mpp), "tile_size": int(tile_size), "min_tissue": float(min_tissue),
+              "mpp_override": None if mpp is None else float(mpp), "thumbnail_size": int(thumbnail_size),
+              "min_saturation": float(min_saturation)}
+    csv_path = grid_csv_path(coords_dir, path)
+    if not path.exists():
+        raise DataError(path, "slide file does not exist")
+    stamp = _file_stamp(path)
+    if csv_path.exists():
+        grid = None
+        try:
+            with open(csv_path) as f:
+                header = json.loads(f.readline()[2:])
+            if (header.get("version") == GRID_VERSION and header.get("params") == params
+                    and header.get("stamp") == stamp and Path(header.get("path", "")).resolve() == path.resolve()):
+                grid = load_grid(csv_path)
+        except (ValueError, OSError, KeyError, DataError):
+            grid = None  # stale or corrupt cache: tile again
+        if grid is not None:
+            if len(grid) == 0:
+                raise NoTissueError(path, f"no tissue found (cached in {csv_path}); lower --min-tissue or check the slide")
+            return grid
+    try:
+        grid = tile_slide(path, target_mpp, tile_size, min_tissue, mpp, thumbnail_size, min_saturation)
+    except NoTissueError:
+        empty = TileGrid(str(path), 0.0, float(target_mpp), int(tile_size), 0, 0, 0, np.zeros((0, 2), np.int64),
+                         np.zeros((0,), np.float32), (0, 0), 0, params)
+        save_grid(empty, csv_path, stamp)
+        raise
+    save_grid(grid, csv_path, stamp)
+    return grid
