@@ -27,7 +27,7 @@ from torch import nn
 from domainfm.config import Config, load_config, save_config
 from domainfm.data.sample import collate_samples
 from domainfm.data.views import ViewsDataset
-from domainfm.errors import CheckpointError, ConfigError, DataError
+from domainfm.errors import CheckpointError, DataError
 from domainfm.models.encoder import build_encoder
 from domainfm.registry import get_domain
 from domainfm.ssl import build_objective, needs_views
@@ -279,6 +279,7 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
     model = TaskModel(encoder, head, task)
     card_ft = {**card, "stage": "finetune", "task": task, "num_classes": num_classes, "classes": classes,
                "parent": str(base_ckpt), "config": cfg.to_dict(), "ema": False,
+               "preprocessing": domain.preprocessing(cfg, train_set),
                "lora": {"rank": cfg.finetune.lora_rank, "alpha": cfg.finetune.lora_alpha} if cfg.finetune.lora_rank else None,
                "data": {"path": cfg.data.path, "num_samples": len(train_set)}}
     run_dir = Path(cfg.out)
@@ -301,9 +302,25 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
     return ckpt
 
 
+def _batches_by_band_set(dataset, batch_size: int):
+    """Consecutive batches of samples; a change of band set (wavelengths) starts a new batch."""
+    batch, key = [], None
+    for i in range(len(dataset)):
+        s = dataset[i]
+        k = tuple(s.get("wavelengths") or ())
+        if batch and (k != key or len(batch) == batch_size):
+            yield collate_samples(batch)
+            batch = []
+        batch.append(s)
+        key = k
+    if batch:
+        yield collate_samples(batch)
+
+
 @torch.no_grad()
 def evaluate_task(model: nn.Module, dataset, task: str, num_classes: int, batch_size: int = 16) -> dict[str, float]:
-    """Accuracy / balanced accuracy (classification) or Dice / IoU per foreground class (segmentation)."""
+    """Accuracy / balanced accuracy (classification) or Dice / IoU over foreground classes
+    (segmentation; mask pixels < 0 are unlabelled and not counted)."""
     was = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -311,15 +328,15 @@ def evaluate_task(model: nn.Module, dataset, task: str, num_classes: int, batch_
     inter = torch.zeros(num_classes)
     union = torch.zeros(num_classes)
     sums = torch.zeros(num_classes)
-    for start in range(0, len(dataset), batch_size):
-        batch = collate_samples([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
+    for batch in _batches_by_band_set(dataset, batch_size):
         logits = model.logits(batch["image"].to(device), wavelengths=batch.get("wavelengths")).float().cpu()
         if task == "segmentation":
             y = batch["mask"].long()
             y = y[:, 0] if y.ndim == logits.ndim else y
             p = logits.argmax(1)
+            valid = y >= 0
             for c in range(num_classes):
-                pc, yc = p == c, y == c
+                pc, yc = (p == c) & valid, y == c
                 inter[c] += (pc & yc).sum()
                 union[c] += (pc | yc).sum()
                 sums[c] += pc.sum() + yc.sum()

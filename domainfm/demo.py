@@ -15,7 +15,6 @@ import csv
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from domainfm.api import FoundationModel, embed_dataset, finetune, load, pretrain

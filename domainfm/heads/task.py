@@ -23,10 +23,14 @@ from torch import nn
 TASKS = ("classification", "multilabel", "segmentation")
 
 
+IGNORE_INDEX = -1  # mask value of unlabelled pixels (nodata, outside a split region): no loss, no metric
+
+
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """1 - mean soft Dice over foreground classes (class 0 is background)."""
-    probs = logits.float().softmax(1)
-    onehot = F.one_hot(target.long(), logits.shape[1]).movedim(-1, 1).float()
+    """1 - mean soft Dice over foreground classes (class 0 is background); pixels < 0 are ignored."""
+    valid = (target >= 0).unsqueeze(1).float()
+    probs = logits.float().softmax(1) * valid
+    onehot = F.one_hot(target.clamp_min(0).long(), logits.shape[1]).movedim(-1, 1).float() * valid
     dims = tuple(range(2, logits.ndim))
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)
@@ -35,7 +39,12 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5
 
 
 class TaskModel(nn.Module):
-    """``logits = head(encoder.forward_features(x, layers=head.layers))`` with the task's loss."""
+    """``logits = head(encoder.forward_features(x, layers=head.layers))`` with the task's loss.
+
+    Segmentation masks may mark unlabelled pixels with ``ignore_index`` (-1): they add no loss.
+    """
+
+    ignore_index = IGNORE_INDEX
 
     def __init__(self, encoder: nn.Module, head: nn.Module, task: str, class_weights: torch.Tensor | None = None):
         super().__init__()
@@ -67,6 +76,8 @@ class TaskModel(nn.Module):
             y = batch["mask"].long()
             if y.ndim == logits.ndim:  # B x 1 x ... masks
                 y = y[:, 0]
-            out["loss"] = F.cross_entropy(logits.float(), y, weight=self.class_weights) + soft_dice_loss(logits, y)
-            out["accuracy"] = (logits.argmax(1) == y).float().mean().detach()
+            valid = y >= 0
+            out["loss"] = F.cross_entropy(logits.float(), y, weight=self.class_weights,
+                                          ignore_index=self.ignore_index) + soft_dice_loss(logits, y)
+            out["accuracy"] = ((logits.argmax(1) == y) & valid).sum().float().div(valid.sum().clamp_min(1)).detach()
         return out

@@ -75,52 +75,45 @@ class _PatchEmbedBase(nn.Module):
         return x.reshape(b, channels, gd * pd, gh * ph, gw * pw)
 
 
-class PatchEmbed2d(_PatchEmbedBase):
-    """Non-overlapping ``patch_size`` x ``patch_size`` patches of a fixed-channel 2D image."""
+class PatchEmbedConv(_PatchEmbedBase):
+    """Non-overlapping patches of a fixed-channel image, ``spatial_dims``-parameterized (2 or 3).
 
-    kind = "2d"
-    spatial_dims = 2
+    In 3D the patch may be anisotropic, e.g. ``(4, 16, 16)`` for thick-slice CT.
+    """
+
+    def __init__(self, spatial_dims: int, in_chans: int, patch_size: int | Sequence[int], embed_dim: int):
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.kind = "2d" if spatial_dims == 2 else "3d"
+        self.in_chans = int(in_chans)
+        self.patch_size = _tuple(patch_size, spatial_dims)
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.proj = conv(self.in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        w = self.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+
+    def forward(self, x: torch.Tensor, wavelengths=None) -> torch.Tensor:
+        self.grid_size(x.shape)
+        if x.shape[1] != self.in_chans:
+            raise DataError(None, f"the model expects {self.in_chans} input channels, got {x.shape[1]}")
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+    def pixel_dim(self, channels: int) -> int:
+        return channels * math.prod(self.patch_size)
+
+
+class PatchEmbed2d(PatchEmbedConv):
+    """``patch_size`` x ``patch_size`` patches of a ``C x H x W`` image."""
 
     def __init__(self, in_chans: int = 3, patch_size: int | Sequence[int] = 16, embed_dim: int = 768):
-        super().__init__()
-        self.in_chans = int(in_chans)
-        self.patch_size = _tuple(patch_size, 2)
-        self.proj = nn.Conv2d(self.in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
-        w = self.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-
-    def forward(self, x: torch.Tensor, wavelengths=None) -> torch.Tensor:
-        self.grid_size(x.shape)
-        if x.shape[1] != self.in_chans:
-            raise DataError(None, f"the model expects {self.in_chans} input channels, got {x.shape[1]}")
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-    def pixel_dim(self, channels: int) -> int:
-        return channels * math.prod(self.patch_size)
+        super().__init__(2, in_chans, patch_size, embed_dim)
 
 
-class PatchEmbed3d(_PatchEmbedBase):
-    """Non-overlapping (possibly anisotropic) ``(pd, ph, pw)`` patches of a ``C x D x H x W`` volume."""
-
-    kind = "3d"
-    spatial_dims = 3
+class PatchEmbed3d(PatchEmbedConv):
+    """``(pd, ph, pw)`` patches of a ``C x D x H x W`` volume."""
 
     def __init__(self, in_chans: int = 1, patch_size: int | Sequence[int] = 16, embed_dim: int = 768):
-        super().__init__()
-        self.in_chans = int(in_chans)
-        self.patch_size = _tuple(patch_size, 3)
-        self.proj = nn.Conv3d(self.in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
-        w = self.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-
-    def forward(self, x: torch.Tensor, wavelengths=None) -> torch.Tensor:
-        self.grid_size(x.shape)
-        if x.shape[1] != self.in_chans:
-            raise DataError(None, f"the model expects {self.in_chans} input channels, got {x.shape[1]}")
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-    def pixel_dim(self, channels: int) -> int:
-        return channels * math.prod(self.patch_size)
+        super().__init__(3, in_chans, patch_size, embed_dim)
 
 
 def wavelength_features(wavelengths: torch.Tensor, dim: int) -> torch.Tensor:

@@ -1,0 +1,121 @@
+"""Chips per second drawn from one large multiband GeoTIFF: domainfm's remote-sensing reader vs
+torchgeo's RasterDataset + RandomGeoSampler, same file, same chip size, same number of chips, same run.
+
+Usage:
+    python benchmarks/rs_sampling.py                 # 4096 x 4096 x 4 bands (~130 MB), < 2 min on CPU
+    python benchmarks/rs_sampling.py --full          # 10980 x 10980 x 4 bands (a Sentinel-2 10 m tile, ~1 GB)
+    python benchmarks/rs_sampling.py --size 8192 --bands 6 --chip 224 --chips 400 --compress deflate
+
+The scene is written block by block (never whole in memory), tiled 256 x 256, uint16 with nodata 0
+and band descriptions, EPSG:32633 at 10 m. Both readers run single-process (``num_workers=0``),
+return float tensors ``C x chip x chip`` and read the same number of random chips; the kit's chips
+also carry scale/offset, validity, wavelengths and metadata. Prints chips/s for each and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+S2_BANDS = ["B02", "B03", "B04", "B08", "B05", "B06", "B07", "B8A", "B11", "B12", "B01", "B09"]
+
+
+def write_big_scene(path: Path, size: int, bands: int, compress: str | None) -> Path:
+    """A size x size x bands uint16 GeoTIFF written in 256-row strips of random-ish texture."""
+    rng = np.random.default_rng(0)
+    prof = dict(driver="GTiff", width=size, height=size, count=bands, dtype="uint16", crs="EPSG:32633",
+                transform=from_origin(500000.0, 5200000.0, 10.0, 10.0), nodata=0, tiled=True, blockxsize=256,
+                blockysize=256, BIGTIFF="IF_SAFER")
+    if compress:
+        prof["compress"] = compress
+    base = rng.integers(200, 3000, size=(bands, 256, size), dtype=np.uint16)
+    with rasterio.open(path, "w", **prof) as dst:
+        for r in range(0, size, 256):
+            h = min(256, size - r)
+            dst.write(np.roll(base[:, :h], r // 256, axis=2), window=Window(0, r, size, h))
+        for i in range(bands):
+            dst.set_band_description(i + 1, S2_BANDS[i])
+    return path
+
+
+def bench_kit(path: Path, bands: int, chip: int, n: int) -> tuple[float, tuple]:
+    from domains.remote_sensing.datasets import Item, RasterChipDataset
+    ds = RasterChipDataset([Item(path, "sentinel2_l2a")], {"sentinel2_l2a": S2_BANDS[:bands]}, chip_size=chip,
+                           chips_per_scene=n, seed=0)
+    ds[0]  # open the file, like torchgeo's index build below is outside its timing
+    t = time.perf_counter()
+    shape = None
+    for i in range(n):
+        shape = tuple(ds[i]["image"].shape)
+    return n / (time.perf_counter() - t), shape
+
+
+def bench_torchgeo(path: Path, bands: int, chip: int, n: int) -> tuple[float, tuple]:
+    import torch
+    from torch.utils.data import DataLoader
+    from torchgeo.datasets import RasterDataset, stack_samples
+    from torchgeo.samplers import RandomGeoSampler
+
+    class Scene(RasterDataset):
+        filename_glob = path.name
+        is_image = True
+        all_bands = tuple(S2_BANDS[:bands])
+
+    ds = Scene(paths=str(path.parent), bands=list(S2_BANDS[:bands]))
+    sampler = RandomGeoSampler(ds, size=chip, length=n, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(ds, sampler=sampler, batch_size=1, collate_fn=stack_samples, num_workers=0)
+    it = iter(loader)
+    first = next(it)  # warm the file-handle cache, as for the kit
+    t = time.perf_counter()
+    shape = tuple(first["image"].shape[1:])
+    for batch in loader:
+        shape = tuple(batch["image"].shape[1:])
+    return n / (time.perf_counter() - t), shape
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=4096, help="scene side in pixels (default 4096)")
+    p.add_argument("--full", action="store_true", help="a 10980 x 10980 scene (Sentinel-2 tile size)")
+    p.add_argument("--bands", type=int, default=4, choices=range(1, 13), metavar="1..12")
+    p.add_argument("--chip", type=int, default=256)
+    p.add_argument("--chips", type=int, default=200, help="chips drawn by each reader")
+    p.add_argument("--compress", default=None, help="GeoTIFF compression, e.g. deflate (default none)")
+    p.add_argument("--dir", default=None, help="where to write the scene (default a temp folder)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = p.parse_args(argv)
+    import torch
+    torch.set_num_threads(args.threads)
+    size = 10980 if args.full else args.size
+    tmp = tempfile.TemporaryDirectory() if args.dir is None else None
+    folder = Path(args.dir or tmp.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    path = write_big_scene(folder / f"scene_{size}.tif", size, args.bands, args.compress)
+    mb = path.stat().st_size / 2 ** 20
+    print(f"scene: {size} x {size} x {args.bands} bands uint16, {mb:.0f} MB, written in {time.perf_counter() - t:.1f} s")
+    kit, kshape = bench_kit(path, args.bands, args.chip, args.chips)
+    tg, tshape = bench_torchgeo(path, args.bands, args.chip, args.chips)
+    assert kshape == tshape == (args.bands, args.chip, args.chip), (kshape, tshape)
+    print(f"chip {args.chip} px, {args.chips} random chips each, single process")
+    print(f"  domainfm remote_sensing reader : {kit:8.1f} chips/s")
+    print(f"  torchgeo RasterDataset+RandomGeoSampler : {tg:8.1f} chips/s")
+    print(f"  ratio (domainfm / torchgeo)    : {kit / tg:8.2f}x")
+    if tmp is not None:
+        tmp.cleanup()
+    return {"size": size, "bands": args.bands, "chip": args.chip, "kit_chips_per_s": kit,
+            "torchgeo_chips_per_s": tg, "ratio": kit / tg}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Tiled, streaming inference over a whole scene with overlap blending, written as a GeoTIFF on the
+input's grid (same CRS, transform and size).
+
+Tiles are read in windows, blended with a Gaussian importance map, and finished rows are
+written as soon as no later tile can touch them: memory holds one strip of tiles, not the scene.
+
+Example:
+    >>> model = domainfm.load("runs/seg/checkpoints/last")                     # doctest: +SKIP
+    >>> predict_scene(model, "scene.tif", "pred.tif")                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+import torch.nn.functional as F
+from rasterio.windows import Window
+
+from domainfm.errors import CheckpointError, DataError
+
+from .io import Scene
+from .stats import normalize, stats_arrays
+
+log = logging.getLogger("domainfm.remote_sensing")
+
+
+def _starts(size: int, chip: int, step: int) -> list[int]:
+    if size <= chip:
+        return [0]
+    s = list(range(0, size - chip + 1, step))
+    if s[-1] != size - chip:
+        s.append(size - chip)
+    return s
+
+
+def _importance(chip: int, sigma_scale: float = 0.125) -> np.ndarray:
+    """Gaussian importance map for blending (as MONAI's ``compute_importance_map(mode="gaussian")``,
+    computed here to keep ``predict`` free of MONAI's import time); floored so edges still count."""
+    r = np.arange(chip, dtype=np.float64) - (chip - 1) / 2.0
+    g = np.exp(-0.5 * (r / (sigma_scale * chip)) ** 2)
+    w = np.outer(g, g).astype(np.float32)
+    return np.maximum(w / w.max(), 1e-3)
+
+
+def _logits(model, x: torch.Tensor, wavelengths) -> torch.Tensor:
+    if hasattr(model, "logits"):
+        return model.logits(x, wavelengths=wavelengths)
+    return model(x, wavelengths=wavelengths)  # pragma: no cover
+
+
+def predict_scene(model, input_path, out_path, sensor: str | None = None, probabilities: bool = False,
+                  overlap: float | None = None, batch_size: int | None = None, device=None) -> Path:
+    """Predict every pixel of ``input_path`` with ``model`` (a loaded fine-tuned model) into ``out_path``.
+
+    Segmentation models give per-pixel classes; classification models paint each tile's class
+    (blended where tiles overlap), i.e. a coarse scene map. The output is ``uint8`` classes (nodata
+    255 where the input has no data), or float32 class probabilities (one band per class, nodata
+    NaN) with ``probabilities=True``.
+    """
+    from .domain import _card_sensor, effective_preprocessing
+
+    card = getattr(model, "card", None) or {}
+    pre = effective_preprocessing(card)
+    if getattr(model, "head", None) is None:
+        raise CheckpointError("predict needs a fine-tuned model (with a head); this checkpoint is an encoder only")
+    if not pre.get("sensors"):
+        raise CheckpointError("the checkpoint card has no remote-sensing preprocessing record")
+    sensor_obj, bands = _card_sensor(pre, sensor)
+    scene = Scene(input_path, sensor_obj, bands, pre.get("resolution"), pre.get("resampling", "bilinear"))
+    stats = (pre.get("stats") or {}).get(sensor_obj.name)
+    mean_std = stats_arrays(stats, bands, f" of sensor {sensor_obj.name} in the card") if stats else None
+    chip = int(pre.get("chip_size") or pre.get("img_size"))
+    img = int(pre.get("img_size") or chip)
+    ov = float(pre.get("predict_overlap", 0.25) if overlap is None else overlap)
+    if not 0.0 <= ov < 1.0:
+        raise DataError(None, f"overlap must be in [0, 1), got {ov}")
+    step = max(1, chip - int(round(ov * chip)))
+    bs = int(batch_size or 8)
+    task = card.get("task") or "segmentation"
+    wl = scene.wavelengths
+    H, W = scene.height, scene.width
+    rows, cols = _starts(H, chip, step), _starts(W, chip, step)
+    weight = _importance(chip)
+    enc = getattr(model, "encoder", None)
+    if device is None:
+        device = next(enc.parameters()).device if enc is not None else torch.device("cpu")
+    for m in (model, enc, getattr(model, "head", None)):
+        if hasattr(m, "eval"):
+            m.eval()
+
+    num_classes = None
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    dst = None
+    acc = wsum = valid_acc = None
+    top = 0  # first row of the accumulator strip
+    written = 0
+    n_tiles = n_skipped = 0
+    try:
+        for ri, r in enumerate(rows):
+            tiles = []
+            for c in cols:
+                data, valid = scene.read(Window(c, r, chip, chip))
+                n_tiles += 1
+                if not valid.any():
+                    n_skipped += 1
+                    continue
+                if mean_std is not None:
+                    data = normalize(data, valid, *mean_std)
+                tiles.append((c, data, valid))
+            if acc is not None and r > top:  # shift the strip so it starts at this tile row
+                shift = r - top
+                acc = np.concatenate([acc[:, shift:], np.zeros_like(acc[:, :shift])], 1)
+                wsum = np.concatenate([wsum[shift:], np.zeros_like(wsum[:shift])], 0)
+                valid_acc = np.concatenate([valid_acc[shift:], np.zeros_like(valid_acc[:shift])], 0)
+                top = r
+            for b0 in range(0, len(tiles), bs):
+                batch = tiles[b0:b0 + bs]
+                x = torch.from_numpy(np.stack([t[1] for t in batch]))
+                if img != chip:
+                    x = F.interpolate(x, size=(img, img), mode="bilinear", align_corners=False)
+                with torch.no_grad():
+                    logits = _logits(model, x.to(device), wl).float().cpu()
+                if logits.ndim == 2:  # classification: paint the tile
+                    logits = logits[:, :, None, None].expand(-1, -1, chip, chip)
+                elif logits.shape[-1] != chip:
+                    logits = F.interpolate(logits, size=(chip, chip), mode="bilinear", align_corners=False)
+                probs = (torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, 1)).numpy()
+                if num_classes is None:
+                    num_classes = probs.shape[1]
+                    acc = np.zeros((num_classes, chip, W), np.float32)
+                    wsum = np.zeros((chip, W), np.float32)
+                    valid_acc = np.zeros((chip, W), bool)
+                    top = r
+                    count = num_classes if probabilities else 1
+                    dst = rasterio.open(out_path, "w", driver="GTiff", width=W, height=H, count=count,
+                                        dtype="float32" if probabilities else "uint8", crs=scene.grid.crs,
+                                        transform=scene.grid.transform, nodata=float("nan") if probabilities else 255,
+                                        compress="deflate")
+                    if written < top:  # leading rows that were all nodata
+                        _write_rows(dst, np.zeros((num_classes, top - written, W), np.float32),
+                                    np.zeros((top - written, W), np.float32),
+                                    np.zeros((top - written, W), bool), written, probabilities)
+                        written = top
+                for (c, _, valid), p in zip(batch, probs):
+                    hh, ww = min(chip, H - r), min(chip, W - c)
+                    wv = weight[:hh, :ww] * valid[:hh, :ww]
+                    acc[:, :hh, c:c + ww] += p[:, :hh, :ww] * wv
+                    wsum[:hh, c:c + ww] += wv
+                    valid_acc[:hh, c:c + ww] |= valid[:hh, :ww]
+            # rows before the next tile row (or the scene end) are final
+            done_to = rows[ri + 1] if ri + 1 < len(rows) else H
+            if dst is None:
+                if ri + 1 == len(rows):
+                    break
+                continue
+            if done_to > written:
+                a, b = written - top, done_to - top
+                _write_rows(dst, acc[:, a:b], wsum[a:b], valid_acc[a:b], written, probabilities)
+                written = done_to
+        if dst is None:
+            raise DataError(input_path, f"every tile of the scene is nodata ({n_tiles} tiles); nothing to predict")
+    finally:
+        if dst is not None:
+            dst.close()
+    if n_skipped:
+        log.warning("%s: skipped %d of %d all-nodata tiles", input_path, n_skipped, n_tiles)
+    return out_path
+
+
+def _write_rows(dst, acc, wsum, valid, row0: int, probabilities: bool) -> None:
+    h, w = wsum.shape
+    ok = valid & (wsum > 0)
+    p = acc / np.maximum(wsum, 1e-12)[None]
+    if probabilities:
+        out = np.where(ok[None], p, np.nan).astype(np.float32)
+    else:
+        out = np.where(ok, p.argmax(0), 255).astype(np.uint8)[None]
+    dst.write(out, window=Window(0, row0, w, h))
