@@ -139,8 +139,10 @@ def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), 
     train_set = ViewsDataset(dataset, domain.augment(cfg), seed=cfg.train.seed) if needs_views(cfg.objective.name) else dataset
     run_dir = Path(cfg.out)
     cbs = list(callbacks)
-    if cfg.train.probe_every and cfg.data.val_path:
-        cbs.append(_online_probe(cfg, domain))
+    if cfg.train.probe_every:
+        probe = _online_probe(cfg, domain)
+        if probe is not None:
+            cbs.append(probe)
     if _is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -152,9 +154,14 @@ def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), 
 
 
 def _online_probe(cfg: Config, domain):
+    """kNN probe on labelled data (``data.val_path``, else the labelled splits of ``data.path``)."""
     from domainfm.eval.online import OnlineKNNProbe
-    vcfg = load_config(cfg, updates={"data": {"path": cfg.data.val_path}})
-    return OnlineKNNProbe(domain.dataset(vcfg, "train"), domain.dataset(vcfg, "val"), every=cfg.train.probe_every)
+    vcfg = load_config(cfg, updates={"data": {"path": cfg.data.val_path}}) if cfg.data.val_path else cfg
+    try:
+        return OnlineKNNProbe(domain.dataset(vcfg, "train"), domain.dataset(vcfg, "val"), every=cfg.train.probe_every)
+    except (DataError, NotImplementedError, KeyError) as exc:
+        log.warning("online probe disabled: no labelled train/val splits (%s)", exc)
+        return None
 
 
 @torch.no_grad()

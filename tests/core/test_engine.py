@@ -107,3 +107,13 @@ def test_load_rejects_non_checkpoints(tmp_path):
     (bad / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="unreadable safetensors"):
         domainfm.load(bad)
+
+
+def test_online_knn_probe_logged_next_to_collapse_monitor(tmp_path):
+    domainfm.pretrain(tiny_config(tmp_path / "run", train={"steps": 2, "probe_every": 2}))
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    probe_rows = [r for r in rows if r.startswith("2,probe/")]
+    assert probe_rows, rows
+    acc = [float(r.split(",")[2]) for r in probe_rows if "acc" in r]
+    assert acc and all(0.0 <= a <= 1.0 for a in acc)
+    assert any(",embed_std," in r for r in rows)

@@ -1,0 +1,588 @@
+"""``evaluate``: does pretraining help, by how much, with how few labels.
+
+One call embeds the labelled train/test data with the checkpoint's encoder and with a randomly
+initialised encoder of the same shape (plus any other checkpoint given), runs the chosen protocols
+at each label fraction and seed, and reports means, bootstrap 95% intervals and the gain over the
+baseline.
+
+Example (Python):
+    >>> res = evaluate("runs/pneumo/checkpoint", data="pneumoniamnist.npz",
+    ...                protocol="linear,knn", fractions=(0.01, 0.1, 1.0), seeds=3,
+    ...                out="runs/pneumo/eval")                               # doctest: +SKIP
+    >>> res.to_frame().query("metric == 'auroc'")                            # doctest: +SKIP
+
+Example (CLI):
+    domainfm evaluate runs/pneumo/checkpoint --data pneumoniamnist.npz --protocol linear,knn \\
+        --fractions 0.01,0.1,1 --seeds 3 --baseline random --out runs/pneumo/eval
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from domainfm.errors import CheckpointError, ConfigError, DataError, DomainFMError
+from domainfm.eval.embeddings import EmbeddingCache, cache_key, embed_dataset, fingerprint_path
+from domainfm.eval.metrics import CLASSIFICATION_METRICS, SEGMENTATION_METRICS, bootstrap_ci, segmentation_metrics
+from domainfm.eval.protocols import DEFAULT_CS, fewshot_probe, knn_probe, linear_probe
+from domainfm.eval.report import EvalResult, write_report
+from domainfm.eval.splits import check_labels, check_pair, random_fraction, stratified_fraction, stratified_split
+
+PROTOCOLS = ("linear", "knn", "fewshot", "finetune", "lora")
+FROZEN = ("linear", "knn", "fewshot")
+RANDOM_SEED = 0  # init seed of the random baseline encoder (fixed: the baseline is reproducible)
+
+
+# ---------------------------------------------------------------------------------------------
+# small parsing helpers
+def parse_protocols(protocol: str | Sequence[str]) -> list[str]:
+    """``"linear,knn"`` or ``["linear", "knn"]`` -> validated list.
+
+    Example:
+        >>> parse_protocols("linear, knn")
+        ['linear', 'knn']
+    """
+    items = [p.strip() for p in (protocol.split(",") if isinstance(protocol, str) else protocol) if p.strip()]
+    bad = [p for p in items if p not in PROTOCOLS]
+    if bad or not items:
+        raise ConfigError(f"unknown protocol {bad[0] if bad else protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    return list(dict.fromkeys(items))
+
+
+def parse_fractions(fractions) -> list[float]:
+    """``"0.01,0.1,1"`` / ``[1, 10, 100]``-style percentages are not guessed: values must be in (0, 1].
+
+    Example:
+        >>> parse_fractions("0.01,0.1,1")
+        [0.01, 0.1, 1.0]
+    """
+    if isinstance(fractions, (int, float)):
+        fractions = [fractions]
+    items = fractions.split(",") if isinstance(fractions, str) else fractions
+    try:
+        out = [float(f) for f in items if str(f).strip()]
+    except ValueError:
+        raise ConfigError(f"fractions must be numbers in (0, 1], got {fractions!r}") from None
+    bad = [f for f in out if not 0 < f <= 1]
+    if bad or not out:
+        raise ConfigError(f"label fraction {bad[0] if bad else fractions!r} is not in (0, 1] "
+                          "(use 0.01 for 1%)")
+    return sorted(dict.fromkeys(out))
+
+
+def _baselines(baseline) -> list[str]:
+    if baseline in (None, "", "none", False):
+        return []
+    if isinstance(baseline, (str, Path)):
+        items = [b.strip() for b in str(baseline).split(",") if b.strip()]
+    else:
+        items = [str(b) for b in baseline]
+    # the random-init baseline is always part of a comparison (the issue: "every report shows the gain")
+    if "random" not in items:
+        items = ["random"] + items
+    return list(dict.fromkeys(items))
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint / data plumbing
+def _load_model(checkpoint, device):
+    if not isinstance(checkpoint, (str, Path)):
+        return checkpoint  # an already loaded FoundationModel
+    import domainfm
+    loader = getattr(domainfm, "load", None)
+    if loader is None:
+        from domainfm.api import load as loader
+    model = loader(checkpoint)
+    if device is not None and hasattr(model, "to"):
+        model = model.to(device)
+    return model
+
+
+def build_config(card: dict, data=None, overrides: Sequence[str] = ()):
+    """The run config for evaluating a checkpoint on ``data`` (``config_from_card`` when the core has it)."""
+    try:
+        from domainfm.api import config_from_card
+    except ImportError:
+        config_from_card = None
+    if config_from_card is not None:
+        return config_from_card(card, data=data, overrides=list(overrides))
+    from domainfm.config import load_config
+    updates = {"data": {"path": str(data)}} if data is not None else None
+    return load_config(card.get("config") or {"domain": card.get("domain", "synthetic")},
+                       overrides=list(overrides), updates=updates)
+
+
+def load_splits(cfg, seed: int = 0, test_split: str = "test"):
+    """``(train_dataset, test_dataset, test_split_name)`` of a domain; 80/20 stratified split of
+    ``train`` (seeded) when the domain has no test split."""
+    from domainfm.registry import get_domain
+    domain = get_domain(cfg.domain)
+    train = domain.dataset(cfg, "train")
+    try:
+        test = domain.dataset(cfg, test_split)
+        if len(test) == 0:
+            raise DataError(cfg.data.path, f"split {test_split!r} is empty")
+        return train, test, test_split
+    except (DomainFMError, NotImplementedError, KeyError, ValueError, FileNotFoundError):
+        if len(train) and "label" not in train[0]:  # segmentation: a plain seeded 80/20 split
+            order = np.random.default_rng(seed).permutation(len(train))
+            n_hold = max(1, int(round(0.2 * len(train))))
+            keep, hold = np.sort(order[n_hold:]), np.sort(order[:n_hold])
+        else:
+            labels = np.array([_item_label(train, i, cfg.data.path) for i in range(len(train))])
+            keep, hold = stratified_split(labels, 0.2, seed=seed, source=cfg.data.path)
+        return (torch.utils.data.Subset(train, keep.tolist()), torch.utils.data.Subset(train, hold.tolist()),
+                "train[20% held out]")
+
+
+def _item_label(ds, i, source):
+    s = ds[i]
+    if "label" not in s:
+        raise DataError((s.get("meta") or {}).get("path") or source, "sample has no 'label': evaluate needs labelled data")
+    return int(torch.as_tensor(s["label"]).reshape(-1)[0])
+
+
+def check_card_matches(card: dict, sample: dict, checkpoint=None, data=None) -> None:
+    """Raise :class:`CheckpointError` (one line) if the data's channels or spatial dims do not fit the card.
+
+    Example:
+        >>> card = {"encoder": {"img_size": [32, 32], "in_chans": 3}}
+        >>> check_card_matches(card, {"image": torch.zeros(1, 32, 32)}, "ck", "d.npz")
+        Traceback (most recent call last):
+        ...
+        domainfm.errors.CheckpointError: checkpoint ck was trained on 3-channel inputs but d.npz gives 1-channel images (shape (1, 32, 32))
+    """
+    enc = card.get("encoder") or {}
+    image = sample["image"]
+    dims = len(enc["img_size"]) if isinstance(enc.get("img_size"), (list, tuple)) else None
+    if dims is not None and image.ndim - 1 != dims:
+        raise CheckpointError(f"checkpoint {checkpoint} takes {dims}D images but {data} gives "
+                              f"{image.ndim - 1}D ones (shape {tuple(image.shape)})")
+    chans = enc.get("in_chans")
+    if chans is not None and enc.get("patch_embed") != "wavelength" and image.shape[0] != chans:
+        raise CheckpointError(f"checkpoint {checkpoint} was trained on {chans}-channel inputs but {data} gives "
+                              f"{image.shape[0]}-channel images (shape {tuple(image.shape)})")
+
+
+def random_like(model, card: dict, seed: int = RANDOM_SEED):
+    """A copy of ``model`` whose encoder is re-initialised (``build_encoder(**card["encoder"])``, fixed seed).
+
+    The copy keeps the model's own ``embed`` path, so both encoders are pooled the same way.
+    """
+    from domainfm.models import build_encoder
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = build_encoder(**card["encoder"])
+    try:
+        rand = copy.deepcopy(model)
+    except Exception:  # noqa: BLE001 - a model that cannot be copied: use the bare encoder
+        return fresh.to(_device(model))
+    enc = getattr(rand, "encoder", rand)
+    missing = enc.load_state_dict(fresh.state_dict(), strict=False)
+    if missing.missing_keys:
+        raise CheckpointError(f"random baseline: encoder of shape {card['encoder']} does not match "
+                              f"the checkpoint's ({len(missing.missing_keys)} missing weights)")
+    return rand
+
+
+def _device(model) -> torch.device:
+    mod = getattr(model, "encoder", model)
+    p = next(mod.parameters(), None) if isinstance(mod, torch.nn.Module) else None
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _encoder_of(model):
+    return getattr(model, "encoder", model)
+
+
+# ---------------------------------------------------------------------------------------------
+def evaluate(checkpoint, data=None, protocol: str | Sequence[str] = "linear",
+             fractions=(0.01, 0.1, 1.0), seeds: int = 3, baseline="random", out=None,
+             overrides: Sequence[str] = (), *, k: int = 20, Cs=DEFAULT_CS, shots=(1, 5, 10),
+             episodes: int = 5, n_boot: int = 1000, batch_size: int = 64, cache_dir=None,
+             device: str | None = None, test_split: str = "test", max_train: int | None = None,
+             max_test: int | None = None, finetune_kwargs: dict | None = None, plots: bool = True,
+             progress: bool = False, datasets: tuple | None = None) -> EvalResult:
+    """Evaluate a pretrained checkpoint against a random-init encoder of the same shape.
+
+    Args:
+        checkpoint: checkpoint folder (or a loaded ``FoundationModel``).
+        data: labelled data path for the checkpoint's domain (``data.path`` of the config).
+        protocol: ``linear``, ``knn``, ``fewshot``, ``finetune``, ``lora`` or a comma list of them.
+            Frozen protocols (``linear``/``knn``/``fewshot``) embed each split once (cached as npz).
+        fractions: labelled fractions of the training split (stratified, seeded; not for fewshot,
+            which uses ``shots`` per class and ``episodes`` episodes per seed).
+        seeds: number of seeds (label subset, probe init, fine-tuning order).
+        baseline: ``"random"``, another checkpoint path, a comma list / list of both, or ``None``.
+            The random-init baseline is always included when any baseline is asked for; gains are
+            measured against it.
+        out: folder for ``report.json``, ``report.md``, plots and the embedding cache.
+        overrides: ``key=value`` config overrides (e.g. ``data.options.xxx=...``).
+        k: neighbours of the kNN probe. Cs: the linear probe's C sweep.
+        n_boot: bootstrap resamples. cache_dir: embedding cache folder (default ``out/embeddings``).
+        max_train, max_test: caps on the number of items (quick runs).
+        finetune_kwargs: passed to :func:`domainfm.eval.finetune.finetune_classifier`
+            (``epochs``, ``lr``, ``layer_decay``, ``lora_rank``...).
+        datasets: ``(train, test)`` datasets to use instead of building them from the config.
+
+    Returns:
+        :class:`EvalResult` (a list of records; ``.to_frame()`` gives a DataFrame, ``.meta`` the
+        settings, ``.paths`` the written files).
+    """
+    t0 = time.perf_counter()
+    protocols = parse_protocols(protocol)
+    fracs = parse_fractions(fractions)
+    n_seeds = int(seeds)
+    if n_seeds < 1:
+        raise ConfigError(f"seeds must be >= 1, got {seeds}")
+    model = _load_model(checkpoint, device)
+    card = getattr(model, "card", None) or {}
+    if datasets is not None:
+        train_ds, test_ds = datasets
+        cfg = None
+        split_name = "given"
+        domain_name = card.get("domain")
+    else:
+        cfg = build_config(card, data, overrides)
+        domain_name = cfg.domain
+        train_ds, test_ds, split_name = load_splits(cfg, seed=0, test_split=test_split)
+    data_name = str(data) if data is not None else "(the checkpoint's data)"
+    if len(train_ds) == 0:
+        raise DataError(data_name, "the training split is empty")
+    first = train_ds[0]
+    if card.get("encoder"):
+        check_card_matches(card, first, checkpoint, data_name)
+    task = (cfg.finetune.task if datasets is None else None) or ("segmentation" if "label" not in first and "mask" in first
+                                                                  else "classification")
+    if task == "segmentation":
+        frozen = [p for p in protocols if p in FROZEN]
+        if frozen:
+            raise ConfigError(f"protocol {frozen[0]!r} needs class labels but {data_name} is a segmentation dataset "
+                              "(finetune.task=segmentation); use --protocol finetune or lora")
+        if "mask" not in first:
+            raise DataError(data_name, "finetune.task is segmentation but the samples have no 'mask'")
+    elif task != "classification":
+        raise ConfigError(f"evaluate supports classification and segmentation, not finetune.task={task!r}")
+
+    baselines = _baselines(baseline)
+    encoders: dict[str, Any] = {"pretrained": model}
+    enc_ids: dict[str, Any] = {"pretrained": {"ckpt": fingerprint_path(_weights_file(checkpoint)), "card": card.get("encoder")}}
+    for b in baselines:
+        if b == "random":
+            if not card.get("encoder"):
+                raise CheckpointError(f"checkpoint {checkpoint} has no encoder in its card: cannot build a random baseline")
+            encoders["random"] = random_like(model, card)
+            enc_ids["random"] = {"random": card["encoder"], "seed": RANDOM_SEED}
+        else:
+            other = _load_model(b, device or _device(model))
+            other_card = getattr(other, "card", {}) or {}
+            if other_card.get("encoder"):
+                check_card_matches(other_card, train_ds[0], b, data_name)
+            name = Path(b).name or str(b)
+            if name in encoders:
+                name = str(b)
+            encoders[name] = other
+            enc_ids[name] = {"ckpt": fingerprint_path(_weights_file(b)), "card": other_card.get("encoder")}
+    gain_vs = "random" if "random" in encoders else None
+
+    cache_folder = cache_dir if cache_dir is not None else (Path(out) / "embeddings" if out is not None else None)
+    cache = EmbeddingCache(cache_folder)
+    data_id = {"data": fingerprint_path(data), "overrides": list(overrides), "train_n": len(train_ds),
+               "test_n": len(test_ds), "split": split_name, "max": [max_train, max_test]}
+
+    records: list[dict] = []
+    n_test = None
+    for proto_group in (["frozen"] if any(p in FROZEN for p in protocols) else []) + \
+            [p for p in protocols if p not in FROZEN]:
+        if proto_group == "frozen":
+            emb = {}
+            for name, m in encoders.items():
+                key_tr = cache_key(enc=enc_ids[name], data=data_id, part="train")
+                key_te = cache_key(enc=enc_ids[name], data=data_id, part="test")
+                emb[name] = (
+                    cache.get_or_compute(key_tr, lambda m=m: embed_dataset(m, train_ds, batch_size, source=data_name,
+                                                                          progress=progress, max_items=max_train),
+                                         meta={"encoder": name, "part": "train"}),
+                    cache.get_or_compute(key_te, lambda m=m: embed_dataset(m, test_ds, batch_size, source=data_name,
+                                                                          progress=progress, max_items=max_test),
+                                         meta={"encoder": name, "part": "test"}))
+            ytr = check_labels(emb["pretrained"][0][1], data_name, "training labels")
+            yte = check_labels(emb["pretrained"][1][1], data_name, "test labels")
+            n_test = yte.size
+            num_classes = int(max(ytr.max(), yte.max()) + 1)
+            for p in [p for p in protocols if p in FROZEN]:
+                records += _run_frozen(p, emb, ytr, yte, num_classes, fracs, n_seeds, k, Cs, shots, episodes,
+                                       n_boot, gain_vs, data_name)
+        elif task == "segmentation":
+            from domainfm.eval.finetune import dataset_tensors
+            xtr, mtr, wl = dataset_tensors(train_ds, data_name, max_items=max_train, target="mask")
+            xte, mte, _ = dataset_tensors(test_ds, data_name, max_items=max_test, target="mask")
+            n_test = int(mte.shape[0])
+            num_classes = int(max(mtr.max(), mte.max()) + 1)
+            classes = getattr(train_ds, "classes", None)
+            if classes:
+                num_classes = max(num_classes, len(classes))
+            head_factory = _segmentation_head_factory(domain_name, cfg if datasets is None else None, num_classes)
+            records += _run_segmentation(proto_group, encoders, head_factory, xtr, mtr, xte, mte.numpy(), wl,
+                                         num_classes, fracs, n_seeds, n_boot, gain_vs, data_name,
+                                         finetune_kwargs or {})
+        else:
+            from domainfm.eval.finetune import dataset_tensors
+            xtr, ytr, wl = dataset_tensors(train_ds, data_name, max_items=max_train)
+            xte, yte, _ = dataset_tensors(test_ds, data_name, max_items=max_test)
+            ytr = check_labels(ytr, data_name, "training labels")
+            yte = check_labels(yte, data_name, "test labels")
+            n_test = yte.size
+            num_classes = int(max(ytr.max(), yte.max()) + 1)
+            records += _run_finetune(proto_group, encoders, xtr, ytr, xte, yte, wl, num_classes, fracs, n_seeds,
+                                     n_boot, gain_vs, data_name, finetune_kwargs or {})
+
+    meta = {"checkpoint": str(checkpoint) if isinstance(checkpoint, (str, Path)) else type(checkpoint).__name__,
+            "data": data_name, "domain": domain_name, "task": task, "protocols": protocols, "fractions": fracs,
+            "seeds": n_seeds, "baseline": baselines, "gain_vs": gain_vs, "encoders": list(encoders),
+            "n_train_pool": len(train_ds) if max_train is None else min(len(train_ds), max_train),
+            "n_test": n_test, "test_split": split_name, "n_boot": n_boot, "k": k, "Cs": list(Cs),
+            "cache": {"folder": None if cache_folder is None else str(cache_folder), "hits": cache.hits,
+                      "misses": cache.misses}}
+    result = EvalResult(records, meta)
+    result.meta["seconds"] = round(time.perf_counter() - t0, 2)
+    if out is not None:
+        write_report(result, out, plots=plots)
+    return result
+
+
+def _weights_file(checkpoint):
+    if not isinstance(checkpoint, (str, Path)):
+        return None
+    p = Path(checkpoint)
+    return p / "model.safetensors" if (p / "model.safetensors").is_file() else p
+
+
+def _summarise(protocol, name, frac, shots, n_train, yte, probas, base_probas, n_boot, seed_base, gain_vs):
+    stats = bootstrap_ci(yte, probas, n_boot=n_boot, seed=seed_base, baseline_probas=base_probas,
+                         num_classes=probas[0].shape[1])
+    out = []
+    for metric in CLASSIFICATION_METRICS:
+        s = stats[metric]
+        out.append({"encoder": name, "protocol": protocol, "fraction": frac, "shots": shots, "n_train": n_train,
+                    "n_test": int(yte.size), "seeds": len(probas), "metric": metric, "mean": s["mean"],
+                    "ci_low": s["ci_low"], "ci_high": s["ci_high"], "per_seed": s["per_seed"],
+                    "gain": s.get("gain"), "gain_low": s.get("gain_low"), "gain_high": s.get("gain_high"),
+                    "baseline": gain_vs if base_probas is not None else None})
+    return out
+
+
+def _run_frozen(protocol, emb, ytr, yte, num_classes, fracs, n_seeds, k, Cs, shots, episodes, n_boot,
+                gain_vs, source):
+    for name, ((x_tr, y_tr), (x_te, y_te)) in emb.items():
+        check_pair(x_tr, y_tr, f"{source} ({name} train embeddings)")
+        check_pair(x_te, y_te, f"{source} ({name} test embeddings)")
+    settings = [(None, int(s)) for s in shots] if protocol == "fewshot" else [(f, None) for f in fracs]
+    records = []
+    for frac, shot in settings:
+        probas: dict[str, list] = {name: [] for name in emb}
+        n_train = None
+        for seed in range(n_seeds):
+            if protocol == "fewshot":
+                for name, ((x_tr, _), (x_te, _)) in emb.items():
+                    probas[name] += fewshot_probe(x_tr, ytr, x_te, shots=shot, episodes=episodes, seed=seed,
+                                                  num_classes=num_classes)
+                n_train = int(sum(min(shot, int((ytr == c).sum())) for c in np.unique(ytr)))
+                continue
+            idx = stratified_fraction(ytr, frac, seed=seed, source=source)
+            n_train = int(idx.size)
+            for name, ((x_tr, _), (x_te, _)) in emb.items():
+                if protocol == "linear":
+                    p = linear_probe(x_tr[idx], ytr[idx], x_te, num_classes=num_classes, seed=seed, Cs=Cs)
+                else:
+                    p = knn_probe(x_tr[idx], ytr[idx], x_te, k=k, num_classes=num_classes)
+                probas[name].append(p)
+        for name in emb:
+            base = probas[gain_vs] if gain_vs and name != gain_vs else None
+            records += _summarise(protocol, name, frac, shot, n_train, yte, probas[name], base, n_boot,
+                                  seed_base=1234, gain_vs=gain_vs)
+    return records
+
+
+def _run_finetune(protocol, encoders, xtr, ytr, xte, yte, wl, num_classes, fracs, n_seeds, n_boot, gain_vs,
+                  source, kwargs):
+    from domainfm.eval.finetune import finetune_classifier
+    mode = "lora" if protocol == "lora" else "full"
+    records = []
+    for frac in fracs:
+        probas: dict[str, list] = {name: [] for name in encoders}
+        infos: dict[str, list] = {name: [] for name in encoders}
+        n_train = None
+        for seed in range(n_seeds):
+            idx = stratified_fraction(ytr, frac, seed=seed, source=source)
+            n_train = int(idx.size)
+            for name, m in encoders.items():
+                p, info = finetune_classifier(_encoder_of(m), xtr[idx], ytr[idx], xte, num_classes, mode=mode,
+                                              seed=seed, wavelengths=wl, **kwargs)
+                probas[name].append(p)
+                infos[name].append(info)
+        for name in encoders:
+            base = probas[gain_vs] if gain_vs and name != gain_vs else None
+            recs = _summarise(protocol, name, frac, None, n_train, yte, probas[name], base, n_boot, 1234, gain_vs)
+            for r in recs:
+                r["trainable_fraction"] = float(np.mean([i["encoder_trainable_fraction"] for i in infos[name]]))
+                r["steps"] = int(infos[name][0]["steps"])
+            records += recs
+    return records
+
+
+def _segmentation_head_factory(domain_name, cfg, num_classes):
+    """``fn(encoder) -> head``: the domain's segmentation head (core default when no domain/config)."""
+    def make(encoder):
+        if cfg is not None and domain_name:
+            from domainfm.registry import get_domain
+            return get_domain(domain_name).head("segmentation", encoder, num_classes, cfg)
+        from domainfm.config import Config
+        from domainfm.heads import default_head
+        return default_head("segmentation", encoder, num_classes, Config())
+    return make
+
+
+def _run_segmentation(protocol, encoders, head_factory, xtr, mtr, xte, mte, wl, num_classes, fracs, n_seeds, n_boot,
+                      gain_vs, source, kwargs):
+    from domainfm.eval.finetune import finetune_segmenter
+    mode = "lora" if protocol == "lora" else "full"
+
+    def metric_fn(t, p):
+        return segmentation_metrics(t, p, num_classes)
+
+    records = []
+    for frac in fracs:
+        preds: dict[str, list] = {name: [] for name in encoders}
+        infos: dict[str, list] = {name: [] for name in encoders}
+        n_train = None
+        for seed in range(n_seeds):
+            idx = random_fraction(xtr.shape[0], frac, seed=seed, source=source)
+            n_train = int(idx.size)
+            for name, m in encoders.items():
+                enc = _encoder_of(m)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    head = head_factory(enc)
+                p, info = finetune_segmenter(enc, head, xtr[idx], mtr[idx], xte, mode=mode, seed=seed,
+                                             wavelengths=wl, **kwargs)
+                preds[name].append(p)
+                infos[name].append(info)
+        for name in encoders:
+            base = preds[gain_vs] if gain_vs and name != gain_vs else None
+            stats = bootstrap_ci(mte, preds[name], metric_fn=metric_fn, n_boot=n_boot, seed=1234,
+                                 baseline_probas=base)
+            for metric in SEGMENTATION_METRICS:
+                st = stats[metric]
+                records.append({"encoder": name, "protocol": protocol, "fraction": frac, "shots": None,
+                                "n_train": n_train, "n_test": int(mte.shape[0]), "seeds": n_seeds, "metric": metric,
+                                "mean": st["mean"], "ci_low": st["ci_low"], "ci_high": st["ci_high"],
+                                "per_seed": st["per_seed"], "gain": st.get("gain"), "gain_low": st.get("gain_low"),
+                                "gain_high": st.get("gain_high"), "baseline": gain_vs if base is not None else None,
+                                "trainable_fraction": float(np.mean([i["encoder_trainable_fraction"]
+                                                                     for i in infos[name]])),
+                                "steps": int(infos[name][0]["steps"])})
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI helpers (the lead's ``domainfm evaluate`` calls these)
+def add_evaluate_arguments(parser) -> None:
+    """Add ``evaluate``'s arguments to an ``argparse`` (sub)parser (``checkpoint`` only if not there yet).
+
+    Example:
+        >>> import argparse
+        >>> p = argparse.ArgumentParser(); add_evaluate_arguments(p)
+        >>> a = p.parse_args(["ck", "--data", "d", "--protocol", "knn", "--fractions", "0.1,1"])
+        >>> a.protocol, a.fractions, a.seeds
+        ('knn', '0.1,1', 3)
+    """
+    dests = {a.dest for a in parser._actions}
+    if "checkpoint" not in dests:
+        parser.add_argument("checkpoint", help="checkpoint folder (model.safetensors + card.json)")
+    parser.add_argument("--data", default=None, help="labelled data (the domain's data.path)")
+    parser.add_argument("--protocol", default="linear",
+                        help="linear | knn | fewshot | finetune | lora, or a comma list (linear,knn)")
+    parser.add_argument("--fractions", default="0.01,0.1,1", help="label fractions, comma separated (0.01 = 1%%)")
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds per fraction")
+    parser.add_argument("--baseline", default="random", help="random | CKPT2 | random,CKPT2 | none")
+    parser.add_argument("--out", default=None, help="output folder for report.json, report.md, plots")
+    parser.add_argument("--test-split", default="test", help="split to score on (test; val for an in-distribution check)")
+    parser.add_argument("--k", type=int, default=20, help="kNN neighbours")
+    parser.add_argument("--shots", default="1,5,10", help="few-shot: shots per class, comma separated")
+    parser.add_argument("--episodes", type=int, default=5, help="few-shot: episodes per seed")
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--batch-size", type=int, default=64, help="embedding batch size")
+    parser.add_argument("--device", default=None, help="cpu | cuda (default: where the model loads)")
+    parser.add_argument("--max-train", type=int, default=None, help="cap on training items (quick runs)")
+    parser.add_argument("--max-test", type=int, default=None, help="cap on test items (quick runs)")
+    parser.add_argument("--epochs", type=int, default=None, help="finetune/lora: epochs")
+    parser.add_argument("--lr", type=float, default=None, help="finetune/lora: peak learning rate")
+    parser.add_argument("--layer-decay", type=float, default=None, help="finetune: layer-wise LR decay")
+    parser.add_argument("--lora-rank", type=int, default=None, help="lora: rank")
+    if "overrides" not in dests and "sets" not in dests:
+        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                            help="config override, e.g. data.options.x=1 (repeatable)")
+
+
+def _option_overrides(checkpoint, rest) -> list[str]:
+    """Leftover ``--foo-bar VALUE`` CLI flags -> ``data.options.foo_bar=VALUE`` for the checkpoint's domain."""
+    rest = list(rest or ())
+    if not rest:
+        return []
+    import dataclasses
+    from domainfm.registry import get_domain
+    from domainfm.train.checkpoint import load_card
+    domain = load_card(checkpoint).get("domain", "synthetic")
+    options = get_domain(domain).Options
+    fields = {f.name for f in dataclasses.fields(options)} if dataclasses.is_dataclass(options) else set()
+    out, i = [], 0
+    while i < len(rest):
+        tok = rest[i]
+        name, eq, inline = tok[2:].partition("=") if tok.startswith("--") else ("", "", "")
+        key = name.replace("-", "_")
+        if not tok.startswith("--") or key not in fields:
+            raise ConfigError(f"evaluate: unknown argument {tok!r} (domain {domain!r} options: "
+                              f"{', '.join('--' + f.replace('_', '-') for f in sorted(fields)) or 'none'})")
+        if eq:
+            value, i = inline, i + 1
+        elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+            value, i = rest[i + 1], i + 2
+        else:
+            value, i = "true", i + 1
+        out.append(f"data.options.{key}={value}")
+    return out
+
+
+def evaluate_from_args(args, rest=()) -> EvalResult:
+    """Run :func:`evaluate` from parsed :func:`add_evaluate_arguments` args; print the markdown report.
+
+    ``rest`` are leftover ``--option VALUE`` flags: the checkpoint's domain options.
+    """
+    ft = {k: v for k, v in (("epochs", getattr(args, "epochs", None)), ("lr", getattr(args, "lr", None)),
+                            ("layer_decay", getattr(args, "layer_decay", None)),
+                            ("lora_rank", getattr(args, "lora_rank", None))) if v is not None}
+    shots = [int(s) for s in str(getattr(args, "shots", "1,5,10")).split(",") if s.strip()]
+    overrides = list(getattr(args, "overrides", None) or getattr(args, "sets", None) or [])
+    overrides += _option_overrides(args.checkpoint, rest)
+    result = evaluate(args.checkpoint, data=args.data, protocol=args.protocol, fractions=args.fractions,
+                      seeds=args.seeds, baseline=args.baseline, out=args.out, overrides=overrides, k=args.k,
+                      shots=shots, episodes=args.episodes, n_boot=args.n_boot, batch_size=args.batch_size,
+                      device=args.device, max_train=args.max_train, max_test=args.max_test, finetune_kwargs=ft,
+                      test_split=getattr(args, "test_split", "test"))
+    from domainfm.eval.report import render_markdown
+    print(render_markdown(result))
+    if result.paths:
+        print(f"wrote {result.paths['markdown'].parent}")
+    return result
+
+
+def run_evaluate_from_args(args, rest=()) -> int:
+    """CLI entry: :func:`evaluate_from_args`, returning the exit status (0)."""
+    evaluate_from_args(args, rest)
+    return 0

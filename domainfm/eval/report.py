@@ -1,0 +1,217 @@
+"""Evaluation results as records, and their report: ``report.json``, ``report.md`` and PNG plots.
+
+A record is one row: an encoder (``pretrained``, ``random``, or a checkpoint name), a protocol, a
+label fraction (or a number of shots), a metric, its mean over seeds, the bootstrap 95% interval,
+the per-seed values and the gain over the baseline with its own (paired) interval.
+
+Example:
+    >>> rec = {"encoder": "pretrained", "protocol": "knn", "fraction": 0.1, "shots": None, "n_train": 10,
+    ...        "metric": "accuracy", "mean": 0.9, "ci_low": 0.85, "ci_high": 0.95, "gain": 0.2,
+    ...        "gain_low": 0.1, "gain_high": 0.3, "per_seed": [0.9]}
+    >>> res = EvalResult([rec])
+    >>> res.summary("knn", "accuracy")[("pretrained", 0.1)]
+    0.9
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+METRIC_NAMES = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced acc.", "macro_f1": "Macro-F1",
+                "auroc": "AUROC", "dice": "Dice", "miou": "mIoU"}
+
+
+class EvalResult(list):
+    """A list of record dicts with helpers: ``to_frame()`` (pandas), ``summary(protocol, metric)``.
+
+    ``meta`` holds the run's settings (checkpoint, data, seeds, cache hits...); ``paths`` the files
+    written (``report.json``, ``report.md``, plots) when an output folder was given.
+    """
+
+    def __init__(self, records=(), meta: dict | None = None):
+        super().__init__(records)
+        self.meta = dict(meta or {})
+        self.paths: dict[str, Path] = {}
+
+    def to_frame(self):
+        """The records as a ``pandas.DataFrame`` (one row per encoder x protocol x fraction x metric)."""
+        import pandas as pd
+        return pd.DataFrame(list(self))
+
+    def summary(self, protocol: str, metric: str) -> dict[tuple[str, Any], float]:
+        """``{(encoder, fraction or shots): mean}`` for one protocol and metric."""
+        return {(r["encoder"], r["fraction"] if r.get("shots") is None else r["shots"]): r["mean"]
+                for r in self if r["protocol"] == protocol and r["metric"] == metric}
+
+    def get(self, encoder: str, protocol: str, metric: str, fraction=None, shots=None) -> dict:
+        """The one record matching the arguments (``KeyError`` if none)."""
+        for r in self:
+            if (r["encoder"], r["protocol"], r["metric"]) == (encoder, protocol, metric) and \
+                    (fraction is None or _close(r["fraction"], fraction)) and (shots is None or r.get("shots") == shots):
+                return r
+        raise KeyError((encoder, protocol, metric, fraction, shots))
+
+
+def _close(a, b) -> bool:
+    return a is not None and b is not None and math.isclose(float(a), float(b), rel_tol=1e-9)
+
+
+def _fmt(v, digits=3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.{digits}f}"
+
+
+def _x_label(r) -> str:
+    if r.get("shots") is not None:
+        return f"{r['shots']}-shot"
+    return f"{100 * r['fraction']:g}%"
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):
+        return _json_safe(obj.item())
+    return obj
+
+
+def render_markdown(result: EvalResult) -> str:
+    """A readable report: settings, one table per protocol (mean [95% CI]) and the gains over the baseline."""
+    meta = result.meta
+    lines = ["# domainfm evaluation", ""]
+    for key in ("checkpoint", "data", "domain", "baseline", "seeds", "n_train_pool", "n_test", "test_split",
+                "n_boot"):
+        if key in meta:
+            lines.append(f"- **{key}**: {meta[key]}")
+    lines.append("")
+    lines.append("Values are means over seeds; brackets give the bootstrap 95% interval over test-set "
+                 "resamples and seeds. Gain = encoder minus baseline, paired on the same resamples; "
+                 "**bold** gains have an interval above 0.")
+    baseline = meta.get("gain_vs")
+    for protocol in dict.fromkeys(r["protocol"] for r in result):
+        rows = [r for r in result if r["protocol"] == protocol]
+        metrics = list(dict.fromkeys(r["metric"] for r in rows))
+        lines += ["", f"## {protocol}", ""]
+        lines.append("| encoder | labels | n train | " + " | ".join(METRIC_NAMES.get(m, m) for m in metrics) + " |")
+        lines.append("|---|---|---|" + "---|" * len(metrics))
+        keys = list(dict.fromkeys((r["encoder"], r["fraction"], r.get("shots")) for r in rows))
+        keys.sort(key=lambda k: (k[1] if k[1] is not None else 0, k[2] or 0))
+        for enc, frac, shots in keys:
+            cells = []
+            first = None
+            for m in metrics:
+                r = next(x for x in rows if (x["encoder"], x["fraction"], x.get("shots"), x["metric"]) == (enc, frac, shots, m))
+                first = first or r
+                cells.append(f"{_fmt(r['mean'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]")
+            lines.append(f"| {enc} | {_x_label(first)} | {first['n_train']} | " + " | ".join(cells) + " |")
+        gains = [r for r in rows if r.get("gain") is not None]
+        if gains and baseline:
+            lines += ["", f"Gain over **{baseline}**:", ""]
+            lines.append("| encoder | labels | " + " | ".join(METRIC_NAMES.get(m, m) for m in metrics) + " |")
+            lines.append("|---|---|" + "---|" * len(metrics))
+            gkeys = list(dict.fromkeys((r["encoder"], r["fraction"], r.get("shots")) for r in gains))
+            gkeys.sort(key=lambda k: (k[1] if k[1] is not None else 0, k[2] or 0))
+            for enc, frac, shots in gkeys:
+                cells = []
+                first = None
+                for m in metrics:
+                    r = next((x for x in gains if (x["encoder"], x["fraction"], x.get("shots"), x["metric"]) == (enc, frac, shots, m)), None)
+                    if r is None:
+                        cells.append("")
+                        continue
+                    first = first or r
+                    txt = f"{r['gain']:+.3f} [{_fmt(r['gain_low'])}, {_fmt(r['gain_high'])}]" if r["gain"] is not None and math.isfinite(r["gain"]) else "n/a"
+                    if r.get("gain_low") is not None and math.isfinite(r["gain_low"]) and r["gain_low"] > 0:
+                        txt = f"**{txt}**"
+                    cells.append(txt)
+                lines.append(f"| {enc} | {_x_label(first)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot_result(result: EvalResult, out_dir: str | Path) -> list[Path]:
+    """One PNG per protocol (``<protocol>.png``), one panel per metric: metric vs label fraction
+    (log x) or shots, 95% interval bars, one line per encoder. Uses the non-interactive Agg backend."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for protocol in dict.fromkeys(r["protocol"] for r in result):
+        rows = [r for r in result if r["protocol"] == protocol]
+        metrics = list(dict.fromkeys(r["metric"] for r in rows))
+        ncol = min(2, len(metrics))
+        nrow = (len(metrics) + ncol - 1) // ncol
+        fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.4 * nrow), dpi=100, squeeze=False)
+        fewshot = rows[0].get("shots") is not None
+        encoders = list(dict.fromkeys(r["encoder"] for r in rows))
+        for ax, metric in zip(axes.ravel(), metrics):
+            ticks = set()
+            for e, enc in enumerate(encoders):
+                pts = sorted((r for r in rows if r["encoder"] == enc and r["metric"] == metric),
+                             key=lambda r: r["shots"] if fewshot else r["fraction"])
+                xs = [r["shots"] if fewshot else 100 * r["fraction"] for r in pts]
+                ticks.update(xs)
+                shift = 1.0 + 0.04 * (e - (len(encoders) - 1) / 2)  # side by side, intervals readable
+                ys = [r["mean"] for r in pts]
+                lo = [max(0.0, r["mean"] - r["ci_low"]) if _finite(r["ci_low"], r["mean"]) else 0.0 for r in pts]
+                hi = [max(0.0, r["ci_high"] - r["mean"]) if _finite(r["ci_high"], r["mean"]) else 0.0 for r in pts]
+                ax.errorbar([x * shift for x in xs], ys, yerr=[lo, hi], marker="o", capsize=3, label=enc)
+            ax.set_xscale("log")
+            ax.set_xticks(sorted(ticks))
+            ax.set_xticklabels([f"{t:g}" if fewshot else f"{t:g}%" for t in sorted(ticks)])
+            ax.minorticks_off()
+            ax.set_xlabel("shots per class" if fewshot else "labelled fraction")
+            ax.set_ylabel(METRIC_NAMES.get(metric, metric))
+            ax.grid(alpha=0.3)
+        for ax in axes.ravel()[len(metrics):]:
+            ax.axis("off")
+        axes.ravel()[0].legend()
+        fig.suptitle(f"{protocol}: mean over seeds, 95% bootstrap interval")
+        fig.subplots_adjust(left=0.1, right=0.97, bottom=0.2 / nrow, top=1 - 0.12 / nrow, wspace=0.3, hspace=0.5)
+        path = out_dir / f"{protocol}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _finite(*values) -> bool:
+    return all(v is not None and math.isfinite(v) for v in values)
+
+
+def write_report(result: EvalResult, out: str | Path, plots: bool = True) -> dict[str, Path]:
+    """Write ``report.json`` (meta + records), ``report.md`` and the plots under ``out``.
+
+    Example:
+        >>> import tempfile
+        >>> res = EvalResult([{"encoder": "random", "protocol": "knn", "fraction": 1.0, "shots": None,
+        ...     "n_train": 4, "metric": "accuracy", "mean": 0.5, "ci_low": 0.4, "ci_high": 0.6,
+        ...     "per_seed": [0.5], "gain": None}])
+        >>> sorted(write_report(res, tempfile.mkdtemp()))
+        ['json', 'markdown', 'plot:knn']
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    paths["json"] = out / "report.json"
+    paths["json"].write_text(json.dumps(_json_safe({"meta": result.meta, "records": list(result)}), indent=2))
+    paths["markdown"] = out / "report.md"
+    paths["markdown"].write_text(render_markdown(result))
+    if plots:
+        for p in plot_result(result, out):
+            paths[f"plot:{p.stem}"] = p
+    result.paths = paths
+    return paths
