@@ -300,8 +300,14 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
         except (NotImplementedError, DataError) as exc:
             log.info("no validation split (%s)", exc)
             val_set = None
+        metrics = {}
         if val_set is not None and len(val_set):
             metrics = evaluate_task(model, val_set, task, num_classes, cfg.train.batch_size)
+        from domainfm.domain import Domain
+        extra = domain.validate(load(ckpt), cfg) if type(domain).validate is not Domain.validate else None
+        if extra:
+            metrics.update({k: v for k, v in extra.items() if isinstance(v, (int, float))})
+        if metrics:
             (run_dir / "val_metrics.json").write_text(json.dumps(metrics, indent=2))
             card_path = ckpt / "card.json"
             _write_json_atomic(card_path, {**json.loads(card_path.read_text()), "val_metrics": metrics})

@@ -84,6 +84,7 @@ class TrainConfig:
     compile: bool = False
     amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     device: str = "auto"
+    threads: int | None = None  # CPU intra-op threads (torch.set_num_threads); None keeps torch's default
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 100

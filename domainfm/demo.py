@@ -15,31 +15,22 @@ import csv
 import time
 from pathlib import Path
 
-import torch
 
-from domainfm.api import FoundationModel, embed_dataset, finetune, load, pretrain
-
-
-def random_init_like(model: FoundationModel, seed: int = 0) -> FoundationModel:
-    """The same architecture as ``model`` with fresh random weights (the baseline of every probe)."""
-    from domainfm.models import build_encoder
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        encoder = build_encoder(**model.card["encoder"])
-    return FoundationModel(encoder, model.card, None, model.path).eval()
+from domainfm.api import finetune, load, pretrain
 
 
 def probe_vs_random(checkpoint, train_set, test_set, batch_size: int = 64, k: int = 20) -> dict[str, float]:
     """Linear-probe and kNN accuracy on held-out samples: pretrained encoder vs random init."""
+    from domainfm.eval.embeddings import embed_dataset
+    from domainfm.eval.evaluate import random_like
     from domainfm.eval.protocols import knn_probe, linear_probe
     model = load(checkpoint)
     figures: dict[str, float] = {}
-    for name, m in (("pretrained", model), ("random_init", random_init_like(model))):
-        tr, te = embed_dataset(m, train_set, batch_size), embed_dataset(m, test_set, batch_size)
-        ytr, yte = tr["labels"].reshape(-1).astype(int), te["labels"].reshape(-1).astype(int)
+    for name, m in (("pretrained", model), ("random_init", random_like(model, model.card))):
+        (xtr, ytr), (xte, yte) = embed_dataset(m, train_set, batch_size), embed_dataset(m, test_set, batch_size)
         n_cls = int(max(ytr.max(), yte.max()) + 1)
-        lin = linear_probe(tr["embeddings"], ytr, te["embeddings"], num_classes=n_cls).argmax(1)
-        knn = knn_probe(tr["embeddings"], ytr, te["embeddings"], k=k, num_classes=n_cls).argmax(1)
+        lin = linear_probe(xtr, ytr, xte, num_classes=n_cls).argmax(1)
+        knn = knn_probe(xtr, ytr, xte, k=k, num_classes=n_cls).argmax(1)
         figures[f"linear_probe_acc_{name}"] = float((lin == yte).mean())
         figures[f"knn_acc_{name}"] = float((knn == yte).mean())
     return figures

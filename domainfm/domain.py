@@ -66,7 +66,7 @@ class Domain:
         Returns ``fn(image, generator) -> image`` (same shape); the generator gives all randomness.
         """
         from domainfm.data.augment import default_augment
-        return default_augment(spatial_dims=len(_as_list(cfg.data.img_size, 2)))
+        return default_augment(spatial_dims=3 if self.encoder_kwargs(cfg).get("patch_embed") == "3d" else 2)
 
     def encoder_kwargs(self, cfg: "Config", dataset: Any | None = None) -> dict:
         """Keyword arguments of :func:`domainfm.build_encoder` that fit this data.
@@ -103,6 +103,11 @@ class Domain:
         """
         return None
 
+    def validate(self, model, cfg: "Config") -> dict | None:
+        """Optional domain metrics of a fine-tuned model on the validation data (e.g. whole-scan
+        Dice and HD95 in the source geometry); merged into the card's ``val_metrics``."""
+        return None
+
     def write(self, prediction: torch.Tensor | Any, sample: dict, path: str | Path) -> Path:
         """Write a prediction back in the domain's own format (NIfTI, GeoTIFF, heatmap PNG...)."""
         raise NotImplementedError(f"domain {self.name!r} has no writer")
@@ -123,6 +128,3 @@ class Domain:
         """Run the domain's end-to-end demo on real or generated data; return the figures."""
         raise NotImplementedError(f"domain {self.name!r} has no demo")
 
-
-def _as_list(value, n: int) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value] * n

@@ -193,6 +193,8 @@ def train(module: nn.Module, dataset, tcfg: TrainConfig, run_dir: str | Path, ca
     optimizer step and may return metrics to log (e.g. an online kNN probe).
     """
     run_dir = Path(run_dir)
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
     device = pick_device(tcfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     ctx = DistContext.from_env(device.type)
     if ctx.enabled and device.type == "cuda":

@@ -27,9 +27,9 @@ def test_random_masking_ratio_and_restore():
 
 def test_mae_loss_falls_on_structured_data():
     torch.manual_seed(0)
-    ds = ShapesDataset(64, size=32, seed=1)
+    ds = ShapesDataset(64, size=32, seed=1, noise=0.05)
     batch = collate_samples([ds[i] for i in range(64)])
-    mae = MAE(_tiny(), mask_ratio=0.75, decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    mae = MAE(_tiny(), mask_ratio=0.75, decoder_dim=32, decoder_depth=1, decoder_heads=2, norm_pix_loss=False)
     opt = torch.optim.AdamW(mae.parameters(), lr=2e-3)
     losses = []
     for step in range(40):
@@ -40,7 +40,7 @@ def test_mae_loss_falls_on_structured_data():
         opt.step()
         losses.append(float(loss))
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    assert last < 0.8 * first, (first, last)
+    assert last < 0.5 * first, (first, last)
 
 
 def test_mae_in_3d_and_wavelength_modes():

@@ -1,0 +1,14 @@
+"""Medical imaging domain plugin for domainfm: CT/MRI volumes (NIfTI, DICOM series) and X-rays
+(DICOM, PNG, MedMNIST ``.npz``), MONAI preprocessing, 3D MAE pretraining, UNETR segmentation and
+NIfTI predictions written in the source geometry.
+
+Example:
+    >>> from domains.medical import MedicalDomain
+    >>> MedicalDomain.name
+    'medical'
+"""
+
+from domains.medical.domain import MedicalDomain
+from domains.medical.options import WINDOW_PRESETS, MedicalOptions
+
+__all__ = ["MedicalDomain", "MedicalOptions", "WINDOW_PRESETS"]

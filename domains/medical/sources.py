@@ -1,0 +1,264 @@
+"""Where scans come from: a folder of scans, class subfolders, a CSV/JSON manifest, a Decathlon
+datalist, a MedMNIST ``.npz`` or a single scan. Each source becomes a list of MONAI-style item dicts
+``{"image": path | [paths], "label"?: int, "mask"?: path, "id": str}``.
+
+Example:
+    >>> items, classes = discover("data/scans/")  # doctest: +SKIP
+    >>> items[0]["image"], classes  # doctest: +SKIP
+    ('data/scans/case1.nii.gz', None)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from domainfm.errors import DataError
+from domains.medical.io import (IMAGE_2D_SUFFIXES, NpzStore, dicom_files, is_dicom_file, is_nifti, scan_id)
+
+IMAGE_PAIR_DIRS = (("imagesTr", "labelsTr"), ("images", "masks"), ("images", "labels"))
+
+
+def _is_scan_file(p: Path) -> bool:
+    return p.is_file() and not p.name.startswith(".") and (
+        is_nifti(p) or p.suffix.lower() in IMAGE_2D_SUFFIXES or is_dicom_file(p))
+
+
+def _scans_in(folder: Path, spatial_dims: int) -> list[str]:
+    """Scans directly in ``folder``: NIfTI/PNG files, plus one DICOM series per sub-folder.
+
+    A folder whose own files are DICOM is one series (3D) or, in 2D, a set of DICOM images.
+    """
+    files = sorted(p for p in folder.iterdir() if _is_scan_file(p))
+    dcm = [p for p in files if is_dicom_file(p)]
+    if dcm and spatial_dims == 3:
+        return [str(folder)]
+    scans = [str(p) for p in files]
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if dicom_files(sub):
+            scans.append(str(sub))
+    return scans
+
+
+def _group_sequences(scans: list[str], sequences: list[str], where: Path) -> list[list[str]]:
+    groups: dict[str, dict[str, str]] = {}
+    for s in scans:
+        sid = scan_id(s)
+        for seq in sequences:
+            for sep in ("_", "-", "."):
+                if sid.lower().endswith(f"{sep}{seq.lower()}"):
+                    groups.setdefault(sid[: -len(seq) - 1], {})[seq] = s
+    out = []
+    for subject, found in sorted(groups.items()):
+        missing = [q for q in sequences if q not in found]
+        if missing:
+            raise DataError(where, f"subject {subject!r} lacks sequence(s) {missing} (expected files <id>_<seq> for {sequences})")
+        out.append([found[q] for q in sequences])
+    if not out:
+        raise DataError(where, f"no files named <id>_<sequence> for sequences {sequences}")
+    return out
+
+
+def _resolve(base: Path, value: str) -> str:
+    p = Path(value)
+    return str(p if p.is_absolute() else (base / p))
+
+
+def _labels_to_index(raw: list[Any], where: Path) -> tuple[list[int], list[str]]:
+    vals = [str(v).strip() for v in raw]
+    try:
+        ints = [int(float(v)) for v in vals]
+        classes = [str(c) for c in sorted(set(ints))]
+        if sorted(set(ints)) == list(range(len(set(ints)))):
+            return ints, classes
+        mapping = {v: i for i, v in enumerate(sorted(set(ints)))}
+        return [mapping[v] for v in ints], classes
+    except ValueError:
+        classes = sorted(set(vals))
+        mapping = {c: i for i, c in enumerate(classes)}
+        return [mapping[v] for v in vals], classes
+
+
+def _from_records(records: list[dict], base: Path, where: Path, opts) -> tuple[list[dict], list[str] | None]:
+    seqs = opts.sequences
+    items: list[dict] = []
+    raw_labels = []
+    for i, rec in enumerate(records):
+        if seqs:
+            missing = [q for q in seqs if not rec.get(q)]
+            if missing:
+                raise DataError(where, f"row {i + 1}: missing sequence column(s) {missing}")
+            image: Any = [_resolve(base, rec[q]) for q in seqs]
+        else:
+            value = rec.get(opts.image_key)
+            if value in (None, ""):
+                raise DataError(where, f"row {i + 1}: no {opts.image_key!r} value (columns: {', '.join(rec)})")
+            image = [_resolve(base, v) for v in value] if isinstance(value, list) else _resolve(base, value)
+        item = {"image": image, "id": scan_id(image[0] if isinstance(image, list) else image)}
+        if rec.get(opts.mask_key) not in (None, ""):
+            item["mask"] = _resolve(base, rec[opts.mask_key])
+        if rec.get(opts.label_key) not in (None, ""):
+            raw_labels.append(rec[opts.label_key])
+            item["_has_label"] = True
+        items.append(item)
+    classes = None
+    if raw_labels:
+        if len(raw_labels) != len(items):
+            raise DataError(where, f"{len(items) - len(raw_labels)} rows have no {opts.label_key!r} value")
+        idx, classes = _labels_to_index(raw_labels, where)
+        for item, lab in zip(items, idx):
+            item["label"] = lab
+    for item in items:
+        item.pop("_has_label", None)
+    for item in items:
+        for p in item["image"] if isinstance(item["image"], list) else [item["image"]]:
+            if not Path(p).exists():
+                raise DataError(p, f"listed in {where} but does not exist")
+        if "mask" in item and not Path(item["mask"]).exists():
+            raise DataError(item["mask"], f"mask listed in {where} does not exist")
+    return items, classes
+
+
+def read_manifest(path: Path, opts) -> tuple[list[dict], list[str] | None]:
+    """Items of a CSV manifest or a JSON list of records (``image``, optional ``label``/``mask``)."""
+    if path.suffix.lower() == ".csv":
+        try:
+            with open(path, newline="") as fh:
+                records = list(csv.DictReader(fh))
+        except (OSError, csv.Error, UnicodeDecodeError) as exc:
+            raise DataError(path, f"cannot read CSV manifest ({exc})") from None
+    else:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(path, f"cannot read JSON manifest ({exc})") from None
+        records = data.get("items", data) if isinstance(data, dict) else data
+        if not isinstance(records, list):
+            raise DataError(path, "JSON manifest must be a list of {image, label|mask} records or a Decathlon datalist")
+    if not records:
+        raise DataError(path, "manifest has no rows")
+    return _from_records(records, path.parent, path, opts)
+
+
+def read_decathlon(path: Path, opts, section: str) -> list[dict]:
+    """Items of a Medical Segmentation Decathlon ``dataset.json`` section (``training``/``validation``/``test``)."""
+    data = json.loads(path.read_text())
+    base = path.parent
+    recs = data.get(section) or []
+    records = []
+    for rec in recs:
+        if isinstance(rec, str):
+            rec = {"image": rec}
+        records.append({opts.image_key: rec.get("image"), opts.mask_key: rec.get("label") if not isinstance(
+            rec.get("label"), (int, float)) else None, **({opts.label_key: rec["label"]} if isinstance(
+                rec.get("label"), (int, float)) else {})})
+    if not records:
+        return []
+    items, _ = _from_records(records, base, path, opts)
+    return items
+
+
+def is_decathlon(path: Path) -> bool:
+    if path.suffix.lower() != ".json":
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"cannot read JSON ({exc})") from None
+    return isinstance(data, dict) and "training" in data
+
+
+def discover(path: str | Path, opts, section: str = "training") -> tuple[list[dict], list[str] | None]:
+    """List the items at ``path`` and the class names (if labels come from folders or a manifest).
+
+    ``section`` picks the Decathlon section or the ``.npz`` split (``train``/``val``/``test``).
+    Raises :class:`DataError` naming ``path`` when nothing usable is there (e.g. an empty folder).
+    """
+    path = Path(path)
+    spatial_dims = int(opts.spatial_dims)
+    if not path.exists():
+        raise DataError(path, "does not exist")
+    if path.is_file():
+        if path.suffix.lower() == ".npz":
+            store = NpzStore(path)
+            split = {"training": "train", "validation": "val"}.get(section, section)
+            n = len(store.images(split))
+            labels = store.labels(split)
+            items = []
+            for i in range(n):
+                item = {"image": f"{path}::{split}[{i}]", "id": f"{split}_{i}"}
+                if labels is not None and labels.shape[1] == 1:
+                    item["label"] = int(labels[i, 0])
+                items.append(item)
+            classes = None
+            if labels is not None and labels.shape[1] == 1:
+                classes = [str(c) for c in range(int(np.max(store.labels("train"))) + 1)] if "train" in store.splits() else None
+            return items, classes
+        if path.suffix.lower() == ".json" and is_decathlon(path):
+            items = read_decathlon(path, opts, section)
+            if not items:
+                raise DataError(path, f"Decathlon datalist has no {section!r} entries")
+            return items, None
+        if path.suffix.lower() in (".csv", ".json"):
+            return read_manifest(path, opts)
+        if _is_scan_file(path):
+            return [{"image": str(path), "id": scan_id(path)}], None
+        raise DataError(path, "not a scan, a manifest (.csv/.json) or a MedMNIST .npz")
+    # a folder
+    if not any(p for p in path.iterdir() if not p.name.startswith(".")):
+        raise DataError(path, "empty folder: no scans found")
+    for img_dir, lab_dir in IMAGE_PAIR_DIRS:
+        if (path / img_dir).is_dir() and (path / lab_dir).is_dir():
+            images = _scans_in(path / img_dir, spatial_dims)
+            masks = {scan_id(m): m for m in _scans_in(path / lab_dir, spatial_dims)}
+            items = []
+            for im in images:
+                sid = scan_id(im)
+                if sid not in masks:
+                    raise DataError(im, f"no mask named {sid}* in {path / lab_dir}")
+                items.append({"image": im, "mask": masks[sid], "id": sid})
+            if not items:
+                raise DataError(path / img_dir, "empty folder: no scans found")
+            return items, None
+    scans = _scans_in(path, spatial_dims)
+    subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and str(p) not in scans)
+    if not scans and subdirs:  # class subfolders
+        items, classes = [], []
+        for sub in subdirs:
+            sub_scans = _scans_in(sub, spatial_dims)
+            if not sub_scans:
+                continue
+            classes.append(sub.name)
+            for s in sub_scans:
+                items.append({"image": s, "label": len(classes) - 1, "id": f"{sub.name}/{scan_id(s)}"})
+        if not items:
+            raise DataError(path, "empty folder: no scans found in its class subfolders")
+        if opts.sequences:
+            raise DataError(path, "multi-sequence scans need a flat folder or a manifest, not class subfolders")
+        return items, classes
+    if not scans:
+        raise DataError(path, "empty folder: no scans found (looked for .nii/.nii.gz, DICOM series folders, .dcm, .png)")
+    if opts.sequences:
+        seqs = [s for s in opts.sequences]
+        return [{"image": g, "id": scan_id(g[0]).rsplit("_", 1)[0]} for g in _group_sequences(scans, seqs, path)], None
+    return [{"image": s, "id": scan_id(s)} for s in scans], None
+
+
+def holdout(items: list[dict], split: str, fraction: float, seed: int) -> list[dict]:
+    """Deterministic train/val split of ``items`` (val gets ``fraction``, at least one item when >= 2).
+
+    Example:
+        >>> len(holdout([{"id": i} for i in range(10)], "val", 0.2, 0))
+        2
+    """
+    n = len(items)
+    if split not in ("train", "val", "test") or n < 2 or fraction <= 0:
+        return items
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = min(n - 1, max(1, int(round(n * fraction))))
+    chosen = sorted(order[:n_val]) if split in ("val", "test") else sorted(order[n_val:])
+    return [items[i] for i in chosen]

@@ -1,0 +1,247 @@
+"""MONAI dictionary-transform recipes for CT, MRI and X-ray, and the loader transform feeding them.
+
+The pipeline is split in two:
+
+* a deterministic part (load -> channel first -> orientation -> spacing -> intensity -> foreground
+  crop -> pad/resize) that :mod:`domains.medical.dataset` caches (MONAI ``CacheDataset`` /
+  ``PersistentDataset``), and
+* a random part (3D crops, label-aware positive/negative crops) reseeded per item from
+  ``(seed, epoch, index)`` so crops are reproducible and resumable.
+
+Example:
+    >>> from domains.medical.options import MedicalOptions
+    >>> det, rand = build_transforms(MedicalOptions(), crop=[32, 32, 32], stage="pretrain")
+    >>> [type(t).__name__ for t in det.transforms][:3]
+    ['LoadScand', 'EnsureChannelFirstd', 'Orientationd']
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from monai import transforms as mt
+from monai.transforms import MapTransform
+
+from domainfm.errors import DataError, DomainFMError
+from domains.medical.io import check_mask_geometry, read_image, read_multisequence
+from domains.medical.options import MedicalOptions, resolve_window
+
+ORIENTATION_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+def find_domain_error(exc: BaseException) -> DomainFMError | None:
+    """The :class:`DomainFMError` hidden in MONAI's ``RuntimeError("applying transform ...")`` chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, DomainFMError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextlib.contextmanager
+def domain_errors():
+    """Re-raise a :class:`DomainFMError` wrapped by MONAI as itself (one clear line, no deep traceback).
+
+    Example:
+        >>> with domain_errors():
+        ...     pass
+    """
+    try:
+        yield
+    except DomainFMError:
+        raise
+    except Exception as exc:
+        err = find_domain_error(exc)
+        if err is not None:
+            raise err.with_traceback(None) from None
+        raise
+
+
+class LoadScand(MapTransform):
+    """Read ``image`` (a path or a list of sequence paths) and ``mask`` into MetaTensors.
+
+    Checks, each raising :class:`DataError` naming the file: the scan has ``spatial_dims`` spatial
+    dimensions (2D data with a 3D config and vice versa), no NaN/inf voxels, and the mask has the
+    image's shape and affine.
+
+    Example:
+        >>> LoadScand(spatial_dims=3)({"image": "ct.nii.gz"})["image"].affine  # doctest: +SKIP
+    """
+
+    def __init__(self, keys: Sequence[str] = ("image", "mask"), spatial_dims: int = 3, allow_missing_keys: bool = True):
+        super().__init__(keys, allow_missing_keys=allow_missing_keys)
+        self.spatial_dims = spatial_dims
+
+    def _fix_dims(self, img, path):
+        from monai.data import MetaTensor
+        has_channel = img.meta.get("original_channel_dim") != "no_channel"
+        spatial = list(img.shape[1:] if img.meta.get("original_channel_dim") == 0 else
+                       img.shape[:-1] if has_channel else img.shape)
+        nd = len(spatial)
+        if nd == self.spatial_dims:
+            return img
+        if self.spatial_dims == 2 and nd == 3 and spatial[-1] == 1 and not has_channel:
+            return MetaTensor(img.as_tensor()[..., 0], affine=img.affine, meta=img.meta)
+        kind = "2D data where 3D is configured (spatial_dims: 3)" if nd < self.spatial_dims else \
+            "3D data where 2D is configured (spatial_dims: 2)"
+        raise DataError(path, f"{kind}: spatial shape {tuple(spatial)}; set data.options.spatial_dims to {nd}")
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        src = d["image"]
+        paths = src if isinstance(src, (list, tuple)) else [src]
+        image = read_multisequence(paths, spatial_dims=self.spatial_dims)
+        image = self._fix_dims(image, paths[0])
+        d["image"] = image
+        d["src_path"] = str(paths[0])
+        if d.get("mask") is not None and "mask" in self.keys:
+            mpath = d["mask"]
+            mask = read_image(mpath, spatial_dims=self.spatial_dims)
+            mask = self._fix_dims(mask, mpath)
+            check_mask_geometry(image, mask, paths[0], mpath)
+            mask_np = mask.as_tensor()
+            if not torch.equal(mask_np, mask_np.round()) or bool((mask_np < 0).any()):
+                raise DataError(mpath, "mask must hold non-negative integer labels")
+            d["mask"] = mask
+        return d
+
+
+class ToSampled(MapTransform):
+    """Turn the MONAI dict into a kit sample: plain float32 ``image``, integer ``mask`` without its
+    channel axis, and a JSON-friendly ``meta`` (path, id, affine, spacing, original shape)."""
+
+    def __init__(self, keys: Sequence[str] = ("image",)):
+        super().__init__(keys, allow_missing_keys=True)
+
+    def __call__(self, data: dict) -> dict:
+        img = data["image"]
+        meta: dict[str, Any] = {"path": data.get("src_path", str(data.get("src_path"))), "id": data.get("id")}
+        if hasattr(img, "affine"):
+            aff = np.asarray(img.affine, dtype=np.float64)
+            meta["affine"] = aff.tolist()
+            meta["spacing"] = [float(v) for v in np.sqrt((aff[:-1, :-1] ** 2).sum(0))]
+            if "spatial_shape" in img.meta:
+                meta["original_shape"] = [int(v) for v in np.asarray(img.meta["spatial_shape"]).tolist()]
+        out: dict[str, Any] = {"image": _plain(img).float().contiguous(), "meta": meta}
+        if data.get("mask") is not None and isinstance(data["mask"], torch.Tensor):
+            m = _plain(data["mask"])
+            out["mask"] = (m[0] if m.ndim == out["image"].ndim else m).round().long().contiguous()
+        if "label" in data:
+            out["label"] = int(data["label"])
+        return out
+
+
+class ResizeIfNeededd(mt.Resized):
+    """``Resized`` that passes images already at the target size through untouched (no resampling,
+    no copy). Not invertible; the inference pipeline uses ``Resized`` itself."""
+
+    def __call__(self, data, lazy=None):
+        key = next((k for k in self.keys if k in data), None)
+        if key is not None and tuple(data[key].shape[1:]) == tuple(self.resizer.spatial_size):
+            return dict(data)
+        return super().__call__(data, lazy=lazy) if lazy is not None else super().__call__(data)
+
+
+def _plain(x) -> torch.Tensor:
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+def intensity_transforms(opts: MedicalOptions, keys=("image",)) -> list:
+    """The intensity recipe of ``opts.modality``: CT window -> [0, 1]; MRI percentile clip + z-score;
+    X-ray per-image min-max to [0, 1]."""
+    if opts.modality == "ct":
+        lo, hi = resolve_window(opts)
+        return [mt.ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)]
+    if opts.modality == "mri":
+        lo, hi = opts.percentiles
+        return [mt.ClipIntensityPercentilesd(keys, lower=lo, upper=hi, channel_wise=True),
+                mt.NormalizeIntensityd(keys, nonzero=True, channel_wise=True)]
+    return [mt.ScaleIntensityd(keys, minv=0.0, maxv=1.0)]
+
+
+def normalization_record(opts: MedicalOptions) -> dict:
+    """JSON description of the intensity recipe (goes into the checkpoint card)."""
+    if opts.modality == "ct":
+        lo, hi = resolve_window(opts)
+        return {"kind": "ct_window", "window": None if opts.window_range else opts.window,
+                "min_hu": lo, "max_hu": hi, "output_range": [0.0, 1.0], "clip": True}
+    if opts.modality == "mri":
+        return {"kind": "percentile_clip_zscore", "percentiles": list(opts.percentiles), "nonzero": True,
+                "channel_wise": True}
+    return {"kind": "minmax", "output_range": [0.0, 1.0]}
+
+
+def geometry_transforms(opts: MedicalOptions, keys: Sequence[str]) -> list:
+    """Channel first, orientation and spacing (invertible, so predictions can be mapped back)."""
+    keys = list(keys)
+    out: list = [mt.EnsureChannelFirstd(keys, allow_missing_keys=True)]
+    if opts.spatial_dims == 3 and opts.orientation:
+        out.append(mt.Orientationd(keys, axcodes=opts.orientation, labels=ORIENTATION_LABELS, allow_missing_keys=True))
+    if opts.target_spacing:
+        modes = ["bilinear" if k == "image" else "nearest" for k in keys]
+        out.append(mt.Spacingd(keys, pixdim=list(opts.target_spacing), mode=modes, allow_missing_keys=True))
+    return out
+
+
+def build_transforms(opts: MedicalOptions, crop: Sequence[int], stage: str, with_mask: bool = False):
+    """``(deterministic Compose, random transform or None)`` for ``stage``.
+
+    ``stage`` is ``pretrain`` (random crops), ``train`` (random crops; positive/negative crops
+    around the mask when ``with_mask``), ``val``/``test`` (centre crop, or a fixed pos/neg crop
+    for masks), or ``inference`` (whole scan, no crop, output kept as MetaTensor for inversion).
+    """
+    keys = ["image", "mask"] if with_mask else ["image"]
+    crop = list(crop)
+    det: list = [LoadScand(keys, spatial_dims=opts.spatial_dims)]
+    det += geometry_transforms(opts, keys)
+    if opts.foreground_crop and opts.modality == "mri":
+        det.append(mt.CropForegroundd(keys, source_key="image", allow_smaller=True, allow_missing_keys=True))
+    det += intensity_transforms(opts)
+    if opts.foreground_crop and opts.modality != "mri":
+        det.append(mt.CropForegroundd(keys, source_key="image", allow_smaller=True, allow_missing_keys=True))
+    modes = ["bilinear" if k == "image" else "nearest" for k in keys]
+    resize = opts.spatial_dims == 2 and opts.resize_2d
+    if resize:
+        cls = mt.Resized if stage == "inference" else ResizeIfNeededd  # inference keeps the invertible one
+        det.append(cls(keys, spatial_size=crop, mode=modes, allow_missing_keys=True))
+    elif stage != "inference":
+        det.append(mt.SpatialPadd(keys, spatial_size=crop, allow_missing_keys=True))
+    rand = None
+    if stage == "inference":
+        return mt.Compose(det), None
+    det.append(mt.EnsureTyped(keys, dtype=torch.float32, allow_missing_keys=True))
+    if not resize:
+        if with_mask and stage in ("train", "val", "test"):
+            pos, neg = opts.pos_neg
+            rand = mt.RandCropByPosNegLabeld(keys, label_key="mask", spatial_size=crop, pos=pos, neg=neg,
+                                             num_samples=1, image_key="image", allow_smaller=False)
+        elif stage in ("pretrain", "train"):
+            rand = mt.RandSpatialCropd(keys, roi_size=crop, random_size=False)
+        else:
+            det.append(mt.CenterSpatialCropd(keys, roi_size=crop))
+    det.append(ToSampled(keys))
+    return mt.Compose(det), rand
+
+
+def apply_random(rand, sample: dict, seed: int) -> dict:
+    """Apply the random transform ``rand`` to ``sample`` with its RNG reseeded to ``seed``."""
+    if rand is None:
+        return sample
+    rand.set_random_state(seed=int(seed) % (2 ** 32 - 1))
+    d = {"image": sample["image"]}
+    if "mask" in sample:
+        d["mask"] = sample["mask"][None]
+    with domain_errors():
+        out = rand(d)
+    if isinstance(out, list):
+        out = out[0]
+    res = dict(sample)
+    res["image"] = _plain(out["image"]).contiguous()
+    if "mask" in sample:
+        res["mask"] = _plain(out["mask"])[0].long().contiguous()
+    return res
