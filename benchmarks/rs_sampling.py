@@ -86,6 +86,7 @@ def bench_torchgeo(path: Path, bands: int, chip: int, n: int) -> tuple[float, tu
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=4096, help="scene side in pixels (default 4096)")
+    p.add_argument("--quick", action="store_true", help="the defaults are already quick (kept for `make bench`)")
     p.add_argument("--full", action="store_true", help="a 10980 x 10980 scene (Sentinel-2 tile size)")
     p.add_argument("--bands", type=int, default=4, choices=range(1, 13), metavar="1..12")
     p.add_argument("--chip", type=int, default=256)

@@ -55,6 +55,7 @@ def kit_loader(ds: SlideTileDataset, workers: int, batch_size: int) -> int:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="the defaults are already quick (kept for `make bench`)")
     ap.add_argument("--slides", type=int, default=3, help="generated slides")
     ap.add_argument("--size", type=int, default=3072, help="generated slide side (level-0 px)")
     ap.add_argument("--slide-mpp", type=float, default=0.5, help="MPP of the generated slides")

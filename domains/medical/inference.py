@@ -215,7 +215,9 @@ def evaluate_segmentation(model, data, overlap: float | None = None) -> dict:
         per_scan.append({"id": it.get("id"), "dice": [float(v) for v in dice[0]], "hd95_mm": [float(v) for v in hd[0]]})
     dice_all = np.asarray([s["dice"] for s in per_scan], dtype=float)
     hd_all = np.asarray([s["hd95_mm"] for s in per_scan], dtype=float)
-    return {"dice": float(np.nanmean(dice_all)), "hd95_mm": float(np.nanmean(np.where(np.isfinite(hd_all), hd_all, np.nan))),
+    finite_hd = hd_all[np.isfinite(hd_all)]  # HD95 is undefined (inf/NaN) where a class is missing
+    return {"dice": float(np.nanmean(dice_all)) if np.isfinite(dice_all).any() else float("nan"),
+            "hd95_mm": float(finite_hd.mean()) if finite_hd.size else float("nan"),
             "scans": len(per_scan), "per_scan": per_scan}
 
 

@@ -15,15 +15,6 @@ from domainfm.errors import CheckpointError, ConfigError, DataError
 from domainfm.eval import OnlineKNNProbe, add_evaluate_arguments, evaluate, evaluate_from_args
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """On a small shared CPU box, 2 OpenMP threads spin against other processes (10-40x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     torch.set_num_threads(1)

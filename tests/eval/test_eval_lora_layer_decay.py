@@ -12,15 +12,6 @@ from domainfm.models.lora import LoRALinear, apply_lora, lora_parameter_count, l
 from domainfm.train.layer_decay import param_groups_layer_decay
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """On a small shared CPU box, 2 OpenMP threads spin against other processes (10-40x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _tiny(depth=2, dim=64):
     torch.manual_seed(0)
     return build_encoder("vit-tiny", patch_embed="2d", in_chans=1, img_size=32, patch_size=8, depth=depth,

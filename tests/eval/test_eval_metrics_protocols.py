@@ -12,15 +12,6 @@ from domainfm.eval import (bootstrap_ci, check_pair, classification_metrics, few
                            segmentation_metrics, stratified_fraction)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """On a small shared CPU box, 2 OpenMP threads spin against other processes (10-40x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _blobs(n_per=60, k=3, dim=16, sep=3.0, seed=0):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(k, dim)) * sep

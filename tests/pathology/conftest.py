@@ -11,16 +11,6 @@ SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "patho
 TINY = {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: intra-op threads only add contention."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def shared_file():
     """``shared_file(name)``: a file of ../shared/data/pathology, or skip the test when it is absent."""

@@ -22,15 +22,6 @@ TINY = {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}
 FAST = {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False, "warmup_steps": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny models on a shared 2-core box: OpenMP spinning costs more than a second thread gains
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     d = tmp_path_factory.mktemp("rs_scenes")

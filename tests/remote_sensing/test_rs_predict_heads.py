@@ -16,14 +16,6 @@ from domains.remote_sensing.sensors import get_sensor, sensor_to_dict
 from domains.remote_sensing.synthetic import write_scene
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_upernet_head_shapes_and_gradients():
     head = build_head("segmentation", 64, 2, 5)
     assert head.layers == [0, 1] and pick_layers(12) == [2, 5, 8, 11]
