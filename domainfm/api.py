@@ -283,7 +283,7 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
         for p in encoder.parameters():
             p.requires_grad_(False)
     from domainfm.heads.task import TaskModel
-    model = TaskModel(encoder, head, task)
+    model = TaskModel(encoder, head, task, layer_decay=cfg.finetune.layer_decay)
     card_ft = {**card, "stage": "finetune", "task": task, "num_classes": num_classes, "classes": classes,
                "parent": str(base_ckpt), "config": cfg.to_dict(), "ema": False,
                "preprocessing": domain.preprocessing(cfg, train_set),

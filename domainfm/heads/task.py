@@ -46,13 +46,26 @@ class TaskModel(nn.Module):
 
     ignore_index = IGNORE_INDEX
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, task: str, class_weights: torch.Tensor | None = None):
+    def __init__(self, encoder: nn.Module, head: nn.Module, task: str, class_weights: torch.Tensor | None = None,
+                 layer_decay: float = 1.0):
         super().__init__()
         if task not in TASKS:
             from domainfm.errors import ConfigError
             raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         self.encoder, self.head, self.task = encoder, head, task
+        self.layer_decay = layer_decay
         self.register_buffer("class_weights", class_weights, persistent=False)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: layer-wise LR decay over the encoder (``layer_decay`` per block towards the
+        input), the head at the full rate; no weight decay on biases, norms and tokens."""
+        from domainfm.train.engine import default_param_groups
+        from domainfm.train.layer_decay import param_groups_layer_decay
+        groups = param_groups_layer_decay(self.encoder, base_lr=1.0, weight_decay=weight_decay,
+                                          layer_decay=self.layer_decay)
+        for g in groups:
+            g.pop("names", None)
+        return groups + default_param_groups(self.head, weight_decay)
 
     def logits(self, x: torch.Tensor, wavelengths=None) -> torch.Tensor:
         feats = self.encoder.forward_features(x, wavelengths=wavelengths, layers=getattr(self.head, "layers", None))

@@ -95,3 +95,33 @@ def test_cli_list(capsys):
     listing = json.loads(capsys.readouterr().out)
     assert "vit-base" in listing["encoders"] and "mae+contrastive" in listing["objectives"]
     assert {"synthetic", "medical", "remote_sensing", "pathology"} <= set(listing["domains"])
+
+
+def test_finetune_uses_layer_decay_and_a_config_file(tmp_path):
+    pt = domainfm.pretrain(tiny_config(tmp_path / "pt"))
+    ft_yaml = tmp_path / "ft.yaml"
+    ft_yaml.write_text("finetune:\n  task: classification\n  layer_decay: 0.5\ntrain:\n  steps: 2\n  lr: 1.0e-3\n")
+    run(["finetune", str(pt), "--config", str(ft_yaml), "--out", str(tmp_path / "ft")])
+    model = domainfm.load(tmp_path / "ft")
+    assert model.card["config"]["finetune"]["layer_decay"] == 0.5 and model.card["task"] == "classification"
+    state = json.loads((model.path / "trainer_state.json").read_text())
+    scales = sorted({round(g["lr_scale"], 6) for g in state["optimizer"]["param_groups"]})
+    # patch embed 0.5^3, block 0 0.5^2, block 1 0.5, final norm and head 1.0 (depth 2)
+    assert scales == [0.125, 0.25, 0.5, 1.0]
+
+
+def test_every_shipped_config_validates():
+    from pathlib import Path
+
+    import yaml
+    root = Path(__file__).resolve().parents[2] / "configs"
+    folders = {"quickstart": "synthetic", "medical": "medical", "remote_sensing": "remote_sensing", "pathology": "pathology"}
+    checked = 0
+    for path in sorted(root.glob("*/*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        if "sensors" in raw:  # a sensor table for remote sensing, not a run config
+            continue
+        raw.setdefault("domain", folders[path.parent.name])  # fine-tune recipes inherit the checkpoint's domain
+        load_config(raw, check_paths=False)
+        checked += 1
+    assert checked >= 10
