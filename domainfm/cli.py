@@ -34,7 +34,10 @@ def _common_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="domainfm", description="Domain-specialized vision foundation models.")
+    parser = argparse.ArgumentParser(
+        prog="domainfm", description="Domain-specialized vision foundation models.",
+        epilog="Domain options are flags too (e.g. --target-mpp 0.5, --sensor sentinel2 --bands B02,B03,B04): "
+               "`domainfm list` shows each domain's flags.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -81,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out")
     p.add_argument("--quick", action="store_true", help="fewer steps, for a smoke test")
 
-    sub.add_parser("list", help="list encoders, objectives, heads and domains")
+    sub.add_parser("list", help="list encoders, objectives, heads, domains and each domain's flags")
     return parser
 
 
@@ -175,8 +178,14 @@ def run(argv: list[str] | None = None) -> int:
 
     if args.command == "list":
         from domainfm.registry import list_domains, list_encoders, list_heads, list_objectives
+        flags = {}
+        for name in list_domains():
+            try:
+                flags[name] = ["--" + f.name.replace("_", "-") for f in dataclasses.fields(get_domain(name).Options)]
+            except (ConfigError, TypeError) as exc:  # a broken plugin is listed with its problem
+                flags[name] = [f"unavailable: {exc}"]
         print(json.dumps({"encoders": list_encoders(), "objectives": list_objectives(), "heads": list_heads(),
-                          "domains": list_domains()}, indent=2))
+                          "domains": list_domains(), "domain_flags": flags}, indent=2))
         return 0
     if args.command == "info":
         from domainfm.train.checkpoint import load_card, resolve_checkpoint

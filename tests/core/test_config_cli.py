@@ -95,6 +95,7 @@ def test_cli_list(capsys):
     listing = json.loads(capsys.readouterr().out)
     assert "vit-base" in listing["encoders"] and "mae+contrastive" in listing["objectives"]
     assert {"synthetic", "medical", "remote_sensing", "pathology"} <= set(listing["domains"])
+    assert "--target-mpp" in listing["domain_flags"]["pathology"] and "--bands" in listing["domain_flags"]["remote_sensing"]
 
 
 def test_finetune_uses_layer_decay_and_a_config_file(tmp_path):
