@@ -9,11 +9,12 @@ Example:
 
 from domainfm.api import FoundationModel, config_from_card, demo, embed, evaluate, finetune, load, predict, pretrain
 from domainfm.config import Config, load_config
-from domainfm.errors import CheckpointError, ConfigError, DataError, DomainFMError, NonFiniteLossError
+from domainfm.errors import (CheckpointError, ConfigError, DataError, DomainFMError, NonFiniteLossError,
+                             UnsupportedError)
 from domainfm.models.encoder import build_encoder
 
 __version__ = "0.1.0"
 
 __all__ = ["pretrain", "finetune", "load", "embed", "predict", "evaluate", "demo", "build_encoder", "load_config",
            "Config", "FoundationModel", "config_from_card", "DomainFMError", "ConfigError", "DataError",
-           "CheckpointError", "NonFiniteLossError"]
+           "CheckpointError", "NonFiniteLossError", "UnsupportedError"]

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
+from domainfm.errors import UnsupportedError
+
 if TYPE_CHECKING:
     from domainfm.config import Config
 
@@ -58,7 +60,7 @@ class Domain:
         preprocessed to the model's input size. Random crops derive their randomness from
         :func:`domainfm.data.rng.item_generator` (seed, epoch, index) so that resume is exact.
         """
-        raise NotImplementedError(f"domain {self.name!r} does not provide datasets")
+        raise UnsupportedError(f"domain {self.name!r} does not provide datasets")
 
     def augment(self, cfg: "Config") -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
         """Random augmentation used to make the two views of contrastive pretraining.
@@ -88,7 +90,7 @@ class Domain:
     def preprocessor(self, card: dict) -> Callable[[Any], torch.Tensor]:
         """From a card, a callable turning one input (a file path or an array) into a model-ready
         ``C x (D x) H x W`` tensor, exactly as during pretraining."""
-        raise NotImplementedError(f"domain {self.name!r} has no preprocessor")
+        raise UnsupportedError(f"domain {self.name!r} has no preprocessor")
 
     # ---- downstream -------------------------------------------------------------------------
     def head(self, task: str, encoder: nn.Module, num_classes: int, cfg: "Config") -> nn.Module:
@@ -110,11 +112,11 @@ class Domain:
 
     def write(self, prediction: torch.Tensor | Any, sample: dict, path: str | Path) -> Path:
         """Write a prediction back in the domain's own format (NIfTI, GeoTIFF, heatmap PNG...)."""
-        raise NotImplementedError(f"domain {self.name!r} has no writer")
+        raise UnsupportedError(f"domain {self.name!r} has no writer")
 
     def predict(self, model, input_path: str | Path, out_path: str | Path, **kwargs) -> Path:
         """Whole-file inference (sliding window / tiles) written with :meth:`write`."""
-        raise NotImplementedError(f"domain {self.name!r} does not support predict")
+        raise UnsupportedError(f"domain {self.name!r} does not support predict")
 
     def embed(self, model, data: str | Path, out: str | Path, **kwargs) -> Path:
         """One embedding per file (scan, scene, slide tile) of ``data`` written to ``out``.
@@ -126,5 +128,5 @@ class Domain:
 
     def demo(self, out_dir: Path, quick: bool = False) -> dict:
         """Run the domain's end-to-end demo on real or generated data; return the figures."""
-        raise NotImplementedError(f"domain {self.name!r} has no demo")
+        raise UnsupportedError(f"domain {self.name!r} has no demo")
 

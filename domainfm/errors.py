@@ -33,3 +33,7 @@ class CheckpointError(DomainFMError):
 
 class NonFiniteLossError(DomainFMError):
     """Training produced a NaN/inf loss; the run stopped and kept the last good checkpoint."""
+
+
+class UnsupportedError(DomainFMError, NotImplementedError):
+    """A domain plugin does not offer this operation (e.g. ``predict`` for the synthetic domain)."""

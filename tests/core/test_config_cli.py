@@ -66,8 +66,12 @@ def test_cli_pretrain_info_finetune_embed(tmp_path, capsys):
     run(["pretrain", "--domain", "synthetic", "--steps", "2", "--batch-size", "8", "--out", str(tmp_path / "pt"),
          "--num-samples", "32", "--set", "model.depth=1", "--set", "model.embed_dim=32", "--set", "model.num_heads=2",
          "--set", "model.patch_size=8", "--set", "data.img_size=32", "--set", "train.progress=false"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # an operation the domain does not offer: one line, no traceback
+        main(["predict", str(tmp_path / "pt"), "--input", "x.png", "--out", "y.png"])
+    assert capsys.readouterr().err.strip() == "error: domain 'synthetic' does not support predict"
     run(["info", str(tmp_path / "pt")])
-    card = json.loads(capsys.readouterr().out.split("\n", 2)[2])
+    card = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert card["domain"] == "synthetic" and card["step"] == 2
     run(["finetune", str(tmp_path / "pt"), "--task", "classification", "--steps", "2", "--out", str(tmp_path / "ft")])
     model = domainfm.load(tmp_path / "ft")
