@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from domainfm.config import TrainConfig
 from domainfm.data.sample import collate_samples
-from domainfm.errors import CheckpointError, NonFiniteLossError
+from domainfm.errors import CheckpointError, DataError, NonFiniteLossError
 from domainfm.ssl.monitor import collapse_metrics
 from domainfm.train.checkpoint import (list_checkpoints, load_module_state, load_tensors, save_checkpoint)
 from domainfm.train.distributed import DistContext
@@ -178,6 +178,20 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return out
 
 
+def _check_finite(batch: dict) -> None:
+    """A NaN/inf input is named by its file before it can poison the weights."""
+    for key in ("image", "views"):
+        tensors = batch.get(key)
+        tensors = [tensors] if isinstance(tensors, torch.Tensor) else (tensors or [])
+        for t in tensors:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = (~torch.isfinite(t.flatten(1))).sum(1)
+                i = int(bad.argmax())
+                path = (batch.get("meta") or [{}] * t.shape[0])[i].get("path")
+                raise DataError(path, f"input has {int(bad[i])} NaN/inf values after preprocessing "
+                                      f"(fix or exclude this file, or add nodata handling in the domain options)")
+
+
 def _batch_size(batch: dict) -> int:
     return int(batch["image"].shape[0]) if "image" in batch else int(batch["views"][0].shape[0])
 
@@ -303,6 +317,7 @@ def train(module: nn.Module, dataset, tcfg: TrainConfig, run_dir: str | Path, ca
                 micro += 1
                 if micro % per_epoch == 0:
                     loader_iter = None
+                _check_finite(batch)
                 batch = _to_device(batch, device)
                 # randomness inside the step (masking, dropout) is a function of the step alone: exact resume
                 torch.manual_seed(tcfg.seed * 1_000_003 + (step * accum + k) * 7919 + ctx.rank)

@@ -117,3 +117,19 @@ def test_online_knn_probe_logged_next_to_collapse_monitor(tmp_path):
     acc = [float(r.split(",")[2]) for r in probe_rows if "acc" in r]
     assert acc and all(0.0 <= a <= 1.0 for a in acc)
     assert any(",embed_std," in r for r in rows)
+
+
+def test_nan_input_is_named_by_its_file(tmp_path, monkeypatch):
+    from domainfm.data.synthetic import ShapesDataset
+    from domainfm.errors import DataError
+    original = ShapesDataset.__getitem__
+
+    def poisoned(self, index):
+        sample = original(self, index)
+        if index == 5:
+            sample["image"][0, 0, 0] = float("nan")
+        return sample
+
+    monkeypatch.setattr(ShapesDataset, "__getitem__", poisoned)
+    with pytest.raises(DataError, match=r"shapes://\d+/5: input has 1 NaN/inf values"):
+        domainfm.pretrain(tiny_config(tmp_path / "run", train={"steps": 8, "batch_size": 8}))
