@@ -30,6 +30,24 @@ from domainfm.data.sample import collate_samples
 from domainfm.errors import DataError
 
 
+def pooled_features(model, x: torch.Tensor, wavelengths=None) -> torch.Tensor:
+    """``B x E``: ``forward_features(...)["pooled"]`` of a ViTEncoder, else the mean of the tokens of
+    ``model(x)`` (for encoders without ``forward_features``)."""
+    if hasattr(model, "forward_features"):
+        try:
+            feats = model.forward_features(x, wavelengths=wavelengths)
+        except TypeError:
+            feats = model.forward_features(x)
+        if isinstance(feats, dict):
+            return feats["pooled"]
+        return feats.mean(1) if feats.ndim == 3 else feats
+    try:
+        out = model(x, wavelengths=wavelengths)
+    except TypeError:
+        out = model(x)
+    return out.mean(1) if out.ndim == 3 else out
+
+
 def embed_function(model: Any) -> Callable:
     """The ``fn(x, wavelengths=None) -> B x E`` of a FoundationModel, encoder or plain callable.
 
@@ -37,24 +55,7 @@ def embed_function(model: Any) -> Callable:
     """
     if hasattr(model, "embed") and callable(model.embed):
         return model.embed
-    if hasattr(model, "forward_features"):
-        def fn(x, wavelengths=None):
-            try:
-                feats = model.forward_features(x, wavelengths=wavelengths)
-            except TypeError:
-                feats = model.forward_features(x)
-            if isinstance(feats, dict):
-                return feats["pooled"]
-            return feats.mean(1) if feats.ndim == 3 else feats
-        return fn
-
-    def call(x, wavelengths=None):
-        try:
-            out = model(x, wavelengths=wavelengths)
-        except TypeError:
-            out = model(x)
-        return out.mean(1) if out.ndim == 3 else out
-    return call
+    return lambda x, wavelengths=None: pooled_features(model, x, wavelengths)
 
 
 def _device_of(model: Any) -> torch.device:

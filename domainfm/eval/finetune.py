@@ -27,22 +27,9 @@ import torch
 from torch import nn
 
 from domainfm.errors import DataError, DomainFMError
+from domainfm.eval.embeddings import pooled_features
 from domainfm.models.lora import apply_lora, lora_parameter_count
 from domainfm.train.layer_decay import param_groups_layer_decay
-
-
-def pooled_features(encoder: nn.Module, x: torch.Tensor, wavelengths=None) -> torch.Tensor:
-    """``B x E``: ``forward_features(...)["pooled"]`` of a ViTEncoder, or the mean of its tokens."""
-    if hasattr(encoder, "forward_features"):
-        try:
-            feats = encoder.forward_features(x, wavelengths=wavelengths)
-        except TypeError:
-            feats = encoder.forward_features(x)
-        if isinstance(feats, dict):
-            return feats["pooled"]
-        return feats.mean(1) if feats.ndim == 3 else feats
-    out = encoder(x)
-    return out.mean(1) if out.ndim == 3 else out
 
 
 class PooledClassifier(nn.Module):
