@@ -269,6 +269,13 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
     train_set = domain.dataset(cfg, "train")
     if len(train_set) == 0:
         raise DataError(cfg.data.path, "no labelled samples found for fine-tuning")
+    first = train_set[0]
+    needed = "mask" if task == "segmentation" else "label"
+    if needed not in first:
+        where = (first.get("meta") or {}).get("path") or cfg.data.path
+        raise DataError(where, f"the {task} task needs a '{needed}' for every sample, and this data has none "
+                               f"(give labelled data: class subfolders or a manifest with a "
+                               f"{'mask' if needed == 'mask' else 'label'} column)")
     num_classes, classes = _infer_num_classes(train_set, task)
     if cfg.finetune.num_classes:
         num_classes = cfg.finetune.num_classes

@@ -70,6 +70,9 @@ def test_cli_pretrain_info_finetune_embed(tmp_path, capsys):
     with pytest.raises(SystemExit):  # an operation the domain does not offer: one line, no traceback
         main(["predict", str(tmp_path / "pt"), "--input", "x.png", "--out", "y.png"])
     assert capsys.readouterr().err.strip() == "error: domain 'synthetic' does not support predict"
+    with pytest.raises(SystemExit):
+        main(["finetune", str(tmp_path / "pt"), "--task", "segmentation", "--steps", "1", "--out", str(tmp_path / "x")])
+    assert "the segmentation task needs a 'mask' for every sample" in capsys.readouterr().err
     run(["info", str(tmp_path / "pt")])
     card = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert card["domain"] == "synthetic" and card["step"] == 2
