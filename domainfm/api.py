@@ -27,7 +27,7 @@ from torch import nn
 from domainfm.config import Config, load_config, save_config
 from domainfm.data.sample import collate_samples
 from domainfm.data.views import ViewsDataset
-from domainfm.errors import CheckpointError, DataError
+from domainfm.errors import CheckpointError, ConfigError, DataError
 from domainfm.models.encoder import build_encoder
 from domainfm.registry import get_domain
 from domainfm.ssl import build_objective, needs_views
@@ -138,6 +138,8 @@ def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), 
     card = build_card(cfg, domain, encoder, dataset, "pretrain")
     train_set = ViewsDataset(dataset, domain.augment(cfg), seed=cfg.train.seed) if needs_views(cfg.objective.name) else dataset
     run_dir = Path(cfg.out)
+    if resume:
+        _check_resume_matches(run_dir, cfg)
     cbs = list(callbacks)
     if cfg.train.probe_every:
         probe = _online_probe(cfg, domain)
@@ -151,6 +153,24 @@ def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), 
     if _is_main() and hasattr(objective, "reconstruct"):
         _save_reconstruction(objective, dataset, run_dir / "reconstruction.png")
     return ckpt
+
+
+def _check_resume_matches(run_dir: Path, cfg: Config) -> None:
+    """Resuming with another model, objective or domain than the run's would load the wrong weights."""
+    from domainfm.train.checkpoint import list_checkpoints
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
+        return  # the engine says there is nothing to resume from
+    before = load_card(ckpts[-1])["config"]
+    now = cfg.to_dict()
+    diffs = [f"domain: {before['domain']!r} in the run, {now['domain']!r} now"] if before["domain"] != now["domain"] else []
+    for section in ("model", "objective"):
+        for key, value in now[section].items():
+            if before.get(section, {}).get(key) != value:
+                diffs.append(f"{section}.{key}: {before[section].get(key)!r} in the run, {value!r} now")
+    if diffs:
+        raise ConfigError(f"{run_dir}: --resume with a different setup than the run ({'; '.join(diffs[:3])}); "
+                          "resume with the run's config (`domainfm pretrain --resume --out RUN` reads it) or use a new --out")
 
 
 def _online_probe(cfg: Config, domain):

@@ -153,10 +153,13 @@ def _domain_of(args) -> str:
     if args.command == "pretrain":
         if args.domain:
             return args.domain
-        if args.config:
+        config = args.config
+        if config is None and args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
+            config = str(Path(args.out) / "config.yaml")
+        if config:
             import yaml
             try:
-                raw = yaml.safe_load(Path(args.config).read_text()) or {}
+                raw = yaml.safe_load(Path(config).read_text()) or {}
             except (OSError, yaml.YAMLError):
                 raw = {}
             return raw.get("domain", "synthetic") if isinstance(raw, dict) else "synthetic"
@@ -206,7 +209,11 @@ def run(argv: list[str] | None = None) -> int:
     options = _option_flags(rest, get_domain(domain_name).Options, domain_name) if rest else {}
     if args.command == "pretrain":
         updates = _updates_from_args(args, options)
-        cfg = api.load_config(args.config, overrides=args.sets, updates=updates)
+        config = args.config
+        if args.resume and config is None and args.out and (Path(args.out) / "config.yaml").is_file():
+            # `domainfm pretrain --resume --out RUN`: the run's own config, with any flags given on top
+            config = Path(args.out) / "config.yaml"
+        cfg = api.load_config(config, overrides=args.sets, updates=updates)
         ckpt = api.pretrain(cfg, resume=args.resume)
         print(f"checkpoint: {ckpt}")
     elif args.command == "finetune":

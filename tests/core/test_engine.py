@@ -133,3 +133,19 @@ def test_nan_input_is_named_by_its_file(tmp_path, monkeypatch):
     monkeypatch.setattr(ShapesDataset, "__getitem__", poisoned)
     with pytest.raises(DataError, match=r"shapes://\d+/5: input has 1 NaN/inf values"):
         domainfm.pretrain(tiny_config(tmp_path / "run", train={"steps": 8, "batch_size": 8}))
+
+
+def test_cli_resume_reads_the_run_config_and_refuses_a_different_model(tmp_path, capsys):
+    from domainfm.cli import main, run
+    out = str(tmp_path / "run")
+    base = ["--domain", "synthetic", "--out", out, "--num-samples", "32", "--batch-size", "8",
+            "--set", "model.depth=1", "--set", "model.embed_dim=32", "--set", "model.num_heads=2",
+            "--set", "model.patch_size=8", "--set", "data.img_size=32", "--set", "train.progress=false"]
+    run(["pretrain", *base, "--steps", "2"])
+    run(["pretrain", "--resume", "--out", out, "--steps", "3"])  # model flags come from the run's config.yaml
+    assert load_card(tmp_path / "run")["step"] == 3
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["pretrain", *base, "--steps", "4", "--resume", "--set", "model.patch_size=16"])
+    err = capsys.readouterr().err
+    assert "--resume with a different setup than the run (model.patch_size: 8 in the run, 16 now)" in err
