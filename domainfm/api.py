@@ -193,8 +193,9 @@ def _save_reconstruction(objective, dataset, path: Path, n: int = 4) -> Path | N
     batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
     was_training = objective.training
     objective.eval()
-    torch.manual_seed(0)
-    masked, recon, original = objective.reconstruct(batch)
+    with torch.random.fork_rng(devices=[]):  # a fixed mask for the picture, without touching the caller's RNG
+        torch.manual_seed(0)
+        masked, recon, original = objective.reconstruct(batch)
     objective.train(was_training)
     return save_reconstruction_png(masked, recon, original, path)
 
@@ -429,6 +430,9 @@ def embed_dataset(model: FoundationModel, dataset, batch_size: int = 32) -> dict
            "paths": np.asarray(paths)}
     if labels:
         out["labels"] = np.concatenate(labels)
+        if len(out["labels"]) != len(out["embeddings"]):
+            raise DataError(None, f"only {len(out['labels'])} of {len(out['embeddings'])} samples have labels; "
+                                  "label all samples or none")
     return out
 
 
@@ -458,6 +462,22 @@ def evaluate(checkpoint, data=None, protocol: str = "linear", **kwargs):
     return _evaluate(checkpoint, data=data, protocol=protocol, **kwargs)
 
 
+_DEMO_MARKER = ".domainfm-demo"
+
+
 def demo(domain: str = "synthetic", out: str | Path = "demo_out", quick: bool = False) -> dict:
-    """Run a domain's end-to-end demo (pretrain, probe/fine-tune, figures) and return the figures."""
-    return get_domain(domain).demo(Path(out), quick=quick)
+    """Run a domain's end-to-end demo (pretrain, probe/fine-tune, figures) and return the figures.
+
+    The demo owns ``out``: a folder left by an earlier demo is replaced; any other non-empty folder
+    is refused, so a demo never deletes a user's files.
+    """
+    import shutil
+    out = Path(out)
+    plugin = get_domain(domain)
+    if out.exists() and any(out.iterdir()):
+        if not (out / _DEMO_MARKER).is_file():
+            raise ConfigError(f"{out} is not empty and was not written by a demo; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / _DEMO_MARKER).write_text(f"{domain}\n")
+    return plugin.demo(out, quick=quick)

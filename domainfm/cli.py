@@ -263,6 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:  # e.g. `domainfm info RUN | head`
+        sys.stderr.close()
+        code = 0
     sys.exit(code)
 
 

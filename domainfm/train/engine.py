@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from domainfm.config import TrainConfig
 from domainfm.data.sample import collate_samples
-from domainfm.errors import CheckpointError, DataError, NonFiniteLossError
+from domainfm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from domainfm.ssl.monitor import collapse_metrics
 from domainfm.train.checkpoint import (list_checkpoints, load_module_state, load_tensors, save_checkpoint)
 from domainfm.train.distributed import DistContext
@@ -76,12 +76,20 @@ class _ListBatchSampler:
 class MetricsLogger:
     """Appends ``step,metric,value`` rows to ``metrics.csv`` and mirrors them to TensorBoard."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool):
+    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool, start_step: int = 0):
         self.enabled = enabled
         self.path = run_dir / "metrics.csv"
         self.writer = None
         if not enabled:
             return
+        if self.path.exists():  # a resumed run: rows logged after its checkpoint will be logged again
+            with open(self.path, newline="") as f:
+                rows = list(csv.reader(f))
+            kept = [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= start_step]
+            tmp = self.path.with_name(".metrics.csv.tmp")
+            with open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows([["step", "metric", "value"], *kept])
+            os.replace(tmp, self.path)
         new = not self.path.exists()
         self._file = open(self.path, "a", newline="")
         self._csv = csv.writer(self._file)
@@ -235,6 +243,10 @@ def train(module: nn.Module, dataset, tcfg: TrainConfig, run_dir: str | Path, ca
         ema = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
 
     start_step = 0
+    existing = list_checkpoints(run_dir)
+    if not resume and existing:
+        raise ConfigError(f"{run_dir} already holds checkpoints (last: {existing[-1].name}); pass --resume to continue "
+                          "that run, or choose a new --out (nothing was overwritten)")
     if resume:
         ckpts = list_checkpoints(run_dir)
         if not ckpts:
@@ -274,7 +286,7 @@ def train(module: nn.Module, dataset, tcfg: TrainConfig, run_dir: str | Path, ca
         raise CheckpointError(f"the dataset has {len(dataset)} samples: too few for one batch per rank")
     micro = start_step * accum
 
-    logger = MetricsLogger(run_dir, tcfg.tensorboard, ctx.is_main)
+    logger = MetricsLogger(run_dir, tcfg.tensorboard, ctx.is_main, start_step)
     progress = None
     if tcfg.progress and ctx.is_main:
         from tqdm.auto import tqdm

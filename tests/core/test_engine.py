@@ -39,6 +39,9 @@ def test_resume_equals_uninterrupted_run(tmp_path, objective):
     resumed = domainfm.pretrain(cfg, resume=True)
     assert resumed.name == full.name == "ckpt-0000006"
     a, b = _weights(full), _weights(resumed)
+    rows = (tmp_path / "crashed" / "metrics.csv").read_text().splitlines()[1:]
+    keys = [tuple(r.split(",")[:2]) for r in rows]
+    assert len(keys) == len(set(keys)) and max(int(k[0]) for k in keys) == 6  # step 4 logged once, not twice
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
@@ -149,3 +152,23 @@ def test_cli_resume_reads_the_run_config_and_refuses_a_different_model(tmp_path,
         main(["pretrain", *base, "--steps", "4", "--resume", "--set", "model.patch_size=16"])
     err = capsys.readouterr().err
     assert "--resume with a different setup than the run (model.patch_size: 8 in the run, 16 now)" in err
+
+
+def test_existing_run_is_not_overwritten_without_resume(tmp_path):
+    from domainfm.errors import ConfigError
+    first = domainfm.pretrain(tiny_config(tmp_path / "run"))
+    before = _weights(first)
+    with pytest.raises(ConfigError, match="already holds checkpoints .*nothing was overwritten"):
+        domainfm.pretrain(tiny_config(tmp_path / "run", train={"seed": 1}))
+    after = _weights(first)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_demo_replaces_its_own_folder_but_never_a_users(tmp_path):
+    from domainfm.errors import ConfigError
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("precious")
+    with pytest.raises(ConfigError, match="not empty and was not written by a demo"):
+        domainfm.demo("synthetic", user, quick=True)
+    assert (user / "notes.txt").read_text() == "precious"
