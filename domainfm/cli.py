@@ -62,11 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="output file (.npz/.h5) or folder (per-slide files)")
+    p.add_argument("--batch-size", type=int)
 
     p = sub.add_parser("predict", help="predict on a whole file and write it back in its own format")
     p.add_argument("checkpoint")
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--batch-size", type=int, help="where the domain's predict takes one (e.g. pathology tiles)")
 
     p = sub.add_parser("evaluate", help="probe/fine-tune a checkpoint vs a random-init baseline at label fractions")
     p.add_argument("checkpoint")
@@ -225,9 +227,13 @@ def run(argv: list[str] | None = None) -> int:
         print(f"checkpoint: {ckpt}")
     elif args.command == "embed":
         model = api.load(args.checkpoint)
+        if args.batch_size:
+            options["batch_size"] = args.batch_size
         out = api.embed(model, args.data, args.out, **options)  # e.g. --mpp for slides that lack it
         print(f"embeddings: {out}")
     elif args.command == "predict":
+        if args.batch_size:
+            options["batch_size"] = args.batch_size
         out = api.predict(args.checkpoint, args.input, args.out, **options)
         print(f"prediction: {out}")
     return 0

@@ -35,6 +35,23 @@ class NoOptions:
     """A domain without options of its own."""
 
 
+def accept_options(given: dict, allowed: dict[str, str], operation: str) -> dict:
+    """Map CLI/API options onto a function's keywords; an option the operation does not take is a
+    one-line :class:`~domainfm.errors.ConfigError` listing the ones it does (never a TypeError).
+
+    Example:
+        >>> accept_options({"sw_overlap": 0.5}, {"sw_overlap": "overlap"}, "predict")
+        {'overlap': 0.5}
+    """
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        from domainfm.errors import ConfigError
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(allowed)) or "none"
+        raise ConfigError(f"{operation} takes the preprocessing from the checkpoint card; it does not take "
+                          f"{', '.join('--' + k.replace('_', '-') for k in unknown)} (options it takes: {flags})")
+    return {allowed[k]: v for k, v in given.items()}
+
+
 class Domain:
     """Base class of a domain plugin.
 
@@ -124,7 +141,8 @@ class Domain:
         The default embeds each sample of the ``"test"``-less dataset built from ``data``.
         """
         from domainfm.api import embed_dataset_to_file
-        return embed_dataset_to_file(model, self, data, out, **kwargs)
+        options = accept_options(kwargs, {"batch_size": "batch_size"}, "embed")
+        return embed_dataset_to_file(model, self, data, out, **options)
 
     def demo(self, out_dir: Path, quick: bool = False) -> dict:
         """Run the domain's end-to-end demo on real or generated data; return the figures."""

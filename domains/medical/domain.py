@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from domainfm.domain import Domain
+from domainfm.domain import Domain, accept_options
 from domainfm.errors import ConfigError, DataError
 from domainfm.registry import register_domain
 from domains.medical.dataset import MedicalDataset
@@ -245,18 +245,15 @@ class MedicalDomain(Domain):
         See :func:`domains.medical.inference.predict_scan`.
         """
         from domains.medical.inference import predict_scan
-        renames = {"sw_overlap": "overlap", "sw_batch_size": "sw_batch_size", "overlap": "overlap",
-                   "save_probabilities": "save_probabilities"}
-        unknown = sorted(set(kwargs) - set(renames))
-        if unknown:
-            raise ConfigError(f"predict takes the preprocessing from the checkpoint card; only --sw-overlap and "
-                              f"--sw-batch-size may be given, not {', '.join('--' + k.replace('_', '-') for k in unknown)}")
-        return predict_scan(model, input_path, out_path, **{renames[k]: v for k, v in kwargs.items()})
+        options = accept_options(kwargs, {"sw_overlap": "overlap", "sw_batch_size": "sw_batch_size", "overlap": "overlap",
+                                          "save_probabilities": "save_probabilities"}, "predict")
+        return predict_scan(model, input_path, out_path, **options)
 
     def embed(self, model, data, out, **kwargs) -> Path:
         """One embedding per scan (mean over sliding windows for volumes) into ``.npz`` or ``.h5``."""
         from domains.medical.inference import embed_scans
-        return embed_scans(model, data, out, **kwargs)
+        options = accept_options(kwargs, {"batch_size": "batch_size", "sw_overlap": "overlap", "overlap": "overlap"}, "embed")
+        return embed_scans(model, data, out, **options)
 
     def demo(self, out_dir: Path, quick: bool = False) -> dict:
         """PneumoniaMNIST MAE pretraining + linear probe vs random init (NIfTI fallback); see :mod:`domains.medical.demo`."""

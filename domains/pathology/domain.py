@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from domainfm.domain import Domain
+from domainfm.domain import Domain, accept_options
 from domainfm.errors import ConfigError, DataError
 from domainfm.registry import register_domain
 
@@ -266,6 +266,8 @@ class PathologyDomain(Domain):
         """
         import warnings
         from .embed import embed_slides
+        accept_options(kwargs, {k: k for k in ("mpp", "min_tissue", "coords_dir", "batch_size", "num_workers",
+                                               "overwrite", "target_mpp", "tile_size")}, "embed")
         if is_tile_folder(data):  # a folder of tile images: one embedding per tile, in one file
             out = Path(out)
             target = out if out.suffix in (".npz", ".h5", ".hdf5") else out / "embeddings.npz"
@@ -285,7 +287,8 @@ class PathologyDomain(Domain):
         """Slide-level prediction with a MIL checkpoint: heatmap PNG at ``out_path`` (``.png``; else a
         folder) plus ``<slide>.tiles.csv`` and ``<slide>.prediction.json`` next to it."""
         from .predict import predict_slide
-        return predict_slide(model, input_path, out_path, mpp=kwargs.get("mpp"))
+        options = accept_options(kwargs, {"mpp": "mpp", "batch_size": "batch_size", "min_tissue": "min_tissue"}, "predict")
+        return predict_slide(model, input_path, out_path, **options)
 
     def write(self, prediction, sample: dict, path) -> Path:
         """Write tile scores of one slide (``prediction``: N scores; ``sample``: coords, size0, path) as

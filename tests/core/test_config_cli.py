@@ -133,3 +133,12 @@ def test_every_shipped_config_validates():
         load_config(raw, check_paths=False)
         checked += 1
     assert checked >= 10
+
+
+def test_embed_rejects_options_it_does_not_take(tmp_path, capsys):
+    pt = domainfm.pretrain(tiny_config(tmp_path / "pt"))
+    with pytest.raises(SystemExit):
+        main(["embed", str(pt), "--data", str(tmp_path), "--out", str(tmp_path / "e.npz"), "--noise", "0.3"])
+    assert "embed takes the preprocessing from the checkpoint card; it does not take --noise" in capsys.readouterr().err
+    run(["embed", str(pt), "--data", str(tmp_path), "--out", str(tmp_path / "e.npz"), "--batch-size", "4"])
+    assert np.load(tmp_path / "e.npz")["embeddings"].shape[1] == 64
