@@ -286,6 +286,7 @@ def load_config(source: str | Path | dict | Config | None = None, overrides: lis
         raise ConfigError(f"{name}: data.cache must be none, memory or disk, got {cfg.data.cache!r}")
     if cfg.train.steps < 1 or cfg.train.batch_size < 1 or cfg.train.accum_steps < 1:
         raise ConfigError(f"{name}: train.steps, train.batch_size and train.accum_steps must be >= 1")
+    _check_ranges(cfg, name)
     if check_paths:
         for key in ("path", "val_path"):
             value = getattr(cfg.data, key)
@@ -294,6 +295,35 @@ def load_config(source: str | Path | dict | Config | None = None, overrides: lis
         if cfg.data.path is None and getattr(domain, "needs_data_path", True):
             raise ConfigError(f"{name}: data.path is required for domain {cfg.domain!r} (a folder or a manifest CSV)")
     return cfg
+
+
+def _check_ranges(cfg: Config, name: str) -> None:
+    """Values that would otherwise fail deep inside torch with a message about something else."""
+    import math
+    t = cfg.train
+    checks = [
+        (math.isfinite(t.lr) and t.lr > 0, f"train.lr must be a positive number, got {t.lr}"),
+        (math.isfinite(t.min_lr) and 0 <= t.min_lr <= t.lr, f"train.min_lr must be in [0, train.lr], got {t.min_lr}"),
+        (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
+        (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
+        (0 <= t.ema < 1, f"train.ema must be in [0, 1), got {t.ema}"),
+        (t.clip_grad is None or t.clip_grad > 0, f"train.clip_grad must be > 0 or null, got {t.clip_grad}"),
+        (t.threads is None or t.threads >= 1, f"train.threads must be >= 1, got {t.threads}"),
+        (t.log_every >= 1 and t.ckpt_every >= 1, "train.log_every and train.ckpt_every must be >= 1"),
+        (t.amp in ("auto", "bf16", "fp32"), f"train.amp must be auto, bf16 or fp32, got {t.amp!r}"),
+        (cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}"),
+        (0 <= cfg.model.drop_path_rate < 1, f"model.drop_path_rate must be in [0, 1), got {cfg.model.drop_path_rate}"),
+        (0 < cfg.data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}"),
+        (not ("contrastive" in cfg.objective.name and t.batch_size < 2),
+         f"{cfg.objective.name} needs train.batch_size >= 2 (other samples are the negatives), got {t.batch_size}"),
+    ]
+    sizes = cfg.data.img_size if isinstance(cfg.data.img_size, list) else [cfg.data.img_size]
+    patches = cfg.model.patch_size if isinstance(cfg.model.patch_size, list) else [cfg.model.patch_size]
+    checks.append((all(s >= 1 for s in sizes) and all(p >= 1 for p in patches),
+                   f"data.img_size {cfg.data.img_size} and model.patch_size {cfg.model.patch_size} must be positive"))
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{name}: {message}")
 
 
 def _merge(dst: dict, src: dict) -> None:

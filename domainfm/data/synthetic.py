@@ -102,6 +102,14 @@ class SyntheticDomain(Domain):
 
     def dataset(self, cfg, split: str):
         opt = cfg.options
+        if opt.channels < 1 or opt.num_samples < 1 or opt.spatial_dims not in (2, 3):
+            from domainfm.errors import ConfigError
+            raise ConfigError("synthetic data needs channels >= 1, num_samples >= 1 and spatial_dims 2 or 3, got "
+                              f"{opt.channels}, {opt.num_samples}, {opt.spatial_dims}")
+        if cfg.data.path:
+            import logging
+            logging.getLogger("domainfm").warning("the synthetic domain generates its images; data.path %s is not read",
+                                                  cfg.data.path)
         n = opt.num_samples if split in ("pretrain", "train") else max(64, opt.num_samples // 4)
         return ShapesDataset(n, size=self._size(cfg), channels=opt.channels, spatial_dims=opt.spatial_dims,
                              seed=cfg.train.seed * 1000 + _SPLIT_SEED[split], noise=opt.noise,

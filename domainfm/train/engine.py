@@ -46,7 +46,13 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` -> the local CUDA device when present, else CPU."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device {name!r} is not a device (auto, cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but no CUDA GPU is available here; use auto or cpu")
+    return device
 
 
 def default_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:

@@ -142,3 +142,17 @@ def test_embed_rejects_options_it_does_not_take(tmp_path, capsys):
     assert "embed takes the preprocessing from the checkpoint card; it does not take --noise" in capsys.readouterr().err
     run(["embed", str(pt), "--data", str(tmp_path), "--out", str(tmp_path / "e.npz"), "--batch-size", "4"])
     assert np.load(tmp_path / "e.npz")["embeddings"].shape[1] == 64
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--lr", "nan"], "train.lr must be a positive number, got nan"),
+    (["--workers", "-1"], "data.num_workers must be >= 0, got -1"),
+    (["--set", "data.img_size=0"], "must be positive"),
+    (["--objective", "contrastive", "--batch-size", "1"], "contrastive needs train.batch_size >= 2"),
+    (["--device", "foo"], "train.device 'foo' is not a device"),
+    (["--channels", "0"], "synthetic data needs channels >= 1"),
+])
+def test_values_that_would_fail_inside_torch_are_config_errors(tmp_path, flags, message, capsys):
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--domain", "synthetic", "--steps", "1", "--out", str(tmp_path / "r"), *flags])
+    assert message in capsys.readouterr().err
