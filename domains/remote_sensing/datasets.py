@@ -381,8 +381,11 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
         sc = self.scene(k)
         c = self.chip_size
         r0, r1 = self._row_range(k)
-        lo = max(0, min(r0 - c // 2, sc.height - c))
-        hi = max(lo, min(r1 - c // 2, sc.height - c))
+        if r1 - r0 >= c:  # chips fit inside this split's rows: no pixel of the other split is read
+            lo, hi = r0, min(r1 - c, sc.height - c)
+        else:  # a region thinner than a chip: chips overlap the other split, whose labels are masked out
+            lo = max(0, min(r0 - c // 2, sc.height - c))
+            hi = max(lo, min(r1 - c // 2, sc.height - c))
         row = int(rng.integers(lo, hi + 1)) if sc.height > c else 0
         col = int(rng.integers(0, sc.width - c + 1)) if sc.width > c else 0
         return Window(col, row, c, c)
