@@ -227,7 +227,7 @@ def embed_scans(model, data, out, batch_size: int = 64, overlap: float | None = 
 
     Volumes: mean of the embeddings of sliding windows of the training crop. 2D images: one pass at
     the model size. Writes ``embeddings`` (N x E), ``ids``, ``paths`` and ``labels`` (if known) to
-    ``.npz`` or ``.h5``.
+    ``.npz`` or ``.h5``; for a MedMNIST ``.npz`` every split it holds, named in ``splits``.
 
     Example:
         >>> # embed_scans(domainfm.load("runs/ct"), "scans/", "emb.h5")
@@ -235,7 +235,22 @@ def embed_scans(model, data, out, batch_size: int = 64, overlap: float | None = 
     from domains.medical.sources import discover
     opts, crop = _card_setup(model)
     overlap = opts.sw_overlap if overlap is None else overlap
-    items, _ = discover(data, opts, "test" if str(data).endswith(".npz") else "training")
+    splits = None
+    if str(data).endswith(".npz"):  # MedMNIST-style: every split it holds, with a `splits` column
+        try:
+            with np.load(data, allow_pickle=False) as z:
+                names = [s for s in ("train", "val", "test") if f"{s}_images" in z.files]
+        except (OSError, ValueError) as exc:
+            raise DataError(data, f"unreadable .npz ({exc})") from None
+        if not names:
+            raise DataError(data, "no train_images/val_images/test_images arrays to embed")
+        items, splits = [], []
+        for name in names:
+            part, _ = discover(data, opts, name)
+            items += part
+            splits += [name] * len(part)
+    else:
+        items, _ = discover(data, opts, "training")
     prep = model.preprocess
     dev = _model_device(model)
     model.eval()
@@ -261,6 +276,8 @@ def embed_scans(model, data, out, batch_size: int = 64, overlap: float | None = 
         if "label" in it:
             labels.append(int(it["label"]))
     arrays = {"embeddings": torch.cat(feats).numpy().astype(np.float32), "ids": np.asarray(ids), "paths": np.asarray(paths)}
+    if splits is not None:
+        arrays["splits"] = np.asarray(splits)
     if labels and len(labels) == len(ids):
         arrays["labels"] = np.asarray(labels)
     out = Path(out)

@@ -188,4 +188,6 @@ def test_2d_npz_pretrain_classify_and_predict_png(tmp_path):
     emb = domainfm.embed(model, tmp_path / "tiny_mnist.npz", tmp_path / "emb.h5")
     import h5py
     with h5py.File(emb) as f:
-        assert f["embeddings"].shape == (8, 16) and list(f["labels"][:4]) == [0, 1, 0, 1]
+        assert f["embeddings"].shape == (40, 16) and list(f["labels"][:4]) == [0, 1, 0, 1]  # train + val + test
+        splits = [s.decode() for s in f["splits"][:]]
+        assert splits.count("train") == 24 and splits.count("val") == 8 and splits.count("test") == 8
