@@ -235,6 +235,8 @@ def evaluate(checkpoint, data=None, protocol: str | Sequence[str] = "linear",
         settings, ``.paths`` the written files).
     """
     t0 = time.perf_counter()
+    if int(k) < 1:
+        raise ConfigError(f"--k must be >= 1 (kNN neighbours), got {k}")
     protocols = parse_protocols(protocol)
     fracs = parse_fractions(fractions)
     n_seeds = int(seeds)

@@ -96,7 +96,9 @@ def render_markdown(result: EvalResult) -> str:
     lines.append("")
     lines.append("Values are means over seeds; brackets give the bootstrap 95% interval over test-set "
                  "resamples and seeds. Gain = encoder minus baseline, paired on the same resamples; "
-                 "**bold** gains have an interval above 0.")
+                 "**bold** gains have an interval above 0. The random baseline is the same architecture "
+                 "with seed-0 initial weights (the very weights pretraining started from when its "
+                 "train.seed is 0), so the gain isolates what pretraining learned.")
     baseline = meta.get("gain_vs")
     for protocol in dict.fromkeys(r["protocol"] for r in result):
         rows = [r for r in result if r["protocol"] == protocol]
