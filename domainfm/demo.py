@@ -78,7 +78,7 @@ def run_shapes_demo(out_dir: Path, quick: bool = False) -> dict:
     ft_steps = 20 if quick else 150
     print(f"[demo] fine-tuning a classifier ({ft_steps} steps)...")
     ft = finetune(ckpt, task="classification", out=out_dir / "finetune",
-                  overrides=[f"train.steps={ft_steps}", "train.lr=5e-4", f"train.warmup_steps={ft_steps // 10}",
+                  overrides=[f"train.steps={ft_steps}", "train.lr=1e-3", f"train.warmup_steps={ft_steps // 10}",
                              f"train.ckpt_every={ft_steps}"])
     from domainfm.train.checkpoint import load_card
     figures.update({f"finetune_val_{k}": v for k, v in (load_card(ft).get("val_metrics") or {}).items()})

@@ -27,7 +27,7 @@ from domainfm.domain import Domain, accept_options
 from domainfm.errors import ConfigError, DataError
 from domainfm.registry import register_domain
 from domains.medical.dataset import MedicalDataset
-from domains.medical.options import MedicalOptions, normalized, resolve_window
+from domains.medical.options import MedicalOptions, normalized
 from domains.medical.sources import discover, holdout, is_decathlon
 from domains.medical.transforms import build_transforms, domain_errors, normalization_record
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from domainfm.errors import DataError
-from domains.medical.io import is_nifti, scan_id, write_nifti
+from domains.medical.io import is_nifti, write_nifti
 from domains.medical.transforms import build_transforms, domain_errors
 
 

@@ -75,7 +75,6 @@ def write_dicom_series(folder: str | Path, volume_hu: np.ndarray, spacing: Seque
     leaves slices out and ``duplicate`` writes them twice (to test the series checks); files are
     named in shuffled order so readers must sort by position.
     """
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
     folder = Path(folder)

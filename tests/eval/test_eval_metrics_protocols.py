@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from domainfm.errors import DataError, DomainFMError

@@ -4,7 +4,6 @@ and the CLI; predictions must land on the input's voxel grid (shape and affine).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np

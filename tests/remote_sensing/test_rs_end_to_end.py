@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 
 import domainfm
 from domainfm.cli import main as cli_main
