@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/domainfm demo --out demo_out
 
 demos: $(STAMP)
-	for d in synthetic medical remote_sensing pathology; do $(VENV)/bin/domainfm demo --domain $$d --out demo_out/$$d || exit 1; done
+	for d in synthetic medical remote_sensing pathology; do $(VENV)/bin/domainfm demo --domain $$d --out demos_out/$$d || exit 1; done
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
@@ -29,4 +29,4 @@ bench: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b --quick || exit 1; done
 
 clean:
-	rm -rf demo_out runs .pytest_cache
+	rm -rf demo_out demos_out runs .pytest_cache
