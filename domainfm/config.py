@@ -302,7 +302,7 @@ def _check_ranges(cfg: Config, name: str) -> None:
     import math
     t = cfg.train
     checks = [
-        (math.isfinite(t.lr) and t.lr > 0, f"train.lr must be a positive number, got {t.lr}"),
+        (math.isfinite(t.lr) and t.lr >= 0, f"train.lr must be a number >= 0, got {t.lr}"),
         (math.isfinite(t.min_lr) and 0 <= t.min_lr <= t.lr, f"train.min_lr must be in [0, train.lr], got {t.min_lr}"),
         (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
         (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),

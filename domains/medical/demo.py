@@ -59,7 +59,7 @@ def run_pneumonia_demo(npz: Path, out_dir: Path, quick: bool = False) -> dict:
     """Pretrain (MAE, no labels) on PneumoniaMNIST train images, probe on test vs random init."""
     import domainfm
     from domainfm.api import config_from_card
-    from domainfm.demo import loss_trend
+    from domainfm.quickstart import loss_trend
     from domainfm.eval.evaluate import random_like
     from domainfm.registry import get_domain
     t0 = time.perf_counter()
@@ -101,7 +101,7 @@ def run_volume_demo(out_dir: Path, quick: bool = False) -> dict:
     import nibabel as nib
     import domainfm
     from domainfm.api import config_from_card
-    from domainfm.demo import loss_trend
+    from domainfm.quickstart import loss_trend
     from domainfm.eval.evaluate import random_like
     from domainfm.registry import get_domain
     from domains.medical.synthetic import make_phantom

@@ -145,7 +145,7 @@ def test_embed_rejects_options_it_does_not_take(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--lr", "nan"], "train.lr must be a positive number, got nan"),
+    (["--lr", "nan"], "train.lr must be a number >= 0, got nan"),
     (["--workers", "-1"], "data.num_workers must be >= 0, got -1"),
     (["--set", "data.img_size=0"], "must be positive"),
     (["--objective", "contrastive", "--batch-size", "1"], "contrastive needs train.batch_size >= 2"),
