@@ -145,14 +145,21 @@ def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), 
         probe = _online_probe(cfg, domain)
         if probe is not None:
             cbs.append(probe)
-    if _is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    _start_run_dir(run_dir, cfg, resume)
     ckpt = train(objective, train_set, cfg.train, run_dir, card, resume=resume, num_workers=cfg.data.num_workers,
                  callbacks=cbs)
     if _is_main() and hasattr(objective, "reconstruct"):
         _save_reconstruction(objective, dataset, run_dir / "reconstruction.png")
     return ckpt
+
+
+def _start_run_dir(run_dir: Path, cfg: Config, resume: bool) -> None:
+    """Refuse to overwrite a run before anything is written, then record the config the run uses."""
+    from domainfm.train.checkpoint import check_run_dir
+    check_run_dir(run_dir, resume)
+    if _is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
 
 
 def _check_resume_matches(run_dir: Path, cfg: Config) -> None:
@@ -318,9 +325,7 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
                "lora": {"rank": cfg.finetune.lora_rank, "alpha": cfg.finetune.lora_alpha} if cfg.finetune.lora_rank else None,
                "data": {"path": cfg.data.path, "num_samples": len(train_set)}}
     run_dir = Path(cfg.out)
-    if _is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    _start_run_dir(run_dir, cfg, resume)
     ckpt = train(model, train_set, cfg.train, run_dir, card_ft, resume=resume, num_workers=cfg.data.num_workers)
     if _is_main():
         try:
@@ -416,7 +421,7 @@ def predict(checkpoint, input: str | Path, out: str | Path, **kwargs) -> Path:
 
 
 @torch.no_grad()
-def embed_dataset(model: FoundationModel, dataset, batch_size: int = 32) -> dict[str, np.ndarray]:
+def _embed_all(model: FoundationModel, dataset, batch_size: int = 32) -> dict[str, np.ndarray]:
     """Embeddings (N x E), labels (if any) and source paths of a dataset of samples."""
     feats, labels, paths = [], [], []
     device = next(model.parameters()).device
@@ -440,7 +445,7 @@ def embed_dataset_to_file(model: FoundationModel, domain, data, out, batch_size:
     """Default ``Domain.embed``: one embedding per sample of ``data`` into ``.npz`` (or ``.h5``)."""
     cfg = config_from_card(model.card, data=data)
     dataset = domain.dataset(cfg, split)
-    arrays = embed_dataset(model, dataset, batch_size)
+    arrays = _embed_all(model, dataset, batch_size)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -150,14 +150,19 @@ def _updates_from_args(args, options: dict) -> dict:
     return {k: v for k, v in upd.items() if v != {}}
 
 
+def _pretrain_config(args) -> str | None:
+    """The YAML a pretrain run starts from: the one given, or for `--resume --out RUN` the run's own."""
+    if args.config is None and args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
+        return str(Path(args.out) / "config.yaml")
+    return args.config
+
+
 def _domain_of(args) -> str:
     from domainfm.train.checkpoint import load_card
     if args.command == "pretrain":
         if args.domain:
             return args.domain
-        config = args.config
-        if config is None and args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
-            config = str(Path(args.out) / "config.yaml")
+        config = _pretrain_config(args)
         if config:
             import yaml
             try:
@@ -211,11 +216,7 @@ def run(argv: list[str] | None = None) -> int:
     options = _option_flags(rest, get_domain(domain_name).Options, domain_name) if rest else {}
     if args.command == "pretrain":
         updates = _updates_from_args(args, options)
-        config = args.config
-        if args.resume and config is None and args.out and (Path(args.out) / "config.yaml").is_file():
-            # `domainfm pretrain --resume --out RUN`: the run's own config, with any flags given on top
-            config = Path(args.out) / "config.yaml"
-        cfg = api.load_config(config, overrides=args.sets, updates=updates)
+        cfg = api.load_config(_pretrain_config(args), overrides=args.sets, updates=updates)
         ckpt = api.pretrain(cfg, resume=args.resume)
         print(f"checkpoint: {ckpt}")
     elif args.command == "finetune":

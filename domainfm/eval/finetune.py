@@ -160,6 +160,13 @@ def _info(model: nn.Module, encoder: nn.Module, steps: int, last: float, lr: flo
             "encoder_trainable_fraction": enc_trainable / enc_total, "final_loss": last, "lr": lr}
 
 
+def _seeded_copy(encoder, mode, lora_rank, lora_alpha, seed, device):
+    """The encoder prepared for ``mode`` (full / LoRA) after seeding, and the device to train on."""
+    device = next(encoder.parameters()).device if device is None else device
+    torch.manual_seed(seed)
+    return _prepare(encoder, mode, lora_rank, lora_alpha), device
+
+
 def finetune_classifier(encoder: nn.Module, train_x: torch.Tensor, train_y, test_x: torch.Tensor,
                         num_classes: int, mode: str = "full", steps: int | None = None, epochs: int = 10,
                         batch_size: int = 32, lr: float | None = None, weight_decay: float = 0.05,
@@ -183,10 +190,7 @@ def finetune_classifier(encoder: nn.Module, train_x: torch.Tensor, train_y, test
     y = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
     if y.shape[0] != train_x.shape[0]:
         raise DomainFMError(f"{train_x.shape[0]} training images but {y.shape[0]} labels")
-    if device is None:
-        device = next(encoder.parameters()).device
-    torch.manual_seed(seed)
-    enc = _prepare(encoder, mode, lora_rank, lora_alpha)
+    enc, device = _seeded_copy(encoder, mode, lora_rank, lora_alpha, seed, device)
     model = PooledClassifier(enc, num_classes).to(device)
     loss_fn = nn.CrossEntropyLoss()
 
@@ -228,10 +232,7 @@ def finetune_segmenter(encoder: nn.Module, head: nn.Module, train_x: torch.Tenso
     from domainfm.heads.task import TaskModel
     if train_masks.shape[0] != train_x.shape[0]:
         raise DomainFMError(f"{train_x.shape[0]} training images but {train_masks.shape[0]} masks")
-    if device is None:
-        device = next(encoder.parameters()).device
-    torch.manual_seed(seed)
-    enc = _prepare(encoder, mode, lora_rank, lora_alpha)
+    enc, device = _seeded_copy(encoder, mode, lora_rank, lora_alpha, seed, device)
     model = TaskModel(enc, copy.deepcopy(head), "segmentation").to(device)
     for p in model.head.parameters():
         p.requires_grad_(True)

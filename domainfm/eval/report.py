@@ -85,6 +85,36 @@ def _json_safe(obj):
     return obj
 
 
+def _value_cell(r: dict) -> str:
+    return f"{_fmt(r['mean'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+
+
+def _gain_cell(r: dict) -> str:
+    """``+gain [low, high]``, bold when the interval is above 0."""
+    if r["gain"] is None or not math.isfinite(r["gain"]):
+        return "n/a"
+    txt = f"{r['gain']:+.3f} [{_fmt(r['gain_low'])}, {_fmt(r['gain_high'])}]"
+    if r.get("gain_low") is not None and math.isfinite(r["gain_low"]) and r["gain_low"] > 0:
+        txt = f"**{txt}**"
+    return txt
+
+
+def _table(rows: list[dict], metrics: list[str], cell, with_n_train: bool) -> list[str]:
+    """Markdown rows: one line per (encoder, labels), one column per metric, cells from ``cell(record)``."""
+    head = "| encoder | labels | " + ("n train | " if with_n_train else "")
+    out = [head + " | ".join(METRIC_NAMES.get(m, m) for m in metrics) + " |",
+           "|---|---|" + ("---|" if with_n_train else "") + "---|" * len(metrics)]
+    keys = list(dict.fromkeys((r["encoder"], r["fraction"], r.get("shots")) for r in rows))
+    keys.sort(key=lambda k: (k[1] if k[1] is not None else 0, k[2] or 0))
+    for key in keys:
+        by_metric = {r["metric"]: r for r in rows if (r["encoder"], r["fraction"], r.get("shots")) == key}
+        first = next(by_metric[m] for m in metrics if m in by_metric)
+        cells = [cell(by_metric[m]) if m in by_metric else "" for m in metrics]
+        n = f"{first['n_train']} | " if with_n_train else ""
+        out.append(f"| {key[0]} | {_x_label(first)} | {n}" + " | ".join(cells) + " |")
+    return out
+
+
 def render_markdown(result: EvalResult) -> str:
     """A readable report: settings, one table per protocol (mean [95% CI]) and the gains over the baseline."""
     meta = result.meta
@@ -104,39 +134,11 @@ def render_markdown(result: EvalResult) -> str:
         rows = [r for r in result if r["protocol"] == protocol]
         metrics = list(dict.fromkeys(r["metric"] for r in rows))
         lines += ["", f"## {protocol}", ""]
-        lines.append("| encoder | labels | n train | " + " | ".join(METRIC_NAMES.get(m, m) for m in metrics) + " |")
-        lines.append("|---|---|---|" + "---|" * len(metrics))
-        keys = list(dict.fromkeys((r["encoder"], r["fraction"], r.get("shots")) for r in rows))
-        keys.sort(key=lambda k: (k[1] if k[1] is not None else 0, k[2] or 0))
-        for enc, frac, shots in keys:
-            cells = []
-            first = None
-            for m in metrics:
-                r = next(x for x in rows if (x["encoder"], x["fraction"], x.get("shots"), x["metric"]) == (enc, frac, shots, m))
-                first = first or r
-                cells.append(f"{_fmt(r['mean'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]")
-            lines.append(f"| {enc} | {_x_label(first)} | {first['n_train']} | " + " | ".join(cells) + " |")
+        lines += _table(rows, metrics, _value_cell, with_n_train=True)
         gains = [r for r in rows if r.get("gain") is not None]
         if gains and baseline:
             lines += ["", f"Gain over **{baseline}**:", ""]
-            lines.append("| encoder | labels | " + " | ".join(METRIC_NAMES.get(m, m) for m in metrics) + " |")
-            lines.append("|---|---|" + "---|" * len(metrics))
-            gkeys = list(dict.fromkeys((r["encoder"], r["fraction"], r.get("shots")) for r in gains))
-            gkeys.sort(key=lambda k: (k[1] if k[1] is not None else 0, k[2] or 0))
-            for enc, frac, shots in gkeys:
-                cells = []
-                first = None
-                for m in metrics:
-                    r = next((x for x in gains if (x["encoder"], x["fraction"], x.get("shots"), x["metric"]) == (enc, frac, shots, m)), None)
-                    if r is None:
-                        cells.append("")
-                        continue
-                    first = first or r
-                    txt = f"{r['gain']:+.3f} [{_fmt(r['gain_low'])}, {_fmt(r['gain_high'])}]" if r["gain"] is not None and math.isfinite(r["gain"]) else "n/a"
-                    if r.get("gain_low") is not None and math.isfinite(r["gain_low"]) and r["gain_low"] > 0:
-                        txt = f"**{txt}**"
-                    cells.append(txt)
-                lines.append(f"| {enc} | {_x_label(first)} | " + " | ".join(cells) + " |")
+            lines += _table(gains, metrics, _gain_cell, with_n_train=False)
     lines.append("")
     return "\n".join(lines)
 

@@ -129,6 +129,15 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
+def check_run_dir(run_dir: str | Path, resume: bool) -> None:
+    """A run folder that already holds checkpoints is only continued (``resume``), never overwritten."""
+    existing = list_checkpoints(run_dir)
+    if not resume and existing:
+        from domainfm.errors import ConfigError
+        raise ConfigError(f"{run_dir} already holds checkpoints (last: {existing[-1].name}); pass --resume to continue "
+                          "that run, or choose a new --out (nothing was overwritten)")
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder from a checkpoint folder or a run folder (its latest checkpoint)."""
     path = Path(path)

@@ -34,7 +34,7 @@ from domainfm.config import TrainConfig
 from domainfm.data.sample import collate_samples
 from domainfm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from domainfm.ssl.monitor import collapse_metrics
-from domainfm.train.checkpoint import (list_checkpoints, load_module_state, load_tensors, save_checkpoint)
+from domainfm.train.checkpoint import (check_run_dir, list_checkpoints, load_module_state, load_tensors, save_checkpoint)
 from domainfm.train.distributed import DistContext
 from domainfm.train.sampling import epoch_batches, set_epoch
 from domainfm.train.schedule import lr_at
@@ -249,10 +249,7 @@ def train(module: nn.Module, dataset, tcfg: TrainConfig, run_dir: str | Path, ca
         ema = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
 
     start_step = 0
-    existing = list_checkpoints(run_dir)
-    if not resume and existing:
-        raise ConfigError(f"{run_dir} already holds checkpoints (last: {existing[-1].name}); pass --resume to continue "
-                          "that run, or choose a new --out (nothing was overwritten)")
+    check_run_dir(run_dir, resume)
     if resume:
         ckpts = list_checkpoints(run_dir)
         if not ckpts:

@@ -162,6 +162,7 @@ def test_existing_run_is_not_overwritten_without_resume(tmp_path):
         domainfm.pretrain(tiny_config(tmp_path / "run", train={"seed": 1}))
     after = _weights(first)
     assert all(torch.equal(before[k], after[k]) for k in before)
+    assert "seed: 0" in (tmp_path / "run" / "config.yaml").read_text()  # the run's config is kept too
 
 
 def test_demo_replaces_its_own_folder_but_never_a_users(tmp_path):
