@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def make_volumes(folder: Path, n: int, shape: tuple[int, ...]) -> list[Path]:
-    from domains.medical.synthetic import write_ct_nifti_folder
+    from domainfm.medical.synthetic import write_ct_nifti_folder
     return write_ct_nifti_folder(folder, n=n, shape=shape, affine=np.diag([-0.9, -0.9, 2.5, 1.0]))
 
 

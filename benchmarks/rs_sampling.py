@@ -49,7 +49,7 @@ def write_big_scene(path: Path, size: int, bands: int, compress: str | None) -> 
 
 
 def bench_kit(path: Path, bands: int, chip: int, n: int) -> tuple[float, tuple]:
-    from domains.remote_sensing.datasets import Item, RasterChipDataset
+    from domainfm.remote_sensing.datasets import Item, RasterChipDataset
     ds = RasterChipDataset([Item(path, "sentinel2_l2a")], {"sentinel2_l2a": S2_BANDS[:bands]}, chip_size=chip,
                            chips_per_scene=n, seed=0)
     ds[0]  # open the file, like torchgeo's index build below is outside its timing

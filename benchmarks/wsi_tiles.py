@@ -29,8 +29,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from domainfm.data.sample import collate_samples  # noqa: E402
-from domains.pathology.datasets import SlideRecord, SlideTileDataset, TileTransform  # noqa: E402
-from domains.pathology.synthetic import write_synthetic_slide  # noqa: E402
+from domainfm.pathology.datasets import SlideRecord, SlideTileDataset, TileTransform  # noqa: E402
+from domainfm.pathology.synthetic import write_synthetic_slide  # noqa: E402
 
 
 def plain_loop(ds: SlideTileDataset) -> int:

@@ -102,7 +102,7 @@ def _load_domain_entry_points(only: str | None = None) -> None:
 
 def list_domains() -> list[str]:
     """Names of the built-in and installed (entry point) domains."""
-    import domainfm.data.synthetic  # noqa: F401  (the built-in toy domain)
+    import domainfm.synthetic  # noqa: F401  (the built-in toy domain)
     names = set(_DOMAINS) | {ep.name for ep in entry_points(group="domainfm.domains")}
     return sorted(names)
 
@@ -111,7 +111,7 @@ def get_domain(name: str):
     """Return the (singleton) domain plugin registered as ``name``."""
     if name in _INSTANCES:
         return _INSTANCES[name]
-    import domainfm.data.synthetic  # noqa: F401
+    import domainfm.synthetic  # noqa: F401
     if name not in _DOMAINS:
         _load_domain_entry_points(only=name)
     if name not in _DOMAINS:

@@ -3,12 +3,12 @@
 NIfTI predictions written in the source geometry.
 
 Example:
-    >>> from domains.medical import MedicalDomain
+    >>> from domainfm.medical import MedicalDomain
     >>> MedicalDomain.name
     'medical'
 """
 
-from domains.medical.domain import MedicalDomain
-from domains.medical.options import WINDOW_PRESETS, MedicalOptions
+from domainfm.medical.domain import MedicalDomain
+from domainfm.medical.options import WINDOW_PRESETS, MedicalOptions
 
 __all__ = ["MedicalDomain", "MedicalOptions", "WINDOW_PRESETS"]

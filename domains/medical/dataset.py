@@ -1,7 +1,7 @@
 """The medical Dataset: MONAI-cached deterministic preprocessing + per-item seeded random crops.
 
 Example:
-    >>> from domains.medical.options import MedicalOptions
+    >>> from domainfm.medical.options import MedicalOptions
     >>> ds = MedicalDataset([{"image": "ct.nii.gz"}], MedicalOptions(), crop=[32, 32, 32])  # doctest: +SKIP
     >>> ds[0]["image"].shape  # doctest: +SKIP
     torch.Size([1, 32, 32, 32])
@@ -20,8 +20,8 @@ from monai import data as mdata
 from domainfm.data.rng import EpochAware, item_numpy_rng
 from domainfm.data.sample import check_sample
 from domainfm.errors import DataError
-from domains.medical.options import MedicalOptions
-from domains.medical.transforms import apply_random, build_transforms, domain_errors
+from domainfm.medical.options import MedicalOptions
+from domainfm.medical.transforms import apply_random, build_transforms, domain_errors
 
 
 def _hash_item(item: dict) -> bytes:
@@ -78,7 +78,7 @@ class MedicalDataset(EpochAware, torch.utils.data.Dataset):
         if self.classes:
             return len(self.classes)
         if self.with_mask:
-            from domains.medical.io import read_image
+            from domainfm.medical.io import read_image
             top = 0
             for it in self.items:
                 top = max(top, int(read_image(it["mask"], spatial_dims=self.opts.spatial_dims).max()))

@@ -6,7 +6,7 @@ CT phantom volumes written as NIfTI (with / without lesions) for 3D MAE pretrain
 checked to land on the input grid.
 
 Example:
-    >>> # from domains.medical.demo import run_demo
+    >>> # from domainfm.medical.demo import run_demo
     >>> # figures = run_demo(Path("demo_out"), quick=True)
     $ domainfm demo --domain medical --out demo_out --quick
 """
@@ -59,7 +59,7 @@ def run_pneumonia_demo(npz: Path, out_dir: Path, quick: bool = False) -> dict:
     """Pretrain (MAE, no labels) on PneumoniaMNIST train images, probe on test vs random init."""
     import domainfm
     from domainfm.api import config_from_card
-    from domainfm.quickstart import loss_trend
+    from domainfm.synthetic.demo import loss_trend
     from domainfm.eval.evaluate import random_like
     from domainfm.registry import get_domain
     t0 = time.perf_counter()
@@ -101,10 +101,10 @@ def run_volume_demo(out_dir: Path, quick: bool = False) -> dict:
     import nibabel as nib
     import domainfm
     from domainfm.api import config_from_card
-    from domainfm.quickstart import loss_trend
+    from domainfm.synthetic.demo import loss_trend
     from domainfm.eval.evaluate import random_like
     from domainfm.registry import get_domain
-    from domains.medical.synthetic import make_phantom
+    from domainfm.medical.synthetic import make_phantom
     t0 = time.perf_counter()
     data = out_dir / "volumes"
     (data / "images").mkdir(parents=True, exist_ok=True)

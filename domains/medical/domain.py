@@ -26,10 +26,10 @@ import torch
 from domainfm.domain import Domain, accept_options
 from domainfm.errors import ConfigError, DataError
 from domainfm.registry import register_domain
-from domains.medical.dataset import MedicalDataset
-from domains.medical.options import MedicalOptions, normalized
-from domains.medical.sources import discover, holdout, is_decathlon
-from domains.medical.transforms import build_transforms, domain_errors, normalization_record
+from domainfm.medical.dataset import MedicalDataset
+from domainfm.medical.options import MedicalOptions, normalized
+from domainfm.medical.sources import discover, holdout, is_decathlon
+from domainfm.medical.transforms import build_transforms, domain_errors, normalization_record
 
 _NPZ_SPLIT = {"pretrain": "train", "train": "train", "val": "val", "test": "test", "embed": "test"}
 
@@ -194,7 +194,7 @@ class MedicalDomain(Domain):
         crop = (card.get("preprocessing") or {}).get("crop_size") or card["encoder"]["img_size"]
         det, _ = build_transforms(opts, crop, "inference")
         from monai import transforms as mt
-        from domains.medical.transforms import intensity_transforms
+        from domainfm.medical.transforms import intensity_transforms
 
         def prepare(x) -> torch.Tensor:
             if isinstance(x, (str, Path)):
@@ -220,7 +220,7 @@ class MedicalDomain(Domain):
     def head(self, task: str, encoder, num_classes: int, cfg):
         """UNETR-style decoder for segmentation, LayerNorm + linear on pooled tokens otherwise.
         ``finetune.head_options`` go to the head (e.g. ``feature_size: 16``)."""
-        from domains.medical.heads import build_head
+        from domainfm.medical.heads import build_head
         return build_head(task, encoder, num_classes, cfg.finetune.head_options)
 
     def validate(self, model, cfg) -> dict | None:
@@ -228,34 +228,34 @@ class MedicalDomain(Domain):
         the core's crop-level validation reports the rest."""
         if cfg.finetune.task != "segmentation" or not cfg.data.val_path:
             return None
-        from domains.medical.inference import evaluate_segmentation
+        from domainfm.medical.inference import evaluate_segmentation
         res = evaluate_segmentation(model, cfg.data.val_path)
         return {f"scan_{k}": v for k, v in res.items() if isinstance(v, (int, float))}
 
     # ---------------------------------------------------------------------------------------- outputs
     def write(self, prediction, sample: dict, path) -> Path:
         """Write a label/probability array with the sample's affine as NIfTI."""
-        from domains.medical.io import write_nifti
+        from domainfm.medical.io import write_nifti
         meta = sample.get("meta") or {}
         return write_nifti(prediction, np.asarray(meta.get("affine", np.eye(4))), path, like=meta.get("path"))
 
     def predict(self, model, input_path, out_path, **kwargs) -> Path:
         """Sliding-window prediction over a whole scan, written in the scan's ORIGINAL geometry.
 
-        See :func:`domains.medical.inference.predict_scan`.
+        See :func:`domainfm.medical.inference.predict_scan`.
         """
-        from domains.medical.inference import predict_scan
+        from domainfm.medical.inference import predict_scan
         options = accept_options(kwargs, {"sw_overlap": "overlap", "sw_batch_size": "sw_batch_size", "overlap": "overlap",
                                           "save_probabilities": "save_probabilities"}, "predict")
         return predict_scan(model, input_path, out_path, **options)
 
     def embed(self, model, data, out, **kwargs) -> Path:
         """One embedding per scan (mean over sliding windows for volumes) into ``.npz`` or ``.h5``."""
-        from domains.medical.inference import embed_scans
+        from domainfm.medical.inference import embed_scans
         options = accept_options(kwargs, {"batch_size": "batch_size", "sw_overlap": "overlap", "overlap": "overlap"}, "embed")
         return embed_scans(model, data, out, **options)
 
     def demo(self, out_dir: Path, quick: bool = False) -> dict:
-        """PneumoniaMNIST MAE pretraining + linear probe vs random init (NIfTI fallback); see :mod:`domains.medical.demo`."""
-        from domains.medical.demo import run_demo
+        """PneumoniaMNIST MAE pretraining + linear probe vs random init (NIfTI fallback); see :mod:`domainfm.medical.demo`."""
+        from domainfm.medical.demo import run_demo
         return run_demo(Path(out_dir), quick=quick)

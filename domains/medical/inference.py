@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from domainfm.errors import DataError
-from domains.medical.io import is_nifti, write_nifti
-from domains.medical.transforms import build_transforms, domain_errors
+from domainfm.medical.io import is_nifti, write_nifti
+from domainfm.medical.transforms import build_transforms, domain_errors
 
 
 def _model_device(model) -> torch.device:
@@ -27,7 +27,7 @@ def _model_device(model) -> torch.device:
 
 
 def _card_setup(model):
-    from domains.medical.domain import options_from_card
+    from domainfm.medical.domain import options_from_card
     opts = options_from_card(model.card)
     crop = list((model.card.get("preprocessing") or {}).get("crop_size") or model.card["encoder"]["img_size"])
     return opts, crop
@@ -180,7 +180,7 @@ def predict_scan(model, input_path, out_path, overlap: float | None = None, sw_b
 def evaluate_segmentation(model, data, overlap: float | None = None) -> dict:
     """Whole-scan Dice and HD95 (mm) per foreground class, in each scan's ORIGINAL geometry.
 
-    ``data`` is anything :func:`~domains.medical.sources.discover` reads with masks (manifest with a
+    ``data`` is anything :func:`~domainfm.medical.sources.discover` reads with masks (manifest with a
     ``mask`` column, ``imagesTr``/``labelsTr`` folders, Decathlon JSON). Uses MONAI ``DiceMetric``
     and ``HausdorffDistanceMetric(percentile=95)`` with the voxel spacing of each scan.
 
@@ -189,8 +189,8 @@ def evaluate_segmentation(model, data, overlap: float | None = None) -> dict:
         >>> # {'dice': 0.87, 'hd95_mm': 4.1, 'scans': 12, 'per_scan': [...]}
     """
     from monai.metrics import DiceMetric, HausdorffDistanceMetric
-    from domains.medical.io import read_image
-    from domains.medical.sources import discover
+    from domainfm.medical.io import read_image
+    from domainfm.medical.sources import discover
     opts, _ = _card_setup(model)
     items, _ = discover(data, opts, "validation" if str(data).endswith(".json") else "training")
     items = [it for it in items if "mask" in it]
@@ -232,7 +232,7 @@ def embed_scans(model, data, out, batch_size: int = 64, overlap: float | None = 
     Example:
         >>> # embed_scans(domainfm.load("runs/ct"), "scans/", "emb.h5")
     """
-    from domains.medical.sources import discover
+    from domainfm.medical.sources import discover
     opts, crop = _card_setup(model)
     overlap = opts.sw_overlap if overlap is None else overlap
     splits = None

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from domainfm.errors import DataError
-from domains.medical.io import (IMAGE_2D_SUFFIXES, NpzStore, dicom_files, is_dicom_file, is_nifti, scan_id)
+from domainfm.medical.io import (IMAGE_2D_SUFFIXES, NpzStore, dicom_files, is_dicom_file, is_nifti, scan_id)
 
 IMAGE_PAIR_DIRS = (("imagesTr", "labelsTr"), ("images", "masks"), ("images", "labels"))
 

@@ -3,13 +3,13 @@
 The pipeline is split in two:
 
 * a deterministic part (load -> channel first -> orientation -> spacing -> intensity -> foreground
-  crop -> pad/resize) that :mod:`domains.medical.dataset` caches (MONAI ``CacheDataset`` /
+  crop -> pad/resize) that :mod:`domainfm.medical.dataset` caches (MONAI ``CacheDataset`` /
   ``PersistentDataset``), and
 * a random part (3D crops, label-aware positive/negative crops) reseeded per item from
   ``(seed, epoch, index)`` so crops are reproducible and resumable.
 
 Example:
-    >>> from domains.medical.options import MedicalOptions
+    >>> from domainfm.medical.options import MedicalOptions
     >>> det, rand = build_transforms(MedicalOptions(), crop=[32, 32, 32], stage="pretrain")
     >>> [type(t).__name__ for t in det.transforms][:3]
     ['LoadScand', 'EnsureChannelFirstd', 'Orientationd']
@@ -26,8 +26,8 @@ from monai import transforms as mt
 from monai.transforms import MapTransform
 
 from domainfm.errors import DataError, DomainFMError
-from domains.medical.io import check_mask_geometry, read_image, read_multisequence
-from domains.medical.options import MedicalOptions, resolve_window
+from domainfm.medical.io import check_mask_geometry, read_image, read_multisequence
+from domainfm.medical.options import MedicalOptions, resolve_window
 
 ORIENTATION_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 

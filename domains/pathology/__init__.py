@@ -3,7 +3,7 @@ tile pretraining with stain augmentation, slide embeddings, and attention-MIL sl
 with heatmaps.
 
 Example:
-    >>> from domains.pathology import PathologyDomain, tile_slide, tissue_mask
+    >>> from domainfm.pathology import PathologyDomain, tile_slide, tissue_mask
     >>> PathologyDomain.name
     'pathology'
 """

@@ -14,7 +14,7 @@ Steps:
 6. The trained ABMIL applied to the real slide: its attention heatmap (PNG) and tile scores (CSV).
 
 Example:
-    >>> from domains.pathology.demo import run_demo
+    >>> from domainfm.pathology.demo import run_demo
     >>> figures = run_demo(Path("demo_out/pathology"), quick=True)   # doctest: +SKIP
 """
 
@@ -103,7 +103,7 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
     real = (SHARED / REAL_SLIDE).is_file() and (SHARED / "tiles").is_dir()
     fig: dict = {"data": "real TCGA slide + real tiles (../shared/data/pathology)" if real else
                  "generated pyramidal TIFF slides (../shared/data/pathology absent)", "quick": quick}
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"domains\.pathology.*")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"domainfm\.pathology.*")
 
     # 1-2. slides and the MPP check
     synth_dir = out_dir / "generated_slides"

@@ -5,7 +5,7 @@ scenes), a sensor table with central wavelengths, streaming band statistics, sen
 batches, UPerNet/classification heads, tiled georeferenced prediction and a demo.
 
 Example:
-    >>> from domains.remote_sensing import RemoteSensingDomain, get_sensor
+    >>> from domainfm.remote_sensing import RemoteSensingDomain, get_sensor
     >>> RemoteSensingDomain.name, get_sensor("landsat8").band("red").name
     ('remote_sensing', 'B4')
 """

@@ -123,7 +123,7 @@ def test_online_knn_probe_logged_next_to_collapse_monitor(tmp_path):
 
 
 def test_nan_input_is_named_by_its_file(tmp_path, monkeypatch):
-    from domainfm.data.synthetic import ShapesDataset
+    from domainfm.synthetic import ShapesDataset
     from domainfm.errors import DataError
     original = ShapesDataset.__getitem__
 

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from domainfm.data.synthetic import ShapesDataset
+from domainfm.synthetic import ShapesDataset
 from domainfm.data.sample import collate_samples
 from domainfm.models import build_encoder
 from domainfm.ssl import MAE, Contrastive, MAEContrastive, collapse_metrics

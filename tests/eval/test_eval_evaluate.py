@@ -95,7 +95,7 @@ def test_bad_labels_fractions_and_protocols(ckpt):
 
 
 def test_online_knn_probe_runs_every_n_steps_and_restores_mode(ckpt):
-    from domainfm.data.synthetic import ShapesDataset
+    from domainfm.synthetic import ShapesDataset
     model = domainfm.load(ckpt)
     enc = model.encoder.train()
     probe = OnlineKNNProbe(ShapesDataset(64, size=32, seed=1), ShapesDataset(32, size=32, seed=2), every=10, k=5,

@@ -17,7 +17,7 @@ from domainfm.cli import main as cli_main
 from domainfm.config import load_config
 from domainfm.models import build_encoder
 from domainfm.registry import get_domain
-from domains.medical.synthetic import dicom_affine_ras, make_phantom, write_dicom_series, write_nifti_pair
+from domainfm.medical.synthetic import dicom_affine_ras, make_phantom, write_dicom_series, write_nifti_pair
 
 TINY = {"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}
 FAST = {"batch_size": 2, "progress": False, "tensorboard": False, "warmup_steps": 1, "log_every": 1}
@@ -152,7 +152,7 @@ def test_cli_pretrain_with_option_flags(tmp_path, capsys):
 
 
 def test_evaluate_segmentation_dice_hd95_in_original_space(tmp_path):
-    from domains.medical.inference import evaluate_segmentation
+    from domainfm.medical.inference import evaluate_segmentation
     for i in range(2):
         write_nifti_pair(tmp_path / "val", f"v{i}", shape=(24, 26, 16), affine=OBLIQUE, seed=10 + i)
     model = _oracle_model(tmp_path, tmp_path / "val", {"target_spacing": [1.0, 1.0, 1.0]})

@@ -7,7 +7,7 @@ import torch
 
 from domainfm.errors import ConfigError
 from domainfm.models import build_encoder
-from domains.medical.heads import UNETRHead, build_head, unetr_layers
+from domainfm.medical.heads import UNETRHead, build_head, unetr_layers
 
 
 def test_unetr_layer_choice_matches_paper():

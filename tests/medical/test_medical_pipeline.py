@@ -14,11 +14,11 @@ import torch
 from domainfm.config import load_config
 from domainfm.errors import ConfigError, DataError
 from domainfm.registry import get_domain
-from domains.medical import MedicalDomain
-from domains.medical.dataset import MedicalDataset
-from domains.medical.options import MedicalOptions, normalized
-from domains.medical.sources import discover
-from domains.medical.synthetic import write_ct_nifti_folder, write_nifti_pair
+from domainfm.medical import MedicalDomain
+from domainfm.medical.dataset import MedicalDataset
+from domainfm.medical.options import MedicalOptions, normalized
+from domainfm.medical.sources import discover
+from domainfm.medical.synthetic import write_ct_nifti_folder, write_nifti_pair
 
 
 def _cfg(tmp_path, path, options=None, img_size=16, **extra):
@@ -146,7 +146,7 @@ def test_cache_does_not_decode_again(tmp_path, monkeypatch, cache):
     dom = get_domain("medical")
     first = dom.dataset(cfg, "pretrain")
     x0, _ = first[0]["image"], first[1]  # the disk cache fills on first access, the memory cache at construction
-    import domains.medical.transforms as tr
+    import domainfm.medical.transforms as tr
     calls = []
 
     def no_read(*args, **kwargs):

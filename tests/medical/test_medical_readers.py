@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from domainfm.errors import ConfigError, DataError, DomainFMError
-from domains.medical.io import read_image, read_multisequence, read_nifti, write_nifti
-from domains.medical.options import MedicalOptions, normalized, resolve_window
-from domains.medical.synthetic import dicom_affine_ras, make_phantom, write_dicom_series
-from domains.medical.transforms import LoadScand, domain_errors
+from domainfm.medical.io import read_image, read_multisequence, read_nifti, write_nifti
+from domainfm.medical.options import MedicalOptions, normalized, resolve_window
+from domainfm.medical.synthetic import dicom_affine_ras, make_phantom, write_dicom_series
+from domainfm.medical.transforms import LoadScand, domain_errors
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"  # repo root/../shared
 
@@ -127,7 +127,7 @@ def test_mask_shape_and_affine_mismatch(tmp_path):
 
 
 def test_empty_folder_and_missing_file(tmp_path):
-    from domains.medical.sources import discover
+    from domainfm.medical.sources import discover
     (tmp_path / "empty").mkdir()
     opts = normalized(MedicalOptions())
     with pytest.raises(DataError) as info:
@@ -179,7 +179,7 @@ def test_pneumoniamnist_npz_reader():
     path = SHARED / "medical" / "pneumoniamnist.npz"
     if not path.is_file():
         pytest.skip("pneumoniamnist.npz: ../shared/data absent")
-    from domains.medical.sources import discover
+    from domainfm.medical.sources import discover
     items, classes = discover(path, normalized(MedicalOptions(spatial_dims=2, modality="xray")), "test")
     assert len(items) == 468 and classes == ["0", "1"]
     img = read_image(items[0]["image"])

@@ -25,7 +25,7 @@ def shared_file():
 @pytest.fixture(scope="session")
 def slide_dir(tmp_path_factory) -> Path:
     """6 synthetic H&E slides (3 with a dense-nuclei 'tumour' region) at 0.5 µm/px, plus one blank."""
-    from domains.pathology.synthetic import write_synthetic_slide
+    from domainfm.pathology.synthetic import write_synthetic_slide
     root = tmp_path_factory.mktemp("slides")
     for i in range(6):
         write_synthetic_slide(root / f"s{i}.tif", (768, 640), mpp=0.5, seed=i, tumor=bool(i % 2))

@@ -12,10 +12,10 @@ from PIL import Image
 
 from domainfm.data.sample import check_sample, collate_samples
 from domainfm.errors import ConfigError, DataError
-from domains.pathology.datasets import SlideTileDataset, TileFolderDataset, TileTransform, list_slides
-from domains.pathology.domain import make_view_augment
-from domains.pathology.stain import MacenkoNormalizer, hed_jitter, macenko_stains
-from domains.pathology.synthetic import synthetic_he_image
+from domainfm.pathology.datasets import SlideTileDataset, TileFolderDataset, TileTransform, list_slides
+from domainfm.pathology.domain import make_view_augment
+from domainfm.pathology.stain import MacenkoNormalizer, hed_jitter, macenko_stains
+from domainfm.pathology.synthetic import synthetic_he_image
 
 
 def _dataset(slide_dir, tmp_path, **kw):

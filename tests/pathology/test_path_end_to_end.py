@@ -15,10 +15,10 @@ from PIL import Image
 
 import domainfm
 from domainfm.cli import main
-from domains.pathology.embed import load_slide_features
-from domains.pathology.mil import GatedABMIL
-from domains.pathology.synthetic import synthetic_he_image
-from domains.pathology.tiling import cached_tile_grid
+from domainfm.pathology.embed import load_slide_features
+from domainfm.pathology.mil import GatedABMIL
+from domainfm.pathology.synthetic import synthetic_he_image
+from domainfm.pathology.tiling import cached_tile_grid
 
 
 
@@ -54,8 +54,8 @@ def test_api_pretrain_embed_mil_predict(pretrained, slide_dir, labels_csv, tmp_p
     assert f0["features"].shape == (len(grid), 64) and np.isfinite(f0["features"]).all()
     assert f0["attrs"]["size0"] == 128 and f0["attrs"]["mpp"] == 0.5
     # the embedding is the model's embedding of that tile
-    from domains.pathology.embed import transform_from_preprocessing
-    from domains.pathology.slide import open_slide
+    from domainfm.pathology.embed import transform_from_preprocessing
+    from domainfm.pathology.slide import open_slide
     t = transform_from_preprocessing(pre)(np.asarray(grid.read(open_slide(slide_dir / "s0.tif"), 2)))
     np.testing.assert_allclose(model.embed(t[None])[0].numpy(), f0["features"][2], atol=1e-4)
 

@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 from domainfm.errors import ConfigError, DataError
-from domains.pathology.heatmap import heatmap_image, rank_normalize, write_heatmap, write_tile_scores
-from domains.pathology.mil import (GatedABMIL, MeanPoolMIL, build_mil, classification_metrics, predict_bags,
+from domainfm.pathology.heatmap import heatmap_image, rank_normalize, write_heatmap, write_tile_scores
+from domainfm.pathology.mil import (GatedABMIL, MeanPoolMIL, build_mil, classification_metrics, predict_bags,
                                    train_mil)
-from domains.pathology.mil_task import match_labels, read_labels, require_labels
-from domains.pathology.synthetic import synthetic_he_image, write_pyramidal_tiff
+from domainfm.pathology.mil_task import match_labels, read_labels, require_labels
+from domainfm.pathology.synthetic import synthetic_he_image, write_pyramidal_tiff
 
 
 def test_abmil_attention_is_a_masked_softmax():

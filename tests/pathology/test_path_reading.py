@@ -8,8 +8,8 @@ import pytest
 import tifffile
 
 from domainfm.errors import DataError, DomainFMError
-from domains.pathology.slide import SlideCache, mpp_from_properties, open_slide, slide_mpp
-from domains.pathology.synthetic import synthetic_he_image, write_pyramidal_tiff
+from domainfm.pathology.slide import SlideCache, mpp_from_properties, open_slide, slide_mpp
+from domainfm.pathology.synthetic import synthetic_he_image, write_pyramidal_tiff
 
 
 def test_written_pyramid_opens_in_openslide_with_mpp(tmp_path):

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from domainfm.errors import DataError
-from domains.pathology.slide import open_slide, read_rgb
-from domains.pathology.synthetic import synthetic_he_image, write_pyramidal_tiff
-from domains.pathology.tiling import NoTissueError, cached_tile_grid, grid_csv_path, load_grid, tile_slide
-from domains.pathology.tissue import box_fractions, tissue_mask
+from domainfm.pathology.slide import open_slide, read_rgb
+from domainfm.pathology.synthetic import synthetic_he_image, write_pyramidal_tiff
+from domainfm.pathology.tiling import NoTissueError, cached_tile_grid, grid_csv_path, load_grid, tile_slide
+from domainfm.pathology.tissue import box_fractions, tissue_mask
 
 
 def _half_tissue_image():

@@ -14,7 +14,7 @@ import domainfm
 from domainfm.cli import main as cli_main
 from domainfm.cli import run as cli_run
 from domainfm.errors import DataError
-from domains.remote_sensing.synthetic import write_mask, write_scene, write_tiles
+from domainfm.remote_sensing.synthetic import write_mask, write_scene, write_tiles
 
 BANDS = ["B02", "B03", "B04", "B08"]
 TINY = {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from domainfm.errors import CheckpointError, DataError
-from domains.remote_sensing.heads import ClassificationHead, UPerNetHead, build_head, pick_layers
-from domains.remote_sensing.io import Scene, write_geotiff
-from domains.remote_sensing.predict import predict_scene
-from domains.remote_sensing.sensors import get_sensor, sensor_to_dict
-from domains.remote_sensing.synthetic import write_scene
+from domainfm.remote_sensing.heads import ClassificationHead, UPerNetHead, build_head, pick_layers
+from domainfm.remote_sensing.io import Scene, write_geotiff
+from domainfm.remote_sensing.predict import predict_scene
+from domainfm.remote_sensing.sensors import get_sensor, sensor_to_dict
+from domainfm.remote_sensing.synthetic import write_scene
 
 
 def test_upernet_head_shapes_and_gradients():

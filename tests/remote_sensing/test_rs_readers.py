@@ -10,11 +10,11 @@ import rasterio
 from rasterio.windows import Window
 
 from domainfm.errors import ConfigError, DataError, DomainFMError
-from domains.remote_sensing import io as rsio
-from domains.remote_sensing.datasets import Item, RasterChipDataset, discover_items, split_items
-from domains.remote_sensing.io import MaskRaster, Scene
-from domains.remote_sensing.sensors import get_sensor, load_sensors_file, parse_band_list
-from domains.remote_sensing.synthetic import write_band_folder, write_mask, write_scene, write_tiles
+from domainfm.remote_sensing import io as rsio
+from domainfm.remote_sensing.datasets import Item, RasterChipDataset, discover_items, split_items
+from domainfm.remote_sensing.io import MaskRaster, Scene
+from domainfm.remote_sensing.sensors import get_sensor, load_sensors_file, parse_band_list
+from domainfm.remote_sensing.synthetic import write_band_folder, write_mask, write_scene, write_tiles
 
 
 def test_sensor_table_wavelengths_aliases_and_user_yaml(tmp_path):
@@ -244,7 +244,7 @@ def test_sensor_grouped_batches(tmp_path):
 def test_demo_writes_real_slovenia_patch_as_geotiff(tmp_path):
     from pathlib import Path
 
-    from domains.remote_sensing.demo import write_slovenia
+    from domainfm.remote_sensing.demo import write_slovenia
     src = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "remote_sensing" / "eolearn_slovenia"
     if not src.is_dir():
         pytest.skip("eolearn_slovenia sample: ../shared/data absent")

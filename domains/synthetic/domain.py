@@ -136,5 +136,5 @@ class SyntheticDomain(Domain):
         return prepare
 
     def demo(self, out_dir: Path, quick: bool = False) -> dict:
-        from domainfm.quickstart import run_shapes_demo
+        from domainfm.synthetic.demo import run_shapes_demo
         return run_shapes_demo(out_dir, quick=quick)
