@@ -109,7 +109,9 @@ def build_card(cfg: Config, domain, encoder, dataset, stage: str) -> dict:
 def _encoder_for(cfg: Config, domain, dataset) -> nn.Module:
     kw = domain.encoder_kwargs(cfg, dataset)
     return build_encoder(cfg.model.name, depth=cfg.model.depth, embed_dim=cfg.model.embed_dim,
-                         num_heads=cfg.model.num_heads, drop_path_rate=cfg.model.drop_path_rate, **kw)
+                         num_heads=cfg.model.num_heads, drop_path_rate=cfg.model.drop_path_rate,
+                         class_token=cfg.model.class_token, num_registers=cfg.model.num_registers,
+                         global_pool=cfg.model.global_pool, **kw)
 
 
 def _is_main() -> bool:

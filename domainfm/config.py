@@ -48,6 +48,9 @@ class ModelConfig:
     embed_dim: int | None = None
     num_heads: int | None = None
     drop_path_rate: float = 0.0
+    class_token: bool = False
+    num_registers: int = 0
+    global_pool: str | None = None  # token | avg; None: the class token when there is one
 
 
 @dataclass

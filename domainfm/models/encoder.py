@@ -51,13 +51,31 @@ class ViTEncoder(nn.Module):
 
     ``forward(x, wavelengths=None, ids_keep=None, return_layers=None)`` returns the final-normed
     patch tokens ``B x N x E`` (``N`` = kept tokens when ``ids_keep`` is given), plus the raw outputs
-    of the blocks listed in ``return_layers`` when asked.
+    of the blocks listed in ``return_layers`` when asked (patch tokens only).
+
+    Prefix tokens: a class token (``class_token=True``) and ``num_registers`` register tokens
+    ("Vision Transformers Need Registers") are prepended before the blocks and excluded from the
+    patch tokens; ``forward_features`` returns them as ``prefix`` (and ``cls``). ``global_pool``
+    (``"token"`` or ``"avg"``; default: the class token when there is one) sets ``pooled`` and ``embed``.
+
+    Example:
+        >>> enc = ViTEncoder(in_chans=1, img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+        ...                  class_token=True, num_registers=2)
+        >>> f = enc.forward_features(torch.zeros(3, 1, 16, 16))
+        >>> f["tokens"].shape, f["prefix"].shape, f["pooled"].shape, enc.global_pool
+        (torch.Size([3, 4, 32]), torch.Size([3, 3, 32]), torch.Size([3, 32]), 'token')
     """
 
     def __init__(self, name: str = "vit-tiny", patch_embed: str = "2d", img_size: int | Sequence[int] = 224,
                  patch_size: int | Sequence[int] = 16, in_chans: int | None = 3, embed_dim: int = 192,
-                 depth: int = 12, num_heads: int = 3, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0):
+                 depth: int = 12, num_heads: int = 3, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0,
+                 class_token: bool = False, num_registers: int = 0, global_pool: str | None = None):
         super().__init__()
+        if num_registers < 0:
+            raise ConfigError(f"model.num_registers must be >= 0, got {num_registers}")
+        global_pool = global_pool or ("token" if class_token else "avg")
+        if global_pool not in ("token", "avg") or (global_pool == "token" and not class_token):
+            raise ConfigError(f"global_pool must be 'avg', or 'token' with a class token; got {global_pool!r}")
         self.patch_embed = build_patch_embed(patch_embed, embed_dim, patch_size, in_chans)
         self.spatial_dims = self.patch_embed.spatial_dims
         self.img_size = _tuple(img_size, self.spatial_dims)
@@ -74,12 +92,20 @@ class ViTEncoder(nn.Module):
         self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i],
                                            norm_layer=partial(nn.LayerNorm, eps=1e-6)) for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, num_registers, embed_dim)) if num_registers else None
+        self.num_prefix_tokens = int(class_token) + num_registers
+        self.global_pool = global_pool
         self._pos_cache: dict[tuple, torch.Tensor] = {}
         self.config = {"name": name, "patch_embed": patch_embed, "img_size": list(self.img_size),
                        "patch_size": list(self.patch_embed.patch_size), "in_chans": self.patch_embed.in_chans,
                        "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, "mlp_ratio": mlp_ratio,
-                       "drop_path_rate": drop_path_rate}
+                       "drop_path_rate": drop_path_rate, "class_token": class_token, "num_registers": num_registers,
+                       "global_pool": global_pool}
         self.apply(self._init_weights)
+        for prefix in (self.cls_token, self.reg_token):
+            if prefix is not None:
+                nn.init.normal_(prefix, std=1e-6)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -104,17 +130,34 @@ class ViTEncoder(nn.Module):
     def grid_size(self, shape: Sequence[int]) -> tuple[int, ...]:
         return self.patch_embed.grid_size(shape)
 
-    def tokenize(self, x: torch.Tensor, wavelengths=None) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """Patch tokens with positions added, and the token grid."""
+    def tokenize(self, x: torch.Tensor, wavelengths=None, token_mask: torch.Tensor | None = None,
+                 mask_token: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Patch tokens with positions added, and the token grid.
+
+        ``token_mask`` (``B x N`` bool) replaces the embeddings of masked patches by ``mask_token``
+        (``E`` or ``1 x 1 x E``) before positions are added, as iBOT/BEiT-style objectives need.
+        """
         grid = self.grid_size(x.shape)
         tokens = self.patch_embed(x, wavelengths=wavelengths)
+        if token_mask is not None:
+            if mask_token is None:
+                raise ValueError("token_mask needs a mask_token")
+            tokens = torch.where(token_mask[..., None], mask_token.reshape(1, 1, -1).to(tokens.dtype), tokens)
         return tokens + self.pos_embed_for(grid).to(tokens.dtype), grid
 
-    def forward(self, x: torch.Tensor, wavelengths=None, ids_keep: torch.Tensor | None = None,
-                return_layers: Sequence[int] | None = None):
-        tokens, _ = self.tokenize(x, wavelengths)
+    def _with_prefix(self, tokens: torch.Tensor) -> torch.Tensor:
+        prefix = [t.expand(tokens.shape[0], -1, -1).to(tokens.dtype) for t in (self.cls_token, self.reg_token)
+                  if t is not None]
+        return torch.cat([*prefix, tokens], dim=1) if prefix else tokens
+
+    def forward_tokens(self, x: torch.Tensor, wavelengths=None, ids_keep: torch.Tensor | None = None,
+                       return_layers: Sequence[int] | None = None, token_mask: torch.Tensor | None = None,
+                       mask_token: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """All final-normed tokens, prefix first (``B x (P + N) x E``), and the chosen blocks' patch tokens."""
+        tokens, _ = self.tokenize(x, wavelengths, token_mask=token_mask, mask_token=mask_token)
         if ids_keep is not None:
             tokens = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))
+        tokens = self._with_prefix(tokens)
         wanted = set(return_layers or ())
         bad = [i for i in wanted if not 0 <= i < self.depth]
         if bad:
@@ -123,21 +166,40 @@ class ViTEncoder(nn.Module):
         for i, block in enumerate(self.blocks):
             tokens = block(tokens)
             if i in wanted:
-                layers.append(tokens)
-        tokens = self.norm(tokens)
+                layers.append(tokens[:, self.num_prefix_tokens:])
+        return self.norm(tokens), layers
+
+    def forward(self, x: torch.Tensor, wavelengths=None, ids_keep: torch.Tensor | None = None,
+                return_layers: Sequence[int] | None = None):
+        tokens, layers = self.forward_tokens(x, wavelengths, ids_keep=ids_keep, return_layers=return_layers)
+        tokens = tokens[:, self.num_prefix_tokens:]
         if return_layers is None:
             return tokens
         return tokens, layers
 
-    def forward_features(self, x: torch.Tensor, wavelengths=None, layers: Sequence[int] | None = None) -> dict:
-        """Everything a head may need: final tokens, chosen intermediate layers, grid, pooled vector."""
-        tokens, inter = self.forward(x, wavelengths=wavelengths, return_layers=list(layers or []))
-        return {"tokens": tokens, "layers": inter, "grid": self.grid_size(x.shape), "pooled": tokens.mean(1),
-                "image": x, "wavelengths": wavelengths}
+    def pool(self, all_tokens: torch.Tensor) -> torch.Tensor:
+        """One vector per image from :meth:`forward_tokens` output: the class token or the patch-token mean."""
+        if self.global_pool == "token":
+            return all_tokens[:, 0]
+        return all_tokens[:, self.num_prefix_tokens:].mean(1)
+
+    def forward_features(self, x: torch.Tensor, wavelengths=None, layers: Sequence[int] | None = None,
+                         token_mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None) -> dict:
+        """Everything a head may need: final patch tokens, prefix tokens, chosen intermediate layers, grid,
+        pooled vector (see ``global_pool``)."""
+        all_tokens, inter = self.forward_tokens(x, wavelengths=wavelengths, return_layers=list(layers or []),
+                                                token_mask=token_mask, mask_token=mask_token)
+        p = self.num_prefix_tokens
+        feats = {"tokens": all_tokens[:, p:], "prefix": all_tokens[:, :p], "layers": inter,
+                 "grid": self.grid_size(x.shape), "pooled": self.pool(all_tokens), "image": x,
+                 "wavelengths": wavelengths}
+        if self.cls_token is not None:
+            feats["cls"] = all_tokens[:, 0]
+        return feats
 
     def embed(self, x: torch.Tensor, wavelengths=None) -> torch.Tensor:
-        """One vector per image: the mean of the final patch tokens (``B x E``)."""
-        return self.forward(x, wavelengths=wavelengths).mean(1)
+        """One vector per image (``B x E``): the class token, or the mean of the final patch tokens."""
+        return self.pool(self.forward_tokens(x, wavelengths=wavelengths)[0])
 
     def check_input(self, x: torch.Tensor, path=None) -> None:
         """Raise a clear error if ``x`` does not fit this encoder (dims, channels)."""

@@ -96,3 +96,34 @@ def test_config_rebuilds_identical_model():
     twin.load_state_dict(enc.state_dict())
     x = torch.randn(1, 1, 16, 16, 16)
     assert torch.allclose(enc(x), twin(x))
+
+
+def test_prefix_tokens_are_excluded_from_patch_tokens_and_pool_by_class_token():
+
+    enc = build_encoder("vit-tiny", in_chans=1, img_size=16, patch_size=8, depth=1, embed_dim=32, num_heads=2,
+                        class_token=True, num_registers=4)
+    x = torch.randn(2, 1, 16, 16)
+    feats = enc.forward_features(x, layers=[0])
+    assert feats["tokens"].shape == (2, 4, 32) and feats["prefix"].shape == (2, 5, 32)
+    assert feats["layers"][0].shape == (2, 4, 32)
+    assert torch.allclose(enc.embed(x), feats["cls"], atol=1e-6)
+    rebuilt = build_encoder(**enc.config)
+    rebuilt.load_state_dict(enc.state_dict())
+    assert torch.allclose(rebuilt.embed(x), enc.embed(x), atol=1e-6)
+    avg = build_encoder(**{**enc.config, "global_pool": "avg"})
+    avg.load_state_dict(enc.state_dict())
+    assert torch.allclose(avg.embed(x), feats["tokens"].mean(1), atol=1e-5)
+
+
+def test_token_mask_replaces_masked_patch_embeddings():
+
+    enc = build_encoder("vit-tiny", in_chans=1, img_size=16, patch_size=8, depth=1, embed_dim=32, num_heads=2)
+    x = torch.randn(2, 1, 16, 16)
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    mask[:, 0] = True
+    mask_token = torch.full((32,), 3.0)
+    tokens, _ = enc.tokenize(x, token_mask=mask, mask_token=mask_token)
+    plain, _ = enc.tokenize(x)
+    pos = enc.pos_embed_for(enc.grid)[0]
+    assert torch.allclose(tokens[:, 0], mask_token + pos[0])
+    assert torch.allclose(tokens[:, 1:], plain[:, 1:])
