@@ -59,7 +59,7 @@ def plain_monai(paths: list[Path], crop: int, epochs: int, workers: int) -> tupl
 
 def kit(paths: list[Path], crop: int, epochs: int, workers: int, cache: str, out: Path) -> tuple[float, int]:
     """The medical domain's dataset (same recipe) through a DataLoader, with the engine's set_epoch."""
-    from domainfm.config import load_config
+    from domainfm.runconfig import load_config
     from domainfm.data.sample import collate_samples
     from domainfm.registry import get_domain
     cfg = load_config({"domain": "medical", "out": str(out),

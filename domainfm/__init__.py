@@ -7,8 +7,8 @@ Example:
     192
 """
 
-from domainfm.api import FoundationModel, config_from_card, demo, embed, evaluate, finetune, load, predict, pretrain
-from domainfm.config import Config, load_config
+from domainfm.api import (Config, FoundationModel, config_from_card, demo, embed, evaluate, finetune, load,
+                          load_config, predict, pretrain)
 from domainfm.errors import (CheckpointError, ConfigError, DataError, DomainFMError, NonFiniteLossError,
                              UnsupportedError)
 from domainfm.models.encoder import build_encoder

@@ -17,7 +17,28 @@ import logging
 import sys
 from pathlib import Path
 
+import yaml
+
+from domainfm import api
+from domainfm.config import parse_option_flags
 from domainfm.errors import ConfigError, DomainFMError
+from domainfm.eval import add_evaluate_arguments, run_evaluate_from_args
+from domainfm.registry import get_domain, list_domains, list_encoders, list_heads, list_objectives
+from domainfm.train.checkpoint import load_card, resolve_checkpoint
+
+
+def _flags(options_cls) -> list[str]:
+    return ["--" + f.name.replace("_", "-") for f in dataclasses.fields(options_cls)]
+
+
+def _refuse_data_options(rest: list[str], options_cls, command: str) -> None:
+    """``embed``/``predict`` read the preprocessing from the card: a flag they do not take is named so."""
+    taken = _flags(options_cls)
+    given = [t.partition("=")[0] for t in rest if t.startswith("--")]
+    unknown = [g for g in given if g not in taken]
+    if unknown:
+        raise ConfigError(f"{command} takes the preprocessing from the checkpoint card; it does not take "
+                          f"{', '.join(unknown)} (options it takes: {', '.join(taken) or 'none'})")
 
 
 def _common_train_flags(p: argparse.ArgumentParser) -> None:
@@ -72,11 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="probe/fine-tune a checkpoint vs a random-init baseline at label fractions")
     p.add_argument("checkpoint")
-    try:
-        from domainfm.eval import add_evaluate_arguments
-        add_evaluate_arguments(p)
-    except ImportError:
-        pass
+    add_evaluate_arguments(p)
 
     p = sub.add_parser("info", help="print a checkpoint's card")
     p.add_argument("checkpoint")
@@ -88,39 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="list encoders, objectives, heads, domains and each domain's flags")
     return parser
-
-
-def _option_flags(rest: list[str], options_cls, domain: str) -> dict:
-    """Turn leftover ``--foo-bar VALUE`` flags into domain options (validated later by the config)."""
-    import yaml
-    fields = {f.name: f for f in dataclasses.fields(options_cls)} if dataclasses.is_dataclass(options_cls) else {}
-    out: dict = {}
-    i = 0
-    while i < len(rest):
-        tok = rest[i]
-        if not tok.startswith("--"):
-            raise ConfigError(f"unexpected argument {tok!r}")
-        name, _, inline = tok[2:].partition("=")
-        key = name.replace("-", "_")
-        if key not in fields:
-            known = ", ".join("--" + f.replace("_", "-") for f in fields) or "none"
-            raise ConfigError(f"unknown option --{name} for domain {domain!r} (its options: {known})")
-        if inline:
-            raw = inline
-        elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
-            raw = rest[i + 1]
-            i += 1
-        else:
-            raw = "true"
-        value = yaml.safe_load(raw)
-        ftype = str(fields[key].type)
-        if "list" in ftype and isinstance(value, str):
-            value = [yaml.safe_load(v) for v in value.split(",") if v]
-        elif "list" in ftype and not isinstance(value, list):
-            value = [value]
-        out[key] = value
-        i += 1
-    return out
 
 
 def _updates_from_args(args, options: dict) -> dict:
@@ -158,13 +142,11 @@ def _pretrain_config(args) -> str | None:
 
 
 def _domain_of(args) -> str:
-    from domainfm.train.checkpoint import load_card
     if args.command == "pretrain":
         if args.domain:
             return args.domain
         config = _pretrain_config(args)
         if config:
-            import yaml
             try:
                 raw = yaml.safe_load(Path(config).read_text()) or {}
             except (OSError, yaml.YAMLError):
@@ -183,22 +165,21 @@ def run(argv: list[str] | None = None) -> int:
         argv[i + 1:i + 2] = ["--config", argv[i + 1]]
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    import domainfm.api as api
-    from domainfm.registry import get_domain
 
     if args.command == "list":
-        from domainfm.registry import list_domains, list_encoders, list_heads, list_objectives
-        flags = {}
+        flags, operation_flags = {}, {}
         for name in list_domains():
             try:
-                flags[name] = ["--" + f.name.replace("_", "-") for f in dataclasses.fields(get_domain(name).Options)]
+                plugin = get_domain(name)
+                flags[name] = _flags(plugin.Options)
+                operation_flags[name] = {"embed": _flags(plugin.EmbedOptions), "predict": _flags(plugin.PredictOptions)}
             except (ConfigError, TypeError) as exc:  # a broken plugin is listed with its problem
                 flags[name] = [f"unavailable: {exc}"]
         print(json.dumps({"encoders": list_encoders(), "objectives": list_objectives(), "heads": list_heads(),
-                          "domains": list_domains(), "domain_flags": flags}, indent=2))
+                          "domains": list_domains(), "domain_flags": flags,
+                          "operation_flags": operation_flags}, indent=2))
         return 0
     if args.command == "info":
-        from domainfm.train.checkpoint import load_card, resolve_checkpoint
         print(f"# {resolve_checkpoint(args.checkpoint)}")
         print(json.dumps(load_card(args.checkpoint), indent=2))
         return 0
@@ -209,11 +190,16 @@ def run(argv: list[str] | None = None) -> int:
         print(json.dumps(figures, indent=2, default=str))
         return 0
     if args.command == "evaluate":
-        from domainfm.eval import run_evaluate_from_args
         return int(run_evaluate_from_args(args, rest) or 0)
 
     domain_name = _domain_of(args)
-    options = _option_flags(rest, get_domain(domain_name).Options, domain_name) if rest else {}
+    domain = get_domain(domain_name)
+    options_cls = {"embed": domain.EmbedOptions, "predict": domain.PredictOptions}.get(args.command, domain.Options)
+    if args.command in ("embed", "predict"):
+        _refuse_data_options(rest, options_cls, args.command)
+    owner = f"domain {domain_name!r}" if args.command in ("pretrain", "finetune") else \
+        f"{args.command} of domain {domain_name!r}"
+    options = parse_option_flags(rest, options_cls, owner) if rest else {}
     if args.command == "pretrain":
         updates = _updates_from_args(args, options)
         cfg = api.load_config(_pretrain_config(args), overrides=args.sets, updates=updates)
@@ -243,7 +229,6 @@ def run(argv: list[str] | None = None) -> int:
 def _merge_config_file(path: str | None, updates: dict) -> dict:
     if not path:
         return updates
-    import yaml
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")

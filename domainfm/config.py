@@ -1,10 +1,12 @@
-"""Typed configs: YAML (or a dict) in, a validated :class:`Config` out, clear one-line errors.
+"""Typed configs: YAML (or a dict) in, a schema-checked :class:`Config` out, clear one-line errors.
 
-This module is the only place that reads a config file's text. Unknown keys, wrong types and
-missing data paths raise :class:`~domainfm.errors.ConfigError` naming the key and the file.
+This module is the only place that reads a config file's text. Unknown keys, wrong types and values
+out of range raise :class:`~domainfm.errors.ConfigError` naming the key and the file. Relative data
+paths in a YAML file are relative to that file. It knows no domain: :func:`domainfm.load_config`
+(in :mod:`domainfm.domain`) adds the domain's checks and binds its typed options.
 
 Example:
-    >>> cfg = load_config({"domain": "synthetic", "train": {"steps": 5}}, overrides=["model.depth=2"])
+    >>> cfg = parse_config({"domain": "synthetic", "train": {"steps": 5}}, overrides=["model.depth=2"])
     >>> cfg.train.steps, cfg.model.depth
     (5, 2)
 """
@@ -12,6 +14,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +25,7 @@ from typing import Any, Union
 import yaml
 
 from domainfm.errors import ConfigError
+from domainfm.utils import parse_list
 
 
 @dataclass
@@ -126,10 +131,24 @@ class Config:
         return dataclasses.asdict(self)
 
     @property
+    def source(self) -> str:
+        """Where the config came from (a YAML path, ``config`` for a dict), for error messages."""
+        return self.__dict__.get("_source", "config")
+
+    @property
     def options(self):
-        """The domain's typed options (``data.options`` validated by the domain plugin)."""
-        from domainfm.registry import get_domain
-        return build_dataclass(get_domain(self.domain).Options, self.data.options, "data.options", "<config>")
+        """The domain's typed options (``data.options`` checked by the domain plugin's ``Options``)."""
+        bound = self.__dict__.get("_options")
+        if bound is None:
+            raise ConfigError(f"{self.source}: the config is not bound to its domain; load it with "
+                              "domainfm.load_config(...) to get data.options checked and typed")
+        return bound
+
+    def bind_options(self, options: Any) -> "Config":
+        """Attach the domain's typed options (done by :func:`domainfm.load_config`)."""
+        self.__dict__["_options"] = options
+        self.data.options = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
+        return self
 
 
 def _type_name(tp) -> str:
@@ -235,16 +254,18 @@ def _set_nested(d: dict, keys: list[str], value: Any) -> None:
     d[keys[-1]] = value
 
 
-def load_config(source: str | Path | dict | Config | None = None, overrides: list[str] | tuple = (),
-                updates: dict | None = None, check_paths: bool = True) -> Config:
-    """Load and validate a config from a YAML path, a dict or a :class:`Config`.
+def parse_config(source: str | Path | dict | Config | None = None, overrides: list[str] | tuple = (),
+                 updates: dict | None = None) -> Config:
+    """Read and schema-check a config from a YAML path, a dict or a :class:`Config`.
 
     ``overrides`` are ``key=value`` strings (dotted keys, YAML values); ``updates`` a nested dict
-    merged on top. Domain options are validated against the domain plugin's ``Options`` dataclass.
+    merged on top. Relative ``data.path``/``data.val_path`` in a YAML file resolve against its folder.
     """
     name = "config"
+    base_dir: Path | None = None
     if isinstance(source, Config):
         raw = source.to_dict()
+        name = source.source
     elif isinstance(source, (str, Path)):
         path = Path(source)
         name = str(path)
@@ -258,6 +279,7 @@ def load_config(source: str | Path | dict | Config | None = None, overrides: lis
             raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections (domain, data, model, ...)")
+        base_dir = path.parent
     elif source is None:
         name = "command line"
         raw = {}
@@ -265,6 +287,11 @@ def load_config(source: str | Path | dict | Config | None = None, overrides: lis
         raw = _deepcopy(source)
     else:
         raise ConfigError(f"config must be a path, a dict or a Config, got {type(source).__name__}")
+    if base_dir is not None and isinstance(raw.get("data"), dict):
+        for key in ("path", "val_path"):
+            value = raw["data"].get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                raw["data"][key] = _relative_to(base_dir, value)
     for section, values in (updates or {}).items():
         if isinstance(values, dict) and isinstance(raw.get(section), dict):
             _merge(raw[section], values)
@@ -274,15 +301,7 @@ def load_config(source: str | Path | dict | Config | None = None, overrides: lis
         keys, value = parse_override(text)
         _set_nested(raw, keys, value)
     cfg = build_dataclass(Config, raw, "", name)
-    from domainfm.registry import get_domain
-    try:
-        domain = get_domain(cfg.domain)
-    except ConfigError as exc:
-        raise ConfigError(f"{name}: {exc}") from None
-    options = build_dataclass(domain.Options, cfg.data.options, "data.options", name)
-    cfg.data.options = dataclasses.asdict(options)
-    if cfg.objective.name not in ("mae", "contrastive", "mae+contrastive"):
-        raise ConfigError(f"{name}: objective.name must be mae, contrastive or mae+contrastive, got {cfg.objective.name!r}")
+    cfg.__dict__["_source"] = name
     if not 0.0 <= cfg.objective.mask_ratio < 1.0:
         raise ConfigError(f"{name}: objective.mask_ratio must be in [0, 1), got {cfg.objective.mask_ratio}")
     if cfg.data.cache not in ("none", "memory", "disk"):
@@ -290,19 +309,17 @@ def load_config(source: str | Path | dict | Config | None = None, overrides: lis
     if cfg.train.steps < 1 or cfg.train.batch_size < 1 or cfg.train.accum_steps < 1:
         raise ConfigError(f"{name}: train.steps, train.batch_size and train.accum_steps must be >= 1")
     _check_ranges(cfg, name)
-    if check_paths:
-        for key in ("path", "val_path"):
-            value = getattr(cfg.data, key)
-            if value is not None and not Path(value).exists():
-                raise ConfigError(f"{name}: data.{key} {value} does not exist")
-        if cfg.data.path is None and getattr(domain, "needs_data_path", True):
-            raise ConfigError(f"{name}: data.path is required for domain {cfg.domain!r} (a folder or a manifest CSV)")
     return cfg
+
+
+def _relative_to(base_dir: Path, value: str) -> str:
+    """``value`` resolved against ``base_dir``, as an absolute path (so a saved copy of the config,
+    e.g. a run's ``config.yaml``, still points at the same data)."""
+    return os.path.normpath((base_dir / value).resolve())
 
 
 def _check_ranges(cfg: Config, name: str) -> None:
     """Values that would otherwise fail deep inside torch with a message about something else."""
-    import math
     t = cfg.train
     checks = [
         (math.isfinite(t.lr) and t.lr >= 0, f"train.lr must be a number >= 0, got {t.lr}"),
@@ -346,7 +363,58 @@ def _deepcopy(obj):
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:
-    """Write the resolved config as YAML (what a run actually used)."""
+    """Write the resolved config as YAML (what a run actually used), with absolute data paths so
+    that reading it back from its own folder finds the same data."""
     path = Path(path)
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    raw = cfg.to_dict()
+    for key in ("path", "val_path"):
+        if raw["data"].get(key):
+            raw["data"][key] = str(Path(raw["data"][key]).resolve())
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def parse_option_flags(args: list[str], options_cls: type, owner: str) -> dict:
+    """``--foo-bar VALUE`` / ``--foo-bar=VALUE`` / ``--flag`` tokens -> ``{"foo_bar": value}`` for the fields
+    of ``options_cls`` (values are YAML scalars; list fields also take ``a,b,c``). The one parser of
+    domain and operation flags, for every CLI command.
+
+    Example:
+        >>> @dataclass
+        ... class Opts:
+        ...     bands: list[str] = field(default_factory=list)
+        ...     mpp: float | None = None
+        ...     probabilities: bool = False
+        >>> parse_option_flags(["--bands", "B02,B03", "--mpp=0.5", "--probabilities"], Opts, "predict")
+        {'bands': ['B02', 'B03'], 'mpp': 0.5, 'probabilities': True}
+        >>> parse_option_flags(["--colour", "red"], Opts, "predict")
+        Traceback (most recent call last):
+        ...
+        domainfm.errors.ConfigError: unknown option --colour for predict (its options: --bands, --mpp, --probabilities)
+    """
+    fields = {f.name: f for f in dataclasses.fields(options_cls)} if dataclasses.is_dataclass(options_cls) else {}
+    hints = typing.get_type_hints(options_cls) if fields else {}
+    out: dict = {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--"):
+            raise ConfigError(f"unexpected argument {token!r} for {owner}")
+        name, eq, inline = token[2:].partition("=")
+        key = name.replace("-", "_")
+        if key not in fields:
+            known = ", ".join("--" + f.replace("_", "-") for f in fields) or "none"
+            raise ConfigError(f"unknown option --{name} for {owner} (its options: {known})")
+        if eq:
+            raw = inline
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            raw = args[i + 1]
+            i += 1
+        else:
+            raw = "true"
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        if "list" in str(hints.get(key, "")):
+            value = [yaml.safe_load(v) if isinstance(v, str) else v for v in parse_list(value)]
+        out[key] = value
+        i += 1
+    return out

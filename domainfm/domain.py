@@ -1,22 +1,45 @@
 """The contract between the core and a domain plugin.
 
-A domain plugin subclasses :class:`Domain`, is exposed through the ``domainfm.domains`` entry-point
-group (see ``pyproject.toml``), and answers the questions below. The core calls these methods and
-nothing else of the plugin; a new modality is a new plugin and no core change.
+A domain plugin subclasses :class:`Domain`, lives in one folder, and is found through the
+``domainfm.domains`` entry-point group (see ``pyproject.toml``). The core calls the methods below and
+nothing else of the plugin.
 
-Example (a minimal plugin):
+Required: :meth:`Domain.dataset`, :meth:`Domain.encoder_kwargs`, :meth:`Domain.preprocessing`,
+:meth:`Domain.preprocessor`. Everything else has a core default. An operation a domain does not offer
+(``predict``, ``demo``, a custom fine-tuning task) raises :class:`~domainfm.errors.UnsupportedError`:
+that is the one convention for "not offered".
+
+The samples a dataset yields follow :mod:`domainfm.data.sample` (``image``, ``meta``, optional
+``label``/``mask``/``wavelengths``). A dataset may also carry: ``classes`` / ``mask_classes`` (label
+names, background first for masks), ``epoch_batches(epoch, batch_size, seed, rank, world_size)`` to
+group samples itself and ``set_epoch(epoch)`` for per-epoch randomness (see
+:mod:`domainfm.data.sampling`). A head may carry ``layers`` (the encoder blocks it reads).
+
+Example (a complete plugin over in-memory images; the contract test runs it like the shipped ones):
+    >>> import torch
     >>> from dataclasses import dataclass
-    >>> class MyDomain(Domain):
-    ...     name = "mine"
+    >>> from domainfm.data.sample import make_sample
+    >>> class Squares(Domain):
+    ...     name = "squares"
     ...     @dataclass
     ...     class Options:
-    ...         channels: int = 1
+    ...         size: int = 16
     ...     def dataset(self, cfg, split):
-    ...         ...
+    ...         n = self.options(cfg).size
+    ...         return [make_sample(torch.rand(1, n, n), label=i % 2) for i in range(8)]
+    ...     def encoder_kwargs(self, cfg, dataset=None):
+    ...         return {"patch_embed": "2d", "img_size": self.options(cfg).size, "patch_size": 8, "in_chans": 1}
+    ...     def preprocessing(self, cfg, dataset=None):
+    ...         return {"size": self.options(cfg).size}
+    ...     def preprocessor(self, card):
+    ...         return lambda x: torch.as_tensor(x, dtype=torch.float32).reshape(1, card["preprocessing"]["size"], -1)
+    >>> Squares().spatial_dims(None), Squares().needs_data_path
+    (2, True)
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -24,7 +47,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
-from domainfm.errors import UnsupportedError
+from domainfm.config import build_dataclass
+from domainfm.data.augment import default_augment
+from domainfm.errors import ConfigError, UnsupportedError
+from domainfm.heads import default_head
+from domainfm.inference import write_embeddings
+from domainfm.runconfig import config_from_card
 
 if TYPE_CHECKING:
     from domainfm.config import Config
@@ -35,9 +63,16 @@ class NoOptions:
     """A domain without options of its own."""
 
 
+@dataclass
+class BatchOptions:
+    """What ``embed`` and ``predict`` take by default: the inference batch size."""
+
+    batch_size: int | None = None
+
+
 def accept_options(given: dict, allowed: dict[str, str], operation: str) -> dict:
-    """Map CLI/API options onto a function's keywords; an option the operation does not take is a
-    one-line :class:`~domainfm.errors.ConfigError` listing the ones it does (never a TypeError).
+    """Map options onto a function's keywords; an option the operation does not take is a one-line
+    :class:`~domainfm.errors.ConfigError` listing the ones it does (never a TypeError).
 
     Example:
         >>> accept_options({"sw_overlap": 0.5}, {"sw_overlap": "overlap"}, "predict")
@@ -45,106 +80,116 @@ def accept_options(given: dict, allowed: dict[str, str], operation: str) -> dict
     """
     unknown = sorted(set(given) - set(allowed))
     if unknown:
-        from domainfm.errors import ConfigError
-        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(allowed)) or "none"
-        raise ConfigError(f"{operation} takes the preprocessing from the checkpoint card; it does not take "
-                          f"{', '.join('--' + k.replace('_', '-') for k in unknown)} (options it takes: {flags})")
+        raise ConfigError(f"{operation} does not take {', '.join(unknown)} (it takes: "
+                          f"{', '.join(sorted(allowed)) or 'no options'}; preprocessing comes from the checkpoint card)")
     return {allowed[k]: v for k, v in given.items()}
+
+
+def operation_options(options_cls: type, given: dict, operation: str) -> dict:
+    """Check ``given`` keyword options against an operation's options dataclass (names and types) and
+    return the ones that were set.
+
+    Example:
+        >>> operation_options(BatchOptions, {"batch_size": 8}, "embed")
+        {'batch_size': 8}
+    """
+    typed = build_dataclass(options_cls, given, "", f"{operation} options")
+    return {f.name: getattr(typed, f.name) for f in dataclasses.fields(typed) if f.name in given}
 
 
 class Domain:
     """Base class of a domain plugin.
 
     Attributes:
-        name: registry name (``medical``, ``remote_sensing``, ``pathology``...).
-        Options: dataclass of the domain's own settings (``data.options`` in YAML; each field is also
-            a CLI flag: ``target_mpp`` -> ``--target-mpp``).
-        spatial_dims: 2 or 3 (may depend on options; see :meth:`encoder_kwargs`).
+        name: registry name (``medical``, ``remote_sensing``, ``pathology``...), the entry point's name.
+        Options: dataclass of the domain's data settings (``data.options`` in YAML; each field is also
+            a CLI flag of ``pretrain``/``finetune``: ``target_mpp`` -> ``--target-mpp``).
+        EmbedOptions, PredictOptions: dataclasses of what ``embed``/``predict`` take (their CLI flags).
+        custom_tasks: fine-tuning tasks the domain runs itself with :meth:`finetune_task` (e.g. ``mil``).
         needs_data_path: whether ``data.path`` is required.
     """
 
     name: str = "base"
     Options: type = NoOptions
+    EmbedOptions: type = BatchOptions
+    PredictOptions: type = BatchOptions
+    custom_tasks: tuple[str, ...] = ()
     needs_data_path: bool = True
 
-    # ---- data -------------------------------------------------------------------------------
+    # ---- required ---------------------------------------------------------------------------
     def dataset(self, cfg: "Config", split: str) -> torch.utils.data.Dataset:
         """A Dataset of samples (see :mod:`domainfm.data.sample`) for ``split``.
 
-        ``split`` is ``"pretrain"`` (unlabelled is fine), ``"train"``, ``"val"``, ``"test"`` or ``"embed"``
-        (every file once, deterministic preprocessing, labels optional: used by ``embed``),
-        (labelled; ``label`` for classification, ``mask`` for segmentation). Samples must already be
-        preprocessed to the model's input size. Random crops derive their randomness from
-        :func:`domainfm.data.rng.item_generator` (seed, epoch, index) so that resume is exact.
+        ``split`` is ``"pretrain"`` (unlabelled is fine), ``"train"``, ``"val"``, ``"test"`` (labelled:
+        ``label`` for classification, ``mask`` for segmentation) or ``"embed"`` (every file once,
+        deterministic preprocessing, labels optional). Samples are preprocessed to the model's input
+        size. Random crops derive their randomness from :func:`domainfm.data.rng.item_generator`
+        (seed, epoch, index) so that resume is exact.
         """
         raise UnsupportedError(f"domain {self.name!r} does not provide datasets")
 
-    def augment(self, cfg: "Config") -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
-        """Random augmentation used to make the two views of contrastive pretraining.
-
-        Returns ``fn(image, generator) -> image`` (same shape); the generator gives all randomness.
-        """
-        from domainfm.data.augment import default_augment
-        return default_augment(spatial_dims=3 if self.encoder_kwargs(cfg).get("patch_embed") == "3d" else 2)
-
     def encoder_kwargs(self, cfg: "Config", dataset: Any | None = None) -> dict:
-        """Keyword arguments of :func:`domainfm.build_encoder` that fit this data.
-
-        At least ``patch_embed`` (``2d|3d|wavelength``), ``img_size``, ``patch_size`` and, for
-        fixed-channel embeds, ``in_chans``.
-        """
-        return {"patch_embed": cfg.model.patch_embed or "2d", "img_size": cfg.data.img_size,
-                "patch_size": cfg.model.patch_size, "in_chans": cfg.data.in_chans or 1}
+        """Keyword arguments of :func:`domainfm.build_encoder` that fit this data: at least
+        ``patch_embed`` (a registered patch embed name), ``img_size``, ``patch_size`` and, for
+        fixed-channel embeds, ``in_chans``."""
+        raise UnsupportedError(f"domain {self.name!r} does not say which encoder fits its data")
 
     def preprocessing(self, cfg: "Config", dataset: Any | None = None) -> dict:
         """JSON-serialisable record of how inputs were prepared (spacing, window, band stats, MPP...).
 
-        It goes into the checkpoint card; :meth:`preprocessor` rebuilds the same preprocessing
-        from it, so a loaded model is fed the way it was trained.
+        It goes into the checkpoint card; :meth:`preprocessor` rebuilds the same preprocessing from it,
+        so a loaded model is fed the way it was trained.
         """
-        return {}
+        raise UnsupportedError(f"domain {self.name!r} does not record its preprocessing")
 
-    def preprocessor(self, card: dict) -> Callable[[Any], torch.Tensor]:
+    def preprocessor(self, card: dict) -> Callable[..., torch.Tensor]:
         """From a card, a callable turning one input (a file path or an array) into a model-ready
-        ``C x (D x) H x W`` tensor, exactly as during pretraining."""
+        ``C x (D x) H x W`` tensor, exactly as during pretraining (it may take keyword options)."""
         raise UnsupportedError(f"domain {self.name!r} has no preprocessor")
 
-    # ---- downstream -------------------------------------------------------------------------
+    # ---- optional, with core defaults -------------------------------------------------------
+    def options(self, cfg: "Config"):
+        """The domain's typed options of ``cfg`` (``cfg.options`` when the config is bound)."""
+        try:
+            return cfg.options
+        except ConfigError:
+            return build_dataclass(self.Options, cfg.data.options, "data.options", cfg.source)
+
+    def spatial_dims(self, cfg: "Config") -> int:
+        """2 or 3: the dimensionality of this config's images (default: 3 for a ``3d`` patch embed)."""
+        if cfg is None:
+            return 2
+        return 3 if self.encoder_kwargs(cfg).get("patch_embed") == "3d" else 2
+
+    def augment(self, cfg: "Config") -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+        """Random augmentation making the two views of contrastive pretraining:
+        ``fn(image, generator) -> image`` (same shape); the generator gives all randomness."""
+        return default_augment(spatial_dims=self.spatial_dims(cfg))
+
     def head(self, task: str, encoder: nn.Module, num_classes: int, cfg: "Config") -> nn.Module:
-        """The head for ``task``; called as ``head(tokens_or_layers, image_shape)`` by the core."""
-        from domainfm.heads import default_head
+        """The head for ``task``, called with ``encoder.forward_features(...)``."""
         return default_head(task, encoder, num_classes, cfg)
 
-    def finetune(self, cfg: "Config", checkpoint: Path, **kwargs) -> Path | None:
-        """Override to fine-tune in a domain-specific way (e.g. MIL over slide features).
+    def validate(self, model, cfg: "Config") -> dict:
+        """Domain metrics of a fine-tuned model on the validation data (e.g. whole-scan Dice and HD95 in
+        the source geometry), merged into the card's ``val_metrics``; ``{}`` when there are none."""
+        return {}
 
-        Return ``None`` to use the core's generic supervised fine-tuning.
-        """
-        return None
+    def embed(self, model, data: str | Path, out: str | Path, **options) -> Path:
+        """One embedding per sample of ``data`` written to ``out`` (``.npz`` or ``.h5``)."""
+        options = accept_options(options, {"batch_size": "batch_size"}, "embed")
+        cfg = config_from_card(model.card, data=data)
+        return write_embeddings(model, self.dataset(cfg, "embed"), out, batch_size=options.get("batch_size") or 32)
 
-    def validate(self, model, cfg: "Config") -> dict | None:
-        """Optional domain metrics of a fine-tuned model on the validation data (e.g. whole-scan
-        Dice and HD95 in the source geometry); merged into the card's ``val_metrics``."""
-        return None
+    # ---- optional, not offered unless overridden --------------------------------------------
+    def finetune_task(self, cfg: "Config", checkpoint: Path, **kwargs) -> Path:
+        """Fine-tune for one of :attr:`custom_tasks` in a domain-specific way; return the checkpoint."""
+        raise UnsupportedError(f"domain {self.name!r} has no task {cfg.finetune.task!r} of its own")
 
-    def write(self, prediction: torch.Tensor | Any, sample: dict, path: str | Path) -> Path:
-        """Write a prediction back in the domain's own format (NIfTI, GeoTIFF, heatmap PNG...)."""
-        raise UnsupportedError(f"domain {self.name!r} has no writer")
-
-    def predict(self, model, input_path: str | Path, out_path: str | Path, **kwargs) -> Path:
-        """Whole-file inference (sliding window / tiles) written with :meth:`write`."""
+    def predict(self, model, input_path: str | Path, out_path: str | Path, **options) -> Path:
+        """Whole-file inference (sliding window / tiles) written in the domain's own format."""
         raise UnsupportedError(f"domain {self.name!r} does not support predict")
-
-    def embed(self, model, data: str | Path, out: str | Path, **kwargs) -> Path:
-        """One embedding per file (scan, scene, slide tile) of ``data`` written to ``out``.
-
-        The default embeds each sample of the ``"test"``-less dataset built from ``data``.
-        """
-        from domainfm.api import embed_dataset_to_file
-        options = accept_options(kwargs, {"batch_size": "batch_size"}, "embed")
-        return embed_dataset_to_file(model, self, data, out, **options)
 
     def demo(self, out_dir: Path, quick: bool = False) -> dict:
         """Run the domain's end-to-end demo on real or generated data; return the figures."""
         raise UnsupportedError(f"domain {self.name!r} has no demo")
-

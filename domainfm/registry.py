@@ -1,12 +1,18 @@
-"""Registries: encoders, objectives, heads and domains by name (timm-style).
+"""Name tables: encoders, objectives, heads, patch embeds and domains (timm-style registration).
 
-Third-party packages add domains through the ``domainfm.domains`` entry-point group, so the core
-never imports a domain by name: ``get_domain("medical")`` finds it through its entry point.
+The registry imports nothing of the kit but its errors. A module registers its entries when it is
+imported (``@register_encoder("vit-tiny")`` in :mod:`domainfm.models.encoder`); domain plugins are
+found through the ``domainfm.domains`` entry-point group, the one discovery path for domains, and
+may register their own patch embeds, heads and objectives by name when they are imported.
 
 Example:
-    >>> from domainfm.registry import register_encoder, list_encoders
-    >>> "vit-tiny" in list_encoders()
-    True
+    >>> import domainfm.models  # registers the built-in encoder sizes and patch embeds
+    >>> "vit-tiny" in list_encoders(), "2d" in list_patch_embeds()
+    (True, True)
+    >>> get_encoder_arch("vit-huge")
+    Traceback (most recent call last):
+    ...
+    domainfm.errors.ConfigError: unknown encoder 'vit-huge'; choose one of: vit-base, vit-large, vit-small, vit-tiny
 """
 
 from __future__ import annotations
@@ -16,108 +22,115 @@ from typing import Any, Callable
 
 from domainfm.errors import ConfigError
 
-_ENCODERS: dict[str, Callable[..., Any]] = {}
-_OBJECTIVES: dict[str, Callable[..., Any]] = {}
-_HEADS: dict[str, Callable[..., Any]] = {}
-_DOMAINS: dict[str, Any] = {}
+DOMAIN_ENTRY_POINT_GROUP = "domainfm.domains"
+
+_TABLES: dict[str, dict[str, Any]] = {"encoder": {}, "objective": {}, "head": {}, "patch embed": {}}
+_DOMAIN_CLASSES: dict[str, Any] = {}
+_DOMAIN_INSTANCES: dict[str, Any] = {}
 
 
-def _register(table: dict, kind: str, name: str):
+def _register(kind: str, name: str) -> Callable:
+    table = _TABLES[kind]
+
     def deco(fn):
         if name in table and table[name] is not fn:
             raise ValueError(f"{kind} {name!r} is already registered")
         table[name] = fn
         return fn
+
     return deco
 
 
-def register_encoder(name: str):
-    """Decorator: register an encoder architecture (returns a dict of ViT hyper-parameters)."""
-    return _register(_ENCODERS, "encoder", name)
-
-
-def register_objective(name: str):
-    """Decorator: register a pretraining objective factory ``fn(encoder, cfg) -> nn.Module``."""
-    return _register(_OBJECTIVES, "objective", name)
-
-
-def register_head(name: str):
-    """Decorator: register a downstream head factory."""
-    return _register(_HEADS, "head", name)
-
-
-def register_domain(name: str):
-    """Decorator: register a domain plugin class (instantiated lazily on first use)."""
-    return _register(_DOMAINS, "domain", name)
-
-
-def _lookup(table: dict, kind: str, name: str):
+def _lookup(kind: str, name: str):
+    table = _TABLES[kind]
     if name not in table:
         raise ConfigError(f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(table))}")
     return table[name]
 
 
+def register_encoder(name: str):
+    """Decorator: register an encoder size (a function returning a dict of ViT hyper-parameters)."""
+    return _register("encoder", name)
+
+
+def register_objective(name: str):
+    """Decorator: register a pretraining objective factory ``fn(encoder, cfg) -> nn.Module``."""
+    return _register("objective", name)
+
+
+def register_head(name: str):
+    """Decorator: register a downstream head factory."""
+    return _register("head", name)
+
+
+def register_patch_embed(name: str):
+    """Decorator: register a patch embed class ``cls(embed_dim, patch_size, in_chans)``; a plugin can
+    bring its own token maker this way without touching the core."""
+    return _register("patch embed", name)
+
+
 def get_encoder_arch(name: str):
-    import domainfm.models.encoder  # noqa: F401  (registers the built-in sizes)
-    return _lookup(_ENCODERS, "encoder", name)
+    return _lookup("encoder", name)
 
 
 def get_objective(name: str):
-    import domainfm.ssl  # noqa: F401
-    return _lookup(_OBJECTIVES, "objective", name)
+    return _lookup("objective", name)
 
 
 def get_head(name: str):
-    import domainfm.heads  # noqa: F401
-    return _lookup(_HEADS, "head", name)
+    return _lookup("head", name)
+
+
+def get_patch_embed(name: str):
+    return _lookup("patch embed", name)
 
 
 def list_encoders() -> list[str]:
-    import domainfm.models.encoder  # noqa: F401
-    return sorted(_ENCODERS)
+    return sorted(_TABLES["encoder"])
 
 
 def list_objectives() -> list[str]:
-    import domainfm.ssl  # noqa: F401
-    return sorted(_OBJECTIVES)
+    return sorted(_TABLES["objective"])
 
 
 def list_heads() -> list[str]:
-    import domainfm.heads  # noqa: F401
-    return sorted(_HEADS)
+    return sorted(_TABLES["head"])
 
 
-_INSTANCES: dict[str, Any] = {}
+def list_patch_embeds() -> list[str]:
+    return sorted(_TABLES["patch embed"])
 
 
-def _load_domain_entry_points(only: str | None = None) -> None:
-    for ep in entry_points(group="domainfm.domains"):
-        if ep.name in _DOMAINS or (only is not None and ep.name != only):
-            continue
-        try:
-            _DOMAINS[ep.name] = ep.load()
-        except Exception as exc:  # a broken or half-installed plugin must not break the others
-            _DOMAINS[ep.name] = exc
+def _domain_entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=DOMAIN_ENTRY_POINT_GROUP)}
 
 
 def list_domains() -> list[str]:
-    """Names of the built-in and installed (entry point) domains."""
-    import domainfm.synthetic  # noqa: F401  (the built-in toy domain)
-    names = set(_DOMAINS) | {ep.name for ep in entry_points(group="domainfm.domains")}
-    return sorted(names)
+    """Names of the installed domains (their ``domainfm.domains`` entry points)."""
+    return sorted(set(_domain_entry_points()) | set(_DOMAIN_CLASSES))
+
+
+def add_domain(name: str, cls: Any) -> None:
+    """Make a domain class available under ``name`` without an entry point (tests, notebooks).
+
+    Installed plugins are found through entry points; this is for a domain defined in a session.
+    """
+    _DOMAIN_CLASSES[name] = cls
+    _DOMAIN_INSTANCES.pop(name, None)
 
 
 def get_domain(name: str):
-    """Return the (singleton) domain plugin registered as ``name``."""
-    if name in _INSTANCES:
-        return _INSTANCES[name]
-    import domainfm.synthetic  # noqa: F401
-    if name not in _DOMAINS:
-        _load_domain_entry_points(only=name)
-    if name not in _DOMAINS:
-        raise ConfigError(f"unknown domain {name!r}; installed domains: {', '.join(list_domains())}")
-    cls = _DOMAINS[name]
-    if isinstance(cls, Exception):
-        raise ConfigError(f"domain {name!r} could not be imported: {type(cls).__name__}: {cls}")
-    _INSTANCES[name] = cls()
-    return _INSTANCES[name]
+    """Return the (singleton) plugin of the domain ``name``, loading its entry point on first use."""
+    if name in _DOMAIN_INSTANCES:
+        return _DOMAIN_INSTANCES[name]
+    if name not in _DOMAIN_CLASSES:
+        ep = _domain_entry_points().get(name)
+        if ep is None:
+            raise ConfigError(f"unknown domain {name!r}; installed domains: {', '.join(list_domains())}")
+        try:
+            _DOMAIN_CLASSES[name] = ep.load()
+        except Exception as exc:  # a broken or half-installed plugin must not break the others
+            raise ConfigError(f"domain {name!r} could not be imported ({type(exc).__name__}: {exc}); "
+                              f"install its extra: pip install 'domainfm[{name.replace('_', '-')}]'") from None
+    _DOMAIN_INSTANCES[name] = _DOMAIN_CLASSES[name]()
+    return _DOMAIN_INSTANCES[name]

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from domainfm.data.rng import item_generator
-from domainfm.train.sampling import set_epoch
+from domainfm.data.sampling import set_epoch
 
 
 class ViewsDataset(Dataset):

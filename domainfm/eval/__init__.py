@@ -16,7 +16,8 @@ Example:
 """
 
 from domainfm.eval.embeddings import EmbeddingCache, embed_dataset
-from domainfm.eval.evaluate import add_evaluate_arguments, evaluate, evaluate_from_args, run_evaluate_from_args
+from domainfm.eval.command import add_evaluate_arguments, evaluate_from_args, run_evaluate_from_args
+from domainfm.eval.evaluate import evaluate
 from domainfm.eval.finetune import finetune_classifier
 from domainfm.eval.metrics import bootstrap_ci, classification_metrics, segmentation_metrics
 from domainfm.eval.online import OnlineKNNProbe

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from domainfm.data.sample import collate_samples
 from domainfm.errors import DataError
@@ -103,7 +104,6 @@ def embed_dataset(model: Any, dataset, batch_size: int = 64, num_workers: int = 
     xs, ys = [], []
     it = loader
     if progress:
-        from tqdm import tqdm
         it = tqdm(loader, desc="embed", leave=False)
     try:
         for batch, labels in it:

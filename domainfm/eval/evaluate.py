@@ -26,12 +26,19 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from domainfm.config import Config
 from domainfm.errors import CheckpointError, ConfigError, DataError, DomainFMError
 from domainfm.eval.embeddings import EmbeddingCache, cache_key, embed_dataset, fingerprint_path
 from domainfm.eval.metrics import CLASSIFICATION_METRICS, SEGMENTATION_METRICS, bootstrap_ci, segmentation_metrics
 from domainfm.eval.protocols import DEFAULT_CS, fewshot_probe, knn_probe, linear_probe
 from domainfm.eval.report import EvalResult, write_report
+from domainfm.eval.finetune import dataset_tensors, finetune_classifier, finetune_segmenter
 from domainfm.eval.splits import check_labels, check_pair, random_fraction, stratified_fraction, stratified_split
+from domainfm.heads import default_head
+from domainfm.model import load
+from domainfm.models.encoder import build_encoder
+from domainfm.registry import get_domain
+from domainfm.runconfig import config_from_card, load_config
 
 PROTOCOLS = ("linear", "knn", "fewshot", "finetune", "lora")
 FROZEN = ("linear", "knn", "fewshot")
@@ -93,34 +100,24 @@ def _baselines(baseline) -> list[str]:
 def _load_model(checkpoint, device):
     if not isinstance(checkpoint, (str, Path)):
         return checkpoint  # an already loaded FoundationModel
-    import domainfm
-    loader = getattr(domainfm, "load", None)
-    if loader is None:
-        from domainfm.api import load as loader
-    model = loader(checkpoint)
+    model = load(checkpoint)
     if device is not None and hasattr(model, "to"):
         model = model.to(device)
     return model
 
 
 def build_config(card: dict, data=None, overrides: Sequence[str] = ()):
-    """The run config for evaluating a checkpoint on ``data`` (``config_from_card`` when the core has it)."""
-    try:
-        from domainfm.api import config_from_card
-    except ImportError:
-        config_from_card = None
-    if config_from_card is not None:
+    """The run config for evaluating a checkpoint on ``data``: the card's config (or a bare one of the
+    card's domain) with ``data`` and ``overrides`` applied."""
+    if card.get("config"):
         return config_from_card(card, data=data, overrides=list(overrides))
-    from domainfm.config import load_config
     updates = {"data": {"path": str(data)}} if data is not None else None
-    return load_config(card.get("config") or {"domain": card.get("domain", "synthetic")},
-                       overrides=list(overrides), updates=updates)
+    return load_config({"domain": card.get("domain", "synthetic")}, overrides=list(overrides), updates=updates)
 
 
 def load_splits(cfg, seed: int = 0, test_split: str = "test"):
     """``(train_dataset, test_dataset, test_split_name)`` of a domain; 80/20 stratified split of
     ``train`` (seeded) when the domain has no test split."""
-    from domainfm.registry import get_domain
     domain = get_domain(cfg.domain)
     train = domain.dataset(cfg, "train")
     try:
@@ -174,7 +171,6 @@ def random_like(model, card: dict, seed: int = RANDOM_SEED):
 
     The copy keeps the model's own ``embed`` path, so both encoders are pooled the same way.
     """
-    from domainfm.models import build_encoder
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = build_encoder(**card["encoder"])
@@ -321,7 +317,6 @@ def evaluate(checkpoint, data=None, protocol: str | Sequence[str] = "linear",
                 records += _run_frozen(p, emb, ytr, yte, num_classes, fracs, n_seeds, k, Cs, shots, episodes,
                                        n_boot, gain_vs, data_name)
         elif task == "segmentation":
-            from domainfm.eval.finetune import dataset_tensors
             xtr, mtr, wl = dataset_tensors(train_ds, data_name, max_items=max_train, target="mask")
             xte, mte, _ = dataset_tensors(test_ds, data_name, max_items=max_test, target="mask")
             n_test = int(mte.shape[0])
@@ -334,7 +329,6 @@ def evaluate(checkpoint, data=None, protocol: str | Sequence[str] = "linear",
                                          num_classes, fracs, n_seeds, n_boot, gain_vs, data_name,
                                          finetune_kwargs or {})
         else:
-            from domainfm.eval.finetune import dataset_tensors
             xtr, ytr, wl = dataset_tensors(train_ds, data_name, max_items=max_train)
             xte, yte, _ = dataset_tensors(test_ds, data_name, max_items=max_test)
             ytr = check_labels(ytr, data_name, "training labels")
@@ -413,7 +407,6 @@ def _run_frozen(protocol, emb, ytr, yte, num_classes, fracs, n_seeds, k, Cs, sho
 
 def _run_finetune(protocol, encoders, xtr, ytr, xte, yte, wl, num_classes, fracs, n_seeds, n_boot, gain_vs,
                   source, kwargs):
-    from domainfm.eval.finetune import finetune_classifier
     mode = "lora" if protocol == "lora" else "full"
     records = []
     for frac in fracs:
@@ -442,17 +435,13 @@ def _segmentation_head_factory(domain_name, cfg, num_classes):
     """``fn(encoder) -> head``: the domain's segmentation head (core default when no domain/config)."""
     def make(encoder):
         if cfg is not None and domain_name:
-            from domainfm.registry import get_domain
             return get_domain(domain_name).head("segmentation", encoder, num_classes, cfg)
-        from domainfm.config import Config
-        from domainfm.heads import default_head
         return default_head("segmentation", encoder, num_classes, Config())
     return make
 
 
 def _run_segmentation(protocol, encoders, head_factory, xtr, mtr, xte, mte, wl, num_classes, fracs, n_seeds, n_boot,
                       gain_vs, source, kwargs):
-    from domainfm.eval.finetune import finetune_segmenter
     mode = "lora" if protocol == "lora" else "full"
 
     def metric_fn(t, p):
@@ -490,101 +479,3 @@ def _run_segmentation(protocol, encoders, head_factory, xtr, mtr, xte, mte, wl, 
                                                                      for i in infos[name]])),
                                 "steps": int(infos[name][0]["steps"])})
     return records
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI helpers (the lead's ``domainfm evaluate`` calls these)
-def add_evaluate_arguments(parser) -> None:
-    """Add ``evaluate``'s arguments to an ``argparse`` (sub)parser (``checkpoint`` only if not there yet).
-
-    Example:
-        >>> import argparse
-        >>> p = argparse.ArgumentParser(); add_evaluate_arguments(p)
-        >>> a = p.parse_args(["ck", "--data", "d", "--protocol", "knn", "--fractions", "0.1,1"])
-        >>> a.protocol, a.fractions, a.seeds
-        ('knn', '0.1,1', 3)
-    """
-    dests = {a.dest for a in parser._actions}
-    if "checkpoint" not in dests:
-        parser.add_argument("checkpoint", help="checkpoint folder (model.safetensors + card.json)")
-    parser.add_argument("--data", default=None, help="labelled data (the domain's data.path)")
-    parser.add_argument("--protocol", default="linear",
-                        help="linear | knn | fewshot | finetune | lora, or a comma list (linear,knn)")
-    parser.add_argument("--fractions", default="0.01,0.1,1", help="label fractions, comma separated (0.01 = 1%%)")
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds per fraction")
-    parser.add_argument("--baseline", default="random", help="random | CKPT2 | random,CKPT2 | none")
-    parser.add_argument("--out", default=None, help="output folder for report.json, report.md, plots")
-    parser.add_argument("--test-split", default="test", help="split to score on (test; val for an in-distribution check)")
-    parser.add_argument("--k", type=int, default=20, help="kNN neighbours")
-    parser.add_argument("--shots", default="1,5,10", help="few-shot: shots per class, comma separated")
-    parser.add_argument("--episodes", type=int, default=5, help="few-shot: episodes per seed")
-    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
-    parser.add_argument("--batch-size", type=int, default=64, help="embedding batch size")
-    parser.add_argument("--device", default=None, help="cpu | cuda (default: where the model loads)")
-    parser.add_argument("--max-train", type=int, default=None, help="cap on training items (quick runs)")
-    parser.add_argument("--max-test", type=int, default=None, help="cap on test items (quick runs)")
-    parser.add_argument("--epochs", type=int, default=None, help="finetune/lora: epochs")
-    parser.add_argument("--lr", type=float, default=None, help="finetune/lora: peak learning rate")
-    parser.add_argument("--layer-decay", type=float, default=None, help="finetune: layer-wise LR decay")
-    parser.add_argument("--lora-rank", type=int, default=None, help="lora: rank")
-    if "overrides" not in dests and "sets" not in dests:
-        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                            help="config override, e.g. data.options.x=1 (repeatable)")
-
-
-def _option_overrides(checkpoint, rest) -> list[str]:
-    """Leftover ``--foo-bar VALUE`` CLI flags -> ``data.options.foo_bar=VALUE`` for the checkpoint's domain."""
-    rest = list(rest or ())
-    if not rest:
-        return []
-    import dataclasses
-    from domainfm.registry import get_domain
-    from domainfm.train.checkpoint import load_card
-    domain = load_card(checkpoint).get("domain", "synthetic")
-    options = get_domain(domain).Options
-    fields = {f.name for f in dataclasses.fields(options)} if dataclasses.is_dataclass(options) else set()
-    out, i = [], 0
-    while i < len(rest):
-        tok = rest[i]
-        name, eq, inline = tok[2:].partition("=") if tok.startswith("--") else ("", "", "")
-        key = name.replace("-", "_")
-        if not tok.startswith("--") or key not in fields:
-            raise ConfigError(f"evaluate: unknown argument {tok!r} (domain {domain!r} options: "
-                              f"{', '.join('--' + f.replace('_', '-') for f in sorted(fields)) or 'none'})")
-        if eq:
-            value, i = inline, i + 1
-        elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
-            value, i = rest[i + 1], i + 2
-        else:
-            value, i = "true", i + 1
-        out.append(f"data.options.{key}={value}")
-    return out
-
-
-def evaluate_from_args(args, rest=()) -> EvalResult:
-    """Run :func:`evaluate` from parsed :func:`add_evaluate_arguments` args; print the markdown report.
-
-    ``rest`` are leftover ``--option VALUE`` flags: the checkpoint's domain options.
-    """
-    ft = {k: v for k, v in (("epochs", getattr(args, "epochs", None)), ("lr", getattr(args, "lr", None)),
-                            ("layer_decay", getattr(args, "layer_decay", None)),
-                            ("lora_rank", getattr(args, "lora_rank", None))) if v is not None}
-    shots = [int(s) for s in str(getattr(args, "shots", "1,5,10")).split(",") if s.strip()]
-    overrides = list(getattr(args, "overrides", None) or getattr(args, "sets", None) or [])
-    overrides += _option_overrides(args.checkpoint, rest)
-    result = evaluate(args.checkpoint, data=args.data, protocol=args.protocol, fractions=args.fractions,
-                      seeds=args.seeds, baseline=args.baseline, out=args.out, overrides=overrides, k=args.k,
-                      shots=shots, episodes=args.episodes, n_boot=args.n_boot, batch_size=args.batch_size,
-                      device=args.device, max_train=args.max_train, max_test=args.max_test, finetune_kwargs=ft,
-                      test_split=getattr(args, "test_split", "test"))
-    from domainfm.eval.report import render_markdown
-    print(render_markdown(result))
-    if result.paths:
-        print(f"wrote {result.paths['markdown'].parent}")
-    return result
-
-
-def run_evaluate_from_args(args, rest=()) -> int:
-    """CLI entry: :func:`evaluate_from_args`, returning the exit status (0)."""
-    evaluate_from_args(args, rest)
-    return 0

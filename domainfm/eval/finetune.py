@@ -28,6 +28,7 @@ from torch import nn
 
 from domainfm.errors import DataError, DomainFMError
 from domainfm.eval.embeddings import pooled_features
+from domainfm.heads.task import TaskModel
 from domainfm.models.lora import apply_lora, lora_parameter_count
 from domainfm.train.layer_decay import param_groups_layer_decay
 
@@ -229,7 +230,6 @@ def finetune_segmenter(encoder: nn.Module, head: nn.Module, train_x: torch.Tenso
         >>> pred.shape
         (4, 16, 16)
     """
-    from domainfm.heads.task import TaskModel
     if train_masks.shape[0] != train_x.shape[0]:
         raise DomainFMError(f"{train_x.shape[0]} training images but {train_masks.shape[0]} masks")
     enc, device = _seeded_copy(encoder, mode, lora_rank, lora_alpha, seed, device)

@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from domainfm.errors import DomainFMError
@@ -134,7 +136,7 @@ class _WeightedClassification:
     """
 
     def __init__(self, y_true: np.ndarray, proba: np.ndarray, num_classes: int):
-        from scipy import sparse
+        from scipy import sparse  # heavy import (scipy), loaded on first use
         n = y_true.shape[0]
         k = num_classes
         self.k = k
@@ -227,7 +229,6 @@ def bootstrap_ci(y_true, probas: list, metric_fn=None, n_boot: int = 1000, seed:
             raise DomainFMError(f"bootstrap_ci: scores for {np.asarray(p).shape[0]} items but {n} labels")
     rng = np.random.default_rng(seed)
     if metric_fn is None:
-        import warnings
         k = int(num_classes or np.asarray(probas[0]).shape[1])
         fast = [_WeightedClassification(y_true, np.asarray(p, dtype=np.float64), k) for p in probas]
         fast_b = [_WeightedClassification(y_true, np.asarray(p, dtype=np.float64), k) for p in (baseline_probas or [])]

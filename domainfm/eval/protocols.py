@@ -37,12 +37,12 @@ def _few_threads(size: int):
     on a busy machine (thread oversubscription), and large ones keep every thread."""
     if size > 5_000_000:
         return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # comes with scikit-learn, imported only for a probe
     return threadpool_limits(1)
 
 
 def _fit_logreg(x, y, c, seed):
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # heavy import (scipy), only for a linear probe
     clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
     with warnings.catch_warnings(), _few_threads(x.size):
         warnings.simplefilter("ignore")  # ConvergenceWarning on tiny/odd subsets: the sweep handles it

@@ -38,7 +38,7 @@ class EvalResult(list):
 
     def to_frame(self):
         """The records as a ``pandas.DataFrame`` (one row per encoder x protocol x fraction x metric)."""
-        import pandas as pd
+        import pandas as pd  # optional: a DataFrame view when pandas is installed
         return pd.DataFrame(list(self))
 
     def summary(self, protocol: str, metric: str) -> dict[tuple[str, Any], float]:
@@ -146,9 +146,9 @@ def render_markdown(result: EvalResult) -> str:
 def plot_result(result: EvalResult, out_dir: str | Path) -> list[Path]:
     """One PNG per protocol (``<protocol>.png``), one panel per metric: metric vs label fraction
     (log x) or shots, 95% interval bars, one line per encoder. Uses the non-interactive Agg backend."""
-    import matplotlib
+    import matplotlib  # heavy import, only when a plot is asked for
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the Agg backend
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from domainfm.errors import ConfigError
+from domainfm.train.engine import default_param_groups
+from domainfm.train.layer_decay import param_groups_layer_decay
+
 TASKS = ("classification", "multilabel", "segmentation")
 
 
@@ -50,7 +54,6 @@ class TaskModel(nn.Module):
                  layer_decay: float = 1.0):
         super().__init__()
         if task not in TASKS:
-            from domainfm.errors import ConfigError
             raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         self.encoder, self.head, self.task = encoder, head, task
         self.layer_decay = layer_decay
@@ -59,8 +62,6 @@ class TaskModel(nn.Module):
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: layer-wise LR decay over the encoder (``layer_decay`` per block towards the
         input), the head at the full rate; no weight decay on biases, norms and tokens."""
-        from domainfm.train.engine import default_param_groups
-        from domainfm.train.layer_decay import param_groups_layer_decay
         groups = param_groups_layer_decay(self.encoder, base_lr=1.0, weight_decay=weight_decay,
                                           layer_decay=self.layer_decay)
         for g in groups:

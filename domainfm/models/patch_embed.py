@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from domainfm.errors import DataError
+from domainfm.registry import get_patch_embed, register_patch_embed
 
 
 def _tuple(value, n: int) -> tuple[int, ...]:
@@ -218,16 +219,30 @@ class WavelengthPixelHead(nn.Module):
         return out.reshape(tokens.shape[0], tokens.shape[1], -1)
 
 
+@register_patch_embed("2d")
+def _conv_2d(embed_dim: int, patch_size, in_chans: int | None = None) -> _PatchEmbedBase:
+    return PatchEmbed2d(in_chans or 3, patch_size, embed_dim)
+
+
+@register_patch_embed("3d")
+def _conv_3d(embed_dim: int, patch_size, in_chans: int | None = None) -> _PatchEmbedBase:
+    return PatchEmbed3d(in_chans or 1, patch_size, embed_dim)
+
+
+@register_patch_embed("wavelength")
+def _wavelength(embed_dim: int, patch_size, in_chans: int | None = None) -> _PatchEmbedBase:
+    return WavelengthPatchEmbed(patch_size, embed_dim)
+
+
 def build_patch_embed(kind: str, embed_dim: int, patch_size, in_chans: int | None = None) -> _PatchEmbedBase:
-    """Build a patch embed by kind: ``"2d"``, ``"3d"`` or ``"wavelength"``."""
-    if kind == "2d":
-        return PatchEmbed2d(in_chans or 3, patch_size, embed_dim)
-    if kind == "3d":
-        return PatchEmbed3d(in_chans or 1, patch_size, embed_dim)
-    if kind == "wavelength":
-        return WavelengthPatchEmbed(patch_size, embed_dim)
-    from domainfm.errors import ConfigError
-    raise ConfigError(f"unknown patch_embed {kind!r}; choose 2d, 3d or wavelength")
+    """Build a registered patch embed: ``"2d"``, ``"3d"``, ``"wavelength"`` or one a plugin registered
+    with :func:`domainfm.registry.register_patch_embed`.
+
+    Example:
+        >>> build_patch_embed("3d", 32, (4, 8, 8), in_chans=1).grid_size((1, 1, 16, 32, 32))
+        (4, 4, 4)
+    """
+    return get_patch_embed(kind)(embed_dim, patch_size, in_chans)
 
 
 def build_pixel_head(patch_embed: _PatchEmbedBase, dim: int, channels: int | None) -> nn.Module:

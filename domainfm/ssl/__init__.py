@@ -10,7 +10,8 @@ Example:
 
 from __future__ import annotations
 
-from domainfm.registry import get_objective, register_objective
+from domainfm.errors import ConfigError
+from domainfm.registry import get_objective, list_objectives, register_objective
 from domainfm.ssl.combined import MAEContrastive
 from domainfm.ssl.contrastive import Contrastive
 from domainfm.ssl.mae import MAE
@@ -42,8 +43,15 @@ def _build_both(encoder, cfg):
     return MAEContrastive(encoder, cfg.mae_weight, cfg.contrastive_weight, _mae_kwargs(cfg), _contrastive_kwargs(cfg))
 
 
+def check_objective(cfg) -> None:
+    """A one-line ConfigError naming ``objective.name`` when no objective of that name is registered."""
+    if cfg.name not in list_objectives():
+        raise ConfigError(f"objective.name must be one of {', '.join(list_objectives())}, got {cfg.name!r}")
+
+
 def build_objective(encoder, cfg):
     """Build the objective named ``cfg.name`` around ``encoder``."""
+    check_objective(cfg)
     return get_objective(cfg.name)(encoder, cfg)
 
 
@@ -52,4 +60,4 @@ def needs_views(name: str) -> bool:
     return "contrastive" in name
 
 
-__all__ = ["MAE", "Contrastive", "MAEContrastive", "collapse_metrics", "build_objective", "needs_views"]
+__all__ = ["MAE", "Contrastive", "MAEContrastive", "collapse_metrics", "build_objective", "check_objective", "needs_views"]

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import os
 import platform
@@ -31,7 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from domainfm.errors import CheckpointError
+from domainfm.errors import CheckpointError, ConfigError
 
 FORMAT = "domainfm-checkpoint/1"
 _CKPT_PREFIX = "ckpt-"
@@ -39,7 +40,6 @@ _CKPT_PREFIX = "ckpt-"
 
 def software_versions() -> dict[str, str]:
     """Versions of the packages that shape a checkpoint, for the card."""
-    import importlib.metadata as md
     out = {"python": platform.python_version()}
     for pkg in ("domainfm", "torch", "timm", "monai", "rasterio", "openslide-python", "torchgeo", "nibabel", "safetensors"):
         try:
@@ -133,7 +133,6 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> None:
     """A run folder that already holds checkpoints is only continued (``resume``), never overwritten."""
     existing = list_checkpoints(run_dir)
     if not resume and existing:
-        from domainfm.errors import ConfigError
         raise ConfigError(f"{run_dir} already holds checkpoints (last: {existing[-1].name}); pass --resume to continue "
                           "that run, or choose a new --out (nothing was overwritten)")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import logging
 import math
 import os
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from domainfm.config import TrainConfig
 from domainfm.data.sample import collate_samples
@@ -36,7 +38,7 @@ from domainfm.errors import CheckpointError, ConfigError, DataError, NonFiniteLo
 from domainfm.ssl.monitor import collapse_metrics
 from domainfm.train.checkpoint import (check_run_dir, list_checkpoints, load_module_state, load_tensors, save_checkpoint)
 from domainfm.train.distributed import DistContext
-from domainfm.train.sampling import epoch_batches, set_epoch
+from domainfm.data.sampling import epoch_batches, set_epoch
 from domainfm.train.schedule import lr_at
 
 log = logging.getLogger("domainfm.train")
@@ -103,7 +105,7 @@ class MetricsLogger:
             self._csv.writerow(["step", "metric", "value"])
         if tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard may be absent
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:  # tensorboard not installed: CSV only
                 self.writer = None
@@ -259,7 +261,6 @@ def train(module: nn.Module, dataset, tcfg: TrainConfig, run_dir: str | Path, ca
         load_module_state(module, {k: v for k, v in weights.items() if not k.startswith("ema.")})
         if not (last / "trainer_state.safetensors").is_file():
             raise CheckpointError(f"{last}: has no trainer state, cannot resume exactly")
-        import json
         ttensors = load_tensors(last, "trainer_state.safetensors")
         tmeta = json.loads((last / "trainer_state.json").read_text())
         _load_optimizer_state(optimizer, ttensors, tmeta.get("optimizer", {}))
@@ -292,7 +293,6 @@ def train(module: nn.Module, dataset, tcfg: TrainConfig, run_dir: str | Path, ca
     logger = MetricsLogger(run_dir, tcfg.tensorboard, ctx.is_main, start_step)
     progress = None
     if tcfg.progress and ctx.is_main:
-        from tqdm.auto import tqdm
         progress = tqdm(total=total, initial=start_step, desc="train", dynamic_ncols=True, leave=False)
 
     def save(step: int) -> Path:

@@ -20,16 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PNEUMONIA_NPZ = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "medical" / "pneumoniamnist.npz"
-
+from domainfm.demo import loss_trend, sample_data
+from domainfm.runconfig import config_from_card
 
 def find_pneumoniamnist() -> Path | None:
-    """The PneumoniaMNIST ``.npz`` next to the project (``../shared/data/medical``) or in the working dir."""
-    for p in (PNEUMONIA_NPZ, Path.cwd() / ".." / "shared" / "data" / "medical" / "pneumoniamnist.npz",
-              Path.cwd() / "pneumoniamnist.npz"):
-        if p.is_file():
-            return p.resolve()
-    return None
+    """The PneumoniaMNIST ``.npz`` of the sample data (:func:`domainfm.demo.sample_data`), if present."""
+    return sample_data("medical", "pneumoniamnist.npz")
 
 
 def linear_probe(model, train_set, test_set, batch_size: int = 256, max_train: int | None = None) -> dict:
@@ -58,8 +54,6 @@ def _print_table(title: str, rows: dict[str, dict]) -> None:
 def run_pneumonia_demo(npz: Path, out_dir: Path, quick: bool = False) -> dict:
     """Pretrain (MAE, no labels) on PneumoniaMNIST train images, probe on test vs random init."""
     import domainfm
-    from domainfm.api import config_from_card
-    from domainfm.synthetic.demo import loss_trend
     from domainfm.eval.evaluate import random_like
     from domainfm.registry import get_domain
     t0 = time.perf_counter()
@@ -100,8 +94,6 @@ def run_volume_demo(out_dir: Path, quick: bool = False) -> dict:
     import csv
     import nibabel as nib
     import domainfm
-    from domainfm.api import config_from_card
-    from domainfm.synthetic.demo import loss_trend
     from domainfm.eval.evaluate import random_like
     from domainfm.registry import get_domain
     from domainfm.medical.synthetic import make_phantom

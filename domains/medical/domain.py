@@ -25,9 +25,8 @@ import torch
 
 from domainfm.domain import Domain, accept_options
 from domainfm.errors import ConfigError, DataError
-from domainfm.registry import register_domain
 from domainfm.medical.dataset import MedicalDataset
-from domainfm.medical.options import MedicalOptions, normalized
+from domainfm.medical.options import MedicalOptions, normalized, options_from_card
 from domainfm.medical.sources import discover, holdout, is_decathlon
 from domainfm.medical.transforms import build_transforms, domain_errors, normalization_record
 
@@ -43,15 +42,6 @@ def _img_size(cfg, spatial_dims: int) -> list[int]:
     return [int(size)] * spatial_dims
 
 
-def options_from_card(card: dict) -> MedicalOptions:
-    """The :class:`MedicalOptions` recorded in a checkpoint card."""
-    rec = (card.get("preprocessing") or {}).get("options")
-    if rec is None:
-        raise ConfigError("the checkpoint card has no medical preprocessing record (preprocessing.options)")
-    return normalized(MedicalOptions(**rec))
-
-
-@register_domain("medical")
 class MedicalDomain(Domain):
     """NIfTI / DICOM / PNG / MedMNIST readers, MONAI preprocessing, UNETR head, NIfTI writer.
 
@@ -64,6 +54,23 @@ class MedicalDomain(Domain):
     name = "medical"
     Options = MedicalOptions
     needs_data_path = True
+
+    @dataclasses.dataclass
+    class PredictOptions:
+        """``predict`` flags: sliding-window overlap and batch, probability maps beside the labels."""
+
+        overlap: float | None = None
+        sw_overlap: float | None = None
+        sw_batch_size: int | None = None
+        save_probabilities: bool = False
+
+    @dataclasses.dataclass
+    class EmbedOptions:
+        """``embed`` flags: batch size and the sliding-window overlap for volumes."""
+
+        batch_size: int | None = None
+        overlap: float | None = None
+        sw_overlap: float | None = None
 
     # ---------------------------------------------------------------------------------------- data
     def options(self, cfg) -> MedicalOptions:
@@ -223,11 +230,11 @@ class MedicalDomain(Domain):
         from domainfm.medical.heads import build_head
         return build_head(task, encoder, num_classes, cfg.finetune.head_options)
 
-    def validate(self, model, cfg) -> dict | None:
+    def validate(self, model, cfg) -> dict:
         """Whole-scan Dice and HD95 (mm) in each scan's own geometry on ``data.val_path`` (segmentation);
         the core's crop-level validation reports the rest."""
         if cfg.finetune.task != "segmentation" or not cfg.data.val_path:
-            return None
+            return {}
         from domainfm.medical.inference import evaluate_segmentation
         res = evaluate_segmentation(model, cfg.data.val_path)
         return {f"scan_{k}": v for k, v in res.items() if isinstance(v, (int, float))}

@@ -19,6 +19,7 @@ import torch
 
 from domainfm.errors import DataError
 from domainfm.medical.io import is_nifti, write_nifti
+from domainfm.medical.options import options_from_card
 from domainfm.medical.transforms import build_transforms, domain_errors
 
 
@@ -27,7 +28,6 @@ def _model_device(model) -> torch.device:
 
 
 def _card_setup(model):
-    from domainfm.medical.domain import options_from_card
     opts = options_from_card(model.card)
     crop = list((model.card.get("preprocessing") or {}).get("crop_size") or model.card["encoder"]["img_size"])
     return opts, crop

@@ -153,3 +153,11 @@ def normalized(opts: MedicalOptions) -> MedicalOptions:
         pos_neg=as_list(opts.pos_neg, float, 2, "pos_neg"),
         sequences=list(seqs) if seqs else None,
     )
+
+
+def options_from_card(card: dict) -> MedicalOptions:
+    """The :class:`MedicalOptions` recorded in a checkpoint card."""
+    rec = (card.get("preprocessing") or {}).get("options")
+    if rec is None:
+        raise ConfigError("the checkpoint card has no medical preprocessing record (preprocessing.options)")
+    return normalized(MedicalOptions(**rec))

@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "pathology"
+from domainfm.demo import sample_data
+
+SHARED = sample_data("pathology") or Path("shared-data-absent")
 REAL_SLIDE = "tcga-cr-7395-01a-01-ts1.svs"
 ASSUMED_MPP = 0.5  # the TCGA fixture carries no MPP; 0.5 µm/px (20x) is an explicit assumption
 
@@ -94,9 +96,7 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
 
     t0 = time.time()
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     if not torch.cuda.is_available():  # small models: intra-op threads beyond half the cores only contend
         torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 2) // 2)))

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 from domainfm.domain import Domain, accept_options
 from domainfm.errors import ConfigError, DataError
-from domainfm.registry import register_domain
 
 from .datasets import (IMAGENET_MEAN, IMAGENET_STD, SlideTileDataset, TileFolderDataset, TileTransform,
                        is_tile_folder, list_slides)
@@ -107,7 +106,6 @@ def _macenko(opts) -> MacenkoNormalizer | None:
     return norm
 
 
-@register_domain("pathology")
 class PathologyDomain(Domain):
     """Whole-slide images (OpenSlide), MPP-aware tissue tiles, stain tools, slide embeddings and MIL.
 
@@ -122,6 +120,28 @@ class PathologyDomain(Domain):
 
     name = "pathology"
     Options = PathologyOptions
+    custom_tasks = ("mil",)
+
+    @dataclass
+    class PredictOptions:
+        """``predict`` flags (slide-level MIL heatmaps)."""
+
+        mpp: float | None = None
+        batch_size: int | None = None
+        min_tissue: float | None = None
+
+    @dataclass
+    class EmbedOptions:
+        """``embed`` flags: tiling of slides without the card's values, and I/O."""
+
+        mpp: float | None = None
+        min_tissue: float | None = None
+        coords_dir: str | None = None
+        batch_size: int | None = None
+        num_workers: int | None = None
+        overwrite: bool = False
+        target_mpp: float | None = None
+        tile_size: int | None = None
     spatial_dims = 2
 
     # ---- data -------------------------------------------------------------------------------
@@ -219,15 +239,12 @@ class PathologyDomain(Domain):
             return GatedABMIL(encoder.embed_dim, num_classes, hidden_dim=hidden, attn_dim=max(8, hidden // 2))
         return super().head(task, encoder, num_classes, cfg)
 
-    def finetune(self, cfg, checkpoint: Path, **kwargs) -> Path | None:
+    def finetune_task(self, cfg, checkpoint: Path, **kwargs) -> Path:
         """``task: mil``: slide classification from tile features (ABMIL + mean-pool baseline).
 
         ``data.path``: a folder of feature files from ``embed``, or slides (embedded first, into
         ``<out>/features``). ``labels`` (kwarg or option): CSV ``slide,label[,split]``.
-        Other tasks use the core's supervised fine-tuning (return ``None``).
         """
-        if cfg.finetune.task != "mil":
-            return None
         from .embed import embed_slides, find_feature_files
         from .mil_task import require_labels, run_mil
         import domainfm

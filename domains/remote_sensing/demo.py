@@ -24,6 +24,8 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
+from domainfm.demo import sample_data
+
 log = logging.getLogger("domainfm.remote_sensing")
 
 LULC_NAMES = {1: "cultivated_land", 2: "forest", 3: "grassland", 4: "shrubland", 5: "water", 6: "wetlands",
@@ -32,8 +34,8 @@ VAL_FRACTION = 0.3
 
 
 def shared_data_dir() -> Path:
-    """``../shared/data/remote_sensing/eolearn_slovenia`` relative to the repository root."""
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "remote_sensing" / "eolearn_slovenia"
+    """The eo-learn Slovenia sample (:func:`domainfm.demo.sample_data`); a path that does not exist if absent."""
+    return sample_data("remote_sensing", "eolearn_slovenia") or Path("shared-data-absent")
 
 
 def write_slovenia(src: Path, out: Path, n_dates: int = 12) -> dict:

@@ -20,12 +20,13 @@ from torch import nn
 
 from domainfm.domain import Domain
 from domainfm.errors import ConfigError, DataError
-from domainfm.registry import register_domain
+from domainfm.runconfig import config_from_card
 
 from .datasets import RasterChipDataset, discover_items, split_items
 from .heads import build_head
 from .io import Grid, Scene, write_geotiff
-from .sensors import get_sensor, parse_band_list, sensor_from_dict, sensor_to_dict
+from .predict import predict_scene
+from .sensors import card_sensor, get_sensor, parse_band_list, sensor_from_dict, sensor_to_dict
 
 log = logging.getLogger("domainfm.remote_sensing")
 
@@ -97,7 +98,6 @@ def _img_size(cfg) -> int:
     return int(size)
 
 
-@register_domain("remote_sensing")
 class RemoteSensingDomain(Domain):
     """Multispectral / SAR GeoTIFF scenes from any sensor (see :class:`RemoteSensingOptions`).
 
@@ -110,6 +110,15 @@ class RemoteSensingDomain(Domain):
     name = "remote_sensing"
     Options = RemoteSensingOptions
     needs_data_path = True
+
+    @dataclass
+    class PredictOptions:
+        """``predict`` flags: the scene's sensor (mixed-sensor models), probability bands, tiling."""
+
+        sensor: str | None = None
+        probabilities: bool = False
+        predict_overlap: float | None = None
+        predict_batch_size: int | None = None
 
     def __init__(self):
         self._stats_cache: dict[str, dict] = {}
@@ -286,18 +295,36 @@ class RemoteSensingDomain(Domain):
                 "classes": list(getattr(dataset, "classes", []) or []),
                 "predict_overlap": opts.predict_overlap}
 
+    def effective_preprocessing(self, card: dict) -> dict:
+        """The card's preprocessing record, rebuilt from the card's config when that config selects
+        other bands (a fine-tuned card may carry its parent's record)."""
+        pre = dict(card.get("preprocessing") or {})
+        cfg_opts = ((card.get("config") or {}).get("data") or {}).get("options") or {}
+        if not pre.get("sensors") or not cfg_opts:
+            return pre
+        try:
+            cfg = config_from_card(card, check_paths=False)
+            if self.sensors_and_bands(cfg) == pre.get("bands"):
+                return pre
+            fresh = self.preprocessing(cfg, None)
+        except ConfigError as exc:  # e.g. a user sensors file that is not on this machine
+            log.debug("using the card's preprocessing record as is (%s)", exc)
+            return pre
+        fresh["classes"] = pre.get("classes") or fresh.get("classes")
+        return fresh
+
     def preprocessor(self, card: dict):
         """``fn(path_or_array, sensor=None) -> C x H x W`` tensor normalised as in pretraining.
 
         A path is read whole (tiles; big scenes go through :meth:`predict`), an array is taken as
         ``C x H x W`` in the card's band order.
         """
-        pre = effective_preprocessing(card)
+        pre = self.effective_preprocessing(card)
         if not pre.get("sensors"):
             raise DataError(None, "checkpoint card has no remote-sensing preprocessing record")
 
         def preprocess(x, sensor: str | None = None) -> torch.Tensor:
-            sensor_obj, bands = _card_sensor(pre, sensor)
+            sensor_obj, bands = card_sensor(pre, sensor)
             stats = (pre.get("stats") or {}).get(sensor_obj.name)
             if isinstance(x, (str, Path)):
                 scene = Scene(x, sensor_obj, bands, pre.get("resolution"), pre.get("resampling", "bilinear"))
@@ -342,7 +369,6 @@ class RemoteSensingDomain(Domain):
         Example:
             >>> domainfm.predict("runs/seg", "scene.tif", "pred.tif")   # doctest: +SKIP
         """
-        from .predict import predict_scene
         if kwargs:
             raise ConfigError(f"predict takes --sensor, --probabilities, --predict-overlap and --predict-batch-size; "
                               f"got {', '.join('--' + k.replace('_', '-') for k in kwargs)} (preprocessing comes "
@@ -351,51 +377,11 @@ class RemoteSensingDomain(Domain):
             if len(sensor) != 1:
                 raise ConfigError(f"predict: give one --sensor, got {sensor}")
             sensor = sensor[0]
-        return predict_scene(model, input_path, out_path, sensor=sensor, probabilities=bool(probabilities),
+        return predict_scene(model, input_path, out_path, self.effective_preprocessing(model.card), sensor=sensor,
+                             probabilities=bool(probabilities),
                              overlap=predict_overlap, batch_size=predict_batch_size)
 
     def demo(self, out_dir: Path, quick: bool = False) -> dict:
         """Pretrain + fine-tune LULC segmentation on the eo-learn Slovenia patch (or generated scenes)."""
         from .demo import run_demo
         return run_demo(Path(out_dir), quick)
-
-
-def effective_preprocessing(card: dict) -> dict:
-    """The card's preprocessing record, rebuilt from the card's config when that config selects
-    other bands (a fine-tuned card may carry its parent's record)."""
-    pre = dict(card.get("preprocessing") or {})
-    cfg_opts = ((card.get("config") or {}).get("data") or {}).get("options") or {}
-    if not pre.get("sensors") or not cfg_opts:
-        return pre
-    try:
-        from domainfm.api import config_from_card
-        from domainfm.registry import get_domain
-        cfg = config_from_card(card, check_paths=False)
-        dom = get_domain("remote_sensing")
-        if dom.sensors_and_bands(cfg) == pre.get("bands"):
-            return pre
-        fresh = dom.preprocessing(cfg, None)
-    except ConfigError as exc:  # e.g. a user sensors file that is not on this machine
-        log.debug("using the card's preprocessing record as is (%s)", exc)
-        return pre
-    fresh["classes"] = pre.get("classes") or fresh.get("classes")
-    return fresh
-
-
-def _card_sensor(pre: dict, sensor: str | None):
-    """(Sensor, band names) from a card's preprocessing record."""
-    sensors = pre["sensors"]
-    if sensor is None:
-        name = next(iter(sensors))
-    else:
-        name = next((k for k, v in sensors.items() if k.lower() == sensor.lower()
-                     or sensor.lower() in [a.lower() for a in v.get("aliases", [])]), None)
-        if name is None:
-            try:
-                name = get_sensor(sensor).name
-            except ConfigError:
-                name = None
-        if name not in sensors:
-            raise ConfigError(f"sensor {sensor!r} is not among the model's sensors: {', '.join(sensors)}")
-    s = sensor_from_dict(sensors[name])
-    return s, pre["bands"][name]

@@ -23,6 +23,7 @@ from rasterio.windows import Window
 from domainfm.errors import CheckpointError, DataError
 
 from .io import Scene
+from .sensors import card_sensor
 from .stats import normalize, stats_arrays
 
 log = logging.getLogger("domainfm.remote_sensing")
@@ -52,24 +53,24 @@ def _logits(model, x: torch.Tensor, wavelengths) -> torch.Tensor:
     return model(x, wavelengths=wavelengths)  # pragma: no cover
 
 
-def predict_scene(model, input_path, out_path, sensor: str | None = None, probabilities: bool = False,
-                  overlap: float | None = None, batch_size: int | None = None, device=None) -> Path:
+def predict_scene(model, input_path, out_path, preprocessing: dict | None = None, sensor: str | None = None,
+                  probabilities: bool = False, overlap: float | None = None, batch_size: int | None = None,
+                  device=None) -> Path:
     """Predict every pixel of ``input_path`` with ``model`` (a loaded fine-tuned model) into ``out_path``.
 
     Segmentation models give per-pixel classes; classification models paint each tile's class
     (blended where tiles overlap), i.e. a coarse scene map. The output is ``uint8`` classes (nodata
     255 where the input has no data), or float32 class probabilities (one band per class, nodata
-    NaN) with ``probabilities=True``.
+    NaN) with ``probabilities=True``. ``preprocessing`` is the card's record (default: the model card's;
+    the domain passes :meth:`RemoteSensingDomain.effective_preprocessing`).
     """
-    from .domain import _card_sensor, effective_preprocessing
-
     card = getattr(model, "card", None) or {}
-    pre = effective_preprocessing(card)
+    pre = dict(card.get("preprocessing") or {}) if preprocessing is None else preprocessing
     if getattr(model, "head", None) is None:
         raise CheckpointError("predict needs a fine-tuned model (with a head); this checkpoint is an encoder only")
     if not pre.get("sensors"):
         raise CheckpointError("the checkpoint card has no remote-sensing preprocessing record")
-    sensor_obj, bands = _card_sensor(pre, sensor)
+    sensor_obj, bands = card_sensor(pre, sensor)
     scene = Scene(input_path, sensor_obj, bands, pre.get("resolution"), pre.get("resampling", "bilinear"))
     stats = (pre.get("stats") or {}).get(sensor_obj.name)
     mean_std = stats_arrays(stats, bands, f" of sensor {sensor_obj.name} in the card") if stats else None

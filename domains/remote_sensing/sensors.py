@@ -269,3 +269,22 @@ def sensor_to_dict(sensor: Sensor, bands: list[Band] | None = None) -> dict:
             "bands": [{"name": b.name, "wavelength": b.wavelength, "gsd": b.gsd, "aliases": list(b.aliases),
                        "embed_wavelength": b.embed_wavelength, "scale": b.scale, "offset": b.offset}
                       for b in (bands if bands is not None else sensor.bands)]}
+
+
+def card_sensor(pre: dict, sensor: str | None):
+    """(Sensor, band names) from a card's preprocessing record."""
+    sensors = pre["sensors"]
+    if sensor is None:
+        name = next(iter(sensors))
+    else:
+        name = next((k for k, v in sensors.items() if k.lower() == sensor.lower()
+                     or sensor.lower() in [a.lower() for a in v.get("aliases", [])]), None)
+        if name is None:
+            try:
+                name = get_sensor(sensor).name
+            except ConfigError:
+                name = None
+        if name not in sensors:
+            raise ConfigError(f"sensor {sensor!r} is not among the model's sensors: {', '.join(sensors)}")
+    s = sensor_from_dict(sensors[name])
+    return s, pre["bands"][name]

@@ -11,39 +11,16 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 
 
-from domainfm.api import finetune, load, pretrain
-
-
-def probe_vs_random(checkpoint, train_set, test_set, batch_size: int = 64, k: int = 20) -> dict[str, float]:
-    """Linear-probe and kNN accuracy on held-out samples: pretrained encoder vs random init."""
-    from domainfm.eval.embeddings import embed_dataset
-    from domainfm.eval.evaluate import random_like
-    from domainfm.eval.protocols import knn_probe, linear_probe
-    model = load(checkpoint)
-    figures: dict[str, float] = {}
-    for name, m in (("pretrained", model), ("random_init", random_like(model, model.card))):
-        (xtr, ytr), (xte, yte) = embed_dataset(m, train_set, batch_size), embed_dataset(m, test_set, batch_size)
-        n_cls = int(max(ytr.max(), yte.max()) + 1)
-        lin = linear_probe(xtr, ytr, xte, num_classes=n_cls).argmax(1)
-        knn = knn_probe(xtr, ytr, xte, k=k, num_classes=n_cls).argmax(1)
-        figures[f"linear_probe_acc_{name}"] = float((lin == yte).mean())
-        figures[f"knn_acc_{name}"] = float((knn == yte).mean())
-    return figures
-
-
-def loss_trend(run_dir: Path, metric: str = "loss") -> tuple[float, float]:
-    """First and last logged value of ``metric`` in a run's ``metrics.csv``."""
-    values = []
-    with open(Path(run_dir) / "metrics.csv") as f:
-        for row in csv.DictReader(f):
-            if row["metric"] == metric:
-                values.append(float(row["value"]))
-    return (values[0], values[-1]) if values else (float("nan"), float("nan"))
+from domainfm.demo import loss_trend, probe_vs_random
+from domainfm.model import load
+from domainfm.pipelines import finetune, pretrain
+from domainfm.registry import get_domain
+from domainfm.runconfig import config_from_card
+from domainfm.train.checkpoint import load_card
 
 
 def run_shapes_demo(out_dir: Path, quick: bool = False) -> dict:
@@ -66,9 +43,7 @@ def run_shapes_demo(out_dir: Path, quick: bool = False) -> dict:
     ckpt = pretrain(cfg)
     first, last = loss_trend(out_dir / "pretrain")
     model = load(ckpt)
-    from domainfm.registry import get_domain
     domain = get_domain("synthetic")
-    from domainfm.api import config_from_card
     run_cfg = config_from_card(model.card)
     train_set = domain.dataset(run_cfg, "train")
     test_set = domain.dataset(run_cfg, "test")
@@ -80,7 +55,6 @@ def run_shapes_demo(out_dir: Path, quick: bool = False) -> dict:
     ft = finetune(ckpt, task="classification", out=out_dir / "finetune",
                   overrides=[f"train.steps={ft_steps}", "train.lr=1e-3", f"train.warmup_steps={ft_steps // 10}",
                              f"train.ckpt_every={ft_steps}"])
-    from domainfm.train.checkpoint import load_card
     figures.update({f"finetune_val_{k}": v for k, v in (load_card(ft).get("val_metrics") or {}).items()})
     figures.update({"pretrain_checkpoint": str(ckpt), "finetune_checkpoint": str(ft),
                     "reconstruction_png": str(out_dir / "pretrain" / "reconstruction.png"),

@@ -22,7 +22,6 @@ from torch.utils.data import Dataset
 from domainfm.data.rng import item_numpy_rng
 from domainfm.data.sample import make_sample
 from domainfm.domain import Domain
-from domainfm.registry import register_domain
 
 CLASSES = ("disk", "square", "cross", "ring")
 _SPLIT_SEED = {"pretrain": 11, "train": 23, "val": 37, "test": 53, "embed": 53}
@@ -80,7 +79,6 @@ class ShapesDataset(Dataset):
                            wavelengths=self.wavelengths)
 
 
-@register_domain("synthetic")
 class SyntheticDomain(Domain):
     """Generated shapes, 2D or 3D, any channel count; optional wavelengths for channel-adaptive models."""
 

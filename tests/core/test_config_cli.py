@@ -10,7 +10,7 @@ import torch
 
 import domainfm
 from domainfm.cli import main, run
-from domainfm.config import load_config
+from domainfm.runconfig import load_config
 from domainfm.errors import ConfigError
 
 from tests.conftest import tiny_config

@@ -14,7 +14,7 @@ from torch import nn
 import domainfm
 from domainfm.api import FoundationModel
 from domainfm.cli import main as cli_main
-from domainfm.config import load_config
+from domainfm.runconfig import load_config
 from domainfm.models import build_encoder
 from domainfm.registry import get_domain
 from domainfm.medical.synthetic import dicom_affine_ras, make_phantom, write_dicom_series, write_nifti_pair

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from domainfm.config import load_config
+from domainfm.runconfig import load_config
 from domainfm.errors import ConfigError, DataError
 from domainfm.registry import get_domain
 from domainfm.medical import MedicalDomain

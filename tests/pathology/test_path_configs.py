@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from domainfm.config import load_config
+from domainfm.runconfig import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "pathology"
 

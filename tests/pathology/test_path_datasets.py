@@ -130,7 +130,7 @@ def test_macenko_normalization_reduces_stain_difference():
 
 
 def test_macenko_option_and_card_preprocessor_match_the_dataset(slide_dir, tmp_path):
-    from domainfm.config import load_config
+    from domainfm.runconfig import load_config
     from domainfm.registry import get_domain
     domain = get_domain("pathology")
     cfg = load_config({"domain": "pathology", "out": str(tmp_path), "data": {

@@ -271,7 +271,7 @@ def test_shipped_configs_validate():
 
     import yaml
 
-    from domainfm.config import load_config
+    from domainfm.runconfig import load_config
     root = Path(__file__).resolve().parents[2] / "configs" / "remote_sensing"
     for name in ("sentinel2_mae.yaml", "mixed_sensors_mae.yaml"):
         cfg = load_config(root / name, check_paths=False)

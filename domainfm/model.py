@@ -1,0 +1,129 @@
+"""A loaded model that carries its card and the exact preprocessing: :class:`FoundationModel`,
+:func:`load`, and the card every checkpoint writes (:func:`build_card`).
+
+Example:
+    >>> import torch
+    >>> from domainfm.models import build_encoder
+    >>> enc = build_encoder("vit-tiny", in_chans=1, img_size=16, patch_size=8, depth=1, embed_dim=32, num_heads=2)
+    >>> model = FoundationModel(enc, {"domain": "synthetic", "preprocessing": {"spatial_dims": 2}})
+    >>> model.embed(torch.zeros(2, 1, 16, 16)).shape
+    torch.Size([2, 32])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from domainfm.config import Config
+from domainfm.errors import CheckpointError
+from domainfm.models.encoder import build_encoder
+from domainfm.models.lora import apply_lora, merge_lora
+from domainfm.registry import get_domain
+from domainfm.runconfig import config_from_card
+from domainfm.train.checkpoint import load_card, load_module_state, load_tensors, resolve_checkpoint
+
+
+class FoundationModel(nn.Module):
+    """A loaded encoder (+ optional head) that carries its card and the exact preprocessing.
+
+    Example:
+        >>> # model = domainfm.load("runs/ct/ckpt-0001000")
+        >>> # x = model.preprocess("scan.nii.gz")[None]; z = model.embed(x)
+    """
+
+    def __init__(self, encoder: nn.Module, card: dict, head: nn.Module | None = None, path: Path | None = None):
+        super().__init__()
+        self.encoder, self.head, self.card, self.path = encoder, head, card, path
+        self._preprocess: Callable | None = None
+
+    @property
+    def domain(self):
+        return get_domain(self.card["domain"])
+
+    @property
+    def preprocess(self) -> Callable[[Any], torch.Tensor]:
+        """The domain's preprocessing rebuilt from the card (file or array -> model-ready tensor)."""
+        if self._preprocess is None:
+            self._preprocess = self.domain.preprocessor(self.card)
+        return self._preprocess
+
+    def _wavelengths(self, wavelengths):
+        if wavelengths is None and self.encoder.patch_embed.kind == "wavelength":
+            wavelengths = (self.card.get("preprocessing") or {}).get("wavelengths")
+        return wavelengths
+
+    def features(self, x: torch.Tensor, wavelengths=None, layers=None) -> dict:
+        self.encoder.check_input(x)
+        return self.encoder.forward_features(x, wavelengths=self._wavelengths(wavelengths), layers=layers)
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor, wavelengths=None) -> torch.Tensor:
+        """One vector per input (``B x E``), without gradients."""
+        self.encoder.check_input(x)
+        return self.encoder.embed(x, wavelengths=self._wavelengths(wavelengths))
+
+    def logits(self, x: torch.Tensor, wavelengths=None) -> torch.Tensor:
+        """Head output for a batch (a fine-tuned checkpoint is needed)."""
+        if self.head is None:
+            raise CheckpointError(f"{self.path}: this checkpoint has no head (it was not fine-tuned); "
+                                  "run `domainfm finetune` first")
+        feats = self.features(x, wavelengths, layers=getattr(self.head, "layers", None))
+        return self.head(feats)
+
+    def forward(self, x: torch.Tensor, wavelengths=None) -> torch.Tensor:
+        return self.logits(x, wavelengths) if self.head is not None else self.encoder(x, wavelengths=self._wavelengths(wavelengths))
+
+
+
+
+def build_card(cfg: Config, domain, encoder, dataset, stage: str) -> dict:
+    """The self-description a checkpoint carries: domain, encoder, objective, preprocessing, config, data."""
+    return {"domain": cfg.domain, "stage": stage, "encoder": encoder.config,
+            "objective": dataclasses.asdict(cfg.objective),
+            "preprocessing": domain.preprocessing(cfg, dataset), "config": cfg.to_dict(),
+            "data": {"path": cfg.data.path, "num_samples": len(dataset)},
+            "task": None, "num_classes": None, "classes": None,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> FoundationModel:
+    """Rebuild a model (encoder, head if fine-tuned, preprocessing) from a checkpoint or run folder.
+
+    Weights come from safetensors, the architecture and preprocessing from the JSON card: nothing
+    is unpickled.
+
+    Example:
+        >>> # model = domainfm.load("runs/quickstart")   # a run folder: its latest checkpoint
+    """
+    ckpt = resolve_checkpoint(path)
+    card = load_card(ckpt)
+    tensors = load_tensors(ckpt)
+    domain = get_domain(card["domain"])  # imports the plugin, which may register its own patch embed
+    try:
+        encoder = build_encoder(**card["encoder"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{ckpt}/card.json: the encoder description is incomplete ({exc})") from None
+    lora = card.get("lora")
+    if lora:
+        apply_lora(encoder, rank=lora["rank"], alpha=lora["alpha"])
+    prefix = "ema.encoder." if card.get("ema") and any(k.startswith("ema.encoder.") for k in tensors) else "encoder."
+    load_module_state(encoder, tensors, prefix=prefix)
+    if lora:
+        merge_lora(encoder)
+    head = None
+    if card.get("task"):
+        cfg = config_from_card(card, check_paths=False)
+        head = domain.head(card["task"], encoder, int(card["num_classes"]), cfg)
+        hprefix = "ema.head." if prefix.startswith("ema.") else "head."
+        load_module_state(head, tensors, prefix=hprefix)
+    model = FoundationModel(encoder, card, head, ckpt).to(device)
+    model.eval()
+    return model
