@@ -64,6 +64,31 @@ class NoOptions:
 
 
 @dataclass
+class DomainExample:
+    """Small real files of a domain, written by :meth:`Domain.example`: what the contract test (and a
+    reader of the docs) runs every domain through.
+
+    Attributes:
+        config: a tiny pretraining config (a dict with ``domain``, ``data.path``, a small model).
+        bad_file: a file with the domain's suffix that cannot be read (``None``: the domain reads no files).
+        task: a fine-tuning task whose checkpoint ``predict`` takes (``None``: predict is not offered).
+        finetune_overrides: overrides of that fine-tuning run; ``finetune_kwargs`` its extra arguments.
+        embed_out: where ``embed`` writes, relative to the example folder (a file or a folder).
+        predict_input: a file to predict on; ``same_geometry(input, output) -> bool`` checks the result.
+    """
+
+    config: dict
+    bad_file: Path | None = None
+    task: str | None = None
+    finetune_overrides: list = dataclasses.field(default_factory=list)
+    finetune_kwargs: dict = dataclasses.field(default_factory=dict)
+    embed_out: str = "embeddings.npz"
+    predict_input: Path | None = None
+    predict_suffix: str = ""
+    same_geometry: Callable[[Path, Path], bool] | None = None
+
+
+@dataclass
 class BatchOptions:
     """What ``embed`` and ``predict`` take by default: the inference batch size."""
 
@@ -193,3 +218,7 @@ class Domain:
     def demo(self, out_dir: Path, quick: bool = False) -> dict:
         """Run the domain's end-to-end demo on real or generated data; return the figures."""
         raise UnsupportedError(f"domain {self.name!r} has no demo")
+
+    def example(self, folder: Path) -> DomainExample:
+        """Write small real files of this domain into ``folder`` (see :class:`DomainExample`)."""
+        raise UnsupportedError(f"domain {self.name!r} has no example data")

@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from domainfm.domain import Domain, accept_options
+from domainfm.domain import Domain, DomainExample, accept_options
 from domainfm.errors import ConfigError, DataError
 from domainfm.medical.dataset import MedicalDataset
+from domainfm.medical.synthetic import write_example
 from domainfm.medical.options import MedicalOptions, normalized, options_from_card
 from domainfm.medical.sources import discover, holdout, is_decathlon
 from domainfm.medical.transforms import build_transforms, domain_errors, normalization_record
@@ -261,6 +262,10 @@ class MedicalDomain(Domain):
         from domainfm.medical.inference import embed_scans
         options = accept_options(kwargs, {"batch_size": "batch_size", "sw_overlap": "overlap", "overlap": "overlap"}, "embed")
         return embed_scans(model, data, out, **options)
+
+    def example(self, folder: Path) -> DomainExample:
+        """Small real files and a tiny recipe (see :func:`.synthetic.write_example`)."""
+        return write_example(folder)
 
     def demo(self, out_dir: Path, quick: bool = False) -> dict:
         """PneumoniaMNIST MAE pretraining + linear probe vs random init (NIfTI fallback); see :mod:`domainfm.medical.demo`."""

@@ -15,7 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import nibabel as nib
 import numpy as np
+
+from domainfm.domain import DomainExample
 
 
 def make_phantom(shape=(32, 32, 24), seed: int = 0, n_blobs: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -38,7 +41,6 @@ def make_phantom(shape=(32, 32, 24), seed: int = 0, n_blobs: int = 2) -> tuple[n
 
 def write_nifti_pair(folder: str | Path, name: str, shape=(32, 32, 24), affine=None, seed: int = 0):
     """Write ``images/<name>.nii.gz`` (HU) and ``masks/<name>.nii.gz`` (labels); return both paths."""
-    import nibabel as nib
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(parents=True, exist_ok=True)
@@ -52,7 +54,6 @@ def write_nifti_pair(folder: str | Path, name: str, shape=(32, 32, 24), affine=N
 
 def write_ct_nifti_folder(folder: str | Path, n: int = 4, shape=(32, 32, 24), affine=None) -> list[Path]:
     """Write ``n`` phantom CT volumes ``ct_<i>.nii.gz`` into ``folder``."""
-    import nibabel as nib
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     affine = np.diag([1.5, 1.5, 2.0, 1.0]) if affine is None else np.asarray(affine, float)
@@ -122,3 +123,28 @@ def dicom_affine_ras(spacing=(0.8, 0.8, 2.5), origin=(-100.0, -120.0, 50.0)) -> 
     aff = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
     aff[:3, 3] = [-origin[0], -origin[1], origin[2]]
     return aff
+
+
+def _same_nifti_grid(source: Path, prediction: Path) -> bool:
+    a, b = nib.load(str(source)), nib.load(str(prediction))
+    return a.shape[:3] == b.shape[:3] and np.allclose(a.affine, b.affine, atol=1e-4)
+
+
+def write_example(folder: str | Path) -> DomainExample:
+    """Three oblique phantom CT volumes with lesion masks (NIfTI), a broken ``.nii.gz`` and a tiny
+    MAE + UNETR recipe: the medical domain's :class:`~domainfm.domain.DomainExample`."""
+    folder = Path(folder)
+    oblique = np.array([[0.0, 0.0, -2.0, 40.0], [-1.2, 0.0, 0.0, 10.0], [0.0, 1.4, 0.0, -5.0], [0, 0, 0, 1.0]])
+    for i in range(3):
+        write_nifti_pair(folder / "data", f"c{i}", shape=(20, 22, 14), affine=oblique, seed=i)
+    bad = folder / "broken.nii.gz"
+    bad.write_bytes(b"this is not a NIfTI file")
+    config = {"domain": "medical", "out": str(folder / "pretrain"),
+              "data": {"path": str(folder / "data"), "img_size": 16, "cache": "memory",
+                       "options": {"target_spacing": [2.0, 2.0, 2.0], "window": "soft_tissue"}},
+              "model": {"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2},
+              "train": {"steps": 2, "batch_size": 2, "progress": False, "tensorboard": False, "warmup_steps": 1}}
+    return DomainExample(config=config, bad_file=bad, task="segmentation",
+                         finetune_overrides=["train.steps=2", "finetune.head_options={feature_size: 4}"],
+                         predict_input=folder / "data" / "images" / "c1.nii.gz", predict_suffix=".nii.gz",
+                         same_geometry=_same_nifti_grid)

@@ -17,13 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from domainfm.domain import Domain, accept_options
+from domainfm.domain import Domain, DomainExample, accept_options
 from domainfm.errors import ConfigError, DataError
 
 from .datasets import (IMAGENET_MEAN, IMAGENET_STD, SlideTileDataset, TileFolderDataset, TileTransform,
                        is_tile_folder, list_slides)
 from .slide import SLIDE_SUFFIXES
 from .stain import MacenkoNormalizer, hed_jitter
+from .synthetic import write_example
 
 
 @dataclass
@@ -142,7 +143,10 @@ class PathologyDomain(Domain):
         overwrite: bool = False
         target_mpp: float | None = None
         tile_size: int | None = None
-    spatial_dims = 2
+
+    def spatial_dims(self, cfg) -> int:
+        """Tiles are 2D."""
+        return 2
 
     # ---- data -------------------------------------------------------------------------------
     def transform(self, cfg, train: bool) -> TileTransform:
@@ -295,6 +299,9 @@ class PathologyDomain(Domain):
                 warnings.warn(f"embedding with {key}={kwargs[key]} while the encoder was pretrained with "
                               f"{pre.get(key)}: features may transfer worse", stacklevel=2)
                 pre[key] = kwargs[key]
+        if Path(out).suffix.lower() in (".npz", ".h5", ".hdf5", ".csv", ".json"):
+            raise ConfigError(f"{out}: slides are embedded into a folder (one <slide>.h5 per slide plus index.csv); "
+                              f"give a folder path such as {Path(out).with_suffix('')}")
         embed_slides(model, data, out, pre, mpp=kwargs.get("mpp"), min_tissue=kwargs.get("min_tissue"),
                      batch_size=int(kwargs.get("batch_size") or 64), num_workers=int(kwargs.get("num_workers") or 0),
                      coords_dir=kwargs.get("coords_dir"), overwrite=bool(kwargs.get("overwrite", False)))
@@ -316,6 +323,10 @@ class PathologyDomain(Domain):
         coords = np.asarray(sample["coords"])
         write_tile_scores(path.with_suffix(".csv"), coords, int(sample["size0"]), {"score": scores})
         return write_heatmap(sample["path"], coords, int(sample["size0"]), scores, path.with_suffix(".png"))
+
+    def example(self, folder: Path) -> DomainExample:
+        """Small real files and a tiny recipe (see :func:`.synthetic.write_example`)."""
+        return write_example(folder)
 
     def demo(self, out_dir: Path, quick: bool = False) -> dict:
         from .demo import run_demo

@@ -16,8 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import openslide
 import tifffile
 from PIL import Image
+
+from domainfm.domain import DomainExample
 
 
 def write_pyramidal_tiff(path: str | Path, rgb: np.ndarray, mpp: float | None = 0.5, tile: int = 256,
@@ -106,3 +109,33 @@ def write_synthetic_slide(path: str | Path, size: tuple[int, int] = (1024, 1024)
     """
     w, h = size
     return write_pyramidal_tiff(path, synthetic_he_image(h, w, seed, tumor, blank, **image_kwargs), mpp=mpp, tile=tile)
+
+
+def _heatmap_fits_slide(source: Path, prediction: Path) -> bool:
+    """The heatmap PNG has the slide's aspect ratio (it is drawn over the slide's thumbnail)."""
+    with Image.open(prediction) as png:
+        width, height = png.size
+    slide_w, slide_h = openslide.OpenSlide(str(source)).dimensions
+    return abs(width / height - slide_w / slide_h) < 0.05
+
+
+def write_example(folder: str | Path) -> DomainExample:
+    """Six synthetic H&E slides (pyramidal TIFF, 0.5 µm/px; odd ones with a tumour region), slide
+    labels, a broken ``.svs`` and a tiny MAE + ABMIL recipe: the pathology :class:`~domainfm.domain.DomainExample`."""
+    folder = Path(folder)
+    (folder / "slides").mkdir(parents=True, exist_ok=True)
+    for i in range(6):
+        write_synthetic_slide(folder / "slides" / f"s{i}.tif", (768, 640), mpp=0.5, seed=i, tumor=bool(i % 2))
+    labels = folder / "slides.csv"
+    labels.write_text("slide,label\n" + "".join(f"s{i}.tif,{'tumor' if i % 2 else 'normal'}\n" for i in range(6)))
+    bad = folder / "broken.svs"
+    bad.write_bytes(b"this is not a slide")
+    config = {"domain": "pathology", "out": str(folder / "pretrain"),
+              "data": {"path": str(folder / "slides"), "img_size": 32,
+                       "options": {"target_mpp": 1.0, "tile_size": 64, "min_tissue": 0.4}},
+              "model": {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2},
+              "train": {"steps": 2, "batch_size": 8, "progress": False, "tensorboard": False, "warmup_steps": 1}}
+    return DomainExample(config=config, bad_file=bad, task="mil",
+                         finetune_overrides=["data.options.mil_epochs=2", "data.options.mil_hidden=16"],
+                         finetune_kwargs={"labels": str(labels)}, embed_out="features", predict_input=folder / "slides" / "s1.tif",
+                         predict_suffix=".png", same_geometry=_heatmap_fits_slide)

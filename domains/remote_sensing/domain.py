@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from domainfm.domain import Domain
+from domainfm.domain import Domain, DomainExample
 from domainfm.errors import ConfigError, DataError
 from domainfm.runconfig import config_from_card
 
@@ -26,6 +26,7 @@ from .datasets import RasterChipDataset, discover_items, split_items
 from .heads import build_head
 from .io import Grid, Scene, write_geotiff
 from .predict import predict_scene
+from .synthetic import write_example
 from .sensors import card_sensor, get_sensor, parse_band_list, sensor_from_dict, sensor_to_dict
 
 log = logging.getLogger("domainfm.remote_sensing")
@@ -380,6 +381,10 @@ class RemoteSensingDomain(Domain):
         return predict_scene(model, input_path, out_path, self.effective_preprocessing(model.card), sensor=sensor,
                              probabilities=bool(probabilities),
                              overlap=predict_overlap, batch_size=predict_batch_size)
+
+    def example(self, folder: Path) -> DomainExample:
+        """Small real files and a tiny recipe (see :func:`.synthetic.write_example`)."""
+        return write_example(folder)
 
     def demo(self, out_dir: Path, quick: bool = False) -> dict:
         """Pretrain + fine-tune LULC segmentation on the eo-learn Slovenia patch (or generated scenes)."""

@@ -19,6 +19,8 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
+from domainfm.domain import DomainExample
+
 from .sensors import get_sensor
 
 
@@ -147,3 +149,31 @@ def write_tiles(root: str | Path, sensor: str = "sentinel2", bands: list[str] | 
             write_scene(root / name / f"{name}_{j}.tif", sensor, bands, size=(size, size), labels=lab,
                         num_classes=len(classes), seed=seed + j, origin=(500000.0 + 1000 * j, 5000000.0 + 1000 * k))
     return root
+
+
+def _same_raster_grid(source: Path, prediction: Path) -> bool:
+    with rasterio.open(source) as a, rasterio.open(prediction) as b:
+        return a.crs == b.crs and a.transform == b.transform and (a.width, a.height) == (b.width, b.height)
+
+
+def write_example(folder: str | Path) -> DomainExample:
+    """Three Sentinel-2 GeoTIFF scenes (4 bands, EPSG:32633) with land-cover masks, a broken ``.tif``
+    and a tiny recipe: the remote-sensing domain's :class:`~domainfm.domain.DomainExample`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["image,mask"]
+    for k in range(3):
+        path, labels = write_scene(folder / f"scene{k}.tif", "sentinel2", ["B02", "B03", "B04", "B08"], size=(48, 40),
+                                   seed=k, origin=(500000.0 + 2000 * k, 5000000.0))
+        write_mask(folder / f"scene{k}_mask.tif", labels, path)
+        rows.append(f"scene{k}.tif,scene{k}_mask.tif")
+    (folder / "seg.csv").write_text("\n".join(rows) + "\n")
+    bad = folder / "broken.tif"
+    bad.write_bytes(b"this is not a GeoTIFF")
+    config = {"domain": "remote_sensing", "out": str(folder / "pretrain"),
+              "data": {"path": str(folder / "seg.csv"), "img_size": 32,
+                       "options": {"sensor": "sentinel2", "bands": "B02,B03,B04,B08", "chips_per_scene": 4}},
+              "model": {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2},
+              "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False, "warmup_steps": 1}}
+    return DomainExample(config=config, bad_file=bad, task="segmentation", finetune_overrides=["train.steps=2"],
+                         predict_input=folder / "scene0.tif", predict_suffix=".tif", same_geometry=_same_raster_grid)

@@ -21,7 +21,8 @@ from torch.utils.data import Dataset
 
 from domainfm.data.rng import item_numpy_rng
 from domainfm.data.sample import make_sample
-from domainfm.domain import Domain
+from domainfm.domain import Domain, DomainExample
+from domainfm.synthetic.demo import run_shapes_demo
 
 CLASSES = ("disk", "square", "cross", "ring")
 _SPLIT_SEED = {"pretrain": 11, "train": 23, "val": 37, "test": 53, "embed": 53}
@@ -133,6 +134,13 @@ class SyntheticDomain(Domain):
             return t
         return prepare
 
+    def example(self, folder: Path) -> DomainExample:
+        """A tiny recipe over generated shapes (no files: this domain reads none, and has no predict)."""
+        config = {"domain": "synthetic", "out": str(Path(folder) / "pretrain"),
+                  "data": {"img_size": 32, "options": {"num_samples": 16}},
+                  "model": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
+                  "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False, "warmup_steps": 1}}
+        return DomainExample(config=config)
+
     def demo(self, out_dir: Path, quick: bool = False) -> dict:
-        from domainfm.synthetic.demo import run_shapes_demo
         return run_shapes_demo(out_dir, quick=quick)
