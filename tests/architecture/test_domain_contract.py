@@ -4,7 +4,9 @@ the same preprocessing), embed shape, predict in the source geometry, a bad file
 from __future__ import annotations
 
 import dataclasses
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +15,15 @@ import torch
 import domainfm
 from domainfm.domain import Domain, DomainExample
 from domainfm.errors import DomainFMError, UnsupportedError
-from domainfm.registry import get_domain, list_domains
+from domainfm.registry import add_domain, get_domain, list_domains
 from domainfm.runconfig import load_config
 
+# docs/core.md's worked example ("add a domain in one folder"), registered in-process as an installed
+# plugin's entry point would register it
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "docs" / "plugin_example"))
+from microscopy import MicroscopyDomain  # noqa: E402
+
+add_domain("microscopy", MicroscopyDomain)
 DOMAINS = list_domains()
 
 
