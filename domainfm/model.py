@@ -33,8 +33,13 @@ class FoundationModel(nn.Module):
     """A loaded encoder (+ optional head) that carries its card and the exact preprocessing.
 
     Example:
-        >>> # model = domainfm.load("runs/ct/ckpt-0001000")
-        >>> # x = model.preprocess("scan.nii.gz")[None]; z = model.embed(x)
+        >>> import numpy as np
+        >>> from domainfm.models import build_encoder
+        >>> enc = build_encoder("vit-tiny", in_chans=1, img_size=16, patch_size=8, depth=1, embed_dim=32, num_heads=2)
+        >>> model = FoundationModel(enc, {"domain": "synthetic", "preprocessing": {"spatial_dims": 2}})
+        >>> x = model.preprocess(np.zeros((16, 16)))   # the domain's preprocessing, rebuilt from the card
+        >>> x.shape, model.embed(x[None]).shape
+        (torch.Size([1, 16, 16]), torch.Size([1, 32]))
     """
 
     def __init__(self, encoder: nn.Module, card: dict, head: nn.Module | None = None, path: Path | None = None):
@@ -101,7 +106,14 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> FoundationMode
     is unpickled.
 
     Example:
-        >>> # model = domainfm.load("runs/quickstart")   # a run folder: its latest checkpoint
+        >>> import tempfile
+        >>> from domainfm.pipelines import pretrain
+        >>> run = pretrain({"domain": "synthetic", "out": tempfile.mkdtemp(), "data": {"img_size": 16},
+        ...     "model": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
+        ...     "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False}}).parent
+        >>> model = load(run)                 # a run folder: its latest checkpoint
+        >>> model.path.name, model.card["stage"]
+        ('ckpt-0000002', 'pretrain')
     """
     ckpt = resolve_checkpoint(path)
     card = load_card(ckpt)

@@ -66,7 +66,12 @@ def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), 
     ``key=value`` strings. With ``resume`` the run continues from its latest checkpoint.
 
     Example:
-        >>> # domainfm.pretrain("configs/medical/ct_mae_3d.yaml", overrides=["train.steps=200"])
+        >>> import tempfile
+        >>> ckpt = pretrain({"domain": "synthetic", "out": tempfile.mkdtemp(), "data": {"img_size": 16},
+        ...     "model": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
+        ...     "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False}}, overrides=["objective.mask_ratio=0.5"])
+        >>> ckpt.name, load(ckpt).card["objective"]["mask_ratio"]
+        ('ckpt-0000002', 0.5)
     """
     cfg = load_config(config, overrides=list(overrides))
     check_objective(cfg.objective)
@@ -174,7 +179,14 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
     a domain adds, e.g. ``mil`` for pathology).
 
     Example:
-        >>> # domainfm.finetune("runs/ct", task="segmentation", data="labels.csv", overrides=["train.steps=500"])
+        >>> import tempfile
+        >>> ckpt = pretrain({"domain": "synthetic", "out": tempfile.mkdtemp(), "data": {"img_size": 16},
+        ...     "model": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
+        ...     "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False}})
+        >>> tuned = finetune(ckpt, task="classification", out=tempfile.mkdtemp(), overrides=["train.steps=2"])
+        validation: ...
+        >>> load(tuned).card["classes"]
+        ['disk', 'square', 'cross', 'ring']
     """
     base_ckpt = resolve_checkpoint(checkpoint)
     card = load_card(base_ckpt)

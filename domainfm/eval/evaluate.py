@@ -5,11 +5,15 @@ initialised encoder of the same shape (plus any other checkpoint given), runs th
 at each label fraction and seed, and reports means, bootstrap 95% intervals and the gain over the
 baseline.
 
-Example (Python):
-    >>> res = evaluate("runs/pneumo/checkpoint", data="pneumoniamnist.npz",
-    ...                protocol="linear,knn", fractions=(0.01, 0.1, 1.0), seeds=3,
-    ...                out="runs/pneumo/eval")                               # doctest: +SKIP
-    >>> res.to_frame().query("metric == 'auroc'")                            # doctest: +SKIP
+Example (Python, a tiny checkpoint on generated shapes):
+    >>> import tempfile
+    >>> from domainfm.pipelines import pretrain
+    >>> ckpt = pretrain({"domain": "synthetic", "out": tempfile.mkdtemp(), "data": {"img_size": 16},
+    ...     "model": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
+    ...     "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False}})
+    >>> res = evaluate(ckpt, protocol="knn", fractions=(1.0,), seeds=1, n_boot=20, max_train=64, max_test=64)
+    >>> sorted({r["encoder"] for r in res})
+    ['pretrained', 'random']
 
 Example (CLI):
     domainfm evaluate runs/pneumo/checkpoint --data pneumoniamnist.npz --protocol linear,knn \\

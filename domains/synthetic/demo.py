@@ -5,8 +5,8 @@ no files, and prints: pretraining loss first vs last, linear-probe and kNN accur
 encoder vs the same probe on a random-init encoder (held-out samples), and the validation accuracy
 of a fine-tuned classifier. It leaves a checkpoint and ``reconstruction.png`` in the output folder.
 
-Example:
-    >>> # figures = domainfm.demo("synthetic", "demo_out")
+Run it with ``domainfm demo --out demo_out`` (or ``domainfm.demo("synthetic", "demo_out")``); the test
+suite runs it in its quick mode.
 """
 
 from __future__ import annotations
