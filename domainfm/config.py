@@ -178,6 +178,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         raise ConfigError(f"{source}: {key} must be {names}, got {value!r}")
     if origin in (list, tuple):
         (inner,) = typing.get_args(tp)[:1] or (Any,)
+        if isinstance(value, str) and "," in value:  # "a,b,c" from a flag or a YAML scalar
+            value = [yaml.safe_load(v) for v in parse_list(value)]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
         return [_coerce(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value)]

@@ -30,9 +30,10 @@ def window_starts(size: int, window: int, step: int, lo: int = 0, hi: int | None
     """Starts of windows of length ``window`` every ``step`` covering ``[lo, hi)`` (default the whole
     ``size``); the last window is aligned to the end so nothing is left out. A range shorter than a
     window gives one start (the window then reaches past ``hi`` or is padded by the caller)."""
-    hi = size if hi is None else hi
+    hi = size if hi is None else min(hi, size)
+    lo = max(0, min(lo, size - window))
     if hi - lo <= window:
-        return [max(0, min(lo, size - window))]
+        return [lo]
     starts = list(range(lo, hi - window + 1, max(1, step)))
     if starts[-1] != hi - window:
         starts.append(hi - window)

@@ -27,7 +27,7 @@ from domainfm.config import Config, parse_config, save_config
 from domainfm.data.sample import collate_samples
 from domainfm.data.views import ViewsDataset
 from domainfm.domain import operation_options
-from domainfm.errors import ConfigError, DataError, UnsupportedError
+from domainfm.errors import ConfigError, DataError
 from domainfm.eval import evaluate as _evaluate
 from domainfm.eval.online import OnlineKNNProbe
 from domainfm.heads.task import TaskModel

@@ -46,8 +46,12 @@ def load_config(source=None, overrides: Iterable[str] = (), updates: dict | None
     """Load a config (YAML path, dict or :class:`~domainfm.config.Config`) and bind it to its domain.
 
     ``overrides`` are ``key=value`` strings, ``updates`` a nested dict merged on top; with
-    ``check_paths`` the data paths must exist.
+    ``check_paths`` the data paths must exist. A config already bound, with nothing to change, is
+    returned as it is (it is not read twice).
     """
+    overrides = list(overrides)
+    if isinstance(source, Config) and not overrides and not updates and "_options" in source.__dict__:
+        return source
     return bind_domain(parse_config(source, overrides=list(overrides), updates=updates), check_paths=check_paths)
 
 

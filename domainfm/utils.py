@@ -72,7 +72,7 @@ def write_arrays_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> Path
     """Write named arrays to ``.npz``, or to ``.h5``/``.hdf5`` (strings stored as bytes), atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        if path.suffix in (".h5", ".hdf5"):
+        if path.suffix.lower() in (".h5", ".hdf5"):
             import h5py  # optional heavy dependency, only for HDF5 outputs
 
             with h5py.File(tmp, "w") as f:

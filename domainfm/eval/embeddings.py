@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from domainfm.data.sample import collate_samples
 from domainfm.errors import DataError
+from domainfm.utils import write_arrays_atomic
 
 
 def pooled_features(model, x: torch.Tensor, wavelengths=None) -> torch.Tensor:
@@ -207,7 +208,5 @@ class EmbeddingCache:
         self._memory[key] = (x, y)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, x=x, y=y, meta=json.dumps(meta or {}, default=str))
-            os.replace(tmp, path)
+            write_arrays_atomic(path, {"x": x, "y": y, "meta": np.asarray(json.dumps(meta or {}, default=str))})
         return x, y

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from domainfm.config import Config
+from domainfm.data.splits import holdout_mask
 from domainfm.errors import CheckpointError, ConfigError, DataError, DomainFMError
 from domainfm.eval.embeddings import EmbeddingCache, cache_key, embed_dataset, fingerprint_path
 from domainfm.eval.metrics import CLASSIFICATION_METRICS, SEGMENTATION_METRICS, bootstrap_ci, segmentation_metrics
@@ -43,6 +44,7 @@ from domainfm.model import load
 from domainfm.models.encoder import build_encoder
 from domainfm.registry import get_domain
 from domainfm.runconfig import config_from_card, load_config
+from domainfm.utils import parse_list
 
 PROTOCOLS = ("linear", "knn", "fewshot", "finetune", "lora")
 FROZEN = ("linear", "knn", "fewshot")
@@ -58,7 +60,7 @@ def parse_protocols(protocol: str | Sequence[str]) -> list[str]:
         >>> parse_protocols("linear, knn")
         ['linear', 'knn']
     """
-    items = [p.strip() for p in (protocol.split(",") if isinstance(protocol, str) else protocol) if p.strip()]
+    items = parse_list(protocol)
     bad = [p for p in items if p not in PROTOCOLS]
     if bad or not items:
         raise ConfigError(f"unknown protocol {bad[0] if bad else protocol!r}; choose from {', '.join(PROTOCOLS)}")
@@ -72,11 +74,8 @@ def parse_fractions(fractions) -> list[float]:
         >>> parse_fractions("0.01,0.1,1")
         [0.01, 0.1, 1.0]
     """
-    if isinstance(fractions, (int, float)):
-        fractions = [fractions]
-    items = fractions.split(",") if isinstance(fractions, str) else fractions
     try:
-        out = [float(f) for f in items if str(f).strip()]
+        out = parse_list(fractions, float)
     except ValueError:
         raise ConfigError(f"fractions must be numbers in (0, 1], got {fractions!r}") from None
     bad = [f for f in out if not 0 < f <= 1]
@@ -89,10 +88,7 @@ def parse_fractions(fractions) -> list[float]:
 def _baselines(baseline) -> list[str]:
     if baseline in (None, "", "none", False):
         return []
-    if isinstance(baseline, (str, Path)):
-        items = [b.strip() for b in str(baseline).split(",") if b.strip()]
-    else:
-        items = [str(b) for b in baseline]
+    items = parse_list(str(baseline) if isinstance(baseline, Path) else baseline, str)
     # the random-init baseline is always part of a comparison (the issue: "every report shows the gain")
     if "random" not in items:
         items = ["random"] + items
@@ -131,9 +127,8 @@ def load_splits(cfg, seed: int = 0, test_split: str = "test"):
         return train, test, test_split
     except (DomainFMError, NotImplementedError, KeyError, ValueError, FileNotFoundError):
         if len(train) and "label" not in train[0]:  # segmentation: a plain seeded 80/20 split
-            order = np.random.default_rng(seed).permutation(len(train))
-            n_hold = max(1, int(round(0.2 * len(train))))
-            keep, hold = np.sort(order[n_hold:]), np.sort(order[:n_hold])
+            held = holdout_mask(len(train), 0.2, seed)
+            keep, hold = np.flatnonzero(~held), np.flatnonzero(held)
         else:
             labels = np.array([_item_label(train, i, cfg.data.path) for i in range(len(train))])
             keep, hold = stratified_split(labels, 0.2, seed=seed, source=cfg.data.path)

@@ -25,14 +25,13 @@ import os
 import platform
 import shutil
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from domainfm.errors import CheckpointError, ConfigError
+from domainfm.utils import write_json_atomic
 
 FORMAT = "domainfm-checkpoint/1"
 _CKPT_PREFIX = "ckpt-"
@@ -47,31 +46,6 @@ def software_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return out
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, (np.ndarray,)):
-        return obj.tolist()
-    if isinstance(obj, (Path,)):
-        return str(obj)
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, tuple):
-        return list(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -101,10 +75,10 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, torch.Ten
     card = {**card, "format": FORMAT, "step": int(step)}
     card.setdefault("versions", software_versions())
     save_file(unique_tensors(tensors), str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-    _write_json_atomic(tmp / "card.json", card)
+    write_json_atomic(tmp / "card.json", card)
     if trainer_tensors is not None or trainer_json is not None:
         save_file(unique_tensors(trainer_tensors or {}), str(tmp / "trainer_state.safetensors"))
-        _write_json_atomic(tmp / "trainer_state.json", trainer_json or {})
+        write_json_atomic(tmp / "trainer_state.json", trainer_json or {})
     if final.exists():
         old = run_dir / f".old-{final.name}-{os.getpid()}"
         os.replace(final, old)
@@ -112,7 +86,7 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, torch.Ten
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _write_json_atomic(run_dir / "latest.json", {"checkpoint": final.name, "step": int(step)})
+    write_json_atomic(run_dir / "latest.json", {"checkpoint": final.name, "step": int(step)})
     if keep_last and keep_last > 0:
         for old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

@@ -34,27 +34,15 @@ from tqdm.auto import tqdm
 
 from domainfm.config import TrainConfig
 from domainfm.data.sample import collate_samples
-from domainfm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
+from domainfm.errors import CheckpointError, DataError, NonFiniteLossError
 from domainfm.ssl.monitor import collapse_metrics
 from domainfm.train.checkpoint import (check_run_dir, list_checkpoints, load_module_state, load_tensors, save_checkpoint)
 from domainfm.train.distributed import DistContext
 from domainfm.data.sampling import epoch_batches, set_epoch
 from domainfm.train.schedule import lr_at
+from domainfm.utils import pick_device
 
 log = logging.getLogger("domainfm.train")
-
-
-def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> the local CUDA device when present, else CPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device {name!r} is not a device (auto, cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {name!r} but no CUDA GPU is available here; use auto or cpu")
-    return device
 
 
 def default_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:

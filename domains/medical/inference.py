@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from domainfm.errors import DataError
+from domainfm.utils import write_arrays_atomic
 from domainfm.medical.io import is_nifti, write_nifti
 from domainfm.medical.options import options_from_card
 from domainfm.medical.transforms import build_transforms, domain_errors
@@ -282,13 +283,6 @@ def embed_scans(model, data, out, batch_size: int = 64, overlap: float | None = 
         arrays["labels"] = np.asarray(labels)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() in (".h5", ".hdf5"):
-        import h5py
-        with h5py.File(out, "w") as f:
-            for k, v in arrays.items():
-                f.create_dataset(k, data=v.astype("S") if v.dtype.kind == "U" else v)
-    else:
-        if out.suffix.lower() != ".npz":
-            out = out.with_suffix(".npz")
-        np.savez(out, **arrays)
-    return out
+    if out.suffix.lower() not in (".h5", ".hdf5", ".npz"):
+        out = out.with_suffix(".npz")
+    return write_arrays_atomic(out, arrays)

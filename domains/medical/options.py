@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domainfm.errors import ConfigError
+from domainfm.utils import parse_list
 
 #: CT intensity windows as (level, width) in Hounsfield units.
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
@@ -81,12 +82,7 @@ def as_list(value: Any, cast=float, n: int | None = None, key: str = "option") -
     """
     if value is None or value == "":
         return None
-    if isinstance(value, str):
-        parts = [p for p in value.replace(" ", "").split(",") if p]
-    elif isinstance(value, (list, tuple)):
-        parts = list(value)
-    else:
-        parts = [value]
+    parts = parse_list(value)
     try:
         out = [cast(float(p)) if cast is int else cast(p) for p in parts]
     except (TypeError, ValueError):

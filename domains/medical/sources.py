@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from domainfm.data.splits import holdout_split
 from domainfm.errors import DataError
 from domainfm.medical.io import (IMAGE_2D_SUFFIXES, NpzStore, dicom_files, is_dicom_file, is_nifti, scan_id)
 
@@ -255,10 +256,4 @@ def holdout(items: list[dict], split: str, fraction: float, seed: int) -> list[d
         >>> len(holdout([{"id": i} for i in range(10)], "val", 0.2, 0))
         2
     """
-    n = len(items)
-    if split not in ("train", "val", "test") or n < 2 or fraction <= 0:
-        return items
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = min(n - 1, max(1, int(round(n * fraction))))
-    chosen = sorted(order[:n_val]) if split in ("val", "test") else sorted(order[n_val:])
-    return [items[i] for i in chosen]
+    return holdout_split(items, split, fraction, seed)

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from domainfm.data.rng import EpochAware, item_generator
 from domainfm.data.sample import make_sample
+from domainfm.data.splits import holdout_split
 from domainfm.errors import DataError
 
 from .slide import SLIDE_SUFFIXES, SlideCache
@@ -265,15 +266,7 @@ class TileFolderDataset(Dataset, EpochAware):
         if not files:
             raise DataError(root, f"no tile images ({', '.join(IMAGE_SUFFIXES)}) found in it or its class subfolders")
         if split in ("train", "val", "test") and subdirs:
-            rng = np.random.default_rng(seed)
-            is_val = np.zeros(len(files), bool)
-            labels = np.array([lab for _, lab in files])
-            for c in np.unique(labels):
-                idx = np.flatnonzero(labels == c)
-                n_val = int(round(len(idx) * val_fraction)) if len(idx) > 1 else 0
-                is_val[rng.permutation(idx)[:n_val]] = True
-            want_val = split in ("val", "test")
-            files = [f for f, v in zip(files, is_val) if v == want_val]
+            files = holdout_split(files, split, val_fraction, seed, labels=[lab for _, lab in files])
         self.files = files
         self.root = root
         self.seed = int(seed)

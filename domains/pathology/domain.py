@@ -17,8 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from domainfm.data.splits import holdout_split
 from domainfm.domain import Domain, DomainExample, accept_options
 from domainfm.errors import ConfigError, DataError
+from domainfm.utils import parse_list
 
 from .datasets import (IMAGENET_MEAN, IMAGENET_STD, SlideTileDataset, TileFolderDataset, TileTransform,
                        is_tile_folder, list_slides)
@@ -69,10 +71,8 @@ class PathologyOptions:
 
 
 def _floats3(value, name: str) -> list[float]:
-    if isinstance(value, str):
-        value = [v for v in value.replace(" ", "").split(",") if v]
     try:
-        out = [float(v) for v in value]
+        out = parse_list(value, float)
     except (TypeError, ValueError):
         raise ConfigError(f"data.options.{name} must be three numbers (e.g. 0.485,0.456,0.406), got {value!r}") from None
     if len(out) != 3:
@@ -187,10 +187,7 @@ class PathologyDomain(Domain):
             classes = sorted(set(named))
             labels = {c: i for i, c in enumerate(classes)}
             if not cfg.data.val_path:
-                rng = np.random.default_rng(cfg.train.seed)
-                is_val = np.zeros(len(slides), bool)
-                is_val[rng.permutation(len(slides))[:int(round(len(slides) * cfg.data.val_fraction))]] = True
-                slides = [s for s, v in zip(slides, is_val) if v == (split in ("val", "test"))]
+                slides = holdout_split(slides, split, cfg.data.val_fraction, cfg.train.seed)
         coords_dir = opts.coords_dir or str(Path(cfg.out) / "tiles")
         ds = SlideTileDataset(slides, opts.target_mpp, opts.tile_size, _img_size(cfg), opts.min_tissue, coords_dir,
                               transform, opts.max_tiles_per_slide, opts.mpp, opts.thumbnail_size, labels,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from domainfm.errors import DataError
+from domainfm.utils import atomic_path
 
 from .datasets import IMAGENET_MEAN, IMAGENET_STD, SlideRecord, SlideTileDataset, TileTransform, list_slides
 from .stain import MacenkoNormalizer
@@ -131,8 +131,7 @@ def embed_slides(model, data: str | Path | list, out: str | Path, preprocessing:
                 feats.append(_encode(model, x.to(device)).float().cpu())
         features = torch.cat(feats).numpy()
         grid = ds.grids[0]
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(dst) as tmp, h5py.File(tmp, "w") as f:
             f.create_dataset("features", data=features.astype(np.float32))
             f.create_dataset("coords", data=grid.coords.astype(np.int64))
             f.create_dataset("tissue", data=grid.tissue.astype(np.float32))
@@ -143,7 +142,6 @@ def embed_slides(model, data: str | Path | list, out: str | Path, preprocessing:
                      "label": rec.label or "", "complete": True}
             for k, v in attrs.items():
                 f.attrs[k] = v
-        os.replace(tmp, dst)
         summary["done"] += 1
         summary["tiles"] += len(grid)
         rows.append((rec.path, dst.name, "done", str(len(grid))))
@@ -170,12 +168,10 @@ def _merge_index(path: Path, rows: list[tuple]) -> None:
         if r[2] == "skipped" and prev is not None:
             continue  # keep the original "done" entry
         old[r[0]] = (r[0], r[1], "done" if r[2] == "skipped" else r[2], r[3])
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["slide", "file", "status", "detail"])
         w.writerows(old.values())
-    os.replace(tmp, path)
 
 
 def find_feature_files(folder: str | Path) -> dict[str, Path]:

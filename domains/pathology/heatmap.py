@@ -8,11 +8,12 @@ Example:
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from domainfm.utils import atomic_path
 
 from .slide import open_slide, thumbnail_rgb
 
@@ -77,9 +78,8 @@ def write_heatmap(slide_path: str | Path, coords: np.ndarray, size0: int, scores
     img = heatmap_image(thumb, size, coords, size0, scores, alpha, cmap, normalize)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.{os.getpid()}.tmp.png")
-    img.save(tmp)
-    os.replace(tmp, out_png)
+    with atomic_path(out_png) as tmp:
+        img.save(tmp)
     return out_png
 
 

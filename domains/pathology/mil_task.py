@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from domainfm.data.splits import holdout_mask
 from domainfm.errors import ConfigError, DataError
 
 from .embed import find_feature_files, load_slide_features, no_tissue_slides
@@ -100,16 +101,8 @@ def assign_splits(rows: list[dict], val_fraction: float, seed: int) -> list[str]
     """Given splits, or a stratified random ``val_fraction`` split (classes with one slide stay in train)."""
     if all(r["split"] for r in rows):
         return [r["split"] for r in rows]
-    rng = np.random.default_rng(seed)
-    splits = ["train"] * len(rows)
-    labels = np.array([r["label"] for r in rows])
-    for c in sorted(set(labels.tolist())):
-        idx = np.flatnonzero(labels == c)
-        n_val = int(round(len(idx) * val_fraction)) if len(idx) > 1 else 0
-        n_val = min(max(n_val, 1 if len(idx) > 1 and val_fraction > 0 else 0), len(idx) - 1)
-        for i in rng.permutation(idx)[:n_val]:
-            splits[i] = "val"
-    return [r["split"] or s for r, s in zip(rows, splits)]
+    held = holdout_mask(len(rows), val_fraction, seed, labels=[r["label"] for r in rows])
+    return [r["split"] or ("val" if h else "train") for r, h in zip(rows, held)]
 
 
 def run_mil(features_dir: str | Path, labels_csv: str | Path, out_dir: str | Path, *, epochs: int = 20,

@@ -35,6 +35,7 @@ from rasterio.windows import Window
 from domainfm.data.rng import EpochAware, item_numpy_rng
 from domainfm.data.sample import make_sample
 from domainfm.errors import ConfigError, DataError
+from domainfm.inference import window_starts
 
 from .io import MaskRaster, Scene, is_raster_name
 from .sensors import _norm, get_sensor
@@ -294,8 +295,8 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
             for k, it in enumerate(items):
                 sc = self.scene(k)
                 r0, r1 = self._row_range(k)
-                rows = _starts(sc.height, self.chip_size, step, r0, r1)
-                cols = _starts(sc.width, self.chip_size, step, 0, sc.width)
+                rows = window_starts(sc.height, self.chip_size, step, r0, r1)
+                cols = window_starts(sc.width, self.chip_size, step)
                 self._grid += [(k, r, c) for r in rows for c in cols]
 
     # -- structure
@@ -498,15 +499,3 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
         if self.skipped > skipped0:
             log.warning("band statistics: skipped %d all-nodata / low-valid chip(s)", self.skipped - skipped0)
         return out
-
-
-def _starts(size: int, chip: int, step: int, lo: int, hi: int) -> list[int]:
-    """Chip start offsets covering [lo, hi) (the last one flush with the end)."""
-    if size <= chip:
-        return [0]
-    lo = max(0, min(lo, size - chip))
-    end = max(lo, min(hi, size) - chip)
-    starts = list(range(lo, end + 1, step))
-    if starts[-1] < end:
-        starts.append(end)
-    return starts

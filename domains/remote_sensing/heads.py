@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from domainfm.errors import ConfigError
+from domainfm.utils import parse_list
+
 
 def pick_layers(depth: int, n: int = 4) -> list[int]:
     """``n`` block indices spread over ``depth`` blocks, ending with the last (duplicates allowed
@@ -151,17 +154,13 @@ def build_head(task: str, embed_dim: int, depth: int, num_classes: int, options:
     """
     opts = dict(options or {})
     if task == "segmentation":
-        layers = opts.get("layers") or pick_layers(depth, 4)
-        if isinstance(layers, str):
-            layers = [int(v) for v in layers.split(",")]
+        layers = parse_list(opts.get("layers"), int) or pick_layers(depth, 4)
         bad = [i for i in layers if not 0 <= int(i) < depth]
         if bad:
-            from domainfm.errors import ConfigError
             raise ConfigError(f"finetune.head_options.layers {layers}: indices must be in 0..{depth - 1}")
         channels = int(opts.get("channels", min(256, max(64, embed_dim))))
         return UPerNetHead(embed_dim, num_classes, [int(i) for i in layers], channels,
                            float(opts.get("dropout", 0.1)))
     if task in ("classification", "multilabel"):
         return ClassificationHead(embed_dim, num_classes, int(opts.get("hidden", 0)), float(opts.get("dropout", 0.0)))
-    from domainfm.errors import ConfigError
     raise ConfigError(f"remote_sensing has no head for task {task!r}; use classification, multilabel or segmentation")

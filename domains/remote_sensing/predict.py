@@ -21,30 +21,13 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 
 from domainfm.errors import CheckpointError, DataError
+from domainfm.inference import gaussian_importance, window_starts
 
 from .io import Scene
 from .sensors import card_sensor
 from .stats import normalize, stats_arrays
 
 log = logging.getLogger("domainfm.remote_sensing")
-
-
-def _starts(size: int, chip: int, step: int) -> list[int]:
-    if size <= chip:
-        return [0]
-    s = list(range(0, size - chip + 1, step))
-    if s[-1] != size - chip:
-        s.append(size - chip)
-    return s
-
-
-def _importance(chip: int, sigma_scale: float = 0.125) -> np.ndarray:
-    """Gaussian importance map for blending (as MONAI's ``compute_importance_map(mode="gaussian")``,
-    computed here to keep ``predict`` free of MONAI's import time); floored so edges still count."""
-    r = np.arange(chip, dtype=np.float64) - (chip - 1) / 2.0
-    g = np.exp(-0.5 * (r / (sigma_scale * chip)) ** 2)
-    w = np.outer(g, g).astype(np.float32)
-    return np.maximum(w / w.max(), 1e-3)
 
 
 def _logits(model, x: torch.Tensor, wavelengths) -> torch.Tensor:
@@ -84,8 +67,8 @@ def predict_scene(model, input_path, out_path, preprocessing: dict | None = None
     task = card.get("task") or "segmentation"
     wl = scene.wavelengths
     H, W = scene.height, scene.width
-    rows, cols = _starts(H, chip, step), _starts(W, chip, step)
-    weight = _importance(chip)
+    rows, cols = window_starts(H, chip, step), window_starts(W, chip, step)
+    weight = gaussian_importance((chip, chip))
     enc = getattr(model, "encoder", None)
     if device is None:
         device = next(enc.parameters()).device if enc is not None else torch.device("cpu")
