@@ -12,6 +12,7 @@ from domainfm.config import Config, load_config
 from domainfm.errors import (CheckpointError, ConfigError, DataError, DomainFMError, NonFiniteLossError,
                              UnsupportedError)
 from domainfm.models.encoder import build_encoder
+from domainfm.models.weights import import_weights
 
 __version__ = "0.1.0"
 

@@ -29,6 +29,7 @@ from domainfm.data.sample import collate_samples
 from domainfm.data.views import ViewsDataset
 from domainfm.errors import CheckpointError, ConfigError, DataError
 from domainfm.models.encoder import build_encoder
+from domainfm.models.weights import import_weights, init_from_config, set_layer_decay  # noqa: F401 (re-exported)
 from domainfm.registry import get_domain
 from domainfm.ssl import build_objective, needs_views
 from domainfm.train.checkpoint import _write_json_atomic, load_card, load_module_state, load_tensors, resolve_checkpoint
@@ -136,8 +137,10 @@ def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), 
         raise DataError(cfg.data.path, "no samples found for pretraining")
     torch.manual_seed(cfg.train.seed)  # the same config gives the same initial weights
     encoder = _encoder_for(cfg, domain, dataset)
+    encoder, init_record = init_from_config(cfg, encoder)  # model.init: start from a checkpoint's encoder
     objective = build_objective(encoder, cfg.objective)
-    card = build_card(cfg, domain, encoder, dataset, "pretrain")
+    set_layer_decay(objective, cfg.train.layer_decay)  # train.layer_decay < 1: LLRD over the encoder
+    card = {**build_card(cfg, domain, encoder, dataset, "pretrain"), **({"init": init_record} if init_record else {})}
     train_set = ViewsDataset(dataset, domain.augment(cfg), seed=cfg.train.seed) if needs_views(cfg.objective.name) else dataset
     run_dir = Path(cfg.out)
     if resume:

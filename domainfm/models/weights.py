@@ -53,7 +53,7 @@ from safetensors.torch import load_file, save_file
 from domainfm.config import load_config
 from domainfm.errors import CheckpointError, ConfigError
 from domainfm.models.encoder import build_encoder
-from domainfm.models.pos_embed import resample_pos_embed, sincos_pos_embed
+from domainfm.models.pos_embed import resample_pos_embed
 from domainfm.registry import get_domain, get_encoder_arch, list_encoders
 
 KNOWN_LAYOUTS = ("timm-vit (incl. registers, layer scale; TorchGeo's timm ViTs)", "mae (official, decoder dropped)",
@@ -61,7 +61,7 @@ KNOWN_LAYOUTS = ("timm-vit (incl. registers, layer scale; TorchGeo's timm ViTs)"
 NESTED_KEYS = ("model", "state_dict", "teacher", "student", "model_state_dict", "module", "net", "params")
 # the options import_weights takes itself; every other keyword is a domain option (data.options)
 IMPORT_OPTIONS = ("source_bands", "source_wavelengths", "target_bands", "img_size", "patch_depth", "global_pool",
-                  "key", "seed")
+                  "key", "seed", "patch_embed")
 # central wavelengths (µm) of common band names, for the wavelength patch embed's table
 BAND_WAVELENGTHS = {"red": 0.665, "green": 0.56, "blue": 0.49, "nir": 0.842,
                     "b01": 0.443, "b02": 0.49, "b03": 0.56, "b04": 0.665, "b05": 0.705, "b06": 0.74, "b07": 0.783,
@@ -307,9 +307,8 @@ def describe_source(sd: dict[str, torch.Tensor], layout: str, arch: str | None =
         num_heads, heads_from = hf["num_attention_heads"], "config.json num_attention_heads"
     if arch:
         a = _timm_arch_info(arch)
-        if (a["embed_dim"], a["depth"]) != (embed_dim, depth):
-            raise ConfigError(f"arch {arch!r} has embed_dim {a['embed_dim']} and depth {a['depth']} but the weights "
-                              f"have {embed_dim} and {depth}")
+        if a["embed_dim"] != embed_dim:  # depth comes from the keys (a truncated model keeps its arch's heads)
+            raise ConfigError(f"arch {arch!r} has embed_dim {a['embed_dim']} but the weights have {embed_dim}")
         num_heads, heads_from = a["num_heads"], f"timm arch {arch}"
         info["global_pool"] = a["global_pool"] if class_token else "avg"
         if grid is None and a["img_size"]:
@@ -465,7 +464,8 @@ def _registry_name(embed_dim: int, depth: int) -> str:
     return next((n for n in list_encoders() if get_encoder_arch(n)().get("embed_dim") == embed_dim), "vit-base")
 
 
-def _config_for(domain_name: str, src: dict, out: Path, domain_options: dict, img_size, patch_depth: int | None):
+def _config_for(domain_name: str, src: dict, out: Path, domain_options: dict, img_size, patch_depth: int | None,
+                patch_embed: str | None = None):
     domain = get_domain(domain_name)
     ph, pw = src["patch_size"]
     size = img_size if img_size is not None else [g * p for g, p in zip(src["grid"], src["patch_size"])]
@@ -473,7 +473,7 @@ def _config_for(domain_name: str, src: dict, out: Path, domain_options: dict, im
     model = {"name": _registry_name(src["embed_dim"], src["depth"]), "patch_size": ph if ph == pw else [ph, pw],
              "embed_dim": src["embed_dim"], "depth": src["depth"], "num_heads": src["num_heads"],
              "class_token": src["class_token"], "num_registers": src["num_registers"],
-             "global_pool": src["global_pool"]}
+             "global_pool": src["global_pool"], "patch_embed": patch_embed}
     raw = {"domain": domain_name, "out": str(out), "data": {"img_size": size, "options": dict(domain_options)},
            "model": model}
     cfg = load_config(raw, check_paths=False)
@@ -587,7 +587,7 @@ def import_weights(src: str | Path, domain: str = "synthetic", out: str | Path =
         **options: ``source_bands`` (source channel names; RGB by default for 3 channels),
             ``source_wavelengths`` (µm, for the wavelength patch embed), ``target_bands``, ``img_size``,
             ``patch_depth`` (3D: depth of a patch), ``global_pool``, ``key`` (where the state dict is nested),
-            ``seed``; any other keyword is a domain option (``spatial_dims=3``, ``bands="B04,B03,B02"``...).
+            ``patch_embed`` (``2d``/``3d``/``wavelength`` where the domain lets you choose), ``seed``; any other keyword is a domain option (``spatial_dims=3``, ``bands="B04,B03,B02"``...).
 
     Example:
         >>> # domainfm.import_weights("dinov2_vits14_reg4.pth", domain="pathology", out="runs/dinov2-path")
@@ -615,7 +615,8 @@ def import_weights(src: str | Path, domain: str = "synthetic", out: str | Path =
         raise CheckpointError(f"{info['file']}: {len(unmatched)} keys of the {layout} layout are not understood "
                               f"(first: {', '.join(unmatched[:5])}); known layouts: {'; '.join(KNOWN_LAYOUTS)}")
     source_names, names_from = source_channel_names(source["in_chans"], imp.get("source_bands"), info["config"])
-    dom, cfg, kw = _config_for(domain, source, out, options, imp.get("img_size"), imp.get("patch_depth"))
+    dom, cfg, kw = _config_for(domain, source, out, options, imp.get("img_size"), imp.get("patch_depth"),
+                              imp.get("patch_embed"))
     target_names = target_channel_names(dom, cfg, kw, imp.get("target_bands"))
     if kw["patch_embed"] != "wavelength" and kw.get("in_chans") and len(target_names) != kw["in_chans"]:
         raise ConfigError(f"target_bands names {len(target_names)} channels but the {domain} data has "
@@ -747,6 +748,17 @@ def layer_decay_groups(objective, weight_decay: float, layer_decay: float) -> li
     return [groups[k] for k in sorted(groups)]
 
 
-def sincos_like(encoder) -> torch.Tensor:
-    """The sin-cos table of an encoder's grid (what a kit-trained encoder uses), for comparisons."""
-    return sincos_pos_embed(encoder.embed_dim, encoder.grid)
+def init_from_config(cfg, encoder):
+    """``(encoder, init record)``: the ``model.init`` checkpoint's encoder when the config names one, else
+    ``(encoder, None)`` unchanged (see :func:`init_encoder`)."""
+    if not getattr(cfg.model, "init", None):
+        return encoder, None
+    return init_encoder(cfg, encoder, cfg.model.init)
+
+
+def set_layer_decay(objective, layer_decay: float) -> None:
+    """Give a pretraining objective layer-wise LR decay over its encoder (``train.layer_decay``; 1.0 = none)."""
+    if not 0.0 < float(layer_decay) <= 1.0:
+        raise ConfigError(f"train.layer_decay must be in (0, 1], got {layer_decay}")
+    if float(layer_decay) < 1.0:
+        objective.param_groups = lambda weight_decay: layer_decay_groups(objective, weight_decay, float(layer_decay))
