@@ -57,7 +57,53 @@ from domainfm.models.pos_embed import resample_pos_embed
 from domainfm.registry import get_domain, get_encoder_arch, list_encoders
 
 KNOWN_LAYOUTS = ("timm-vit (incl. registers, layer scale; TorchGeo's timm ViTs)", "mae (official, decoder dropped)",
-                 "dinov2 (official, registers, chunked blocks)")
+                 "dinov2 (official, registers, chunked blocks)", "hf-transformers (ViTModel, ViTMAEModel, Dinov2Model)")
+_HF_ANCHOR = "embeddings.patch_embeddings.projection.weight"
+# Hugging Face transformers names -> timm names (q/k/v are concatenated separately)
+_HF_RENAMES = (("embeddings.cls_token", "cls_token"), ("embeddings.register_tokens", "reg_token"),
+               ("embeddings.position_embeddings", "pos_embed"), ("embeddings.mask_token", "mask_token"),
+               ("embeddings.patch_embeddings.projection.", "patch_embed.proj."), ("layernorm.", "norm."))
+_HF_BLOCK = (("attention.output.dense.", "attn.proj."), ("layernorm_before.", "norm1."), ("layernorm_after.", "norm2."),
+             ("intermediate.dense.", "mlp.fc1."), ("output.dense.", "mlp.fc2."), ("layer_scale1.lambda1", "ls1.gamma"),
+             ("layer_scale2.lambda1", "ls2.gamma"), ("norm1.", "norm1."), ("norm2.", "norm2."), ("mlp.fc1.", "mlp.fc1."),
+             ("mlp.fc2.", "mlp.fc2."))
+
+
+def from_hf_transformers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A transformers ``ViTModel`` / ``ViTMAEModel`` / ``Dinov2Model`` state dict renamed to timm's ViT names.
+
+    Example:
+        >>> hf = {"encoder.layer.0.attention.attention.query.weight": torch.ones(2, 2),
+        ...       "encoder.layer.0.attention.attention.key.weight": torch.ones(2, 2),
+        ...       "encoder.layer.0.attention.attention.value.weight": torch.ones(2, 2), "layernorm.weight": torch.ones(2)}
+        >>> sorted((k, tuple(v.shape)) for k, v in from_hf_transformers(hf).items())
+        [('blocks.0.attn.qkv.weight', (6, 2)), ('norm.weight', (2,))]
+    """
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple, dict] = {}
+    for k, v in sd.items():
+        m = re.match(r"encoder\.layer\.(\d+)\.(.*)$", k)
+        if m:
+            i, rest = m.groups()
+            a = re.match(r"attention\.attention\.(query|key|value)\.(weight|bias)$", rest)
+            if a:
+                qkv.setdefault((i, a.group(2)), {})[a.group(1)] = v
+                continue
+            new = next((f"blocks.{i}.{dst}{rest[len(src):]}" for src, dst in _HF_BLOCK if rest.startswith(src)),
+                       f"blocks.{i}.{rest}")
+            out[new] = v
+            continue
+        new = next((dst + k[len(src):] for src, dst in _HF_RENAMES if k.startswith(src)), k)
+        if new == "pooler.dense.weight" or new == "pooler.dense.bias":
+            new = "head." + new  # dropped with the heads
+        out[new] = v
+    for (i, kind), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            raise CheckpointError(f"encoder.layer.{i}: attention {kind} lacks one of query/key/value")
+        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], 0)
+    if "mask_token" in out and out["mask_token"].ndim == 2:
+        out["mask_token"] = out["mask_token"][None]
+    return out
 NESTED_KEYS = ("model", "state_dict", "teacher", "student", "model_state_dict", "module", "net", "params")
 # the options import_weights takes itself; every other keyword is a domain option (data.options)
 IMPORT_OPTIONS = ("source_bands", "source_wavelengths", "target_bands", "img_size", "patch_depth", "global_pool",
@@ -194,7 +240,7 @@ def strip_prefix(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], 
         >>> list(out), prefix, other
         (['patch_embed.proj.weight'], 'module.backbone.', ['module.head.w'])
     """
-    anchors = [k[: -len(a)] for k in sd for a in ("patch_embed.proj.weight",) if k.endswith(a)]
+    anchors = [k[: -len(a)] for k in sd for a in ("patch_embed.proj.weight", _HF_ANCHOR) if k.endswith(a)]
     if not anchors:
         return dict(sd), "", []
     # prefer the online network over momentum / EMA copies: the shortest, then alphabetical
@@ -214,6 +260,8 @@ def detect_layout(sd: dict[str, torch.Tensor]) -> str:
         'dinov2'
     """
     keys = set(sd)
+    if _HF_ANCHOR in keys:
+        return "hf-transformers"
     vit = "patch_embed.proj.weight" in keys and any(re.match(r"blocks\.(\d+\.)?\d+\.attn\.qkv\.weight$", k)
                                                    for k in keys)
     if not vit:
@@ -231,6 +279,8 @@ def detect_layout(sd: dict[str, torch.Tensor]) -> str:
 def _canonical(sd: dict[str, torch.Tensor], layout: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename to timm names (``reg_token``, unchunked ``blocks.i``); return it and the dropped keys."""
     out, dropped = {}, []
+    if layout == "hf-transformers":
+        sd = from_hf_transformers(sd)
     for k, v in sd.items():
         k2 = re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k) if layout == "dinov2" else k
         if k2 == "register_tokens":

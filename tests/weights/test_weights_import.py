@@ -265,3 +265,43 @@ def test_unmatched_keys_and_existing_out_are_refused(tmp_path):
     (tmp_path / "taken").mkdir()
     with pytest.raises(ConfigError, match="already exists"):
         import_weights(tmp_path / "w.safetensors", domain="synthetic", out=tmp_path / "taken")
+
+
+def _to_hf_names(sd: dict) -> dict:
+    """timm ViT names -> Hugging Face transformers names (the inverse of the importer's renaming)."""
+    block = {"norm1.": "layernorm_before.", "norm2.": "layernorm_after.", "attn.proj.": "attention.output.dense.",
+             "mlp.fc1.": "intermediate.dense.", "mlp.fc2.": "output.dense.", "ls1.gamma": "layer_scale1.lambda1",
+             "ls2.gamma": "layer_scale2.lambda1"}
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("blocks."):
+            _, i, rest = k.split(".", 2)
+            if rest.startswith("attn.qkv."):
+                for name, part in zip(("query", "key", "value"), v.chunk(3, 0)):
+                    out[f"encoder.layer.{i}.attention.attention.{name}.{rest.rsplit('.', 1)[1]}"] = part.clone()
+                continue
+            src = next(s for s in block if rest.startswith(s))
+            out[f"encoder.layer.{i}.{block[src]}{rest[len(src):]}"] = v
+        elif not k.startswith("head"):
+            out[{"cls_token": "embeddings.cls_token", "pos_embed": "embeddings.position_embeddings",
+                 "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+                 "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+                 "norm.weight": "layernorm.weight", "norm.bias": "layernorm.bias"}[k]] = v
+    return out
+
+
+def test_hugging_face_transformers_names_in_a_folder(tmp_path):
+    vit = _timm("vit_small_patch16_224", img_size=32, depth=2, init_values=0.1)
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    sd = {f"vit.{k}": v.contiguous() for k, v in _to_hf_names(_state(vit)).items()}
+    sd["decoder.decoder_embed.weight"] = torch.zeros(8, 384)  # a ViTMAEForPreTraining file: the decoder is left out
+    save_file(sd, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"model_type": "vit_mae", "num_attention_heads": 6}))
+    ckpt = import_weights(folder, domain="synthetic", out=tmp_path / "ckpt", channels=3)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (domainfm.load(ckpt).features(x)["tokens"] - _ref_tokens(vit, x)).abs().max() < TOL
+    imp = json.loads((ckpt / "card.json").read_text())["import"]
+    assert imp["layout"] == "hf-transformers" and imp["prefix"] == "vit." and imp["keys_outside_prefix"] == 1
+    assert imp["detected"]["num_heads_from"] == "config.json num_attention_heads"
