@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import hashlib
 import json
@@ -137,9 +138,14 @@ def sha256_of(path: Path) -> str:
 def _torch_load(path: Path) -> Any:
     """``torch.load`` restricted to tensors and plain containers: nothing in the file is executed."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        # argparse.Namespace (the "args" of MAE/DINO training checkpoints) only holds attributes: allowed
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, ValueError, TypeError, EOFError) as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        text = str(exc)
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(\n|$)", text)
+        first = re.sub(r" was not an allowed global.*", " is not allowed", found.group(1))[:160] if found else (text.strip().splitlines()[0][:160] if text.strip()
+                                                     else type(exc).__name__)
         raise CheckpointError(f"{path}: refused: it is not a plain tensor file readable with "
                               f"torch.load(weights_only=True) and is never unpickled ({first}); re-save it as "
                               "safetensors or torch.save(model.state_dict()) from a trusted environment") from None

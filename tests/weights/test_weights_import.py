@@ -230,11 +230,16 @@ class _Evil:
         return (Path.write_text, (Path(self.path), "pwned"))
 
 
-def test_pickle_with_objects_is_refused_and_never_executed(tmp_path):
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_pickle_with_objects_is_refused_and_never_executed(tmp_path, writer):
     marker = tmp_path / "marker.txt"
-    with open(tmp_path / "evil.pth", "wb") as f:
-        pickle.dump({"model": {"patch_embed.proj.weight": _Evil(str(marker))}}, f)
-    with pytest.raises(CheckpointError, match="evil.pth: refused"):
+    payload = {"model": {"patch_embed.proj.weight": _Evil(str(marker)), "cls_token": torch.zeros(1, 1, 8)}}
+    if writer == "pickle":
+        with open(tmp_path / "evil.pth", "wb") as f:
+            pickle.dump(payload, f)
+    else:
+        torch.save(payload, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match=r"evil.pth: refused: it is not a plain tensor file .*never unpickled"):
         import_weights(tmp_path / "evil.pth", domain="synthetic", out=tmp_path / "ckpt")
     assert not marker.exists() and not (tmp_path / "ckpt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["evil.pth"]
@@ -305,3 +310,14 @@ def test_hugging_face_transformers_names_in_a_folder(tmp_path):
     imp = json.loads((ckpt / "card.json").read_text())["import"]
     assert imp["layout"] == "hf-transformers" and imp["prefix"] == "vit." and imp["keys_outside_prefix"] == 1
     assert imp["detected"]["num_heads_from"] == "config.json num_attention_heads"
+
+
+def test_training_checkpoint_with_namespace_args_loads(tmp_path):
+    import argparse
+    vit = _timm("vit_small_patch16_224", img_size=32)
+    torch.save({"model": _state(vit), "epoch": 799, "args": argparse.Namespace(lr=1e-3, model="mae_vit_small")},
+               tmp_path / "checkpoint-799.pth")
+    ckpt = import_weights(tmp_path / "checkpoint-799.pth", domain="synthetic", out=tmp_path / "ckpt", channels=3)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert (domainfm.load(ckpt).features(x)["tokens"] - _ref_tokens(vit, x)).abs().max() < TOL
