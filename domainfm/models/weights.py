@@ -66,8 +66,8 @@ _HF_RENAMES = (("embeddings.cls_token", "cls_token"), ("embeddings.register_toke
                ("embeddings.patch_embeddings.projection.", "patch_embed.proj."), ("layernorm.", "norm."))
 _HF_BLOCK = (("attention.output.dense.", "attn.proj."), ("layernorm_before.", "norm1."), ("layernorm_after.", "norm2."),
              ("intermediate.dense.", "mlp.fc1."), ("output.dense.", "mlp.fc2."), ("layer_scale1.lambda1", "ls1.gamma"),
-             ("layer_scale2.lambda1", "ls2.gamma"), ("norm1.", "norm1."), ("norm2.", "norm2."), ("mlp.fc1.", "mlp.fc1."),
-             ("mlp.fc2.", "mlp.fc2."))
+             ("layer_scale2.lambda1", "ls2.gamma"), ("norm1.", "norm1."), ("norm2.", "norm2."),
+             ("mlp.fc1.", "mlp.fc1."), ("mlp.fc2.", "mlp.fc2."))
 
 
 def from_hf_transformers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -76,7 +76,8 @@ def from_hf_transformers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     Example:
         >>> hf = {"encoder.layer.0.attention.attention.query.weight": torch.ones(2, 2),
         ...       "encoder.layer.0.attention.attention.key.weight": torch.ones(2, 2),
-        ...       "encoder.layer.0.attention.attention.value.weight": torch.ones(2, 2), "layernorm.weight": torch.ones(2)}
+        ...       "encoder.layer.0.attention.attention.value.weight": torch.ones(2, 2),
+        ...       "layernorm.weight": torch.ones(2)}
         >>> sorted((k, tuple(v.shape)) for k, v in from_hf_transformers(hf).items())
         [('blocks.0.attn.qkv.weight', (6, 2)), ('norm.weight', (2,))]
     """
@@ -144,8 +145,10 @@ def _torch_load(path: Path) -> Any:
     except (pickle.UnpicklingError, RuntimeError, AttributeError, ValueError, TypeError, EOFError) as exc:
         text = str(exc)
         found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(\n|$)", text)
-        first = re.sub(r" was not an allowed global.*", " is not allowed", found.group(1))[:160] if found else (text.strip().splitlines()[0][:160] if text.strip()
-                                                     else type(exc).__name__)
+        if found:
+            first = re.sub(r" was not an allowed global.*", " is not allowed", found.group(1))[:160]
+        else:
+            first = text.strip().splitlines()[0][:160] if text.strip() else type(exc).__name__
         raise CheckpointError(f"{path}: refused: it is not a plain tensor file readable with "
                               f"torch.load(weights_only=True) and is never unpickled ({first}); re-save it as "
                               "safetensors or torch.save(model.state_dict()) from a trusted environment") from None
@@ -250,7 +253,7 @@ def strip_prefix(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], 
     if not anchors:
         return dict(sd), "", []
     # prefer the online network over momentum / EMA copies: the shortest, then alphabetical
-    prefix = sorted(anchors, key=lambda p: (("momentum" in p or "ema" in p), len(p), p))[0]
+    prefix = min(anchors, key=lambda p: (("momentum" in p or "ema" in p), len(p), p))
     out = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     other = [k for k in sd if not k.startswith(prefix)]
     return out, prefix, other
@@ -590,7 +593,7 @@ def convert(sd: dict[str, torch.Tensor], src: dict, kw: dict, source_names: list
                               list(src["grid"]) else "") + (" repeated along depth" if len(enc.grid) == 3 else ""))
     # blocks and final norm: same names
     for k, v in sd.items():
-        if k.startswith("blocks.") or k.startswith("norm."):
+        if k.startswith(("blocks.", "norm.")):
             state[k] = v.float()
     # the patch embedding, by channel name
     w = sd["patch_embed.proj.weight"].float()
@@ -643,7 +646,8 @@ def import_weights(src: str | Path, domain: str = "synthetic", out: str | Path =
         **options: ``source_bands`` (source channel names; RGB by default for 3 channels),
             ``source_wavelengths`` (µm, for the wavelength patch embed), ``target_bands``, ``img_size``,
             ``patch_depth`` (3D: depth of a patch), ``global_pool``, ``key`` (where the state dict is nested),
-            ``patch_embed`` (``2d``/``3d``/``wavelength`` where the domain lets you choose), ``seed``; any other keyword is a domain option (``spatial_dims=3``, ``bands="B04,B03,B02"``...).
+            ``patch_embed`` (``2d``/``3d``/``wavelength`` where the domain lets you choose), ``seed``;
+            any other keyword is a domain option (``spatial_dims=3``, ``bands="B04,B03,B02"``...).
 
     Example:
         >>> # domainfm.import_weights("dinov2_vits14_reg4.pth", domain="pathology", out="runs/dinov2-path")

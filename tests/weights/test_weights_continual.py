@@ -87,3 +87,12 @@ def test_conflicting_init_is_refused_naming_the_keys(imported, tmp_path):
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ConfigError, match="train.layer_decay must be in"):
         domainfm.pretrain(_init_config(tmp_path / "bad2", imported, layer_decay=1.5))
+
+
+def test_cli_pretrain_init(imported, tmp_path, capsys):
+    run(["pretrain", "--domain", "synthetic", "--init", str(imported), "--steps", "2", "--batch-size", "8",
+         "--out", str(tmp_path / "cli"), "--num-samples", "16", "--set", "model.patch_size=8",
+         "--set", "data.img_size=32", "--set", "train.progress=false", "--set", "train.layer_decay=0.5"])
+    card = json.loads((domainfm.load(tmp_path / "cli").path / "card.json").read_text())
+    assert card["config"]["model"]["init"] == str(imported) and card["config"]["train"]["layer_decay"] == 0.5
+    assert card["init"]["stage"] == "import"
