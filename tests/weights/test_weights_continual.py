@@ -67,6 +67,9 @@ def test_continual_pretraining_from_import_loss_falls(imported, tmp_path):
     assert card["init"]["path"] == str(imported) and card["init"]["stage"] == "import"
     assert card["encoder"]["pos_embed_type"] == "learned" and card["encoder"]["init_values"] is not None  # layer scale kept
     assert domainfm.load(ckpt).features(torch.randn(1, 1, 32, 32))["tokens"].shape == (1, 16, 64)
+    groups = json.loads((ckpt / "trainer_state.json").read_text())["optimizer"]["param_groups"]
+    # depth 2 with layer_decay 0.75: token maker 0.75^3, blocks 0.75^2 and 0.75, norm and new heads 1
+    assert sorted({round(g["lr_scale"], 4) for g in groups}) == [0.4219, 0.5625, 0.75, 1.0]
 
 
 def test_init_from_a_trained_checkpoint_starts_from_its_weights(tmp_path):
