@@ -109,8 +109,9 @@ def main(argv=None) -> int:
                      "metric": r["metric"], "mean": r["mean"], "ci": [r["ci_low"], r["ci_high"]]})
     summary = {"seconds": {k: round(v, 1) for k, v in times.items()}, "steps": args.steps,
                "source_steps": args.source_steps, "batch_size": args.batch_size, "layer_decay": args.layer_decay,
-               "encoders": [label(e) for e in res.meta["encoders"]], "checkpoints": {"continual": str(continual), "scratch": str(scratch),
-                                                               "source": str(source)}, "rows": rows}
+               "encoders": [label(e) for e in res.meta["encoders"]],
+               "checkpoints": {"continual": str(continual), "scratch": str(scratch), "source": str(source)},
+               "rows": rows}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     for r in rows:
         print(f"{r['protocol']:6s} {100 * r['fraction']:5g}% {r['metric']:17s} {r['encoder']:10s} "
