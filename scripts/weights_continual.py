@@ -70,6 +70,8 @@ def main(argv=None) -> int:
     p.add_argument("--fractions", default="0.01,0.1,1")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--reuse", action="store_true", help="reuse the source and scratch checkpoints already in --out")
+    p.add_argument("--name", default="continual", help="sub-folder of the continual run (and eval-<name>)")
     args = p.parse_args(argv)
 
     import torch
@@ -77,6 +79,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     import domainfm
     from domainfm.eval import evaluate
+    from domainfm.train.checkpoint import resolve_checkpoint
 
     args.npz = args.npz.resolve()
     if not args.npz.is_file():
@@ -84,17 +87,18 @@ def main(argv=None) -> int:
         return 2
     times = {}
     t = time.perf_counter()
-    source = domainfm.pretrain(source_config(args))
+    source = resolve_checkpoint(args.out / "source") if args.reuse else domainfm.pretrain(source_config(args))
     times["source"] = time.perf_counter() - t
     t = time.perf_counter()
-    scratch = domainfm.pretrain(pneumonia_config(args, "scratch"))
+    scratch = resolve_checkpoint(args.out / "scratch") if args.reuse else \
+        domainfm.pretrain(pneumonia_config(args, "scratch"))
     times["scratch"] = time.perf_counter() - t
     t = time.perf_counter()
-    continual = domainfm.pretrain(pneumonia_config(args, "continual", init=source))
+    continual = domainfm.pretrain(pneumonia_config(args, args.name, init=source))
     times["continual"] = time.perf_counter() - t
     t = time.perf_counter()
     res = evaluate(continual, data=args.npz, protocol="linear,knn", fractions=args.fractions, seeds=args.seeds,
-                   baseline=["random", str(scratch), str(source)], out=args.out / "eval", n_boot=1000)
+                   baseline=["random", str(scratch), str(source)], out=args.out / f"eval-{args.name}", n_boot=1000)
     times["eval"] = time.perf_counter() - t
     def label(name: str) -> str:
         if name in ("pretrained", "random"):
@@ -112,7 +116,7 @@ def main(argv=None) -> int:
                "encoders": [label(e) for e in res.meta["encoders"]],
                "checkpoints": {"continual": str(continual), "scratch": str(scratch), "source": str(source)},
                "rows": rows}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (args.out / f"summary-{args.name}.json").write_text(json.dumps(summary, indent=2))
     for r in rows:
         print(f"{r['protocol']:6s} {100 * r['fraction']:5g}% {r['metric']:17s} {r['encoder']:10s} "
               f"{r['mean']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]")
