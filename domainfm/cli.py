@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", required=True)
     p.add_argument("--out", required=True, help="checkpoint folder to create")
     p.add_argument("--arch", help="timm model name (heads, image size) overriding what the keys say")
-    for flag in ("--source-bands", "--source-wavelengths", "--target-bands", "--global-pool", "--key"):
+    for flag in ("--source-bands", "--source-wavelengths", "--target-bands", "--global-pool", "--key", "--patch-embed"):
         p.add_argument(flag)
     p.add_argument("--img-size", type=int)
     p.add_argument("--patch-depth", type=int, help="3D targets: depth of a patch (the 2D kernel is spread over it)")
@@ -227,7 +227,8 @@ def run(argv: list[str] | None = None) -> int:
 
     if args.command == "import-weights":
         options = _option_flags(rest, get_domain(args.domain).Options, args.domain) if rest else {}
-        keys = ("source_bands", "source_wavelengths", "target_bands", "global_pool", "key", "img_size", "patch_depth")
+        keys = ("source_bands", "source_wavelengths", "target_bands", "global_pool", "key", "img_size", "patch_depth",
+                "patch_embed")
         options.update({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
         print(f"checkpoint: {api.import_weights(args.src, domain=args.domain, out=args.out, arch=args.arch, **options)}")
         return 0

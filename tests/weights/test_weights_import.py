@@ -321,3 +321,13 @@ def test_training_checkpoint_with_namespace_args_loads(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert (domainfm.load(ckpt).features(x)["tokens"] - _ref_tokens(vit, x)).abs().max() < TOL
+
+
+def test_cli_routes_import_options_and_domain_flags(tmp_path):
+    vit = _timm("vit_small_patch16_224", img_size=32, in_chans=4)
+    save_file(_state(vit), str(tmp_path / "w.safetensors"))
+    assert cli_run(["import-weights", str(tmp_path / "w.safetensors"), "--domain", "remote_sensing", "--out",
+                    str(tmp_path / "ckpt"), "--source-bands", "B02,B03,B04,B08", "--patch-embed", "2d",
+                    "--img-size", "32", "--bands", "B08,B04"]) == 0
+    imp = json.loads((tmp_path / "ckpt" / "card.json").read_text())["import"]
+    assert [(c["target"], c["from"]) for c in imp["channels"]] == [("B08", ["B08"]), ("B04", ["B04"])]
