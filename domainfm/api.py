@@ -17,6 +17,7 @@ from domainfm.demo import run_demo as demo
 from domainfm.model import FoundationModel, build_card, load
 from domainfm.pipelines import embed, evaluate, evaluate_task, finetune, predict, pretrain
 from domainfm.runconfig import config_from_card, load_config
+from domainfm.weights import import_weights
 
-__all__ = ["pretrain", "finetune", "load", "embed", "predict", "evaluate", "evaluate_task", "demo", "load_config",
+__all__ = ["pretrain", "finetune", "load", "embed", "predict", "evaluate", "evaluate_task", "demo", "import_weights", "load_config",
            "parse_config", "save_config", "config_from_card", "build_card", "Config", "FoundationModel"]

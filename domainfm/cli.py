@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", help="medical | remote_sensing | pathology | synthetic | an installed plugin")
     p.add_argument("--objective", choices=["mae", "contrastive", "mae+contrastive"])
     p.add_argument("--model", help="vit-tiny | vit-small | vit-base | vit-large")
+    p.add_argument("--init", help="start from this checkpoint's encoder (imported or trained): model.init")
     _common_train_flags(p)
 
     p = sub.add_parser("finetune", help="fine-tune a pretrained checkpoint for a task")
@@ -103,6 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out")
     p.add_argument("--quick", action="store_true", help="fewer steps, for a smoke test")
 
+    p = sub.add_parser("import-weights", help="convert local ViT weights (timm, MAE, DINOv2, TorchGeo) to a checkpoint")
+    p.add_argument("src", help=".safetensors, .pth/.pt/.bin (tensors only), or a folder with config.json + weights")
+    p.add_argument("--domain", required=True)
+    p.add_argument("--out", required=True, help="checkpoint folder to create")
+    p.add_argument("--arch", help="timm model name (heads, image size) overriding what the keys say")
+    for flag in ("--source-bands", "--source-wavelengths", "--target-bands", "--global-pool", "--key", "--patch-embed"):
+        p.add_argument(flag)
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--patch-depth", type=int, help="3D targets: depth of a patch (the 2D kernel is spread over it)")
+
     sub.add_parser("list", help="list encoders, objectives, heads, domains and each domain's flags")
     return parser
 
@@ -120,6 +131,8 @@ def _updates_from_args(args, options: dict) -> dict:
         upd["out"] = args.out
     if getattr(args, "model", None):
         upd["model"]["name"] = args.model
+    if getattr(args, "init", None):
+        upd["model"]["init"] = args.init
     if getattr(args, "objective", None):
         upd["objective"]["name"] = args.objective
     if getattr(args, "domain", None) and args.command == "pretrain":
@@ -192,6 +205,13 @@ def run(argv: list[str] | None = None) -> int:
     if args.command == "evaluate":
         return int(run_evaluate_from_args(args, rest) or 0)
 
+    if args.command == "import-weights":
+        options = parse_option_flags(rest, get_domain(args.domain).Options, f"domain {args.domain!r}") if rest else {}
+        keys = ("source_bands", "source_wavelengths", "target_bands", "global_pool", "key", "img_size", "patch_depth",
+                "patch_embed")
+        options.update({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
+        print(f"checkpoint: {api.import_weights(args.src, domain=args.domain, out=args.out, arch=args.arch, **options)}")
+        return 0
     domain_name = _domain_of(args)
     domain = get_domain(domain_name)
     options_cls = {"embed": domain.EmbedOptions, "predict": domain.PredictOptions}.get(args.command, domain.Options)

@@ -56,6 +56,7 @@ class ModelConfig:
     class_token: bool = False
     num_registers: int = 0
     global_pool: str | None = None  # token | avg; None: the class token when there is one
+    init: str | None = None  # pretraining starts from this checkpoint's encoder (imported or trained)
 
 
 @dataclass
@@ -100,6 +101,7 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     probe_every: int = 0  # online kNN probe every N steps when labelled data.val_path is given
+    layer_decay: float = 1.0  # pretraining: layer-wise LR decay over the encoder (1.0 = none), e.g. with model.init
 
 
 @dataclass

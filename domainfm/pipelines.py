@@ -42,6 +42,7 @@ from domainfm.train.checkpoint import check_run_dir, list_checkpoints, load_card
 from domainfm.train.engine import train
 from domainfm.utils import write_json_atomic
 from domainfm.viz import save_reconstruction_png
+from domainfm.weights import init_from_config, set_layer_decay
 
 log = logging.getLogger("domainfm")
 
@@ -81,8 +82,10 @@ def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), 
         raise DataError(cfg.data.path, "no samples found for pretraining")
     torch.manual_seed(cfg.train.seed)  # the same config gives the same initial weights
     encoder = _encoder_for(cfg, domain, dataset)
+    encoder, init_record = init_from_config(cfg, encoder)  # model.init: start from a checkpoint's encoder
     objective = build_objective(encoder, cfg.objective)
-    card = build_card(cfg, domain, encoder, dataset, "pretrain")
+    set_layer_decay(objective, cfg.train.layer_decay)  # train.layer_decay < 1: LLRD over the encoder
+    card = {**build_card(cfg, domain, encoder, dataset, "pretrain"), **({"init": init_record} if init_record else {})}
     train_set = ViewsDataset(dataset, domain.augment(cfg), seed=cfg.train.seed) if needs_views(cfg.objective.name) else dataset
     run_dir = Path(cfg.out)
     if resume:

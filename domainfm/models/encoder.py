@@ -69,14 +69,19 @@ class ViTEncoder(nn.Module):
     def __init__(self, name: str = "vit-tiny", patch_embed: str = "2d", img_size: int | Sequence[int] = 224,
                  patch_size: int | Sequence[int] = 16, in_chans: int | None = 3, embed_dim: int = 192,
                  depth: int = 12, num_heads: int = 3, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0,
-                 class_token: bool = False, num_registers: int = 0, global_pool: str | None = None):
+                 class_token: bool = False, num_registers: int = 0, global_pool: str | None = None,
+                 pos_embed_type: str = "sincos", init_values: float | None = None, qkv_bias: bool = True,
+                 wavelength_table: int = 0):
         super().__init__()
         if num_registers < 0:
             raise ConfigError(f"model.num_registers must be >= 0, got {num_registers}")
         global_pool = global_pool or ("token" if class_token else "avg")
         if global_pool not in ("token", "avg") or (global_pool == "token" and not class_token):
             raise ConfigError(f"global_pool must be 'avg', or 'token' with a class token; got {global_pool!r}")
-        self.patch_embed = build_patch_embed(patch_embed, embed_dim, patch_size, in_chans)
+        if pos_embed_type not in ("sincos", "learned"):
+            raise ConfigError(f"pos_embed_type must be 'sincos' or 'learned', got {pos_embed_type!r}")
+        self.patch_embed = build_patch_embed(patch_embed, embed_dim, patch_size, in_chans,
+                                             wavelength_table=wavelength_table)
         self.spatial_dims = self.patch_embed.spatial_dims
         self.img_size = _tuple(img_size, self.spatial_dims)
         bad = [s for s, p in zip(self.img_size, self.patch_embed.patch_size) if s % p]
@@ -87,10 +92,15 @@ class ViTEncoder(nn.Module):
         self.grid = tuple(s // p for s, p in zip(self.img_size, self.patch_embed.patch_size))
         self.embed_dim = embed_dim
         self.depth = depth
-        self.register_buffer("pos_embed", sincos_pos_embed(embed_dim, self.grid)[None], persistent=False)
+        self.pos_embed_type = pos_embed_type
+        if pos_embed_type == "learned":  # imported absolute positions (patch tokens only; see weights.py)
+            self.pos_embed = nn.Parameter(sincos_pos_embed(embed_dim, self.grid)[None])
+        else:
+            self.register_buffer("pos_embed", sincos_pos_embed(embed_dim, self.grid)[None], persistent=False)
         dpr = [float(v) for v in torch.linspace(0, drop_path_rate, depth)]
-        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i],
-                                           norm_layer=partial(nn.LayerNorm, eps=1e-6)) for i in range(depth)])
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i],
+                                           init_values=init_values, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+                                     for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, num_registers, embed_dim)) if num_registers else None
@@ -102,6 +112,12 @@ class ViTEncoder(nn.Module):
                        "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, "mlp_ratio": mlp_ratio,
                        "drop_path_rate": drop_path_rate, "class_token": class_token, "num_registers": num_registers,
                        "global_pool": global_pool}
+        # keys added for imported weights are recorded only when they differ from the defaults,
+        # so cards written before them (and their fingerprints) stay unchanged
+        for key, value, default in (("pos_embed_type", pos_embed_type, "sincos"), ("init_values", init_values, None),
+                                    ("qkv_bias", qkv_bias, True), ("wavelength_table", wavelength_table, 0)):
+            if value != default:
+                self.config[key] = value
         self.apply(self._init_weights)
         for prefix in (self.cls_token, self.reg_token):
             if prefix is not None:
@@ -121,6 +137,8 @@ class ViTEncoder(nn.Module):
         """Positional embedding for ``grid`` (the training grid's, interpolated when it differs)."""
         if tuple(grid) == self.grid:
             return self.pos_embed
+        if self.pos_embed_type == "learned":  # a trained parameter: resampled on every call (grads flow)
+            return resample_pos_embed(self.pos_embed[0], self.grid, tuple(grid))[None]
         cached = self._pos_cache.get(tuple(grid))
         if cached is None or cached.device != self.pos_embed.device:
             cached = resample_pos_embed(self.pos_embed[0], self.grid, tuple(grid))[None]

@@ -160,24 +160,57 @@ class WavelengthPatchEmbed(_PatchEmbedBase):
 
     One model takes any number of bands in any order (Sentinel-2, Landsat, RGB...). Called as
     ``embed(x, wavelengths=[0.49, 0.56, ...])`` with wavelengths in micrometres.
+
+    With ``table_size > 0`` the embed also holds a table of per-wavelength kernels (``table_wavelengths``,
+    ``table_kernels``: imported weights, e.g. an RGB model's kernels at 0.49/0.56/0.665 µm). A band's kernel
+    is then the table's kernel, interpolated linearly in log-wavelength between table entries and taken from
+    the nearest entry outside their range, plus the generated kernel as a residual. Imports zero the
+    generator's last layer, so on the table's own bands the embed reproduces the source model exactly.
+
+    Example:
+        >>> pw = WavelengthPatchEmbed(patch_size=4, embed_dim=8, table_size=2)
+        >>> _ = pw.table_wavelengths.copy_(torch.tensor([0.5, 0.6]))
+        >>> pw.table_kernel([0.5, 0.55]).shape
+        torch.Size([2, 8, 4, 4])
     """
 
     kind = "wavelength"
     spatial_dims = 2
 
-    def __init__(self, patch_size: int | Sequence[int] = 16, embed_dim: int = 768, hidden_dim: int = 128, in_chans=None):
+    def __init__(self, patch_size: int | Sequence[int] = 16, embed_dim: int = 768, hidden_dim: int = 128, in_chans=None,
+                 table_size: int = 0):
         super().__init__()
         self.in_chans = None
         self.patch_size = _tuple(patch_size, 2)
         self.embed_dim = embed_dim
         self.weight_gen = WavelengthHyperNet(embed_dim * math.prod(self.patch_size), hidden_dim)
         self.bias = nn.Parameter(torch.zeros(embed_dim))
+        self.table_size = int(table_size)
+        if self.table_size:
+            self.register_buffer("table_wavelengths", torch.linspace(0.4, 1.0, self.table_size))
+            self.table_kernels = nn.Parameter(torch.zeros(self.table_size, embed_dim, *self.patch_size))
+
+    def table_kernel(self, wavelengths) -> torch.Tensor:
+        """``C x E x ph x pw`` kernels from the table for the given wavelengths (see the class doc)."""
+        wl = torch.as_tensor(wavelengths, dtype=torch.float32, device=self.table_kernels.device).reshape(-1)
+        nodes, order = torch.sort(torch.log(self.table_wavelengths.float()))
+        kernels = self.table_kernels[order]
+        x = torch.log(wl).clamp(nodes[0], nodes[-1])
+        hi = torch.searchsorted(nodes, x).clamp(1, max(len(nodes) - 1, 1)) if len(nodes) > 1 else torch.zeros_like(
+            x, dtype=torch.long)
+        lo = (hi - 1).clamp_min(0)
+        span = (nodes[hi] - nodes[lo]).clamp_min(1e-12)
+        t = ((x - nodes[lo]) / span).clamp(0, 1) if len(nodes) > 1 else torch.zeros_like(x)
+        t = t.reshape(-1, 1, 1, 1).to(kernels.dtype)
+        return kernels[lo] * (1 - t) + kernels[hi] * t
 
     def weights(self, wavelengths, channels: int, device) -> torch.Tensor:
         wl = as_wavelength_tensor(wavelengths, channels, device)
         w = self.weight_gen(wl)  # C x (E * ph * pw)
-        w = w.reshape(channels, self.embed_dim, *self.patch_size).transpose(0, 1)
-        return w * (1.0 / math.sqrt(channels))
+        w = w.reshape(channels, self.embed_dim, *self.patch_size) * (1.0 / math.sqrt(channels))
+        if self.table_size:
+            w = w + self.table_kernel(wl)
+        return w.transpose(0, 1)
 
     def forward(self, x: torch.Tensor, wavelengths=None) -> torch.Tensor:
         self.grid_size(x.shape)
@@ -220,29 +253,32 @@ class WavelengthPixelHead(nn.Module):
 
 
 @register_patch_embed("2d")
-def _conv_2d(embed_dim: int, patch_size, in_chans: int | None = None) -> _PatchEmbedBase:
+def _conv_2d(embed_dim: int, patch_size, in_chans: int | None = None, **_) -> _PatchEmbedBase:
     return PatchEmbed2d(in_chans or 3, patch_size, embed_dim)
 
 
 @register_patch_embed("3d")
-def _conv_3d(embed_dim: int, patch_size, in_chans: int | None = None) -> _PatchEmbedBase:
+def _conv_3d(embed_dim: int, patch_size, in_chans: int | None = None, **_) -> _PatchEmbedBase:
     return PatchEmbed3d(in_chans or 1, patch_size, embed_dim)
 
 
 @register_patch_embed("wavelength")
-def _wavelength(embed_dim: int, patch_size, in_chans: int | None = None) -> _PatchEmbedBase:
-    return WavelengthPatchEmbed(patch_size, embed_dim)
+def _wavelength(embed_dim: int, patch_size, in_chans: int | None = None, wavelength_table: int = 0,
+                **_) -> _PatchEmbedBase:
+    return WavelengthPatchEmbed(patch_size, embed_dim, table_size=wavelength_table)
 
 
-def build_patch_embed(kind: str, embed_dim: int, patch_size, in_chans: int | None = None) -> _PatchEmbedBase:
+def build_patch_embed(kind: str, embed_dim: int, patch_size, in_chans: int | None = None,
+                      wavelength_table: int = 0) -> _PatchEmbedBase:
     """Build a registered patch embed: ``"2d"``, ``"3d"``, ``"wavelength"`` or one a plugin registered
-    with :func:`domainfm.registry.register_patch_embed`.
+    with :func:`domainfm.registry.register_patch_embed` (``wavelength_table``: number of per-wavelength
+    kernels of the wavelength embed, see :class:`WavelengthPatchEmbed`; other embeds ignore it).
 
     Example:
         >>> build_patch_embed("3d", 32, (4, 8, 8), in_chans=1).grid_size((1, 1, 16, 32, 32))
         (4, 4, 4)
     """
-    return get_patch_embed(kind)(embed_dim, patch_size, in_chans)
+    return get_patch_embed(kind)(embed_dim, patch_size, in_chans, wavelength_table=wavelength_table)
 
 
 def build_pixel_head(patch_embed: _PatchEmbedBase, dim: int, channels: int | None) -> nn.Module:

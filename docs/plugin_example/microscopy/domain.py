@@ -28,7 +28,7 @@ class LogPatchEmbed(PatchEmbed2d):
 
 
 @register_patch_embed("log-2d")
-def _log_patch_embed(embed_dim: int, patch_size, in_chans: int | None = None) -> LogPatchEmbed:
+def _log_patch_embed(embed_dim: int, patch_size, in_chans: int | None = None, **_) -> LogPatchEmbed:
     return LogPatchEmbed(in_chans or 1, patch_size, embed_dim)
 
 
