@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from domainfm.classmap import map_labels, resolve_classes
 from domainfm.config import Config, load_config, save_config
 from domainfm.data.sample import collate_samples
 from domainfm.data.views import ViewsDataset
@@ -159,6 +160,8 @@ def _start_run_dir(run_dir: Path, cfg: Config, resume: bool) -> None:
     check_run_dir(run_dir, resume)
     if _is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
+        from domainfm.io_safety import lock_run
+        lock_run(run_dir)  # before config.yaml: a second process into this run is refused (engine releases it)
         save_config(cfg, run_dir / "config.yaml")
 
 
@@ -304,9 +307,9 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
         raise DataError(where, f"the {task} task needs a '{needed}' for every sample, and this data has none "
                                f"(give labelled data: class subfolders or a manifest with a "
                                f"{'mask' if needed == 'mask' else 'label'} column)")
-    num_classes, classes = _infer_num_classes(train_set, task)
-    if cfg.finetune.num_classes:
-        num_classes = cfg.finetune.num_classes
+    names = getattr(train_set, "mask_classes", None) or getattr(train_set, "classes", None)
+    num_classes, classes, class_map = resolve_classes(train_set, task, cfg.finetune.num_classes, names, cfg.data.path)
+    train_set = map_labels(train_set, class_map, task)  # sparse label ids -> contiguous training indices
     if task == "classification" and num_classes < 2:
         raise DataError(cfg.data.path, f"classification needs at least 2 classes, found {num_classes}")
     torch.manual_seed(cfg.train.seed)
@@ -320,7 +323,7 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
     from domainfm.heads.task import TaskModel
     model = TaskModel(encoder, head, task, layer_decay=cfg.finetune.layer_decay)
     card_ft = {**card, "stage": "finetune", "task": task, "num_classes": num_classes, "classes": classes,
-               "parent": str(base_ckpt), "config": cfg.to_dict(), "ema": False,
+               "class_map": class_map.to_dict() if class_map else None, "parent": str(base_ckpt), "config": cfg.to_dict(), "ema": False,
                "preprocessing": domain.preprocessing(cfg, train_set),
                "lora": {"rank": cfg.finetune.lora_rank, "alpha": cfg.finetune.lora_alpha} if cfg.finetune.lora_rank else None,
                "data": {"path": cfg.data.path, "num_samples": len(train_set)}}
@@ -334,6 +337,7 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
             log.info("no validation split (%s)", exc)
             val_set = None
         metrics = {}
+        val_set = map_labels(val_set, class_map, task, strict=False)
         if val_set is not None and len(val_set):
             metrics = evaluate_task(model, val_set, task, num_classes, cfg.train.batch_size)
         from domainfm.domain import Domain
@@ -443,11 +447,11 @@ def _embed_all(model: FoundationModel, dataset, batch_size: int = 32) -> dict[st
 
 def embed_dataset_to_file(model: FoundationModel, domain, data, out, batch_size: int = 32, split: str = "embed") -> Path:
     """Default ``Domain.embed``: one embedding per sample of ``data`` into ``.npz`` (or ``.h5``)."""
+    from domainfm.io_safety import check_output
+    out = check_output(out, [data], what="embed --out")  # before computing anything
     cfg = config_from_card(model.card, data=data)
     dataset = domain.dataset(cfg, split)
     arrays = _embed_all(model, dataset, batch_size)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     if out.suffix in (".h5", ".hdf5"):
         import h5py

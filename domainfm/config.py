@@ -92,6 +92,8 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     probe_every: int = 0  # online kNN probe every N steps when labelled data.val_path is given
+    grad_checkpointing: bool = False  # recompute encoder block activations in backward (less memory, ~30% slower)
+    memory_check: bool = True  # estimate the step's peak memory before training; refuse when it does not fit
 
 
 @dataclass

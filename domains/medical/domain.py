@@ -15,6 +15,7 @@ Example (Python API):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -30,6 +31,22 @@ from domainfm.medical.dataset import MedicalDataset
 from domainfm.medical.options import MedicalOptions, normalized
 from domainfm.medical.sources import discover, holdout, is_decathlon
 from domainfm.medical.transforms import build_transforms, domain_errors, normalization_record
+
+def mask_values(items: list[dict], spatial_dims: int) -> list[int]:
+    """The label ids present in the masks of ``items`` (each mask read whole, once).
+
+    Example:
+        >>> mask_values([], 3)
+        []
+    """
+    from domainfm.medical.io import read_image
+    found: set[int] = set()
+    for it in items:
+        if "mask" in it:
+            arr = read_image(it["mask"], spatial_dims=spatial_dims).as_tensor()
+            found.update(int(v) for v in torch.unique(arr.round().long()).tolist())
+    return sorted(found)
+
 
 _NPZ_SPLIT = {"pretrain": "train", "train": "train", "val": "val", "test": "test", "embed": "test"}
 
@@ -136,13 +153,22 @@ class MedicalDomain(Domain):
         ds = MedicalDataset(items, opts, crop, stage=stage, cache=cfg.data.cache, cache_dir=cache_dir,
                             seed=cfg.train.seed, classes=classes, num_workers=cfg.data.num_workers)
         if task == "segmentation" and split in ("train", "val", "test"):
-            # segmentation label names, background first (``classes`` stays for image-level labels)
-            names = ds.classes or []
-            n = max(ds.num_classes or 2, len(names), 2)
-            ds.mask_classes = list(names) + [f"label_{i}" for i in range(len(names), n)] if names else \
-                ["background"] + [f"label_{i}" for i in range(1, n)]
+            # segmentation label names by mask id (a Decathlon ``labels`` map); the ids themselves come
+            # from the masks (domainfm.classmap), so sparse ids are never padded into absent classes
+            ds.class_names_by_id = self._label_names(cfg)
+            ds.mask_classes = [ds.class_names_by_id[k] for k in sorted(ds.class_names_by_id, key=int)] or None
+            ds.label_values = functools.partial(mask_values, ds.items, opts.spatial_dims)
             ds.classes = None
         return ds
+
+    @staticmethod
+    def _label_names(cfg) -> dict[str, str]:
+        path = Path(cfg.data.path)
+        if path.is_file() and path.suffix.lower() == ".json" and is_decathlon(path):
+            labels = json.loads(path.read_text()).get("labels")
+            if isinstance(labels, dict):
+                return {str(k): str(v) for k, v in labels.items()}
+        return {}
 
     def augment(self, cfg):
         """Contrastive views: random resized crop, flips, intensity jitter (2D or 3D)."""

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from domainfm.errors import DataError
+from domainfm.io_safety import atomic_output
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -389,11 +390,11 @@ def write_nifti(array: np.ndarray | torch.Tensor, affine: np.ndarray, path: str 
     else:
         img.set_qform(affine, 1)
         img.set_sform(affine, 1)
-    name = str(path)
-    if not is_nifti(name):
-        name += ".nii.gz"
-    nib.save(img, name)
-    return Path(name)
+    name = Path(str(path) if is_nifti(path) else str(path) + ".nii.gz")
+    # temp name + rename: an interrupted write never leaves a valid-looking file; the source is never replaced
+    with atomic_output(name, [like]) as tmp:
+        nib.save(img, str(tmp))
+    return name
 
 
 def scan_id(path: str | Path) -> str:

@@ -58,6 +58,7 @@ class RemoteSensingOptions:
         predict_batch_size: tiles per forward pass in predict.
         probabilities: predict writes class probabilities (float32, one band per class) instead of classes.
         classes: names of the mask classes (segmentation; index order), e.g. ``forest,water,urban``.
+        max_pixels: predict refuses scenes larger than this (default 2e9 pixels); raise it on purpose.
     """
 
     sensor: str | list[str] = "sentinel2"
@@ -79,6 +80,7 @@ class RemoteSensingOptions:
     predict_batch_size: int = 8
     probabilities: bool = False
     classes: list[str] | str | None = None
+    max_pixels: int | None = None
 
 
 def _sensor_list(opts: RemoteSensingOptions) -> list[str]:
@@ -335,7 +337,8 @@ class RemoteSensingDomain(Domain):
         return write_geotiff(path, arr, grid)
 
     def predict(self, model, input_path, out_path, sensor: str | list | None = None, probabilities: bool = False,
-                predict_overlap: float | None = None, predict_batch_size: int | None = None, **kwargs) -> Path:
+                predict_overlap: float | None = None, predict_batch_size: int | None = None,
+                max_pixels: int | None = None, **kwargs) -> Path:
         """Tiled inference over a whole scene with overlap blending; the output GeoTIFF has the
         input's CRS, transform and size (see :func:`.predict.predict_scene`).
 
@@ -344,7 +347,8 @@ class RemoteSensingDomain(Domain):
         """
         from .predict import predict_scene
         if kwargs:
-            raise ConfigError(f"predict takes --sensor, --probabilities, --predict-overlap and --predict-batch-size; "
+            raise ConfigError(f"predict takes --sensor, --probabilities, --predict-overlap, --predict-batch-size and "
+                              f"--max-pixels; "
                               f"got {', '.join('--' + k.replace('_', '-') for k in kwargs)} (preprocessing comes "
                               "from the checkpoint card)")
         if isinstance(sensor, list):
@@ -352,7 +356,7 @@ class RemoteSensingDomain(Domain):
                 raise ConfigError(f"predict: give one --sensor, got {sensor}")
             sensor = sensor[0]
         return predict_scene(model, input_path, out_path, sensor=sensor, probabilities=bool(probabilities),
-                             overlap=predict_overlap, batch_size=predict_batch_size)
+                             overlap=predict_overlap, batch_size=predict_batch_size, max_pixels=max_pixels)
 
     def demo(self, out_dir: Path, quick: bool = False) -> dict:
         """Pretrain + fine-tune LULC segmentation on the eo-learn Slovenia patch (or generated scenes)."""
