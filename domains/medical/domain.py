@@ -28,6 +28,7 @@ from domainfm.domain import Domain, accept_options
 from domainfm.errors import ConfigError, DataError
 from domainfm.registry import register_domain
 from domainfm.medical.dataset import MedicalDataset
+from domainfm.medical.defaults import decide, default_crop, looks_like_ct, only_2d_images
 from domainfm.medical.options import MedicalOptions, normalized
 from domainfm.medical.sources import discover, holdout, is_decathlon
 from domainfm.medical.transforms import build_transforms, domain_errors, normalization_record
@@ -82,15 +83,64 @@ class MedicalDomain(Domain):
     Options = MedicalOptions
     needs_data_path = True
 
+    def __init__(self):
+        self._crops: dict[tuple, tuple[list[int], str]] = {}
+        self._ct_like: dict[str, bool | None] = {}
+
     # ---------------------------------------------------------------------------------------- data
     def options(self, cfg) -> MedicalOptions:
-        """``cfg.options`` validated, with comma-string lists parsed."""
-        return normalized(cfg.options)
+        """``cfg.options`` validated, with comma-string lists parsed; a data path of 2D images only
+        (PNG/JPEG, single DICOM files) is read in 2D (a decision printed once, recorded in the card)."""
+        opts = normalized(cfg.options)
+        if opts.spatial_dims == 3 and not opts.sequences and only_2d_images(cfg.data.path):
+            decide("spatial_dims", f"{cfg.data.path} holds 2D images only: reading them in 2D (spatial_dims 2)")
+            opts = normalized(dataclasses.replace(opts, spatial_dims=2, target_spacing=None, crop_size=None))
+        return opts
 
     def crop_size(self, cfg) -> list[int]:
-        """Model input size: ``options.crop_size`` or ``data.img_size``."""
+        """Model input size: ``options.crop_size``, else ``data.img_size``; in 3D with ``img_size`` left
+        at the 2D default 224, 96^3 voxels capped by the largest volume (see :mod:`.defaults`)."""
         opts = self.options(cfg)
-        return list(opts.crop_size) if opts.crop_size else _img_size(cfg, opts.spatial_dims)
+        if opts.crop_size:
+            return list(opts.crop_size)
+        if opts.spatial_dims == 3 and cfg.data.img_size == 224 and cfg.data.path is not None:
+            key = (str(cfg.data.path), str(opts.target_spacing), str(cfg.model.patch_size))
+            if key not in self._crops:
+                try:
+                    items = self.items(cfg, "pretrain")[0]
+                except DataError:
+                    items = []
+                self._crops[key] = default_crop(items, opts.target_spacing, cfg.model.patch_size)
+            crop, text = self._crops[key]
+            decide("crop", text)
+            return list(crop)
+        return _img_size(cfg, opts.spatial_dims)
+
+    def decisions(self, cfg) -> list[str]:
+        """The data-derived decisions of this config (for the card), each printed once.
+
+        Example:
+            >>> # get_domain("medical").decisions(cfg) -> ['3D crop 96x96x96 voxels (the 3D default; ...)']
+        """
+        opts = self.options(cfg)
+        out = []
+        if opts.spatial_dims == 2 and cfg.options.spatial_dims == 3:
+            out.append(f"{cfg.data.path} holds 2D images only: read in 2D")
+        if opts.spatial_dims == 3 and not opts.crop_size and cfg.data.img_size == 224 and cfg.data.path is not None:
+            self.crop_size(cfg)
+            out.append(self._crops[(str(cfg.data.path), str(opts.target_spacing), str(cfg.model.patch_size))][1])
+        if opts.modality == "ct" and opts.spatial_dims == 3 and cfg.data.path is not None:
+            key = str(cfg.data.path)
+            if key not in self._ct_like:
+                try:
+                    self._ct_like[key] = looks_like_ct(self.items(cfg, "pretrain")[0])
+                except DataError:
+                    self._ct_like[key] = None
+            if self._ct_like[key] is False:
+                out.append(decide("modality", f"warning: modality is ct (the default) but the volumes of {key} have "
+                                              "no air near -1000 HU, so they do not look like CT; the CT window would "
+                                              "clip them: pass --modality mri (or declare ct on purpose)"))
+        return out
 
     def items(self, cfg, split: str) -> tuple[list[dict], list[str] | None]:
         """Item dicts and class names for ``split`` (``pretrain``, ``train``, ``val``, ``test``, ``embed``)."""
@@ -198,7 +248,8 @@ class MedicalDomain(Domain):
                "orientation": opts.orientation if opts.spatial_dims == 3 else None,
                "target_spacing": opts.target_spacing, "normalization": normalization_record(opts),
                "crop_size": self.crop_size(cfg), "sequences": opts.sequences,
-               "foreground_crop": opts.foreground_crop, "options": dataclasses.asdict(opts)}
+               "foreground_crop": opts.foreground_crop, "options": dataclasses.asdict(opts),
+               "decisions": self.decisions(cfg)}
         if dataset is not None and len(dataset):
             meta = dataset[0].get("meta") or {}
             rec["in_chans"] = int(dataset[0]["image"].shape[0])
