@@ -159,9 +159,8 @@ def _start_run_dir(run_dir: Path, cfg: Config, resume: bool) -> None:
     from domainfm.train.checkpoint import check_run_dir
     check_run_dir(run_dir, resume)
     if _is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
         from domainfm.io_safety import lock_run
-        lock_run(run_dir)  # before config.yaml: a second process into this run is refused (engine releases it)
+        lock_run(run_dir)  # creates a writable run_dir; a second process into this run is refused (engine releases)
         save_config(cfg, run_dir / "config.yaml")
 
 
