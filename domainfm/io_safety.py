@@ -104,7 +104,7 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def check_writable_folder(folder: str | Path, what: str = "--out") -> Path:
+def check_writable_folder(folder: str | Path, what: str = "--out", report: str | Path | None = None) -> Path:
     """Make sure ``folder`` exists (creating it) and is writable; a one-line error otherwise.
 
     Example:
@@ -113,6 +113,7 @@ def check_writable_folder(folder: str | Path, what: str = "--out") -> Path:
         True
     """
     folder = Path(folder)
+    named = folder if report is None else Path(report)  # the path the user gave, named in the message
     # the first ancestor that exists must be a folder, and writable if something is to be created there
     probe = folder
     while not probe.exists() and not probe.is_symlink():
@@ -120,15 +121,15 @@ def check_writable_folder(folder: str | Path, what: str = "--out") -> Path:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise DataError(folder, f"{what}: {probe} is a file, but a folder is needed there; choose another path")
+        raise DataError(named, f"{what}: {probe} is a file, but a folder is needed there; choose another path")
     if probe.is_symlink() and not probe.exists():
-        raise DataError(folder, f"{what}: {probe} is a dangling symlink; remove it or choose another path")
+        raise DataError(named, f"{what}: {probe} is a dangling symlink; remove it or choose another path")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DataError(folder, f"{what}: cannot create the folder: {os_error_text(exc)}") from None
+        raise DataError(named, f"{what}: cannot create the folder: {os_error_text(exc)}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise DataError(folder, f"{what}: not writable (permission denied); choose a folder you can write to")
+        raise DataError(named, f"{what}: not writable (permission denied); choose a folder you can write to")
     return folder
 
 
@@ -155,7 +156,7 @@ def check_output(out: str | Path, inputs: Iterable[str | Path | None] = (), what
     else:
         if out.is_dir():
             raise DataError(out, f"{what} is an existing folder, but a file is written here; give a file name")
-        check_writable_folder(out.parent, what)
+        check_writable_folder(out.parent, what, report=out)
     return out
 
 
