@@ -351,3 +351,24 @@ def clean_stale_tmp(run_dir: str | Path) -> list[str]:
     if removed:
         log.warning("%s: removed %d leftover(s) of interrupted writes: %s", run_dir, len(removed), ", ".join(removed))
     return removed
+
+
+def report_dangling(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Warn (once per call) about symlinks in ``folder`` whose target is gone, which data discovery
+    skips; return them, so nothing is skipped without a word.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp()); (d / "gone.nii.gz").symlink_to(d / "missing.nii.gz")
+        >>> [p.name for p in report_dangling(d)]
+        ['gone.nii.gz']
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    entries = folder.rglob("*") if recursive else folder.iterdir()
+    dangling = sorted(p for p in entries if p.is_symlink() and not p.exists())
+    if dangling:
+        shown = ", ".join(p.name for p in dangling[:5]) + (" ..." if len(dangling) > 5 else "")
+        log.warning("%s: skipped %d dangling symlink(s) whose target is missing: %s", folder, len(dangling), shown)
+    return dangling

@@ -250,6 +250,19 @@ def resume_command(card: dict, run_dir: Path) -> str:
     return f"domainfm pretrain --resume --out {run_dir}"
 
 
+def _min_batch(module: nn.Module) -> int:
+    """Samples a training batch needs: 2 with a 1-D batch norm in training mode (one value per channel
+    has no variance) or a contrastive loss (the other samples are the negatives), else 1.
+
+    Example:
+        >>> _min_batch(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))), _min_batch(nn.Linear(2, 2))
+        (2, 1)
+    """
+    bn = any(isinstance(m, nn.BatchNorm1d) and m.training for m in module.modules())
+    contrastive = "contrastive" in type(module).__name__.lower() or hasattr(module, "temperature")
+    return 2 if bn or contrastive else 1
+
+
 def _batch_size(batch: dict) -> int:
     return int(batch["image"].shape[0]) if "image" in batch else int(batch["views"][0].shape[0])
 
@@ -351,6 +364,13 @@ def _train_locked(module, dataset, tcfg, run_dir: Path, card: dict, resume: bool
     per_epoch = len(batches0)
     if per_epoch == 0:
         raise CheckpointError(f"the dataset has {len(dataset)} samples: too few for one batch per rank")
+    need = _min_batch(module)
+    smallest = min(len(b) for b in batches0)
+    if smallest < need:
+        where = card.get("data", {}).get("path") if isinstance(card.get("data"), dict) else None
+        raise DataError(where, f"a training batch would hold {smallest} sample(s) (the data gives {len(dataset)}), but "
+                               f"this model needs >= {need} per batch (batch-norm statistics / contrastive negatives); "
+                               f"add data (more files, tiles or chips per item) or raise train.batch_size")
     micro = start_step * accum
 
     logger = MetricsLogger(run_dir, tcfg.tensorboard, ctx.is_main, start_step)
