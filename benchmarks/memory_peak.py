@@ -39,7 +39,11 @@ stages = json.loads(sys.argv[1])
 out = []
 for name, argv in stages:
     t = time.time()
-    code = run(argv)
+    try:
+        code = run(argv)
+    except Exception as exc:  # a refused stage is a result too (e.g. the memory check)
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
     out.append({"stage": name, "exit": code, "seconds": round(time.time() - t, 1),
                 "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 3)})
 print("RESULT " + json.dumps(out), flush=True)

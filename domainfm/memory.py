@@ -203,11 +203,12 @@ def check_step_memory(module: nn.Module, sample: dict, batch_size: int, device: 
              max(0, est["activations"]) / GB, shape, batch_size, what, "unknown" if free is None else f"{free / GB:.1f} GB")
     if free is not None and est["total"] > headroom * free:
         act = est["activations"]
+        half = "x".join(str(max(16, s // 2)) for s in image.shape[1:]) if image is not None else "half the size"
         raise ConfigError(
             f"train: one step at input {shape}, batch {batch_size} needs about {est['total'] / GB:.1f} GB "
             f"(activations {max(0, act) / GB:.1f} GB, weights+grads+AdamW "
             f"{(est['params'] + est['grads'] + est['optimizer']) / GB:.2f} GB) but only {free / GB:.1f} GB is {what}; "
-            f"fix: a smaller crop (e.g. --crop-size 96,96,96 or data.img_size), a smaller train.batch_size"
+            f"fix: a smaller input (e.g. {half}: --crop-size or data.img_size), a smaller train.batch_size"
             f"{'' if grad_checkpointing else ', or train.grad_checkpointing=true'} (skip this check: "
             f"train.memory_check=false)")
     return est

@@ -356,11 +356,11 @@ def _train_locked(module, dataset, tcfg, run_dir: Path, card: dict, resume: bool
     accum = tcfg.accum_steps
     total = tcfg.steps
     probe = dataset[0]  # fail early, with the file named, if the very first sample is bad
-    if ctx.is_main and tcfg.memory_check:
-        check_step_memory(module, probe, tcfg.batch_size, device, use_bf16=use_bf16,
+    batches0 = epoch_batches(dataset, 0, tcfg.batch_size, tcfg.seed, ctx.rank, ctx.world_size)
+    if ctx.is_main and tcfg.memory_check and batches0:  # the real batch: small datasets give fewer samples
+        check_step_memory(module, probe, max(len(b) for b in batches0), device, use_bf16=use_bf16,
                           grad_checkpointing=tcfg.grad_checkpointing)
     del probe
-    batches0 = epoch_batches(dataset, 0, tcfg.batch_size, tcfg.seed, ctx.rank, ctx.world_size)
     per_epoch = len(batches0)
     if per_epoch == 0:
         raise CheckpointError(f"the dataset has {len(dataset)} samples: too few for one batch per rank")

@@ -16,23 +16,14 @@ Example:
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from domainfm.decisions import decide  # noqa: F401  (re-exported for the medical domain)
 from domainfm.medical.io import IMAGE_2D_SUFFIXES, is_dicom_file, is_nifti
 
 DEFAULT_3D_CROP = 96
-_PRINTED: set[str] = set()
-
-
-def decide(key: str, text: str, quiet: bool = False) -> str:
-    """Print a data-derived decision once per process (stderr) and return it for the card."""
-    if not quiet and (key, text) not in _PRINTED:
-        _PRINTED.add((key, text))
-        print(f"domainfm: {text}", file=sys.stderr)
-    return text
 
 
 def _files(path: Path, limit: int = 2000) -> list[Path]:

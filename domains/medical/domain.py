@@ -49,6 +49,7 @@ def mask_values(items: list[dict], spatial_dims: int) -> list[int]:
     return sorted(found)
 
 
+SEG_3D_BATCH = 2  # 3D segmentation fine-tuning batch when train.batch_size is left at its default
 _NPZ_SPLIT = {"pretrain": "train", "train": "train", "val": "val", "test": "test", "embed": "test"}
 
 
@@ -86,6 +87,7 @@ class MedicalDomain(Domain):
     def __init__(self):
         self._crops: dict[tuple, tuple[list[int], str]] = {}
         self._ct_like: dict[str, bool | None] = {}
+        self._batch_text: str | None = None
 
     # ---------------------------------------------------------------------------------------- data
     def options(self, cfg) -> MedicalOptions:
@@ -129,6 +131,8 @@ class MedicalDomain(Domain):
         if opts.spatial_dims == 3 and not opts.crop_size and cfg.data.img_size == 224 and cfg.data.path is not None:
             self.crop_size(cfg)
             out.append(self._crops[(str(cfg.data.path), str(opts.target_spacing), str(cfg.model.patch_size))][1])
+        if self._batch_text and cfg.finetune.task == "segmentation" and cfg.train.batch_size == SEG_3D_BATCH:
+            out.append(self._batch_text)
         if opts.modality == "ct" and opts.spatial_dims == 3 and cfg.data.path is not None:
             key = str(cfg.data.path)
             if key not in self._ct_like:
@@ -194,6 +198,11 @@ class MedicalDomain(Domain):
                 raise DataError(where, f"{task} needs labels: class subfolders, a 'label' column in the manifest, "
                                        "or a MedMNIST .npz with *_labels")
             items = [{k: v for k, v in it.items() if k != "mask"} for it in items]
+        if split == "train" and task == "segmentation" and opts.spatial_dims == 3 and cfg.train.batch_size == 64:
+            # train.batch_size left at the 2D default: a 3D UNETR step decodes every crop at full resolution
+            cfg.train.batch_size = SEG_3D_BATCH
+            self._batch_text = decide("batch", f"3D segmentation: train.batch_size {SEG_3D_BATCH} (the default 64 is "
+                                               "for 2D; UNETR practice for 96^3 crops; set --batch-size to change it)")
         stage = "test" if split == "embed" else split
         cache_dir = None
         if cfg.data.cache == "disk":

@@ -94,14 +94,22 @@ def segment_scan(model, input_path, overlap: float | None = None, sw_batch_size:
     sw_batch_size = sw_batch_size or opts.sw_batch_size
     was = model.training
     model.eval()
+    dev = _model_device(model)
+    n_windows = len(_windows(_pad_to(img.as_tensor()[:1], list(crop)).shape[1:], list(crop), overlap))
+    # on a GPU, windows are blended there in buffered slabs and the whole-scan output accumulates in RAM
+    # (MONAI buffer_steps), so device memory grows with neither the volume nor the class count
+    buffered = {"sw_device": dev, "device": torch.device("cpu"), "buffer_steps": 1} if dev.type == "cuda" else {}
     try:
         with torch.no_grad():
-            logits = sliding_window_inference(img.as_tensor().float()[None].to(_model_device(model)), roi_size=list(crop),
+            logits = sliding_window_inference(img.as_tensor().float()[None].to(dev), roi_size=list(crop),
                                               sw_batch_size=sw_batch_size, predictor=model.logits, overlap=overlap,
-                                              mode="gaussian")
+                                              mode="gaussian", progress=n_windows >= 64, **buffered)
     finally:
         model.train(was)
-    probs = torch.as_tensor(logits)[0].float().softmax(0).cpu()
+    probs = torch.as_tensor(logits)[0].float().cpu()
+    del logits
+    probs.sub_(probs.amax(0, keepdim=True)).exp_()  # softmax in place: one K x volume buffer, not three
+    probs.div_(probs.sum(0, keepdim=True))
     pred = MetaTensor(probs, meta=dict(img.meta), applied_operations=list(img.applied_operations))
     with domain_errors():
         inv = det.inverse({"image": pred})["image"]

@@ -18,11 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from domainfm.decisions import decide
 from domainfm.domain import Domain
 from domainfm.errors import ConfigError, DataError
 from domainfm.registry import register_domain
 
 from .datasets import RasterChipDataset, discover_items, split_items
+from .defaults import infer_sensor
 from .heads import build_head
 from .io import Grid, Scene, write_geotiff
 from .sensors import get_sensor, parse_band_list, sensor_from_dict, sensor_to_dict
@@ -36,7 +38,8 @@ class RemoteSensingOptions:
 
     Attributes:
         sensor: sensor name, or several (``"sentinel2,landsat8"``: one sub-folder or manifest
-            ``sensor`` value per sensor; batches hold one sensor each).
+            ``sensor`` value per sensor; batches hold one sensor each). Unset: read from the band
+            descriptions of the first raster (an error when they do not identify the bands).
         bands: band names (``"B02,B03,B04,B08"`` or a list); with several sensors a mapping
             ``{sensor: [bands]}``; empty = all of the sensor's bands.
         sensors_file: YAML with user-defined sensors (see :mod:`.sensors`).
@@ -61,7 +64,7 @@ class RemoteSensingOptions:
         max_pixels: predict refuses scenes larger than this (default 2e9 pixels); raise it on purpose.
     """
 
-    sensor: str | list[str] = "sentinel2"
+    sensor: str | list[str] | None = None
     bands: list[str] | dict[str, Any] | str | None = None
     sensors_file: str | None = None
     layout: str = "auto"
@@ -118,7 +121,16 @@ class RemoteSensingDomain(Domain):
 
     # ---- options -> sensors/bands ---------------------------------------------------------------
     def _opts(self, cfg) -> RemoteSensingOptions:
-        return cfg.options
+        opts = cfg.options
+        if opts.sensor is None and cfg.data.path is not None:
+            # no sensor declared: the file's band descriptions decide (recorded in the config -> card)
+            sensor, bands, text = infer_sensor(cfg.data.path)
+            cfg.data.options["sensor"] = sensor
+            if not opts.bands:
+                cfg.data.options["bands"] = bands
+            decide("sensor", text)
+            opts = cfg.options
+        return opts
 
     def sensors_and_bands(self, cfg) -> dict[str, list[str]]:
         """``{canonical sensor name: [band names]}`` for the configured sensors (validates names)."""
