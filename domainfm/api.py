@@ -306,7 +306,8 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
         raise DataError(where, f"the {task} task needs a '{needed}' for every sample, and this data has none "
                                f"(give labelled data: class subfolders or a manifest with a "
                                f"{'mask' if needed == 'mask' else 'label'} column)")
-    names = getattr(train_set, "mask_classes", None) or getattr(train_set, "classes", None)
+    names = (getattr(train_set, "mask_classes", None) if task == "segmentation" else None) or \
+        getattr(train_set, "classes", None)
     num_classes, classes, class_map = resolve_classes(train_set, task, cfg.finetune.num_classes, names, cfg.data.path)
     train_set = map_labels(train_set, class_map, task)  # sparse label ids -> contiguous training indices
     if task == "classification" and num_classes < 2:
