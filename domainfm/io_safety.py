@@ -148,7 +148,8 @@ def check_output(out: str | Path, inputs: Iterable[str | Path | None] = (), what
             continue
         src = Path(src)
         if same_file(out, src):
-            raise DataError(out, f"{what} is the input {src}; writing there would destroy it. Choose another output path")
+            raise DataError(out, f"{what} is the input {src}; writing there would destroy it. "
+                                 "Choose another output path")
     if folder:
         if out.exists() and not out.is_dir():
             raise DataError(out, f"{what} is a file, but a folder is needed; choose another path")

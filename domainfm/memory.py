@@ -200,7 +200,8 @@ def check_step_memory(module: nn.Module, sample: dict, batch_size: int, device: 
     image = sample.get("image") if isinstance(sample.get("image"), torch.Tensor) else None
     shape = "x".join(str(s) for s in image.shape[1:]) if image is not None else "?"
     log.info("step memory estimate: %.2f GB (activations %.2f GB at %s, batch %d); %s: %s", est["total"] / GB,
-             max(0, est["activations"]) / GB, shape, batch_size, what, "unknown" if free is None else f"{free / GB:.1f} GB")
+             max(0, est["activations"]) / GB, shape, batch_size, what,
+             "unknown" if free is None else f"{free / GB:.1f} GB")
     if free is not None and est["total"] > headroom * free:
         act = est["activations"]
         half = "x".join(str(max(16, s // 2)) for s in image.shape[1:]) if image is not None else "half the size"

@@ -95,8 +95,8 @@ def default_crop(items: list[dict], target_spacing: list[float] | None, patch) -
                 step = target_spacing[a] if target_spacing else zooms[a]
                 extent[a] = max(extent[a], shape[a] * zooms[a] / step)
         crop = [min(DEFAULT_3D_CROP, max(p, int(math.ceil(e / p)) * p)) for e, p in zip(extent, patches)]
-    text = (f"3D crop {'x'.join(map(str, crop))} voxels (the 3D default"
-            f"{', capped by the largest volume' if crop != [DEFAULT_3D_CROP] * 3 else ''}; set --crop-size to change it)")
+    capped = ", capped by the largest volume" if crop != [DEFAULT_3D_CROP] * 3 else ""
+    text = f"3D crop {'x'.join(map(str, crop))} voxels (the 3D default{capped}; set --crop-size to change it)"
     return crop, text
 
 

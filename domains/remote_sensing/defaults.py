@@ -8,7 +8,8 @@ Example:
     >>> p = tempfile.mkdtemp() + "/s.tif"
     >>> with rasterio.open(p, "w", driver="GTiff", width=4, height=4, count=2, dtype="uint16",
     ...                    transform=from_origin(0, 4, 1, 1)) as dst:
-    ...     dst.write(np.zeros((2, 4, 4), "uint16")); dst.set_band_description(1, "B04"); dst.set_band_description(2, "B08")
+    ...     dst.write(np.zeros((2, 4, 4), "uint16"))
+    ...     dst.set_band_description(1, "B04"); dst.set_band_description(2, "B08")
     >>> infer_sensor(p)[:2]
     ('sentinel2_l2a', ['B04', 'B08'])
 """

@@ -152,3 +152,16 @@ def test_sigint_saves_a_checkpoint_and_prints_the_resume_command(tmp_path):
     assert "resume with: domainfm pretrain --resume --out" in err
     ckpts = list_checkpoints(tmp_path / "run")
     assert len(ckpts) == 1 and 0 < int(ckpts[0].name.split("-")[1]) < 100000
+
+
+def test_printed_finetune_resume_command_continues_the_run(tmp_path, capsys):
+    import shutil
+    from domainfm.train.engine import resume_command
+    pre = domainfm.pretrain(tiny_config(tmp_path / "pre", train={"steps": 1}))
+    ft = domainfm.finetune(pre, task="classification", out=tmp_path / "ft",
+                           overrides=["train.steps=2", "train.ckpt_every=1", "train.keep_last=0"])
+    shutil.rmtree(ft)  # as if interrupted after step 1
+    command = resume_command(domainfm.load(tmp_path / "ft").card, tmp_path / "ft")
+    code, err = run_cli(command.split()[1:], capsys)
+    assert code == 0, err
+    assert [p.name for p in list_checkpoints(tmp_path / "ft")] == ["ckpt-0000001", "ckpt-0000002"]
