@@ -246,24 +246,6 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> FoundationMode
     return model
 
 
-def _infer_num_classes(dataset, task: str) -> tuple[int, list | None]:
-    """Classes from the dataset's ``classes`` (image labels) or ``mask_classes`` (segmentation label
-    names, background first); otherwise from the largest label found in the data."""
-    names = getattr(dataset, "mask_classes" if task == "segmentation" else "classes", None)
-    if names:
-        return len(names), list(names)
-    top = 0
-    for i in range(len(dataset)):
-        s = dataset[i]
-        if task == "segmentation":
-            top = max(top, int(torch.as_tensor(s["mask"]).max()))
-        elif task == "multilabel":
-            return int(torch.as_tensor(s["label"]).numel()), None
-        else:
-            top = max(top, int(s["label"]))
-    return top + 1, None
-
-
 def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path | None = None,
              config: str | Path | dict | None = None, overrides: Iterable[str] = (), resume: bool = False,
              out: str | Path | None = None, **kwargs) -> Path:
@@ -323,7 +305,8 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
     from domainfm.heads.task import TaskModel
     model = TaskModel(encoder, head, task, layer_decay=cfg.finetune.layer_decay)
     card_ft = {**card, "stage": "finetune", "task": task, "num_classes": num_classes, "classes": classes,
-               "class_map": class_map.to_dict() if class_map else None, "parent": str(base_ckpt), "config": cfg.to_dict(), "ema": False,
+               "class_map": class_map.to_dict() if class_map else None,
+               "parent": str(base_ckpt), "config": cfg.to_dict(), "ema": False,
                "preprocessing": domain.preprocessing(cfg, train_set),
                "lora": {"rank": cfg.finetune.lora_rank, "alpha": cfg.finetune.lora_alpha} if cfg.finetune.lora_rank else None,
                "data": {"path": cfg.data.path, "num_samples": len(train_set)}}
