@@ -102,6 +102,8 @@ class TrainConfig:
     progress: bool = True
     probe_every: int = 0  # online kNN probe every N steps when labelled data.val_path is given
     layer_decay: float = 1.0  # pretraining: layer-wise LR decay over the encoder (1.0 = none), e.g. with model.init
+    grad_checkpointing: bool = False  # recompute encoder block activations in backward (less memory, ~30% slower)
+    memory_check: bool = True  # estimate the step's peak memory before training; refuse when it does not fit
 
 
 @dataclass

@@ -52,6 +52,7 @@ from domainfm.data.augment import default_augment
 from domainfm.errors import ConfigError, UnsupportedError
 from domainfm.heads import default_head
 from domainfm.inference import write_embeddings
+from domainfm.io_safety import check_output
 from domainfm.runconfig import config_from_card
 
 if TYPE_CHECKING:
@@ -203,6 +204,7 @@ class Domain:
     def embed(self, model, data: str | Path, out: str | Path, **options) -> Path:
         """One embedding per sample of ``data`` written to ``out`` (``.npz`` or ``.h5``)."""
         options = accept_options(options, {"batch_size": "batch_size"}, "embed")
+        out = check_output(out, [data], what="embed out")  # before computing anything
         cfg = config_from_card(model.card, data=data)
         return write_embeddings(model, self.dataset(cfg, "embed"), out, batch_size=options.get("batch_size") or 32)
 

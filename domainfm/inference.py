@@ -23,7 +23,7 @@ import torch
 
 from domainfm.data.sample import collate_samples
 from domainfm.errors import DataError
-from domainfm.utils import write_arrays_atomic
+from domainfm.io_safety import write_arrays_atomic
 
 
 def window_starts(size: int, window: int, step: int, lo: int = 0, hi: int | None = None) -> list[int]:

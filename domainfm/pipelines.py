@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from domainfm.classmap import map_labels, resolve_classes
 from domainfm.config import Config, parse_config, save_config
 from domainfm.data.sample import collate_samples
 from domainfm.data.views import ViewsDataset
@@ -32,6 +33,7 @@ from domainfm.eval import evaluate as _evaluate
 from domainfm.eval.online import OnlineKNNProbe
 from domainfm.heads.task import TaskModel
 from domainfm.inference import batches_by_band_set
+from domainfm.io_safety import lock_run
 from domainfm.model import FoundationModel, build_card, load
 from domainfm.models.encoder import build_encoder
 from domainfm.models.lora import apply_lora
@@ -40,7 +42,7 @@ from domainfm.runconfig import config_from_card, load_config
 from domainfm.ssl import build_objective, check_objective, needs_views
 from domainfm.train.checkpoint import check_run_dir, list_checkpoints, load_card, resolve_checkpoint
 from domainfm.train.engine import train
-from domainfm.utils import write_json_atomic
+from domainfm.io_safety import write_json_atomic
 from domainfm.viz import save_reconstruction_png
 from domainfm.weights import init_from_config, set_layer_decay
 
@@ -107,7 +109,7 @@ def _start_run_dir(run_dir: Path, cfg: Config, resume: bool) -> None:
     """Refuse to overwrite a run before anything is written, then record the config the run uses."""
     check_run_dir(run_dir, resume)
     if _is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
+        lock_run(run_dir)  # creates a writable run_dir; a second process into this run is refused (engine releases)
         save_config(cfg, run_dir / "config.yaml")
 
 
@@ -152,24 +154,6 @@ def _save_reconstruction(objective, dataset, path: Path, n: int = 4) -> Path | N
     objective.train(was_training)
     return save_reconstruction_png(masked, recon, original, path)
 
-
-
-def _infer_num_classes(dataset, task: str) -> tuple[int, list | None]:
-    """Classes from the dataset's ``classes`` (image labels) or ``mask_classes`` (segmentation label
-    names, background first); otherwise from the largest label found in the data."""
-    names = getattr(dataset, "mask_classes" if task == "segmentation" else "classes", None)
-    if names:
-        return len(names), list(names)
-    top = 0
-    for i in range(len(dataset)):
-        s = dataset[i]
-        if task == "segmentation":
-            top = max(top, int(torch.as_tensor(s["mask"]).max()))
-        elif task == "multilabel":
-            return int(torch.as_tensor(s["label"]).numel()), None
-        else:
-            top = max(top, int(s["label"]))
-    return top + 1, None
 
 
 def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path | None = None,
@@ -223,9 +207,10 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
         raise DataError(where, f"the {task} task needs a '{needed}' for every sample, and this data has none "
                                f"(give labelled data: class subfolders or a manifest with a "
                                f"{'mask' if needed == 'mask' else 'label'} column)")
-    num_classes, classes = _infer_num_classes(train_set, task)
-    if cfg.finetune.num_classes:
-        num_classes = cfg.finetune.num_classes
+    names = (getattr(train_set, "mask_classes", None) if task == "segmentation" else None) or \
+        getattr(train_set, "classes", None)
+    num_classes, classes, class_map = resolve_classes(train_set, task, cfg.finetune.num_classes, names, cfg.data.path)
+    train_set = map_labels(train_set, class_map, task)  # sparse label ids -> contiguous training indices
     if task == "classification" and num_classes < 2:
         raise DataError(cfg.data.path, f"classification needs at least 2 classes, found {num_classes}")
     torch.manual_seed(cfg.train.seed)
@@ -237,6 +222,7 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
             p.requires_grad_(False)
     model = TaskModel(encoder, head, task, layer_decay=cfg.finetune.layer_decay)
     card_ft = {**card, "stage": "finetune", "task": task, "num_classes": num_classes, "classes": classes,
+               "class_map": class_map.to_dict() if class_map else None,
                "parent": str(base_ckpt), "config": cfg.to_dict(), "ema": False,
                "preprocessing": domain.preprocessing(cfg, train_set),
                "lora": {"rank": cfg.finetune.lora_rank, "alpha": cfg.finetune.lora_alpha} if cfg.finetune.lora_rank else None,
@@ -251,6 +237,7 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
             log.info("no validation split (%s)", exc)
             val_set = None
         metrics = {}
+        val_set = map_labels(val_set, class_map, task, strict=False)
         if val_set is not None and len(val_set):
             metrics = evaluate_task(model, val_set, task, num_classes, cfg.train.batch_size)
         extra = domain.validate(load(ckpt), cfg)

@@ -60,7 +60,7 @@ from domainfm.runconfig import load_config
 from domainfm.train.checkpoint import (FORMAT, load_card, load_module_state, load_tensors, resolve_checkpoint,
                                        software_versions, unique_tensors)
 from domainfm.train.layer_decay import layer_id
-from domainfm.utils import write_json_atomic
+from domainfm.io_safety import write_json_atomic
 
 KNOWN_LAYOUTS = ("timm-vit (incl. registers, layer scale; TorchGeo's timm ViTs)", "mae (official, decoder dropped)",
                  "dinov2 (official, registers, chunked blocks)", "hf-transformers (ViTModel, ViTMAEModel, Dinov2Model)")

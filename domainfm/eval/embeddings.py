@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from domainfm.classmap import cap_indices
 from domainfm.data.sample import collate_samples
 from domainfm.errors import DataError
-from domainfm.utils import write_arrays_atomic
+from domainfm.io_safety import write_arrays_atomic
 
 
 def pooled_features(model, x: torch.Tensor, wavelengths=None) -> torch.Tensor:
@@ -96,10 +97,11 @@ def embed_dataset(model: Any, dataset, batch_size: int = 64, num_workers: int = 
     modes = [m.training for m in mods]
     for m in mods:
         m.eval()
-    n = len(dataset) if max_items is None else min(len(dataset), int(max_items))
+    keep = cap_indices(dataset, max_items)  # a cap is a stratified random sample, not the first N
+    n = len(keep)
     if n == 0:
         raise DataError(source, "the dataset is empty: nothing to embed")
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)) if n < len(dataset) else dataset,
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, keep) if n < len(dataset) else dataset,
                                          batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=_collate_keep_labels)
     xs, ys = [], []

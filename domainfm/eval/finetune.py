@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from domainfm.classmap import cap_indices
 from domainfm.errors import DataError, DomainFMError
 from domainfm.eval.embeddings import pooled_features
 from domainfm.heads.task import TaskModel
@@ -68,11 +69,11 @@ def dataset_tensors(dataset, source: str | None = None, max_items: int | None = 
         >>> tuple(x.shape), y.tolist(), wl
         ((1, 1, 4, 4), [1], None)
     """
-    n = len(dataset) if max_items is None else min(len(dataset), int(max_items))
-    if n == 0:
+    keep = cap_indices(dataset, max_items)  # a cap is a stratified random sample, not the first N
+    if not keep:
         raise DataError(source, "the dataset is empty")
     images, targets, wls = [], [], set()
-    for i in range(n):
+    for i in keep:
         s = dataset[i]
         where = (s.get("meta") or {}).get("path") or source
         if target == "mask":

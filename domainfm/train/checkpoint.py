@@ -7,7 +7,10 @@ A checkpoint is a folder ``ckpt-0000100/`` inside a run folder:
 ``trainer_state.safetensors`` + ``trainer_state.json``  optimizer state, step and RNG, for exact resume
 
 It is written into a temporary folder and renamed into place, and the run's ``latest`` pointer is
-replaced atomically, so a crash mid-write never leaves a half checkpoint that looks whole.
+replaced atomically, so a crash mid-write never leaves a half checkpoint that looks whole. A write
+error (disk full, permissions) removes the temporary folder and is one line naming the checkpoint
+kept before. A damaged newest checkpoint (unreadable card or safetensors) is passed over, with a
+warning, for the newest intact one (:func:`latest_intact`).
 
 Example:
     >>> import tempfile, torch
@@ -21,17 +24,21 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import logging
 import os
 import platform
 import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from domainfm.errors import CheckpointError, ConfigError
-from domainfm.utils import write_json_atomic
+from domainfm.io_safety import os_error_text
+from domainfm.io_safety import write_json_atomic
+
+log = logging.getLogger("domainfm.train")
 
 FORMAT = "domainfm-checkpoint/1"
 _CKPT_PREFIX = "ckpt-"
@@ -66,19 +73,26 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, torch.Ten
                     keep_last: int = 0) -> Path:
     """Write a checkpoint folder atomically and point ``run_dir/latest`` at it; return its path."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"{_CKPT_PREFIX}{step:07d}"
     tmp = run_dir / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    card = {**card, "format": FORMAT, "step": int(step)}
-    card.setdefault("versions", software_versions())
-    save_file(unique_tensors(tensors), str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-    write_json_atomic(tmp / "card.json", card)
-    if trainer_tensors is not None or trainer_json is not None:
-        save_file(unique_tensors(trainer_tensors or {}), str(tmp / "trainer_state.safetensors"))
-        write_json_atomic(tmp / "trainer_state.json", trainer_json or {})
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        card = {**card, "format": FORMAT, "step": int(step)}
+        card.setdefault("versions", software_versions())
+        save_file(unique_tensors(tensors), str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        write_json_atomic(tmp / "card.json", card)
+        if trainer_tensors is not None or trainer_json is not None:
+            save_file(unique_tensors(trainer_tensors or {}), str(tmp / "trainer_state.safetensors"))
+            write_json_atomic(tmp / "trainer_state.json", trainer_json or {})
+    except (OSError, SafetensorError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        before = list_checkpoints(run_dir)
+        kept = f"the last checkpoint {before[-1]} is intact" if before else "no earlier checkpoint exists"
+        reason = os_error_text(exc) if isinstance(exc, OSError) else f"{exc} (disk full or not writable?)"
+        raise CheckpointError(f"{final}: cannot write the checkpoint: {reason}; {kept}") from None
     if final.exists():
         old = run_dir / f".old-{final.name}-{os.getpid()}"
         os.replace(final, old)
@@ -86,7 +100,10 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, torch.Ten
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    write_json_atomic(run_dir / "latest.json", {"checkpoint": final.name, "step": int(step)})
+    try:
+        write_json_atomic(run_dir / "latest.json", {"checkpoint": final.name, "step": int(step)})
+    except OSError as exc:  # the checkpoint itself is complete; resolve_checkpoint finds it without the pointer
+        log.warning("%s: could not update latest.json (%s)", run_dir, os_error_text(exc))
     if keep_last and keep_last > 0:
         for old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
@@ -101,6 +118,63 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     found = [p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(_CKPT_PREFIX)
              and (p / "card.json").is_file() and (p / "model.safetensors").is_file()]
     return sorted(found, key=lambda p: p.name)
+
+
+def checkpoint_problem(ckpt: str | Path, need_trainer_state: bool = False) -> str | None:
+    """Why a checkpoint folder is damaged (unparsable card, truncated or corrupt safetensors,
+    missing trainer state), or ``None`` when it is intact. Only headers are read.
+
+    Example:
+        >>> import tempfile, torch
+        >>> ck = save_checkpoint(tempfile.mkdtemp(), 1, {"w": torch.ones(2)}, {})
+        >>> checkpoint_problem(ck) is None
+        True
+        >>> _ = (ck / "card.json").write_text("{")
+        >>> checkpoint_problem(ck)
+        'card.json is not valid JSON'
+    """
+    ckpt = Path(ckpt)
+    try:
+        card = json.loads((ckpt / "card.json").read_text())
+    except OSError as exc:
+        return f"card.json unreadable ({os_error_text(exc)})"
+    except ValueError:
+        return "card.json is not valid JSON"
+    if not isinstance(card, dict) or card.get("format") != FORMAT:
+        return "card.json is not a domainfm card"
+    files = ["model.safetensors"] + (["trainer_state.safetensors"] if need_trainer_state else [])
+    for name in files:
+        try:
+            with safe_open(str(ckpt / name), "pt") as fh:
+                fh.keys()
+        except (SafetensorError, OSError) as exc:
+            return f"{name} is damaged ({str(exc).splitlines()[0][:100]})"
+    if need_trainer_state:
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            return "trainer_state.json is missing or damaged"
+    return None
+
+
+def latest_intact(run_dir: str | Path, need_trainer_state: bool = False) -> Path | None:
+    """The newest intact checkpoint of a run; damaged newer ones are skipped with a warning.
+
+    Example:
+        >>> import tempfile, torch
+        >>> run = tempfile.mkdtemp()
+        >>> a = save_checkpoint(run, 1, {"w": torch.ones(2)}, {}); b = save_checkpoint(run, 2, {"w": torch.ones(2)}, {})
+        >>> _ = (b / "model.safetensors").write_bytes(b"broken")
+        >>> latest_intact(run) == a
+        True
+    """
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        problem = checkpoint_problem(ckpt, need_trainer_state)
+        if problem is None:
+            return ckpt
+        msg = f"checkpoint {ckpt} is damaged ({problem}); falling back to the one before it"
+        log.warning(msg)
+    return None
 
 
 def check_run_dir(run_dir: str | Path, resume: bool) -> None:
@@ -124,17 +198,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if pointer.is_file():
         try:
             name = json.loads(pointer.read_text())["checkpoint"]
-            if (path / name / "card.json").is_file():
+            if (path / name / "card.json").is_file() and checkpoint_problem(path / name) is None:
                 return path / name
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, TypeError):
             pass
-    ckpts = list_checkpoints(path)
-    if ckpts:
-        return ckpts[-1]
-    # a finetune or pretrain run keeps its checkpoints one level down
-    for sub in ("checkpoints",):
-        if (path / sub).is_dir() and list_checkpoints(path / sub):
-            return list_checkpoints(path / sub)[-1]
+    for folder in (path, path / "checkpoints"):  # a finetune or pretrain run may keep them one level down
+        if list_checkpoints(folder):
+            found = latest_intact(folder)
+            if found is None:
+                raise CheckpointError(f"{folder}: every checkpoint is damaged (see the warnings); nothing to load")
+            return found
     raise CheckpointError(f"{path}: not a checkpoint (no card.json + model.safetensors) and no checkpoint inside")
 
 

@@ -22,6 +22,9 @@ import logging
 import math
 import os
 import random
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -35,8 +38,11 @@ from tqdm.auto import tqdm
 from domainfm.config import TrainConfig
 from domainfm.data.sample import collate_samples
 from domainfm.errors import CheckpointError, DataError, NonFiniteLossError
+from domainfm.io_safety import RunLock, clean_stale_tmp
+from domainfm.memory import check_step_memory, enable_grad_checkpointing
 from domainfm.ssl.monitor import collapse_metrics
-from domainfm.train.checkpoint import (check_run_dir, list_checkpoints, load_module_state, load_tensors, save_checkpoint)
+from domainfm.train.checkpoint import (check_run_dir, latest_intact, list_checkpoints, load_module_state, load_tensors,
+                                       save_checkpoint)
 from domainfm.train.distributed import DistContext
 from domainfm.data.sampling import epoch_batches, set_epoch
 from domainfm.train.schedule import lr_at
@@ -196,6 +202,57 @@ def _check_finite(batch: dict) -> None:
                                       f"(fix or exclude this file, or add nodata handling in the domain options)")
 
 
+class _StopRequest:
+    """SIGINT/SIGTERM while training: the first asks for a checkpoint at the end of the current step,
+    a second one interrupts at once."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step "
+              "(signal again to stop without one)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def resume_command(card: dict, run_dir: Path) -> str:
+    """The command that continues an interrupted run.
+
+    Example:
+        >>> resume_command({"stage": "pretrain"}, Path("runs/x"))
+        'domainfm pretrain --resume --out runs/x'
+    """
+    if card.get("stage") == "finetune" and card.get("parent"):
+        return f"domainfm finetune {card['parent']} --config {run_dir / 'config.yaml'} --resume --out {run_dir}"
+    return f"domainfm pretrain --resume --out {run_dir}"
+
+
+def _min_batch(module: nn.Module) -> int:
+    """Samples a training batch needs: 2 with a 1-D batch norm in training mode (one value per channel
+    has no variance) or a contrastive loss (the other samples are the negatives), else 1.
+
+    Example:
+        >>> _min_batch(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))), _min_batch(nn.Linear(2, 2))
+        (2, 1)
+    """
+    bn = any(isinstance(m, nn.BatchNorm1d) and m.training for m in module.modules())
+    contrastive = "contrastive" in type(module).__name__.lower() or hasattr(module, "temperature")
+    return 2 if bn or contrastive else 1
+
+
 def _batch_size(batch: dict) -> int:
     return int(batch["image"].shape[0]) if "image" in batch else int(batch["views"][0].shape[0])
 
@@ -217,10 +274,24 @@ def train(module: nn.Module, dataset, tcfg: TrainConfig, run_dir: str | Path, ca
     ctx = DistContext.from_env(device.type)
     if ctx.enabled and device.type == "cuda":
         device = torch.device(f"cuda:{ctx.local_rank}")
+    lock = None
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir).acquire()  # refuses a second process training into the same folder
+        clean_stale_tmp(run_dir)
     ctx.barrier()
+    try:
+        return _train_locked(module, dataset, tcfg, run_dir, card, resume, collate_fn, num_workers, callbacks,
+                             encoder_attr, device, ctx)
+    finally:
+        if lock is not None:
+            lock.release_all()
+
+
+def _train_locked(module, dataset, tcfg, run_dir: Path, card: dict, resume: bool, collate_fn, num_workers: int,
+                  callbacks, encoder_attr: str, device: torch.device, ctx: DistContext) -> Path:
     module.to(device)
+    if tcfg.grad_checkpointing:
+        enable_grad_checkpointing(getattr(module, encoder_attr, module))
     use_bf16 = (tcfg.amp == "bf16") or (tcfg.amp == "auto" and device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -240,15 +311,18 @@ def train(module: nn.Module, dataset, tcfg: TrainConfig, run_dir: str | Path, ca
 
     start_step = 0
     check_run_dir(run_dir, resume)
+    last = None
     if resume:
         ckpts = list_checkpoints(run_dir)
         if not ckpts:
             raise CheckpointError(f"--resume: no checkpoint in {run_dir} to resume from")
-        last = ckpts[-1]
+        if not (ckpts[-1] / "trainer_state.safetensors").is_file():
+            raise CheckpointError(f"{ckpts[-1]}: has no trainer state, cannot resume exactly")
+        last = latest_intact(run_dir, need_trainer_state=True)  # a damaged newest one falls back, with a warning
+        if last is None:
+            raise CheckpointError(f"--resume: every checkpoint in {run_dir} is damaged; start a new run")
         weights = load_tensors(last)
         load_module_state(module, {k: v for k, v in weights.items() if not k.startswith("ema.")})
-        if not (last / "trainer_state.safetensors").is_file():
-            raise CheckpointError(f"{last}: has no trainer state, cannot resume exactly")
         ttensors = load_tensors(last, "trainer_state.safetensors")
         tmeta = json.loads((last / "trainer_state.json").read_text())
         _load_optimizer_state(optimizer, ttensors, tmeta.get("optimizer", {}))
@@ -270,12 +344,22 @@ def train(module: nn.Module, dataset, tcfg: TrainConfig, run_dir: str | Path, ca
 
     accum = tcfg.accum_steps
     total = tcfg.steps
-    probe = [dataset[0]]  # fail early, with the file named, if the very first sample is bad
-    del probe
+    probe = dataset[0]  # fail early, with the file named, if the very first sample is bad
     batches0 = epoch_batches(dataset, 0, tcfg.batch_size, tcfg.seed, ctx.rank, ctx.world_size)
+    if ctx.is_main and tcfg.memory_check and batches0:  # the real batch: small datasets give fewer samples
+        check_step_memory(module, probe, max(len(b) for b in batches0), device, use_bf16=use_bf16,
+                          grad_checkpointing=tcfg.grad_checkpointing)
+    del probe
     per_epoch = len(batches0)
     if per_epoch == 0:
         raise CheckpointError(f"the dataset has {len(dataset)} samples: too few for one batch per rank")
+    need = _min_batch(module)
+    smallest = min(len(b) for b in batches0)
+    if smallest < need:
+        where = card.get("data", {}).get("path") if isinstance(card.get("data"), dict) else None
+        raise DataError(where, f"a training batch would hold {smallest} sample(s) (the data gives {len(dataset)}), but "
+                               f"this model needs >= {need} per batch (batch-norm statistics / contrastive negatives); "
+                               f"add data (more files, tiles or chips per item) or raise train.batch_size")
     micro = start_step * accum
 
     logger = MetricsLogger(run_dir, tcfg.tensorboard, ctx.is_main, start_step)
@@ -293,13 +377,15 @@ def train(module: nn.Module, dataset, tcfg: TrainConfig, run_dir: str | Path, ca
                                {**otensors, **rtensors}, {"step": step, "optimizer": ometa, "rng": rmeta},
                                keep_last=tcfg.keep_last)
 
-    last_ckpt = list_checkpoints(run_dir)[-1] if (resume and ctx.is_main) else None
+    last_ckpt = last if (resume and ctx.is_main) else None
     step = start_step
     module.train()
     t_last, seen = time.perf_counter(), 0
     loader_iter = None
     epoch = -1
+    stop = _StopRequest()
     try:
+        stop.__enter__()
         while step < total:
             lr = lr_at(step, tcfg.lr, total, tcfg.warmup_steps, tcfg.min_lr)
             for g in optimizer.param_groups:
@@ -370,11 +456,18 @@ def train(module: nn.Module, dataset, tcfg: TrainConfig, run_dir: str | Path, ca
                     progress.set_postfix({k: f"{metrics[k]:.4g}" for k in ("loss", "embed_std") if k in metrics})
             if progress is not None:
                 progress.update(1)
-            if step % tcfg.ckpt_every == 0 or step == total:
+            stopping = ctx.any_true(stop.signal is not None, device)
+            if step % tcfg.ckpt_every == 0 or step == total or stopping:
                 if ctx.is_main:
                     last_ckpt = save(step)
                 ctx.barrier()
+            if stopping:
+                if ctx.is_main:
+                    print(f"interrupted at step {step} of {total}: checkpoint saved to {last_ckpt}\n"
+                          f"resume with: {resume_command(card, run_dir)}", file=sys.stderr, flush=True)
+                raise KeyboardInterrupt
     finally:
+        stop.__exit__()
         if progress is not None:
             progress.close()
         logger.close()

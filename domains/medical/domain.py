@@ -15,6 +15,7 @@ Example (Python API):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -26,11 +27,29 @@ import torch
 from domainfm.domain import Domain, DomainExample, accept_options
 from domainfm.errors import ConfigError, DataError
 from domainfm.medical.dataset import MedicalDataset
-from domainfm.medical.synthetic import write_example
+from domainfm.medical.defaults import decide, default_crop, looks_like_ct, only_2d_images
 from domainfm.medical.options import MedicalOptions, normalized, options_from_card
+from domainfm.medical.synthetic import write_example
 from domainfm.medical.sources import discover, holdout, is_decathlon
 from domainfm.medical.transforms import build_transforms, domain_errors, normalization_record
 
+def mask_values(items: list[dict], spatial_dims: int) -> list[int]:
+    """The label ids present in the masks of ``items`` (each mask read whole, once).
+
+    Example:
+        >>> mask_values([], 3)
+        []
+    """
+    from domainfm.medical.io import read_image
+    found: set[int] = set()
+    for it in items:
+        if "mask" in it:
+            arr = read_image(it["mask"], spatial_dims=spatial_dims).as_tensor()
+            found.update(int(v) for v in torch.unique(arr.round().long()).tolist())
+    return sorted(found)
+
+
+SEG_3D_BATCH = 2  # 3D segmentation fine-tuning batch when train.batch_size is left at its default
 _NPZ_SPLIT = {"pretrain": "train", "train": "train", "val": "val", "test": "test", "embed": "test"}
 
 
@@ -72,16 +91,67 @@ class MedicalDomain(Domain):
         batch_size: int | None = None
         overlap: float | None = None
         sw_overlap: float | None = None
+    def __init__(self):
+        self._crops: dict[tuple, tuple[list[int], str]] = {}
+        self._ct_like: dict[str, bool | None] = {}
+        self._batch_text: str | None = None
 
     # ---------------------------------------------------------------------------------------- data
     def options(self, cfg) -> MedicalOptions:
-        """``cfg.options`` validated, with comma-string lists parsed."""
-        return normalized(cfg.options)
+        """``cfg.options`` validated, with comma-string lists parsed; a data path of 2D images only
+        (PNG/JPEG, single DICOM files) is read in 2D (a decision printed once, recorded in the card)."""
+        opts = normalized(cfg.options)
+        if opts.spatial_dims == 3 and not opts.sequences and only_2d_images(cfg.data.path):
+            decide("spatial_dims", f"{cfg.data.path} holds 2D images only: reading them in 2D (spatial_dims 2)")
+            opts = normalized(dataclasses.replace(opts, spatial_dims=2, target_spacing=None, crop_size=None))
+        return opts
 
     def crop_size(self, cfg) -> list[int]:
-        """Model input size: ``options.crop_size`` or ``data.img_size``."""
+        """Model input size: ``options.crop_size``, else ``data.img_size``; in 3D with ``img_size`` left
+        at the 2D default 224, 96^3 voxels capped by the largest volume (see :mod:`.defaults`)."""
         opts = self.options(cfg)
-        return list(opts.crop_size) if opts.crop_size else _img_size(cfg, opts.spatial_dims)
+        if opts.crop_size:
+            return list(opts.crop_size)
+        if opts.spatial_dims == 3 and cfg.data.img_size == 224 and cfg.data.path is not None:
+            key = (str(cfg.data.path), str(opts.target_spacing), str(cfg.model.patch_size))
+            if key not in self._crops:
+                try:
+                    items = self.items(cfg, "pretrain")[0]
+                except DataError:
+                    items = []
+                self._crops[key] = default_crop(items, opts.target_spacing, cfg.model.patch_size)
+            crop, text = self._crops[key]
+            decide("crop", text)
+            return list(crop)
+        return _img_size(cfg, opts.spatial_dims)
+
+    def decisions(self, cfg) -> list[str]:
+        """The data-derived decisions of this config (for the card), each printed once.
+
+        Example:
+            >>> # get_domain("medical").decisions(cfg) -> ['3D crop 96x96x96 voxels (the 3D default; ...)']
+        """
+        opts = self.options(cfg)
+        out = []
+        if opts.spatial_dims == 2 and cfg.options.spatial_dims == 3:
+            out.append(f"{cfg.data.path} holds 2D images only: read in 2D")
+        if opts.spatial_dims == 3 and not opts.crop_size and cfg.data.img_size == 224 and cfg.data.path is not None:
+            self.crop_size(cfg)
+            out.append(self._crops[(str(cfg.data.path), str(opts.target_spacing), str(cfg.model.patch_size))][1])
+        if self._batch_text and cfg.finetune.task == "segmentation" and cfg.train.batch_size == SEG_3D_BATCH:
+            out.append(self._batch_text)
+        if opts.modality == "ct" and opts.spatial_dims == 3 and cfg.data.path is not None:
+            key = str(cfg.data.path)
+            if key not in self._ct_like:
+                try:
+                    self._ct_like[key] = looks_like_ct(self.items(cfg, "pretrain")[0])
+                except DataError:
+                    self._ct_like[key] = None
+            if self._ct_like[key] is False:
+                out.append(decide("modality", f"warning: modality is ct (the default) but the volumes of {key} have "
+                                              "no air near -1000 HU, so they do not look like CT; the CT window would "
+                                              "clip them: pass --modality mri (or declare ct on purpose)"))
+        return out
 
     def items(self, cfg, split: str) -> tuple[list[dict], list[str] | None]:
         """Item dicts and class names for ``split`` (``pretrain``, ``train``, ``val``, ``test``, ``embed``)."""
@@ -135,6 +205,11 @@ class MedicalDomain(Domain):
                 raise DataError(where, f"{task} needs labels: class subfolders, a 'label' column in the manifest, "
                                        "or a MedMNIST .npz with *_labels")
             items = [{k: v for k, v in it.items() if k != "mask"} for it in items]
+        if split == "train" and task == "segmentation" and opts.spatial_dims == 3 and cfg.train.batch_size == 64:
+            # train.batch_size left at the 2D default: a 3D UNETR step decodes every crop at full resolution
+            cfg.train.batch_size = SEG_3D_BATCH
+            self._batch_text = decide("batch", f"3D segmentation: train.batch_size {SEG_3D_BATCH} (the default 64 is "
+                                               "for 2D; UNETR practice for 96^3 crops; set --batch-size to change it)")
         stage = "test" if split == "embed" else split
         cache_dir = None
         if cfg.data.cache == "disk":
@@ -144,13 +219,22 @@ class MedicalDomain(Domain):
         ds = MedicalDataset(items, opts, crop, stage=stage, cache=cfg.data.cache, cache_dir=cache_dir,
                             seed=cfg.train.seed, classes=classes, num_workers=cfg.data.num_workers)
         if task == "segmentation" and split in ("train", "val", "test"):
-            # segmentation label names, background first (``classes`` stays for image-level labels)
-            names = ds.classes or []
-            n = max(ds.num_classes or 2, len(names), 2)
-            ds.mask_classes = list(names) + [f"label_{i}" for i in range(len(names), n)] if names else \
-                ["background"] + [f"label_{i}" for i in range(1, n)]
+            # segmentation label names by mask id (a Decathlon ``labels`` map); the ids themselves come
+            # from the masks (domainfm.classmap), so sparse ids are never padded into absent classes
+            ds.class_names_by_id = self._label_names(cfg)
+            ds.mask_classes = [ds.class_names_by_id[k] for k in sorted(ds.class_names_by_id, key=int)] or None
+            ds.label_values = functools.partial(mask_values, ds.items, opts.spatial_dims)
             ds.classes = None
         return ds
+
+    @staticmethod
+    def _label_names(cfg) -> dict[str, str]:
+        path = Path(cfg.data.path)
+        if path.is_file() and path.suffix.lower() == ".json" and is_decathlon(path):
+            labels = json.loads(path.read_text()).get("labels")
+            if isinstance(labels, dict):
+                return {str(k): str(v) for k, v in labels.items()}
+        return {}
 
     def augment(self, cfg):
         """Contrastive views: random resized crop, flips, intensity jitter (2D or 3D)."""
@@ -180,7 +264,8 @@ class MedicalDomain(Domain):
                "orientation": opts.orientation if opts.spatial_dims == 3 else None,
                "target_spacing": opts.target_spacing, "normalization": normalization_record(opts),
                "crop_size": self.crop_size(cfg), "sequences": opts.sequences,
-               "foreground_crop": opts.foreground_crop, "options": dataclasses.asdict(opts)}
+               "foreground_crop": opts.foreground_crop, "options": dataclasses.asdict(opts),
+               "decisions": self.decisions(cfg)}
         if dataset is not None and len(dataset):
             meta = dataset[0].get("meta") or {}
             rec["in_chans"] = int(dataset[0]["image"].shape[0])

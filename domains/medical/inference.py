@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from domainfm.classmap import ClassMap, output_dtype
 from domainfm.errors import DataError
-from domainfm.utils import write_arrays_atomic
+from domainfm.io_safety import atomic_output, check_output, write_arrays_atomic
 from domainfm.medical.io import is_nifti, write_nifti
 from domainfm.medical.options import options_from_card
 from domainfm.medical.transforms import build_transforms, domain_errors
@@ -93,14 +94,22 @@ def segment_scan(model, input_path, overlap: float | None = None, sw_batch_size:
     sw_batch_size = sw_batch_size or opts.sw_batch_size
     was = model.training
     model.eval()
+    dev = _model_device(model)
+    n_windows = len(_windows(_pad_to(img.as_tensor()[:1], list(crop)).shape[1:], list(crop), overlap))
+    # on a GPU, windows are blended there in buffered slabs and the whole-scan output accumulates in RAM
+    # (MONAI buffer_steps), so device memory grows with neither the volume nor the class count
+    buffered = {"sw_device": dev, "device": torch.device("cpu"), "buffer_steps": 1} if dev.type == "cuda" else {}
     try:
         with torch.no_grad():
-            logits = sliding_window_inference(img.as_tensor().float()[None].to(_model_device(model)), roi_size=list(crop),
+            logits = sliding_window_inference(img.as_tensor().float()[None].to(dev), roi_size=list(crop),
                                               sw_batch_size=sw_batch_size, predictor=model.logits, overlap=overlap,
-                                              mode="gaussian")
+                                              mode="gaussian", progress=n_windows >= 64, **buffered)
     finally:
         model.train(was)
-    probs = torch.as_tensor(logits)[0].float().softmax(0).cpu()
+    probs = torch.as_tensor(logits)[0].float().cpu()
+    del logits
+    probs.sub_(probs.amax(0, keepdim=True)).exp_()  # softmax in place: one K x volume buffer, not three
+    probs.div_(probs.sum(0, keepdim=True))
     pred = MetaTensor(probs, meta=dict(img.meta), applied_operations=list(img.applied_operations))
     with domain_errors():
         inv = det.inverse({"image": pred})["image"]
@@ -150,28 +159,38 @@ def predict_scan(model, input_path, out_path, overlap: float | None = None, sw_b
         >>> # predict_scan(domainfm.load("runs/seg"), "ct.nii.gz", "ct_pred.nii.gz")
     """
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if model.card.get("task") in ("classification", "multilabel"):
-        res = classify_scan(model, input_path, overlap, sw_batch_size)
-        if out_path.suffix.lower() != ".json":
-            out_path = Path(str(out_path) + ".json")
-        out_path.write_text(json.dumps(res, indent=2))
-        return out_path
-    probs, meta = segment_scan(model, input_path, overlap, sw_batch_size)
-    labels = probs.argmax(0).numpy().astype(np.uint8 if probs.shape[0] < 256 else np.int16)
     src = str(input_path)
     opts, _ = _card_setup(model)
-    if opts.spatial_dims == 2 and not is_nifti(src) and out_path.suffix.lower() in (".png", ".tif", ".tiff"):
+    task = model.card.get("task")
+    if task in ("classification", "multilabel"):
+        final = out_path if out_path.suffix.lower() == ".json" else Path(str(out_path) + ".json")
+    elif opts.spatial_dims == 2 and not is_nifti(src) and out_path.suffix.lower() in (".png", ".tif", ".tiff"):
+        final = out_path
+    else:
+        final = out_path if is_nifti(out_path) else Path(str(out_path) + ".nii.gz")
+    check_output(final, [input_path])  # before any work: never the input, a writable place
+    if task in ("classification", "multilabel"):
+        res = classify_scan(model, input_path, overlap, sw_batch_size)
+        with atomic_output(final, [input_path]) as tmp:
+            tmp.write_text(json.dumps(res, indent=2))
+        return final
+    probs, meta = segment_scan(model, input_path, overlap, sw_batch_size)
+    class_map = ClassMap.from_card(model.card)  # contiguous indices back to the label ids of the training masks
+    index = probs.argmax(0).numpy()
+    ids = class_map.ids if class_map else list(range(probs.shape[0]))
+    labels = (class_map.to_ids(index) if class_map else index).astype(output_dtype(ids))
+    if final.suffix.lower() in (".png", ".tif", ".tiff"):
         from PIL import Image
-        scale = 255 // max(1, probs.shape[0] - 1)
-        Image.fromarray((labels * scale).astype(np.uint8)).save(out_path)
-        return out_path
+        scale = 255 // max(1, max(ids))
+        with atomic_output(final, [input_path]) as tmp:
+            Image.fromarray((labels * scale).astype(np.uint8)).save(tmp)
+        return final
     affine = np.asarray(meta.get("original_file_affine", meta["original_affine"]), dtype=np.float64)
     if is_nifti(src):
         import nibabel as nib
         affine = nib.load(src).affine
     like = src if is_nifti(src) else None
-    written = write_nifti(labels, affine, out_path, like=like)
+    written = write_nifti(labels, affine, final, like=like)
     if save_probabilities:
         write_nifti(np.moveaxis(probs.numpy(), 0, -1).astype(np.float32), affine,
                     str(written).replace(".nii", "_probs.nii"), like=like)
@@ -204,6 +223,9 @@ def evaluate_segmentation(model, data, overlap: float | None = None) -> dict:
         mask = read_image(it["mask"], spatial_dims=opts.spatial_dims).as_tensor().long()
         if tuple(mask.shape) != tuple(probs.shape[1:]):
             raise DataError(it["mask"], f"mask shape {tuple(mask.shape)} differs from the scan {tuple(probs.shape[1:])}")
+        cmap = ClassMap.from_card(model.card)
+        if cmap is not None:  # masks hold label ids; the model's classes are indices into the map
+            mask = cmap.to_index(mask, it["mask"], strict=False).clamp_min(0)
         pred = torch.nn.functional.one_hot(probs.argmax(0), k).movedim(-1, 0)[None].float()
         truth = torch.nn.functional.one_hot(mask.clamp(0, k - 1), k).movedim(-1, 0)[None].float()
         aff = np.asarray(meta["original_affine"])
@@ -236,6 +258,10 @@ def embed_scans(model, data, out, batch_size: int = 64, overlap: float | None = 
     from domainfm.medical.sources import discover
     opts, crop = _card_setup(model)
     overlap = opts.sw_overlap if overlap is None else overlap
+    out = Path(out)
+    if out.suffix.lower() not in (".h5", ".hdf5", ".npz"):
+        out = out.with_suffix(".npz")
+    check_output(out, [data], what="embed --out")  # before embedding every scan
     splits = None
     if str(data).endswith(".npz"):  # MedMNIST-style: every split it holds, with a `splits` column
         try:
@@ -281,8 +307,4 @@ def embed_scans(model, data, out, batch_size: int = 64, overlap: float | None = 
         arrays["splits"] = np.asarray(splits)
     if labels and len(labels) == len(ids):
         arrays["labels"] = np.asarray(labels)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() not in (".h5", ".hdf5", ".npz"):
-        out = out.with_suffix(".npz")
     return write_arrays_atomic(out, arrays)

@@ -24,11 +24,14 @@ import numpy as np
 import torch
 
 from domainfm.errors import DataError
+from domainfm.io_safety import atomic_output
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+MAX_IMAGE_PIXELS = 100_000_000  # 2D images above this are refused (tile them); DOMAINFM_MAX_IMAGE_PIXELS raises it
+MIN_IMAGE_SIDE = 16  # 2D images with a smaller side are mostly padding after resizing to the model
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -235,16 +238,25 @@ def read_image_2d(path: str | Path):
     """Read a PNG/JPEG/TIFF image as a 2D float32 MetaTensor (RGB is converted to grayscale)."""
     from PIL import Image, UnidentifiedImageError
     path = Path(path)
+    guard = int(os.environ.get("DOMAINFM_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
     try:
         with Image.open(path) as im:
+            if im.width * im.height > guard:
+                raise DataError(path, f"image is {im.width}x{im.height} px, over the size guard of {guard:,} px: "
+                                      "tile it, or raise the guard on purpose (DOMAINFM_MAX_IMAGE_PIXELS)")
             im.load()
             if im.mode in ("RGB", "RGBA", "P", "LA", "CMYK"):
                 im = im.convert("L")
             arr = np.asarray(im, dtype=np.float32)
+    except Image.DecompressionBombError as exc:
+        raise DataError(path, f"image over PIL's size guard ({exc}); tile it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(path, f"cannot read image ({type(exc).__name__}: {exc})") from None
     if arr.ndim != 2:
         raise DataError(path, f"expected a grayscale image, got shape {arr.shape}")
+    if min(arr.shape) < MIN_IMAGE_SIDE:
+        raise DataError(path, f"image is {arr.shape[1]}x{arr.shape[0]} px, smaller than one {MIN_IMAGE_SIDE}-px patch: "
+                              "the model would train on padding; remove it from the data")
     return _meta_tensor(arr, np.eye(4), str(path), "no_channel")
 
 
@@ -389,11 +401,11 @@ def write_nifti(array: np.ndarray | torch.Tensor, affine: np.ndarray, path: str 
     else:
         img.set_qform(affine, 1)
         img.set_sform(affine, 1)
-    name = str(path)
-    if not is_nifti(name):
-        name += ".nii.gz"
-    nib.save(img, name)
-    return Path(name)
+    name = Path(str(path) if is_nifti(path) else str(path) + ".nii.gz")
+    # temp name + rename: an interrupted write never leaves a valid-looking file; the source is never replaced
+    with atomic_output(name, [like]) as tmp:
+        nib.save(img, str(tmp))
+    return name
 
 
 def scan_id(path: str | Path) -> str:

@@ -21,6 +21,7 @@ from domainfm.data.splits import holdout_split
 from domainfm.domain import Domain, DomainExample, accept_options
 from domainfm.errors import ConfigError, DataError
 from domainfm.utils import parse_list
+from domainfm.io_safety import check_output
 
 from .datasets import (IMAGENET_MEAN, IMAGENET_STD, SlideTileDataset, TileFolderDataset, TileTransform,
                        is_tile_folder, list_slides)
@@ -289,7 +290,9 @@ class PathologyDomain(Domain):
         if is_tile_folder(data):  # a folder of tile images: one embedding per tile, in one file
             out = Path(out)
             target = out if out.suffix in (".npz", ".h5", ".hdf5") else out / "embeddings.npz"
+            check_output(target, [data], what="embed --out")
             return super().embed(model, data, target, batch_size=int(kwargs.get("batch_size") or 32))
+        check_output(out, [data], what="embed --out", folder=True)  # before embedding any slide
         pre = dict((getattr(model, "card", None) or {}).get("preprocessing") or {})
         for key in ("target_mpp", "tile_size"):
             if kwargs.get(key) is not None and kwargs[key] != pre.get(key):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from domainfm.errors import DataError
-from domainfm.utils import atomic_path
+from domainfm.io_safety import atomic_output
 
 from .datasets import IMAGENET_MEAN, IMAGENET_STD, SlideRecord, SlideTileDataset, TileTransform, list_slides
 from .stain import MacenkoNormalizer
@@ -131,7 +131,7 @@ def embed_slides(model, data: str | Path | list, out: str | Path, preprocessing:
                 feats.append(_encode(model, x.to(device)).float().cpu())
         features = torch.cat(feats).numpy()
         grid = ds.grids[0]
-        with atomic_path(dst) as tmp, h5py.File(tmp, "w") as f:
+        with atomic_output(dst) as tmp, h5py.File(tmp, "w") as f:
             f.create_dataset("features", data=features.astype(np.float32))
             f.create_dataset("coords", data=grid.coords.astype(np.int64))
             f.create_dataset("tissue", data=grid.tissue.astype(np.float32))
@@ -168,7 +168,7 @@ def _merge_index(path: Path, rows: list[tuple]) -> None:
         if r[2] == "skipped" and prev is not None:
             continue  # keep the original "done" entry
         old[r[0]] = (r[0], r[1], "done" if r[2] == "skipped" else r[2], r[3])
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["slide", "file", "status", "detail"])
         w.writerows(old.values())

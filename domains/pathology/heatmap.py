@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from domainfm.utils import atomic_path
+from domainfm.io_safety import atomic_output
 
 from .slide import open_slide, thumbnail_rgb
 
@@ -78,7 +78,7 @@ def write_heatmap(slide_path: str | Path, coords: np.ndarray, size0: int, scores
     img = heatmap_image(thumb, size, coords, size0, scores, alpha, cmap, normalize)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_png) as tmp:
+    with atomic_output(out_png) as tmp:
         img.save(tmp)
     return out_png
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from domainfm.errors import CheckpointError
+from domainfm.io_safety import atomic_output, check_output
 
 from .datasets import SlideRecord, SlideTileDataset
 from .embed import _model_device, _stack_images, transform_from_preprocessing
@@ -35,6 +36,13 @@ def predict_slide(model, slide_path, out_path, mpp: float | None = None, batch_s
         raise CheckpointError(f"{getattr(model, 'path', '')}: slide prediction needs a checkpoint fine-tuned with "
                               "--task mil (or a tile classifier); this one has task "
                               f"{task!r}. Use `domainfm embed` for features")
+    out_path = Path(out_path)
+    if out_path.suffix.lower() != ".png":
+        out_path = out_path / f"{Path(slide_path).name}.png"
+    stem = out_path.with_suffix("")
+    outputs = [out_path, stem.with_suffix(".tiles.csv"), stem.with_suffix(".prediction.json")]
+    for out in outputs:  # before reading a tile: never the slide, a writable place
+        check_output(out, [slide_path])
     pre = dict(card.get("preprocessing") or {})
     transform = transform_from_preprocessing(pre)
     ds = SlideTileDataset([SlideRecord(str(slide_path), mpp)], float(pre.get("target_mpp", 0.5)),
@@ -54,10 +62,6 @@ def predict_slide(model, slide_path, out_path, mpp: float | None = None, batch_s
             else:
                 tile_logits.append(model.logits(x).float().cpu())
     classes = card.get("classes") or [str(i) for i in range(int(card.get("num_classes") or 2))]
-    out_path = Path(out_path)
-    if out_path.suffix.lower() != ".png":
-        out_path = out_path / f"{Path(slide_path).name}.png"
-    stem = out_path.with_suffix("")
     result: dict = {"slide": str(slide_path), "task": task, "classes": classes, "n_tiles": len(grid),
                     "mpp": grid.mpp, "target_mpp": grid.target_mpp}
     if task == "mil":
@@ -77,6 +81,11 @@ def predict_slide(model, slide_path, out_path, mpp: float | None = None, batch_s
         cols = {f"p_{c}": p[:, k] for k, c in enumerate(classes)}
         scores, norm = p[:, -1], "none"
         result.update({"mean_probabilities": dict(zip(classes, p.mean(0).tolist())), "heatmap_class": classes[-1]})
-    write_tile_scores(stem.with_suffix(".tiles.csv"), grid.coords, grid.size0, cols)
-    stem.with_suffix(".prediction.json").write_text(json.dumps(result, indent=2))
-    return write_heatmap(slide_path, grid.coords, grid.size0, np.asarray(scores), out_path, normalize=norm)
+    # each file under a temporary name, renamed when complete; the heatmap (the returned file) last
+    with atomic_output(outputs[1], [slide_path]) as tmp:
+        write_tile_scores(tmp, grid.coords, grid.size0, cols)
+    with atomic_output(outputs[2], [slide_path]) as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    with atomic_output(out_path, [slide_path]) as tmp:
+        write_heatmap(slide_path, grid.coords, grid.size0, np.asarray(scores), tmp, normalize=norm)
+    return out_path

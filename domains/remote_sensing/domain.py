@@ -18,16 +18,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from domainfm.decisions import decide
 from domainfm.domain import Domain, DomainExample
 from domainfm.errors import ConfigError, DataError
 from domainfm.runconfig import config_from_card
 
 from .datasets import RasterChipDataset, discover_items, split_items
+from .defaults import infer_sensor
 from .heads import build_head
 from .io import Grid, Scene, write_geotiff
 from .predict import predict_scene
 from .synthetic import write_example
-from .sensors import card_sensor, get_sensor, parse_band_list, sensor_from_dict, sensor_to_dict
+from .sensors import card_sensor, get_sensor, parse_band_list, sensor_to_dict
 
 log = logging.getLogger("domainfm.remote_sensing")
 
@@ -38,7 +40,8 @@ class RemoteSensingOptions:
 
     Attributes:
         sensor: sensor name, or several (``"sentinel2,landsat8"``: one sub-folder or manifest
-            ``sensor`` value per sensor; batches hold one sensor each).
+            ``sensor`` value per sensor; batches hold one sensor each). Unset: read from the band
+            descriptions of the first raster (an error when they do not identify the bands).
         bands: band names (``"B02,B03,B04,B08"`` or a list); with several sensors a mapping
             ``{sensor: [bands]}``; empty = all of the sensor's bands.
         sensors_file: YAML with user-defined sensors (see :mod:`.sensors`).
@@ -60,9 +63,10 @@ class RemoteSensingOptions:
         predict_batch_size: tiles per forward pass in predict.
         probabilities: predict writes class probabilities (float32, one band per class) instead of classes.
         classes: names of the mask classes (segmentation; index order), e.g. ``forest,water,urban``.
+        max_pixels: predict refuses scenes larger than this (default 2e9 pixels); raise it on purpose.
     """
 
-    sensor: str | list[str] = "sentinel2"
+    sensor: str | list[str] | None = None
     bands: list[str] | dict[str, Any] | str | None = None
     sensors_file: str | None = None
     layout: str = "auto"
@@ -81,6 +85,7 @@ class RemoteSensingOptions:
     predict_batch_size: int = 8
     probabilities: bool = False
     classes: list[str] | str | None = None
+    max_pixels: int | None = None
 
 
 def _sensor_list(opts: RemoteSensingOptions) -> list[str]:
@@ -120,13 +125,23 @@ class RemoteSensingDomain(Domain):
         probabilities: bool = False
         predict_overlap: float | None = None
         predict_batch_size: int | None = None
+        max_pixels: int | None = None
 
     def __init__(self):
         self._stats_cache: dict[str, dict] = {}
 
     # ---- options -> sensors/bands ---------------------------------------------------------------
     def _opts(self, cfg) -> RemoteSensingOptions:
-        return cfg.options
+        opts = cfg.options
+        if opts.sensor is None and cfg.data.path is not None:
+            # no sensor declared: the file's band descriptions decide (recorded in the config -> card)
+            sensor, bands, text = infer_sensor(cfg.data.path)
+            cfg.data.options["sensor"] = sensor
+            if not opts.bands:
+                cfg.data.options["bands"] = bands
+            decide("sensor", text)
+            opts = cfg.options
+        return opts
 
     def sensors_and_bands(self, cfg) -> dict[str, list[str]]:
         """``{canonical sensor name: [band names]}`` for the configured sensors (validates names)."""
@@ -363,7 +378,8 @@ class RemoteSensingDomain(Domain):
         return write_geotiff(path, arr, grid)
 
     def predict(self, model, input_path, out_path, sensor: str | list | None = None, probabilities: bool = False,
-                predict_overlap: float | None = None, predict_batch_size: int | None = None, **kwargs) -> Path:
+                predict_overlap: float | None = None, predict_batch_size: int | None = None,
+                max_pixels: int | None = None, **kwargs) -> Path:
         """Tiled inference over a whole scene with overlap blending; the output GeoTIFF has the
         input's CRS, transform and size (see :func:`.predict.predict_scene`).
 
@@ -371,7 +387,8 @@ class RemoteSensingDomain(Domain):
             >>> domainfm.predict("runs/seg", "scene.tif", "pred.tif")   # doctest: +SKIP
         """
         if kwargs:
-            raise ConfigError(f"predict takes --sensor, --probabilities, --predict-overlap and --predict-batch-size; "
+            raise ConfigError(f"predict takes --sensor, --probabilities, --predict-overlap, --predict-batch-size and "
+                              f"--max-pixels; "
                               f"got {', '.join('--' + k.replace('_', '-') for k in kwargs)} (preprocessing comes "
                               "from the checkpoint card)")
         if isinstance(sensor, list):
@@ -379,8 +396,8 @@ class RemoteSensingDomain(Domain):
                 raise ConfigError(f"predict: give one --sensor, got {sensor}")
             sensor = sensor[0]
         return predict_scene(model, input_path, out_path, self.effective_preprocessing(model.card), sensor=sensor,
-                             probabilities=bool(probabilities),
-                             overlap=predict_overlap, batch_size=predict_batch_size)
+                             probabilities=bool(probabilities), overlap=predict_overlap,
+                             batch_size=predict_batch_size, max_pixels=max_pixels)
 
     def example(self, folder: Path) -> DomainExample:
         """Small real files and a tiny recipe (see :func:`.synthetic.write_example`)."""

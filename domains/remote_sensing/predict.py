@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,11 @@ import torch
 import torch.nn.functional as F
 from rasterio.windows import Window
 
+from domainfm.classmap import ClassMap, output_dtype
 from domainfm.errors import CheckpointError, DataError
 from domainfm.inference import gaussian_importance, window_starts
+from domainfm.io_safety import check_output, refuse_input_overwrite, temp_name
+from domainfm.progress import Progress
 
 from .io import Scene
 from .sensors import card_sensor
@@ -36,16 +40,24 @@ def _logits(model, x: torch.Tensor, wavelengths) -> torch.Tensor:
     return model(x, wavelengths=wavelengths)  # pragma: no cover
 
 
+MAX_OUTPUT_PIXELS = 2_000_000_000  # ~ a 45000 x 45000 scene; larger outputs need max_pixels raised on purpose
+
+
 def predict_scene(model, input_path, out_path, preprocessing: dict | None = None, sensor: str | None = None,
                   probabilities: bool = False, overlap: float | None = None, batch_size: int | None = None,
-                  device=None) -> Path:
+                  device=None, max_pixels: int | None = None, progress: bool | None = None) -> Path:
     """Predict every pixel of ``input_path`` with ``model`` (a loaded fine-tuned model) into ``out_path``.
 
     Segmentation models give per-pixel classes; classification models paint each tile's class
     (blended where tiles overlap), i.e. a coarse scene map. The output is ``uint8`` classes (nodata
     255 where the input has no data), or float32 class probabilities (one band per class, nodata
     NaN) with ``probabilities=True``. ``preprocessing`` is the card's record (default: the model card's;
-    the domain passes :meth:`RemoteSensingDomain.effective_preprocessing`).
+    the domain passes :meth:`RemoteSensingDomain.effective_preprocessing`). Class indices are written as the label ids of the training masks
+    (the card's class map).
+
+    The output is written under a temporary name and renamed when complete (an interrupted predict
+    leaves nothing that looks valid); it may never be the input. Scenes over ``max_pixels`` are refused
+    (raise the guard on purpose); progress (tiles done / total, ETA) goes to stderr.
     """
     card = getattr(model, "card", None) or {}
     pre = dict(card.get("preprocessing") or {}) if preprocessing is None else preprocessing
@@ -54,7 +66,16 @@ def predict_scene(model, input_path, out_path, preprocessing: dict | None = None
     if not pre.get("sensors"):
         raise CheckpointError("the checkpoint card has no remote-sensing preprocessing record")
     sensor_obj, bands = card_sensor(pre, sensor)
+    out_path = Path(out_path)
+    check_output(out_path, [input_path])
     scene = Scene(input_path, sensor_obj, bands, pre.get("resolution"), pre.get("resampling", "bilinear"))
+    refuse_input_overwrite(out_path, [src.file for src in scene.sources])
+    guard = MAX_OUTPUT_PIXELS if max_pixels is None else int(max_pixels)
+    if scene.width * scene.height > guard:
+        raise DataError(input_path, f"scene is {scene.width}x{scene.height} px ({scene.width * scene.height:,} > the "
+                                    f"guard {guard:,}); cut it into tiles, or raise the guard on purpose "
+                                    "(--max-pixels N)")
+    class_map = ClassMap.from_card(card)
     stats = (pre.get("stats") or {}).get(sensor_obj.name)
     mean_std = stats_arrays(stats, bands, f" of sensor {sensor_obj.name} in the card") if stats else None
     chip = int(pre.get("chip_size") or pre.get("img_size"))
@@ -77,8 +98,9 @@ def predict_scene(model, input_path, out_path, preprocessing: dict | None = None
             m.eval()
 
     num_classes = None
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = temp_name(out_path)
+    meter = Progress(len(rows) * len(cols), f"predict {Path(input_path).name}", enabled=progress)
+    ids = class_map.ids if class_map else None
     dst = None
     acc = wsum = valid_acc = None
     top = 0  # first row of the accumulator strip
@@ -90,6 +112,7 @@ def predict_scene(model, input_path, out_path, preprocessing: dict | None = None
             for c in cols:
                 data, valid = scene.read(Window(c, r, chip, chip))
                 n_tiles += 1
+                meter.update(n_tiles)
                 if not valid.any():
                     n_skipped += 1
                     continue
@@ -121,14 +144,20 @@ def predict_scene(model, input_path, out_path, preprocessing: dict | None = None
                     valid_acc = np.zeros((chip, W), bool)
                     top = r
                     count = num_classes if probabilities else 1
-                    dst = rasterio.open(out_path, "w", driver="GTiff", width=W, height=H, count=count,
-                                        dtype="float32" if probabilities else "uint8", crs=scene.grid.crs,
-                                        transform=scene.grid.transform, nodata=float("nan") if probabilities else 255,
-                                        compress="deflate")
+                    ids = ids if ids and len(ids) == num_classes else list(range(num_classes))
+                    nodata = 255 if max(ids) < 255 else 65535
+                    dtype = "float32" if probabilities else str(output_dtype(ids, nodata))
+                    try:
+                        dst = rasterio.open(tmp_path, "w", driver="GTiff", width=W, height=H, count=count,
+                                            dtype=dtype, crs=scene.grid.crs, transform=scene.grid.transform,
+                                            nodata=float("nan") if probabilities else nodata, compress="deflate",
+                                            BIGTIFF="IF_SAFER")
+                    except rasterio.errors.RasterioError as exc:
+                        raise DataError(out_path, f"cannot write ({str(exc).splitlines()[0][:120]})") from None
                     if written < top:  # leading rows that were all nodata
                         _write_rows(dst, np.zeros((num_classes, top - written, W), np.float32),
                                     np.zeros((top - written, W), np.float32),
-                                    np.zeros((top - written, W), bool), written, probabilities)
+                                    np.zeros((top - written, W), bool), written, probabilities, ids, nodata)
                         written = top
                 for (c, _, valid), p in zip(batch, probs):
                     hh, ww = min(chip, H - r), min(chip, W - c)
@@ -144,24 +173,33 @@ def predict_scene(model, input_path, out_path, preprocessing: dict | None = None
                 continue
             if done_to > written:
                 a, b = written - top, done_to - top
-                _write_rows(dst, acc[:, a:b], wsum[a:b], valid_acc[a:b], written, probabilities)
+                _write_rows(dst, acc[:, a:b], wsum[a:b], valid_acc[a:b], written, probabilities, ids, nodata)
                 written = done_to
         if dst is None:
             raise DataError(input_path, f"every tile of the scene is nodata ({n_tiles} tiles); nothing to predict")
+        dst.close()
+        os.replace(tmp_path, out_path)  # complete: only now does the output carry its name
+    except rasterio.errors.RasterioError as exc:
+        raise DataError(out_path, f"cannot write ({str(exc).splitlines()[0][:120]}); disk full or not writable?") \
+            from None
     finally:
-        if dst is not None:
+        if dst is not None and not dst.closed:
             dst.close()
+        if tmp_path.exists():
+            tmp_path.unlink()
+        meter.close()
     if n_skipped:
         log.warning("%s: skipped %d of %d all-nodata tiles", input_path, n_skipped, n_tiles)
     return out_path
 
 
-def _write_rows(dst, acc, wsum, valid, row0: int, probabilities: bool) -> None:
+def _write_rows(dst, acc, wsum, valid, row0: int, probabilities: bool, ids: list[int], nodata: int) -> None:
     h, w = wsum.shape
     ok = valid & (wsum > 0)
     p = acc / np.maximum(wsum, 1e-12)[None]
     if probabilities:
         out = np.where(ok[None], p, np.nan).astype(np.float32)
     else:
-        out = np.where(ok, p.argmax(0), 255).astype(np.uint8)[None]
+        label = np.asarray(ids, dtype=np.int64)[p.argmax(0)]  # training index -> label id of the masks
+        out = np.where(ok, label, nodata).astype(dst.dtypes[0])[None]
     dst.write(out, window=Window(0, row0, w, h))

@@ -101,6 +101,10 @@ class SyntheticDomain(Domain):
 
     def dataset(self, cfg, split: str):
         opt = cfg.options
+        if cfg.data.path is not None and split != "embed":  # generated shapes: --data would be ignored silently
+            from domainfm.errors import ConfigError
+            raise ConfigError(f"data.path {cfg.data.path}: the synthetic domain generates its own shapes and reads no "
+                              "files; drop --data, or pretrain with the domain of your files (--domain medical, ...)")
         if opt.channels < 1 or opt.num_samples < 1 or opt.spatial_dims not in (2, 3):
             from domainfm.errors import ConfigError
             raise ConfigError("synthetic data needs channels >= 1, num_samples >= 1 and spatial_dims 2 or 3, got "
