@@ -119,9 +119,8 @@ IMPORT_OPTIONS = ("source_bands", "source_wavelengths", "target_bands", "img_siz
 BAND_WAVELENGTHS = {"red": 0.665, "green": 0.56, "blue": 0.49, "nir": 0.842,
                     "b01": 0.443, "b02": 0.49, "b03": 0.56, "b04": 0.665, "b05": 0.705, "b06": 0.74, "b07": 0.783,
                     "b08": 0.842, "b8a": 0.865, "b09": 0.945, "b10": 1.375, "b11": 1.61, "b12": 2.19}
-_ALIASES = {"r": "red", "g": "green", "b": "blue", "gray": "grey", "l": "grey", "luminance": "grey",
-            "b1": "b01", "b2": "b02", "b3": "b03", "b4": "b04", "b5": "b05", "b6": "b06", "b7": "b07", "b8": "b08",
-            "b9": "b09"}
+_ALIASES = {"r": "red", "g": "green", "b": "blue", "gray": "grey", "l": "grey", "luminance": "grey"}
+# Sentinel-2 names (zero-padded) also answer to colour names; bare numbers (B4, B5) differ between sensors
 _SENTINEL2_RGB = {"b04": "red", "b03": "green", "b02": "blue", "b08": "nir"}
 _BLOCK_PARTS = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
                 "attn.proj.bias", "ls1.gamma", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
