@@ -146,12 +146,15 @@ class Config:
         if bound is None:
             raise ConfigError(f"{self.source}: the config is not bound to its domain; load it with "
                               "domainfm.load_config(...) to get data.options checked and typed")
-        return bound
+        if self.__dict__.get("_options_dict") != self.data.options:  # data.options was changed in place
+            self.bind_options(build_dataclass(type(bound), self.data.options, "data.options", self.source))
+        return self.__dict__["_options"]
 
     def bind_options(self, options: Any) -> "Config":
         """Attach the domain's typed options (done by :func:`domainfm.load_config`)."""
         self.__dict__["_options"] = options
         self.data.options = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
+        self.__dict__["_options_dict"] = _deepcopy(self.data.options)
         return self
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domainfm.errors import DataError
+from domainfm.errors import ConfigError, DataError
 
 from .io import is_raster_name, open_raster
 from .sensors import BUILTIN_SENSORS, _norm
@@ -62,3 +62,24 @@ def infer_sensor(path: str | Path) -> tuple[str, list[str], str]:
         return name, bands, text
     raise DataError(first, f"band descriptions {descriptions} match no known sensor and data.options.sensor is not "
                            f"set; declare --sensor ({known}) or a sensors file (--sensors-file)")
+
+
+def sensor_from_band_names(bands: list[str]) -> tuple[str, list[str], str]:
+    """``(sensor, band names, decision text)`` for declared band names without a declared sensor: the
+    built-in sensor that names every band (most exact names, then the fewest bands), as for files.
+
+    Example:
+        >>> sensor_from_band_names(["B04", "B03", "B02", "B8A"])[:2]
+        ('sentinel2_l2a', ['B04', 'B03', 'B02', 'B8A'])
+    """
+    matches = []
+    for name, sensor in BUILTIN_SENSORS.items():
+        found = [next((b.name for b in sensor.bands if _norm(d) in b.keys()), None) for d in bands]
+        if all(found):
+            exact = sum(d.lower() == b.lower() for d, b in zip(bands, found))
+            matches.append((-exact, len(sensor.bands), len(name), name, found))
+    if not matches:
+        raise ConfigError(f"data.options.bands {bands} are not all bands of one known sensor and data.options.sensor "
+                          f"is not set; declare --sensor ({', '.join(sorted(BUILTIN_SENSORS))})")
+    name, found = min(matches)[3:]
+    return name, found, f"no sensor declared: bands {', '.join(bands)} read as sensor {name} (set --sensor to override)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from domainfm.errors import ConfigError, DataError
 from domainfm.runconfig import config_from_card
 
 from .datasets import RasterChipDataset, discover_items, split_items
-from .defaults import infer_sensor
+from .defaults import infer_sensor, sensor_from_band_names
 from .heads import build_head
 from .io import Grid, Scene, write_geotiff
 from .predict import predict_scene
@@ -133,15 +134,19 @@ class RemoteSensingDomain(Domain):
     # ---- options -> sensors/bands ---------------------------------------------------------------
     def _opts(self, cfg) -> RemoteSensingOptions:
         opts = cfg.options
-        if opts.sensor is None and cfg.data.path is not None:
+        if opts.sensor is not None:
+            return opts
+        if cfg.data.path is not None:
             # no sensor declared: the file's band descriptions decide (recorded in the config -> card)
             sensor, bands, text = infer_sensor(cfg.data.path)
-            cfg.data.options["sensor"] = sensor
-            if not opts.bands:
-                cfg.data.options["bands"] = bands
-            decide("sensor", text)
-            opts = cfg.options
-        return opts
+        elif opts.bands and not isinstance(opts.bands, dict):
+            # no file to read (e.g. importing weights): the sensor whose band names these are
+            sensor, bands, text = sensor_from_band_names(parse_band_list(opts.bands))
+        else:
+            return opts
+        decide("sensor", text)
+        cfg.bind_options(dataclasses.replace(opts, sensor=sensor, bands=opts.bands or bands))
+        return cfg.options
 
     def sensors_and_bands(self, cfg) -> dict[str, list[str]]:
         """``{canonical sensor name: [band names]}`` for the configured sensors (validates names)."""
