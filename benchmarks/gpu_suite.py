@@ -180,7 +180,8 @@ def section_loaders(s: Suite) -> None:
     if s.dry:
         wsi = ["--slides", "1", "--size", "768", "--repeats", "1", "--curve", "", "--tile-size", "128"]
     else:
-        wsi = ["--slides", "8", "--size", "4096", "--repeats", "2", "--curve", "16", "--workers", "16", "--threads", "1"]
+        wsi = ["--slides", "8", "--size", "4096", "--repeats", "2", "--curve", "16", "--workers", "16",
+               "--threads", "1"]
     r = _quiet(wsi_tiles.main, wsi)
     s.add("loaders", loader="WSI tiles", kit=f"SlideTileDataset, {w} workers", kit_per_s=r["kit_tiles_per_s"],
           anchor="OpenSlide.read_region loop", anchor_per_s=r["plain_tiles_per_s"], ratio=r["ratio"])
@@ -241,8 +242,8 @@ SECTIONS = [("peak", section_peak), ("pretrain", section_pretrain), ("loaders", 
 
 def markdown(meta: dict, sections: dict[str, list[dict]]) -> str:
     """One markdown table per section (columns: the union of the rows' keys, in order)."""
-    lines = [f"# GPU suite ({meta['date']}, {meta['device']}, torch {meta['torch']}{', DRY RUN' if meta['dry'] else ''})",
-             ""]
+    dry = ", DRY RUN" if meta["dry"] else ""
+    lines = [f"# GPU suite ({meta['date']}, {meta['device']}, torch {meta['torch']}{dry})", ""]
     for name, rows in sections.items():
         cols: list[str] = []
         for r in rows:
@@ -262,7 +263,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", help="folder for gpu_suite.json and gpu_suite.md")
     ap.add_argument("--dry", action="store_true", help="CPU, tiny shapes; GPU-only parts skipped with the reason")
-    ap.add_argument("--budget-s", type=float, default=450.0, help="sections starting after this many seconds are skipped")
+    ap.add_argument("--budget-s", type=float, default=450.0,
+                    help="sections starting after this many seconds are skipped")
     ap.add_argument("--only", default="", help="comma-separated sections to run (default all)")
     args = ap.parse_args(argv)
     out = Path(args.out)

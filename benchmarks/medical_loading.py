@@ -96,7 +96,8 @@ def monai_cached(paths: list[Path], crop: int, epochs: int, workers: int) -> tup
     return dt, n, fill, cache_bytes(ds)
 
 
-def kit(paths: list[Path], crop: int, epochs: int, workers: int, cache: str, out: Path) -> tuple[float, int, float, int]:
+def kit(paths: list[Path], crop: int, epochs: int, workers: int, cache: str,
+        out: Path) -> tuple[float, int, float, int]:
     """The medical domain's dataset (same recipe) through a DataLoader, with the engine's set_epoch.
     Returns (epoch time, volumes, build/fill time, cache bytes; 0 for the disk cache)."""
     from domainfm.config import load_config
@@ -147,10 +148,12 @@ def main(argv=None) -> dict:
         results = {name: max(v, key=lambda x: x[0]) for name, v in runs.items()}
         anchor = results["MONAI CacheDataset+ThreadDataLoader"][0]
         base = results["plain MONAI Compose"][0]
-        print(f"  {'pipeline':38s} {'volumes/s':>10s} {'vs plain':>9s} {'vs anchor':>10s} {'fill s':>7s} {'cache MB':>9s}")
+        print(f"  {'pipeline':38s} {'volumes/s':>10s} {'vs plain':>9s} {'vs anchor':>10s} {'fill s':>7s} "
+              f"{'cache MB':>9s}")
         for name, (v, fill, mem) in results.items():
             print(f"  {name:38s} {v:10.2f} {v / base:8.2f}x {v / anchor:9.2f}x {fill:7.2f} {mem / 2**20:9.1f}")
-        return {name: {"volumes_per_s": v, "fill_s": fill, "cache_bytes": mem} for name, (v, fill, mem) in results.items()}
+        return {name: {"volumes_per_s": v, "fill_s": fill, "cache_bytes": mem}
+                for name, (v, fill, mem) in results.items()}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

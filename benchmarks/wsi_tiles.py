@@ -99,7 +99,8 @@ def main(argv=None) -> dict:
     raw = RegionReader(g.path).raw_levels
     print(f"{len(ds)} tissue tiles from {len(ds.grids)} slide(s): {args.tile_size} px at {args.target_mpp} µm/px, "
           f"read at level {g.level} ({g.read_size} px, slide {g.mpp:g} µm/px); raw TIFF tile levels: {raw or 'none'}")
-    print(f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}; {args.repeats} interleaved repeats, best of each")
+    print(f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}; {args.repeats} interleaved repeats, "
+          "best of each")
     curve = [int(v) for v in args.curve.split(",") if v.strip()]
     cases = {"plain": lambda: plain_loop(ds),
              "kit": lambda: kit_loader(ds, args.workers, args.batch_size, args.threads)}

@@ -121,7 +121,8 @@ class TileTransform:
     def __call__(self, rgb: np.ndarray, generator: torch.Generator | None = None, stains=None) -> torch.Tensor:
         rgb = np.asarray(rgb)
         if rgb.shape[0] != self.size or rgb.shape[1] != self.size:
-            rgb = np.array(Image.fromarray(rgb[..., :3]).resize((self.size, self.size), Image.BILINEAR, reducing_gap=2.0))
+            rgb = np.array(Image.fromarray(rgb[..., :3]).resize((self.size, self.size), Image.BILINEAR,
+                                                                reducing_gap=2.0))
         if self.macenko is not None:
             rgb = self.macenko.normalize(rgb, stains)
         if not (self.train and generator is not None):
@@ -279,7 +280,8 @@ class SlideTileDataset(Dataset, EpochAware):
             by_slide.setdefault(int(self.index[i][0]), []).append(pos)
         for k, positions in by_slide.items():
             grid = self.grids[k]
-            tiles = grid.read_many(self.cache.reader(grid.path), [int(self.index[indices[p]][1]) for p in positions], pool)
+            js = [int(self.index[indices[p]][1]) for p in positions]
+            tiles = grid.read_many(self.cache.reader(grid.path), js, pool)
             for p, t in zip(positions, tiles):
                 rgbs[p] = t
         t = self.transform

@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 from .slide import SlideCache, open_slide, read_rgb
 
@@ -71,7 +72,6 @@ def _raw_levels(path: str, slide) -> dict[int, _RawLevel]:
     if vendor not in RAW_VENDORS or Path(path).suffix.lower() not in (".tif", ".tiff", ".svs"):
         return {}
     try:
-        import tifffile  # optional at this layer: only TIFF slides get the raw path
         with tifffile.TiffFile(path) as tf:
             pages = [p for p in tf.pages if p.is_tiled]
             by_size: dict[tuple[int, int], list] = {}

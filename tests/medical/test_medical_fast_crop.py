@@ -28,7 +28,8 @@ def test_random_crop_region_alignment_and_coverage():
         a, b, c = (int(v) for v in torch.nonzero(mask == out["mask"][0, 0, 0])[0])
         assert torch.equal(out["image"], image[:, a:a + 3, b:b + 4, c:c + 5])
         assert torch.equal(out["mask"], mask[a:a + 3, b:b + 4, c:c + 5]) and out["meta"] is sample["meta"]
-        assert out["image"].is_contiguous() and out["image"].untyped_storage().data_ptr() != image.untyped_storage().data_ptr()
+        assert out["image"].is_contiguous()
+        assert out["image"].untyped_storage().data_ptr() != image.untyped_storage().data_ptr()
         starts.add((a, b, c))
     assert starts == {(a, b, 0) for a in range(4) for b in range(4)}  # every valid position, nothing outside
     full = random_crop({"image": image}, [6, 7, 5], np.random.default_rng(0))["image"]
