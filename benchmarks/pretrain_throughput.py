@@ -7,6 +7,7 @@ peak measured on this GPU in the same run.
     python benchmarks/pretrain_throughput.py            # vit-base/16 @ 224 (2D) and 96^3 (3D)
     python benchmarks/pretrain_throughput.py --quick    # small shapes, runs on a laptop CPU in ~1 min
     python benchmarks/pretrain_throughput.py --compile  # add torch.compile
+    python benchmarks/pretrain_throughput.py --quick --threads 1   # steadier on a shared, busy CPU
 """
 
 from __future__ import annotations
@@ -151,7 +152,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every variant; best of each")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.quick:
         cases = [dict(name="2D vit-s/8 @64", dims=2, in_chans=3, img_size=64, patch=8, dim=384, depth=6, heads=6,
