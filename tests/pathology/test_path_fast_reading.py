@@ -116,3 +116,14 @@ def test_reader_cache_follows_evicted_handles(slide_dir):
     assert r0b is not r0 and r0b.slide is cache.get(slide_dir / "s0.tif") and len(cache) == 1
     assert len(pickle.loads(pickle.dumps(cache))._readers) == 0
     cache.close()
+
+
+def test_views_wrapper_does_not_expose_the_batched_fetch(slide_dir):
+    from domainfm.data.views import ViewsDataset
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = SlideTileDataset([slide_dir / "s0.tif"], 1.0, 64, 32, min_tissue=0.3)
+    views = ViewsDataset(ds, lambda x, g: x.flip(-1), n_views=2)
+    assert hasattr(ds, "__getitems__") and not hasattr(views, "__getitems__")  # else DataLoader skips the views
+    batch = next(iter(torch.utils.data.DataLoader(views, batch_size=4, collate_fn=collate_samples)))
+    assert len(batch["views"]) == 2 and torch.equal(batch["views"][0], batch["image"].flip(-1))
