@@ -18,6 +18,7 @@ parts that need a GPU (matmul peak, MFU, GPU memory) are recorded as skipped wit
 Usage:
     python benchmarks/gpu_suite.py results/gpu            # on an H100/H200, < 8 minutes
     python benchmarks/gpu_suite.py /tmp/suite --dry       # CPU smoke run, < 1 minute
+    python benchmarks/gpu_suite.py --quick                # the same into a temp folder (`make bench`)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from datetime import datetime, timezone
@@ -261,13 +263,15 @@ def markdown(meta: dict, sections: dict[str, list[dict]]) -> str:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", help="folder for gpu_suite.json and gpu_suite.md")
+    ap.add_argument("out", nargs="?", help="folder for gpu_suite.json and gpu_suite.md (default: a temp folder)")
     ap.add_argument("--dry", action="store_true", help="CPU, tiny shapes; GPU-only parts skipped with the reason")
+    ap.add_argument("--quick", action="store_true", help="same as --dry (for `make bench`)")
     ap.add_argument("--budget-s", type=float, default=450.0,
                     help="sections starting after this many seconds are skipped")
     ap.add_argument("--only", default="", help="comma-separated sections to run (default all)")
     args = ap.parse_args(argv)
-    out = Path(args.out)
+    args.dry = args.dry or args.quick
+    out = Path(args.out or tempfile.mkdtemp(prefix="gpu_suite_"))
     out.mkdir(parents=True, exist_ok=True)
     s = Suite(out, args.dry, args.budget_s)
     if not s.dry and not s.cuda:

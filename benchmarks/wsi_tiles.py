@@ -52,7 +52,7 @@ def plain_loop(ds: SlideTileDataset) -> int:
     return n
 
 
-def kit_loader(ds: SlideTileDataset, workers: int, batch_size: int, threads: int = 2) -> int:
+def kit_loader(ds: SlideTileDataset, workers: int, batch_size: int, threads: int = 1) -> int:
     """The kit: a fresh copy of the dataset (cold handles and tile cache, like the loop's new handles)."""
     ds = pickle.loads(pickle.dumps(ds))
     ds.read_threads = max(1, threads)
@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--target-mpp", type=float, default=0.5)
     ap.add_argument("--tile-size", type=int, default=224)
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers of the headline kit figure")
-    ap.add_argument("--threads", type=int, default=2, help="read threads per process of the headline kit figure")
+    ap.add_argument("--threads", type=int, default=1, help="read threads per process of the headline kit figure")
     ap.add_argument("--curve", default="0,1,2,4,8", help="worker / thread counts of the scaling curve")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the best of each is reported")
