@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from domainfm.data.sample import collate_samples  # noqa: E402
 from domainfm.pathology.datasets import SlideRecord, SlideTileDataset, TileTransform  # noqa: E402
-from domainfm.pathology.regions import RegionReader  # noqa: E402
+from domainfm.pathology.regions import INFLATE, RegionReader  # noqa: E402
 from domainfm.pathology.synthetic import write_synthetic_slide  # noqa: E402
 
 
@@ -98,7 +98,8 @@ def main(argv=None) -> dict:
     g = ds.grids[0]
     raw = RegionReader(g.path).raw_levels
     print(f"{len(ds)} tissue tiles from {len(ds.grids)} slide(s): {args.tile_size} px at {args.target_mpp} µm/px, "
-          f"read at level {g.level} ({g.read_size} px, slide {g.mpp:g} µm/px); raw TIFF tile levels: {raw or 'none'}")
+          f"read at level {g.level} ({g.read_size} px, slide {g.mpp:g} µm/px); raw TIFF tile levels: {raw or 'none'}, "
+          f"inflate: {INFLATE}")
     print(f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}; {args.repeats} interleaved repeats, "
           "best of each")
     curve = [int(v) for v in args.curve.split(",") if v.strip()]
