@@ -7,11 +7,13 @@ peak measured on this GPU in the same run.
     python benchmarks/pretrain_throughput.py            # vit-base/16 @ 224 (2D) and 96^3 (3D)
     python benchmarks/pretrain_throughput.py --quick    # small shapes, runs on a laptop CPU in ~1 min
     python benchmarks/pretrain_throughput.py --compile  # add torch.compile
+    python benchmarks/pretrain_throughput.py --quick --threads 1   # steadier on a shared, busy CPU
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 
 from domainfm.models import build_encoder
 from domainfm.ssl import MAE
+from domainfm.train.distributed import adamw_kwargs
 
 
 def measure_matmul_peak(device: torch.device, dtype=torch.bfloat16, n: int = 8192, iters: int = 20) -> float:
@@ -61,9 +64,14 @@ def ours_mae(case: dict):
                decoder_heads=case["dec_heads"], norm_pix_loss=True)
 
 
-def make_step(kind: str, model, x: torch.Tensor, device: torch.device, compile_: bool):
-    fused = {"fused": True} if device.type == "cuda" else {}
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
+def make_step(kind: str, model, x: torch.Tensor, device: torch.device, compile_: bool, fused: bool | None = None):
+    """One optimizer step as a closure. ``fused=None``: the kit gets its engine's AdamW (:func:`adamw_kwargs`:
+    fused on CUDA and CPU), MONAI gets fused AdamW on CUDA and torch's default AdamW on CPU."""
+    if fused is None:
+        kw = adamw_kwargs(device) if kind == "domainfm" else ({"fused": True} if device.type == "cuda" else {})
+    else:
+        kw = {"fused": True} if fused else {}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **kw)
     use_bf16 = device.type == "cuda"
     fwd = torch.compile(model) if compile_ else model
     if kind == "domainfm":
@@ -108,15 +116,15 @@ def ours_mae_patchifier(x: torch.Tensor):
 CASE_PATCH = [16]
 
 
-def bench(kind: str, case: dict, device: torch.device, batch: int, iters: int, warmup: int, compile_: bool):
+def build_step(kind: str, case: dict, device: torch.device, compile_: bool, fused: bool | None = None):
     torch.manual_seed(0)
     model = (ours_mae if kind == "domainfm" else monai_mae)(case).to(device)
-    shape = (batch, case["in_chans"], *([case["img_size"]] * case["dims"]))
-    x = torch.randn(shape, device=device)
+    x = torch.randn((case["batch"], case["in_chans"], *([case["img_size"]] * case["dims"])), device=device)
     CASE_PATCH[0] = case["patch"]
-    step = make_step(kind, model, x, device, compile_)
-    for _ in range(warmup):
-        step()
+    return make_step(kind, model, x, device, compile_, fused)
+
+
+def time_steps(step, iters: int, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
@@ -124,18 +132,30 @@ def bench(kind: str, case: dict, device: torch.device, batch: int, iters: int, w
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    dt = (time.perf_counter() - t) / iters
+    return (time.perf_counter() - t) / iters
+
+
+def bench(kind: str, case: dict, device: torch.device, batch: int, iters: int, warmup: int, compile_: bool):
+    """``(samples/s, FLOP/s)`` of one implementation (FLOPs counted on CUDA only)."""
+    step = build_step(kind, dict(case, batch=batch), device, compile_)
+    for _ in range(warmup):
+        step()
+    dt = time_steps(step, iters, device)
     flops = step_flops(step) if device.type == "cuda" else float("nan")
     return batch / dt, flops / dt
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small shapes (CPU-friendly)")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--iters", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every variant; best of each")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.quick:
         cases = [dict(name="2D vit-s/8 @64", dims=2, in_chans=3, img_size=64, patch=8, dim=384, depth=6, heads=6,
@@ -151,18 +171,41 @@ def main() -> None:
                       dec_dim=384, dec_depth=8, dec_heads=12, batch=32 if device.type == "cuda" else 2)]
         iters, warmup = args.iters or (20 if device.type == "cuda" else 3), 3 if device.type == "cuda" else 1
     peak = measure_matmul_peak(device) if device.type == "cuda" else None
+    load = f", load average {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
           f"{'' if peak is None else f', measured bf16 matmul peak {peak:.0f} TFLOP/s'}, torch {torch.__version__}, "
-          f"compile={args.compile}, threads={torch.get_num_threads()}")
-    print(f"{'case':24s} {'batch':>5s} {'domainfm/s':>11s} {'monai/s':>9s} {'ratio':>6s}" + ("  MFU ours  MFU monai" if peak else ""))
+          f"compile={args.compile}, threads={torch.get_num_threads()}{load}; {args.repeats} interleaved repeats of "
+          f"{iters} steps, best of each")
+    print("kit = domainfm MAE with its engine's AdamW (fused); MONAI = MaskedAutoEncoderViT with torch's AdamW "
+          "defaults (fused on CUDA); MONAI+fused = the same with fused AdamW (isolates the model)")
+    print(f"{'case':24s} {'batch':>5s} {'kit/s':>9s} {'MONAI/s':>9s} {'MONAI+fused/s':>14s} {'ratio':>6s} "
+          f"{'ratio vs +fused':>15s}" + ("  MFU kit  MFU MONAI" if peak else ""))
+    out = {}
     for case in cases:
-        ours, ours_fl = bench("domainfm", case, device, case["batch"], iters, warmup, args.compile)
-        base, base_fl = bench("monai", case, device, case["batch"], iters, warmup, args.compile)
-        unit = "vol" if case["dims"] == 3 else "img"
-        line = f"{case['name']:24s} {case['batch']:5d} {ours:9.2f}{unit[0]} {base:8.2f}{unit[0]} {ours / base:6.2f}"
+        variants = {"kit": ("domainfm", None), "monai": ("monai", None), "monai_fused": ("monai", True)}
+        if device.type == "cuda":
+            variants.pop("monai_fused")  # MONAI is already fused there
+        steps = {k: build_step(kind, case, device, args.compile, fused) for k, (kind, fused) in variants.items()}
+        for step in steps.values():
+            for _ in range(warmup):
+                step()
+        best = {k: float("inf") for k in steps}
+        for _ in range(args.repeats):  # interleaved: contention from other processes hits every variant alike
+            for k, step in steps.items():
+                best[k] = min(best[k], time_steps(step, iters, device))
+        rate = {k: case["batch"] / v for k, v in best.items()}
+        rate.setdefault("monai_fused", rate["monai"])
+        unit = "v" if case["dims"] == 3 else "i"
+        line = (f"{case['name']:24s} {case['batch']:5d} {rate['kit']:8.2f}{unit} {rate['monai']:8.2f}{unit} "
+                f"{rate['monai_fused']:13.2f}{unit} {rate['kit'] / rate['monai']:6.2f} "
+                f"{rate['kit'] / rate['monai_fused']:15.2f}")
         if peak:
-            line += f"  {ours_fl / 1e12 / peak:8.1%}  {base_fl / 1e12 / peak:9.1%}"
+            mfu = {k: step_flops(steps[k]) / best[k] / 1e12 / peak for k in ("kit", "monai")}
+            line += f"  {mfu['kit']:7.1%}  {mfu['monai']:9.1%}"
         print(line)
+        out[case["name"]] = rate
+        del steps
+    return out
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ class ViewsDataset(Dataset):
         set_epoch(self.dataset, epoch)
 
     def __getattr__(self, name):  # expose the wrapped dataset's extras (epoch_batches, stats...)
-        if name in ("dataset", "augment", "n_views", "seed", "epoch"):
+        if name.startswith("__") or name in ("dataset", "augment", "n_views", "seed", "epoch"):  # no __getitems__
             raise AttributeError(name)
         return getattr(self.dataset, name)
 

@@ -1,6 +1,6 @@
 """The training engine: one plain, visible PyTorch loop for pretraining and fine-tuning.
 
-bf16 autocast on CUDA (fp32 on CPU), optional ``torch.compile``, fused AdamW on CUDA, warmup +
+bf16 autocast on CUDA (fp32 on CPU), optional ``torch.compile``, fused AdamW (CUDA and CPU), warmup +
 cosine schedule, gradient accumulation and clipping, optional EMA, DDP under ``torchrun`` (gloo on
 CPU), progress bar, metrics to CSV and TensorBoard, atomic checkpoints every N steps and exact resume.
 A non-finite loss stops the run with a message naming the step and the last good checkpoint.
@@ -43,7 +43,7 @@ from domainfm.memory import check_step_memory, enable_grad_checkpointing
 from domainfm.ssl.monitor import collapse_metrics
 from domainfm.train.checkpoint import (check_run_dir, latest_intact, list_checkpoints, load_module_state, load_tensors,
                                        save_checkpoint)
-from domainfm.train.distributed import DistContext
+from domainfm.train.distributed import DistContext, adamw_kwargs
 from domainfm.data.sampling import epoch_batches, set_epoch
 from domainfm.train.schedule import lr_at
 from domainfm.utils import pick_device
@@ -301,7 +301,7 @@ def _train_locked(module, dataset, tcfg, run_dir: Path, card: dict, resume: bool
         default_param_groups(module, tcfg.weight_decay)
     for g in groups:
         g.setdefault("lr_scale", 1.0)
-    opt_kwargs = {"fused": True} if device.type == "cuda" else {}
+    opt_kwargs = adamw_kwargs(device)  # fused AdamW on CUDA and CPU
     optimizer = torch.optim.AdamW(groups, lr=tcfg.lr, betas=(0.9, 0.95), **opt_kwargs)
     trainable = [p for g in groups for p in g["params"]]
 

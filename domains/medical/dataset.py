@@ -21,7 +21,7 @@ from domainfm.data.rng import EpochAware, item_numpy_rng
 from domainfm.data.sample import check_sample
 from domainfm.errors import DataError
 from domainfm.medical.options import MedicalOptions
-from domainfm.medical.transforms import apply_random, build_transforms, domain_errors
+from domainfm.medical.transforms import apply_random, build_transforms, domain_errors, fixed_crop_size, random_crop
 
 
 def _hash_item(item: dict) -> bytes:
@@ -59,6 +59,8 @@ class MedicalDataset(EpochAware, torch.utils.data.Dataset):
         self.with_mask = "mask" in self.items[0]
         self.cache = cache
         self.det, self.rand = build_transforms(opts, self.crop, stage, with_mask=self.with_mask)
+        self._fast_crop = fixed_crop_size(self.rand)
+        self._checked: set[int] = set()  # cached volumes already validated (memory cache, this process)
         with domain_errors():
             if cache == "memory":
                 self.base = mdata.CacheDataset(self.items, transform=self.det, cache_rate=1.0, copy_cache=False,
@@ -94,6 +96,13 @@ class MedicalDataset(EpochAware, torch.utils.data.Dataset):
         if self.rand is not None:
             epoch = 0 if self.stage in ("val", "test") else self.epoch
             rng = item_numpy_rng(self.seed, epoch, int(index))
+            if self._fast_crop is not None:  # a fixed-size random crop: plain slicing, a copy, no MetaTensor
+                if self.cache != "memory":
+                    return check_sample(random_crop(sample, self._fast_crop, rng), spatial_dims=self.opts.spatial_dims)
+                if int(index) not in self._checked:  # a cached volume is validated once; its crops are then valid too
+                    check_sample(sample, spatial_dims=self.opts.spatial_dims)
+                    self._checked.add(int(index))
+                return random_crop(sample, self._fast_crop, rng)
             sample = apply_random(self.rand, sample, int(rng.integers(0, 2 ** 31 - 1)))
         sample = dict(sample)
         if self.cache == "memory":  # never hand out (views of) the cached tensors themselves

@@ -245,3 +245,41 @@ def apply_random(rand, sample: dict, seed: int) -> dict:
     if "mask" in sample:
         res["mask"] = _plain(out["mask"])[0].long().contiguous()
     return res
+
+
+def fixed_crop_size(rand) -> list[int] | None:
+    """The ROI of ``rand`` when it is a fixed-size ``RandSpatialCropd`` (what :func:`random_crop` does
+    without MONAI's per-call MetaTensor bookkeeping), else ``None``.
+
+    Example:
+        >>> fixed_crop_size(mt.RandSpatialCropd(["image"], roi_size=[8, 8, 8], random_size=False))
+        [8, 8, 8]
+    """
+    if type(rand) is not mt.RandSpatialCropd or rand.cropper.random_size or rand.cropper.random_center is False:
+        return None
+    roi = rand.cropper.roi_size
+    roi = list(roi) if isinstance(roi, (list, tuple)) else None
+    return [int(v) for v in roi] if roi and all(int(v) > 0 for v in roi) else None
+
+
+def random_crop(sample: dict, roi: Sequence[int], rng: np.random.Generator) -> dict:
+    """A ``roi``-sized crop of ``sample`` (``image`` C x spatial, optional ``mask`` spatial) at a uniform random
+    position drawn from ``rng``: new contiguous tensors (never views of a cached volume), ``meta`` kept.
+
+    Example:
+        >>> out = random_crop({"image": torch.zeros(1, 10, 12)}, [4, 4], np.random.default_rng(0))
+        >>> tuple(out["image"].shape)
+        (1, 4, 4)
+    """
+    image = _plain(sample["image"])
+    spatial = image.shape[1:]
+    if len(roi) != len(spatial) or any(r > s for r, s in zip(roi, spatial)):
+        raise DataError((sample.get("meta") or {}).get("path"),
+                        f"crop {list(roi)} does not fit the preprocessed image {tuple(spatial)}")
+    starts = [int(rng.integers(0, s - r + 1)) for s, r in zip(spatial, roi)]
+    region = tuple(slice(a, a + r) for a, r in zip(starts, roi))
+    out = dict(sample)
+    out["image"] = image[(slice(None),) + region].clone(memory_format=torch.contiguous_format)
+    if isinstance(sample.get("mask"), torch.Tensor):
+        out["mask"] = _plain(sample["mask"])[region].clone(memory_format=torch.contiguous_format)
+    return out

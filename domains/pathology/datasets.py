@@ -15,7 +15,9 @@ Example:
 from __future__ import annotations
 
 import csv
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,7 +32,8 @@ from domainfm.data.sample import make_sample
 from domainfm.data.splits import holdout_split
 from domainfm.errors import DataError
 
-from .slide import SLIDE_SUFFIXES, SlideCache
+from .regions import ReaderCache
+from .slide import SLIDE_SUFFIXES
 from .stain import MacenkoNormalizer, hed_jitter, macenko_stains
 from .tiling import NoTissueError, TileGrid, cached_tile_grid
 
@@ -119,19 +122,50 @@ class TileTransform:
     def __call__(self, rgb: np.ndarray, generator: torch.Generator | None = None, stains=None) -> torch.Tensor:
         rgb = np.asarray(rgb)
         if rgb.shape[0] != self.size or rgb.shape[1] != self.size:
-            rgb = np.asarray(Image.fromarray(rgb[..., :3]).resize((self.size, self.size), Image.BILINEAR, reducing_gap=2.0))
+            rgb = np.array(Image.fromarray(rgb[..., :3]).resize((self.size, self.size), Image.BILINEAR,
+                                                                reducing_gap=2.0))
         if self.macenko is not None:
             rgb = self.macenko.normalize(rgb, stains)
+        if not (self.train and generator is not None):
+            return self.normalize_into(rgb, torch.empty(3, self.size, self.size))
         x = _to_tensor(rgb)
-        if self.train and generator is not None:
-            k = int(torch.randint(0, 4, (1,), generator=generator))
-            if k:
-                x = torch.rot90(x, k, dims=(1, 2))
-            if bool(torch.rand(1, generator=generator) < 0.5):
-                x = torch.flip(x, dims=(2,))
-            if self.stain_sigma > 0:
-                x = hed_jitter(x, generator, self.stain_sigma)
+        k = int(torch.randint(0, 4, (1,), generator=generator))
+        if k:
+            x = torch.rot90(x, k, dims=(1, 2))
+        if bool(torch.rand(1, generator=generator) < 0.5):
+            x = torch.flip(x, dims=(2,))
+        if self.stain_sigma > 0:
+            x = hed_jitter(x, generator, self.stain_sigma)
         return x.sub_(self.mean).div_(self.std) if x.is_contiguous() else (x - self.mean) / self.std
+
+    def normalize_into(self, rgb: np.ndarray, out: torch.Tensor) -> torch.Tensor:
+        """Write the normalized ``3 x H x W`` float form of uint8 ``rgb`` (``H x W x 3``) into ``out``:
+        ``rgb * (1 / (255 std)) - mean / std``, one conversion and two in-place passes over cache-sized data.
+
+        Example:
+            >>> TileTransform(4, mean=(0.5,) * 3, std=(0.5,) * 3).normalize_into(
+            ...     np.full((4, 4, 3), 255, np.uint8), torch.empty(3, 4, 4)).unique()
+            tensor([1.])
+        """
+        rgb = np.asarray(rgb)[..., :3]
+        out.copy_(torch.from_numpy(rgb if rgb.flags.writeable else rgb.copy()).permute(2, 0, 1))
+        return out.mul_(1.0 / (255.0 * self.std)).sub_(self.mean / self.std)
+
+    def batch(self, rgbs, pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
+        """Evaluation transform of ``S x S x 3`` uint8 tiles into one ``N x 3 x S x S`` tensor (no augmentation,
+        no Macenko), the tiles normalized on ``pool`` threads when given: the same numbers as tile by tile.
+
+        Example:
+            >>> TileTransform(size=8).batch([np.zeros((8, 8, 3), np.uint8)] * 2).shape
+            torch.Size([2, 3, 8, 8])
+        """
+        out = torch.empty(len(rgbs), 3, self.size, self.size)
+        if pool is not None and len(rgbs) > 1:
+            list(pool.map(self.normalize_into, rgbs, out))
+        else:
+            for rgb, o in zip(rgbs, out):
+                self.normalize_into(rgb, o)
+        return out
 
 
 class SlideTileDataset(Dataset, EpochAware):
@@ -146,6 +180,9 @@ class SlideTileDataset(Dataset, EpochAware):
         max_tiles_per_slide: keep at most this many tiles per slide (a fixed random subset).
         labels: optional mapping ``class name -> index`` to attach slide labels to tiles.
         max_open: open slide handles kept per worker.
+        read_threads: threads per process that decode and normalize the tiles of a batch (DataLoader
+            batches go through ``__getitems__``: each TIFF tile of the batch is decoded once, see
+            :mod:`.regions`). Default 1: on 2 cores, and with DataLoader workers, more threads measured slower.
         skip_no_tissue: skip (and count in ``skipped``) slides without tissue instead of raising.
 
     Example:
@@ -158,7 +195,8 @@ class SlideTileDataset(Dataset, EpochAware):
                  out_size: int | None = None, min_tissue: float = 0.5, coords_dir: str | Path | None = None,
                  transform: TileTransform | None = None, max_tiles_per_slide: int | None = None,
                  mpp: float | None = None, thumbnail_size: int = 1024, labels: dict | None = None,
-                 max_open: int = 8, seed: int = 0, skip_no_tissue: bool = True, verbose: bool = True):
+                 max_open: int = 8, seed: int = 0, skip_no_tissue: bool = True, verbose: bool = True,
+                 read_threads: int = 1):
         records = [s if isinstance(s, SlideRecord) else SlideRecord(str(s), mpp) for s in slides]
         if not records:
             raise DataError(None, "no slides given")
@@ -196,8 +234,22 @@ class SlideTileDataset(Dataset, EpochAware):
                             f"no tissue tiles in any of {len(records)} slide(s) (all skipped: no tissue found); "
                             "lower --min-tissue or check the slides")
         self.index = np.concatenate(index, 0).astype(np.int64)
-        self.cache = SlideCache(max_open)
+        self.cache = ReaderCache(max_open)
         self._stains: dict[int, object] = {}
+        self.read_threads = max(1, int(read_threads))
+        self._pool: tuple[int, ThreadPoolExecutor] | None = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_pool"] = None  # thread pools do not cross processes
+        return state
+
+    def _thread_pool(self) -> ThreadPoolExecutor | None:
+        if self.read_threads < 2:
+            return None
+        if self._pool is None or self._pool[0] != os.getpid():
+            self._pool = (os.getpid(), ThreadPoolExecutor(self.read_threads, thread_name_prefix="domainfm-tiles"))
+        return self._pool[1]
 
     def __len__(self) -> int:
         return int(len(self.index))
@@ -207,24 +259,48 @@ class SlideTileDataset(Dataset, EpochAware):
         if k not in self._stains:
             grid = self.grids[k]
             pick = np.linspace(0, len(grid) - 1, min(8, len(grid))).astype(int)
-            tiles = np.concatenate([np.asarray(grid.read(slide, int(i))) for i in pick], 0)
+            tiles = np.concatenate(grid.read_many(self.cache.reader(grid.path), [int(i) for i in pick]), 0)
             self._stains[k] = macenko_stains(tiles)
         return self._stains[k]
 
     def read_tile(self, i: int) -> np.ndarray:
         """Tile ``i`` as a uint8 RGB array of ``tile_size`` pixels (no normalization)."""
         k, j = (int(v) for v in self.index[i])
-        slide = self.cache.get(self.grids[k].path)
-        return np.asarray(self.grids[k].read(slide, j))
+        return self.grids[k].read_many(self.cache.reader(self.grids[k].path), [j])[0]
 
     def __getitem__(self, i: int) -> dict:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices) -> list[dict]:
+        """Samples ``indices`` (what a DataLoader asks for per batch): tiles grouped by slide and read
+        together (:meth:`TileGrid.read_many`), then transformed; the same samples as item by item."""
+        indices = [int(i) for i in indices]
+        pool = self._thread_pool()
+        rgbs: list[np.ndarray | None] = [None] * len(indices)
+        by_slide: dict[int, list[int]] = {}
+        for pos, i in enumerate(indices):
+            by_slide.setdefault(int(self.index[i][0]), []).append(pos)
+        for k, positions in by_slide.items():
+            grid = self.grids[k]
+            js = [int(self.index[indices[p]][1]) for p in positions]
+            tiles = grid.read_many(self.cache.reader(grid.path), js, pool)
+            for p, t in zip(positions, tiles):
+                rgbs[p] = t
+        t = self.transform
+        if not t.train and t.macenko is None and all(r.shape[:2] == (t.size, t.size) for r in rgbs):
+            images = list(t.batch(rgbs, pool))  # one output tensor, tiles normalized on the pool
+        else:
+            images = []
+            for i, rgb in zip(indices, rgbs):
+                k = int(self.index[i][0])
+                stains = self._slide_stains(k, None) if t.macenko is not None else None
+                g = item_generator(self.seed, self.epoch, i) if t.train else None
+                images.append(t(rgb, g, stains))
+        return [self._sample(i, image) for i, image in zip(indices, images)]
+
+    def _sample(self, i: int, image: torch.Tensor) -> dict:
         k, j = (int(v) for v in self.index[i])
         grid = self.grids[k]
-        slide = self.cache.get(grid.path)
-        rgb = np.asarray(grid.read(slide, j))
-        stains = self._slide_stains(k, slide) if self.transform.macenko is not None else None
-        g = item_generator(self.seed, self.epoch, i) if self.transform.train else None
-        image = self.transform(rgb, g, stains)
         x, y = (int(v) for v in grid.coords[j])
         rec = self.records[k]
         label = None
