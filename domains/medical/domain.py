@@ -132,7 +132,7 @@ class MedicalDomain(Domain):
             >>> from domainfm.registry import get_domain
             >>> from domainfm.runconfig import load_config
             >>> domain = get_domain("medical")
-            >>> cfg = load_config(domain.example(tempfile.mkdtemp()).config)   # or load_config("configs/medical/ct_mae_3d.yaml")
+            >>> cfg = load_config(domain.example(tempfile.mkdtemp()).config)   # e.g. configs/medical/ct_mae_3d.yaml
             >>> ds = domain.dataset(cfg, "pretrain")
             >>> len(ds), ds[0]["image"].shape
             (3, torch.Size([1, 16, 16, 16]))

@@ -118,7 +118,8 @@ def segment_scan(model, input_path, overlap: float | None = None, sw_batch_size:
         >>> with warnings.catch_warnings():
         ...     warnings.simplefilter("ignore")
         ...     ckpt = domainfm.pretrain(example.config)
-        ...     seg = domainfm.finetune(ckpt, task="segmentation", out=folder / "seg", overrides=example.finetune_overrides)
+        ...     seg = domainfm.finetune(ckpt, task="segmentation", out=folder / "seg",
+        ...                             overrides=example.finetune_overrides)
         validation: dice=..., miou=...
         >>> import nibabel as nib
         >>> probs, meta = segment_scan(domainfm.load(seg), folder / "data/images/c0.nii.gz"); labels = probs.argmax(0)
@@ -195,7 +196,8 @@ def predict_scan(model, input_path, out_path, overlap: float | None = None, sw_b
         >>> with warnings.catch_warnings():
         ...     warnings.simplefilter("ignore")
         ...     ckpt = domainfm.pretrain(example.config)
-        ...     seg = domainfm.finetune(ckpt, task="segmentation", out=folder / "seg", overrides=example.finetune_overrides)
+        ...     seg = domainfm.finetune(ckpt, task="segmentation", out=folder / "seg",
+        ...                             overrides=example.finetune_overrides)
         validation: dice=..., miou=...
         >>> predict_scan(domainfm.load(seg), folder / "data/images/c0.nii.gz", folder / "c0_pred.nii.gz").name
         'c0_pred.nii.gz'
@@ -246,7 +248,8 @@ def evaluate_segmentation(model, data, overlap: float | None = None) -> dict:
         >>> with warnings.catch_warnings():
         ...     warnings.simplefilter("ignore")
         ...     ckpt = domainfm.pretrain(example.config)
-        ...     seg = domainfm.finetune(ckpt, task="segmentation", out=folder / "seg", overrides=example.finetune_overrides)
+        ...     seg = domainfm.finetune(ckpt, task="segmentation", out=folder / "seg",
+        ...                             overrides=example.finetune_overrides)
         validation: dice=..., miou=...
         >>> with warnings.catch_warnings():
         ...     warnings.simplefilter("ignore")      # MONAI warns when a 2-step model predicts no lesion at all

@@ -317,7 +317,8 @@ def read_image(path: str | Path, check_finite: bool = True, spatial_dims: int | 
         >>> import tempfile
         >>> import nibabel as nib
         >>> folder = Path(tempfile.mkdtemp())
-        >>> nib.save(nib.Nifti1Image(np.zeros((4, 4, 3), np.int16), np.diag([2.0, 2.0, 3.0, 1.0])), str(folder / "scan.nii.gz"))
+        >>> affine = np.diag([2.0, 2.0, 3.0, 1.0])
+        >>> nib.save(nib.Nifti1Image(np.zeros((4, 4, 3), np.int16), affine), str(folder / "scan.nii.gz"))
         >>> read_image(folder / "scan.nii.gz").affine.diagonal().tolist()
         [2.0, 2.0, 3.0, 1.0]
         >>> np.savez(folder / "x.npz", test_images=np.zeros((3, 28, 28), np.uint8))

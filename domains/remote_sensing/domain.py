@@ -8,7 +8,8 @@ Example (Python API):
     >>> for k in range(2):
     ...     _ = write_scene(scenes / f"scene{k}.tif", "sentinel2", ["B02", "B03", "B04", "B08"], size=(32, 32), seed=k)
     >>> ckpt = domainfm.pretrain({"domain": "remote_sensing", "out": str(scenes / "run"),
-    ...     "data": {"path": str(scenes), "img_size": 16, "options": {"sensor": "sentinel2", "bands": "B02,B03,B04,B08"}},
+    ...     "data": {"path": str(scenes), "img_size": 16,
+    ...              "options": {"sensor": "sentinel2", "bands": "B02,B03,B04,B08"}},
     ...     "model": {"patch_size": 8, "depth": 1, "embed_dim": 16, "num_heads": 2},
     ...     "train": {"steps": 2, "batch_size": 2, "progress": False, "tensorboard": False}})
     >>> domainfm.load(ckpt).card["preprocessing"]["bands"]      # the bands the model reads, per sensor

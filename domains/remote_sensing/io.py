@@ -456,7 +456,8 @@ def write_geotiff(path: str | Path, array: np.ndarray, grid: Grid, nodata=None,
         >>> import tempfile
         >>> from domainfm.remote_sensing.synthetic import write_scene
         >>> folder = Path(tempfile.mkdtemp())
-        >>> scene = Scene(write_scene(folder / "scene.tif", "sentinel2", ["B02"], size=(16, 16))[0], "sentinel2", ["B02"])
+        >>> path, _ = write_scene(folder / "scene.tif", "sentinel2", ["B02"], size=(16, 16))
+        >>> scene = Scene(path, "sentinel2", ["B02"])
         >>> out = write_geotiff(folder / "pred.tif", np.zeros((16, 16), "uint8"), scene.grid)
         >>> with rasterio.open(out) as src:
         ...     src.shape, src.crs.to_epsg()

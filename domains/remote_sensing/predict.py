@@ -18,7 +18,8 @@ Example:
     validation: dice=..., miou=...
     >>> model = domainfm.load(seg)
     >>> domain = get_domain("remote_sensing")
-    >>> out = predict_scene(model, folder / "scene0.tif", folder / "pred.tif", domain.effective_preprocessing(model.card))
+    >>> preprocessing = domain.effective_preprocessing(model.card)
+    >>> out = predict_scene(model, folder / "scene0.tif", folder / "pred.tif", preprocessing)
     >>> with rasterio.open(out) as pred, rasterio.open(folder / "scene0.tif") as src:
     ...     pred.shape == src.shape and pred.crs == src.crs and pred.transform == src.transform
     True
