@@ -1,10 +1,13 @@
 """The medical Dataset: MONAI-cached deterministic preprocessing + per-item seeded random crops.
 
 Example:
+    >>> import tempfile
     >>> from domainfm.medical.options import MedicalOptions
-    >>> ds = MedicalDataset([{"image": "ct.nii.gz"}], MedicalOptions(), crop=[32, 32, 32])  # doctest: +SKIP
-    >>> ds[0]["image"].shape  # doctest: +SKIP
-    torch.Size([1, 32, 32, 32])
+    >>> from domainfm.medical.synthetic import write_ct_nifti_folder
+    >>> ct = write_ct_nifti_folder(tempfile.mkdtemp(), n=1, shape=(20, 20, 12))[0]
+    >>> ds = MedicalDataset([{"image": str(ct), "id": "ct_0"}], MedicalOptions(), crop=[16, 16, 16])
+    >>> ds[0]["image"].shape
+    torch.Size([1, 16, 16, 16])
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ CT phantom volumes written as NIfTI (with / without lesions) for 3D MAE pretrain
 checked to land on the input grid.
 
 Example:
-    >>> # from domainfm.medical.demo import run_demo
-    >>> # figures = run_demo(Path("demo_out"), quick=True)
-    $ domainfm demo --domain medical --out demo_out --quick
+    From the shell (or ``run_demo(Path("demo_out"), quick=True)`` from Python; it takes minutes, not seconds)::
+
+        $ domainfm demo --domain medical --out demo_out --quick
 """
 
 from __future__ import annotations

@@ -2,14 +2,27 @@
 and NIfTI predictions in the source geometry.
 
 Example (Python API):
+    >>> import tempfile, warnings
     >>> import domainfm
-    >>> cfg = {"domain": "medical", "out": "runs/ct",
-    ...        "data": {"path": "scans/", "img_size": 96, "options": {"modality": "ct", "window": "soft_tissue",
-    ...                                                              "target_spacing": [1.5, 1.5, 2.0]}},
-    ...        "model": {"patch_embed": "3d", "patch_size": 16}}
-    >>> # ckpt = domainfm.pretrain(cfg)
-    >>> # seg = domainfm.finetune(ckpt, task="segmentation", data="labels.csv")
-    >>> # domainfm.predict(seg, "scan.nii.gz", "pred.nii.gz")
+    >>> from domainfm.medical.synthetic import write_nifti_pair
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for i in range(3):      # phantom CTs in images/, lesion masks in masks/ (real scans: a folder of .nii.gz)
+    ...     _ = write_nifti_pair(folder / "scans", f"case{i}", shape=(20, 20, 12), seed=i)
+    >>> cfg = {"domain": "medical", "out": str(folder / "ct"),
+    ...        "data": {"path": str(folder / "scans"), "img_size": 16,
+    ...                 "options": {"modality": "ct", "window": "soft_tissue", "target_spacing": [2.0, 2.0, 2.0]}},
+    ...        "model": {"patch_embed": "3d", "patch_size": 8, "depth": 1, "embed_dim": 16, "num_heads": 2},
+    ...        "train": {"steps": 2, "batch_size": 2, "progress": False, "tensorboard": False}}
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")
+    ...     ckpt = domainfm.pretrain(cfg)
+    ...     seg = domainfm.finetune(ckpt, task="segmentation", out=folder / "seg",
+    ...                             overrides=["train.steps=2", "finetune.head_options={feature_size: 4}"])
+    validation: dice=..., miou=...
+    >>> pred = domainfm.predict(seg, folder / "scans/images/case0.nii.gz", folder / "pred.nii.gz")
+    >>> import nibabel as nib
+    >>> nib.load(pred).shape == nib.load(folder / "scans/images/case0.nii.gz").shape
+    True
 """
 
 from __future__ import annotations
@@ -185,7 +198,14 @@ class MedicalDomain(Domain):
         """A :class:`MedicalDataset` for ``split``; labels/masks kept according to ``finetune.task``.
 
         Example:
-            >>> # ds = get_domain("medical").dataset(load_config("configs/medical/ct_mae_3d.yaml"), "pretrain")
+            >>> import tempfile
+            >>> from domainfm.registry import get_domain
+            >>> from domainfm.runconfig import load_config
+            >>> domain = get_domain("medical")
+            >>> cfg = load_config(domain.example(tempfile.mkdtemp()).config)   # e.g. configs/medical/ct_mae_3d.yaml
+            >>> ds = domain.dataset(cfg, "pretrain")
+            >>> len(ds), ds[0]["image"].shape
+            (3, torch.Size([1, 16, 16, 16]))
         """
         opts = self.options(cfg)
         crop = self.crop_size(cfg)
@@ -281,7 +301,18 @@ class MedicalDomain(Domain):
         raw intensities (HU for CT) already on the model's grid, with or without a channel axis.
 
         Example:
-            >>> # x = domainfm.load("runs/ct").preprocess("scan.nii.gz")   # 1 x D x H x W
+            >>> import tempfile, warnings
+            >>> import domainfm
+            >>> from domainfm.registry import get_domain
+            >>> folder = Path(tempfile.mkdtemp())
+            >>> example = get_domain("medical").example(folder)
+            >>> example.config["model"]["depth"] = 1
+            >>> with warnings.catch_warnings():
+            ...     warnings.simplefilter("ignore")
+            ...     model = domainfm.load(domainfm.pretrain(example.config))
+            >>> x = model.preprocess(folder / "data/images/c0.nii.gz")   # 1 x D x H x W on the model's 2 mm grid
+            >>> x.ndim, x.shape[0]
+            (4, 1)
         """
         opts = options_from_card(card)
         crop = (card.get("preprocessing") or {}).get("crop_size") or card["encoder"]["img_size"]

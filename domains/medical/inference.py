@@ -2,10 +2,24 @@
 one embedding per scan.
 
 Example:
-    >>> # import domainfm
-    >>> # model = domainfm.load("runs/ct-seg")
-    >>> # predict_scan(model, "scan.nii.gz", "pred.nii.gz")   # same shape/affine as scan.nii.gz
-    >>> # embed_scans(model, "scans/", "emb.npz")             # one row per scan
+    >>> import tempfile, warnings
+    >>> import domainfm
+    >>> from domainfm.registry import get_domain
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> example = get_domain("medical").example(folder)   # data/images/c{0,1,2}.nii.gz + data/masks/, a tiny recipe
+    >>> example.config["model"]["depth"] = 1
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")
+    ...     ckpt = domainfm.pretrain(example.config)
+    ...     seg = domainfm.finetune(ckpt, task="segmentation", out=folder / "seg", overrides=example.finetune_overrides)
+    validation: dice=..., miou=...
+    >>> model = domainfm.load(seg)
+    >>> pred = predict_scan(model, folder / "data/images/c1.nii.gz", folder / "pred.nii.gz")
+    >>> example.same_geometry(folder / "data/images/c1.nii.gz", pred)      # same shape/affine as the scan
+    True
+    >>> import numpy as np
+    >>> np.load(embed_scans(model, folder / "data/images", folder / "emb.npz"))["embeddings"].shape  # one row per scan
+    (3, 32)
 """
 
 from __future__ import annotations
@@ -55,7 +69,18 @@ def window_embedding(model, image: torch.Tensor, roi, overlap: float = 0.25, bat
     """Mean of ``model.embed`` over sliding windows of ``roi`` covering ``image`` (``C x ...``) -> ``E``.
 
     Example:
-        >>> # z = window_embedding(model, model.preprocess("scan.nii.gz"), [96, 96, 96])
+        >>> import tempfile, warnings
+        >>> import domainfm
+        >>> from domainfm.registry import get_domain
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> example = get_domain("medical").example(folder)   # data/images/c{0,1,2}.nii.gz + data/masks/, a tiny recipe
+        >>> example.config["model"]["depth"] = 1
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     model = domainfm.load(domainfm.pretrain(example.config))
+        >>> z = window_embedding(model, model.preprocess(folder / "data/images/c0.nii.gz"), [16, 16, 16])
+        >>> z.shape
+        torch.Size([32])
     """
     x = _pad_to(image, roi)
     slices = _windows(x.shape[1:], roi, overlap)
@@ -85,7 +110,22 @@ def segment_scan(model, input_path, overlap: float | None = None, sw_batch_size:
     ``Compose.inverse`` of the preprocessing geometry (spacing, orientation, foreground crop, resize).
 
     Example:
-        >>> # probs, meta = segment_scan(domainfm.load("runs/seg"), "ct.nii.gz"); labels = probs.argmax(0)
+        >>> import tempfile, warnings
+        >>> import domainfm
+        >>> from domainfm.registry import get_domain
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> example = get_domain("medical").example(folder)   # data/images/c{0,1,2}.nii.gz + data/masks/, a tiny recipe
+        >>> example.config["model"]["depth"] = 1
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     ckpt = domainfm.pretrain(example.config)
+        ...     seg = domainfm.finetune(ckpt, task="segmentation", out=folder / "seg",
+        ...                             overrides=example.finetune_overrides)
+        validation: dice=..., miou=...
+        >>> import nibabel as nib
+        >>> probs, meta = segment_scan(domainfm.load(seg), folder / "data/images/c0.nii.gz"); labels = probs.argmax(0)
+        >>> tuple(labels.shape) == nib.load(folder / "data/images/c0.nii.gz").shape    # on the source grid
+        True
     """
     from monai.data import MetaTensor
     from monai.inferers import sliding_window_inference
@@ -156,7 +196,20 @@ def predict_scan(model, input_path, out_path, overlap: float | None = None, sw_b
     ``{"path", "classes", "probabilities", "prediction"}``.
 
     Example:
-        >>> # predict_scan(domainfm.load("runs/seg"), "ct.nii.gz", "ct_pred.nii.gz")
+        >>> import tempfile, warnings
+        >>> import domainfm
+        >>> from domainfm.registry import get_domain
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> example = get_domain("medical").example(folder)   # data/images/c{0,1,2}.nii.gz + data/masks/, a tiny recipe
+        >>> example.config["model"]["depth"] = 1
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     ckpt = domainfm.pretrain(example.config)
+        ...     seg = domainfm.finetune(ckpt, task="segmentation", out=folder / "seg",
+        ...                             overrides=example.finetune_overrides)
+        validation: dice=..., miou=...
+        >>> predict_scan(domainfm.load(seg), folder / "data/images/c0.nii.gz", folder / "c0_pred.nii.gz").name
+        'c0_pred.nii.gz'
     """
     out_path = Path(out_path)
     src = str(input_path)
@@ -205,8 +258,23 @@ def evaluate_segmentation(model, data, overlap: float | None = None) -> dict:
     and ``HausdorffDistanceMetric(percentile=95)`` with the voxel spacing of each scan.
 
     Example:
-        >>> # evaluate_segmentation(domainfm.load("runs/seg"), "data/val/dataset.json")
-        >>> # {'dice': 0.87, 'hd95_mm': 4.1, 'scans': 12, 'per_scan': [...]}
+        >>> import tempfile, warnings
+        >>> import domainfm
+        >>> from domainfm.registry import get_domain
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> example = get_domain("medical").example(folder)   # data/images/c{0,1,2}.nii.gz + data/masks/, a tiny recipe
+        >>> example.config["model"]["depth"] = 1
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     ckpt = domainfm.pretrain(example.config)
+        ...     seg = domainfm.finetune(ckpt, task="segmentation", out=folder / "seg",
+        ...                             overrides=example.finetune_overrides)
+        validation: dice=..., miou=...
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")      # MONAI warns when a 2-step model predicts no lesion at all
+        ...     scores = evaluate_segmentation(domainfm.load(seg), folder / "data")
+        >>> sorted(scores), scores["scans"], 0.0 <= scores["dice"] <= 1.0
+        (['dice', 'hd95_mm', 'per_scan', 'scans'], 3, True)
     """
     from monai.metrics import DiceMetric, HausdorffDistanceMetric
     from domainfm.medical.io import read_image
@@ -253,7 +321,20 @@ def embed_scans(model, data, out, batch_size: int = 64, overlap: float | None = 
     ``.npz`` or ``.h5``; for a MedMNIST ``.npz`` every split it holds, named in ``splits``.
 
     Example:
-        >>> # embed_scans(domainfm.load("runs/ct"), "scans/", "emb.h5")
+        >>> import tempfile, warnings
+        >>> import domainfm
+        >>> from domainfm.registry import get_domain
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> example = get_domain("medical").example(folder)   # data/images/c{0,1,2}.nii.gz + data/masks/, a tiny recipe
+        >>> example.config["model"]["depth"] = 1
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     model = domainfm.load(domainfm.pretrain(example.config))
+        >>> out = embed_scans(model, folder / "data/images", folder / "emb.npz")
+        >>> import numpy as np
+        >>> arrays = np.load(out)
+        >>> arrays["embeddings"].shape, len(arrays["paths"])
+        ((3, 32), 3)
     """
     from domainfm.medical.sources import discover
     opts, crop = _card_setup(model)

@@ -84,7 +84,13 @@ def read_nifti(path: str | Path, check_finite: bool = True):
     A 4D file (``X x Y x Z x C``) keeps channels last (``original_channel_dim=-1``).
 
     Example:
-        >>> read_nifti("ct.nii.gz").affine  # doctest: +SKIP
+        >>> import tempfile
+        >>> import nibabel as nib
+        >>> path = Path(tempfile.mkdtemp()) / "ct.nii.gz"
+        >>> nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.diag([0.5, 0.5, 2.5, 1.0])), str(path))
+        >>> img = read_nifti(path)
+        >>> tuple(img.shape), img.affine.diagonal().tolist()
+        ((4, 5, 6), [0.5, 0.5, 2.5, 1.0])
     """
     import nibabel as nib
     path = Path(path)
@@ -146,8 +152,13 @@ def read_dicom_series(folder: str | Path, check_finite: bool = True, tolerance: 
     converted from DICOM's LPS to RAS.
 
     Example:
-        >>> vol = read_dicom_series("series_dir/")  # doctest: +SKIP
-        >>> vol.shape  # (columns, rows, slices)  # doctest: +SKIP
+        >>> import tempfile
+        >>> from domainfm.medical.synthetic import write_dicom_series
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = write_dicom_series(folder, np.zeros((6, 5, 4), np.float32), spacing=(0.8, 0.8, 2.5))
+        >>> vol = read_dicom_series(folder)
+        >>> tuple(vol.shape)  # (columns, rows, slices)
+        (6, 5, 4)
     """
     import pydicom
     folder = Path(folder)
@@ -265,9 +276,12 @@ class NpzStore:
     """Lazy, shared access to a MedMNIST-style ``.npz`` (``{split}_images``, ``{split}_labels``).
 
     Example:
-        >>> store = NpzStore("pneumoniamnist.npz")  # doctest: +SKIP
-        >>> store.images("train").shape  # doctest: +SKIP
-        (2428, 28, 28)
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "pneumoniamnist.npz"
+        >>> np.savez(path, train_images=np.zeros((5, 28, 28), np.uint8), train_labels=np.zeros((5, 1), np.uint8))
+        >>> store = NpzStore(path)
+        >>> store.images("train").shape, store.splits()
+        ((5, 28, 28), ['train'])
     """
 
     _cache: dict[str, dict[str, np.ndarray]] = {}
@@ -312,7 +326,16 @@ def read_image(path: str | Path, check_finite: bool = True, spatial_dims: int | 
     or ``file.npz::split[index]`` (MedMNIST).
 
     Example:
-        >>> read_image("scan.nii.gz").affine  # doctest: +SKIP
+        >>> import tempfile
+        >>> import nibabel as nib
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> affine = np.diag([2.0, 2.0, 3.0, 1.0])
+        >>> nib.save(nib.Nifti1Image(np.zeros((4, 4, 3), np.int16), affine), str(folder / "scan.nii.gz"))
+        >>> read_image(folder / "scan.nii.gz").affine.diagonal().tolist()
+        [2.0, 2.0, 3.0, 1.0]
+        >>> np.savez(folder / "x.npz", test_images=np.zeros((3, 28, 28), np.uint8))
+        >>> tuple(read_image(f"{folder / 'x.npz'}::test[2]").shape)            # one image of a MedMNIST split
+        (28, 28)
     """
     text = str(path)
     if "::" in text and text.split("::")[0].endswith(".npz"):
@@ -380,7 +403,11 @@ def write_nifti(array: np.ndarray | torch.Tensor, affine: np.ndarray, path: str 
     """Write ``array`` (spatial, or spatial x C) as NIfTI with ``affine``; copy units/qform codes from ``like``.
 
     Example:
-        >>> write_nifti(np.zeros((4, 4, 4), np.uint8), np.eye(4), "/tmp/pred.nii.gz")  # doctest: +SKIP
+        >>> import tempfile
+        >>> import nibabel as nib
+        >>> out = write_nifti(np.ones((4, 4, 4), np.uint8), np.eye(4), Path(tempfile.mkdtemp()) / "pred.nii.gz")
+        >>> nib.load(out).shape, int(nib.load(out).get_fdata().sum())
+        ((4, 4, 4), 64)
     """
     import nibabel as nib
     path = Path(path)

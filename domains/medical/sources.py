@@ -3,9 +3,13 @@ datalist, a MedMNIST ``.npz`` or a single scan. Each source becomes a list of MO
 ``{"image": path | [paths], "label"?: int, "mask"?: path, "id": str}``.
 
 Example:
-    >>> items, classes = discover("data/scans/")  # doctest: +SKIP
-    >>> items[0]["image"], classes  # doctest: +SKIP
-    ('data/scans/case1.nii.gz', None)
+    >>> import tempfile
+    >>> from domainfm.medical.options import MedicalOptions
+    >>> from domainfm.medical.synthetic import write_ct_nifti_folder
+    >>> scans = write_ct_nifti_folder(tempfile.mkdtemp(), n=2, shape=(8, 8, 6))
+    >>> items, classes = discover(scans[0].parent, MedicalOptions())
+    >>> [Path(it["image"]).name for it in items], classes
+    (['ct_0.nii.gz', 'ct_1.nii.gz'], None)
 """
 
 from __future__ import annotations

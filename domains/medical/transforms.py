@@ -70,7 +70,11 @@ class LoadScand(MapTransform):
     image's shape and affine.
 
     Example:
-        >>> LoadScand(spatial_dims=3)({"image": "ct.nii.gz"})["image"].affine  # doctest: +SKIP
+        >>> import tempfile
+        >>> from domainfm.medical.synthetic import write_ct_nifti_folder
+        >>> ct = write_ct_nifti_folder(tempfile.mkdtemp(), n=1, shape=(8, 8, 6))[0]    # 1.5 x 1.5 x 2 mm voxels
+        >>> LoadScand(spatial_dims=3)({"image": str(ct)})["image"].affine.diagonal().tolist()
+        [1.5, 1.5, 2.0, 1.0]
     """
 
     def __init__(self, keys: Sequence[str] = ("image", "mask"), spatial_dims: int = 3, allow_missing_keys: bool = True):

@@ -5,11 +5,23 @@ and are reopened lazily in each DataLoader worker, so ``num_workers > 0`` is saf
 :class:`TileFolderDataset` reads ``root/<class>/*.png`` for tile classification.
 
 Example:
-    >>> slides = list_slides("slides/")                                          # doctest: +SKIP
-    >>> ds = SlideTileDataset(slides, target_mpp=0.5, tile_size=224, coords_dir="runs/tiles")  # doctest: +SKIP
-    >>> ds[0]["image"].shape, ds[0]["meta"]["x"]                                   # doctest: +SKIP
-    (torch.Size([3, 224, 224]), 896)
-    >>> tiles = TileFolderDataset("tiles/", split="train")                        # doctest: +SKIP
+    >>> import tempfile
+    >>> from domainfm.pathology.synthetic import write_synthetic_slide
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for i in range(2):                         # two small pyramidal H&E slides at 0.5 µm/px
+    ...     _ = write_synthetic_slide(folder / f"slides/s{i}.tif", (256, 256), mpp=0.5, seed=i)
+    >>> slides = list_slides(folder / "slides")
+    >>> ds = SlideTileDataset(slides, target_mpp=1.0, tile_size=64, coords_dir=folder / "tiles", verbose=False)
+    >>> ds[0]["image"].shape, ds[0]["meta"]["size0"]   # 64 px at 1 µm/px = 128 level-0 pixels at 0.5 µm/px
+    (torch.Size([3, 64, 64]), 128)
+    >>> for name in ("tissue", "no-tissue"):      # labelled tiles: one folder per class
+    ...     (folder / "tiles_png" / name).mkdir(parents=True)
+    ...     for k in range(5):
+    ...         Image.new("RGB", (32, 32), (200, 80, 160) if name == "tissue" else (250, 250, 250)).save(
+    ...             folder / "tiles_png" / name / f"{k}.png")
+    >>> tiles = TileFolderDataset(folder / "tiles_png", split="train", out_size=32)
+    >>> tiles.classes, len(tiles)
+    (['no-tissue', 'tissue'], 8)
 """
 
 from __future__ import annotations
@@ -59,8 +71,11 @@ def list_slides(source: str | Path, mpp: float | None = None) -> list[SlideRecor
     gives none.
 
     Example:
-        >>> list_slides("slides.csv")                      # doctest: +SKIP
-        [SlideRecord(path='/data/a.svs', mpp=0.25, label='tumor'), ...]
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "slides.csv").write_text("slide,mpp,label\\na.svs,0.25,tumor\\nb.svs,0.25,normal\\n")
+        >>> [(Path(r.path).name, r.mpp, r.label) for r in list_slides(folder / "slides.csv")]  # paths: next to the CSV
+        [('a.svs', 0.25, 'tumor'), ('b.svs', 0.25, 'normal')]
     """
     source = Path(source)
     if not source.exists():
@@ -186,9 +201,12 @@ class SlideTileDataset(Dataset, EpochAware):
         skip_no_tissue: skip (and count in ``skipped``) slides without tissue instead of raising.
 
     Example:
-        >>> ds = SlideTileDataset(["a.tif"], target_mpp=1.0, tile_size=64, mpp=0.5)  # doctest: +SKIP
-        >>> len(ds), ds.skipped                                                     # doctest: +SKIP
-        (42, [])
+        >>> import tempfile
+        >>> from domainfm.pathology.synthetic import write_synthetic_slide
+        >>> slide = write_synthetic_slide(Path(tempfile.mkdtemp()) / "a.tif", (256, 256), mpp=None)   # no MPP stored
+        >>> ds = SlideTileDataset([slide], target_mpp=1.0, tile_size=64, mpp=0.5, verbose=False)  # so give it
+        >>> len(ds) > 0, ds.skipped
+        (True, [])
     """
 
     def __init__(self, slides: Sequence[SlideRecord | str | Path], target_mpp: float = 0.5, tile_size: int = 224,
@@ -317,9 +335,15 @@ class TileFolderDataset(Dataset, EpochAware):
     ``"pretrain"`` and ``"all"`` use every file; ``"test"`` uses the validation part.
 
     Example:
-        >>> ds = TileFolderDataset("tiles/", split="train", out_size=224)   # doctest: +SKIP
-        >>> ds.classes, ds[0]["label"]                                        # doctest: +SKIP
-        (['no-tissue', 'tissue'], 0)
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for name, colour in (("tissue", (200, 80, 160)), ("no-tissue", (250, 250, 250))):
+        ...     (root / name).mkdir()
+        ...     for k in range(5):
+        ...         Image.new("RGB", (32, 32), colour).save(root / name / f"{k}.png")
+        >>> ds = TileFolderDataset(root, split="train", out_size=32)
+        >>> ds.classes, ds[0]["label"], ds[0]["image"].shape
+        (['no-tissue', 'tissue'], 0, torch.Size([3, 32, 32]))
     """
 
     def __init__(self, root: str | Path, split: str = "all", out_size: int = 224, transform: TileTransform | None = None,

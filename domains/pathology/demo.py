@@ -14,8 +14,9 @@ Steps:
 6. The trained ABMIL applied to the real slide: its attention heatmap (PNG) and tile scores (CSV).
 
 Example:
-    >>> from domainfm.pathology.demo import run_demo
-    >>> figures = run_demo(Path("demo_out/pathology"), quick=True)   # doctest: +SKIP
+    From the shell (or ``run_demo(Path("demo_out/pathology"), quick=True)`` from Python; it takes minutes)::
+
+        $ domainfm demo --domain pathology --out demo_out/pathology --quick
 """
 
 from __future__ import annotations

@@ -1,8 +1,15 @@
 """Slide heatmaps (tile scores over the thumbnail, PNG) and tile-score CSVs.
 
 Example:
-    >>> write_heatmap("a.tif", coords, size0=448, scores=attn, out_png="a_attention.png")  # doctest: +SKIP
-    >>> write_tile_scores("a_tiles.csv", coords, 448, {"attention": attn})                 # doctest: +SKIP
+    >>> import tempfile
+    >>> from domainfm.pathology.synthetic import write_synthetic_slide
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> slide = write_synthetic_slide(folder / "a.tif", (256, 256))
+    >>> coords, attn = np.array([[0, 0], [128, 0], [0, 128]]), np.array([0.2, 0.5, 0.3])
+    >>> write_heatmap(slide, coords, size0=128, scores=attn, out_png=folder / "a_attention.png").name
+    'a_attention.png'
+    >>> write_tile_scores(folder / "a_tiles.csv", coords, 128, {"attention": attn}).read_text().splitlines()[:2]
+    ['x,y,size0,attention', '0,0,128,0.2']
 """
 
 from __future__ import annotations
@@ -67,7 +74,13 @@ def write_heatmap(slide_path: str | Path, coords: np.ndarray, size0: int, scores
     """Write the heatmap of one slide as PNG (atomically) and return its path.
 
     Example:
-        >>> write_heatmap("slide.tif", coords, 448, attention, "heatmaps/slide.png")  # doctest: +SKIP
+        >>> import tempfile
+        >>> from domainfm.pathology.synthetic import write_synthetic_slide
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> slide = write_synthetic_slide(folder / "slide.tif", (256, 128))
+        >>> png = write_heatmap(slide, np.array([[0, 0], [128, 0]]), 128, np.array([0.1, 0.9]), folder / "slide.png")
+        >>> Image.open(png).size                      # drawn over the slide's thumbnail: same aspect ratio
+        (256, 128)
     """
     slide = open_slide(slide_path)
     try:
@@ -87,7 +100,11 @@ def write_tile_scores(csv_path: str | Path, coords: np.ndarray, size0: int, colu
     """Write ``x,y,size0,<column>...`` rows, one per tile (level-0 pixel coordinates).
 
     Example:
-        >>> write_tile_scores("s.csv", np.array([[0, 0]]), 448, {"attention": np.array([1.0])})  # doctest: +SKIP
+        >>> import tempfile
+        >>> out = write_tile_scores(Path(tempfile.mkdtemp()) / "s.csv", np.array([[0, 0]]), 448,
+        ...                         {"attention": np.array([1.0])})
+        >>> out.read_text().splitlines()
+        ['x,y,size0,attention', '0,0,448,1']
     """
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)

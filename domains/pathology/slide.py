@@ -6,9 +6,12 @@ OpenSlide refuses but Pillow can decode (a plain, non-pyramidal TIFF or PNG) fal
 Anything else is a one-line :class:`~domainfm.errors.DataError` naming the file.
 
 Example:
-    >>> slide = open_slide("slide.svs")                       # doctest: +SKIP
-    >>> slide_mpp(slide, "slide.svs", override=None)          # doctest: +SKIP
-    0.2527
+    >>> import tempfile
+    >>> from domainfm.pathology.synthetic import write_synthetic_slide
+    >>> path = write_synthetic_slide(Path(tempfile.mkdtemp()) / "slide.tif", (256, 256), mpp=0.25)
+    >>> slide = open_slide(path)
+    >>> slide_mpp(slide, path, override=None)
+    0.25
 """
 
 from __future__ import annotations
@@ -49,9 +52,16 @@ def open_slide(path: str | Path, allow_fallback: bool = True):
             says why), or it is a plain image too large to load without a pyramid.
 
     Example:
-        >>> s = open_slide("../shared/data/pathology/tcga-cr-7395-01a-01-ts1.svs")  # doctest: +SKIP
-        >>> s.level_count                                                           # doctest: +SKIP
-        2
+        >>> import tempfile
+        >>> from domainfm.pathology.synthetic import write_synthetic_slide
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> s = open_slide(write_synthetic_slide(folder / "s.tif", (512, 512), mpp=0.5, tile=128))
+        >>> s.level_count, s.dimensions                  # a pyramid: level 1 is half of level 0
+        (..., (512, 512))
+        >>> _ = (folder / "broken.svs").write_bytes(b"not a slide")
+        >>> open_slide(folder / "broken.svs")
+        Traceback (most recent call last):
+        domainfm.errors.DataError: ...broken.svs...
     """
     path = Path(path)
     if not path.exists():
@@ -210,7 +220,11 @@ class SlideCache:
 
     Example:
         >>> cache = SlideCache(max_open=4)
-        >>> slide = cache.get("a.svs")              # doctest: +SKIP
+        >>> import tempfile
+        >>> from domainfm.pathology.synthetic import write_synthetic_slide
+        >>> path = write_synthetic_slide(Path(tempfile.mkdtemp()) / "a.tif", (256, 256))
+        >>> cache.get(path) is cache.get(path)      # opened once, then reused
+        True
     """
 
     def __init__(self, max_open: int = 8):

@@ -6,8 +6,9 @@ carry a region of dense, large nuclei, which is the signal MIL has to find.
 
 Example:
     >>> rgb = synthetic_he_image(512, 512, seed=0, tumor=True)
-    >>> path = write_pyramidal_tiff("/tmp/slide.tif", rgb, mpp=0.5)   # doctest: +SKIP
-    >>> import openslide; openslide.OpenSlide(str(path)).properties["openslide.mpp-x"]  # doctest: +SKIP
+    >>> import tempfile
+    >>> path = write_pyramidal_tiff(Path(tempfile.mkdtemp()) / "slide.tif", rgb, mpp=0.5)
+    >>> openslide.OpenSlide(str(path)).properties["openslide.mpp-x"]
     '0.5'
 """
 
@@ -105,7 +106,10 @@ def write_synthetic_slide(path: str | Path, size: tuple[int, int] = (1024, 1024)
     """Generate and write one synthetic H&E slide (``size`` is ``(width, height)``).
 
     Example:
-        >>> write_synthetic_slide("/tmp/s.tif", (1024, 768), mpp=0.5, tumor=True)  # doctest: +SKIP
+        >>> import tempfile
+        >>> path = write_synthetic_slide(Path(tempfile.mkdtemp()) / "s.tif", (512, 384), mpp=0.5, tumor=True)
+        >>> openslide.OpenSlide(str(path)).dimensions
+        (512, 384)
     """
     w, h = size
     return write_pyramidal_tiff(path, synthetic_he_image(h, w, seed, tumor, blank, **image_kwargs), mpp=mpp, tile=tile)

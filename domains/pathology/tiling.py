@@ -9,10 +9,16 @@ Grids are written as CSV (``x,y,tissue`` in level-0 pixels, one JSON header line
 and the parameters) so tiling runs once per slide and parameter set.
 
 Example:
-    >>> grid = tile_slide("slide.tif", target_mpp=0.5, tile_size=224, min_tissue=0.5)  # doctest: +SKIP
-    >>> grid.coords[:2], grid.level, grid.read_size                                  # doctest: +SKIP
-    (array([[ 896, 448], [1344, 448]]), 1, 224)
-    >>> grid = cached_tile_grid("slide.tif", "runs/tiles", target_mpp=0.5)           # doctest: +SKIP
+    >>> import tempfile
+    >>> from domainfm.pathology.synthetic import write_synthetic_slide
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> slide = write_synthetic_slide(folder / "slide.tif", (256, 256), mpp=0.5)
+    >>> grid = tile_slide(slide, target_mpp=1.0, tile_size=64, min_tissue=0.5)
+    >>> grid.coords.shape[1], grid.level, grid.read_size      # level-0 (x, y) corners; 128 px read per tile
+    (2, 0, 128)
+    >>> grid = cached_tile_grid(slide, folder / "tiles", target_mpp=1.0, tile_size=64)
+    >>> sorted(p.name for p in (folder / "tiles").iterdir())
+    ['slide.tif.tiles.csv']
 """
 
 from __future__ import annotations

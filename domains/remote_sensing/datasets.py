@@ -11,10 +11,17 @@ Sources (``discover_items``):
   (or a ``sensor`` column); batches then hold one sensor each (:meth:`RasterChipDataset.epoch_batches`).
 
 Example:
-    >>> items, classes, kind = discover_items("scenes/", ["sentinel2"])   # doctest: +SKIP
-    >>> ds = RasterChipDataset(items, bands={"sentinel2_l2a": ["B02", "B03"]}, chip_size=64)  # doctest: +SKIP
-    >>> ds[0]["image"].shape                                              # doctest: +SKIP
-    torch.Size([2, 64, 64])
+    >>> import tempfile
+    >>> from domainfm.remote_sensing.synthetic import write_scene
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for k in range(2):
+    ...     _ = write_scene(folder / f"scene{k}.tif", "sentinel2", ["B02", "B03"], size=(32, 32), seed=k)
+    >>> items, classes, kind = discover_items(folder, ["sentinel2"])
+    >>> len(items), classes, kind
+    (2, [], 'scenes')
+    >>> ds = RasterChipDataset(items, bands={"sentinel2": ["B02", "B03"]}, chip_size=16)
+    >>> ds[0]["image"].shape
+    torch.Size([2, 16, 16])
 """
 
 from __future__ import annotations
@@ -250,8 +257,11 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
             all-nodata chips are always skipped.
 
     Example:
-        >>> ds = RasterChipDataset([Item(Path("a.tif"), "naip")], {"naip": []}, 64)  # doctest: +SKIP
-        >>> s = ds[0]; s["wavelengths"]                                              # doctest: +SKIP
+        >>> import tempfile
+        >>> from domainfm.remote_sensing.synthetic import write_scene
+        >>> path, _ = write_scene(Path(tempfile.mkdtemp()) / "a.tif", "naip", size=(32, 32))
+        >>> ds = RasterChipDataset([Item(path, "naip")], {"naip": []}, 16)
+        >>> s = ds[0]; s["wavelengths"]
         [0.635, 0.555, 0.465, 0.845]
     """
 

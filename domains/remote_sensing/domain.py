@@ -1,9 +1,19 @@
 """The remote-sensing domain plugin: GeoTIFF scenes of any sensor in, georeferenced predictions out.
 
 Example (Python API):
-    >>> import domainfm                                                          # doctest: +SKIP
-    >>> ckpt = domainfm.pretrain({"domain": "remote_sensing", "data": {"path": "scenes/", "img_size": 64,
-    ...     "options": {"sensor": "sentinel2", "bands": "B02,B03,B04,B08"}}})      # doctest: +SKIP
+    >>> import tempfile
+    >>> import domainfm
+    >>> from domainfm.remote_sensing.synthetic import write_scene
+    >>> scenes = Path(tempfile.mkdtemp())
+    >>> for k in range(2):
+    ...     _ = write_scene(scenes / f"scene{k}.tif", "sentinel2", ["B02", "B03", "B04", "B08"], size=(32, 32), seed=k)
+    >>> ckpt = domainfm.pretrain({"domain": "remote_sensing", "out": str(scenes / "run"),
+    ...     "data": {"path": str(scenes), "img_size": 16,
+    ...              "options": {"sensor": "sentinel2", "bands": "B02,B03,B04,B08"}},
+    ...     "model": {"patch_size": 8, "depth": 1, "embed_dim": 16, "num_heads": 2},
+    ...     "train": {"steps": 2, "batch_size": 2, "progress": False, "tensorboard": False}})
+    >>> domainfm.load(ckpt).card["preprocessing"]["bands"]      # the bands the model reads, per sensor
+    {'sentinel2_l2a': ['B02', 'B03', 'B04', 'B08']}
 """
 
 from __future__ import annotations
@@ -181,7 +191,14 @@ class RemoteSensingDomain(Domain):
         here (see :class:`RemoteSensingOptions` ``stats``) and recorded in ``data.options.stats``.
 
         Example:
-            >>> ds = get_domain("remote_sensing").dataset(cfg, "pretrain")   # doctest: +SKIP
+            >>> import tempfile
+            >>> from domainfm.registry import get_domain
+            >>> from domainfm.runconfig import load_config
+            >>> domain = get_domain("remote_sensing")
+            >>> cfg = load_config(domain.example(tempfile.mkdtemp()).config)   # 3 scenes, 32 px chips
+            >>> ds = domain.dataset(cfg, "pretrain")
+            >>> ds[0]["image"].shape
+            torch.Size([4, 32, 32])
         """
         opts = self._opts(cfg)
         bands = self.sensors_and_bands(cfg)
@@ -389,7 +406,20 @@ class RemoteSensingDomain(Domain):
         input's CRS, transform and size (see :func:`.predict.predict_scene`).
 
         Example:
-            >>> domainfm.predict("runs/seg", "scene.tif", "pred.tif")   # doctest: +SKIP
+            >>> import tempfile, warnings
+            >>> import domainfm
+            >>> from domainfm.registry import get_domain
+            >>> folder = Path(tempfile.mkdtemp())
+            >>> example = get_domain("remote_sensing").example(folder)
+            >>> example.config["model"]["depth"] = 1
+            >>> with warnings.catch_warnings():
+            ...     warnings.simplefilter("ignore")
+            ...     seg = domainfm.finetune(domainfm.pretrain(example.config), task="segmentation", out=folder / "seg",
+            ...                             overrides=["train.steps=2"])
+            validation: dice=..., miou=...
+            >>> out = domainfm.predict(seg, folder / "scene0.tif", folder / "pred.tif")
+            >>> example.same_geometry(folder / "scene0.tif", out)    # same CRS, transform and size as the scene
+            True
         """
         if kwargs:
             raise ConfigError(f"predict takes --sensor, --probabilities, --predict-overlap, --predict-batch-size and "

@@ -7,10 +7,14 @@ other resolutions are read with a floating-point window and ``out_shape`` (GDAL 
 reading), so a scene is never loaded whole.
 
 Example:
-    >>> scene = Scene("S2A_T33TWM.tif", sensor="sentinel2", bands="B02,B03,B04,B08")  # doctest: +SKIP
-    >>> data, valid = scene.read(Window(0, 0, 256, 256))                             # doctest: +SKIP
-    >>> data.shape, valid.dtype                                                        # doctest: +SKIP
-    ((4, 256, 256), dtype('bool'))
+    >>> import tempfile
+    >>> from domainfm.remote_sensing.synthetic import write_scene
+    >>> path, _ = write_scene(Path(tempfile.mkdtemp()) / "S2A_T33TWM.tif", "sentinel2", ["B02", "B03", "B04", "B08"],
+    ...                       size=(32, 32))
+    >>> scene = Scene(path, sensor="sentinel2", bands="B02,B03,B04,B08")
+    >>> data, valid = scene.read(Window(0, 0, 16, 16))
+    >>> data.shape, valid.dtype
+    ((4, 16, 16), dtype('bool'))
 """
 
 from __future__ import annotations
@@ -255,9 +259,12 @@ class Scene:
         sensors_file: YAML with user sensors.
 
     Example:
-        >>> s = Scene("scene_dir", "sentinel2", ["B02", "B05"])        # doctest: +SKIP
-        >>> s.grid.res                                                  # doctest: +SKIP
-        (10.0, 10.0)
+        >>> import tempfile
+        >>> from domainfm.remote_sensing.synthetic import write_band_folder
+        >>> folder = write_band_folder(tempfile.mkdtemp(), "sentinel2", ["B02", "B05"], extent_m=(320.0, 320.0))
+        >>> s = Scene(folder, "sentinel2", ["B02", "B05"])   # B02 at 10 m, B05 at 20 m: read on the 10 m grid
+        >>> s.grid.res, (s.grid.height, s.grid.width)
+        ((10.0, 10.0), (32, 32))
     """
 
     def __init__(self, path: str | Path, sensor: str | Sensor, bands=None, resolution: float | None = None,
@@ -410,7 +417,13 @@ class MaskRaster:
     Values equal to the mask's nodata become ``ignore_index``.
 
     Example:
-        >>> m = MaskRaster("mask.tif", scene.grid)   # doctest: +SKIP
+        >>> import tempfile
+        >>> from domainfm.remote_sensing.synthetic import write_mask, write_scene
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> path, labels = write_scene(folder / "scene.tif", "sentinel2", ["B02", "B03"], size=(16, 16))
+        >>> m = MaskRaster(write_mask(folder / "mask.tif", labels, path), Scene(path, "sentinel2", ["B02", "B03"]).grid)
+        >>> bool((m.read(Window(0, 0, 16, 16)) == labels).all())
+        True
     """
 
     def __init__(self, path: str | Path, grid: Grid, ignore_index: int = -1, image: str | Path | None = None):
@@ -440,7 +453,15 @@ def write_geotiff(path: str | Path, array: np.ndarray, grid: Grid, nodata=None,
     """Write ``array`` (``C x H x W`` or ``H x W``) as a tiled, compressed GeoTIFF on ``grid``.
 
     Example:
-        >>> write_geotiff("pred.tif", np.zeros((64, 64), "uint8"), scene.grid)  # doctest: +SKIP
+        >>> import tempfile
+        >>> from domainfm.remote_sensing.synthetic import write_scene
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> path, _ = write_scene(folder / "scene.tif", "sentinel2", ["B02"], size=(16, 16))
+        >>> scene = Scene(path, "sentinel2", ["B02"])
+        >>> out = write_geotiff(folder / "pred.tif", np.zeros((16, 16), "uint8"), scene.grid)
+        >>> with rasterio.open(out) as src:
+        ...     src.shape, src.crs.to_epsg()
+        ((16, 16), 32633)
     """
     path = Path(path)
     arr = array[None] if array.ndim == 2 else array

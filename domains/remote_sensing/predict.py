@@ -5,8 +5,24 @@ Tiles are read in windows, blended with a Gaussian importance map, and finished 
 written as soon as no later tile can touch them: memory holds one strip of tiles, not the scene.
 
 Example:
-    >>> model = domainfm.load("runs/seg/checkpoints/last")                     # doctest: +SKIP
-    >>> predict_scene(model, "scene.tif", "pred.tif")                           # doctest: +SKIP
+    >>> import tempfile, warnings
+    >>> import domainfm
+    >>> from domainfm.registry import get_domain
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> example = get_domain("remote_sensing").example(folder)   # 3 GeoTIFF scenes with masks, a tiny recipe
+    >>> example.config["model"]["depth"] = 1
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")
+    ...     seg = domainfm.finetune(domainfm.pretrain(example.config), task="segmentation", out=folder / "seg",
+    ...                             overrides=["train.steps=2"])
+    validation: dice=..., miou=...
+    >>> model = domainfm.load(seg)
+    >>> domain = get_domain("remote_sensing")
+    >>> preprocessing = domain.effective_preprocessing(model.card)
+    >>> out = predict_scene(model, folder / "scene0.tif", folder / "pred.tif", preprocessing)
+    >>> with rasterio.open(out) as pred, rasterio.open(folder / "scene0.tif") as src:
+    ...     pred.shape == src.shape and pred.crs == src.crs and pred.transform == src.transform
+    True
 """
 
 from __future__ import annotations
