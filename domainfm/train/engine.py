@@ -293,7 +293,7 @@ def train(module: nn.Module, dataset, tcfg: TrainConfig, run_dir: str | Path, ca
     logger = MetricsLogger(run_dir, tcfg.tensorboard, ctx.is_main, start_step)
     progress = None
     if tcfg.progress and ctx.is_main:
-        progress = tqdm(total=total, initial=start_step, desc="train", dynamic_ncols=True, leave=False)
+        progress = tqdm(total=total, initial=start_step, desc="train", dynamic_ncols=True, leave=True)
 
     def save(step: int) -> Path:
         tensors = dict(module.state_dict())
