@@ -226,6 +226,9 @@ def finetune(checkpoint: str | Path, task: str | None = None, data=None,
         >>> # domainfm.finetune("runs/x", task="classification", data=images, labels=y, out="runs/x-cls")
     """
     memory = is_in_memory(data)
+    if labels is not None and not memory:
+        kwargs["labels"] = labels  # a domain task's own labels argument (e.g. the slide labels CSV of ``mil``)
+        labels = None
     base_ckpt = resolve_checkpoint(checkpoint)
     card = load_card(base_ckpt)
     updates: dict = {}
