@@ -243,6 +243,8 @@ def finetune(checkpoint: str | Path, task: str | None = None, data=None,
         updates["out"] = str(Path(card["config"]["out"]).with_name(Path(card["config"]["out"]).name + "-finetune"))
     cfg = config_from_card(card, data=None if memory else data, overrides=overrides, updates=updates)
     domain = get_domain(cfg.domain)
+    run_dir = Path(cfg.out)
+    resume = prepare_run_dir(run_dir, exist_ok, resume)
     if cfg.finetune.task in domain.custom_tasks:
         return domain.finetune_task(cfg, base_ckpt, resume=resume, **kwargs)
     if kwargs:
@@ -281,8 +283,6 @@ def finetune(checkpoint: str | Path, task: str | None = None, data=None,
                "data": {"path": cfg.data.path, "num_samples": len(train_set)}}
     if memory:
         card_ft["data"]["source"] = describe(train_set.profile) if hasattr(train_set, "profile") else None
-    run_dir = Path(cfg.out)
-    resume = prepare_run_dir(run_dir, exist_ok, resume)
     _start_run_dir(run_dir, cfg, resume)
     started = time.perf_counter()
     ckpt = train(model, train_set, cfg.train, run_dir, card_ft, resume=resume, num_workers=cfg.data.num_workers)
