@@ -26,13 +26,16 @@ def html_table(rows: Iterable[tuple[str, Any]], title: str = "") -> str:
     return f"<div><b>{html.escape(title)}</b><table>{cells}</table></div>"
 
 
-def batched_preprocessor(one: Callable[..., torch.Tensor], spatial_dims: int) -> Callable[..., torch.Tensor]:
-    """Wrap a one-input preprocessor: an ``N x C x (D x) H x W`` array or a list/tuple of inputs is
-    preprocessed item by item and stacked; anything else is one input."""
+def batched_preprocessor(one: Callable[..., torch.Tensor], spatial_dims: int,
+                         channels: int | None = None) -> Callable[..., torch.Tensor]:
+    """Wrap a one-input preprocessor: an ``N x C x (D x) H x W`` array (``N x (D x) H x W`` for a
+    one-channel model) or a list/tuple of inputs is preprocessed item by item and stacked; anything else
+    is one input."""
     def prepare(x, **kw) -> torch.Tensor:
         if isinstance(x, (list, tuple)):
             return torch.stack([one(item, **kw) for item in x])
-        if isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim == spatial_dims + 2:
+        if isinstance(x, (np.ndarray, torch.Tensor)) and (x.ndim == spatial_dims + 2 or (
+                channels == 1 and x.ndim == spatial_dims + 1 and x.shape[0] != 1)):
             return torch.stack([one(item, **kw) for item in x])
         return one(x, **kw)
     prepare.single = one

@@ -53,7 +53,9 @@ class FoundationModel(nn.Module):
         model-ready ``C x (D x) H x W`` tensor; a batch (an ``N x C x ...`` array or a list of inputs)
         gives ``N x C x ...``."""
         if self._preprocess is None:
-            self._preprocess = batched_preprocessor(self.domain.preprocessor(self.card), self.spatial_dims)
+            channels = (self.card.get("preprocessing") or {}).get("channels") or \
+                self.card.get("encoder", {}).get("in_chans")
+            self._preprocess = batched_preprocessor(self.domain.preprocessor(self.card), self.spatial_dims, channels)
         return self._preprocess
 
     @property

@@ -67,8 +67,8 @@ def embeddings_frame(arrays: dict[str, np.ndarray]):
     if coords is not None and len(coords) == len(z):
         cols["x"], cols["y"] = np.asarray(coords)[:, 0], np.asarray(coords)[:, 1]
     frame = pd.DataFrame(cols)
-    return pd.concat([frame, pd.DataFrame(z.reshape(len(z), -1), columns=[f"z{i}" for i in range(z[0].size if len(z) else 0)])],
-                     axis=1)
+    flat = z.reshape(len(z), -1)
+    return pd.concat([frame, pd.DataFrame(flat, columns=[f"z{i}" for i in range(flat.shape[1])])], axis=1)
 
 
 def read_embeddings(path: str | Path) -> dict[str, np.ndarray]:
@@ -129,4 +129,5 @@ def read_prediction(path: str | Path) -> Prediction:
         arrays = read_embeddings(path)
         key = next(iter(arrays))
         return Prediction(arrays[key], {}, {k: v for k, v in arrays.items() if k != key})
-    raise DataError(path, "the prediction was written in a format this reader does not know; pass out= to keep the file")
+    raise DataError(path, "the prediction was written in a format this reader does not know; "
+                          "pass out= to keep the file")

@@ -401,6 +401,25 @@ def predict(checkpoint, input: str | Path, out: str | Path | None = None, **opti
         return read_prediction(written)
 
 
-def evaluate(checkpoint, data=None, protocol: str = "linear", **kwargs):
-    """Compare a checkpoint against a random-init baseline; see :func:`domainfm.eval.evaluate`."""
+def evaluate(checkpoint, data=None, protocol: str = "linear", *, labels=None, test_data=None, test_labels=None,
+             sampler=None, **kwargs):
+    """Compare a checkpoint against a random-init baseline; see :func:`domainfm.eval.evaluate`.
+
+    ``data`` is a labelled path, or data held in memory (with ``labels``) as the training pool plus
+    ``test_data`` (with ``test_labels``) as the test set; both go through the checkpoint's preprocessing
+    record (e.g. the ``arrays`` domain's normalisation).
+
+    Example:
+        >>> # domainfm.evaluate(ckpt, x_train, labels=y_train, test_data=x_test, test_labels=y_test, protocol="knn")
+    """
+    if is_in_memory(data):
+        if test_data is None:
+            raise ConfigError("evaluate with data held in memory needs test_data= (and test_labels=) as the test set")
+        model = _resolve_model(checkpoint)
+        domain = model.domain
+        cfg = config_from_card(model.card, check_paths=False)
+        train_set = _dataset(domain, cfg, "train", data, labels, sampler, model.card)
+        test_set = _dataset(domain, cfg, "test", test_data, test_labels, sampler, model.card)
+        kwargs["datasets"] = (train_set, test_set)
+        data = None
     return _evaluate(checkpoint, data=data, protocol=protocol, **kwargs)

@@ -265,7 +265,8 @@ def _dataset_info(data: Any) -> dict:
 
 
 def adapt(data: Any, labels: Any = None, *, sampler: Any = None, spatial_dims: int | None = None,
-          channels_last: bool | None = None, classes: Sequence | None = None, wavelengths: Sequence[float] | None = None,
+          channels_last: bool | None = None, classes: Sequence | None = None,
+          wavelengths: Sequence[float] | None = None,
           stats_samples: int = 256) -> AdaptedDataset:
     """Turn ``data`` (see the module docstring) into an :class:`AdaptedDataset` of samples.
 

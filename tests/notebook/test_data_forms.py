@@ -37,7 +37,8 @@ def test_uint8_array_pretrains_and_the_card_records_stats_and_range(tmp_path):
     assert "array" in model.card["data"]["source"]
     # raw numpy goes through the card's normalisation: same vector as the normalised tensor
     z_np = model.embed(x[:2])
-    norm = (torch.from_numpy(x[:2]).float() - torch.tensor(pre["mean"])[:, None, None]) / torch.tensor(pre["std"])[:, None, None]
+    mean, std = torch.tensor(pre["mean"])[:, None, None], torch.tensor(pre["std"])[:, None, None]
+    norm = (torch.from_numpy(x[:2]).float() - mean) / std
     assert torch.allclose(z_np, model.embed(norm), atol=1e-5)
     # [0, 1] input for a model trained on 0..255 is converted with a warning, never silently
     with pytest.warns(UserWarning, match="multiplying by 255"):
