@@ -54,8 +54,8 @@ def model_rows(model) -> list[tuple[str, Any]]:
     params = sum(p.numel() for p in model.encoder.parameters())
     size = f"{enc.get('name', '?')} depth {getattr(model.encoder, 'depth', None) or enc.get('depth', '?')}, " \
            f"dim {getattr(model.encoder, 'embed_dim', '?')}, {_count(params)} params"
-    inputs = f"{pre.get('channels', enc.get('in_chans', '?'))} ch, {enc.get('img_size', '?')} px, " \
-             f"patch {enc.get('patch_size', '?')} ({enc.get('patch_embed', '?')})"
+    inputs = f"{pre.get('channels', enc.get('in_chans', '?'))} ch, {_dims(enc.get('img_size', '?'))} px, " \
+             f"patch {_dims(enc.get('patch_size', '?'))} ({enc.get('patch_embed', '?')})"
     skip = {"channels", "mean", "std", "stats", "classes", "sensors"}
     prep = ", ".join(f"{k}={_short(v)}" for k, v in pre.items() if k not in skip and v is not None)
     rows = [("domain", card.get("domain")), ("stage", card.get("stage")), ("encoder", size), ("inputs", inputs),
@@ -67,6 +67,10 @@ def model_rows(model) -> list[tuple[str, Any]]:
         rows.append(("val", ", ".join(f"{k}={v:.3f}" for k, v in card["val_metrics"].items())))
     rows.append(("path", model.path))
     return rows
+
+
+def _dims(v: Any) -> str:
+    return "x".join(str(d) for d in v) if isinstance(v, (list, tuple)) else str(v)
 
 
 def _short(v: Any) -> str:

@@ -42,11 +42,12 @@ from domainfm.registry import get_domain
 from domainfm.runconfig import config_from_card, load_config
 from domainfm.outputs import embeddings_frame, read_embeddings, read_prediction
 from domainfm.ssl import build_objective, check_objective, needs_views
-from domainfm.train.checkpoint import check_run_dir, list_checkpoints, load_card, resolve_checkpoint
+from domainfm.train.checkpoint import (check_run_dir, list_checkpoints, load_card, load_module_state, load_tensors,
+                                      resolve_checkpoint)
 from domainfm.train.rundir import prepare_run_dir, run_summary
 from domainfm.train.engine import train
 from domainfm.utils import write_arrays_atomic, write_json_atomic
-from domainfm.viz import save_reconstruction_png
+from domainfm.viz import reconstruction_figure, save_reconstruction_png
 
 log = logging.getLogger("domainfm")
 
@@ -175,7 +176,28 @@ def _online_probe(cfg: Config, domain):
 
 
 @torch.no_grad()
-def _save_reconstruction(objective, dataset, path: Path, n: int = 4) -> Path | None:
+def reconstruction(checkpoint, data=None, n: int = 4, *, labels=None, sampler=None, path: str | Path | None = None):
+    """What a masked-image-modelling checkpoint rebuilds of ``n`` samples, as a matplotlib Figure (masked |
+    reconstruction | original); written to ``path`` only when given. ``data``: a path or data in memory
+    (default: the pretraining data named in the card).
+
+    Example:
+        >>> # domainfm.reconstruction("runs/quickstart")   # a Figure in the notebook
+    """
+    ckpt = resolve_checkpoint(checkpoint)
+    model = load(ckpt)
+    cfg = config_from_card(model.card, data=None if is_in_memory(data) else data, check_paths=data is not None)
+    objective = build_objective(model.encoder, cfg.objective)
+    if not hasattr(objective, "reconstruct"):
+        raise UnsupportedError(f"{ckpt}: objective {cfg.objective.name!r} does not reconstruct images (mae does)")
+    load_module_state(objective, load_tensors(ckpt), strict=False)
+    dataset = _dataset(model.domain, cfg, "pretrain", data, labels, sampler, model.card)
+    masked, recon, original = _reconstruct(objective, dataset, n)
+    return reconstruction_figure(masked, recon, original, max_rows=n, path=path)
+
+
+@torch.no_grad()
+def _reconstruct(objective, dataset, n: int = 4):
     samples = [dataset[i] for i in range(min(n, len(dataset)))]
     batch = collate_samples(samples)
     device = next(objective.parameters()).device
@@ -186,7 +208,11 @@ def _save_reconstruction(objective, dataset, path: Path, n: int = 4) -> Path | N
         torch.manual_seed(0)
         masked, recon, original = objective.reconstruct(batch)
     objective.train(was_training)
-    return save_reconstruction_png(masked, recon, original, path)
+    return masked, recon, original
+
+
+def _save_reconstruction(objective, dataset, path: Path, n: int = 4) -> Path | None:
+    return save_reconstruction_png(*_reconstruct(objective, dataset, n), path)
 
 
 
