@@ -143,6 +143,9 @@ class AdaptedDataset(Dataset):
             m = torch.tensor(self.mean, dtype=torch.float32).reshape(shape)
             s = torch.tensor(self.std, dtype=torch.float32).reshape(shape)
             sample["image"] = (sample["image"] - m) / s
+        wavelengths = self.profile.get("wavelengths")
+        if wavelengths and "wavelengths" not in sample:
+            sample["wavelengths"] = [float(w) for w in wavelengths]
         if not bool(torch.isfinite(sample["image"]).all()):
             raise DataError(sample["meta"].get("path"), f"sample {index} of {self.source} has NaN/inf values")
         return sample

@@ -135,3 +135,13 @@ def test_resume_on_an_empty_folder_starts_fresh_and_overwrite_restarts(tmp_path)
     assert again == ckpt and len(list((tmp_path / "r").glob("ckpt-*"))) == 1
     with pytest.raises(ConfigError, match='exist_ok must be'):
         domainfm.pretrain(_cfg(tmp_path / "r"), data=x, exist_ok="yes")
+
+
+def test_wavelengths_given_with_the_data_make_a_channel_adaptive_encoder(tmp_path):
+    x = np.random.default_rng(1).uniform(0, 1, (8, 4, 16, 16)).astype(np.float32)
+    ds = adapt(x, wavelengths=[0.49, 0.56, 0.665, 0.842])
+    ckpt = domainfm.pretrain(_cfg(tmp_path / "wl"), data=ds)
+    model = domainfm.load(ckpt)
+    assert model.card["encoder"]["patch_embed"] == "wavelength"
+    assert model.card["preprocessing"]["wavelengths"] == [0.49, 0.56, 0.665, 0.842]
+    assert model.embed(x[:2]).shape == (2, 32)
