@@ -25,6 +25,7 @@ def test_model_repr_is_short_and_says_what_feeds_it(ckpt):
     for word in ("synthetic", "pretrain", "depth 1", "dim 32", "1 ch", "patch 8", str(ckpt)):
         assert word in text, (word, text)
     assert "<table>" in model._repr_html_() and "synthetic" in model._repr_html_()
+    assert repr(model.domain) == "<domain 'synthetic' (domainfm.synthetic.domain.SyntheticDomain)>"
 
 
 def test_training_ends_with_one_summary_line(tmp_path, capsys):
