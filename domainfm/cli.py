@@ -249,7 +249,8 @@ _CLI_WORDS = ((re.compile(r'pass exist_ok="resume" to continue'), "pass --resume
               (re.compile(r', exist_ok="overwrite" to start it again,'), ","),
               (re.compile(r'exist_ok="overwrite"'), "a new --out"),
               (re.compile(r"resume=True"), "--resume"),
-              (re.compile(r"\bor another out\b"), "or another --out"))
+              (re.compile(r"\bor another out\b"), "or another --out"),
+              (re.compile(r"domainfm\.finetune\(checkpoint, task=\.\.\.\)"), "domainfm finetune CHECKPOINT --task ..."))
 
 
 def cli_words(message: str) -> str:
