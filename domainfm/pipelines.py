@@ -120,7 +120,7 @@ def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), 
         card["data"]["source"] = describe(dataset.profile)
     train_set = ViewsDataset(dataset, domain.augment(cfg), seed=cfg.train.seed) if needs_views(cfg.objective.name) else dataset
     run_dir = Path(cfg.out)
-    resume = prepare_run_dir(run_dir, exist_ok, resume)
+    resume = prepare_run_dir(run_dir, exist_ok, resume, main=_is_main())
     if resume:
         _check_resume_matches(run_dir, cfg)
     cbs = list(callbacks)
@@ -270,7 +270,7 @@ def finetune(checkpoint: str | Path, task: str | None = None, data=None,
     cfg = config_from_card(card, data=None if memory else data, overrides=overrides, updates=updates)
     domain = get_domain(cfg.domain)
     run_dir = Path(cfg.out)
-    resume = prepare_run_dir(run_dir, exist_ok, resume)
+    resume = prepare_run_dir(run_dir, exist_ok, resume, main=_is_main())
     if cfg.finetune.task in domain.custom_tasks:
         return domain.finetune_task(cfg, base_ckpt, resume=resume, **kwargs)
     if kwargs:

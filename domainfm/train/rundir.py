@@ -27,12 +27,13 @@ EXIST_OK = ("error", "resume", "overwrite")
 RUN_FILES = ("latest.json", "metrics.csv", "config.yaml", "reconstruction.png", "val_metrics.json")
 
 
-def prepare_run_dir(run_dir: str | Path, exist_ok: str = "error", resume: bool = False) -> bool:
+def prepare_run_dir(run_dir: str | Path, exist_ok: str = "error", resume: bool = False, main: bool = True) -> bool:
     """Decide what an ``out`` folder that may hold checkpoints means; return whether to resume.
 
     ``exist_ok="error"`` refuses a folder holding checkpoints (nothing is touched), ``"resume"`` (or
     ``resume=True``) continues its latest checkpoint, ``"overwrite"`` removes the run's checkpoints and
     logs (nothing else in the folder) and starts again. Resuming a folder without checkpoints starts fresh.
+    Only the ``main`` process (rank 0) removes anything.
     """
     if exist_ok not in EXIST_OK:
         raise ConfigError(f'exist_ok must be "error", "resume" or "overwrite", got {exist_ok!r}')
@@ -48,6 +49,8 @@ def prepare_run_dir(run_dir: str | Path, exist_ok: str = "error", resume: bool =
         raise ConfigError(f'{run_dir} already holds checkpoints (last: {ckpts[-1].name}); pass exist_ok="resume" to '
                           'continue that run, exist_ok="overwrite" to start it again, or another out '
                           '(nothing was overwritten)')
+    if not main:
+        return False
     for ckpt in ckpts:
         shutil.rmtree(ckpt)
     for name in RUN_FILES:
