@@ -404,7 +404,10 @@ def embed(checkpoint, data, out: str | Path | None = None, *, labels=None, sampl
     if out is not None:
         return domain.embed(model, data, out, **opts)
     with tempfile.TemporaryDirectory() as tmp:
-        written = domain.embed(model, data, Path(tmp) / "embeddings.npz", **opts)
+        try:
+            written = domain.embed(model, data, Path(tmp) / "embeddings.npz", **opts)
+        except ConfigError:  # a domain that writes one file per item (slides) takes a folder
+            written = domain.embed(model, data, Path(tmp) / "embeddings", **opts)
         return embeddings_frame(read_embeddings(written))
 
 

@@ -36,12 +36,17 @@ def test_predict_returns_the_array_with_its_geometry(name, tmp_path):
     assert "Prediction(" in repr(pred) and "<table>" in pred._repr_html_()
 
 
-def test_embed_without_out_is_a_frame_of_the_files(tmp_path):
+@pytest.mark.parametrize("name", ["remote_sensing", "pathology"])
+def test_embed_without_out_is_a_frame_of_the_files(name, tmp_path):
     pd = pytest.importorskip("pandas")
-    example = get_domain("remote_sensing").example(tmp_path)
+    example = get_domain(name).example(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ckpt = domainfm.pretrain(example.config)
-    frame = domainfm.embed(ckpt, example.config["data"]["path"])
-    assert isinstance(frame, pd.DataFrame) and len(frame) > 0 and frame["id"].str.len().min() > 0
+        before = sorted(p.name for p in tmp_path.rglob("*"))
+        frame = domainfm.embed(ckpt, example.config["data"]["path"])
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written without out
+    assert isinstance(frame, pd.DataFrame) and len(frame) > 0 and frame["id"].astype(str).str.len().min() > 0
     assert frame.filter(regex=r"^z\d+$").shape[1] == domainfm.load(ckpt).encoder.embed_dim
+    if name == "pathology":  # one row per tile: its slide and level-0 coordinates
+        assert {"slide", "x", "y"} <= set(frame.columns) and frame["slide"].nunique() > 1
