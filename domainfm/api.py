@@ -15,9 +15,10 @@ Example:
 from domainfm.config import Config, parse_config, save_config
 from domainfm.demo import run_demo as demo
 from domainfm.model import FoundationModel, build_card, load
-from domainfm.pipelines import embed, evaluate, evaluate_task, finetune, predict, pretrain
+from domainfm.pipelines import embed, evaluate, evaluate_task, finetune, predict, pretrain, reconstruction
 from domainfm.runconfig import config_from_card, load_config
 from domainfm.weights import import_weights
 
-__all__ = ["pretrain", "finetune", "load", "embed", "predict", "evaluate", "evaluate_task", "demo", "import_weights", "load_config",
+__all__ = ["pretrain", "finetune", "load", "embed", "predict", "evaluate", "evaluate_task", "reconstruction", "demo",
+           "import_weights", "load_config",
            "parse_config", "save_config", "config_from_card", "build_card", "Config", "FoundationModel"]

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -263,6 +264,28 @@ def _merge_config_file(path: str | None, updates: dict) -> dict:
     return raw
 
 
+# the Python API's errors name Python arguments; the CLI says the same in flags
+_CLI_WORDS = ((re.compile(r'pass exist_ok="resume" to continue'), "pass --resume to continue"),
+              (re.compile(r', exist_ok="overwrite" to start it again,'), ","),
+              (re.compile(r'exist_ok="overwrite"'), "a new --out"),
+              (re.compile(r"resume=True"), "--resume"),
+              (re.compile(r"\bor another out\b"), "or another --out"),
+              (re.compile(r"domainfm\.finetune\(checkpoint, task=\.\.\.\)"), "domainfm finetune CHECKPOINT --task ..."))
+
+
+def cli_words(message: str) -> str:
+    """An API error message in CLI words.
+
+    Example:
+        >>> cli_words('runs/x already holds checkpoints; pass exist_ok="resume" to continue that run, '
+        ...           'exist_ok="overwrite" to start it again, or another out')
+        'runs/x already holds checkpoints; pass --resume to continue that run, or another --out'
+    """
+    for pattern, words in _CLI_WORDS:
+        message = pattern.sub(words, message)
+    return message
+
+
 def main(argv: list[str] | None = None) -> None:
     verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
     try:
@@ -270,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     except DomainFMError as exc:
         if verbose:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {cli_words(str(exc))}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

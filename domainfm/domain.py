@@ -142,6 +142,9 @@ class Domain:
     custom_tasks: tuple[str, ...] = ()
     needs_data_path: bool = True
 
+    def __repr__(self) -> str:
+        return f"<domain {self.name!r} ({type(self).__module__}.{type(self).__name__})>"
+
     # ---- required ---------------------------------------------------------------------------
     def dataset(self, cfg: "Config", split: str) -> torch.utils.data.Dataset:
         """A Dataset of samples (see :mod:`domainfm.data.sample`) for ``split``.

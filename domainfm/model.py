@@ -24,6 +24,7 @@ from domainfm.config import Config
 from domainfm.errors import CheckpointError
 from domainfm.models.encoder import build_encoder
 from domainfm.models.lora import apply_lora, merge_lora
+from domainfm.display import batched_preprocessor, model_summary, model_summary_html
 from domainfm.registry import get_domain
 from domainfm.runconfig import config_from_card
 from domainfm.train.checkpoint import load_card, load_module_state, load_tensors, resolve_checkpoint
@@ -53,10 +54,34 @@ class FoundationModel(nn.Module):
 
     @property
     def preprocess(self) -> Callable[[Any], torch.Tensor]:
-        """The domain's preprocessing rebuilt from the card (file or array -> model-ready tensor)."""
+        """The domain's preprocessing rebuilt from the card: one input (file or array) gives one
+        model-ready ``C x (D x) H x W`` tensor; a batch (an ``N x C x ...`` array or a list of inputs)
+        gives ``N x C x ...``."""
         if self._preprocess is None:
-            self._preprocess = self.domain.preprocessor(self.card)
+            channels = (self.card.get("preprocessing") or {}).get("channels") or \
+                self.card.get("encoder", {}).get("in_chans")
+            self._preprocess = batched_preprocessor(self.domain.preprocessor(self.card), self.spatial_dims, channels)
         return self._preprocess
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 or 3, from the card (or the patch embed)."""
+        dims = (self.card.get("preprocessing") or {}).get("spatial_dims")
+        return int(dims) if dims else (3 if getattr(self.encoder.patch_embed, "kind", "") == "3d" else 2)
+
+    def _ready(self, x) -> torch.Tensor:
+        """A model-ready batch on the model's device: tensors are taken as preprocessed, anything else
+        (numpy arrays, paths, lists) goes through :attr:`preprocess`."""
+        if not isinstance(x, torch.Tensor):
+            x = self.preprocess(x)
+            x = x[None] if x.ndim == self.spatial_dims + 1 else x
+        return x.to(next(self.encoder.parameters()).device)
+
+    def __repr__(self) -> str:
+        return model_summary(self)
+
+    def _repr_html_(self) -> str:
+        return model_summary_html(self)
 
     def _wavelengths(self, wavelengths):
         if wavelengths is None and self.encoder.patch_embed.kind == "wavelength":
@@ -64,12 +89,15 @@ class FoundationModel(nn.Module):
         return wavelengths
 
     def features(self, x: torch.Tensor, wavelengths=None, layers=None) -> dict:
+        x = self._ready(x)
         self.encoder.check_input(x)
         return self.encoder.forward_features(x, wavelengths=self._wavelengths(wavelengths), layers=layers)
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor, wavelengths=None) -> torch.Tensor:
-        """One vector per input (``B x E``), without gradients."""
+        """One vector per input (``B x E``), without gradients. A tensor is taken as model-ready; a numpy
+        array, path or list goes through the card's preprocessing first (see :attr:`preprocess`)."""
+        x = self._ready(x)
         self.encoder.check_input(x)
         return self.encoder.embed(x, wavelengths=self._wavelengths(wavelengths))
 
@@ -77,7 +105,7 @@ class FoundationModel(nn.Module):
         """Head output for a batch (a fine-tuned checkpoint is needed)."""
         if self.head is None:
             raise CheckpointError(f"{self.path}: this checkpoint has no head (it was not fine-tuned); "
-                                  "run `domainfm finetune` first")
+                                  "fine-tune it first: domainfm.finetune(checkpoint, task=...)")
         feats = self.features(x, wavelengths, layers=getattr(self.head, "layers", None))
         return self.head(feats)
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -25,6 +27,7 @@ from torch import nn
 
 from domainfm.classmap import map_labels, resolve_classes
 from domainfm.config import Config, parse_config, save_config
+from domainfm.data.adapters import adapt, describe, is_in_memory
 from domainfm.data.sample import collate_samples
 from domainfm.data.views import ViewsDataset
 from domainfm.domain import operation_options
@@ -32,18 +35,20 @@ from domainfm.errors import ConfigError, DataError
 from domainfm.eval import evaluate as _evaluate
 from domainfm.eval.online import OnlineKNNProbe
 from domainfm.heads.task import TaskModel
-from domainfm.inference import batches_by_band_set
-from domainfm.io_safety import lock_run
+from domainfm.inference import batches_by_band_set, embed_samples
+from domainfm.io_safety import lock_run, write_arrays_atomic, write_json_atomic
 from domainfm.model import FoundationModel, build_card, load
 from domainfm.models.encoder import build_encoder
 from domainfm.models.lora import apply_lora
 from domainfm.registry import get_domain
 from domainfm.runconfig import config_from_card, load_config
+from domainfm.outputs import embeddings_frame, read_embeddings, read_prediction
 from domainfm.ssl import build_objective, check_objective, needs_views
-from domainfm.train.checkpoint import check_run_dir, list_checkpoints, load_card, resolve_checkpoint
+from domainfm.train.checkpoint import (check_run_dir, list_checkpoints, load_card, load_module_state, load_tensors,
+                                      resolve_checkpoint)
+from domainfm.train.rundir import prepare_run_dir, run_summary
 from domainfm.train.engine import train
-from domainfm.io_safety import write_json_atomic
-from domainfm.viz import save_reconstruction_png
+from domainfm.viz import reconstruction_figure, save_reconstruction_png
 from domainfm.weights import init_from_config, set_layer_decay
 
 log = logging.getLogger("domainfm")
@@ -61,12 +66,42 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _data_updates(data) -> dict:
+    """Config updates for a ``data`` argument: a path sets ``data.path``; data in memory trains under the
+    ``arrays`` domain (its metadata comes from the object)."""
+    if data is None:
+        return {}
+    if is_in_memory(data):
+        return {"domain": "arrays", "data": {"path": None}}
+    return {"data": {"path": str(data)}}
+
+
+def _dataset(domain, cfg: Config, split: str, data=None, labels=None, sampler=None, card: dict | None = None):
+    """The domain's dataset for ``split``, or ``data`` held in memory as samples (prepared by the domain
+    when it can, e.g. normalised with the checkpoint's statistics)."""
+    if not is_in_memory(data):
+        if labels is not None or sampler is not None:
+            raise ConfigError("labels= and sampler= go with data held in memory (an array or a dataset object); "
+                              "a path brings its own labels")
+        return domain.dataset(cfg, split)
+    spatial = (card or {}).get("preprocessing", {}).get("spatial_dims") if card else None
+    ds = adapt(data, labels, sampler=sampler, spatial_dims=spatial)
+    prepare = getattr(domain, "prepare", None)
+    return prepare(ds, cfg, card) if prepare is not None else ds
+
+
 def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), resume: bool = False,
-             callbacks: Iterable[Callable] = ()) -> Path:
+             callbacks: Iterable[Callable] = (), *, data=None, labels=None, sampler=None,
+             exist_ok: str = "error") -> Path:
     """Pretrain an encoder with self-supervision; return the last checkpoint folder.
 
     ``config`` is a YAML path, a dict or a :class:`~domainfm.config.Config`; ``overrides`` are
-    ``key=value`` strings. With ``resume`` the run continues from its latest checkpoint.
+    ``key=value`` strings. ``data`` replaces ``data.path``: a path, or data held in memory (an array
+    or tensor, a Dataset of tensors / ``(x, y)`` tuples / sample dicts, a MONAI or TorchGeo dataset
+    with its ``sampler``; see :mod:`domainfm.data.adapters`), which trains under the ``arrays``
+    domain. ``exist_ok`` says what an ``out`` folder holding checkpoints means: ``"error"``,
+    ``"resume"`` (continue it) or ``"overwrite"`` (start again); ``resume=True`` is
+    ``exist_ok="resume"`` (on an empty folder both start fresh).
 
     Example:
         >>> import tempfile
@@ -76,10 +111,11 @@ def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), 
         >>> ckpt.name, load(ckpt).card["objective"]["mask_ratio"]
         ('ckpt-0000002', 0.5)
     """
-    cfg = load_config(config, overrides=list(overrides))
+    updates = _data_updates(data)
+    cfg = load_config(config, overrides=list(overrides), updates=updates)
     check_objective(cfg.objective)
     domain = get_domain(cfg.domain)
-    dataset = domain.dataset(cfg, "pretrain")
+    dataset = _dataset(domain, cfg, "pretrain", data, labels, sampler)
     if len(dataset) == 0:
         raise DataError(cfg.data.path, "no samples found for pretraining")
     torch.manual_seed(cfg.train.seed)  # the same config gives the same initial weights
@@ -88,8 +124,11 @@ def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), 
     objective = build_objective(encoder, cfg.objective)
     set_layer_decay(objective, cfg.train.layer_decay)  # train.layer_decay < 1: LLRD over the encoder
     card = {**build_card(cfg, domain, encoder, dataset, "pretrain"), **({"init": init_record} if init_record else {})}
+    if is_in_memory(data):
+        card["data"]["source"] = describe(dataset.profile)
     train_set = ViewsDataset(dataset, domain.augment(cfg), seed=cfg.train.seed) if needs_views(cfg.objective.name) else dataset
     run_dir = Path(cfg.out)
+    resume = prepare_run_dir(run_dir, exist_ok, resume, main=_is_main())
     if resume:
         _check_resume_matches(run_dir, cfg)
     cbs = list(callbacks)
@@ -98,8 +137,11 @@ def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), 
         if probe is not None:
             cbs.append(probe)
     _start_run_dir(run_dir, cfg, resume)
+    started = time.perf_counter()
     ckpt = train(objective, train_set, cfg.train, run_dir, card, resume=resume, num_workers=cfg.data.num_workers,
                  callbacks=cbs)
+    if _is_main() and cfg.train.progress:
+        print(run_summary("pretrain", run_dir, ckpt, time.perf_counter() - started))
     if _is_main() and hasattr(objective, "reconstruct"):
         _save_reconstruction(objective, dataset, run_dir / "reconstruction.png")
     return ckpt
@@ -126,8 +168,9 @@ def _check_resume_matches(run_dir: Path, cfg: Config) -> None:
             if before.get(section, {}).get(key) != value:
                 diffs.append(f"{section}.{key}: {before[section].get(key)!r} in the run, {value!r} now")
     if diffs:
-        raise ConfigError(f"{run_dir}: --resume with a different setup than the run ({'; '.join(diffs[:3])}); "
-                          "resume with the run's config (`domainfm pretrain --resume --out RUN` reads it) or use a new --out")
+        raise ConfigError(f"{run_dir}: resume=True with a different setup than the run ({'; '.join(diffs[:3])}); "
+                          "resume with the run's config (load_config(out + '/config.yaml')), exist_ok=\"overwrite\" "
+                          "to start again, or another out")
 
 
 def _online_probe(cfg: Config, domain):
@@ -141,7 +184,28 @@ def _online_probe(cfg: Config, domain):
 
 
 @torch.no_grad()
-def _save_reconstruction(objective, dataset, path: Path, n: int = 4) -> Path | None:
+def reconstruction(checkpoint, data=None, n: int = 4, *, labels=None, sampler=None, path: str | Path | None = None):
+    """What a masked-image-modelling checkpoint rebuilds of ``n`` samples, as a matplotlib Figure (masked |
+    reconstruction | original); written to ``path`` only when given. ``data``: a path or data in memory
+    (default: the pretraining data named in the card).
+
+    Example:
+        >>> # domainfm.reconstruction("runs/quickstart")   # a Figure in the notebook
+    """
+    ckpt = resolve_checkpoint(checkpoint)
+    model = load(ckpt)
+    cfg = config_from_card(model.card, data=None if is_in_memory(data) else data, check_paths=data is not None)
+    objective = build_objective(model.encoder, cfg.objective)
+    if not hasattr(objective, "reconstruct"):
+        raise UnsupportedError(f"{ckpt}: objective {cfg.objective.name!r} does not reconstruct images (mae does)")
+    load_module_state(objective, load_tensors(ckpt), strict=False)
+    dataset = _dataset(model.domain, cfg, "pretrain", data, labels, sampler, model.card)
+    masked, recon, original = _reconstruct(objective, dataset, n)
+    return reconstruction_figure(masked, recon, original, max_rows=n, path=path)
+
+
+@torch.no_grad()
+def _reconstruct(objective, dataset, n: int = 4):
     samples = [dataset[i] for i in range(min(n, len(dataset)))]
     batch = collate_samples(samples)
     device = next(objective.parameters()).device
@@ -152,18 +216,26 @@ def _save_reconstruction(objective, dataset, path: Path, n: int = 4) -> Path | N
         torch.manual_seed(0)
         masked, recon, original = objective.reconstruct(batch)
     objective.train(was_training)
-    return save_reconstruction_png(masked, recon, original, path)
+    return masked, recon, original
+
+
+def _save_reconstruction(objective, dataset, path: Path, n: int = 4) -> Path | None:
+    return save_reconstruction_png(*_reconstruct(objective, dataset, n), path)
 
 
 
 def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path | None = None,
              config: str | Path | dict | None = None, overrides: Iterable[str] = (), resume: bool = False,
-             out: str | Path | None = None, **kwargs) -> Path:
+             out: str | Path | None = None, *, labels=None, sampler=None, val_data=None, val_labels=None,
+             exist_ok: str = "error", **kwargs) -> Path:
     """Fine-tune a pretrained checkpoint for a task; return the fine-tuned checkpoint folder.
 
     The run starts from the pretraining config stored in the card; ``config`` (YAML or dict) and
     ``overrides`` change it. Tasks: ``classification``, ``multilabel``, ``segmentation`` (and what
     a domain adds, e.g. ``mil`` for pathology).
+
+    ``data`` is a path or data held in memory with its ``labels`` (see :func:`pretrain`); ``val_data``
+    / ``val_labels`` give a validation set in memory. ``exist_ok`` as in :func:`pretrain`.
 
     Example:
         >>> import tempfile
@@ -175,6 +247,10 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
         >>> load(tuned).card["classes"]
         ['disk', 'square', 'cross', 'ring']
     """
+    memory = is_in_memory(data)
+    if labels is not None and not memory:
+        kwargs["labels"] = labels  # a domain task's own labels argument (e.g. the slide labels CSV of ``mil``)
+        labels = None
     base_ckpt = resolve_checkpoint(checkpoint)
     card = load_card(base_ckpt)
     updates: dict = {}
@@ -187,8 +263,10 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
         updates["out"] = str(out)
     elif "out" not in updates:
         updates["out"] = str(Path(card["config"]["out"]).with_name(Path(card["config"]["out"]).name + "-finetune"))
-    cfg = config_from_card(card, data=data, overrides=overrides, updates=updates)
+    cfg = config_from_card(card, data=None if memory else data, overrides=overrides, updates=updates)
     domain = get_domain(cfg.domain)
+    run_dir = Path(cfg.out)
+    resume = prepare_run_dir(run_dir, exist_ok, resume, main=_is_main())
     if cfg.finetune.task in domain.custom_tasks:
         return domain.finetune_task(cfg, base_ckpt, resume=resume, **kwargs)
     if kwargs:
@@ -197,7 +275,7 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
     task = cfg.finetune.task
     base = load(base_ckpt)
     encoder = base.encoder.train()
-    train_set = domain.dataset(cfg, "train")
+    train_set = _dataset(domain, cfg, "train", data, labels, sampler, card)
     if len(train_set) == 0:
         raise DataError(cfg.data.path, "no labelled samples found for fine-tuning")
     first = train_set[0]
@@ -224,15 +302,22 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
     card_ft = {**card, "stage": "finetune", "task": task, "num_classes": num_classes, "classes": classes,
                "class_map": class_map.to_dict() if class_map else None,
                "parent": str(base_ckpt), "config": cfg.to_dict(), "ema": False,
-               "preprocessing": domain.preprocessing(cfg, train_set),
+               "preprocessing": card["preprocessing"] if memory else domain.preprocessing(cfg, train_set),
                "lora": {"rank": cfg.finetune.lora_rank, "alpha": cfg.finetune.lora_alpha} if cfg.finetune.lora_rank else None,
                "data": {"path": cfg.data.path, "num_samples": len(train_set)}}
-    run_dir = Path(cfg.out)
+    if memory:
+        card_ft["data"]["source"] = describe(train_set.profile) if hasattr(train_set, "profile") else None
     _start_run_dir(run_dir, cfg, resume)
+    started = time.perf_counter()
     ckpt = train(model, train_set, cfg.train, run_dir, card_ft, resume=resume, num_workers=cfg.data.num_workers)
+    if _is_main() and cfg.train.progress:
+        print(run_summary("finetune", run_dir, ckpt, time.perf_counter() - started))
     if _is_main():
         try:
-            val_set = domain.dataset(cfg, "val")
+            if memory and val_data is None:
+                raise DataError(None, "no val_data given")
+            val_set = _dataset(domain, cfg, "val", val_data, val_labels, None, card) if memory else \
+                domain.dataset(cfg, "val")
         except (NotImplementedError, DataError) as exc:
             log.info("no validation split (%s)", exc)
             val_set = None
@@ -240,7 +325,7 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
         val_set = map_labels(val_set, class_map, task, strict=False)
         if val_set is not None and len(val_set):
             metrics = evaluate_task(model, val_set, task, num_classes, cfg.train.batch_size)
-        extra = domain.validate(load(ckpt), cfg)
+        extra = {} if memory else domain.validate(load(ckpt), cfg)
         if extra:
             metrics.update({k: v for k, v in extra.items() if isinstance(v, (int, float))})
         if metrics:
@@ -297,26 +382,72 @@ def _resolve_model(model_or_path) -> FoundationModel:
     return model_or_path if isinstance(model_or_path, FoundationModel) else load(model_or_path)
 
 
-def embed(checkpoint, data: str | Path, out: str | Path, **options) -> Path:
-    """Embed every file/sample of ``data`` with a checkpoint; the domain decides the output layout.
+def embed(checkpoint, data, out: str | Path | None = None, *, labels=None, sampler=None, **options):
+    """Embed every file/sample of ``data`` with a checkpoint.
 
-    ``options`` are the domain's ``EmbedOptions`` (e.g. ``batch_size``; ``mpp`` for slides that lack it).
+    ``data`` is a path (the domain reads it) or data held in memory (see :func:`pretrain`; for a
+    checkpoint of another domain than ``arrays`` its samples must be model-ready). With ``out`` the
+    embeddings are written (the domain decides the layout) and the path is returned; without it they are
+    returned: a pandas DataFrame (``id``, ``label``/``split``/coordinates when known, ``z0..``) when pandas
+    is installed, else a dict of arrays. ``options`` are the domain's ``EmbedOptions`` (e.g.
+    ``batch_size``; ``mpp`` for slides that lack it).
     """
     model = _resolve_model(checkpoint)
     domain = model.domain
-    return domain.embed(model, data, out, **operation_options(domain.EmbedOptions, options, "embed"))
+    opts = operation_options(domain.EmbedOptions, options, "embed")
+    if is_in_memory(data):
+        cfg = config_from_card(model.card, check_paths=False)
+        arrays = embed_samples(model, _dataset(domain, cfg, "embed", data, labels, sampler, model.card),
+                               batch_size=opts.get("batch_size") or 32)
+        return write_arrays_atomic(Path(out), arrays) if out is not None else embeddings_frame(arrays)
+    if out is not None:
+        return domain.embed(model, data, out, **opts)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            written = domain.embed(model, data, Path(tmp) / "embeddings.npz", **opts)
+        except ConfigError:  # a domain that writes one file per item (slides) takes a folder
+            written = domain.embed(model, data, Path(tmp) / "embeddings", **opts)
+        return embeddings_frame(read_embeddings(written))
 
 
-def predict(checkpoint, input: str | Path, out: str | Path, **options) -> Path:
-    """Predict on a whole file (volume, scene, slide) and write it back in the domain's format.
+def predict(checkpoint, input: str | Path, out: str | Path | None = None, **options):
+    """Predict on a whole file (volume, scene, slide) in the domain's format.
 
-    ``options`` are the domain's ``PredictOptions`` (e.g. ``save_probabilities`` for medical scans).
+    With ``out`` the prediction is written and its path returned; without it a
+    :class:`~domainfm.outputs.Prediction` is returned (the array and its geometry: affine, CRS +
+    transform, or the tile coordinates) and nothing is left on disk. ``options`` are the domain's
+    ``PredictOptions`` (e.g. ``save_probabilities`` for medical scans).
     """
     model = _resolve_model(checkpoint)
     domain = model.domain
-    return domain.predict(model, input, out, **operation_options(domain.PredictOptions, options, "predict"))
+    opts = operation_options(domain.PredictOptions, options, "predict")
+    if out is not None:
+        return domain.predict(model, input, out, **opts)
+    with tempfile.TemporaryDirectory() as tmp:
+        name = Path(input).name
+        written = domain.predict(model, input, Path(tmp) / name, **opts)
+        return read_prediction(written)
 
 
-def evaluate(checkpoint, data=None, protocol: str = "linear", **kwargs):
-    """Compare a checkpoint against a random-init baseline; see :func:`domainfm.eval.evaluate`."""
+def evaluate(checkpoint, data=None, protocol: str = "linear", *, labels=None, test_data=None, test_labels=None,
+             sampler=None, **kwargs):
+    """Compare a checkpoint against a random-init baseline; see :func:`domainfm.eval.evaluate`.
+
+    ``data`` is a labelled path, or data held in memory (with ``labels``) as the training pool plus
+    ``test_data`` (with ``test_labels``) as the test set; both go through the checkpoint's preprocessing
+    record (e.g. the ``arrays`` domain's normalisation).
+
+    Example:
+        >>> # domainfm.evaluate(ckpt, x_train, labels=y_train, test_data=x_test, test_labels=y_test, protocol="knn")
+    """
+    if is_in_memory(data):
+        if test_data is None:
+            raise ConfigError("evaluate with data held in memory needs test_data= (and test_labels=) as the test set")
+        model = _resolve_model(checkpoint)
+        domain = model.domain
+        cfg = config_from_card(model.card, check_paths=False)
+        train_set = _dataset(domain, cfg, "train", data, labels, sampler, model.card)
+        test_set = _dataset(domain, cfg, "test", test_data, test_labels, sampler, model.card)
+        kwargs["datasets"] = (train_set, test_set)
+        data = None
     return _evaluate(checkpoint, data=data, protocol=protocol, **kwargs)

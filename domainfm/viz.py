@@ -43,3 +43,28 @@ def save_reconstruction_png(masked: torch.Tensor, recon: torch.Tensor, original:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
+
+
+def reconstruction_figure(masked: torch.Tensor, recon: torch.Tensor, original: torch.Tensor, max_rows: int = 4,
+                          path: str | Path | None = None):
+    """The same grid as a matplotlib Figure (masked | reconstruction | original), for a notebook; written to
+    ``path`` only when given.
+
+    Example:
+        >>> type(reconstruction_figure(torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)))
+        <class 'matplotlib.figure.Figure'>
+    """
+    from matplotlib.figure import Figure  # heavy import, only when a figure is asked for
+    rows = min(max_rows, original.shape[0])
+    fig = Figure(figsize=(6, 2 * rows), dpi=100)
+    axes = fig.subplots(rows, 3, squeeze=False)
+    for i in range(rows):
+        for j, (title, t) in enumerate((("masked", masked), ("reconstruction", recon), ("original", original))):
+            axes[i, j].imshow(_to_display(t[i]))
+            axes[i, j].axis("off")
+            if i == 0:
+                axes[i, j].set_title(title)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path)
+    return fig

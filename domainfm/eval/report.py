@@ -46,6 +46,56 @@ class EvalResult(list):
         return {(r["encoder"], r["fraction"] if r.get("shots") is None else r["shots"]): r["mean"]
                 for r in self if r["protocol"] == protocol and r["metric"] == metric}
 
+    def pivot(self) -> list[dict]:
+        """One row per (protocol, encoder, labels), one column per metric: ``mean [ci_low, ci_high]``."""
+        rows: dict[tuple, dict] = {}
+        for r in self:
+            key = (r["protocol"], r["encoder"], _x_label(r))
+            row = rows.setdefault(key, {"protocol": key[0], "encoder": key[1], "labels": key[2]})
+            row[METRIC_NAMES.get(r["metric"], r["metric"])] = _value_cell(r)
+        return list(rows.values())
+
+    def __repr__(self) -> str:
+        rows = self.pivot()
+        if not rows:
+            return "EvalResult(no records)"
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        width = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+        lines = ["  ".join(f"{c:<{width[c]}}" for c in cols)]
+        lines += ["  ".join(f"{str(r.get(c, '')):<{width[c]}}" for c in cols) for r in rows]
+        where = f" ({self.meta['checkpoint']})" if self.meta.get("checkpoint") else ""
+        return f"EvalResult{where}: {len(self)} records\n" + "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        rows = self.pivot()
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        head = "".join(f"<th>{c}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(f"<td>{r.get(c, '')}</td>" for c in cols) + "</tr>" for r in rows)
+        where = f" of {self.meta['checkpoint']}" if self.meta.get("checkpoint") else ""
+        return f"<div><b>EvalResult{where}</b> ({len(self)} records)<table><tr>{head}</tr>{body}</table></div>"
+
+    def plot(self, protocol: str | None = None, path: str | Path | None = None):
+        """A matplotlib Figure of one protocol (default the first): metric vs labelled fraction or shots,
+        one line per encoder, 95% intervals; written to ``path`` only when given.
+
+        Example:
+            >>> rec = {"encoder": "pretrained", "protocol": "knn", "fraction": 0.1, "shots": None, "n_train": 10,
+            ...        "metric": "accuracy", "mean": 0.9, "ci_low": 0.85, "ci_high": 0.95, "per_seed": [0.9]}
+            >>> type(EvalResult([rec]).plot()).__name__
+            'Figure'
+        """
+        protocols = list(dict.fromkeys(r["protocol"] for r in self))
+        if not protocols:
+            raise KeyError("no records to plot")
+        protocol = protocol or protocols[0]
+        if protocol not in protocols:
+            raise KeyError(f"no protocol {protocol!r} in this result (it has: {', '.join(protocols)})")
+        fig = protocol_figure([r for r in self if r["protocol"] == protocol], protocol)
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path)
+        return fig
+
     def get(self, encoder: str, protocol: str, metric: str, fraction=None, shots=None) -> dict:
         """The one record matching the arguments (``KeyError`` if none)."""
         for r in self:
@@ -143,51 +193,53 @@ def render_markdown(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
-def plot_result(result: EvalResult, out_dir: str | Path) -> list[Path]:
-    """One PNG per protocol (``<protocol>.png``), one panel per metric: metric vs label fraction
-    (log x) or shots, 95% interval bars, one line per encoder. Uses the non-interactive Agg backend."""
-    import matplotlib  # heavy import, only when a plot is asked for
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt  # after choosing the Agg backend
+def protocol_figure(rows: list[dict], protocol: str):
+    """A matplotlib Figure for one protocol's records: one panel per metric, metric vs label fraction
+    (log x) or shots, 95% interval bars, one line per encoder (no pyplot state, no window)."""
+    from matplotlib.figure import Figure  # heavy import, only when a plot is asked for
 
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    ncol = min(2, len(metrics))
+    nrow = (len(metrics) + ncol - 1) // ncol
+    fig = Figure(figsize=(4.6 * ncol, 3.4 * nrow), dpi=100)
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    fewshot = rows[0].get("shots") is not None
+    encoders = list(dict.fromkeys(r["encoder"] for r in rows))
+    for ax, metric in zip(axes.ravel(), metrics):
+        ticks = set()
+        for e, enc in enumerate(encoders):
+            pts = sorted((r for r in rows if r["encoder"] == enc and r["metric"] == metric),
+                         key=lambda r: r["shots"] if fewshot else r["fraction"])
+            xs = [r["shots"] if fewshot else 100 * r["fraction"] for r in pts]
+            ticks.update(xs)
+            shift = 1.0 + 0.04 * (e - (len(encoders) - 1) / 2)  # side by side, intervals readable
+            ys = [r["mean"] for r in pts]
+            lo = [max(0.0, r["mean"] - r["ci_low"]) if _finite(r["ci_low"], r["mean"]) else 0.0 for r in pts]
+            hi = [max(0.0, r["ci_high"] - r["mean"]) if _finite(r["ci_high"], r["mean"]) else 0.0 for r in pts]
+            ax.errorbar([x * shift for x in xs], ys, yerr=[lo, hi], marker="o", capsize=3, label=enc)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(ticks))
+        ax.set_xticklabels([f"{t:g}" if fewshot else f"{t:g}%" for t in sorted(ticks)])
+        ax.minorticks_off()
+        ax.set_xlabel("shots per class" if fewshot else "labelled fraction")
+        ax.set_ylabel(METRIC_NAMES.get(metric, metric))
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[len(metrics):]:
+        ax.axis("off")
+    axes.ravel()[0].legend()
+    fig.suptitle(f"{protocol}: mean over seeds, 95% bootstrap interval")
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.2 / nrow, top=1 - 0.12 / nrow, wspace=0.3, hspace=0.5)
+    return fig
+
+
+def plot_result(result: EvalResult, out_dir: str | Path) -> list[Path]:
+    """One PNG per protocol (``<protocol>.png``) from :func:`protocol_figure`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for protocol in dict.fromkeys(r["protocol"] for r in result):
-        rows = [r for r in result if r["protocol"] == protocol]
-        metrics = list(dict.fromkeys(r["metric"] for r in rows))
-        ncol = min(2, len(metrics))
-        nrow = (len(metrics) + ncol - 1) // ncol
-        fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.4 * nrow), dpi=100, squeeze=False)
-        fewshot = rows[0].get("shots") is not None
-        encoders = list(dict.fromkeys(r["encoder"] for r in rows))
-        for ax, metric in zip(axes.ravel(), metrics):
-            ticks = set()
-            for e, enc in enumerate(encoders):
-                pts = sorted((r for r in rows if r["encoder"] == enc and r["metric"] == metric),
-                             key=lambda r: r["shots"] if fewshot else r["fraction"])
-                xs = [r["shots"] if fewshot else 100 * r["fraction"] for r in pts]
-                ticks.update(xs)
-                shift = 1.0 + 0.04 * (e - (len(encoders) - 1) / 2)  # side by side, intervals readable
-                ys = [r["mean"] for r in pts]
-                lo = [max(0.0, r["mean"] - r["ci_low"]) if _finite(r["ci_low"], r["mean"]) else 0.0 for r in pts]
-                hi = [max(0.0, r["ci_high"] - r["mean"]) if _finite(r["ci_high"], r["mean"]) else 0.0 for r in pts]
-                ax.errorbar([x * shift for x in xs], ys, yerr=[lo, hi], marker="o", capsize=3, label=enc)
-            ax.set_xscale("log")
-            ax.set_xticks(sorted(ticks))
-            ax.set_xticklabels([f"{t:g}" if fewshot else f"{t:g}%" for t in sorted(ticks)])
-            ax.minorticks_off()
-            ax.set_xlabel("shots per class" if fewshot else "labelled fraction")
-            ax.set_ylabel(METRIC_NAMES.get(metric, metric))
-            ax.grid(alpha=0.3)
-        for ax in axes.ravel()[len(metrics):]:
-            ax.axis("off")
-        axes.ravel()[0].legend()
-        fig.suptitle(f"{protocol}: mean over seeds, 95% bootstrap interval")
-        fig.subplots_adjust(left=0.1, right=0.97, bottom=0.2 / nrow, top=1 - 0.12 / nrow, wspace=0.3, hspace=0.5)
         path = out_dir / f"{protocol}.png"
-        fig.savefig(path)
-        plt.close(fig)
+        protocol_figure([r for r in result if r["protocol"] == protocol], protocol).savefig(path)
         paths.append(path)
     return paths
 

@@ -365,7 +365,7 @@ def _train_locked(module, dataset, tcfg, run_dir: Path, card: dict, resume: bool
     logger = MetricsLogger(run_dir, tcfg.tensorboard, ctx.is_main, start_step)
     progress = None
     if tcfg.progress and ctx.is_main:
-        progress = tqdm(total=total, initial=start_step, desc="train", dynamic_ncols=True, leave=False)
+        progress = tqdm(total=total, initial=start_step, desc="train", dynamic_ncols=True, leave=True)
 
     def save(step: int) -> Path:
         tensors = dict(module.state_dict())

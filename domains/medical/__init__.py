@@ -9,6 +9,8 @@ Example:
 """
 
 from domainfm.medical.domain import MedicalDomain
+from domainfm.medical.io import read_dicom_series, read_image, read_nifti, write_nifti
 from domainfm.medical.options import WINDOW_PRESETS, MedicalOptions
 
-__all__ = ["MedicalDomain", "MedicalOptions", "WINDOW_PRESETS"]
+__all__ = ["MedicalDomain", "MedicalOptions", "WINDOW_PRESETS", "read_image", "read_nifti", "read_dicom_series",
+           "write_nifti"]

@@ -115,3 +115,29 @@ def write_tile_scores(csv_path: str | Path, coords: np.ndarray, size0: int, colu
         for i, (x, y) in enumerate(np.asarray(coords).tolist()):
             w.writerow([int(x), int(y), int(size0), *(f"{float(columns[n][i]):.6g}" for n in names)])
     return csv_path
+
+
+def heatmap_figure(slide_path: str | Path, coords: np.ndarray, size0: int, scores: np.ndarray,
+                   thumbnail_size: int = 1024, alpha: float = 0.5, cmap: str = "jet", normalize: str = "rank",
+                   title: str | None = None, path: str | Path | None = None):
+    """The heatmap of one slide as a matplotlib Figure (for a notebook); written to ``path`` only when given.
+
+    Example:
+        >>> fig = heatmap_figure("slide.tif", grid.coords, grid.size0, attention)  # doctest: +SKIP
+    """
+    from matplotlib.figure import Figure  # heavy import, only when a figure is asked for
+    slide = open_slide(slide_path)
+    try:
+        thumb = thumbnail_rgb(slide, thumbnail_size)
+        size = slide.level_dimensions[0]
+    finally:
+        slide.close()
+    img = heatmap_image(thumb, size, coords, size0, scores, alpha, cmap, normalize)
+    fig = Figure(figsize=(6, 6 * img.height / max(img.width, 1)), dpi=100)
+    ax = fig.subplots()
+    ax.imshow(np.asarray(img))
+    ax.set_title(title or f"{Path(slide_path).name}: {len(coords)} tiles ({normalize} scores)")
+    ax.axis("off")
+    if path is not None:
+        fig.savefig(path)
+    return fig

@@ -73,6 +73,24 @@ class TileGrid:
     def __len__(self) -> int:
         return int(len(self.coords))
 
+    def _rows(self) -> list[tuple[str, str]]:
+        kept = f"{len(self)} of {self.n_grid} grid positions"
+        if len(self.tissue):
+            kept += f" (tissue {float(np.min(self.tissue)):.2f}..{float(np.max(self.tissue)):.2f})"
+        return [("slide", Path(self.path).name), ("tiles", kept),
+                ("tile", f"{self.tile_size} px at {self.target_mpp:g} MPP ({self.size0} px at level 0)"),
+                ("slide MPP", f"{self.mpp:g}"), ("read", f"level {self.level}, {self.read_size} px"),
+                ("slide size", f"{self.slide_size[0]} x {self.slide_size[1]}")]
+
+    def __repr__(self) -> str:
+        """Counts, MPP and level, not the coordinates (``grid.coords`` holds them)."""
+        return "TileGrid(" + ", ".join(f"{k}={v}" for k, v in self._rows()) + ")"
+
+    def _repr_html_(self) -> str:
+        cells = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>"
+                        for k, v in self._rows())
+        return f"<div><b>TileGrid</b><table>{cells}</table></div>"
+
     def read(self, slide, i: int) -> Image.Image:
         """Tile ``i`` as an RGB PIL image of ``tile_size`` pixels."""
         x, y = (int(v) for v in self.coords[i])

@@ -12,6 +12,7 @@ Example:
 
 from .datasets import Item, RasterChipDataset, discover_items, split_items
 from .domain import RemoteSensingDomain, RemoteSensingOptions
+from .geotiff import array_to_geotiff, grid_from_bounds
 from .heads import ClassificationHead, UPerNetHead, build_head
 from .io import Grid, MaskRaster, Scene, write_geotiff
 from .sensors import BUILTIN_SENSORS, Band, Sensor, get_sensor, load_sensors_file, sensor_table
@@ -20,4 +21,4 @@ from .stats import BandStats
 __all__ = ["RemoteSensingDomain", "RemoteSensingOptions", "Scene", "MaskRaster", "Grid", "write_geotiff",
            "RasterChipDataset", "Item", "discover_items", "split_items", "Sensor", "Band", "get_sensor",
            "sensor_table", "load_sensors_file", "BUILTIN_SENSORS", "BandStats", "UPerNetHead",
-           "ClassificationHead", "build_head"]
+           "ClassificationHead", "build_head", "array_to_geotiff", "grid_from_bounds"]

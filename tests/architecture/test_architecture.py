@@ -11,7 +11,7 @@ import pytest
 
 from tests.architecture.importgraph import ROOT, cycles, imports, kit_modules
 
-PLUGINS = {"medical", "remote_sensing", "pathology", "synthetic"}
+PLUGINS = {"medical", "remote_sensing", "pathology", "synthetic", "arrays"}
 
 
 def _plugin(module: str) -> str | None:

@@ -96,9 +96,9 @@ def test_ema_and_accumulation(tmp_path):
     assert torch.equal(model.encoder.blocks[0].mlp.fc1.weight, w["ema.encoder.blocks.0.mlp.fc1.weight"])
 
 
-def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(CheckpointError, match="no checkpoint in"):
-        domainfm.pretrain(tiny_config(tmp_path / "empty"), resume=True)
+def test_resume_on_an_empty_folder_starts_fresh(tmp_path):
+    ckpt = domainfm.pretrain(tiny_config(tmp_path / "empty", train={"steps": 2}), resume=True)
+    assert load_card(ckpt)["step"] == 2
 
 
 def test_load_rejects_non_checkpoints(tmp_path):

@@ -1,0 +1,375 @@
+"""Data in the form a researcher holds it, turned into the Sample schema (:mod:`domainfm.data.sample`).
+
+:func:`adapt` takes a numpy array or torch tensor (``N x C x H x W``, ``N x H x W``, ``N x C x D x H x W``;
+labels as a separate array), a ``torch.utils.data.Dataset`` yielding tensors, ``(image, label)`` tuples
+or sample dicts (MONAI's dictionary datasets included: a ``MetaTensor`` gives its spacing), a TorchGeo
+``GeoDataset`` with a sampler (CRS and resolution from the dataset) or a TorchGeo ``NonGeoDataset``
+(band names and classes from the dataset). The result is an :class:`AdaptedDataset` whose
+``profile`` holds what a checkpoint card needs: channels, spatial size, value range and per-channel
+normalisation statistics (computed), band names, wavelengths, CRS, resolution, spacing, MPP (taken
+from the object where it carries them).
+
+Example:
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).uniform(0, 1, (6, 3, 16, 16)).astype("float32")
+    >>> ds = adapt(x, labels=[0, 1, 0, 1, 0, 1])
+    >>> s = ds[0]; s["image"].shape, s["label"], ds.profile["channels"], ds.profile["size"]
+    (torch.Size([3, 16, 16]), 0, 3, [16, 16])
+    >>> [round(v, 1) for v in ds.profile["range"]]
+    [0.0, 1.0]
+    >>> adapt({"pixels": 1})
+    Traceback (most recent call last):
+    ...
+    domainfm.errors.DataError: data: cannot read a dict as data; give a path, an array or tensor N x C x H x W (with labels=), or a Dataset yielding C x H x W tensors, (image, label) tuples or dicts {'image': C x (D x) H x W tensor, 'label': int, 'mask': (D x) H x W ints} (or a TorchGeo GeoDataset with sampler=)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from domainfm.data.sample import make_sample
+from domainfm.errors import DataError
+
+SCHEMA = ("give a path, an array or tensor N x C x H x W (with labels=), or a Dataset yielding C x H x W tensors, "
+          "(image, label) tuples or dicts {'image': C x (D x) H x W tensor, 'label': int, "
+          "'mask': (D x) H x W ints} (or a TorchGeo GeoDataset with sampler=)")
+IMAGE_KEYS = ("image", "img", "x", "input", "data", "pixel_values")
+LABEL_KEYS = ("label", "labels", "y", "target", "class")
+MASK_KEYS = ("mask", "seg", "segmentation", "label_mask")
+
+
+def is_in_memory(data: Any) -> bool:
+    """Whether ``data`` is an object to adapt rather than a path (or nothing).
+
+    Example:
+        >>> is_in_memory("scans/"), is_in_memory(None), is_in_memory(np.zeros((2, 1, 8, 8)))
+        (False, False, True)
+    """
+    return data is not None and not isinstance(data, (str, os.PathLike))
+
+
+def _to_tensor(x: Any) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.as_subclass(torch.Tensor) if type(x) is not torch.Tensor else x  # a MONAI MetaTensor: plain
+    return torch.as_tensor(np.asarray(x))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, slice):
+        return [value.start, value.stop] if value.step is None else [value.start, value.stop, value.step]
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() <= 16 else None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _label_value(y: Any) -> Any:
+    t = _to_tensor(y)
+    if t.numel() == 1:
+        return int(t.reshape(())) if not torch.is_floating_point(t) or float(t) == int(t) else float(t)
+    return t.float()  # a multi-hot vector
+
+
+class AdaptedDataset(Dataset):
+    """Samples from an item reader, with the ``profile`` the card needs (see the module docstring).
+
+    ``normalise(mean, std)`` makes every image ``(x - mean) / std`` per channel (the statistics a
+    checkpoint records and its preprocessing applies again).
+    """
+
+    def __init__(self, length: int, read: Callable[[int], dict], source: str, spatial_dims: int | None = None,
+                 info: dict | None = None, classes: Sequence | None = None, stats_samples: int = 256):
+        self._n, self._read, self.source = int(length), read, source
+        self.mean: list[float] | None = None
+        self.std: list[float] | None = None
+        if self._n == 0:
+            raise DataError(source, "holds no samples")
+        if classes is not None:
+            self.classes = [str(c) for c in classes]
+        first = self._read(0)
+        image = first["image"]
+        dims = spatial_dims or image.ndim - 1
+        if image.ndim != dims + 1:
+            raise DataError(source, f"sample 0 has an image of shape {tuple(image.shape)}, not C x "
+                                    f"{'D x ' if dims == 3 else ''}H x W; {SCHEMA}")
+        self.profile = {"source": source, "spatial_dims": dims, "channels": int(image.shape[0]),
+                        "size": [int(s) for s in image.shape[1:]], "dtype": str(first.get("dtype", image.dtype)),
+                        **{k: v for k, v in (info or {}).items() if v is not None}}
+        for key in ("spacing", "mpp", "crs", "res"):
+            if key not in self.profile and first["meta"].get(key) is not None:
+                self.profile[key] = first["meta"][key]
+        self.profile.update(self._statistics(stats_samples))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _statistics(self, n: int) -> dict:
+        """Per-channel mean/std and the 0.5-99.5 percentile value range over up to ``n`` evenly spread samples."""
+        idx = sorted({int(i) for i in np.linspace(0, self._n - 1, min(n, self._n))})
+        c = self.profile["channels"]
+        flat = [self._read(i)["image"].double().reshape(c, -1) for i in idx]
+        allv = torch.cat(flat, dim=1)
+        sample = allv.flatten()[torch.linspace(0, allv.numel() - 1, min(allv.numel(), 1_000_000)).long()]
+        lo, hi = torch.quantile(sample.float(), torch.tensor([0.005, 0.995])).tolist()
+        mean = allv.mean(1)
+        std = allv.std(1).clamp_min(1e-6)
+        return {"mean": [float(v) for v in mean], "std": [float(v) for v in std],
+                "range": [float(lo), float(hi)], "stats_samples": len(idx)}
+
+    def normalise(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> "AdaptedDataset":
+        self.mean = list(mean) if mean is not None else None
+        self.std = list(std) if std is not None else None
+        return self
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self._n:
+            raise IndexError(index)
+        sample = self._read(index)
+        sample.pop("dtype", None)
+        if self.mean is not None:
+            shape = (-1,) + (1,) * (sample["image"].ndim - 1)
+            m = torch.tensor(self.mean, dtype=torch.float32).reshape(shape)
+            s = torch.tensor(self.std, dtype=torch.float32).reshape(shape)
+            sample["image"] = (sample["image"] - m) / s
+        wavelengths = self.profile.get("wavelengths")
+        if wavelengths and "wavelengths" not in sample:
+            sample["wavelengths"] = [float(w) for w in wavelengths]
+        if not bool(torch.isfinite(sample["image"]).all()):
+            raise DataError(sample["meta"].get("path"), f"sample {index} of {self.source} has NaN/inf values")
+        return sample
+
+
+def _sample_from(item: Any, index: int, source: str, spatial_dims: int | None) -> dict:
+    """One item of a dataset (tensor, tuple, dict) as a sample dict; raw values, float32."""
+    meta: dict[str, Any] = {"path": f"{source}[{index}]", "index": index}
+    label = mask = None
+    if isinstance(item, dict):
+        image = next((item[k] for k in IMAGE_KEYS if k in item), None)
+        if image is None:
+            raise DataError(source, f"item {index} is a dict with keys {sorted(map(str, item))} and no image; {SCHEMA}")
+        label = next((item[k] for k in LABEL_KEYS if k in item), None)
+        mask = next((item[k] for k in MASK_KEYS if k in item), None)
+        for key in ("crs", "bounds", "bbox", "path", "filename", "id"):
+            if key in item:
+                meta["path" if key in ("filename", "path") else key] = _jsonable(item[key])
+        if isinstance(item.get("meta"), dict):
+            meta.update({k: _jsonable(v) for k, v in item["meta"].items()})
+    elif isinstance(item, (tuple, list)) and len(item) >= 1 and not np.isscalar(item[0]):
+        image = item[0]
+        if len(item) > 1:
+            label = item[1]
+    else:
+        image = item
+    image_meta = getattr(image, "meta", None)  # MONAI MetaTensor: spacing and source file
+    if isinstance(image_meta, dict):
+        if image_meta.get("pixdim") is not None:
+            pix = _to_tensor(image_meta["pixdim"]).tolist()
+            meta["spacing"] = [float(v) for v in pix[1:4]] if len(pix) >= 4 else [float(v) for v in pix]
+        if image_meta.get("filename_or_obj"):
+            meta["path"] = str(image_meta["filename_or_obj"])
+    if isinstance(image, (str, os.PathLike)):
+        raise DataError(str(image), f"item {index} of {source} is a file name, not pixels; load it first "
+                                    "(e.g. a MONAI LoadImaged transform) or give the folder as a path")
+    try:
+        t = _to_tensor(image)
+    except (TypeError, ValueError, RuntimeError):
+        raise DataError(source, f"item {index} holds a {type(image).__name__}, not an image; {SCHEMA}") from None
+    dtype = str(t.dtype)
+    if spatial_dims is not None and t.ndim == spatial_dims:
+        t = t[None]
+    elif spatial_dims is None and t.ndim == 2:
+        t = t[None]
+    sample = make_sample(t.float(), **meta)
+    sample["dtype"] = dtype
+    if label is not None:
+        lt = _to_tensor(label)
+        if lt.ndim >= 2 and tuple(lt.shape[-(t.ndim - 1):]) == tuple(t.shape[1:]):
+            mask = lt if mask is None else mask
+        else:
+            sample["label"] = _label_value(lt)
+    if mask is not None:
+        m = _to_tensor(mask)
+        m = m[0] if m.ndim == t.ndim and m.shape[0] == 1 else m
+        sample["mask"] = m.long()
+    return sample
+
+
+def _from_array(x: Any, labels: Any, spatial_dims: int | None, channels_last: bool | None):
+    t = _to_tensor(x)
+    if t.ndim not in (3, 4, 5):
+        raise DataError("array", f"an array of shape {tuple(t.shape)} is not a stack of images "
+                                 "(N x H x W, N x C x H x W or N x C x D x H x W); add the sample axis N")
+    if channels_last is None and t.ndim == 4 and spatial_dims != 3 and t.shape[-1] <= 16 < t.shape[1] \
+            and t.shape[-1] < t.shape[2]:
+        warnings.warn(f"reading the array of shape {tuple(t.shape)} as N x H x W x C (channels last); "
+                      "pass channels_last=False to read it as N x C x H x W", stacklevel=3)
+        channels_last = True
+    if channels_last:
+        t = torch.movedim(t, -1, 1)
+    if spatial_dims is None:
+        spatial_dims = 2 if t.ndim in (3, 4) else 3
+    if t.ndim == spatial_dims + 1:
+        t = t[:, None]
+    if t.ndim != spatial_dims + 2:
+        raise DataError("array", f"shape {tuple(t.shape)} does not fit {spatial_dims}D images "
+                                 f"(N x C x {'D x ' if spatial_dims == 3 else ''}H x W)")
+    y = None if labels is None else _to_tensor(labels)
+    if y is not None and len(y) != len(t):
+        raise DataError("labels", f"{len(y)} labels for {len(t)} images; give one label (or mask) per image")
+    dtype = str(t.dtype)
+
+    def read(i: int) -> dict:
+        s = make_sample(t[i].float(), path=f"array[{i}]", index=i)
+        s["dtype"] = dtype
+        if y is not None:
+            yi = y[i]
+            if yi.ndim >= 2 and tuple(yi.shape[-spatial_dims:]) == tuple(t.shape[2:]):
+                s["mask"] = (yi[0] if yi.ndim == spatial_dims + 1 else yi).long()
+            else:
+                s["label"] = _label_value(yi)
+        return s
+    return len(t), read, spatial_dims
+
+
+def _torchgeo_kind(data: Any) -> str | None:
+    if "torchgeo" not in sys.modules:
+        return None  # torchgeo objects exist only once torchgeo was imported
+    import torchgeo.datasets as tgd  # optional: TorchGeo datasets (already imported by the caller)
+    if isinstance(data, tgd.GeoDataset):
+        return "geo"
+    if isinstance(data, tgd.NonGeoDataset):
+        return "nongeo"
+    return None
+
+
+def _dataset_info(data: Any) -> dict:
+    """Metadata a dataset object carries (band names, wavelengths, spacing, MPP)."""
+    info: dict[str, Any] = {}
+    bands = getattr(data, "bands", None) or getattr(data, "band_names", None)
+    if bands and all(isinstance(b, str) for b in bands):
+        info["band_names"] = list(bands)
+    for key in ("wavelengths", "spacing", "mpp"):
+        value = getattr(data, key, None)
+        if value is not None and not callable(value):
+            info[key] = _jsonable(value)
+    return info
+
+
+def adapt(data: Any, labels: Any = None, *, sampler: Any = None, spatial_dims: int | None = None,
+          channels_last: bool | None = None, classes: Sequence | None = None,
+          wavelengths: Sequence[float] | None = None,
+          stats_samples: int = 256) -> AdaptedDataset:
+    """Turn ``data`` (see the module docstring) into an :class:`AdaptedDataset` of samples.
+
+    ``labels``: one label (int or multi-hot) or mask per image of an array. ``sampler``: the TorchGeo
+    sampler of a ``GeoDataset`` (its queries are listed once, so the samples stay fixed).
+    ``spatial_dims``: 3 reads an ``N x D x H x W`` array as volumes. ``wavelengths``: central
+    wavelengths (micrometres) per channel, for a channel-adaptive encoder.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> ds = adapt(TensorDataset(torch.rand(4, 2, 8, 8), torch.tensor([0, 1, 1, 0])))
+        >>> ds[3]["label"], ds.profile["channels"], ds.profile["source"]
+        (0, 2, 'TensorDataset')
+    """
+    if isinstance(data, AdaptedDataset):
+        return data
+    if not is_in_memory(data):
+        raise DataError(str(data), f"is a path; read it with the domain (data.path), or {SCHEMA}")
+    name = type(data).__name__
+    info = _dataset_info(data)
+    if wavelengths is not None:
+        info["wavelengths"] = [float(w) for w in wavelengths]
+    classes = classes if classes is not None else getattr(data, "classes", None)
+    if isinstance(data, (np.ndarray, torch.Tensor)) or (isinstance(data, (list, tuple)) and data
+                                                         and isinstance(data[0], (np.ndarray, torch.Tensor))
+                                                         and not isinstance(data, Dataset) and labels is not None):
+        n, read, dims = _from_array(data, labels, spatial_dims, channels_last)
+        return AdaptedDataset(n, read, "array", dims, info, classes, stats_samples)
+    if labels is not None:
+        raise DataError(name, "labels= goes with an array of images; a dataset brings its labels in its items")
+    kind = _torchgeo_kind(data)
+    if kind == "geo":
+        if sampler is None:
+            raise DataError(name, "a TorchGeo GeoDataset is indexed by location: pass sampler= (e.g. "
+                                  "RandomGeoSampler(dataset, size=64, length=100) or GridGeoSampler)")
+        queries = list(sampler)
+        info.update({"crs": str(data.crs), "res": _jsonable(getattr(data, "res", None))})
+
+        def read_geo(i: int) -> dict:
+            return _sample_from(data[queries[i]], i, name, 2)
+        return AdaptedDataset(len(queries), read_geo, name, 2, info, classes, stats_samples)
+    if sampler is not None:
+        raise DataError(name, "sampler= is for a TorchGeo GeoDataset")
+    if not (hasattr(data, "__getitem__") and hasattr(data, "__len__")) or isinstance(data, (dict, str, bytes)):
+        raise DataError("data", f"cannot read a {name} as data; {SCHEMA}")
+
+    def read_item(i: int) -> dict:
+        return _sample_from(data[i], i, name, spatial_dims)
+    return AdaptedDataset(len(data), read_item, name, spatial_dims, info, classes, stats_samples)
+
+
+def check_scale(x: torch.Tensor, trained_range: Sequence[float] | None, source: str = "input") -> torch.Tensor:
+    """Compare raw input values with the range a model was trained on; convert the one unambiguous
+    mismatch (8-bit ``0..255`` values for a model trained on ``[0, 1]``, and back) with a warning,
+    refuse any other mismatch by a factor over 20. Never rescales silently.
+
+    Example:
+        >>> import torch
+        >>> check_scale(torch.full((1, 4, 4), 0.5), [0.0, 1.0]).max().item()
+        0.5
+        >>> with warnings.catch_warnings(record=True) as w:
+        ...     warnings.simplefilter("always")
+        ...     round(check_scale(torch.full((1, 4, 4), 255.0), [0.0, 1.0]).max().item(), 3), len(w)
+        (1.0, 1)
+    """
+    if trained_range is None or x.numel() == 0:
+        return x
+    lo, hi = float(trained_range[0]), float(trained_range[1])
+    span = max(abs(lo), abs(hi), 1e-6)
+    xmax = float(x.abs().max())
+    xmin = float(x.min())
+    if xmax > 20 * span and span <= 1.5:
+        if xmin >= 0 and xmax <= 255:
+            warnings.warn(f"{source}: values reach {xmax:g} but the model was trained on [{lo:.3g}, {hi:.3g}]; "
+                          "reading them as 8-bit and dividing by 255", stacklevel=3)
+            return x / 255.0
+        raise DataError(source, f"values reach {xmax:g}, far outside the range the model was trained on "
+                                f"[{lo:.3g}, {hi:.3g}]; scale the input the way the training data was scaled")
+    if span > 20 and xmax > 0 and xmax * 20 < span:
+        if xmin >= 0 and xmax <= 1.0 and span <= 255 * 1.5:
+            warnings.warn(f"{source}: values lie in [0, 1] but the model was trained on [{lo:.3g}, {hi:.3g}]; "
+                          "multiplying by 255", stacklevel=3)
+            return x * 255.0
+        raise DataError(source, f"values reach only {xmax:g}, far below the range the model was trained on "
+                                f"[{lo:.3g}, {hi:.3g}]; scale the input the way the training data was scaled")
+    return x
+
+
+def describe(profile: dict) -> str:
+    """One line about an adapted dataset's profile.
+
+    Example:
+        >>> describe({"source": "array", "channels": 3, "size": [16, 16], "range": [0, 1]})
+        'array: 3 channels, 16x16, values 0..1'
+    """
+    parts = [f"{profile['channels']} channels", "x".join(str(s) for s in profile["size"])]
+    if profile.get("range") is not None:
+        parts.append(f"values {profile['range'][0]:.3g}..{profile['range'][1]:.3g}")
+    for key in ("crs", "res", "spacing", "mpp"):
+        if profile.get(key) is not None:
+            parts.append(f"{key} {profile[key]}")
+    return f"{profile['source']}: " + ", ".join(parts)
