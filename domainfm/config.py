@@ -271,24 +271,12 @@ def parse_config(source: str | Path | dict | Config | None = None, overrides: li
     merged on top. Relative ``data.path``/``data.val_path`` in a YAML file resolve against its folder.
     """
     name = "config"
-    base_dir: Path | None = None
     if isinstance(source, Config):
         raw = source.to_dict()
         name = source.source
     elif isinstance(source, (str, Path)):
-        path = Path(source)
-        name = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections (domain, data, model, ...)")
-        base_dir = path.parent
+        name = str(source)
+        raw = read_config_file(source)
     elif source is None:
         name = "command line"
         raw = {}
@@ -296,11 +284,6 @@ def parse_config(source: str | Path | dict | Config | None = None, overrides: li
         raw = _deepcopy(source)
     else:
         raise ConfigError(f"config must be a path, a dict or a Config, got {type(source).__name__}")
-    if base_dir is not None and isinstance(raw.get("data"), dict):
-        for key in ("path", "val_path"):
-            value = raw["data"].get(key)
-            if isinstance(value, str) and value and not Path(value).is_absolute():
-                raw["data"][key] = _relative_to(base_dir, value)
     for section, values in (updates or {}).items():
         if isinstance(values, dict) and isinstance(raw.get(section), dict):
             _merge(raw[section], values)
@@ -319,6 +302,36 @@ def parse_config(source: str | Path | dict | Config | None = None, overrides: li
         raise ConfigError(f"{name}: train.steps, train.batch_size and train.accum_steps must be >= 1")
     _check_ranges(cfg, name)
     return cfg
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The mapping a YAML config file sets (only its own keys), with relative ``data.path`` and
+    ``data.val_path`` resolved against the file's folder.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "ft.yaml"
+        >>> _ = f.write_text("{finetune: {task: segmentation}, data: {path: labels.csv}}")
+        >>> raw = read_config_file(f); raw["finetune"], raw["data"]["path"] == str(f.parent.resolve() / "labels.csv")
+        ({'task': 'segmentation'}, True)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (domain, data, model, ...)")
+    if isinstance(raw.get("data"), dict):
+        for key in ("path", "val_path"):
+            value = raw["data"].get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                raw["data"][key] = _relative_to(path.parent, value)
+    return raw
 
 
 def _relative_to(base_dir: Path, value: str) -> str:

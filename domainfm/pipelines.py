@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from domainfm.classmap import map_labels, resolve_classes
-from domainfm.config import Config, parse_config, save_config
+from domainfm.config import Config, read_config_file, save_config
 from domainfm.data.adapters import adapt, describe, is_in_memory
 from domainfm.data.sample import collate_samples
 from domainfm.data.views import ViewsDataset
@@ -255,7 +255,7 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
     card = load_card(base_ckpt)
     updates: dict = {}
     if config is not None:
-        extra = parse_config(config).to_dict() if not isinstance(config, dict) else config
+        extra = read_config_file(config) if not isinstance(config, dict) else config  # only the keys it sets
         updates.update(extra)
     if task:
         updates.setdefault("finetune", {})["task"] = task

@@ -98,11 +98,12 @@ def segmentation_metrics(target, pred, num_classes: int, ignore_background: bool
     """Mean Dice and mean IoU of integer label maps (any shape; ``pred`` = argmax of the logits).
 
     Classes absent from both target and prediction are skipped; class 0 is background and is
-    left out when ``ignore_background`` (and there is another class).
+    left out when ``ignore_background`` (and there is another class). Target pixels below 0 are
+    unlabelled (nodata, outside a split region) and not counted.
 
     Example:
         >>> import numpy as np
-        >>> t = np.array([[0, 1], [1, 1]]); p = np.array([[0, 1], [0, 1]])
+        >>> t = np.array([[0, 1], [1, 1], [-1, -1]]); p = np.array([[0, 1], [0, 1], [1, 0]])
         >>> {k: round(v, 3) for k, v in segmentation_metrics(t, p, 2).items()}
         {'dice': 0.8, 'miou': 0.667}
     """
@@ -110,6 +111,8 @@ def segmentation_metrics(target, pred, num_classes: int, ignore_background: bool
     p = np.asarray(pred).astype(np.int64).ravel()
     if t.shape != p.shape:
         raise DomainFMError(f"segmentation_metrics: prediction with {p.size} pixels for a target with {t.size}")
+    labelled = t >= 0
+    t, p = t[labelled], p[labelled]
     cm = _confusion(t, p, num_classes)
     tp = np.diag(cm).astype(np.float64)
     fp = cm.sum(0) - tp
