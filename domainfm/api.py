@@ -26,11 +26,10 @@ from torch import nn
 
 from domainfm.config import Config, load_config, save_config
 from domainfm.data.sample import collate_samples
-from domainfm.data.views import ViewsDataset
 from domainfm.errors import CheckpointError, ConfigError, DataError
 from domainfm.models.encoder import build_encoder
 from domainfm.registry import get_domain
-from domainfm.ssl import build_objective, needs_views
+from domainfm.ssl import build_objective, pretrain_views
 from domainfm.train.checkpoint import _write_json_atomic, load_card, load_module_state, load_tensors, resolve_checkpoint
 from domainfm.train.engine import train
 
@@ -138,7 +137,7 @@ def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), 
     encoder = _encoder_for(cfg, domain, dataset)
     objective = build_objective(encoder, cfg.objective)
     card = build_card(cfg, domain, encoder, dataset, "pretrain")
-    train_set = ViewsDataset(dataset, domain.augment(cfg), seed=cfg.train.seed) if needs_views(cfg.objective.name) else dataset
+    train_set = pretrain_views(dataset, domain, cfg)  # multi-crop (dino), two views (contrastive) or as is
     run_dir = Path(cfg.out)
     if resume:
         _check_resume_matches(run_dir, cfg)

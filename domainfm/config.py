@@ -55,7 +55,7 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """Pretraining objective: ``mae``, ``contrastive`` or ``mae+contrastive``."""
+    """Pretraining objective: ``mae``, ``contrastive``, ``mae+contrastive``, ``dino`` or ``mae+dino``."""
 
     name: str = "mae"
     mask_ratio: float = 0.75
@@ -69,6 +69,31 @@ class ObjectiveConfig:
     momentum: float = 0.99
     mae_weight: float = 1.0
     contrastive_weight: float = 1.0
+    # --- self-distillation (dino, mae+dino; domainfm/ssl/dino.py, domainfm/data/multicrop.py) ---
+    dino_weight: float = 1.0
+    prototypes: int = 4096  # weight-normalised prototypes of the DINO head
+    head_hidden_dim: int = 1024
+    head_bottleneck_dim: int = 256
+    head_layers: int = 3
+    teacher_momentum: float = 0.996  # cosine schedule from this to 1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    teacher_temp_warmup_steps: int = 0
+    student_temp: float = 0.1
+    centering: str = "center"  # center (EMA center) | sinkhorn (Sinkhorn-Knopp)
+    center_momentum: float = 0.9
+    koleo_weight: float = 0.0
+    ibot_weight: float = 0.0  # iBOT masked-patch loss
+    ibot_mask_ratio: list[float] = field(default_factory=lambda: [0.1, 0.5])
+    global_crops: int = 2
+    local_crops: int = 6
+    global_crop_scale: list[float] = field(default_factory=lambda: [0.32, 1.0])
+    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.32])
+    local_crop_size: int | list[int] | None = None  # pixels/voxels; None: 96/224 of data.img_size
+    collapse_threshold: float = 0.01  # teacher mutual information / log(prototypes) below this = collapsed
+    collapse_patience: int = 50  # consecutive collapsed steps after the check starts
+    collapse_check_after: int | None = None  # None: after teacher_temp_warmup_steps and 10% of the steps
+    stop_on_collapse: bool = True
 
 
 @dataclass
@@ -281,8 +306,9 @@ def load_config(source: str | Path | dict | Config | None = None, overrides: lis
         raise ConfigError(f"{name}: {exc}") from None
     options = build_dataclass(domain.Options, cfg.data.options, "data.options", name)
     cfg.data.options = dataclasses.asdict(options)
-    if cfg.objective.name not in ("mae", "contrastive", "mae+contrastive"):
-        raise ConfigError(f"{name}: objective.name must be mae, contrastive or mae+contrastive, got {cfg.objective.name!r}")
+    if cfg.objective.name not in ("mae", "contrastive", "mae+contrastive", "dino", "mae+dino"):
+        raise ConfigError(f"{name}: objective.name must be mae, contrastive, mae+contrastive, dino or mae+dino, "
+                          f"got {cfg.objective.name!r}")
     if not 0.0 <= cfg.objective.mask_ratio < 1.0:
         raise ConfigError(f"{name}: objective.mask_ratio must be in [0, 1), got {cfg.objective.mask_ratio}")
     if cfg.data.cache not in ("none", "memory", "disk"):

@@ -87,6 +87,14 @@ class Domain:
         from domainfm.data.augment import default_augment
         return default_augment(spatial_dims=3 if self.encoder_kwargs(cfg).get("patch_embed") == "3d" else 2)
 
+    def multicrop(self, cfg: "Config", img_size: list[int], local_size: list[int]):
+        """Multi-crop views for self-distillation (``dino``): ``fn(image, generator) -> [crops]``.
+
+        Override with crops and intensity changes that fit the domain's physics (see domains/*/views.py).
+        """
+        from domainfm.data.multicrop import multicrop_from_config
+        return multicrop_from_config(cfg.objective, len(img_size), img_size, local_size)
+
     def encoder_kwargs(self, cfg: "Config", dataset: Any | None = None) -> dict:
         """Keyword arguments of :func:`domainfm.build_encoder` that fit this data.
 
