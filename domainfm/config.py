@@ -75,6 +75,7 @@ class ObjectiveConfig:
     head_hidden_dim: int = 1024
     head_bottleneck_dim: int = 256
     head_layers: int = 3
+    head_bn: bool = False  # BatchNorm in the DINO head's MLP (helps short runs on homogeneous images)
     teacher_momentum: float = 0.996  # cosine schedule from this to 1
     teacher_temp: float = 0.07
     warmup_teacher_temp: float = 0.04

@@ -76,7 +76,8 @@ def resized_crop(x: torch.Tensor, g: torch.Generator, out_size: Sequence[int], s
     return F.interpolate(crop[None].float(), size=tuple(out_size), mode=mode, align_corners=False)[0]
 
 
-def random_flip_rot(x: torch.Tensor, g: torch.Generator, flip_axes: Sequence[int] = (), rot90: bool = False) -> torch.Tensor:
+def random_flip_rot(x: torch.Tensor, g: torch.Generator, flip_axes: Sequence[int] = (),
+                    rot90: bool = False) -> torch.Tensor:
     """Random flips along ``flip_axes`` (tensor axes) and, with ``rot90``, a random multiple of 90 degrees in-plane."""
     for axis in flip_axes:
         if float(torch.rand(1, generator=g)) < 0.5:

@@ -48,7 +48,8 @@ def _build_both(encoder, cfg):
 
 def _dino_kwargs(cfg) -> dict:
     return {"prototypes": cfg.prototypes, "hidden_dim": cfg.head_hidden_dim, "bottleneck_dim": cfg.head_bottleneck_dim,
-            "head_layers": cfg.head_layers, "n_global": cfg.global_crops, "teacher_momentum": cfg.teacher_momentum,
+            "head_layers": cfg.head_layers, "head_bn": cfg.head_bn, "n_global": cfg.global_crops,
+            "teacher_momentum": cfg.teacher_momentum,
             "teacher_temp": cfg.teacher_temp, "warmup_teacher_temp": cfg.warmup_teacher_temp,
             "teacher_temp_warmup_steps": cfg.teacher_temp_warmup_steps, "student_temp": cfg.student_temp,
             "centering": cfg.centering, "center_momentum": cfg.center_momentum, "koleo_weight": cfg.koleo_weight,

@@ -30,6 +30,7 @@ from domainfm.medical.dataset import MedicalDataset
 from domainfm.medical.options import MedicalOptions, normalized
 from domainfm.medical.sources import discover, holdout, is_decathlon
 from domainfm.medical.transforms import build_transforms, domain_errors, normalization_record
+from domainfm.medical.views import multicrop_for
 
 _NPZ_SPLIT = {"pretrain": "train", "train": "train", "val": "val", "test": "test", "embed": "test"}
 
@@ -148,6 +149,10 @@ class MedicalDomain(Domain):
         """Contrastive views: random resized crop, flips, intensity jitter (2D or 3D)."""
         from domainfm.data.augment import default_augment
         return default_augment(spatial_dims=self.options(cfg).spatial_dims)
+
+    def multicrop(self, cfg, img_size, local_size):
+        """Self-distillation crops: 3D for volumes, no intensity jitter on CT HU (see views.py)."""
+        return multicrop_for(cfg, self.options(cfg), img_size, local_size)
 
     def encoder_kwargs(self, cfg, dataset: Any | None = None) -> dict:
         """``3d`` patch embed for volumes (anisotropic ``model.patch_size`` like ``[4, 16, 16]`` allowed),
