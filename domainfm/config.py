@@ -95,6 +95,7 @@ class ObjectiveConfig:
     collapse_patience: int = 50  # consecutive collapsed steps after the check starts
     collapse_check_after: int | None = None  # None: after teacher_temp_warmup_steps and 10% of the steps
     stop_on_collapse: bool = True
+    mae_crop_scale: list[float] | None = None  # mae alone: random resized crop of this area share (X-ray MAE: 0.5-1)
 
 
 @dataclass

@@ -221,3 +221,26 @@ class MultiCropDataset(Dataset):
         g = item_generator(self.seed, self.epoch, index, salt=29)
         sample["views"] = self.crops(sample["image"], g)
         return sample
+
+
+class RandomResizedCropDataset(MultiCropDataset):
+    """Replace each sample's ``image`` by one random resized crop covering ``scale`` of it (same size).
+
+    Example:
+        >>> import torch
+        >>> ds = RandomResizedCropDataset([{"image": torch.rand(1, 16, 16), "meta": {}}], (0.5, 1.0))
+        >>> tuple(ds[0]["image"].shape)
+        (1, 16, 16)
+    """
+
+    def __init__(self, dataset, scale: Sequence[float], seed: int = 0):
+        lo, hi = scale
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"objective.mae_crop_scale must be [low, high] with 0 < low <= high <= 1, "
+                              f"got {list(scale)}")
+        super().__init__(dataset, lambda x, g: [resized_crop(x, g, tuple(x.shape[1:]), (lo, hi))], seed)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = super().__getitem__(index)
+        sample["image"] = sample.pop("views")[0]
+        return sample

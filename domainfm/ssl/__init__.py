@@ -11,7 +11,8 @@ Example:
 
 from __future__ import annotations
 
-from domainfm.data.multicrop import MultiCropDataset, check_multicrop, multicrop_from_config
+from domainfm.data.multicrop import (MultiCropDataset, RandomResizedCropDataset, check_multicrop,
+                                     multicrop_from_config)
 from domainfm.data.views import ViewsDataset
 from domainfm.registry import get_objective, register_objective
 from domainfm.ssl.combined import MAEContrastive
@@ -80,7 +81,8 @@ def needs_views(name: str) -> bool:
 
 def pretrain_views(dataset, domain, cfg):
     """The pretraining dataset an objective needs: multi-crop views for ``dino`` (cut by the domain's
-    ``multicrop`` hook), two augmented views for ``contrastive``, the plain dataset otherwise.
+    ``multicrop`` hook), two augmented views for ``contrastive``, random resized crops for ``mae`` with
+    ``objective.mae_crop_scale``, the plain dataset otherwise.
 
     Example:
         >>> import torch
@@ -104,6 +106,8 @@ def pretrain_views(dataset, domain, cfg):
         return MultiCropDataset(dataset, crops, seed=cfg.train.seed)
     if "contrastive" in name:
         return ViewsDataset(dataset, domain.augment(cfg), seed=cfg.train.seed)
+    if cfg.objective.mae_crop_scale:
+        return RandomResizedCropDataset(dataset, cfg.objective.mae_crop_scale, seed=cfg.train.seed)
     return dataset
 
 

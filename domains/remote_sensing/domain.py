@@ -26,6 +26,7 @@ from .datasets import RasterChipDataset, discover_items, split_items
 from .heads import build_head
 from .io import Grid, Scene, write_geotiff
 from .sensors import get_sensor, parse_band_list, sensor_from_dict, sensor_to_dict
+from .views import multicrop_for
 
 log = logging.getLogger("domainfm.remote_sensing")
 
@@ -266,6 +267,10 @@ class RemoteSensingDomain(Domain):
         """Contrastive views: random resized crop, flips, per-band intensity jitter, noise."""
         from domainfm.data.augment import default_augment
         return default_augment(spatial_dims=2)
+
+    def multicrop(self, cfg, img_size, local_size):
+        """Self-distillation crops that keep every band, with no per-band jitter (see views.py)."""
+        return multicrop_for(cfg, img_size, local_size)
 
     def preprocessing(self, cfg, dataset=None) -> dict:
         """What the card records: sensors with their bands/wavelengths, band statistics, chip size."""

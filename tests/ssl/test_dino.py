@@ -164,3 +164,26 @@ def test_objective_registry_builds_dino():
     from domainfm.config import ObjectiveConfig
     enc = build_encoder("vit-tiny", in_chans=1, img_size=16, patch_size=8, depth=1, embed_dim=32, num_heads=2)
     assert type(build_objective(enc, ObjectiveConfig(name="mae+dino", prototypes=8))).__name__ == "MAEDINO"
+
+
+@pytest.mark.parametrize("name", ["medical/xray_mae_paper.yaml", "pathology/tiles_dino_pathdino.yaml",
+                                  "medical/ct_dino_3d.yaml"])
+def test_literature_presets_validate(name):
+    from domainfm.data.multicrop import check_multicrop
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / name, check_paths=False)
+    dims = len(cfg.data.img_size) if isinstance(cfg.data.img_size, list) else 2
+    img = cfg.data.img_size if isinstance(cfg.data.img_size, list) else [cfg.data.img_size] * dims
+    patch = cfg.model.patch_size if isinstance(cfg.model.patch_size, list) else [cfg.model.patch_size] * dims
+    if "dino" in cfg.objective.name:
+        local = check_multicrop(cfg.objective, img, patch, cfg.train.batch_size)
+        assert all(ls < s for ls, s in zip(local, img)) and cfg.model.class_token
+    else:
+        assert cfg.objective.mask_ratio == 0.9 and cfg.objective.mae_crop_scale == [0.5, 1.0]
+
+
+def test_mae_with_random_resized_crops_runs(tmp_path):
+    cfg = tiny_config(tmp_path / "mae", objective={"name": "mae", "mask_ratio": 0.9, "mae_crop_scale": [0.5, 1.0]},
+                      train={"steps": 2, "batch_size": 4})
+    assert domainfm.pretrain(cfg).name == "ckpt-0000002"
+    with pytest.raises(ConfigError, match=r"objective\.mae_crop_scale"):
+        domainfm.pretrain(tiny_config(tmp_path / "bad", objective={"name": "mae", "mae_crop_scale": [0.5, 2.0]}))
