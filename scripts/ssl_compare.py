@@ -89,6 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--eval-only", action="store_true", help="reuse the pretrained checkpoints in --out")
+    p.add_argument("--eval-name", default="eval", help="sub-folder of --out for the report")
     p.add_argument("--pretrain-only", action="store_true", help="stop after pretraining (run objectives in parallel)")
     args = p.parse_args(argv)
     if args.quick:
@@ -123,9 +124,9 @@ def main(argv=None) -> int:
         return 0
     t1 = time.perf_counter()
     res = evaluate(ckpts[names[0]], data=npz, protocol="linear,knn", fractions="0.01,0.1,1", seeds=args.seeds,
-                   baseline=["random"] + [str(ckpts[n]) for n in names[1:]], out=args.out / "eval",
+                   baseline=["random"] + [str(ckpts[n]) for n in names[1:]], out=args.out / args.eval_name,
                    n_boot=300 if args.quick else 1000, test_split="test")
-    print((args.out / "eval" / "report.md").read_text())
+    print((args.out / args.eval_name / "report.md").read_text())
     goals = []
     for r in res:
         if r["encoder"] == "pretrained" and r["protocol"] == "linear" and r["metric"] == "auroc":
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
                "seeds": args.seeds, "linear_auroc_goals": goals,
                "gain_above_0_everywhere": bool(goals) and all(g["gain_ci_above_0"] for g in goals),
                "auroc_100pct_at_least_0.944": bool(full) and full[0]["auroc"] >= 0.944}
-    (args.out / "eval" / "goals.json").write_text(json.dumps(summary, indent=2))
+    (args.out / args.eval_name / "goals.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return 0
 

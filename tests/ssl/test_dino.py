@@ -58,12 +58,14 @@ def test_dino_loss_is_finite_and_falls_on_shapes():
     ({"spatial_dims": 3, "num_samples": 16}, {"name": "dino", "ibot_weight": 1.0}),
     ({"channels": 3, "wavelengths": [0.49, 0.56, 0.665], "num_samples": 16}, {"name": "dino", "centering": "sinkhorn"}),
     ({"num_samples": 16}, {"name": "mae+dino", "koleo_weight": 0.1}),
+    ({"num_samples": 16, "amp": "bf16"}, {"name": "dino", "ibot_weight": 1.0, "koleo_weight": 0.1, "head_bn": True}),
 ])
 def test_dino_runs_on_3d_wavelength_and_with_mae(tmp_path, options, objective):
+    amp = options.pop("amp", "fp32")  # bf16 autocast runs on CPU too: the losses stay finite
     size = 16 if options.get("spatial_dims") == 3 else 32
     cfg = tiny_config(tmp_path / "run", data={"img_size": size, "options": options},
                       model={"depth": 1, "embed_dim": 32, "patch_size": 4 if size == 16 else 8, "class_token": True},
-                      objective={**DINO_SMALL, **objective}, train={"steps": 2, "batch_size": 4})
+                      objective={**DINO_SMALL, **objective}, train={"steps": 2, "batch_size": 4, "amp": amp})
     ckpt = domainfm.pretrain(cfg)
     weights = _weights(ckpt)
     assert any(k.endswith("teacher_encoder.cls_token") for k in weights)
