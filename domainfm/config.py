@@ -61,7 +61,7 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """Pretraining objective: ``mae``, ``contrastive`` or ``mae+contrastive``."""
+    """Pretraining objective: ``mae``, ``contrastive``, ``mae+contrastive``, ``dino`` or ``mae+dino``."""
 
     name: str = "mae"
     mask_ratio: float = 0.75
@@ -75,6 +75,33 @@ class ObjectiveConfig:
     momentum: float = 0.99
     mae_weight: float = 1.0
     contrastive_weight: float = 1.0
+    # --- self-distillation (dino, mae+dino; domainfm/ssl/dino.py, domainfm/data/multicrop.py) ---
+    dino_weight: float = 1.0
+    prototypes: int = 4096  # weight-normalised prototypes of the DINO head
+    head_hidden_dim: int = 1024
+    head_bottleneck_dim: int = 256
+    head_layers: int = 3
+    head_bn: bool = False  # BatchNorm in the DINO head's MLP (helps short runs on homogeneous images)
+    teacher_momentum: float = 0.996  # cosine schedule from this to 1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    teacher_temp_warmup_steps: int = 0
+    student_temp: float = 0.1
+    centering: str = "center"  # center (EMA center) | sinkhorn (Sinkhorn-Knopp)
+    center_momentum: float = 0.9
+    koleo_weight: float = 0.0
+    ibot_weight: float = 0.0  # iBOT masked-patch loss
+    ibot_mask_ratio: list[float] = field(default_factory=lambda: [0.1, 0.5])
+    global_crops: int = 2
+    local_crops: int = 6
+    global_crop_scale: list[float] = field(default_factory=lambda: [0.32, 1.0])
+    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.32])
+    local_crop_size: int | list[int] | None = None  # pixels/voxels; None: 96/224 of data.img_size
+    collapse_threshold: float = 0.01  # teacher mutual information / log(prototypes) below this = collapsed
+    collapse_patience: int = 50  # consecutive collapsed steps after the check starts
+    collapse_check_after: int | None = None  # None: after teacher_temp_warmup_steps and 10% of the steps
+    stop_on_collapse: bool = True
+    mae_crop_scale: list[float] | None = None  # mae alone: random resized crop of this area share (X-ray MAE: 0.5-1)
 
 
 @dataclass

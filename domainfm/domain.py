@@ -49,6 +49,7 @@ from torch import nn
 
 from domainfm.config import build_dataclass
 from domainfm.data.augment import default_augment
+from domainfm.data.multicrop import multicrop_from_config
 from domainfm.errors import ConfigError, UnsupportedError
 from domainfm.heads import default_head
 from domainfm.inference import write_embeddings
@@ -156,6 +157,13 @@ class Domain:
         (seed, epoch, index) so that resume is exact.
         """
         raise UnsupportedError(f"domain {self.name!r} does not provide datasets")
+
+    def multicrop(self, cfg: "Config", img_size: list[int], local_size: list[int]):
+        """Multi-crop views for self-distillation (``dino``): ``fn(image, generator) -> [crops]``.
+
+        Override with crops and intensity changes that fit the domain's physics (see domains/*/views.py).
+        """
+        return multicrop_from_config(cfg.objective, len(img_size), img_size, local_size)
 
     def encoder_kwargs(self, cfg: "Config", dataset: Any | None = None) -> dict:
         """Keyword arguments of :func:`domainfm.build_encoder` that fit this data: at least

@@ -29,7 +29,6 @@ from domainfm.classmap import map_labels, resolve_classes
 from domainfm.config import Config, read_config_file, save_config
 from domainfm.data.adapters import adapt, describe, is_in_memory
 from domainfm.data.sample import collate_samples
-from domainfm.data.views import ViewsDataset
 from domainfm.domain import operation_options
 from domainfm.errors import ConfigError, DataError
 from domainfm.eval import evaluate as _evaluate
@@ -43,7 +42,7 @@ from domainfm.models.lora import apply_lora
 from domainfm.registry import get_domain
 from domainfm.runconfig import config_from_card, load_config
 from domainfm.outputs import embeddings_frame, read_embeddings, read_prediction
-from domainfm.ssl import build_objective, check_objective, needs_views
+from domainfm.ssl import build_objective, check_objective, pretrain_views
 from domainfm.train.checkpoint import (check_run_dir, list_checkpoints, load_card, load_module_state, load_tensors,
                                       resolve_checkpoint)
 from domainfm.train.rundir import prepare_run_dir, run_summary
@@ -126,7 +125,7 @@ def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), 
     card = {**build_card(cfg, domain, encoder, dataset, "pretrain"), **({"init": init_record} if init_record else {})}
     if is_in_memory(data):
         card["data"]["source"] = describe(dataset.profile)
-    train_set = ViewsDataset(dataset, domain.augment(cfg), seed=cfg.train.seed) if needs_views(cfg.objective.name) else dataset
+    train_set = pretrain_views(dataset, domain, cfg)  # multi-crop, two views or resized crops, as the objective needs
     run_dir = Path(cfg.out)
     resume = prepare_run_dir(run_dir, exist_ok, resume, main=_is_main())
     if resume:

@@ -1,4 +1,5 @@
-"""Self-supervised objectives, registered by name: ``mae``, ``contrastive``, ``mae+contrastive``.
+"""Self-supervised objectives, registered by name: ``mae``, ``contrastive``, ``mae+contrastive``, ``dino``,
+``mae+dino``.
 
 Example:
     >>> from domainfm.config import ObjectiveConfig
@@ -10,12 +11,16 @@ Example:
 
 from __future__ import annotations
 
+from domainfm.data.multicrop import (MultiCropDataset, RandomResizedCropDataset, check_multicrop,
+                                     multicrop_from_config)
+from domainfm.data.views import ViewsDataset
 from domainfm.errors import ConfigError
 from domainfm.registry import get_objective, list_objectives, register_objective
 from domainfm.ssl.combined import MAEContrastive
 from domainfm.ssl.contrastive import Contrastive
+from domainfm.ssl.dino import DINO, MAEDINO, CollapseError
 from domainfm.ssl.mae import MAE
-from domainfm.ssl.monitor import collapse_metrics
+from domainfm.ssl.monitor import collapse_metrics, teacher_collapse_metrics
 
 
 def _mae_kwargs(cfg) -> dict:
@@ -47,6 +52,26 @@ def check_objective(cfg) -> None:
     """A one-line ConfigError naming ``objective.name`` when no objective of that name is registered."""
     if cfg.name not in list_objectives():
         raise ConfigError(f"objective.name must be one of {', '.join(list_objectives())}, got {cfg.name!r}")
+def _dino_kwargs(cfg) -> dict:
+    return {"prototypes": cfg.prototypes, "hidden_dim": cfg.head_hidden_dim, "bottleneck_dim": cfg.head_bottleneck_dim,
+            "head_layers": cfg.head_layers, "head_bn": cfg.head_bn, "n_global": cfg.global_crops,
+            "teacher_momentum": cfg.teacher_momentum,
+            "teacher_temp": cfg.teacher_temp, "warmup_teacher_temp": cfg.warmup_teacher_temp,
+            "teacher_temp_warmup_steps": cfg.teacher_temp_warmup_steps, "student_temp": cfg.student_temp,
+            "centering": cfg.centering, "center_momentum": cfg.center_momentum, "koleo_weight": cfg.koleo_weight,
+            "ibot_weight": cfg.ibot_weight, "ibot_mask_ratio": cfg.ibot_mask_ratio, "dino_weight": cfg.dino_weight,
+            "collapse_threshold": cfg.collapse_threshold, "collapse_patience": cfg.collapse_patience,
+            "collapse_check_after": cfg.collapse_check_after, "stop_on_collapse": cfg.stop_on_collapse}
+
+
+@register_objective("dino")
+def _build_dino(encoder, cfg):
+    return DINO(encoder, **_dino_kwargs(cfg))
+
+
+@register_objective("mae+dino")
+def _build_mae_dino(encoder, cfg):
+    return MAEDINO(encoder, cfg.mae_weight, _mae_kwargs(cfg), _dino_kwargs(cfg))
 
 
 def build_objective(encoder, cfg):
@@ -56,8 +81,41 @@ def build_objective(encoder, cfg):
 
 
 def needs_views(name: str) -> bool:
-    """Whether an objective consumes two augmented views."""
-    return "contrastive" in name
+    """Whether an objective consumes augmented views (two for contrastive, multi-crop for dino)."""
+    return "contrastive" in name or "dino" in name
 
 
-__all__ = ["MAE", "Contrastive", "MAEContrastive", "collapse_metrics", "build_objective", "check_objective", "needs_views"]
+def pretrain_views(dataset, domain, cfg):
+    """The pretraining dataset an objective needs: multi-crop views for ``dino`` (cut by the domain's
+    ``multicrop`` hook), two augmented views for ``contrastive``, random resized crops for ``mae`` with
+    ``objective.mae_crop_scale``, the plain dataset otherwise.
+
+    Example:
+        >>> import torch
+        >>> from domainfm.runconfig import load_config
+        >>> from domainfm.registry import get_domain
+        >>> cfg = load_config({"domain": "synthetic", "objective": {"name": "dino", "local_crops": 2},
+        ...                    "data": {"img_size": 32}, "model": {"patch_size": 8}}, check_paths=False)
+        >>> ds = pretrain_views([{"image": torch.rand(1, 32, 32), "meta": {}}], get_domain("synthetic"), cfg)
+        >>> [tuple(v.shape) for v in ds[0]["views"]]
+        [(1, 32, 32), (1, 32, 32), (1, 16, 16), (1, 16, 16)]
+    """
+    name = cfg.objective.name
+    if "dino" in name:
+        kw = domain.encoder_kwargs(cfg, dataset)
+        dims = 3 if kw.get("patch_embed") == "3d" else 2
+        img = kw["img_size"] if isinstance(kw["img_size"], (list, tuple)) else [kw["img_size"]] * dims
+        patch = kw["patch_size"] if isinstance(kw["patch_size"], (list, tuple)) else [kw["patch_size"]] * dims
+        local = check_multicrop(cfg.objective, img, patch, cfg.train.batch_size)
+        hook = getattr(domain, "multicrop", None)
+        crops = hook(cfg, img, local) if hook is not None else multicrop_from_config(cfg.objective, dims, img, local)
+        return MultiCropDataset(dataset, crops, seed=cfg.train.seed)
+    if "contrastive" in name:
+        return ViewsDataset(dataset, domain.augment(cfg), seed=cfg.train.seed)
+    if cfg.objective.mae_crop_scale:
+        return RandomResizedCropDataset(dataset, cfg.objective.mae_crop_scale, seed=cfg.train.seed)
+    return dataset
+
+
+__all__ = ["MAE", "Contrastive", "MAEContrastive", "DINO", "MAEDINO", "CollapseError", "collapse_metrics",
+           "teacher_collapse_metrics", "build_objective", "check_objective", "needs_views", "pretrain_views"]

@@ -45,6 +45,7 @@ from domainfm.medical.options import MedicalOptions, normalized, options_from_ca
 from domainfm.medical.synthetic import write_example
 from domainfm.medical.sources import discover, holdout, is_decathlon
 from domainfm.medical.transforms import build_transforms, domain_errors, normalization_record
+from domainfm.medical.views import multicrop_for
 
 def mask_values(items: list[dict], spatial_dims: int) -> list[int]:
     """The label ids present in the masks of ``items`` (each mask read whole, once).
@@ -260,6 +261,10 @@ class MedicalDomain(Domain):
         """Contrastive views: random resized crop, flips, intensity jitter (2D or 3D)."""
         from domainfm.data.augment import default_augment
         return default_augment(spatial_dims=self.options(cfg).spatial_dims)
+
+    def multicrop(self, cfg, img_size, local_size):
+        """Self-distillation crops: 3D for volumes, no intensity jitter on CT HU (see views.py)."""
+        return multicrop_for(cfg, self.options(cfg), img_size, local_size)
 
     def encoder_kwargs(self, cfg, dataset: Any | None = None) -> dict:
         """``3d`` patch embed for volumes (anisotropic ``model.patch_size`` like ``[4, 16, 16]`` allowed),

@@ -50,6 +50,7 @@ from .datasets import (IMAGENET_MEAN, IMAGENET_STD, SlideTileDataset, TileFolder
 from .slide import SLIDE_SUFFIXES
 from .stain import MacenkoNormalizer, hed_jitter
 from .synthetic import write_example
+from .views import multicrop_for
 
 
 @dataclass
@@ -230,6 +231,11 @@ class PathologyDomain(Domain):
         std = torch.tensor(_floats3(opts.std, "std")).view(3, 1, 1)
         sigma = float(opts.hed_sigma) * 2 if opts.stain_augment else 0.0
         return make_view_augment(mean, std, sigma)
+
+    def multicrop(self, cfg, img_size, local_size):
+        """Self-distillation crops at the tiles' MPP (no zoom) with HED stain jitter (see views.py)."""
+        mean, std = (torch.tensor(_floats3(getattr(cfg.options, k), k)).view(3, 1, 1) for k in ("mean", "std"))
+        return multicrop_for(cfg, mean, std, img_size, local_size)
 
     def encoder_kwargs(self, cfg, dataset=None) -> dict:
         return {"patch_embed": cfg.model.patch_embed or "2d", "img_size": _img_size(cfg),

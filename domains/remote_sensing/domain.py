@@ -41,6 +41,7 @@ from .io import Grid, Scene, write_geotiff
 from .predict import predict_scene
 from .synthetic import write_example
 from .sensors import card_sensor, get_sensor, parse_band_list, sensor_to_dict
+from .views import multicrop_for
 
 log = logging.getLogger("domainfm.remote_sensing")
 
@@ -313,6 +314,10 @@ class RemoteSensingDomain(Domain):
         """Contrastive views: random resized crop, flips, per-band intensity jitter, noise."""
         from domainfm.data.augment import default_augment
         return default_augment(spatial_dims=2)
+
+    def multicrop(self, cfg, img_size, local_size):
+        """Self-distillation crops that keep every band, with no per-band jitter (see views.py)."""
+        return multicrop_for(cfg, img_size, local_size)
 
     def preprocessing(self, cfg, dataset=None) -> dict:
         """What the card records: sensors with their bands/wavelengths, band statistics, chip size."""

@@ -1,0 +1,52 @@
+"""Multi-crop views for self-distillation on H&E tiles: same-MPP crops and HED stain jitter.
+
+A tile's physical resolution (microns per pixel) carries meaning (nucleus size, gland scale), so crops
+are never zoomed: global crops are the whole tile at the training MPP, local crops are smaller windows
+cut at the same MPP (no resize). Tissue has no orientation, so every crop is flipped and rotated by a
+multiple of 90 degrees. Colour changes are the ones staining causes: HED jitter (per-stain gain and
+offset in haematoxylin-eosin-DAB space), applied on un-normalised RGB and normalised back.
+
+Example:
+    >>> import torch
+    >>> f = pathology_multicrop((16, 16), (8, 8), torch.zeros(3, 1, 1), torch.ones(3, 1, 1), hed_sigma=0.05,
+    ...                         n_local=2)
+    >>> [tuple(v.shape) for v in f(torch.rand(3, 16, 16), torch.Generator().manual_seed(0))]
+    [(3, 16, 16), (3, 16, 16), (3, 8, 8), (3, 8, 8)]
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from domainfm.data.multicrop import make_multicrop
+
+from .stain import hed_jitter
+
+
+def stain_jitter(mean: torch.Tensor, std: torch.Tensor, sigma: float):
+    """HED jitter on normalised tiles (``(x * std + mean)`` -> jitter -> normalise); identity when ``sigma`` is 0."""
+
+    def jitter(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if sigma <= 0:
+            return x
+        rgb = (x * std + mean).clamp(0, 1)
+        return (hed_jitter(rgb, g, sigma) - mean) / std
+
+    return jitter
+
+
+def pathology_multicrop(global_size: Sequence[int], local_size: Sequence[int], mean: torch.Tensor, std: torch.Tensor,
+                        hed_sigma: float = 0.05, n_global: int = 2, n_local: int = 6):
+    """Same-MPP multi-crop: whole-tile globals, un-resized local windows; flips, 90-degree turns, HED jitter."""
+    return make_multicrop(2, global_size, local_size, n_global, n_local, (1.0, 1.0), (1.0, 1.0), rot90=True,
+                          photometric=stain_jitter(mean, std, hed_sigma), same_scale=True)
+
+
+def multicrop_for(cfg, mean: torch.Tensor, std: torch.Tensor, img_size, local_size):
+    """The pathology domain's ``multicrop`` hook (stain jitter from ``data.options.hed_sigma``)."""
+    opts = cfg.options
+    sigma = float(opts.hed_sigma) if opts.stain_augment else 0.0
+    return pathology_multicrop(img_size, local_size, mean, std, sigma, cfg.objective.global_crops,
+                               cfg.objective.local_crops)
