@@ -61,15 +61,67 @@ OBJECTIVES = {"mae": _mae_pair}
 def cases(dry: bool) -> list[dict]:
     """ViT-B/16 @224 (2D) and @96^3 (3D), or tiny stand-ins for ``--dry``."""
     if dry:
-        return [dict(name="2D vit-tiny/8 @32 (dry)", dims=2, in_chans=3, img_size=32, patch=8, dim=48, depth=1,
-                     heads=2, dec_dim=48, dec_depth=1, dec_heads=2, batch=2),
-                dict(name="3D vit-tiny/8 @16^3 (dry)", dims=3, in_chans=1, img_size=16, patch=8, dim=48, depth=1,
-                     heads=2, dec_dim=48, dec_depth=1, dec_heads=2, batch=2)]
-    return [dict(name="2D vit-base/16 @224", dims=2, in_chans=3, img_size=224, patch=16, dim=768, depth=12, heads=12,
-                 dec_dim=512, dec_depth=8, dec_heads=16, batch=256),
-            # MONAI's 3D sin-cos embedding needs a decoder width divisible by 6: 384 for both
-            dict(name="3D vit-base/16 @96^3", dims=3, in_chans=1, img_size=96, patch=16, dim=768, depth=12, heads=12,
-                 dec_dim=384, dec_depth=8, dec_heads=12, batch=32)]
+        return [
+            dict(
+                name="2D vit-tiny/8 @32 (dry)",
+                dims=2,
+                in_chans=3,
+                img_size=32,
+                patch=8,
+                dim=48,
+                depth=1,
+                heads=2,
+                dec_dim=48,
+                dec_depth=1,
+                dec_heads=2,
+                batch=2,
+            ),
+            dict(
+                name="3D vit-tiny/8 @16^3 (dry)",
+                dims=3,
+                in_chans=1,
+                img_size=16,
+                patch=8,
+                dim=48,
+                depth=1,
+                heads=2,
+                dec_dim=48,
+                dec_depth=1,
+                dec_heads=2,
+                batch=2,
+            ),
+        ]
+    return [
+        dict(
+            name="2D vit-base/16 @224",
+            dims=2,
+            in_chans=3,
+            img_size=224,
+            patch=16,
+            dim=768,
+            depth=12,
+            heads=12,
+            dec_dim=512,
+            dec_depth=8,
+            dec_heads=16,
+            batch=256,
+        ),
+        # MONAI's 3D sin-cos embedding needs a decoder width divisible by 6: 384 for both
+        dict(
+            name="3D vit-base/16 @96^3",
+            dims=3,
+            in_chans=1,
+            img_size=96,
+            patch=16,
+            dim=768,
+            depth=12,
+            heads=12,
+            dec_dim=384,
+            dec_depth=8,
+            dec_heads=12,
+            batch=32,
+        ),
+    ]
 
 
 class Suite:
@@ -101,7 +153,7 @@ class Suite:
             traceback.print_exc()
 
     def gpu_mem(self) -> float | None:
-        return torch.cuda.max_memory_allocated() / 2 ** 30 if self.cuda else None
+        return torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None
 
     def reset_mem(self) -> None:
         if self.cuda:
@@ -148,22 +200,33 @@ def section_pretrain(s: Suite) -> None:
             for compiled in modes:
                 for impl in ("domainfm", "monai"):
                     if s.elapsed() > s.budget_s * 0.7:  # leave time for the loaders and sliding window
-                        s.add("pretrain", objective=objective, case=case["name"], impl=impl,
-                              mode="compiled" if compiled else "eager", skipped="time budget")
+                        s.add(
+                            "pretrain",
+                            objective=objective,
+                            case=case["name"],
+                            impl=impl,
+                            mode="compiled" if compiled else "eager",
+                            skipped="time budget",
+                        )
                         continue
                     s.reset_mem()
                     torch.manual_seed(0)
                     kit_model, anchor = build(case)
-                    model = (kit_model if impl == "domainfm" else anchor)
+                    model = kit_model if impl == "domainfm" else anchor
                     if model is None:
                         continue
                     model = model.to(s.device)
                     x = torch.randn(shape, device=s.device)
                     step = pt.make_step(impl, model, x, s.device, compiled)
                     dt = _time_steps(step, iters, warmup, s.cuda)
-                    row = {"objective": objective, "case": case["name"], "impl": impl,
-                           "mode": "compiled" if compiled else "eager", "batch": case["batch"],
-                           "samples_per_s": case["batch"] / dt}
+                    row = {
+                        "objective": objective,
+                        "case": case["name"],
+                        "impl": impl,
+                        "mode": "compiled" if compiled else "eager",
+                        "batch": case["batch"],
+                        "samples_per_s": case["batch"] / dt,
+                    }
                     if s.cuda and s.peak_tflops:
                         key = (objective, case["name"], impl)
                         if key not in flops_of:
@@ -190,28 +253,72 @@ def section_loaders(s: Suite) -> None:
     if s.dry:
         wsi = ["--slides", "1", "--size", "768", "--repeats", "1", "--curve", "", "--tile-size", "128"]
     else:
-        wsi = ["--slides", "8", "--size", "4096", "--repeats", "2", "--curve", "16", "--workers", "16",
-               "--threads", "1"]
+        wsi = [
+            "--slides",
+            "8",
+            "--size",
+            "4096",
+            "--repeats",
+            "2",
+            "--curve",
+            "16",
+            "--workers",
+            "16",
+            "--threads",
+            "1",
+        ]
     r = _quiet(wsi_tiles.main, wsi)
-    s.add("loaders", loader="WSI tiles", kit=f"SlideTileDataset, {w} workers", kit_per_s=r["kit_tiles_per_s"],
-          anchor="OpenSlide.read_region loop", anchor_per_s=r["plain_tiles_per_s"], ratio=r["ratio"])
+    s.add(
+        "loaders",
+        loader="WSI tiles",
+        kit=f"SlideTileDataset, {w} workers",
+        kit_per_s=r["kit_tiles_per_s"],
+        anchor="OpenSlide.read_region loop",
+        anchor_per_s=r["plain_tiles_per_s"],
+        ratio=r["ratio"],
+    )
     if s.dry:
         med = ["--volumes", "2", "--shape", "24,24,12", "--crop", "8", "--epochs", "1", "--repeats", "1"]
     else:
-        med = ["--volumes", "16", "--shape", "160,160,80", "--crop", "96", "--epochs", "3", "--repeats", "1",
-               "--workers", "16"]
+        med = [
+            "--volumes",
+            "16",
+            "--shape",
+            "160,160,80",
+            "--crop",
+            "96",
+            "--epochs",
+            "3",
+            "--repeats",
+            "1",
+            "--workers",
+            "16",
+        ]
     r = _quiet(medical_loading.main, med)
     kit_mem = r["domainfm medical (cache=memory)"]
     anchor = r["MONAI CacheDataset+ThreadDataLoader"]
-    s.add("loaders", loader="medical volumes", kit=f"MedicalDataset cache=memory, {w} workers",
-          kit_per_s=kit_mem["volumes_per_s"], anchor="MONAI CacheDataset + ThreadDataLoader",
-          anchor_per_s=anchor["volumes_per_s"], ratio=kit_mem["volumes_per_s"] / anchor["volumes_per_s"],
-          kit_cache_mib=kit_mem["cache_bytes"] / 2 ** 20, anchor_cache_mib=anchor["cache_bytes"] / 2 ** 20)
+    s.add(
+        "loaders",
+        loader="medical volumes",
+        kit=f"MedicalDataset cache=memory, {w} workers",
+        kit_per_s=kit_mem["volumes_per_s"],
+        anchor="MONAI CacheDataset + ThreadDataLoader",
+        anchor_per_s=anchor["volumes_per_s"],
+        ratio=kit_mem["volumes_per_s"] / anchor["volumes_per_s"],
+        kit_cache_mib=kit_mem["cache_bytes"] / 2**20,
+        anchor_cache_mib=anchor["cache_bytes"] / 2**20,
+    )
     rs = ["--size", "512", "--chips", "10", "--chip", "64"] if s.dry else ["--size", "8192", "--chips", "400"]
     r = _quiet(rs_sampling.main, rs)
-    s.add("loaders", loader="GeoTIFF chips", kit="remote_sensing windows, 1 process", kit_per_s=r["kit_chips_per_s"],
-          anchor="TorchGeo RasterDataset + RandomGeoSampler", anchor_per_s=r["torchgeo_chips_per_s"],
-          ratio=r["kit_chips_per_s"] / r["torchgeo_chips_per_s"])
+    s.add(
+        "loaders",
+        loader="GeoTIFF chips",
+        kit="remote_sensing windows, 1 process",
+        kit_per_s=r["kit_chips_per_s"],
+        anchor="TorchGeo RasterDataset + RandomGeoSampler",
+        anchor_per_s=r["torchgeo_chips_per_s"],
+        ratio=r["kit_chips_per_s"] / r["torchgeo_chips_per_s"],
+    )
 
 
 def section_sliding_window(s: Suite) -> None:
@@ -219,35 +326,55 @@ def section_sliding_window(s: Suite) -> None:
 
     from domainfm.medical.heads import UNETRHead
     from domainfm.models import build_encoder
+
     if s.dry:
         cfg, roi, vol, sw = dict(embed_dim=48, depth=2, num_heads=2), 16, (24, 24, 20), 2
     else:
         cfg, roi, vol, sw = dict(embed_dim=768, depth=12, num_heads=12), 96, (320, 320, 256), 4
-    enc = build_encoder("vit-base", patch_embed="3d", in_chans=1, img_size=roi, patch_size=16 if not s.dry else 8,
-                        **cfg)
+    enc = build_encoder(
+        "vit-base", patch_embed="3d", in_chans=1, img_size=roi, patch_size=16 if not s.dry else 8, **cfg
+    )
     head = UNETRHead(enc.embed_dim, 2, 3, enc.config["patch_size"], 1, enc.depth, feature_size=16 if not s.dry else 4)
     enc, head = enc.to(s.device).eval(), head.to(s.device).eval()
 
     def predictor(x):
         return head(enc.forward_features(x, layers=head.layers))
+
     image = torch.rand(1, 1, *vol)
     for where in ("device", "host"):
         s.reset_mem()
         t = time.perf_counter()
         with torch.no_grad(), torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.cuda):
-            out = sliding_window_inference(image.to(s.device) if where == "device" else image, roi_size=[roi] * 3,
-                                           sw_batch_size=sw, predictor=predictor, overlap=0.25, mode="gaussian",
-                                           sw_device=s.device, device=s.device if where == "device" else "cpu")
+            out = sliding_window_inference(
+                image.to(s.device) if where == "device" else image,
+                roi_size=[roi] * 3,
+                sw_batch_size=sw,
+                predictor=predictor,
+                overlap=0.25,
+                mode="gaussian",
+                sw_device=s.device,
+                device=s.device if where == "device" else "cpu",
+            )
         if s.cuda:
             torch.cuda.synchronize()
-        row = {"volume": "x".join(map(str, vol)), "roi": roi, "sw_batch": sw, "stitch_on": where,
-               "seconds": time.perf_counter() - t, "out_shape": "x".join(map(str, out.shape[2:]))}
+        row = {
+            "volume": "x".join(map(str, vol)),
+            "roi": roi,
+            "sw_batch": sw,
+            "stitch_on": where,
+            "seconds": time.perf_counter() - t,
+            "out_shape": "x".join(map(str, out.shape[2:])),
+        }
         row["peak_mem_gib"] = s.gpu_mem() if s.cuda else "n/a (CPU)"
         s.add("sliding_window", **row)
 
 
-SECTIONS = [("peak", section_peak), ("pretrain", section_pretrain), ("loaders", section_loaders),
-            ("sliding_window", section_sliding_window)]
+SECTIONS = [
+    ("peak", section_peak),
+    ("pretrain", section_pretrain),
+    ("loaders", section_loaders),
+    ("sliding_window", section_sliding_window),
+]
 
 
 def markdown(meta: dict, sections: dict[str, list[dict]]) -> str:
@@ -274,8 +401,9 @@ def main(argv=None) -> dict:
     ap.add_argument("out", nargs="?", help="folder for gpu_suite.json and gpu_suite.md (default: a temp folder)")
     ap.add_argument("--dry", action="store_true", help="CPU, tiny shapes; GPU-only parts skipped with the reason")
     ap.add_argument("--quick", action="store_true", help="same as --dry (for `make bench`)")
-    ap.add_argument("--budget-s", type=float, default=450.0,
-                    help="sections starting after this many seconds are skipped")
+    ap.add_argument(
+        "--budget-s", type=float, default=450.0, help="sections starting after this many seconds are skipped"
+    )
     ap.add_argument("--only", default="", help="comma-separated sections to run (default all)")
     args = ap.parse_args(argv)
     args.dry = args.dry or args.quick
@@ -291,10 +419,15 @@ def main(argv=None) -> dict:
     for name, fn in SECTIONS:
         if not only or name in only:
             s.run(name, fn, s)
-    meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "dry": s.dry,
-            "device": torch.cuda.get_device_name() if s.cuda else f"CPU ({os.cpu_count()} cores, {platform.machine()})",
-            "torch": torch.__version__, "seconds": round(s.elapsed(), 1), "objectives": list(OBJECTIVES),
-            "python": platform.python_version()}
+    meta = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "dry": s.dry,
+        "device": torch.cuda.get_device_name() if s.cuda else f"CPU ({os.cpu_count()} cores, {platform.machine()})",
+        "torch": torch.__version__,
+        "seconds": round(s.elapsed(), 1),
+        "objectives": list(OBJECTIVES),
+        "python": platform.python_version(),
+    }
     result = {"meta": meta, "sections": s.sections}
     (out / "gpu_suite.json").write_text(json.dumps(result, indent=2, default=str))
     (out / "gpu_suite.md").write_text(markdown(meta, s.sections) + f"\nTotal {meta['seconds']} s.\n")

@@ -31,12 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def make_volumes(folder: Path, n: int, shape: tuple[int, ...]) -> list[Path]:
     from domainfm.medical.synthetic import write_ct_nifti_folder
+
     return write_ct_nifti_folder(folder, n=n, shape=shape, affine=np.diag([-0.9, -0.9, 2.5, 1.0]))
 
 
 def monai_transforms(crop: int):
     """The recipe as MONAI transforms: ``(deterministic list, random crop)``."""
     from monai import transforms as mt
+
     keys = ["image"]
     det = [
         mt.LoadImaged(keys, reader="NibabelReader", image_only=True),
@@ -66,7 +68,7 @@ def cache_bytes(cache) -> int:
     """Bytes of the tensors held by a MONAI CacheDataset's cache (the cached volumes)."""
     total = 0
     for item in cache._cache:
-        for v in (item.values() if isinstance(item, dict) else [item]):
+        for v in item.values() if isinstance(item, dict) else [item]:
             if isinstance(v, torch.Tensor):
                 total += v.untyped_storage().nbytes()
     return total
@@ -76,6 +78,7 @@ def plain_monai(paths: list[Path], crop: int, epochs: int, workers: int) -> tupl
     """A MONAI Compose of the same transforms over ``monai.data.Dataset`` + DataLoader."""
     from monai import transforms as mt
     from monai.data import DataLoader, Dataset
+
     det, rand = monai_transforms(crop)
     ds = Dataset([{"image": str(p)} for p in paths], transform=mt.Compose(det + [rand]))
     return _epochs(DataLoader(ds, batch_size=1, shuffle=True, num_workers=workers), epochs, crop)
@@ -86,31 +89,51 @@ def monai_cached(paths: list[Path], crop: int, epochs: int, workers: int) -> tup
     crop does not modify its input) + ``ThreadDataLoader``. Returns (epoch time, volumes, fill time, cache bytes)."""
     from monai import transforms as mt
     from monai.data import CacheDataset, ThreadDataLoader
+
     det, rand = monai_transforms(crop)
     t = time.perf_counter()
-    ds = CacheDataset([{"image": str(p)} for p in paths], transform=mt.Compose(det + [rand]), cache_rate=1.0,
-                      copy_cache=False, num_workers=max(1, workers) if workers else None, progress=False)
+    ds = CacheDataset(
+        [{"image": str(p)} for p in paths],
+        transform=mt.Compose(det + [rand]),
+        cache_rate=1.0,
+        copy_cache=False,
+        num_workers=max(1, workers) if workers else None,
+        progress=False,
+    )
     fill = time.perf_counter() - t
     loader = ThreadDataLoader(ds, batch_size=1, shuffle=True, num_workers=workers)
     dt, n = _epochs(loader, epochs, crop)
     return dt, n, fill, cache_bytes(ds)
 
 
-def kit(paths: list[Path], crop: int, epochs: int, workers: int, cache: str,
-        out: Path) -> tuple[float, int, float, int]:
+def kit(
+    paths: list[Path], crop: int, epochs: int, workers: int, cache: str, out: Path
+) -> tuple[float, int, float, int]:
     """The medical domain's dataset (same recipe) through a DataLoader, with the engine's set_epoch.
     Returns (epoch time, volumes, build/fill time, cache bytes; 0 for the disk cache)."""
-    from domainfm.runconfig import load_config
     from domainfm.data.sample import collate_samples
     from domainfm.registry import get_domain
-    cfg = load_config({"domain": "medical", "out": str(out),
-                       "data": {"path": str(paths[0].parent), "img_size": crop, "cache": cache, "num_workers": workers,
-                                "options": {"modality": "ct", "window": "soft_tissue", "target_spacing": [1.5, 1.5, 1.5]}}})
+    from domainfm.runconfig import load_config
+
+    cfg = load_config(
+        {
+            "domain": "medical",
+            "out": str(out),
+            "data": {
+                "path": str(paths[0].parent),
+                "img_size": crop,
+                "cache": cache,
+                "num_workers": workers,
+                "options": {"modality": "ct", "window": "soft_tissue", "target_spacing": [1.5, 1.5, 1.5]},
+            },
+        }
+    )
     t = time.perf_counter()
     ds = get_domain("medical").dataset(cfg, "pretrain")
     fill = time.perf_counter() - t
-    loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=True, num_workers=workers,
-                                         collate_fn=collate_samples)  # re-created workers see set_epoch
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=1, shuffle=True, num_workers=workers, collate_fn=collate_samples
+    )  # re-created workers see set_epoch
     dt, n = _epochs(loader, epochs, crop, ds)
     return dt, n, fill, cache_bytes(ds.base) if cache == "memory" else 0
 
@@ -131,10 +154,12 @@ def main(argv=None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="medbench_"))
     try:
         paths = make_volumes(tmp / "ct", args.volumes, shape)
-        print(f"{args.volumes} CT volumes {shape} (0.9x0.9x2.5 mm, LPS on disk) -> RAS, 1.5 mm, soft-tissue window, "
-              f"{args.crop}^3 random crops; {args.epochs} epochs, {args.workers} workers, torch threads "
-              f"{torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}; {args.repeats} interleaved repeats, "
-              "best of each")
+        print(
+            f"{args.volumes} CT volumes {shape} (0.9x0.9x2.5 mm, LPS on disk) -> RAS, 1.5 mm, soft-tissue window, "
+            f"{args.crop}^3 random crops; {args.epochs} epochs, {args.workers} workers, torch threads "
+            f"{torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}; {args.repeats} interleaved repeats, "
+            "best of each"
+        )
         plain_monai(paths[:1], args.crop, 1, 0)  # warm-up imports
         runs: dict[str, list] = {}
         for r in range(args.repeats):  # interleaved: contention from other processes hits every pipeline alike
@@ -148,12 +173,14 @@ def main(argv=None) -> dict:
         results = {name: max(v, key=lambda x: x[0]) for name, v in runs.items()}
         anchor = results["MONAI CacheDataset+ThreadDataLoader"][0]
         base = results["plain MONAI Compose"][0]
-        print(f"  {'pipeline':38s} {'volumes/s':>10s} {'vs plain':>9s} {'vs anchor':>10s} {'fill s':>7s} "
-              f"{'cache MB':>9s}")
+        print(
+            f"  {'pipeline':38s} {'volumes/s':>10s} {'vs plain':>9s} {'vs anchor':>10s} {'fill s':>7s} {'cache MB':>9s}"
+        )
         for name, (v, fill, mem) in results.items():
             print(f"  {name:38s} {v:10.2f} {v / base:8.2f}x {v / anchor:9.2f}x {fill:7.2f} {mem / 2**20:9.1f}")
-        return {name: {"volumes_per_s": v, "fill_s": fill, "cache_bytes": mem}
-                for name, (v, fill, mem) in results.items()}
+        return {
+            name: {"volumes_per_s": v, "fill_s": fill, "cache_bytes": mem} for name, (v, fill, mem) in results.items()
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

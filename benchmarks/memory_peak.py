@@ -52,6 +52,7 @@ print("RESULT " + json.dumps(out), flush=True)
 
 def make_ct(folder: Path, n: int = 4, shape=(100, 100, 80)) -> Path:
     from domainfm.medical.synthetic import write_nifti_pair
+
     for i in range(n):
         write_nifti_pair(folder, f"ct{i}", shape=shape, affine=np.diag([1.0, 1.0, 1.5, 1.0]), seed=i)
     return folder
@@ -59,11 +60,12 @@ def make_ct(folder: Path, n: int = 4, shape=(100, 100, 80)) -> Path:
 
 def make_mri(folder: Path, shape=(181, 217, 181), regions: int = 116) -> Path:
     import nibabel as nib
+
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
-    brain = (grid ** 2).sum(0) < 0.85 ** 2
+    brain = (grid**2).sum(0) < 0.85**2
     vol = np.where(brain, 400 + 200 * grid[0] + rng.normal(0, 30, shape), 0).astype(np.float32)
     # 116 regions: a 5 x 5 x 5 block parcellation of the brain, ids 1..116 (0 = outside)
     cells = np.stack([np.clip(((g + 1) / 2 * 5).astype(int), 0, 4) for g in grid]).reshape(3, -1)
@@ -78,15 +80,31 @@ def make_mri(folder: Path, shape=(181, 217, 181), regions: int = 116) -> Path:
 def run_scenario(name: str, work: Path, steps: int) -> list[dict]:
     data = make_ct(work / "ct") if name == "ct" else make_mri(work / "mri")
     pre, ft = work / f"{name}-pre", work / f"{name}-seg"
-    stages = [["pretrain", ["pretrain", "--domain", "medical", "--data", str(data), "--steps", str(steps),
-                            "--out", str(pre)]],
-              ["finetune", ["finetune", str(pre), "--task", "segmentation", "--data", str(data), "--steps",
-                            str(steps), "--out", str(ft)]]]
+    stages = [
+        [
+            "pretrain",
+            ["pretrain", "--domain", "medical", "--data", str(data), "--steps", str(steps), "--out", str(pre)],
+        ],
+        [
+            "finetune",
+            [
+                "finetune",
+                str(pre),
+                "--task",
+                "segmentation",
+                "--data",
+                str(data),
+                "--steps",
+                str(steps),
+                "--out",
+                str(ft),
+            ],
+        ],
+    ]
     if name == "mri":
         image = data / "images" / "t1.nii.gz"
         stages.append(["predict", ["predict", str(ft), "--input", str(image), "--out", str(work / "pred.nii.gz")]])
-    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(stages)], capture_output=True, text=True,
-                          cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(stages)], capture_output=True, text=True, cwd=ROOT)
     for line in proc.stderr.splitlines():
         if "memory estimate" in line or line.startswith(("error", "domainfm:")):
             print(f"  [{name}] {line}")
@@ -108,8 +126,10 @@ def main(argv=None) -> None:
             t = time.time()
             res = run_scenario(name, Path(tmp), args.steps)
             for r in res:
-                print(f"{name:4s} {r['stage']:9s} exit {r['exit']}  peak RSS {r['peak_rss_gb']:.2f} GB  "
-                      f"({r['seconds']} s)")
+                print(
+                    f"{name:4s} {r['stage']:9s} exit {r['exit']}  peak RSS {r['peak_rss_gb']:.2f} GB  "
+                    f"({r['seconds']} s)"
+                )
             peak = max(r["peak_rss_gb"] for r in res)
             goal = " (goal <= 4 GB: " + ("met" if peak <= 4 else "MISSED") + ")" if name == "ct" else ""
             print(f"{name:4s} peak RSS {peak:.2f} GB{goal}, total {time.time() - t:.0f} s")

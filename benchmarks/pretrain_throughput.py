@@ -35,12 +35,13 @@ def measure_matmul_peak(device: torch.device, dtype=torch.bfloat16, n: int = 819
     for _ in range(iters):
         a @ b
     torch.cuda.synchronize()
-    return 2 * n ** 3 * iters / (time.perf_counter() - t) / 1e12
+    return 2 * n**3 * iters / (time.perf_counter() - t) / 1e12
 
 
 def step_flops(step_fn) -> float:
     """FLOPs of one training step counted by PyTorch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
+
     counter = FlopCounterMode(display=False)
     with counter:
         step_fn()
@@ -49,19 +50,44 @@ def step_flops(step_fn) -> float:
 
 def monai_mae(case: dict):
     from monai.networks.nets import MaskedAutoEncoderViT
+
     return MaskedAutoEncoderViT(
-        in_channels=case["in_chans"], img_size=case["img_size"], patch_size=case["patch"], hidden_size=case["dim"],
-        mlp_dim=4 * case["dim"], num_layers=case["depth"], num_heads=case["heads"], masking_ratio=0.75,
-        decoder_hidden_size=case["dec_dim"], decoder_mlp_dim=4 * case["dec_dim"], decoder_num_layers=case["dec_depth"],
-        decoder_num_heads=case["dec_heads"], spatial_dims=case["dims"], qkv_bias=True)
+        in_channels=case["in_chans"],
+        img_size=case["img_size"],
+        patch_size=case["patch"],
+        hidden_size=case["dim"],
+        mlp_dim=4 * case["dim"],
+        num_layers=case["depth"],
+        num_heads=case["heads"],
+        masking_ratio=0.75,
+        decoder_hidden_size=case["dec_dim"],
+        decoder_mlp_dim=4 * case["dec_dim"],
+        decoder_num_layers=case["dec_depth"],
+        decoder_num_heads=case["dec_heads"],
+        spatial_dims=case["dims"],
+        qkv_bias=True,
+    )
 
 
 def ours_mae(case: dict):
-    enc = build_encoder("vit-base", patch_embed="3d" if case["dims"] == 3 else "2d", in_chans=case["in_chans"],
-                        img_size=case["img_size"], patch_size=case["patch"], depth=case["depth"],
-                        embed_dim=case["dim"], num_heads=case["heads"])
-    return MAE(enc, mask_ratio=0.75, decoder_dim=case["dec_dim"], decoder_depth=case["dec_depth"],
-               decoder_heads=case["dec_heads"], norm_pix_loss=True)
+    enc = build_encoder(
+        "vit-base",
+        patch_embed="3d" if case["dims"] == 3 else "2d",
+        in_chans=case["in_chans"],
+        img_size=case["img_size"],
+        patch_size=case["patch"],
+        depth=case["depth"],
+        embed_dim=case["dim"],
+        num_heads=case["heads"],
+    )
+    return MAE(
+        enc,
+        mask_ratio=0.75,
+        decoder_dim=case["dec_dim"],
+        decoder_depth=case["dec_depth"],
+        decoder_heads=case["dec_heads"],
+        norm_pix_loss=True,
+    )
 
 
 def make_step(kind: str, model, x: torch.Tensor, device: torch.device, compile_: bool, fused: bool | None = None):
@@ -75,6 +101,7 @@ def make_step(kind: str, model, x: torch.Tensor, device: torch.device, compile_:
     use_bf16 = device.type == "cuda"
     fwd = torch.compile(model) if compile_ else model
     if kind == "domainfm":
+
         def loss_fn():
             return fwd({"image": x})["loss"]
     else:
@@ -95,11 +122,13 @@ def make_step(kind: str, model, x: torch.Tensor, device: torch.device, compile_:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
     return step
 
 
 def ours_mae_patchifier(x: torch.Tensor):
     dims = x.ndim - 2
+
     def patchify(t):
         # MONAI's decoder_pred emits patch_size^d * C values per patch in its own (c-last) order;
         # the loss only needs matching sizes for a fair timing, so use an unfold of the same size.
@@ -109,7 +138,8 @@ def ours_mae_patchifier(x: torch.Tensor):
             return u.transpose(1, 2)
         b, c = t.shape[:2]
         u = t.unfold(2, p, p).unfold(3, p, p).unfold(4, p, p)
-        return u.permute(0, 2, 3, 4, 1, 5, 6, 7).reshape(b, -1, c * p ** 3)
+        return u.permute(0, 2, 3, 4, 1, 5, 6, 7).reshape(b, -1, c * p**3)
+
     return patchify
 
 
@@ -158,28 +188,86 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.quick:
-        cases = [dict(name="2D vit-s/8 @64", dims=2, in_chans=3, img_size=64, patch=8, dim=384, depth=6, heads=6,
-                      dec_dim=256, dec_depth=2, dec_heads=8, batch=16),
-                 dict(name="3D vit-s/8 @32^3", dims=3, in_chans=1, img_size=32, patch=8, dim=384, depth=6, heads=6,
-                      dec_dim=192, dec_depth=2, dec_heads=6, batch=4)]
+        cases = [
+            dict(
+                name="2D vit-s/8 @64",
+                dims=2,
+                in_chans=3,
+                img_size=64,
+                patch=8,
+                dim=384,
+                depth=6,
+                heads=6,
+                dec_dim=256,
+                dec_depth=2,
+                dec_heads=8,
+                batch=16,
+            ),
+            dict(
+                name="3D vit-s/8 @32^3",
+                dims=3,
+                in_chans=1,
+                img_size=32,
+                patch=8,
+                dim=384,
+                depth=6,
+                heads=6,
+                dec_dim=192,
+                dec_depth=2,
+                dec_heads=6,
+                batch=4,
+            ),
+        ]
         iters, warmup = args.iters or 5, 2
     else:
-        cases = [dict(name="2D vit-base/16 @224", dims=2, in_chans=3, img_size=224, patch=16, dim=768, depth=12, heads=12,
-                      dec_dim=512, dec_depth=8, dec_heads=16, batch=256 if device.type == "cuda" else 8),
-                 # MONAI's 3D sin-cos embedding needs a decoder width divisible by 6: 384 instead of 512
-                 dict(name="3D vit-base/16 @96^3", dims=3, in_chans=1, img_size=96, patch=16, dim=768, depth=12, heads=12,
-                      dec_dim=384, dec_depth=8, dec_heads=12, batch=32 if device.type == "cuda" else 2)]
+        cases = [
+            dict(
+                name="2D vit-base/16 @224",
+                dims=2,
+                in_chans=3,
+                img_size=224,
+                patch=16,
+                dim=768,
+                depth=12,
+                heads=12,
+                dec_dim=512,
+                dec_depth=8,
+                dec_heads=16,
+                batch=256 if device.type == "cuda" else 8,
+            ),
+            # MONAI's 3D sin-cos embedding needs a decoder width divisible by 6: 384 instead of 512
+            dict(
+                name="3D vit-base/16 @96^3",
+                dims=3,
+                in_chans=1,
+                img_size=96,
+                patch=16,
+                dim=768,
+                depth=12,
+                heads=12,
+                dec_dim=384,
+                dec_depth=8,
+                dec_heads=12,
+                batch=32 if device.type == "cuda" else 2,
+            ),
+        ]
         iters, warmup = args.iters or (20 if device.type == "cuda" else 3), 3 if device.type == "cuda" else 1
     peak = measure_matmul_peak(device) if device.type == "cuda" else None
     load = f", load average {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
-    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
-          f"{'' if peak is None else f', measured bf16 matmul peak {peak:.0f} TFLOP/s'}, torch {torch.__version__}, "
-          f"compile={args.compile}, threads={torch.get_num_threads()}{load}; {args.repeats} interleaved repeats of "
-          f"{iters} steps, best of each")
-    print("kit = domainfm MAE with its engine's AdamW (fused); MONAI = MaskedAutoEncoderViT with torch's AdamW "
-          "defaults (fused on CUDA); MONAI+fused = the same with fused AdamW (isolates the model)")
-    print(f"{'case':24s} {'batch':>5s} {'kit/s':>9s} {'MONAI/s':>9s} {'MONAI+fused/s':>14s} {'ratio':>6s} "
-          f"{'ratio vs +fused':>15s}" + ("  MFU kit  MFU MONAI" if peak else ""))
+    print(
+        f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
+        f"{'' if peak is None else f', measured bf16 matmul peak {peak:.0f} TFLOP/s'}, torch {torch.__version__}, "
+        f"compile={args.compile}, threads={torch.get_num_threads()}{load}; {args.repeats} interleaved repeats of "
+        f"{iters} steps, best of each"
+    )
+    print(
+        "kit = domainfm MAE with its engine's AdamW (fused); MONAI = MaskedAutoEncoderViT with torch's AdamW "
+        "defaults (fused on CUDA); MONAI+fused = the same with fused AdamW (isolates the model)"
+    )
+    print(
+        f"{'case':24s} {'batch':>5s} {'kit/s':>9s} {'MONAI/s':>9s} {'MONAI+fused/s':>14s} {'ratio':>6s} "
+        f"{'ratio vs +fused':>15s}" + ("  MFU kit  MFU MONAI" if peak else "")
+    )
     out = {}
     for case in cases:
         variants = {"kit": ("domainfm", None), "monai": ("monai", None), "monai_fused": ("monai", True)}
@@ -196,9 +284,11 @@ def main(argv=None) -> dict:
         rate = {k: case["batch"] / v for k, v in best.items()}
         rate.setdefault("monai_fused", rate["monai"])
         unit = "v" if case["dims"] == 3 else "i"
-        line = (f"{case['name']:24s} {case['batch']:5d} {rate['kit']:8.2f}{unit} {rate['monai']:8.2f}{unit} "
-                f"{rate['monai_fused']:13.2f}{unit} {rate['kit'] / rate['monai']:6.2f} "
-                f"{rate['kit'] / rate['monai_fused']:15.2f}")
+        line = (
+            f"{case['name']:24s} {case['batch']:5d} {rate['kit']:8.2f}{unit} {rate['monai']:8.2f}{unit} "
+            f"{rate['monai_fused']:13.2f}{unit} {rate['kit'] / rate['monai']:6.2f} "
+            f"{rate['kit'] / rate['monai_fused']:15.2f}"
+        )
         if peak:
             mfu = {k: step_flops(steps[k]) / best[k] / 1e12 / peak for k in ("kit", "monai")}
             line += f"  {mfu['kit']:7.1%}  {mfu['monai']:9.1%}"

@@ -33,9 +33,20 @@ S2_BANDS = ["B02", "B03", "B04", "B08", "B05", "B06", "B07", "B8A", "B11", "B12"
 def write_big_scene(path: Path, size: int, bands: int, compress: str | None) -> Path:
     """A size x size x bands uint16 GeoTIFF written in 256-row strips of random-ish texture."""
     rng = np.random.default_rng(0)
-    prof = dict(driver="GTiff", width=size, height=size, count=bands, dtype="uint16", crs="EPSG:32633",
-                transform=from_origin(500000.0, 5200000.0, 10.0, 10.0), nodata=0, tiled=True, blockxsize=256,
-                blockysize=256, BIGTIFF="IF_SAFER")
+    prof = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=bands,
+        dtype="uint16",
+        crs="EPSG:32633",
+        transform=from_origin(500000.0, 5200000.0, 10.0, 10.0),
+        nodata=0,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        BIGTIFF="IF_SAFER",
+    )
     if compress:
         prof["compress"] = compress
     base = rng.integers(200, 3000, size=(bands, 256, size), dtype=np.uint16)
@@ -50,8 +61,10 @@ def write_big_scene(path: Path, size: int, bands: int, compress: str | None) -> 
 
 def bench_kit(path: Path, bands: int, chip: int, n: int) -> tuple[float, tuple]:
     from domainfm.remote_sensing.datasets import Item, RasterChipDataset
-    ds = RasterChipDataset([Item(path, "sentinel2_l2a")], {"sentinel2_l2a": S2_BANDS[:bands]}, chip_size=chip,
-                           chips_per_scene=n, seed=0)
+
+    ds = RasterChipDataset(
+        [Item(path, "sentinel2_l2a")], {"sentinel2_l2a": S2_BANDS[:bands]}, chip_size=chip, chips_per_scene=n, seed=0
+    )
     ds[0]  # open the file, like torchgeo's index build below is outside its timing
     t = time.perf_counter()
     shape = None
@@ -96,6 +109,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = p.parse_args(argv)
     import torch
+
     torch.set_num_threads(args.threads)
     size = 10980 if args.full else args.size
     tmp = tempfile.TemporaryDirectory() if args.dir is None else None
@@ -103,8 +117,10 @@ def main(argv=None) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     path = write_big_scene(folder / f"scene_{size}.tif", size, args.bands, args.compress)
-    mb = path.stat().st_size / 2 ** 20
-    print(f"scene: {size} x {size} x {args.bands} bands uint16, {mb:.0f} MB, written in {time.perf_counter() - t:.1f} s")
+    mb = path.stat().st_size / 2**20
+    print(
+        f"scene: {size} x {size} x {args.bands} bands uint16, {mb:.0f} MB, written in {time.perf_counter() - t:.1f} s"
+    )
     kit, kshape = bench_kit(path, args.bands, args.chip, args.chips)
     tg, tshape = bench_torchgeo(path, args.bands, args.chip, args.chips)
     assert kshape == tshape == (args.bands, args.chip, args.chip), (kshape, tshape)
@@ -114,8 +130,14 @@ def main(argv=None) -> dict:
     print(f"  ratio (domainfm / torchgeo)    : {kit / tg:8.2f}x")
     if tmp is not None:
         tmp.cleanup()
-    return {"size": size, "bands": args.bands, "chip": args.chip, "kit_chips_per_s": kit,
-            "torchgeo_chips_per_s": tg, "ratio": kit / tg}
+    return {
+        "size": size,
+        "bands": args.bands,
+        "chip": args.chip,
+        "kit_chips_per_s": kit,
+        "torchgeo_chips_per_s": tg,
+        "ratio": kit / tg,
+    }
 
 
 if __name__ == "__main__":

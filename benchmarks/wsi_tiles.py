@@ -90,21 +90,46 @@ def main(argv=None) -> dict:
     if args.slide:
         records = [SlideRecord(args.slide, args.mpp)]
     else:
-        records = [SlideRecord(str(write_synthetic_slide(tmp / f"bench{i}.tif", (args.size, args.size), mpp=args.slide_mpp,
-                                                         seed=i, tumor=bool(i % 2), tissue_fraction=0.7)))
-                   for i in range(args.slides)]
-    ds = SlideTileDataset(records, args.target_mpp, args.tile_size, args.tile_size, min_tissue=0.25,
-                          coords_dir=tmp / "tiles", transform=TileTransform(args.tile_size))
+        records = [
+            SlideRecord(
+                str(
+                    write_synthetic_slide(
+                        tmp / f"bench{i}.tif",
+                        (args.size, args.size),
+                        mpp=args.slide_mpp,
+                        seed=i,
+                        tumor=bool(i % 2),
+                        tissue_fraction=0.7,
+                    )
+                )
+            )
+            for i in range(args.slides)
+        ]
+    ds = SlideTileDataset(
+        records,
+        args.target_mpp,
+        args.tile_size,
+        args.tile_size,
+        min_tissue=0.25,
+        coords_dir=tmp / "tiles",
+        transform=TileTransform(args.tile_size),
+    )
     g = ds.grids[0]
     raw = RegionReader(g.path).raw_levels
-    print(f"{len(ds)} tissue tiles from {len(ds.grids)} slide(s): {args.tile_size} px at {args.target_mpp} µm/px, "
-          f"read at level {g.level} ({g.read_size} px, slide {g.mpp:g} µm/px); raw TIFF tile levels: {raw or 'none'}, "
-          f"inflate: {INFLATE}")
-    print(f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}; {args.repeats} interleaved repeats, "
-          "best of each")
+    print(
+        f"{len(ds)} tissue tiles from {len(ds.grids)} slide(s): {args.tile_size} px at {args.target_mpp} µm/px, "
+        f"read at level {g.level} ({g.read_size} px, slide {g.mpp:g} µm/px); raw TIFF tile levels: {raw or 'none'}, "
+        f"inflate: {INFLATE}"
+    )
+    print(
+        f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}; {args.repeats} interleaved repeats, "
+        "best of each"
+    )
     curve = [int(v) for v in args.curve.split(",") if v.strip()]
-    cases = {"plain": lambda: plain_loop(ds),
-             "kit": lambda: kit_loader(ds, args.workers, args.batch_size, args.threads)}
+    cases = {
+        "plain": lambda: plain_loop(ds),
+        "kit": lambda: kit_loader(ds, args.workers, args.batch_size, args.threads),
+    }
     for n in curve:  # DataLoader workers with one read thread each, and read threads in the main process
         cases[f"workers={n} threads=1"] = lambda n=n: kit_loader(ds, n, args.batch_size, 1)
         if n >= 2:
@@ -122,8 +147,14 @@ def main(argv=None) -> dict:
     for name in cases:
         if name not in ("plain", "kit"):
             print(f"  {name:24s} {best[name]:8.1f}  {best[name] / plain:5.2f}x")
-    return {"tiles": len(ds), "plain_tiles_per_s": plain, "kit_tiles_per_s": kit, "ratio": kit / plain,
-            "curve": {k: v for k, v in best.items() if k not in ("plain", "kit")}, "raw_levels": raw}
+    return {
+        "tiles": len(ds),
+        "plain_tiles_per_s": plain,
+        "kit_tiles_per_s": kit,
+        "ratio": kit / plain,
+        "curve": {k: v for k, v in best.items() if k not in ("plain", "kit")},
+        "raw_levels": raw,
+    }
 
 
 if __name__ == "__main__":

@@ -7,14 +7,43 @@ Example:
     192
 """
 
-from domainfm.api import (Config, FoundationModel, config_from_card, demo, embed, evaluate, finetune,
-                          import_weights, load, load_config, predict, pretrain)
-from domainfm.errors import (CheckpointError, ConfigError, DataError, DomainFMError, NonFiniteLossError,
-                             UnsupportedError)
+from domainfm.api import (
+    Config,
+    FoundationModel,
+    config_from_card,
+    demo,
+    embed,
+    evaluate,
+    finetune,
+    import_weights,
+    load,
+    load_config,
+    predict,
+    pretrain,
+)
+from domainfm.errors import CheckpointError, ConfigError, DataError, DomainFMError, NonFiniteLossError, UnsupportedError
 from domainfm.models.encoder import build_encoder
 
 __version__ = "0.1.0"
 
-__all__ = ["pretrain", "finetune", "load", "embed", "predict", "evaluate", "demo", "import_weights", "build_encoder", "load_config",
-           "Config", "FoundationModel", "config_from_card", "DomainFMError", "ConfigError", "DataError",
-           "CheckpointError", "NonFiniteLossError", "UnsupportedError"]
+__all__ = [
+    "pretrain",
+    "finetune",
+    "load",
+    "embed",
+    "predict",
+    "evaluate",
+    "demo",
+    "import_weights",
+    "build_encoder",
+    "load_config",
+    "Config",
+    "FoundationModel",
+    "config_from_card",
+    "DomainFMError",
+    "ConfigError",
+    "DataError",
+    "CheckpointError",
+    "NonFiniteLossError",
+    "UnsupportedError",
+]

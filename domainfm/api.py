@@ -19,6 +19,22 @@ from domainfm.pipelines import embed, evaluate, evaluate_task, finetune, predict
 from domainfm.runconfig import config_from_card, load_config
 from domainfm.weights import import_weights
 
-__all__ = ["pretrain", "finetune", "load", "embed", "predict", "evaluate", "evaluate_task", "reconstruction", "demo",
-           "import_weights", "load_config",
-           "parse_config", "save_config", "config_from_card", "build_card", "Config", "FoundationModel"]
+__all__ = [
+    "pretrain",
+    "finetune",
+    "load",
+    "embed",
+    "predict",
+    "evaluate",
+    "evaluate_task",
+    "reconstruction",
+    "demo",
+    "import_weights",
+    "load_config",
+    "parse_config",
+    "save_config",
+    "config_from_card",
+    "build_card",
+    "Config",
+    "FoundationModel",
+]

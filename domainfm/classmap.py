@@ -20,8 +20,9 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,8 +78,11 @@ class ClassMap:
         if not strict:
             return torch.where(bad, torch.full_like(t, -1), t)
         if bool(bad.any()):
-            raise DataError(where, f"label value {int(torch.as_tensor(values)[bad].flatten()[0])} is not one of the "
-                                   f"training classes {self.ids}")
+            raise DataError(
+                where,
+                f"label value {int(torch.as_tensor(values)[bad].flatten()[0])} is not one of the "
+                f"training classes {self.ids}",
+            )
         return t
 
     def to_ids(self, indices: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
@@ -91,13 +95,13 @@ class ClassMap:
         return {"ids": list(self.ids), "names": list(self.names) if self.names else None}
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "ClassMap | None":
+    def from_dict(cls, data: dict | None) -> ClassMap | None:
         if not data or not data.get("ids"):
             return None
         return cls(list(data["ids"]), data.get("names"))
 
     @classmethod
-    def from_card(cls, card: dict) -> "ClassMap | None":
+    def from_card(cls, card: dict) -> ClassMap | None:
         """The map recorded in a checkpoint card (``None`` for cards written before class maps)."""
         return cls.from_dict((card or {}).get("class_map"))
 
@@ -130,8 +134,9 @@ def _values_of(dataset, task: str) -> list[int]:
     return sorted(found - {ignore})
 
 
-def resolve_classes(dataset, task: str, num_classes: int | None = None, names: Sequence[str] | None = None,
-                    where: Any = None) -> tuple[int, list[str] | None, ClassMap | None]:
+def resolve_classes(
+    dataset, task: str, num_classes: int | None = None, names: Sequence[str] | None = None, where: Any = None
+) -> tuple[int, list[str] | None, ClassMap | None]:
     """Classes of a labelled dataset: ``(num_classes, class names, class map)``.
 
     Classification labels are already indices into ``dataset.classes``; segmentation masks hold ids
@@ -162,8 +167,10 @@ def resolve_classes(dataset, task: str, num_classes: int | None = None, names: S
         if max(found) >= len(ids):
             raise ConfigError(f"{where}: labels {found} do not fit the classes {declared}")
         if num_classes and num_classes != len(ids):
-            raise ConfigError(f"--num-classes {num_classes} disagrees with the labels of {where}: "
-                              f"{len(ids)} classes {declared or ids}; drop --num-classes or fix the labels")
+            raise ConfigError(
+                f"--num-classes {num_classes} disagrees with the labels of {where}: "
+                f"{len(ids)} classes {declared or ids}; drop --num-classes or fix the labels"
+            )
         missing = [declared[i] if declared else i for i in ids if i not in found]
         if missing:
             log.warning("%s: classes %s have no training sample", where, missing)
@@ -172,16 +179,20 @@ def resolve_classes(dataset, task: str, num_classes: int | None = None, names: S
     by_id = getattr(dataset, "class_names_by_id", None) or {}
     if num_classes:
         if max(found) >= num_classes:
-            raise ConfigError(f"--num-classes {num_classes} disagrees with the masks of {where}: they hold label ids "
-                              f"{found} (expected ids in 0..{num_classes - 1}); drop --num-classes to use "
-                              f"{len(found)} classes mapped from these ids")
+            raise ConfigError(
+                f"--num-classes {num_classes} disagrees with the masks of {where}: they hold label ids "
+                f"{found} (expected ids in 0..{num_classes - 1}); drop --num-classes to use "
+                f"{len(found)} classes mapped from these ids"
+            )
         ids = list(range(num_classes))
     else:
         ids = sorted(set(found) | {0})  # background is always a class
     if declared is not None and not by_id:  # names by id (e.g. a Decathlon ``labels`` map) name the ids directly
         if len(declared) != len(ids):
-            raise ConfigError(f"--classes names {len(declared)} classes {declared} but the masks of {where} hold "
-                              f"{len(ids)} label ids {ids}; give one name per id")
+            raise ConfigError(
+                f"--classes names {len(declared)} classes {declared} but the masks of {where} hold "
+                f"{len(ids)} label ids {ids}; give one name per id"
+            )
         out_names = declared
     else:
         out_names = [by_id.get(i) or by_id.get(str(i)) or ("background" if i == 0 else f"label_{i}") for i in ids]

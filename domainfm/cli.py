@@ -38,8 +38,10 @@ def _refuse_data_options(rest: list[str], options_cls, command: str) -> None:
     given = [t.partition("=")[0] for t in rest if t.startswith("--")]
     unknown = [g for g in given if g not in taken]
     if unknown:
-        raise ConfigError(f"{command} takes the preprocessing from the checkpoint card; it does not take "
-                          f"{', '.join(unknown)} (options it takes: {', '.join(taken) or 'none'})")
+        raise ConfigError(
+            f"{command} takes the preprocessing from the checkpoint card; it does not take "
+            f"{', '.join(unknown)} (options it takes: {', '.join(taken) or 'none'})"
+        )
 
 
 def _common_train_flags(p: argparse.ArgumentParser) -> None:
@@ -51,22 +53,30 @@ def _common_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:1 ...")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set objective.mask_ratio=0.6 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set objective.mask_ratio=0.6 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="domainfm", description="Domain-specialized vision foundation models.",
+        prog="domainfm",
+        description="Domain-specialized vision foundation models.",
         epilog="Domain options are flags too (e.g. --target-mpp 0.5, --sensor sentinel2 --bands B02,B03,B04): "
-               "`domainfm list` shows each domain's flags.")
+        "`domainfm list` shows each domain's flags.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="self-supervised pretraining of an encoder")
     p.add_argument("--config", help="YAML config; may also be given right after `pretrain` (optional)")
     p.add_argument("--domain", help="medical | remote_sensing | pathology | synthetic | an installed plugin")
-    p.add_argument("--objective", choices=["mae", "contrastive", "mae+contrastive"])
+    p.add_argument("--objective", choices=list_objectives())
     p.add_argument("--model", help="vit-tiny | vit-small | vit-base | vit-large")
     p.add_argument("--init", help="start from this checkpoint's encoder (imported or trained): model.init")
     _common_train_flags(p)
@@ -176,9 +186,11 @@ def run(argv: list[str] | None = None) -> int:
     # `domainfm pretrain CONFIG.yaml ...`: the config may come right after the command
     i = next((k for k, a in enumerate(argv) if not a.startswith("-")), None)
     if i is not None and argv[i] == "pretrain" and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
-        argv[i + 1:i + 2] = ["--config", argv[i + 1]]
+        argv[i + 1 : i + 2] = ["--config", argv[i + 1]]
     args, rest = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
     if args.command == "list":
         flags, operation_flags = {}, {}
@@ -189,9 +201,19 @@ def run(argv: list[str] | None = None) -> int:
                 operation_flags[name] = {"embed": _flags(plugin.EmbedOptions), "predict": _flags(plugin.PredictOptions)}
             except (ConfigError, TypeError) as exc:  # a broken plugin is listed with its problem
                 flags[name] = [f"unavailable: {exc}"]
-        print(json.dumps({"encoders": list_encoders(), "objectives": list_objectives(), "heads": list_heads(),
-                          "domains": list_domains(), "domain_flags": flags,
-                          "operation_flags": operation_flags}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "encoders": list_encoders(),
+                    "objectives": list_objectives(),
+                    "heads": list_heads(),
+                    "domains": list_domains(),
+                    "domain_flags": flags,
+                    "operation_flags": operation_flags,
+                },
+                indent=2,
+            )
+        )
         return 0
     if args.command == "info":
         print(f"# {resolve_checkpoint(args.checkpoint)}")
@@ -208,18 +230,31 @@ def run(argv: list[str] | None = None) -> int:
 
     if args.command == "import-weights":
         options = parse_option_flags(rest, get_domain(args.domain).Options, f"domain {args.domain!r}") if rest else {}
-        keys = ("source_bands", "source_wavelengths", "target_bands", "global_pool", "key", "img_size", "patch_depth",
-                "patch_embed")
+        keys = (
+            "source_bands",
+            "source_wavelengths",
+            "target_bands",
+            "global_pool",
+            "key",
+            "img_size",
+            "patch_depth",
+            "patch_embed",
+        )
         options.update({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
-        print(f"checkpoint: {api.import_weights(args.src, domain=args.domain, out=args.out, arch=args.arch, **options)}")
+        print(
+            f"checkpoint: {api.import_weights(args.src, domain=args.domain, out=args.out, arch=args.arch, **options)}"
+        )
         return 0
     domain_name = _domain_of(args)
     domain = get_domain(domain_name)
     options_cls = {"embed": domain.EmbedOptions, "predict": domain.PredictOptions}.get(args.command, domain.Options)
     if args.command in ("embed", "predict"):
         _refuse_data_options(rest, options_cls, args.command)
-    owner = f"domain {domain_name!r}" if args.command in ("pretrain", "finetune") else \
-        f"{args.command} of domain {domain_name!r}"
+    owner = (
+        f"domain {domain_name!r}"
+        if args.command in ("pretrain", "finetune")
+        else f"{args.command} of domain {domain_name!r}"
+    )
     options = parse_option_flags(rest, options_cls, owner) if rest else {}
     if args.command == "pretrain":
         updates = _updates_from_args(args, options)
@@ -230,8 +265,14 @@ def run(argv: list[str] | None = None) -> int:
         updates = _updates_from_args(args, options)
         data = updates.get("data", {}).pop("path", None)
         extra = {"labels": args.labels} if args.labels else {}
-        ckpt = api.finetune(args.checkpoint, data=data, config=_merge_config_file(args.config, updates),
-                            overrides=args.sets, resume=args.resume, **extra)
+        ckpt = api.finetune(
+            args.checkpoint,
+            data=data,
+            config=_merge_config_file(args.config, updates),
+            overrides=args.sets,
+            resume=args.resume,
+            **extra,
+        )
         print(f"checkpoint: {ckpt}")
     elif args.command == "embed":
         model = api.load(args.checkpoint)
@@ -265,12 +306,14 @@ def _merge_config_file(path: str | None, updates: dict) -> dict:
 
 
 # the Python API's errors name Python arguments; the CLI says the same in flags
-_CLI_WORDS = ((re.compile(r'pass exist_ok="resume" to continue'), "pass --resume to continue"),
-              (re.compile(r', exist_ok="overwrite" to start it again,'), ","),
-              (re.compile(r'exist_ok="overwrite"'), "a new --out"),
-              (re.compile(r"resume=True"), "--resume"),
-              (re.compile(r"\bor another out\b"), "or another --out"),
-              (re.compile(r"domainfm\.finetune\(checkpoint, task=\.\.\.\)"), "domainfm finetune CHECKPOINT --task ..."))
+_CLI_WORDS = (
+    (re.compile(r'pass exist_ok="resume" to continue'), "pass --resume to continue"),
+    (re.compile(r', exist_ok="overwrite" to start it again,'), ","),
+    (re.compile(r'exist_ok="overwrite"'), "a new --out"),
+    (re.compile(r"resume=True"), "--resume"),
+    (re.compile(r"\bor another out\b"), "or another --out"),
+    (re.compile(r"domainfm\.finetune\(checkpoint, task=\.\.\.\)"), "domainfm finetune CHECKPOINT --task ..."),
+)
 
 
 def cli_words(message: str) -> str:

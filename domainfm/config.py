@@ -171,13 +171,15 @@ class Config:
         """The domain's typed options (``data.options`` checked by the domain plugin's ``Options``)."""
         bound = self.__dict__.get("_options")
         if bound is None:
-            raise ConfigError(f"{self.source}: the config is not bound to its domain; load it with "
-                              "domainfm.load_config(...) to get data.options checked and typed")
+            raise ConfigError(
+                f"{self.source}: the config is not bound to its domain; load it with "
+                "domainfm.load_config(...) to get data.options checked and typed"
+            )
         if self.__dict__.get("_options_dict") != self.data.options:  # data.options was changed in place
             self.bind_options(build_dataclass(type(bound), self.data.options, "data.options", self.source))
         return self.__dict__["_options"]
 
-    def bind_options(self, options: Any) -> "Config":
+    def bind_options(self, options: Any) -> Config:
         """Attach the domain's typed options (done by :func:`domainfm.load_config`)."""
         self.__dict__["_options"] = options
         self.data.options = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
@@ -290,8 +292,9 @@ def _set_nested(d: dict, keys: list[str], value: Any) -> None:
     d[keys[-1]] = value
 
 
-def parse_config(source: str | Path | dict | Config | None = None, overrides: list[str] | tuple = (),
-                 updates: dict | None = None) -> Config:
+def parse_config(
+    source: str | Path | dict | Config | None = None, overrides: list[str] | tuple = (), updates: dict | None = None
+) -> Config:
     """Read and schema-check a config from a YAML path, a dict or a :class:`Config`.
 
     ``overrides`` are ``key=value`` strings (dotted keys, YAML values); ``updates`` a nested dict
@@ -383,13 +386,19 @@ def _check_ranges(cfg: Config, name: str) -> None:
         (cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}"),
         (0 <= cfg.model.drop_path_rate < 1, f"model.drop_path_rate must be in [0, 1), got {cfg.model.drop_path_rate}"),
         (0 < cfg.data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}"),
-        (not ("contrastive" in cfg.objective.name and t.batch_size < 2),
-         f"{cfg.objective.name} needs train.batch_size >= 2 (other samples are the negatives), got {t.batch_size}"),
+        (
+            not ("contrastive" in cfg.objective.name and t.batch_size < 2),
+            f"{cfg.objective.name} needs train.batch_size >= 2 (other samples are the negatives), got {t.batch_size}",
+        ),
     ]
     sizes = cfg.data.img_size if isinstance(cfg.data.img_size, list) else [cfg.data.img_size]
     patches = cfg.model.patch_size if isinstance(cfg.model.patch_size, list) else [cfg.model.patch_size]
-    checks.append((all(s >= 1 for s in sizes) and all(p >= 1 for p in patches),
-                   f"data.img_size {cfg.data.img_size} and model.patch_size {cfg.model.patch_size} must be positive"))
+    checks.append(
+        (
+            all(s >= 1 for s in sizes) and all(p >= 1 for p in patches),
+            f"data.img_size {cfg.data.img_size} and model.patch_size {cfg.model.patch_size} must be positive",
+        )
+    )
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{name}: {message}")

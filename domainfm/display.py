@@ -3,7 +3,7 @@
 
 Example:
     >>> print(html_table([("domain", "synthetic"), ("stage", "pretrain")], title="FoundationModel"))
-    <div><b>FoundationModel</b><table><tr><th style="text-align:left">domain</th><td style="text-align:left">synthetic</td></tr><tr><th style="text-align:left">stage</th><td style="text-align:left">pretrain</td></tr></table></div>
+    <div><b>FoundationModel</b><table><tr><th style="text-align:left">domain</th>...</table></div>
     >>> import torch
     >>> pre = batched_preprocessor(lambda x: torch.as_tensor(x, dtype=torch.float32), spatial_dims=2)
     >>> pre(torch.zeros(1, 8, 8).numpy()).shape, pre(torch.zeros(5, 1, 8, 8).numpy()).shape
@@ -13,7 +13,8 @@ Example:
 from __future__ import annotations
 
 import html
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,23 +22,30 @@ import torch
 
 def html_table(rows: Iterable[tuple[str, Any]], title: str = "") -> str:
     """A two-column HTML table (name, value) under a bold title."""
-    cells = "".join(f'<tr><th style="text-align:left">{html.escape(str(k))}</th>'
-                    f'<td style="text-align:left">{html.escape(str(v))}</td></tr>' for k, v in rows)
+    cells = "".join(
+        f'<tr><th style="text-align:left">{html.escape(str(k))}</th>'
+        f'<td style="text-align:left">{html.escape(str(v))}</td></tr>'
+        for k, v in rows
+    )
     return f"<div><b>{html.escape(title)}</b><table>{cells}</table></div>"
 
 
-def batched_preprocessor(one: Callable[..., torch.Tensor], spatial_dims: int,
-                         channels: int | None = None) -> Callable[..., torch.Tensor]:
+def batched_preprocessor(
+    one: Callable[..., torch.Tensor], spatial_dims: int, channels: int | None = None
+) -> Callable[..., torch.Tensor]:
     """Wrap a one-input preprocessor: an ``N x C x (D x) H x W`` array (``N x (D x) H x W`` for a
     one-channel model) or a list/tuple of inputs is preprocessed item by item and stacked; anything else
     is one input."""
+
     def prepare(x, **kw) -> torch.Tensor:
         if isinstance(x, (list, tuple)):
             return torch.stack([one(item, **kw) for item in x])
-        if isinstance(x, (np.ndarray, torch.Tensor)) and (x.ndim == spatial_dims + 2 or (
-                channels == 1 and x.ndim == spatial_dims + 1 and x.shape[0] != 1)):
+        if isinstance(x, (np.ndarray, torch.Tensor)) and (
+            x.ndim == spatial_dims + 2 or (channels == 1 and x.ndim == spatial_dims + 1 and x.shape[0] != 1)
+        ):
             return torch.stack([one(item, **kw) for item in x])
         return one(x, **kw)
+
     prepare.single = one
     return prepare
 
@@ -52,17 +60,31 @@ def model_rows(model) -> list[tuple[str, Any]]:
     enc = card.get("encoder") or {}
     pre = dict(card.get("preprocessing") or {})
     params = sum(p.numel() for p in model.encoder.parameters())
-    size = f"{enc.get('name', '?')} depth {getattr(model.encoder, 'depth', None) or enc.get('depth', '?')}, " \
-           f"dim {getattr(model.encoder, 'embed_dim', '?')}, {_count(params)} params"
-    inputs = f"{pre.get('channels', enc.get('in_chans', '?'))} ch, {_dims(enc.get('img_size', '?'))} px, " \
-             f"patch {_dims(enc.get('patch_size', '?'))} ({enc.get('patch_embed', '?')})"
+    size = (
+        f"{enc.get('name', '?')} depth {getattr(model.encoder, 'depth', None) or enc.get('depth', '?')}, "
+        f"dim {getattr(model.encoder, 'embed_dim', '?')}, {_count(params)} params"
+    )
+    inputs = (
+        f"{pre.get('channels', enc.get('in_chans', '?'))} ch, {_dims(enc.get('img_size', '?'))} px, "
+        f"patch {_dims(enc.get('patch_size', '?'))} ({enc.get('patch_embed', '?')})"
+    )
     skip = {"channels", "mean", "std", "stats", "classes", "sensors"}
     prep = ", ".join(f"{k}={_short(v)}" for k, v in pre.items() if k not in skip and v is not None)
-    rows = [("domain", card.get("domain")), ("stage", card.get("stage")), ("encoder", size), ("inputs", inputs),
-            ("preprocessing", prep or "-")]
+    rows = [
+        ("domain", card.get("domain")),
+        ("stage", card.get("stage")),
+        ("encoder", size),
+        ("inputs", inputs),
+        ("preprocessing", prep or "-"),
+    ]
     if card.get("task"):
-        rows.append(("task", f"{card['task']} ({card.get('num_classes')} classes"
-                             f"{': ' + ', '.join(map(str, card['classes'][:6])) if card.get('classes') else ''})"))
+        rows.append(
+            (
+                "task",
+                f"{card['task']} ({card.get('num_classes')} classes"
+                f"{': ' + ', '.join(map(str, card['classes'][:6])) if card.get('classes') else ''})",
+            )
+        )
     if card.get("val_metrics"):
         rows.append(("val", ", ".join(f"{k}={v:.3f}" for k, v in card["val_metrics"].items())))
     rows.append(("path", model.path))

@@ -40,9 +40,10 @@ Example (a complete plugin over in-memory images; the contract test runs it like
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -107,8 +108,10 @@ def accept_options(given: dict, allowed: dict[str, str], operation: str) -> dict
     """
     unknown = sorted(set(given) - set(allowed))
     if unknown:
-        raise ConfigError(f"{operation} does not take {', '.join(unknown)} (it takes: "
-                          f"{', '.join(sorted(allowed)) or 'no options'}; preprocessing comes from the checkpoint card)")
+        raise ConfigError(
+            f"{operation} does not take {', '.join(unknown)} (it takes: "
+            f"{', '.join(sorted(allowed)) or 'no options'}; preprocessing comes from the checkpoint card)"
+        )
     return {allowed[k]: v for k, v in given.items()}
 
 
@@ -147,7 +150,7 @@ class Domain:
         return f"<domain {self.name!r} ({type(self).__module__}.{type(self).__name__})>"
 
     # ---- required ---------------------------------------------------------------------------
-    def dataset(self, cfg: "Config", split: str) -> torch.utils.data.Dataset:
+    def dataset(self, cfg: Config, split: str) -> torch.utils.data.Dataset:
         """A Dataset of samples (see :mod:`domainfm.data.sample`) for ``split``.
 
         ``split`` is ``"pretrain"`` (unlabelled is fine), ``"train"``, ``"val"``, ``"test"`` (labelled:
@@ -158,20 +161,20 @@ class Domain:
         """
         raise UnsupportedError(f"domain {self.name!r} does not provide datasets")
 
-    def multicrop(self, cfg: "Config", img_size: list[int], local_size: list[int]):
+    def multicrop(self, cfg: Config, img_size: list[int], local_size: list[int]):
         """Multi-crop views for self-distillation (``dino``): ``fn(image, generator) -> [crops]``.
 
         Override with crops and intensity changes that fit the domain's physics (see domains/*/views.py).
         """
         return multicrop_from_config(cfg.objective, len(img_size), img_size, local_size)
 
-    def encoder_kwargs(self, cfg: "Config", dataset: Any | None = None) -> dict:
+    def encoder_kwargs(self, cfg: Config, dataset: Any | None = None) -> dict:
         """Keyword arguments of :func:`domainfm.build_encoder` that fit this data: at least
         ``patch_embed`` (a registered patch embed name), ``img_size``, ``patch_size`` and, for
         fixed-channel embeds, ``in_chans``."""
         raise UnsupportedError(f"domain {self.name!r} does not say which encoder fits its data")
 
-    def preprocessing(self, cfg: "Config", dataset: Any | None = None) -> dict:
+    def preprocessing(self, cfg: Config, dataset: Any | None = None) -> dict:
         """JSON-serialisable record of how inputs were prepared (spacing, window, band stats, MPP...).
 
         It goes into the checkpoint card; :meth:`preprocessor` rebuilds the same preprocessing from it,
@@ -185,29 +188,29 @@ class Domain:
         raise UnsupportedError(f"domain {self.name!r} has no preprocessor")
 
     # ---- optional, with core defaults -------------------------------------------------------
-    def options(self, cfg: "Config"):
+    def options(self, cfg: Config):
         """The domain's typed options of ``cfg`` (``cfg.options`` when the config is bound)."""
         try:
             return cfg.options
         except ConfigError:
             return build_dataclass(self.Options, cfg.data.options, "data.options", cfg.source)
 
-    def spatial_dims(self, cfg: "Config") -> int:
+    def spatial_dims(self, cfg: Config) -> int:
         """2 or 3: the dimensionality of this config's images (default: 3 for a ``3d`` patch embed)."""
         if cfg is None:
             return 2
         return 3 if self.encoder_kwargs(cfg).get("patch_embed") == "3d" else 2
 
-    def augment(self, cfg: "Config") -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    def augment(self, cfg: Config) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
         """Random augmentation making the two views of contrastive pretraining:
         ``fn(image, generator) -> image`` (same shape); the generator gives all randomness."""
         return default_augment(spatial_dims=self.spatial_dims(cfg))
 
-    def head(self, task: str, encoder: nn.Module, num_classes: int, cfg: "Config") -> nn.Module:
+    def head(self, task: str, encoder: nn.Module, num_classes: int, cfg: Config) -> nn.Module:
         """The head for ``task``, called with ``encoder.forward_features(...)``."""
         return default_head(task, encoder, num_classes, cfg)
 
-    def validate(self, model, cfg: "Config") -> dict:
+    def validate(self, model, cfg: Config) -> dict:
         """Domain metrics of a fine-tuned model on the validation data (e.g. whole-scan Dice and HD95 in
         the source geometry), merged into the card's ``val_metrics``; ``{}`` when there are none."""
         return {}
@@ -220,7 +223,7 @@ class Domain:
         return write_embeddings(model, self.dataset(cfg, "embed"), out, batch_size=options.get("batch_size") or 32)
 
     # ---- optional, not offered unless overridden --------------------------------------------
-    def finetune_task(self, cfg: "Config", checkpoint: Path, **kwargs) -> Path:
+    def finetune_task(self, cfg: Config, checkpoint: Path, **kwargs) -> Path:
         """Fine-tune for one of :attr:`custom_tasks` in a domain-specific way; return the checkpoint."""
         raise UnsupportedError(f"domain {self.name!r} has no task {cfg.finetune.task!r} of its own")
 

@@ -15,8 +15,8 @@ Example:
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -44,8 +44,10 @@ def window_grid(shape: Sequence[int], window: Sequence[int], overlap: float = 0.
     """Slices of N-D windows covering ``shape`` with fractional ``overlap`` in ``[0, 1)``."""
     if not 0.0 <= overlap < 1.0:
         raise DataError(None, f"overlap must be in [0, 1), got {overlap}")
-    per_axis = [[slice(s, s + w) for s in window_starts(n, w, max(1, int(round(w * (1 - overlap)))))]
-                for n, w in zip(shape, window)]
+    per_axis = [
+        [slice(s, s + w) for s in window_starts(n, w, max(1, int(round(w * (1 - overlap)))))]
+        for n, w in zip(shape, window)
+    ]
     return list(itertools.product(*per_axis))
 
 
@@ -90,13 +92,14 @@ def embed_samples(model, dataset, batch_size: int = 32) -> dict[str, np.ndarray]
             labels.append(batch["label"].numpy())
         paths.extend(str(m.get("path")) for m in batch["meta"])
     dim = int(getattr(getattr(model, "encoder", model), "embed_dim", 0))
-    out = {"embeddings": np.concatenate(feats) if feats else np.zeros((0, dim), np.float32),
-           "paths": np.asarray(paths)}
+    out = {"embeddings": np.concatenate(feats) if feats else np.zeros((0, dim), np.float32), "paths": np.asarray(paths)}
     if labels:
         out["labels"] = np.concatenate(labels)
         if len(out["labels"]) != len(out["embeddings"]):
-            raise DataError(None, f"only {len(out['labels'])} of {len(out['embeddings'])} samples have labels; "
-                                  "label all samples or none")
+            raise DataError(
+                None,
+                f"only {len(out['labels'])} of {len(out['embeddings'])} samples have labels; label all samples or none",
+            )
     return out
 
 

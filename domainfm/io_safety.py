@@ -36,8 +36,9 @@ import logging
 import os
 import shutil
 import socket
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def _suffixes(name: str) -> str:
     lower = name.lower()
     for double in (".nii.gz", ".tar.gz"):
         if lower.endswith(double):
-            return name[-len(double):]
+            return name[-len(double) :]
     return Path(name).suffix
 
 
@@ -136,8 +137,9 @@ def check_writable_folder(folder: str | Path, what: str = "--out", report: str |
     return folder
 
 
-def check_output(out: str | Path, inputs: Iterable[str | Path | None] = (), what: str = "--out",
-                 folder: bool = False) -> Path:
+def check_output(
+    out: str | Path, inputs: Iterable[str | Path | None] = (), what: str = "--out", folder: bool = False
+) -> Path:
     """Check an output path before expensive work; return it.
 
     Refused (one-line :class:`DataError`): ``out`` is one of ``inputs`` (resolved path or inode), an
@@ -151,8 +153,9 @@ def check_output(out: str | Path, inputs: Iterable[str | Path | None] = (), what
             continue
         src = Path(src)
         if same_file(out, src):
-            raise DataError(out, f"{what} is the input {src}; writing there would destroy it. "
-                                 "Choose another output path")
+            raise DataError(
+                out, f"{what} is the input {src}; writing there would destroy it. Choose another output path"
+            )
     if folder:
         if out.exists() and not out.is_dir():
             raise DataError(out, f"{what} is a file, but a folder is needed; choose another path")
@@ -258,7 +261,7 @@ class RunLock:
     def _key(self) -> str:
         return str(self.run_dir.resolve())
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         key = self._key()
         if RunLock._held.get(key):
             RunLock._held[key] += 1
@@ -277,8 +280,10 @@ class RunLock:
                     _remove(self.path)
                     continue
                 where = f" on {host}" if host and host != socket.gethostname() else ""
-                raise ConfigError(f"{self.run_dir} is in use by another domainfm process (pid {pid}{where}); wait for "
-                                  f"it to finish, stop it, or choose another --out (lock file {self.path})")
+                raise ConfigError(
+                    f"{self.run_dir} is in use by another domainfm process (pid {pid}{where}); wait for "
+                    f"it to finish, stop it, or choose another --out (lock file {self.path})"
+                ) from None
             except OSError as exc:
                 raise DataError(self.run_dir, f"cannot create the run lock: {os_error_text(exc)}") from None
             else:
@@ -311,7 +316,7 @@ class RunLock:
         RunLock._held[self._key()] = 1
         self.release()
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -38,7 +38,7 @@ from domainfm.errors import ConfigError
 
 log = logging.getLogger("domainfm.train")
 
-GB = 1024 ** 3
+GB = 1024**3
 
 
 class _LiveBytes(TorchDispatchMode):
@@ -56,7 +56,7 @@ class _LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+        for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor) and not t._is_view():
                 key = id(t)
                 if key in self._seen:
@@ -106,8 +106,9 @@ def _param_bytes(module: nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
-def estimate_step_bytes(module: nn.Module, sample: dict, batch_size: int, use_bf16: bool = False,
-                        grad_checkpointing: bool = False) -> dict:
+def estimate_step_bytes(
+    module: nn.Module, sample: dict, batch_size: int, use_bf16: bool = False, grad_checkpointing: bool = False
+) -> dict:
     """Bytes of one training step: ``params``, ``grads``, ``optimizer`` (AdamW), ``activations``
     (peak of the tensors the forward + backward allocate, measured on the meta device; -1 when the
     step cannot run on meta) and ``total``."""
@@ -139,9 +140,10 @@ def estimate_step_bytes(module: nn.Module, sample: dict, batch_size: int, use_bf
 
 
 def _cgroup_limit() -> int | None:
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         try:
             raw = Path(limit_file).read_text().strip()
             if raw == "max":
@@ -173,6 +175,7 @@ def available_ram() -> int | None:
     if free is None:
         try:
             import psutil  # optional: other systems than Linux
+
             free = int(psutil.virtual_memory().available)
         except ImportError:
             return None
@@ -188,8 +191,15 @@ def free_memory(device: torch.device) -> tuple[int | None, str]:
     return available_ram(), "available RAM"
 
 
-def check_step_memory(module: nn.Module, sample: dict, batch_size: int, device: torch.device,
-                      use_bf16: bool = False, grad_checkpointing: bool = False, headroom: float = 0.9) -> dict:
+def check_step_memory(
+    module: nn.Module,
+    sample: dict,
+    batch_size: int,
+    device: torch.device,
+    use_bf16: bool = False,
+    grad_checkpointing: bool = False,
+    headroom: float = 0.9,
+) -> dict:
     """Estimate the configured step's peak (see :func:`estimate_step_bytes`) and raise a one-line
     :class:`ConfigError` with the estimate and the fix when it exceeds ``headroom`` x free memory.
     Set ``DOMAINFM_MEMORY_CHECK=0`` (or ``train.memory_check: false``) to skip."""
@@ -199,9 +209,15 @@ def check_step_memory(module: nn.Module, sample: dict, batch_size: int, device: 
     free, what = free_memory(device)
     image = sample.get("image") if isinstance(sample.get("image"), torch.Tensor) else None
     shape = "x".join(str(s) for s in image.shape[1:]) if image is not None else "?"
-    log.info("step memory estimate: %.2f GB (activations %.2f GB at %s, batch %d); %s: %s", est["total"] / GB,
-             max(0, est["activations"]) / GB, shape, batch_size, what,
-             "unknown" if free is None else f"{free / GB:.1f} GB")
+    log.info(
+        "step memory estimate: %.2f GB (activations %.2f GB at %s, batch %d); %s: %s",
+        est["total"] / GB,
+        max(0, est["activations"]) / GB,
+        shape,
+        batch_size,
+        what,
+        "unknown" if free is None else f"{free / GB:.1f} GB",
+    )
     if free is not None and est["total"] > headroom * free:
         act = est["activations"]
         half = "x".join(str(max(16, s // 2)) for s in image.shape[1:]) if image is not None else "half the size"
@@ -211,7 +227,8 @@ def check_step_memory(module: nn.Module, sample: dict, batch_size: int, device: 
             f"{(est['params'] + est['grads'] + est['optimizer']) / GB:.2f} GB) but only {free / GB:.1f} GB is {what}; "
             f"fix: a smaller input (e.g. {half}: --crop-size or data.img_size), a smaller train.batch_size"
             f"{'' if grad_checkpointing else ', or train.grad_checkpointing=true'} (skip this check: "
-            f"train.memory_check=false)")
+            f"train.memory_check=false)"
+        )
     return est
 
 
@@ -220,6 +237,7 @@ def _checkpointed(forward):
         if torch.is_grad_enabled():
             return checkpoint(forward, *args, use_reentrant=False, **kwargs)
         return forward(*args, **kwargs)
+
     return run
 
 

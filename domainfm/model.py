@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from domainfm.config import Config
+from domainfm.display import batched_preprocessor, model_summary, model_summary_html
 from domainfm.errors import CheckpointError
 from domainfm.models.encoder import build_encoder
 from domainfm.models.lora import apply_lora, merge_lora
-from domainfm.display import batched_preprocessor, model_summary, model_summary_html
 from domainfm.registry import get_domain
 from domainfm.runconfig import config_from_card
 from domainfm.train.checkpoint import load_card, load_module_state, load_tensors, resolve_checkpoint
@@ -58,8 +59,9 @@ class FoundationModel(nn.Module):
         model-ready ``C x (D x) H x W`` tensor; a batch (an ``N x C x ...`` array or a list of inputs)
         gives ``N x C x ...``."""
         if self._preprocess is None:
-            channels = (self.card.get("preprocessing") or {}).get("channels") or \
-                self.card.get("encoder", {}).get("in_chans")
+            channels = (self.card.get("preprocessing") or {}).get("channels") or self.card.get("encoder", {}).get(
+                "in_chans"
+            )
             self._preprocess = batched_preprocessor(self.domain.preprocessor(self.card), self.spatial_dims, channels)
         return self._preprocess
 
@@ -104,27 +106,36 @@ class FoundationModel(nn.Module):
     def logits(self, x: torch.Tensor, wavelengths=None) -> torch.Tensor:
         """Head output for a batch (a fine-tuned checkpoint is needed)."""
         if self.head is None:
-            raise CheckpointError(f"{self.path}: this checkpoint has no head (it was not fine-tuned); "
-                                  "fine-tune it first: domainfm.finetune(checkpoint, task=...)")
+            raise CheckpointError(
+                f"{self.path}: this checkpoint has no head (it was not fine-tuned); "
+                "fine-tune it first: domainfm.finetune(checkpoint, task=...)"
+            )
         feats = self.features(x, wavelengths, layers=getattr(self.head, "layers", None))
         return self.head(feats)
 
     def forward(self, x: torch.Tensor, wavelengths=None) -> torch.Tensor:
-        return self.logits(x, wavelengths) if self.head is not None else self.encoder(x, wavelengths=self._wavelengths(wavelengths))
-
-
+        return (
+            self.logits(x, wavelengths)
+            if self.head is not None
+            else self.encoder(x, wavelengths=self._wavelengths(wavelengths))
+        )
 
 
 def build_card(cfg: Config, domain, encoder, dataset, stage: str) -> dict:
     """The self-description a checkpoint carries: domain, encoder, objective, preprocessing, config, data."""
-    return {"domain": cfg.domain, "stage": stage, "encoder": encoder.config,
-            "objective": dataclasses.asdict(cfg.objective),
-            "preprocessing": domain.preprocessing(cfg, dataset), "config": cfg.to_dict(),
-            "data": {"path": cfg.data.path, "num_samples": len(dataset)},
-            "task": None, "num_classes": None, "classes": None,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-
-
+    return {
+        "domain": cfg.domain,
+        "stage": stage,
+        "encoder": encoder.config,
+        "objective": dataclasses.asdict(cfg.objective),
+        "preprocessing": domain.preprocessing(cfg, dataset),
+        "config": cfg.to_dict(),
+        "data": {"path": cfg.data.path, "num_samples": len(dataset)},
+        "task": None,
+        "num_classes": None,
+        "classes": None,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> FoundationModel:

@@ -46,8 +46,10 @@ class Prediction:
         return "Prediction(" + ", ".join(f"{k}={v}" if k != "array" else f"array {v}" for k, v in self._rows()) + ")"
 
     def _repr_html_(self) -> str:
-        cells = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>"
-                        for k, v in self._rows())
+        cells = "".join(
+            f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>"
+            for k, v in self._rows()
+        )
         return f"<div><b>Prediction</b><table>{cells}</table></div>"
 
 
@@ -86,6 +88,7 @@ def read_embeddings(path: str | Path) -> dict[str, np.ndarray]:
         return out
     if path.suffix in (".h5", ".hdf5"):
         import h5py  # optional heavy dependency, only for HDF5 outputs
+
         with h5py.File(path, "r") as f:
             return {k: f[k][()] for k in f.keys() if hasattr(f[k], "shape")}
     with np.load(path, allow_pickle=False) as f:
@@ -99,19 +102,25 @@ def read_prediction(path: str | Path) -> Prediction:
     name = path.name.lower()
     if name.endswith((".tif", ".tiff")):
         import rasterio  # optional: GeoTIFF predictions of the remote sensing domain
+
         with rasterio.open(path) as src:
             arr = src.read()
-            geo = {"crs": str(src.crs) if src.crs else None, "transform": tuple(src.transform)[:6],
-                   "nodata": src.nodata}
+            geo = {
+                "crs": str(src.crs) if src.crs else None,
+                "transform": tuple(src.transform)[:6],
+                "nodata": src.nodata,
+            }
         return Prediction(arr[0] if arr.shape[0] == 1 else arr, geo)
     if name.endswith((".nii", ".nii.gz")):
         import nibabel as nib  # optional: NIfTI predictions of the medical domain
+
         img = nib.load(str(path))
         return Prediction(np.asarray(img.dataobj), {"affine": np.asarray(img.affine).round(6).tolist()})
     if name.endswith(".png"):
         from PIL import Image  # optional: heatmap pictures
+
         arr = np.asarray(Image.open(path))
-        stem = path.name[:-len(".png")]
+        stem = path.name[: -len(".png")]
         geo: dict = {}
         extra: dict = {}
         tiles = path.with_name(stem + ".tiles.csv")
@@ -129,5 +138,6 @@ def read_prediction(path: str | Path) -> Prediction:
         arrays = read_embeddings(path)
         key = next(iter(arrays))
         return Prediction(arrays[key], {}, {k: v for k, v in arrays.items() if k != key})
-    raise DataError(path, "the prediction was written in a format this reader does not know; "
-                          "pass out= to keep the file")
+    raise DataError(
+        path, "the prediction was written in a format this reader does not know; pass out= to keep the file"
+    )

@@ -18,8 +18,8 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from domainfm.config import Config, read_config_file, save_config
 from domainfm.data.adapters import adapt, describe, is_in_memory
 from domainfm.data.sample import collate_samples
 from domainfm.domain import operation_options
-from domainfm.errors import ConfigError, DataError
+from domainfm.errors import ConfigError, DataError, UnsupportedError
 from domainfm.eval import evaluate as _evaluate
 from domainfm.eval.online import OnlineKNNProbe
 from domainfm.heads.task import TaskModel
@@ -39,14 +39,20 @@ from domainfm.io_safety import lock_run, write_arrays_atomic, write_json_atomic
 from domainfm.model import FoundationModel, build_card, load
 from domainfm.models.encoder import build_encoder
 from domainfm.models.lora import apply_lora
+from domainfm.outputs import embeddings_frame, read_embeddings, read_prediction
 from domainfm.registry import get_domain
 from domainfm.runconfig import config_from_card, load_config
-from domainfm.outputs import embeddings_frame, read_embeddings, read_prediction
 from domainfm.ssl import build_objective, check_objective, pretrain_views
-from domainfm.train.checkpoint import (check_run_dir, list_checkpoints, load_card, load_module_state, load_tensors,
-                                      resolve_checkpoint)
-from domainfm.train.rundir import prepare_run_dir, run_summary
+from domainfm.train.checkpoint import (
+    check_run_dir,
+    list_checkpoints,
+    load_card,
+    load_module_state,
+    load_tensors,
+    resolve_checkpoint,
+)
 from domainfm.train.engine import train
+from domainfm.train.rundir import prepare_run_dir, run_summary
 from domainfm.viz import reconstruction_figure, save_reconstruction_png
 from domainfm.weights import init_from_config, set_layer_decay
 
@@ -55,10 +61,17 @@ log = logging.getLogger("domainfm")
 
 def _encoder_for(cfg: Config, domain, dataset) -> nn.Module:
     kw = domain.encoder_kwargs(cfg, dataset)
-    return build_encoder(cfg.model.name, depth=cfg.model.depth, embed_dim=cfg.model.embed_dim,
-                         num_heads=cfg.model.num_heads, drop_path_rate=cfg.model.drop_path_rate,
-                         class_token=cfg.model.class_token, num_registers=cfg.model.num_registers,
-                         global_pool=cfg.model.global_pool, **kw)
+    return build_encoder(
+        cfg.model.name,
+        depth=cfg.model.depth,
+        embed_dim=cfg.model.embed_dim,
+        num_heads=cfg.model.num_heads,
+        drop_path_rate=cfg.model.drop_path_rate,
+        class_token=cfg.model.class_token,
+        num_registers=cfg.model.num_registers,
+        global_pool=cfg.model.global_pool,
+        **kw,
+    )
 
 
 def _is_main() -> bool:
@@ -80,8 +93,10 @@ def _dataset(domain, cfg: Config, split: str, data=None, labels=None, sampler=No
     when it can, e.g. normalised with the checkpoint's statistics)."""
     if not is_in_memory(data):
         if labels is not None or sampler is not None:
-            raise ConfigError("labels= and sampler= go with data held in memory (an array or a dataset object); "
-                              "a path brings its own labels")
+            raise ConfigError(
+                "labels= and sampler= go with data held in memory (an array or a dataset object); "
+                "a path brings its own labels"
+            )
         return domain.dataset(cfg, split)
     spatial = (card or {}).get("preprocessing", {}).get("spatial_dims") if card else None
     ds = adapt(data, labels, sampler=sampler, spatial_dims=spatial)
@@ -89,9 +104,17 @@ def _dataset(domain, cfg: Config, split: str, data=None, labels=None, sampler=No
     return prepare(ds, cfg, card) if prepare is not None else ds
 
 
-def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), resume: bool = False,
-             callbacks: Iterable[Callable] = (), *, data=None, labels=None, sampler=None,
-             exist_ok: str = "error") -> Path:
+def pretrain(
+    config: str | Path | dict | Config,
+    overrides: Iterable[str] = (),
+    resume: bool = False,
+    callbacks: Iterable[Callable] = (),
+    *,
+    data=None,
+    labels=None,
+    sampler=None,
+    exist_ok: str = "error",
+) -> Path:
     """Pretrain an encoder with self-supervision; return the last checkpoint folder.
 
     ``config`` is a YAML path, a dict or a :class:`~domainfm.config.Config`; ``overrides`` are
@@ -106,7 +129,8 @@ def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), 
         >>> import tempfile
         >>> ckpt = pretrain({"domain": "synthetic", "out": tempfile.mkdtemp(), "data": {"img_size": 16},
         ...     "model": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
-        ...     "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False}}, overrides=["objective.mask_ratio=0.5"])
+        ...     "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False}},
+        ...     overrides=["objective.mask_ratio=0.5"])
         >>> ckpt.name, load(ckpt).card["objective"]["mask_ratio"]
         ('ckpt-0000002', 0.5)
     """
@@ -137,8 +161,9 @@ def pretrain(config: str | Path | dict | Config, overrides: Iterable[str] = (), 
             cbs.append(probe)
     _start_run_dir(run_dir, cfg, resume)
     started = time.perf_counter()
-    ckpt = train(objective, train_set, cfg.train, run_dir, card, resume=resume, num_workers=cfg.data.num_workers,
-                 callbacks=cbs)
+    ckpt = train(
+        objective, train_set, cfg.train, run_dir, card, resume=resume, num_workers=cfg.data.num_workers, callbacks=cbs
+    )
     if _is_main() and cfg.train.progress:
         print(run_summary("pretrain", run_dir, ckpt, time.perf_counter() - started))
     if _is_main() and hasattr(objective, "reconstruct"):
@@ -161,15 +186,19 @@ def _check_resume_matches(run_dir: Path, cfg: Config) -> None:
         return  # the engine says there is nothing to resume from
     before = load_card(ckpts[-1])["config"]
     now = cfg.to_dict()
-    diffs = [f"domain: {before['domain']!r} in the run, {now['domain']!r} now"] if before["domain"] != now["domain"] else []
+    diffs = (
+        [f"domain: {before['domain']!r} in the run, {now['domain']!r} now"] if before["domain"] != now["domain"] else []
+    )
     for section in ("model", "objective"):
         for key, value in now[section].items():
             if before.get(section, {}).get(key) != value:
                 diffs.append(f"{section}.{key}: {before[section].get(key)!r} in the run, {value!r} now")
     if diffs:
-        raise ConfigError(f"{run_dir}: resume=True with a different setup than the run ({'; '.join(diffs[:3])}); "
-                          "resume with the run's config (load_config(out + '/config.yaml')), exist_ok=\"overwrite\" "
-                          "to start again, or another out")
+        raise ConfigError(
+            f"{run_dir}: resume=True with a different setup than the run ({'; '.join(diffs[:3])}); "
+            "resume with the run's config (load_config(out + '/config.yaml')), exist_ok=\"overwrite\" "
+            "to start again, or another out"
+        )
 
 
 def _online_probe(cfg: Config, domain):
@@ -222,11 +251,22 @@ def _save_reconstruction(objective, dataset, path: Path, n: int = 4) -> Path | N
     return save_reconstruction_png(*_reconstruct(objective, dataset, n), path)
 
 
-
-def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path | None = None,
-             config: str | Path | dict | None = None, overrides: Iterable[str] = (), resume: bool = False,
-             out: str | Path | None = None, *, labels=None, sampler=None, val_data=None, val_labels=None,
-             exist_ok: str = "error", **kwargs) -> Path:
+def finetune(
+    checkpoint: str | Path,
+    task: str | None = None,
+    data: str | Path | None = None,
+    config: str | Path | dict | None = None,
+    overrides: Iterable[str] = (),
+    resume: bool = False,
+    out: str | Path | None = None,
+    *,
+    labels=None,
+    sampler=None,
+    val_data=None,
+    val_labels=None,
+    exist_ok: str = "error",
+    **kwargs,
+) -> Path:
     """Fine-tune a pretrained checkpoint for a task; return the fine-tuned checkpoint folder.
 
     The run starts from the pretraining config stored in the card; ``config`` (YAML or dict) and
@@ -269,8 +309,10 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
     if cfg.finetune.task in domain.custom_tasks:
         return domain.finetune_task(cfg, base_ckpt, resume=resume, **kwargs)
     if kwargs:
-        raise ConfigError(f"finetune for task {cfg.finetune.task!r} does not take {', '.join(sorted(kwargs))} "
-                          f"(domain {cfg.domain!r} takes extra arguments only for {list(domain.custom_tasks) or 'no task'})")
+        raise ConfigError(
+            f"finetune for task {cfg.finetune.task!r} does not take {', '.join(sorted(kwargs))} "
+            f"(domain {cfg.domain!r} takes extra arguments only for {list(domain.custom_tasks) or 'no task'})"
+        )
     task = cfg.finetune.task
     base = load(base_ckpt)
     encoder = base.encoder.train()
@@ -281,11 +323,15 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
     needed = "mask" if task == "segmentation" else "label"
     if needed not in first:
         where = (first.get("meta") or {}).get("path") or cfg.data.path
-        raise DataError(where, f"the {task} task needs a '{needed}' for every sample, and this data has none "
-                               f"(give labelled data: class subfolders or a manifest with a "
-                               f"{'mask' if needed == 'mask' else 'label'} column)")
-    names = (getattr(train_set, "mask_classes", None) if task == "segmentation" else None) or \
-        getattr(train_set, "classes", None)
+        raise DataError(
+            where,
+            f"the {task} task needs a '{needed}' for every sample, and this data has none "
+            f"(give labelled data: class subfolders or a manifest with a "
+            f"{'mask' if needed == 'mask' else 'label'} column)",
+        )
+    names = (getattr(train_set, "mask_classes", None) if task == "segmentation" else None) or getattr(
+        train_set, "classes", None
+    )
     num_classes, classes, class_map = resolve_classes(train_set, task, cfg.finetune.num_classes, names, cfg.data.path)
     train_set = map_labels(train_set, class_map, task)  # sparse label ids -> contiguous training indices
     if task == "classification" and num_classes < 2:
@@ -298,12 +344,20 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
         for p in encoder.parameters():
             p.requires_grad_(False)
     model = TaskModel(encoder, head, task, layer_decay=cfg.finetune.layer_decay)
-    card_ft = {**card, "stage": "finetune", "task": task, "num_classes": num_classes, "classes": classes,
-               "class_map": class_map.to_dict() if class_map else None,
-               "parent": str(base_ckpt), "config": cfg.to_dict(), "ema": False,
-               "preprocessing": card["preprocessing"] if memory else domain.preprocessing(cfg, train_set),
-               "lora": {"rank": cfg.finetune.lora_rank, "alpha": cfg.finetune.lora_alpha} if cfg.finetune.lora_rank else None,
-               "data": {"path": cfg.data.path, "num_samples": len(train_set)}}
+    card_ft = {
+        **card,
+        "stage": "finetune",
+        "task": task,
+        "num_classes": num_classes,
+        "classes": classes,
+        "class_map": class_map.to_dict() if class_map else None,
+        "parent": str(base_ckpt),
+        "config": cfg.to_dict(),
+        "ema": False,
+        "preprocessing": card["preprocessing"] if memory else domain.preprocessing(cfg, train_set),
+        "lora": {"rank": cfg.finetune.lora_rank, "alpha": cfg.finetune.lora_alpha} if cfg.finetune.lora_rank else None,
+        "data": {"path": cfg.data.path, "num_samples": len(train_set)},
+    }
     if memory:
         card_ft["data"]["source"] = describe(train_set.profile) if hasattr(train_set, "profile") else None
     _start_run_dir(run_dir, cfg, resume)
@@ -315,8 +369,9 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
         try:
             if memory and val_data is None:
                 raise DataError(None, "no val_data given")
-            val_set = _dataset(domain, cfg, "val", val_data, val_labels, None, card) if memory else \
-                domain.dataset(cfg, "val")
+            val_set = (
+                _dataset(domain, cfg, "val", val_data, val_labels, None, card) if memory else domain.dataset(cfg, "val")
+            )
         except (NotImplementedError, DataError) as exc:
             log.info("no validation split (%s)", exc)
             val_set = None
@@ -333,7 +388,6 @@ def finetune(checkpoint: str | Path, task: str | None = None, data: str | Path |
             write_json_atomic(card_path, {**json.loads(card_path.read_text()), "val_metrics": metrics})
             print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return ckpt
-
 
 
 @torch.no_grad()
@@ -396,8 +450,11 @@ def embed(checkpoint, data, out: str | Path | None = None, *, labels=None, sampl
     opts = operation_options(domain.EmbedOptions, options, "embed")
     if is_in_memory(data):
         cfg = config_from_card(model.card, check_paths=False)
-        arrays = embed_samples(model, _dataset(domain, cfg, "embed", data, labels, sampler, model.card),
-                               batch_size=opts.get("batch_size") or 32)
+        arrays = embed_samples(
+            model,
+            _dataset(domain, cfg, "embed", data, labels, sampler, model.card),
+            batch_size=opts.get("batch_size") or 32,
+        )
         return write_arrays_atomic(Path(out), arrays) if out is not None else embeddings_frame(arrays)
     if out is not None:
         return domain.embed(model, data, out, **opts)
@@ -428,8 +485,17 @@ def predict(checkpoint, input: str | Path, out: str | Path | None = None, **opti
         return read_prediction(written)
 
 
-def evaluate(checkpoint, data=None, protocol: str = "linear", *, labels=None, test_data=None, test_labels=None,
-             sampler=None, **kwargs):
+def evaluate(
+    checkpoint,
+    data=None,
+    protocol: str = "linear",
+    *,
+    labels=None,
+    test_data=None,
+    test_labels=None,
+    sampler=None,
+    **kwargs,
+):
     """Compare a checkpoint against a random-init baseline; see :func:`domainfm.eval.evaluate`.
 
     ``data`` is a labelled path, or data held in memory (with ``labels``) as the training pool plus

@@ -32,8 +32,15 @@ class Progress:
     ``enabled=None`` prints only once a run has lasted ``interval`` seconds (the default, 5 s).
     """
 
-    def __init__(self, total: int, desc: str, unit: str = "tiles", enabled: bool | None = None,
-                 interval: float = 5.0, stream: TextIO | None = None):
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        unit: str = "tiles",
+        enabled: bool | None = None,
+        interval: float = 5.0,
+        stream: TextIO | None = None,
+    ):
         self.total, self.desc, self.unit = int(total), desc, unit
         self.enabled = enabled is not False
         self.interval = interval
@@ -55,8 +62,11 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         pct = 100.0 * self.done / max(1, self.total)
         eta_s = _fmt_seconds(eta) if eta != float("inf") else "?"
-        print(f"{self.desc}: {self.done}/{self.total} {self.unit} ({pct:.0f}%), {rate:.1f}/s, ETA {eta_s}",
-              file=self.stream, flush=True)
+        print(
+            f"{self.desc}: {self.done}/{self.total} {self.unit} ({pct:.0f}%), {rate:.1f}/s, ETA {eta_s}",
+            file=self.stream,
+            flush=True,
+        )
         self.printed = True
 
     def close(self) -> None:

@@ -17,8 +17,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any
 
 from domainfm.errors import ConfigError
 
@@ -130,7 +131,9 @@ def get_domain(name: str):
         try:
             _DOMAIN_CLASSES[name] = ep.load()
         except Exception as exc:  # a broken or half-installed plugin must not break the others
-            raise ConfigError(f"domain {name!r} could not be imported ({type(exc).__name__}: {exc}); "
-                              f"install its extra: pip install 'domainfm[{name.replace('_', '-')}]'") from None
+            raise ConfigError(
+                f"domain {name!r} could not be imported ({type(exc).__name__}: {exc}); "
+                f"install its extra: pip install 'domainfm[{name.replace('_', '-')}]'"
+            ) from None
     _DOMAIN_INSTANCES[name] = _DOMAIN_CLASSES[name]()
     return _DOMAIN_INSTANCES[name]

@@ -10,13 +10,13 @@ Example:
     >>> load_config({"domain": "synthetic", "data": {"options": {"colour": 1}}})
     Traceback (most recent call last):
     ...
-    domainfm.errors.ConfigError: config: unknown key data.options.colour (known: channels, noise, num_samples, segmentation, spatial_dims, wavelengths)
+    domainfm.errors.ConfigError: config: unknown key data.options.colour (known: channels, noise, ...)
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from domainfm.config import Config, build_dataclass, parse_config
 from domainfm.errors import ConfigError
@@ -41,8 +41,9 @@ def bind_domain(cfg: Config, check_paths: bool = True) -> Config:
     return cfg
 
 
-def load_config(source=None, overrides: Iterable[str] = (), updates: dict | None = None,
-                check_paths: bool = True) -> Config:
+def load_config(
+    source=None, overrides: Iterable[str] = (), updates: dict | None = None, check_paths: bool = True
+) -> Config:
     """Load a config (YAML path, dict or :class:`~domainfm.config.Config`) and bind it to its domain.
 
     ``overrides`` are ``key=value`` strings, ``updates`` a nested dict merged on top; with
@@ -55,8 +56,13 @@ def load_config(source=None, overrides: Iterable[str] = (), updates: dict | None
     return bind_domain(parse_config(source, overrides=list(overrides), updates=updates), check_paths=check_paths)
 
 
-def config_from_card(card: dict, data: str | Path | None = None, overrides: Iterable[str] = (),
-                     updates: dict | None = None, check_paths: bool = True) -> Config:
+def config_from_card(
+    card: dict,
+    data: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    updates: dict | None = None,
+    check_paths: bool = True,
+) -> Config:
     """The run config stored in a checkpoint card, with a new data path and overrides applied."""
     upd = {k: dict(v) if isinstance(v, dict) else v for k, v in (updates or {}).items()}
     if data is not None:

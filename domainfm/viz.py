@@ -3,7 +3,8 @@
 Example:
     >>> import torch, tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "r.png"
-    >>> save_reconstruction_png(torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16), p).exists()
+    >>> x = torch.rand(2, 1, 16, 16)
+    >>> save_reconstruction_png(x, x, x, p).exists()
     True
 """
 
@@ -27,8 +28,14 @@ def _to_display(img: torch.Tensor) -> np.ndarray:
     return (x.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
 
 
-def save_reconstruction_png(masked: torch.Tensor, recon: torch.Tensor, original: torch.Tensor, path: str | Path,
-                            max_rows: int = 4, scale: int = 4) -> Path:
+def save_reconstruction_png(
+    masked: torch.Tensor,
+    recon: torch.Tensor,
+    original: torch.Tensor,
+    path: str | Path,
+    max_rows: int = 4,
+    scale: int = 4,
+) -> Path:
     """A grid with one row per sample: masked input | reconstruction | original."""
     rows = []
     for i in range(min(max_rows, original.shape[0])):
@@ -45,8 +52,9 @@ def save_reconstruction_png(masked: torch.Tensor, recon: torch.Tensor, original:
     return path
 
 
-def reconstruction_figure(masked: torch.Tensor, recon: torch.Tensor, original: torch.Tensor, max_rows: int = 4,
-                          path: str | Path | None = None):
+def reconstruction_figure(
+    masked: torch.Tensor, recon: torch.Tensor, original: torch.Tensor, max_rows: int = 4, path: str | Path | None = None
+):
     """The same grid as a matplotlib Figure (masked | reconstruction | original), for a notebook; written to
     ``path`` only when given.
 
@@ -55,6 +63,7 @@ def reconstruction_figure(masked: torch.Tensor, recon: torch.Tensor, original: t
         <class 'matplotlib.figure.Figure'>
     """
     from matplotlib.figure import Figure  # heavy import, only when a figure is asked for
+
     rows = min(max_rows, original.shape[0])
     fig = Figure(figsize=(6, 2 * rows), dpi=100)
     axes = fig.subplots(rows, 3, squeeze=False)

@@ -53,26 +53,51 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from domainfm.errors import CheckpointError, ConfigError
+from domainfm.io_safety import write_json_atomic
 from domainfm.models.encoder import build_encoder
 from domainfm.models.pos_embed import resample_pos_embed
 from domainfm.registry import get_domain, get_encoder_arch, list_encoders
 from domainfm.runconfig import load_config
-from domainfm.train.checkpoint import (FORMAT, load_card, load_module_state, load_tensors, resolve_checkpoint,
-                                       software_versions, unique_tensors)
+from domainfm.train.checkpoint import (
+    FORMAT,
+    load_card,
+    load_module_state,
+    load_tensors,
+    resolve_checkpoint,
+    software_versions,
+    unique_tensors,
+)
 from domainfm.train.layer_decay import layer_id
-from domainfm.io_safety import write_json_atomic
 
-KNOWN_LAYOUTS = ("timm-vit (incl. registers, layer scale; TorchGeo's timm ViTs)", "mae (official, decoder dropped)",
-                 "dinov2 (official, registers, chunked blocks)", "hf-transformers (ViTModel, ViTMAEModel, Dinov2Model)")
+KNOWN_LAYOUTS = (
+    "timm-vit (incl. registers, layer scale; TorchGeo's timm ViTs)",
+    "mae (official, decoder dropped)",
+    "dinov2 (official, registers, chunked blocks)",
+    "hf-transformers (ViTModel, ViTMAEModel, Dinov2Model)",
+)
 _HF_ANCHOR = "embeddings.patch_embeddings.projection.weight"
 # Hugging Face transformers names -> timm names (q/k/v are concatenated separately)
-_HF_RENAMES = (("embeddings.cls_token", "cls_token"), ("embeddings.register_tokens", "reg_token"),
-               ("embeddings.position_embeddings", "pos_embed"), ("embeddings.mask_token", "mask_token"),
-               ("embeddings.patch_embeddings.projection.", "patch_embed.proj."), ("layernorm.", "norm."))
-_HF_BLOCK = (("attention.output.dense.", "attn.proj."), ("layernorm_before.", "norm1."), ("layernorm_after.", "norm2."),
-             ("intermediate.dense.", "mlp.fc1."), ("output.dense.", "mlp.fc2."), ("layer_scale1.lambda1", "ls1.gamma"),
-             ("layer_scale2.lambda1", "ls2.gamma"), ("norm1.", "norm1."), ("norm2.", "norm2."),
-             ("mlp.fc1.", "mlp.fc1."), ("mlp.fc2.", "mlp.fc2."))
+_HF_RENAMES = (
+    ("embeddings.cls_token", "cls_token"),
+    ("embeddings.register_tokens", "reg_token"),
+    ("embeddings.position_embeddings", "pos_embed"),
+    ("embeddings.mask_token", "mask_token"),
+    ("embeddings.patch_embeddings.projection.", "patch_embed.proj."),
+    ("layernorm.", "norm."),
+)
+_HF_BLOCK = (
+    ("attention.output.dense.", "attn.proj."),
+    ("layernorm_before.", "norm1."),
+    ("layernorm_after.", "norm2."),
+    ("intermediate.dense.", "mlp.fc1."),
+    ("output.dense.", "mlp.fc2."),
+    ("layer_scale1.lambda1", "ls1.gamma"),
+    ("layer_scale2.lambda1", "ls2.gamma"),
+    ("norm1.", "norm1."),
+    ("norm2.", "norm2."),
+    ("mlp.fc1.", "mlp.fc1."),
+    ("mlp.fc2.", "mlp.fc2."),
+)
 
 
 def from_hf_transformers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -96,11 +121,13 @@ def from_hf_transformers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
             if a:
                 qkv.setdefault((i, a.group(2)), {})[a.group(1)] = v
                 continue
-            new = next((f"blocks.{i}.{dst}{rest[len(src):]}" for src, dst in _HF_BLOCK if rest.startswith(src)),
-                       f"blocks.{i}.{rest}")
+            new = next(
+                (f"blocks.{i}.{dst}{rest[len(src) :]}" for src, dst in _HF_BLOCK if rest.startswith(src)),
+                f"blocks.{i}.{rest}",
+            )
             out[new] = v
             continue
-        new = next((dst + k[len(src):] for src, dst in _HF_RENAMES if k.startswith(src)), k)
+        new = next((dst + k[len(src) :] for src, dst in _HF_RENAMES if k.startswith(src)), k)
         if new == "pooler.dense.weight" or new == "pooler.dense.bias":
             new = "head." + new  # dropped with the heads
         out[new] = v
@@ -111,25 +138,68 @@ def from_hf_transformers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     if "mask_token" in out and out["mask_token"].ndim == 2:
         out["mask_token"] = out["mask_token"][None]
     return out
+
+
 NESTED_KEYS = ("model", "state_dict", "teacher", "student", "model_state_dict", "module", "net", "params")
 # the options import_weights takes itself; every other keyword is a domain option (data.options)
-IMPORT_OPTIONS = ("source_bands", "source_wavelengths", "target_bands", "img_size", "patch_depth", "global_pool",
-                  "key", "seed", "patch_embed")
+IMPORT_OPTIONS = (
+    "source_bands",
+    "source_wavelengths",
+    "target_bands",
+    "img_size",
+    "patch_depth",
+    "global_pool",
+    "key",
+    "seed",
+    "patch_embed",
+)
 # central wavelengths (µm) of common band names, for the wavelength patch embed's table
-BAND_WAVELENGTHS = {"red": 0.665, "green": 0.56, "blue": 0.49, "nir": 0.842,
-                    "b01": 0.443, "b02": 0.49, "b03": 0.56, "b04": 0.665, "b05": 0.705, "b06": 0.74, "b07": 0.783,
-                    "b08": 0.842, "b8a": 0.865, "b09": 0.945, "b10": 1.375, "b11": 1.61, "b12": 2.19}
+BAND_WAVELENGTHS = {
+    "red": 0.665,
+    "green": 0.56,
+    "blue": 0.49,
+    "nir": 0.842,
+    "b01": 0.443,
+    "b02": 0.49,
+    "b03": 0.56,
+    "b04": 0.665,
+    "b05": 0.705,
+    "b06": 0.74,
+    "b07": 0.783,
+    "b08": 0.842,
+    "b8a": 0.865,
+    "b09": 0.945,
+    "b10": 1.375,
+    "b11": 1.61,
+    "b12": 2.19,
+}
 _ALIASES = {"r": "red", "g": "green", "b": "blue", "gray": "grey", "l": "grey", "luminance": "grey"}
 # Sentinel-2 names (zero-padded) also answer to colour names; bare numbers (B4, B5) differ between sensors
 _SENTINEL2_RGB = {"b04": "red", "b03": "green", "b02": "blue", "b08": "nir"}
-_BLOCK_PARTS = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
-                "attn.proj.bias", "ls1.gamma", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
-                "mlp.fc2.weight", "mlp.fc2.bias", "ls2.gamma")
-_DROPPED = re.compile(r"^(head\.|head_dist\.|fc_norm\.(weight|bias)$|decoder_|decoder\.|mask_token$|pre_logits\.|"
-                      r"dist_token$)")
+_BLOCK_PARTS = (
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "ls1.gamma",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
+    "ls2.gamma",
+)
+_DROPPED = re.compile(
+    r"^(head\.|head_dist\.|fc_norm\.(weight|bias)$|decoder_|decoder\.|mask_token$|pre_logits\.|"
+    r"dist_token$)"
+)
 
 
 # ---- reading -------------------------------------------------------------------------------------------
+
 
 def sha256_of(path: Path) -> str:
     """Hex sha256 of a file (read in 1 MiB chunks)."""
@@ -153,9 +223,11 @@ def _torch_load(path: Path) -> Any:
             first = re.sub(r" was not an allowed global.*", " is not allowed", found.group(1))[:160]
         else:
             first = text.strip().splitlines()[0][:160] if text.strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused: it is not a plain tensor file readable with "
-                              f"torch.load(weights_only=True) and is never unpickled ({first}); re-save it as "
-                              "safetensors or torch.save(model.state_dict()) from a trusted environment") from None
+        raise CheckpointError(
+            f"{path}: refused: it is not a plain tensor file readable with "
+            f"torch.load(weights_only=True) and is never unpickled ({first}); re-save it as "
+            "safetensors or torch.save(model.state_dict()) from a trusted environment"
+        ) from None
 
 
 def read_weights(src: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -188,8 +260,10 @@ def read_weights(src: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
                 path = path / name
                 break
         else:
-            raise CheckpointError(f"{path}: a weights folder needs model.safetensors or pytorch_model.bin "
-                                  "(with config.json, Hugging Face style)")
+            raise CheckpointError(
+                f"{path}: a weights folder needs model.safetensors or pytorch_model.bin "
+                "(with config.json, Hugging Face style)"
+            )
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         try:
@@ -201,8 +275,10 @@ def read_weights(src: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         obj = _torch_load(path)
         fmt = "torch"
     else:
-        raise CheckpointError(f"{path}: unknown weights format {suffix!r} (give .safetensors, .pth/.pt/.bin, "
-                              "or a folder with config.json + model.safetensors or pytorch_model.bin)")
+        raise CheckpointError(
+            f"{path}: unknown weights format {suffix!r} (give .safetensors, .pth/.pt/.bin, "
+            "or a folder with config.json + model.safetensors or pytorch_model.bin)"
+        )
     return obj, {"file": path, "format": fmt, "config": config}
 
 
@@ -222,8 +298,10 @@ def find_state_dict(obj, key: str | None = None) -> tuple[dict[str, torch.Tensor
         cur = obj
         for part in key.split("."):
             if not isinstance(cur, dict) or part not in cur:
-                raise CheckpointError(f"key {key!r} not found in the weights file (top-level keys: "
-                                      f"{', '.join(map(str, list(obj)[:8])) if isinstance(obj, dict) else '-'})")
+                raise CheckpointError(
+                    f"key {key!r} not found in the weights file (top-level keys: "
+                    f"{', '.join(map(str, list(obj)[:8])) if isinstance(obj, dict) else '-'})"
+                )
             cur = cur[part]
         if not _is_state(cur):
             raise CheckpointError(f"key {key!r} of the weights file holds no tensors")
@@ -238,8 +316,10 @@ def find_state_dict(obj, key: str | None = None) -> tuple[dict[str, torch.Tensor
                     return sd, f"{name}.{where}".rstrip(".")
                 except CheckpointError:
                     continue
-    raise CheckpointError("no state dict found in the weights file (looked at the top level and under "
-                          f"{'/'.join(NESTED_KEYS)}); pass key=... (--key) to name it")
+    raise CheckpointError(
+        "no state dict found in the weights file (looked at the top level and under "
+        f"{'/'.join(NESTED_KEYS)}); pass key=... (--key) to name it"
+    )
 
 
 def strip_prefix(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str, list[str]]:
@@ -258,12 +338,13 @@ def strip_prefix(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], 
         return dict(sd), "", []
     # prefer the online network over momentum / EMA copies: the shortest, then alphabetical
     prefix = min(anchors, key=lambda p: (("momentum" in p or "ema" in p), len(p), p))
-    out = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    out = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     other = [k for k in sd if not k.startswith(prefix)]
     return out, prefix, other
 
 
 # ---- layouts -------------------------------------------------------------------------------------------
+
 
 def detect_layout(sd: dict[str, torch.Tensor]) -> str:
     """``timm-vit``, ``mae`` or ``dinov2`` from the (prefix-stripped) keys; :class:`CheckpointError` otherwise.
@@ -275,14 +356,20 @@ def detect_layout(sd: dict[str, torch.Tensor]) -> str:
     keys = set(sd)
     if _HF_ANCHOR in keys:
         return "hf-transformers"
-    vit = "patch_embed.proj.weight" in keys and any(re.match(r"blocks\.(\d+\.)?\d+\.attn\.qkv\.weight$", k)
-                                                   for k in keys)
+    vit = "patch_embed.proj.weight" in keys and any(
+        re.match(r"blocks\.(\d+\.)?\d+\.attn\.qkv\.weight$", k) for k in keys
+    )
     if not vit:
         first = ", ".join(sorted(keys)[:6])
-        raise CheckpointError(f"unknown weights layout (first keys: {first}); known layouts: "
-                              f"{'; '.join(KNOWN_LAYOUTS)}; a timm model name via arch= does not change the keys")
-    if "register_tokens" in keys or any(re.match(r"blocks\.\d+\.\d+\.", k) for k in keys) or \
-            ("mask_token" in keys and any(k.endswith("ls1.gamma") for k in keys)):
+        raise CheckpointError(
+            f"unknown weights layout (first keys: {first}); known layouts: "
+            f"{'; '.join(KNOWN_LAYOUTS)}; a timm model name via arch= does not change the keys"
+        )
+    if (
+        "register_tokens" in keys
+        or any(re.match(r"blocks\.\d+\.\d+\.", k) for k in keys)
+        or ("mask_token" in keys and any(k.endswith("ls1.gamma") for k in keys))
+    ):
         return "dinov2"
     if any(k.startswith(("decoder_", "decoder.")) for k in keys):
         return "mae"
@@ -299,21 +386,26 @@ def _canonical(sd: dict[str, torch.Tensor], layout: str) -> tuple[dict[str, torc
         if k2 == "register_tokens":
             k2 = "reg_token"
         if re.match(r"blocks\.\d+\.mlp\.w(12|3)\.", k2):
-            raise CheckpointError(f"weight {k}: SwiGLU MLP blocks (DINOv2 ViT-g) are not supported; known layouts: "
-                                  f"{'; '.join(KNOWN_LAYOUTS)}")
+            raise CheckpointError(
+                f"weight {k}: SwiGLU MLP blocks (DINOv2 ViT-g) are not supported; known layouts: "
+                f"{'; '.join(KNOWN_LAYOUTS)}"
+            )
         if _DROPPED.match(k2):
             dropped.append(k)
             continue
         out[k2] = v
     if "fc_norm.weight" in sd and "norm.weight" not in sd:
-        raise CheckpointError("the weights use fc_norm on pooled tokens without a final token norm (a fine-tuned "
-                              "average-pool ViT); import the pretraining checkpoint instead")
+        raise CheckpointError(
+            "the weights use fc_norm on pooled tokens without a final token norm (a fine-tuned "
+            "average-pool ViT); import the pretraining checkpoint instead"
+        )
     return out, dropped
 
 
 def _timm_arch_info(arch: str) -> dict:
     """Architecture facts of a timm model name, read from a model built on the meta device (no weights)."""
     import timm  # already a dependency of the encoder blocks; imported here to keep module import light
+
     try:
         with torch.device("meta"):
             m = timm.create_model(arch, pretrained=False)
@@ -321,14 +413,19 @@ def _timm_arch_info(arch: str) -> dict:
         raise ConfigError(f"arch {arch!r} is not a timm model name ({exc})") from None
     if not hasattr(m, "blocks") or not hasattr(m, "patch_embed"):
         raise ConfigError(f"arch {arch!r} is not a ViT (no blocks/patch_embed)")
-    return {"num_heads": m.blocks[0].attn.num_heads, "embed_dim": m.embed_dim, "depth": len(m.blocks),
-            "global_pool": "token" if getattr(m, "global_pool", "token") == "token" else "avg",
-            "img_size": list(m.patch_embed.img_size) if m.patch_embed.img_size else None,
-            "no_embed_class": bool(getattr(m, "no_embed_class", False))}
+    return {
+        "num_heads": m.blocks[0].attn.num_heads,
+        "embed_dim": m.embed_dim,
+        "depth": len(m.blocks),
+        "global_pool": "token" if getattr(m, "global_pool", "token") == "token" else "avg",
+        "img_size": list(m.patch_embed.img_size) if m.patch_embed.img_size else None,
+        "no_embed_class": bool(getattr(m, "no_embed_class", False)),
+    }
 
 
-def describe_source(sd: dict[str, torch.Tensor], layout: str, arch: str | None = None,
-                    hf_config: dict | None = None) -> dict:
+def describe_source(
+    sd: dict[str, torch.Tensor], layout: str, arch: str | None = None, hf_config: dict | None = None
+) -> dict:
     """Size and structure of a canonical (timm-named) ViT state dict, from its keys and shapes.
 
     Example:
@@ -346,8 +443,10 @@ def describe_source(sd: dict[str, torch.Tensor], layout: str, arch: str | None =
     class_token = "cls_token" in sd
     regs = int(sd["reg_token"].shape[1]) if "reg_token" in sd else 0
     if "pos_embed" not in sd:
-        raise CheckpointError("the weights have no pos_embed (absolute position embedding); relative/rotary "
-                              f"position ViTs are not supported; known layouts: {'; '.join(KNOWN_LAYOUTS)}")
+        raise CheckpointError(
+            "the weights have no pos_embed (absolute position embedding); relative/rotary "
+            f"position ViTs are not supported; known layouts: {'; '.join(KNOWN_LAYOUTS)}"
+        )
     n_pos = int(sd["pos_embed"].shape[1])
     grid, pos_prefix = None, 0
     for prefix in (0, int(class_token), int(class_token) + regs):
@@ -355,11 +454,19 @@ def describe_source(sd: dict[str, torch.Tensor], layout: str, arch: str | None =
         if side * side == n_pos - prefix and side > 0:
             grid, pos_prefix = [side, side], prefix
             break
-    info = {"layout": layout, "embed_dim": embed_dim, "in_chans": in_chans, "patch_size": [int(s) for s in w.shape[2:]],
-            "depth": depth, "class_token": class_token, "num_registers": regs,
-            "mlp_ratio": float(sd["blocks.0.mlp.fc1.weight"].shape[0]) / embed_dim,
-            "qkv_bias": "blocks.0.attn.qkv.bias" in sd, "layer_scale": "blocks.0.ls1.gamma" in sd,
-            "patch_bias": "patch_embed.proj.bias" in sd}
+    info = {
+        "layout": layout,
+        "embed_dim": embed_dim,
+        "in_chans": in_chans,
+        "patch_size": [int(s) for s in w.shape[2:]],
+        "depth": depth,
+        "class_token": class_token,
+        "num_registers": regs,
+        "mlp_ratio": float(sd["blocks.0.mlp.fc1.weight"].shape[0]) / embed_dim,
+        "qkv_bias": "blocks.0.attn.qkv.bias" in sd,
+        "layer_scale": "blocks.0.ls1.gamma" in sd,
+        "patch_bias": "patch_embed.proj.bias" in sd,
+    }
     heads_from = "head_dim 64 (ViT convention; pass arch= to set it)"
     num_heads = {1280: 16, 1536: 24}.get(embed_dim, max(1, embed_dim // 64))
     hf = hf_config or {}
@@ -379,17 +486,27 @@ def describe_source(sd: dict[str, torch.Tensor], layout: str, arch: str | None =
             pos_prefix = n_pos - math.prod(g)
             grid = g if pos_prefix in (0, int(class_token), int(class_token) + regs) else None
     if grid is None:
-        raise CheckpointError(f"pos_embed has {n_pos} positions: not a square grid (with 0, 1 or {1 + regs} prefix "
-                              "positions); pass arch= (a timm model name) to give the image size")
+        raise CheckpointError(
+            f"pos_embed has {n_pos} positions: not a square grid (with 0, 1 or {1 + regs} prefix "
+            "positions); pass arch= (a timm model name) to give the image size"
+        )
     if embed_dim % num_heads:
         raise ConfigError(f"embed_dim {embed_dim} is not divisible by {num_heads} heads ({heads_from}); pass arch=")
-    info.update({"grid": grid, "pos_has_prefix": pos_prefix, "num_heads": int(num_heads), "num_heads_from": heads_from,
-                 "arch": arch})
+    info.update(
+        {
+            "grid": grid,
+            "pos_has_prefix": pos_prefix,
+            "num_heads": int(num_heads),
+            "num_heads_from": heads_from,
+            "arch": arch,
+        }
+    )
     info.setdefault("global_pool", "token" if class_token else "avg")
     return info
 
 
 # ---- channels ------------------------------------------------------------------------------------------
+
 
 def _norm_name(name: str) -> str:
     n = str(name).strip().lower()
@@ -423,11 +540,14 @@ def source_channel_names(in_chans: int, source_bands=None, hf_config: dict | Non
             return ["red", "green", "blue"], "default for 3-channel (ImageNet-style) weights"
         if in_chans == 1:
             return ["grey"], "default for 1-channel weights"
-        raise ConfigError(f"the weights take {in_chans} input channels: name them with source_bands= "
-                          "(--source-bands B01,B02,...) so they can be mapped by name")
+        raise ConfigError(
+            f"the weights take {in_chans} input channels: name them with source_bands= "
+            "(--source-bands B01,B02,...) so they can be mapped by name"
+        )
     if len(given) != in_chans:
-        raise ConfigError(f"source_bands names {len(given)} channels ({', '.join(given)}) but the weights take "
-                          f"{in_chans}")
+        raise ConfigError(
+            f"source_bands names {len(given)} channels ({', '.join(given)}) but the weights take {in_chans}"
+        )
     return given, origin
 
 
@@ -479,12 +599,22 @@ def map_channels(kernel: torch.Tensor, source: list[str], target: list[list[str]
         for i in unmatched:
             if ct == 1:
                 out[:, i] = kernel.sum(1)
-                decisions.append({"target": target[i][0], "rule": "sum of source kernels (timm adapt_input_conv)",
-                                  "from": list(source)})
+                decisions.append(
+                    {
+                        "target": target[i][0],
+                        "rule": "sum of source kernels (timm adapt_input_conv)",
+                        "from": list(source),
+                    }
+                )
             else:
                 out[:, i] = kernel[:, i % cs] * (cs / ct)
-                decisions.append({"target": target[i][0], "rule": f"cycled x {cs}/{ct} (timm adapt_input_conv)",
-                                  "from": [source[i % cs]]})
+                decisions.append(
+                    {
+                        "target": target[i][0],
+                        "rule": f"cycled x {cs}/{ct} (timm adapt_input_conv)",
+                        "from": [source[i % cs]],
+                    }
+                )
     else:
         for i in unmatched:
             out[:, i] = kernel.mean(1)
@@ -519,6 +649,7 @@ def positions_for(pos2d: torch.Tensor, src_grid, target_grid) -> torch.Tensor:
 
 # ---- the import ----------------------------------------------------------------------------------------
 
+
 def _registry_name(embed_dim: int, depth: int) -> str:
     for name in list_encoders():
         arch = get_encoder_arch(name)()
@@ -527,18 +658,36 @@ def _registry_name(embed_dim: int, depth: int) -> str:
     return next((n for n in list_encoders() if get_encoder_arch(n)().get("embed_dim") == embed_dim), "vit-base")
 
 
-def _config_for(domain_name: str, src: dict, out: Path, domain_options: dict, img_size, patch_depth: int | None,
-                patch_embed: str | None = None):
+def _config_for(
+    domain_name: str,
+    src: dict,
+    out: Path,
+    domain_options: dict,
+    img_size,
+    patch_depth: int | None,
+    patch_embed: str | None = None,
+):
     domain = get_domain(domain_name)
     ph, pw = src["patch_size"]
     size = img_size if img_size is not None else [g * p for g, p in zip(src["grid"], src["patch_size"])]
     size = size if isinstance(size, int) else (list(size) if len(set(size)) > 1 else int(size[0]))
-    model = {"name": _registry_name(src["embed_dim"], src["depth"]), "patch_size": ph if ph == pw else [ph, pw],
-             "embed_dim": src["embed_dim"], "depth": src["depth"], "num_heads": src["num_heads"],
-             "class_token": src["class_token"], "num_registers": src["num_registers"],
-             "global_pool": src["global_pool"], "patch_embed": patch_embed}
-    raw = {"domain": domain_name, "out": str(out), "data": {"img_size": size, "options": dict(domain_options)},
-           "model": model}
+    model = {
+        "name": _registry_name(src["embed_dim"], src["depth"]),
+        "patch_size": ph if ph == pw else [ph, pw],
+        "embed_dim": src["embed_dim"],
+        "depth": src["depth"],
+        "num_heads": src["num_heads"],
+        "class_token": src["class_token"],
+        "num_registers": src["num_registers"],
+        "global_pool": src["global_pool"],
+        "patch_embed": patch_embed,
+    }
+    raw = {
+        "domain": domain_name,
+        "out": str(out),
+        "data": {"img_size": size, "options": dict(domain_options)},
+        "model": model,
+    }
     cfg = load_config(raw, check_paths=False)
     kw = domain.encoder_kwargs(cfg, None)
     if kw.get("patch_embed") == "3d":
@@ -551,8 +700,15 @@ def _config_for(domain_name: str, src: dict, out: Path, domain_options: dict, im
     return domain, cfg, kw
 
 
-def convert(sd: dict[str, torch.Tensor], src: dict, kw: dict, source_names: list[str], target_names: list[list[str]],
-            source_wavelengths=None, seed: int = 0):
+def convert(
+    sd: dict[str, torch.Tensor],
+    src: dict,
+    kw: dict,
+    source_names: list[str],
+    target_names: list[list[str]],
+    source_wavelengths=None,
+    seed: int = 0,
+):
     """Build the domainfm encoder for ``kw`` (domain encoder kwargs) and fill it from the canonical state dict.
 
     Returns ``(encoder, decisions)``; every mapping decision is listed in ``decisions``.
@@ -561,15 +717,26 @@ def convert(sd: dict[str, torch.Tensor], src: dict, kw: dict, source_names: list
     decisions: dict[str, Any] = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # parameters that have no source (the wavelength generator) are reproducible
-        enc = build_encoder(_registry_name(src["embed_dim"], src["depth"]), depth=src["depth"],
-                            embed_dim=src["embed_dim"], num_heads=src["num_heads"], mlp_ratio=src["mlp_ratio"],
-                            class_token=src["class_token"], num_registers=src["num_registers"],
-                            global_pool=src["global_pool"], pos_embed_type="learned",
-                            init_values=1e-5 if src["layer_scale"] else None, qkv_bias=src["qkv_bias"],
-                            wavelength_table=len(source_names) if kind == "wavelength" else 0, **kw)
+        enc = build_encoder(
+            _registry_name(src["embed_dim"], src["depth"]),
+            depth=src["depth"],
+            embed_dim=src["embed_dim"],
+            num_heads=src["num_heads"],
+            mlp_ratio=src["mlp_ratio"],
+            class_token=src["class_token"],
+            num_registers=src["num_registers"],
+            global_pool=src["global_pool"],
+            pos_embed_type="learned",
+            init_values=1e-5 if src["layer_scale"] else None,
+            qkv_bias=src["qkv_bias"],
+            wavelength_table=len(source_names) if kind == "wavelength" else 0,
+            **kw,
+        )
     if tuple(enc.patch_embed.patch_size[-2:]) != tuple(src["patch_size"]):
-        raise ConfigError(f"the weights use {src['patch_size']} patches in-plane but the target has "
-                          f"{list(enc.patch_embed.patch_size)}; keep the source's patch size")
+        raise ConfigError(
+            f"the weights use {src['patch_size']} patches in-plane but the target has "
+            f"{list(enc.patch_embed.patch_size)}; keep the source's patch size"
+        )
     state = {k: v for k, v in enc.state_dict().items() if k.startswith("patch_embed.weight_gen.")}
     E = src["embed_dim"]
     # prefix tokens, with their positions folded in (exactly equivalent: the tokens are constants)
@@ -584,17 +751,23 @@ def convert(sd: dict[str, torch.Tensor], src: dict, kw: dict, source_names: list
     row = 0
     for name, t in prefix:
         n = t.shape[1]
-        take = prefix_pos[row:row + n]
+        take = prefix_pos[row : row + n]
         if len(take):
             t = t.clone()
-            t[0, :len(take)] += take
+            t[0, : len(take)] += take
         row += n
         state[name] = t
-    decisions["prefix_positions"] = (f"{n_pre} prefix position(s) folded into the class/register tokens" if n_pre
-                                     else "no prefix positions (timm no_embed_class)")
+    decisions["prefix_positions"] = (
+        f"{n_pre} prefix position(s) folded into the class/register tokens"
+        if n_pre
+        else "no prefix positions (timm no_embed_class)"
+    )
     state["pos_embed"] = positions_for(patch_pos, src["grid"], enc.grid)[None]
-    decisions["pos_embed"] = (f"learned {src['grid']} -> {list(enc.grid)}" + (" (bicubic)" if list(enc.grid[-2:]) !=
-                              list(src["grid"]) else "") + (" repeated along depth" if len(enc.grid) == 3 else ""))
+    decisions["pos_embed"] = (
+        f"learned {src['grid']} -> {list(enc.grid)}"
+        + (" (bicubic)" if list(enc.grid[-2:]) != list(src["grid"]) else "")
+        + (" repeated along depth" if len(enc.grid) == 3 else "")
+    )
     # blocks and final norm: same names
     for k, v in sd.items():
         if k.startswith(("blocks.", "norm.")):
@@ -608,8 +781,10 @@ def convert(sd: dict[str, torch.Tensor], src: dict, kw: dict, source_names: list
         if wls is None:
             missing = [n for n in source_names if not any(x in BAND_WAVELENGTHS for x in _names(n))]
             if missing:
-                raise ConfigError(f"no known wavelength for source channel(s) {', '.join(missing)}: pass "
-                                  "source_wavelengths= (µm, one per source channel)")
+                raise ConfigError(
+                    f"no known wavelength for source channel(s) {', '.join(missing)}: pass "
+                    "source_wavelengths= (µm, one per source channel)"
+                )
             wls = [next(BAND_WAVELENGTHS[x] for x in sorted(_names(n)) if x in BAND_WAVELENGTHS) for n in source_names]
         wls = [float(x) for x in wls]
         if len(wls) != len(source_names):
@@ -619,9 +794,14 @@ def convert(sd: dict[str, torch.Tensor], src: dict, kw: dict, source_names: list
         state["patch_embed.bias"] = b
         state["patch_embed.weight_gen.out.weight"] = torch.zeros_like(state["patch_embed.weight_gen.out.weight"])
         state["patch_embed.weight_gen.out.bias"] = torch.zeros_like(state["patch_embed.weight_gen.out.bias"])
-        decisions["channels"] = [{"target": "any band", "rule": "kernel table by wavelength (linear in log-wavelength "
-                                  "between entries, nearest outside) + generated residual (zero at import)",
-                                  "table": dict(zip(source_names, wls))}]
+        decisions["channels"] = [
+            {
+                "target": "any band",
+                "rule": "kernel table by wavelength (linear in log-wavelength "
+                "between entries, nearest outside) + generated residual (zero at import)",
+                "table": dict(zip(source_names, wls)),
+            }
+        ]
     else:
         mapped, decisions["channels"] = map_channels(w, source_names, target_names)
         if kind == "3d":
@@ -636,8 +816,9 @@ def convert(sd: dict[str, torch.Tensor], src: dict, kw: dict, source_names: list
     return enc, decisions
 
 
-def import_weights(src: str | Path, domain: str = "synthetic", out: str | Path = "imported", arch: str | None = None,
-                   **options) -> Path:
+def import_weights(
+    src: str | Path, domain: str = "synthetic", out: str | Path = "imported", arch: str | None = None, **options
+) -> Path:
     """Convert a local ViT checkpoint into a domainfm checkpoint folder; return its path.
 
     Args:
@@ -670,43 +851,91 @@ def import_weights(src: str | Path, domain: str = "synthetic", out: str | Path =
         if imp["global_pool"] == "token" and not source["class_token"]:
             raise ConfigError("global_pool='token' needs a class token, and the weights have none")
         source["global_pool"] = imp["global_pool"]
-    used = {"patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "reg_token", "pos_embed",
-            "norm.weight", "norm.bias"}
+    used = {
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "cls_token",
+        "reg_token",
+        "pos_embed",
+        "norm.weight",
+        "norm.bias",
+    }
     used |= {f"blocks.{i}.{p}" for i in range(source["depth"]) for p in _BLOCK_PARTS}
     unmatched = sorted(k for k in sd if k not in used)
     if unmatched:
-        raise CheckpointError(f"{info['file']}: {len(unmatched)} keys of the {layout} layout are not understood "
-                              f"(first: {', '.join(unmatched[:5])}); known layouts: {'; '.join(KNOWN_LAYOUTS)}")
+        raise CheckpointError(
+            f"{info['file']}: {len(unmatched)} keys of the {layout} layout are not understood "
+            f"(first: {', '.join(unmatched[:5])}); known layouts: {'; '.join(KNOWN_LAYOUTS)}"
+        )
     source_names, names_from = source_channel_names(source["in_chans"], imp.get("source_bands"), info["config"])
-    dom, cfg, kw = _config_for(domain, source, out, options, imp.get("img_size"), imp.get("patch_depth"),
-                              imp.get("patch_embed"))
+    dom, cfg, kw = _config_for(
+        domain, source, out, options, imp.get("img_size"), imp.get("patch_depth"), imp.get("patch_embed")
+    )
     target_names = target_channel_names(dom, cfg, kw, imp.get("target_bands"))
     if kw["patch_embed"] != "wavelength" and kw.get("in_chans") and len(target_names) != kw["in_chans"]:
-        raise ConfigError(f"target_bands names {len(target_names)} channels but the {domain} data has "
-                          f"{kw['in_chans']}")
-    encoder, decisions = convert(sd, source, kw, source_names, target_names, imp.get("source_wavelengths"),
-                                 int(imp.get("seed", 0)))
-    provenance = {"source_file": info["file"].name, "source_path": str(info["file"].resolve()),
-                  "sha256": sha256_of(info["file"]), "format": info["format"], "nested_under": where or None,
-                  "prefix": prefix or None, "keys_outside_prefix": len(outside), "dropped_keys": dropped[:50],
-                  "num_dropped_keys": len(dropped), "layout": layout, "arch": source["arch"],
-                  "detected": {k: source[k] for k in ("embed_dim", "depth", "num_heads", "num_heads_from", "patch_size",
-                                                       "in_chans", "grid", "class_token", "num_registers",
-                                                       "layer_scale", "qkv_bias", "mlp_ratio", "global_pool")},
-                  "source_channels": source_names, "source_channels_from": names_from,
-                  "target_channels": [t[0] for t in target_names] if kw["patch_embed"] != "wavelength" else "any",
-                  "pooling": source["global_pool"], **decisions}
+        raise ConfigError(f"target_bands names {len(target_names)} channels but the {domain} data has {kw['in_chans']}")
+    encoder, decisions = convert(
+        sd, source, kw, source_names, target_names, imp.get("source_wavelengths"), int(imp.get("seed", 0))
+    )
+    provenance = {
+        "source_file": info["file"].name,
+        "source_path": str(info["file"].resolve()),
+        "sha256": sha256_of(info["file"]),
+        "format": info["format"],
+        "nested_under": where or None,
+        "prefix": prefix or None,
+        "keys_outside_prefix": len(outside),
+        "dropped_keys": dropped[:50],
+        "num_dropped_keys": len(dropped),
+        "layout": layout,
+        "arch": source["arch"],
+        "detected": {
+            k: source[k]
+            for k in (
+                "embed_dim",
+                "depth",
+                "num_heads",
+                "num_heads_from",
+                "patch_size",
+                "in_chans",
+                "grid",
+                "class_token",
+                "num_registers",
+                "layer_scale",
+                "qkv_bias",
+                "mlp_ratio",
+                "global_pool",
+            )
+        },
+        "source_channels": source_names,
+        "source_channels_from": names_from,
+        "target_channels": [t[0] for t in target_names] if kw["patch_embed"] != "wavelength" else "any",
+        "pooling": source["global_pool"],
+        **decisions,
+    }
     card = _card(cfg, dom, encoder, provenance)
     _write_checkpoint(out, encoder, card)
     return out
 
 
 def _card(cfg, domain, encoder, provenance: dict) -> dict:
-    return {"domain": cfg.domain, "stage": "import", "encoder": encoder.config,
-            "objective": dataclasses.asdict(cfg.objective), "preprocessing": domain.preprocessing(cfg, None),
-            "config": cfg.to_dict(), "data": {"path": None, "num_samples": 0}, "task": None, "num_classes": None,
-            "classes": None, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "format": FORMAT, "step": 0, "versions": software_versions(), "import": provenance}
+    return {
+        "domain": cfg.domain,
+        "stage": "import",
+        "encoder": encoder.config,
+        "objective": dataclasses.asdict(cfg.objective),
+        "preprocessing": domain.preprocessing(cfg, None),
+        "config": cfg.to_dict(),
+        "data": {"path": None, "num_samples": 0},
+        "task": None,
+        "num_classes": None,
+        "classes": None,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "format": FORMAT,
+        "step": 0,
+        "versions": software_versions(),
+        "import": provenance,
+    }
 
 
 def _write_checkpoint(out: Path, encoder, card: dict) -> None:
@@ -751,8 +980,9 @@ def init_encoder(cfg, built, init: str | Path):
             continue  # not set in the config: the init decides
         a, b = new.get(key), enc_cfg.get(key)
         if key == "patch_size" and a is not None and b is not None and len(a) != len(b):
-            diffs.append(f"model.patch_size (config {a}, init {b}: 2D vs 3D; inflate with import-weights "
-                         "--spatial-dims 3)")
+            diffs.append(
+                f"model.patch_size (config {a}, init {b}: 2D vs 3D; inflate with import-weights --spatial-dims 3)"
+            )
         elif a != b:
             diffs.append(f"{'model.' + key if key not in ('in_chans',) else 'data.in_chans'} (config {a}, init {b})")
     for key in ("class_token", "num_registers"):
@@ -768,13 +998,19 @@ def init_encoder(cfg, built, init: str | Path):
     encoder = build_encoder(**enc_cfg)
     if list(encoder.grid) != old_grid and f"{prefix}pos_embed" in tensors:
         tensors = dict(tensors)
-        tensors[f"{prefix}pos_embed"] = resample_pos_embed(tensors[f"{prefix}pos_embed"][0], tuple(old_grid),
-                                                           encoder.grid)[None]
+        tensors[f"{prefix}pos_embed"] = resample_pos_embed(
+            tensors[f"{prefix}pos_embed"][0], tuple(old_grid), encoder.grid
+        )[None]
     if card.get("lora"):
         raise CheckpointError(f"{ckpt}: a LoRA fine-tuned checkpoint; use its parent or merge it first")
     load_module_state(encoder, tensors, prefix=prefix)
-    record = {"path": str(ckpt), "stage": card.get("stage"), "step": card.get("step"),
-              "sha256": sha256_of(ckpt / "model.safetensors"), "import": (card.get("import") or {}).get("source_file")}
+    record = {
+        "path": str(ckpt),
+        "stage": card.get("stage"),
+        "step": card.get("step"),
+        "sha256": sha256_of(ckpt / "model.safetensors"),
+        "import": (card.get("import") or {}).get("source_file"),
+    }
     return encoder, record
 
 
@@ -796,7 +1032,7 @@ def layer_decay_groups(objective, weight_decay: float, layer_decay: float) -> li
     for name, p in objective.named_parameters():
         if not p.requires_grad:
             continue
-        lid = layer_id(name[len("encoder."):], depth) if name.startswith("encoder.") else depth + 1
+        lid = layer_id(name[len("encoder.") :], depth) if name.startswith("encoder.") else depth + 1
         no_decay = p.ndim <= 1 or name.endswith(".bias") or "token" in name or "pos_embed" in name
         key = (lid, no_decay)
         if key not in groups:

@@ -25,16 +25,42 @@ DEFAULT_NPZ = ROOT / ".." / "shared" / "data" / "medical" / "pneumoniamnist.npz"
 
 
 def pretrain_config(npz: Path, out: Path, steps: int, args) -> dict:
-    return {"domain": "medical", "out": str(out),
-            "data": {"path": str(npz), "img_size": 28, "cache": "memory",
-                     "options": {"spatial_dims": 2, "modality": "xray"}},
-            "model": {"name": "vit-tiny", "patch_size": args.patch_size, "depth": args.depth,
-                      "embed_dim": args.embed_dim, "num_heads": args.num_heads},
-            "objective": {"name": args.objective, "mask_ratio": args.mask_ratio, "decoder_dim": 64,
-                          "decoder_depth": 1, "decoder_heads": 4, "norm_pix_loss": True},
-            "train": {"steps": steps, "batch_size": args.batch_size, "lr": args.lr,
-                      "warmup_steps": max(1, steps // 10), "log_every": max(1, steps // 20), "ckpt_every": steps,
-                      "seed": 0, "progress": False, "tensorboard": False}}
+    return {
+        "domain": "medical",
+        "out": str(out),
+        "data": {
+            "path": str(npz),
+            "img_size": 28,
+            "cache": "memory",
+            "options": {"spatial_dims": 2, "modality": "xray"},
+        },
+        "model": {
+            "name": "vit-tiny",
+            "patch_size": args.patch_size,
+            "depth": args.depth,
+            "embed_dim": args.embed_dim,
+            "num_heads": args.num_heads,
+        },
+        "objective": {
+            "name": args.objective,
+            "mask_ratio": args.mask_ratio,
+            "decoder_dim": 64,
+            "decoder_depth": 1,
+            "decoder_heads": 4,
+            "norm_pix_loss": True,
+        },
+        "train": {
+            "steps": steps,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "warmup_steps": max(1, steps // 10),
+            "log_every": max(1, steps // 20),
+            "ckpt_every": steps,
+            "seed": 0,
+            "progress": False,
+            "tensorboard": False,
+        },
+    }
 
 
 def main(argv=None) -> int:
@@ -61,6 +87,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
     import domainfm
@@ -81,9 +108,17 @@ def main(argv=None) -> int:
     t_pre = time.perf_counter() - t0
     print(f"pretraining: {t_pre:.0f} s -> {ckpt}")
     t1 = time.perf_counter()
-    res = evaluate(ckpt, data=npz, protocol=args.protocol, fractions=args.fractions, seeds=seeds,
-                   baseline="random", out=args.out / args.eval_name, n_boot=300 if args.quick else 1000,
-                   test_split=args.test_split)
+    res = evaluate(
+        ckpt,
+        data=npz,
+        protocol=args.protocol,
+        fractions=args.fractions,
+        seeds=seeds,
+        baseline="random",
+        out=args.out / args.eval_name,
+        n_boot=300 if args.quick else 1000,
+        test_split=args.test_split,
+    )
     t_eval = time.perf_counter() - t1
     print((args.out / args.eval_name / "report.md").read_text())
 
@@ -94,20 +129,39 @@ def main(argv=None) -> int:
         base = res.get("random", r["protocol"], r["metric"], fraction=r["fraction"])
         beats_gain = r["gain_low"] > 0
         disjoint = r["ci_low"] > base["ci_high"]
-        verdicts.append({"protocol": r["protocol"], "fraction": r["fraction"], "metric": r["metric"],
-                         "pretrained": r["mean"], "random": base["mean"], "gain": r["gain"],
-                         "gain_ci": [r["gain_low"], r["gain_high"]], "gain_ci_above_0": beats_gain,
-                         "intervals_disjoint": disjoint})
-        print(f"{r['protocol']:7s} {100 * r['fraction']:5g}% {r['metric']:18s} pretrained {r['mean']:.3f} "
-              f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] vs random {base['mean']:.3f} "
-              f"[{base['ci_low']:.3f}, {base['ci_high']:.3f}]  gain {r['gain']:+.3f} "
-              f"[{r['gain_low']:+.3f}, {r['gain_high']:+.3f}]  {'WIN' if beats_gain and disjoint else 'no clear win'}")
-    summary = {"checkpoint": str(ckpt), "pretrain_seconds": round(t_pre, 1), "eval_seconds": round(t_eval, 1),
-               "steps": steps, "seeds": seeds, "verdicts": verdicts,
-               "all_win": all(v["gain_ci_above_0"] and v["intervals_disjoint"] for v in verdicts)}
+        verdicts.append(
+            {
+                "protocol": r["protocol"],
+                "fraction": r["fraction"],
+                "metric": r["metric"],
+                "pretrained": r["mean"],
+                "random": base["mean"],
+                "gain": r["gain"],
+                "gain_ci": [r["gain_low"], r["gain_high"]],
+                "gain_ci_above_0": beats_gain,
+                "intervals_disjoint": disjoint,
+            }
+        )
+        print(
+            f"{r['protocol']:7s} {100 * r['fraction']:5g}% {r['metric']:18s} pretrained {r['mean']:.3f} "
+            f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] vs random {base['mean']:.3f} "
+            f"[{base['ci_low']:.3f}, {base['ci_high']:.3f}]  gain {r['gain']:+.3f} "
+            f"[{r['gain_low']:+.3f}, {r['gain_high']:+.3f}]  {'WIN' if beats_gain and disjoint else 'no clear win'}"
+        )
+    summary = {
+        "checkpoint": str(ckpt),
+        "pretrain_seconds": round(t_pre, 1),
+        "eval_seconds": round(t_eval, 1),
+        "steps": steps,
+        "seeds": seeds,
+        "verdicts": verdicts,
+        "all_win": all(v["gain_ci_above_0"] and v["intervals_disjoint"] for v in verdicts),
+    }
     (args.out / args.eval_name / "verdict.json").write_text(json.dumps(summary, indent=2))
-    print(f"evaluation: {t_eval:.0f} s; pretrained beats random by more than the interval everywhere: "
-          f"{summary['all_win']}")
+    print(
+        f"evaluation: {t_eval:.0f} s; pretrained beats random by more than the interval everywhere: "
+        f"{summary['all_win']}"
+    )
     return 0
 
 

@@ -25,24 +25,64 @@ DATA = Path(os.environ.get("DOMAINFM_DATA", "/work/shared/data"))
 
 #: per-objective settings on top of the shared model/budget (objective.* keys; model.* under "model")
 OBJECTIVES = {
-    "dino": {"objective": {"name": "dino", "prototypes": 256, "head_hidden_dim": 256, "head_bottleneck_dim": 128,
-                           "head_bn": True, "teacher_momentum": 0.99, "teacher_temp": 0.05, "warmup_teacher_temp": 0.04,
-                           "student_temp": 0.1, "koleo_weight": 0.1, "ibot_weight": 1.0,
-                           "ibot_mask_ratio": [0.1, 0.5], "global_crops": 2, "local_crops": 4,
-                           "global_crop_scale": [0.4, 1.0], "local_crop_scale": [0.1, 0.4], "local_crop_size": 12},
-             "model": {"class_token": True}},
-    "mae": {"objective": {"name": "mae", "mask_ratio": 0.75, "decoder_dim": 64, "decoder_depth": 1,
-                          "decoder_heads": 4}},
-    "mae+contrastive": {"objective": {"name": "mae+contrastive", "mask_ratio": 0.75, "decoder_dim": 64,
-                                      "decoder_depth": 1, "decoder_heads": 4, "proj_dim": 128,
-                                      "proj_hidden_dim": 512}},
-    "mae+dino": {"objective": {"name": "mae+dino", "mask_ratio": 0.75, "decoder_dim": 64, "decoder_depth": 1,
-                               "decoder_heads": 4, "prototypes": 256, "head_hidden_dim": 256,
-                               "head_bottleneck_dim": 128, "head_bn": True, "teacher_temp": 0.05,
-                               "teacher_momentum": 0.99, "koleo_weight": 0.1,
-                               "global_crops": 2, "local_crops": 4, "global_crop_scale": [0.4, 1.0],
-                               "local_crop_scale": [0.1, 0.4], "local_crop_size": 12},
-                 "model": {"class_token": True}},
+    "dino": {
+        "objective": {
+            "name": "dino",
+            "prototypes": 256,
+            "head_hidden_dim": 256,
+            "head_bottleneck_dim": 128,
+            "head_bn": True,
+            "teacher_momentum": 0.99,
+            "teacher_temp": 0.05,
+            "warmup_teacher_temp": 0.04,
+            "student_temp": 0.1,
+            "koleo_weight": 0.1,
+            "ibot_weight": 1.0,
+            "ibot_mask_ratio": [0.1, 0.5],
+            "global_crops": 2,
+            "local_crops": 4,
+            "global_crop_scale": [0.4, 1.0],
+            "local_crop_scale": [0.1, 0.4],
+            "local_crop_size": 12,
+        },
+        "model": {"class_token": True},
+    },
+    "mae": {
+        "objective": {"name": "mae", "mask_ratio": 0.75, "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 4}
+    },
+    "mae+contrastive": {
+        "objective": {
+            "name": "mae+contrastive",
+            "mask_ratio": 0.75,
+            "decoder_dim": 64,
+            "decoder_depth": 1,
+            "decoder_heads": 4,
+            "proj_dim": 128,
+            "proj_hidden_dim": 512,
+        }
+    },
+    "mae+dino": {
+        "objective": {
+            "name": "mae+dino",
+            "mask_ratio": 0.75,
+            "decoder_dim": 64,
+            "decoder_depth": 1,
+            "decoder_heads": 4,
+            "prototypes": 256,
+            "head_hidden_dim": 256,
+            "head_bottleneck_dim": 128,
+            "head_bn": True,
+            "teacher_temp": 0.05,
+            "teacher_momentum": 0.99,
+            "koleo_weight": 0.1,
+            "global_crops": 2,
+            "local_crops": 4,
+            "global_crop_scale": [0.4, 1.0],
+            "local_crop_scale": [0.1, 0.4],
+            "local_crop_size": 12,
+        },
+        "model": {"class_token": True},
+    },
 }
 
 
@@ -62,24 +102,46 @@ def config(npz: Path, out: Path, name: str, args) -> dict:
     objective = dict(extra["objective"])
     if "dino" in name:
         objective["teacher_temp_warmup_steps"] = max(1, int(0.3 * steps))
-    return {"domain": "medical", "out": str(out),
-            "data": {"path": str(npz), "img_size": 28, "cache": "memory",
-                     "options": {"spatial_dims": 2, "modality": "xray"}},
-            "model": {"name": "vit-tiny", "patch_size": 4, "depth": args.depth, "embed_dim": args.embed_dim,
-                      "num_heads": 3, **extra.get("model", {})},
-            "objective": objective,
-            "train": {"steps": steps, "batch_size": args.batch_size, "lr": lr,
-                      "warmup_steps": max(1, steps // 10), "log_every": max(1, steps // 40),
-                      "ckpt_every": steps, "seed": 0, "progress": False, "tensorboard": False,
-                      "threads": args.threads}}
+    return {
+        "domain": "medical",
+        "out": str(out),
+        "data": {
+            "path": str(npz),
+            "img_size": 28,
+            "cache": "memory",
+            "options": {"spatial_dims": 2, "modality": "xray"},
+        },
+        "model": {
+            "name": "vit-tiny",
+            "patch_size": 4,
+            "depth": args.depth,
+            "embed_dim": args.embed_dim,
+            "num_heads": 3,
+            **extra.get("model", {}),
+        },
+        "objective": objective,
+        "train": {
+            "steps": steps,
+            "batch_size": args.batch_size,
+            "lr": lr,
+            "warmup_steps": max(1, steps // 10),
+            "log_every": max(1, steps // 40),
+            "ckpt_every": steps,
+            "seed": 0,
+            "progress": False,
+            "tensorboard": False,
+            "threads": args.threads,
+        },
+    }
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--npz", type=Path, default=DATA / "medical" / "pneumoniamnist.npz")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "ssl_compare")
-    p.add_argument("--objectives", default="dino,mae,mae+contrastive",
-                   help="the first one is evaluated against the rest")
+    p.add_argument(
+        "--objectives", default="dino,mae,mae+contrastive", help="the first one is evaluated against the rest"
+    )
     p.add_argument("--steps", default="800", help="one number, or per objective: dino=450,mae=2000")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", default="1e-3", help="one number, or per objective: dino=5e-4,mae=1.5e-3")
@@ -96,6 +158,7 @@ def main(argv=None) -> int:
         args.steps, args.seeds = "30", 1
 
     import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
     import domainfm
@@ -123,22 +186,44 @@ def main(argv=None) -> int:
     if args.pretrain_only:
         return 0
     t1 = time.perf_counter()
-    res = evaluate(ckpts[names[0]], data=npz, protocol="linear,knn", fractions="0.01,0.1,1", seeds=args.seeds,
-                   baseline=["random"] + [str(ckpts[n]) for n in names[1:]], out=args.out / args.eval_name,
-                   n_boot=300 if args.quick else 1000, test_split="test")
+    res = evaluate(
+        ckpts[names[0]],
+        data=npz,
+        protocol="linear,knn",
+        fractions="0.01,0.1,1",
+        seeds=args.seeds,
+        baseline=["random"] + [str(ckpts[n]) for n in names[1:]],
+        out=args.out / args.eval_name,
+        n_boot=300 if args.quick else 1000,
+        test_split="test",
+    )
     print((args.out / args.eval_name / "report.md").read_text())
     goals = []
     for r in res:
         if r["encoder"] == "pretrained" and r["protocol"] == "linear" and r["metric"] == "auroc":
-            goals.append({"fraction": r["fraction"], "auroc": r["mean"], "gain": r["gain"],
-                          "gain_ci": [r["gain_low"], r["gain_high"]], "gain_ci_above_0": r["gain_low"] > 0})
+            goals.append(
+                {
+                    "fraction": r["fraction"],
+                    "auroc": r["mean"],
+                    "gain": r["gain"],
+                    "gain_ci": [r["gain_low"], r["gain_high"]],
+                    "gain_ci_above_0": r["gain_low"] > 0,
+                }
+            )
     full = [g for g in goals if g["fraction"] == 1.0]
-    summary = {"objectives": names, "checkpoints": {k: str(v) for k, v in ckpts.items()}, "pretrain_budget": seconds,
-               "eval_seconds": round(time.perf_counter() - t1, 1), "steps": args.steps, "lr": args.lr,
-               "batch_size": args.batch_size,
-               "seeds": args.seeds, "linear_auroc_goals": goals,
-               "gain_above_0_everywhere": bool(goals) and all(g["gain_ci_above_0"] for g in goals),
-               "auroc_100pct_at_least_0.944": bool(full) and full[0]["auroc"] >= 0.944}
+    summary = {
+        "objectives": names,
+        "checkpoints": {k: str(v) for k, v in ckpts.items()},
+        "pretrain_budget": seconds,
+        "eval_seconds": round(time.perf_counter() - t1, 1),
+        "steps": args.steps,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "seeds": args.seeds,
+        "linear_auroc_goals": goals,
+        "gain_above_0_everywhere": bool(goals) and all(g["gain_ci_above_0"] for g in goals),
+        "auroc_100pct_at_least_0.944": bool(full) and full[0]["auroc"] >= 0.944,
+    }
     (args.out / args.eval_name / "goals.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return 0

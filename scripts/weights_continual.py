@@ -25,34 +25,67 @@ DEFAULT_NPZ = Path(os.environ.get("DOMAINFM_DATA", "/work/shared/data")) / "medi
 
 
 def _model(args) -> dict:
-    return {"name": "vit-tiny", "patch_size": 4, "depth": args.depth, "embed_dim": args.embed_dim,
-            "num_heads": args.num_heads}
+    return {
+        "name": "vit-tiny",
+        "patch_size": 4,
+        "depth": args.depth,
+        "embed_dim": args.embed_dim,
+        "num_heads": args.num_heads,
+    }
 
 
 def _train(args, steps: int, **extra) -> dict:
-    return {"steps": steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": max(1, steps // 10),
-            "log_every": max(1, steps // 20), "ckpt_every": steps, "seed": 0, "progress": False,
-            "tensorboard": False, **extra}
+    return {
+        "steps": steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "warmup_steps": max(1, steps // 10),
+        "log_every": max(1, steps // 20),
+        "ckpt_every": steps,
+        "seed": 0,
+        "progress": False,
+        "tensorboard": False,
+        **extra,
+    }
 
 
 def _objective() -> dict:
-    return {"name": "mae", "mask_ratio": 0.75, "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 4,
-            "norm_pix_loss": True}
+    return {
+        "name": "mae",
+        "mask_ratio": 0.75,
+        "decoder_dim": 64,
+        "decoder_depth": 1,
+        "decoder_heads": 4,
+        "norm_pix_loss": True,
+    }
 
 
 def source_config(args) -> dict:
-    return {"domain": "synthetic", "out": str(args.out / "source"),
-            "data": {"img_size": 28, "options": {"num_samples": 2048, "channels": 1}},
-            "model": _model(args), "objective": _objective(), "train": _train(args, args.source_steps)}
+    return {
+        "domain": "synthetic",
+        "out": str(args.out / "source"),
+        "data": {"img_size": 28, "options": {"num_samples": 2048, "channels": 1}},
+        "model": _model(args),
+        "objective": _objective(),
+        "train": _train(args, args.source_steps),
+    }
 
 
 def pneumonia_config(args, name: str, init: Path | None = None) -> dict:
     model = _model(args) if init is None else {"patch_size": 4, "init": str(init)}
-    return {"domain": "medical", "out": str(args.out / name),
-            "data": {"path": str(args.npz), "img_size": 28, "cache": "memory",
-                     "options": {"spatial_dims": 2, "modality": "xray"}},
-            "model": model, "objective": _objective(),
-            "train": _train(args, args.steps, layer_decay=args.layer_decay if init is not None else 1.0)}
+    return {
+        "domain": "medical",
+        "out": str(args.out / name),
+        "data": {
+            "path": str(args.npz),
+            "img_size": 28,
+            "cache": "memory",
+            "options": {"spatial_dims": 2, "modality": "xray"},
+        },
+        "model": model,
+        "objective": _objective(),
+        "train": _train(args, args.steps, layer_decay=args.layer_decay if init is not None else 1.0),
+    }
 
 
 def main(argv=None) -> int:
@@ -75,6 +108,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
     import domainfm
@@ -90,16 +124,26 @@ def main(argv=None) -> int:
     source = resolve_checkpoint(args.out / "source") if args.reuse else domainfm.pretrain(source_config(args))
     times["source"] = time.perf_counter() - t
     t = time.perf_counter()
-    scratch = resolve_checkpoint(args.out / "scratch") if args.reuse else \
-        domainfm.pretrain(pneumonia_config(args, "scratch"))
+    scratch = (
+        resolve_checkpoint(args.out / "scratch") if args.reuse else domainfm.pretrain(pneumonia_config(args, "scratch"))
+    )
     times["scratch"] = time.perf_counter() - t
     t = time.perf_counter()
     continual = domainfm.pretrain(pneumonia_config(args, args.name, init=source))
     times["continual"] = time.perf_counter() - t
     t = time.perf_counter()
-    res = evaluate(continual, data=args.npz, protocol="linear,knn", fractions=args.fractions, seeds=args.seeds,
-                   baseline=["random", str(scratch), str(source)], out=args.out / f"eval-{args.name}", n_boot=1000)
+    res = evaluate(
+        continual,
+        data=args.npz,
+        protocol="linear,knn",
+        fractions=args.fractions,
+        seeds=args.seeds,
+        baseline=["random", str(scratch), str(source)],
+        out=args.out / f"eval-{args.name}",
+        n_boot=1000,
+    )
     times["eval"] = time.perf_counter() - t
+
     def label(name: str) -> str:
         if name in ("pretrained", "random"):
             return {"pretrained": "continual"}.get(name, name)
@@ -109,17 +153,32 @@ def main(argv=None) -> int:
     for r in res:
         if r["metric"] not in ("auroc", "balanced_accuracy"):
             continue
-        rows.append({"encoder": label(r["encoder"]), "protocol": r["protocol"], "fraction": r["fraction"],
-                     "metric": r["metric"], "mean": r["mean"], "ci": [r["ci_low"], r["ci_high"]]})
-    summary = {"seconds": {k: round(v, 1) for k, v in times.items()}, "steps": args.steps,
-               "source_steps": args.source_steps, "batch_size": args.batch_size, "layer_decay": args.layer_decay,
-               "encoders": [label(e) for e in res.meta["encoders"]],
-               "checkpoints": {"continual": str(continual), "scratch": str(scratch), "source": str(source)},
-               "rows": rows}
+        rows.append(
+            {
+                "encoder": label(r["encoder"]),
+                "protocol": r["protocol"],
+                "fraction": r["fraction"],
+                "metric": r["metric"],
+                "mean": r["mean"],
+                "ci": [r["ci_low"], r["ci_high"]],
+            }
+        )
+    summary = {
+        "seconds": {k: round(v, 1) for k, v in times.items()},
+        "steps": args.steps,
+        "source_steps": args.source_steps,
+        "batch_size": args.batch_size,
+        "layer_decay": args.layer_decay,
+        "encoders": [label(e) for e in res.meta["encoders"]],
+        "checkpoints": {"continual": str(continual), "scratch": str(scratch), "source": str(source)},
+        "rows": rows,
+    }
     (args.out / f"summary-{args.name}.json").write_text(json.dumps(summary, indent=2))
     for r in rows:
-        print(f"{r['protocol']:6s} {100 * r['fraction']:5g}% {r['metric']:17s} {r['encoder']:10s} "
-              f"{r['mean']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]")
+        print(
+            f"{r['protocol']:6s} {100 * r['fraction']:5g}% {r['metric']:17s} {r['encoder']:10s} "
+            f"{r['mean']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+        )
     print(json.dumps(summary["seconds"]))
     return 0
 

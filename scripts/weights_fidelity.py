@@ -21,7 +21,7 @@ RGB_UM = [0.665, 0.56, 0.49]
 
 
 def _tokens(vit, x):
-    return vit.forward_features(x)[:, vit.num_prefix_tokens:]
+    return vit.forward_features(x)[:, vit.num_prefix_tokens :]
 
 
 def measure(name: str, img_size: int, tmp: Path) -> dict[str, float]:

@@ -26,10 +26,14 @@ def shared_data() -> Path:
 
 def tiny_config(out, **sections) -> dict:
     """A synthetic-domain config for a tiny, fast model; ``sections`` update it."""
-    cfg = {"domain": "synthetic", "out": str(out), "data": {"img_size": 32, "options": {"num_samples": 64}},
-           "model": dict(TINY_MODEL),
-           "objective": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2, "proj_dim": 32, "proj_hidden_dim": 64},
-           "train": {"steps": 4, "batch_size": 8, "lr": 1e-3, "warmup_steps": 1, **QUIET_TRAIN}}
+    cfg = {
+        "domain": "synthetic",
+        "out": str(out),
+        "data": {"img_size": 32, "options": {"num_samples": 64}},
+        "model": dict(TINY_MODEL),
+        "objective": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2, "proj_dim": 32, "proj_hidden_dim": 64},
+        "train": {"steps": 4, "batch_size": 8, "lr": 1e-3, "warmup_steps": 1, **QUIET_TRAIN},
+    }
     for key, value in sections.items():
         if isinstance(value, dict):
             cfg.setdefault(key, {}).update(value)

@@ -41,5 +41,6 @@ def test_page_runs(page, tmp_path, monkeypatch):
             try:
                 exec(compile(code, f"{path}:{line}", "exec"), namespace)
             except Exception as exc:  # name the page and block, keep the traceback
-                raise AssertionError(f"docs/{page}.md, ```python block at line {line}: "
-                                     f"{type(exc).__name__}: {exc}") from exc
+                raise AssertionError(
+                    f"docs/{page}.md, ```python block at line {line}: {type(exc).__name__}: {exc}"
+                ) from exc

@@ -20,7 +20,7 @@ Example:
     >>> adapt({"pixels": 1})
     Traceback (most recent call last):
     ...
-    domainfm.errors.DataError: data: cannot read a dict as data; give a path, an array or tensor N x C x H x W (with labels=), or a Dataset yielding C x H x W tensors, (image, label) tuples or dicts {'image': C x (D x) H x W tensor, 'label': int, 'mask': (D x) H x W ints} (or a TorchGeo GeoDataset with sampler=)
+    domainfm.errors.DataError: data: cannot read a dict as data; give a path, an array or tensor ...
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,9 +38,11 @@ from torch.utils.data import Dataset
 from domainfm.data.sample import make_sample
 from domainfm.errors import DataError
 
-SCHEMA = ("give a path, an array or tensor N x C x H x W (with labels=), or a Dataset yielding C x H x W tensors, "
-          "(image, label) tuples or dicts {'image': C x (D x) H x W tensor, 'label': int, "
-          "'mask': (D x) H x W ints} (or a TorchGeo GeoDataset with sampler=)")
+SCHEMA = (
+    "give a path, an array or tensor N x C x H x W (with labels=), or a Dataset yielding C x H x W tensors, "
+    "(image, label) tuples or dicts {'image': C x (D x) H x W tensor, 'label': int, "
+    "'mask': (D x) H x W ints} (or a TorchGeo GeoDataset with sampler=)"
+)
 IMAGE_KEYS = ("image", "img", "x", "input", "data", "pixel_values")
 LABEL_KEYS = ("label", "labels", "y", "target", "class")
 MASK_KEYS = ("mask", "seg", "segmentation", "label_mask")
@@ -89,8 +92,16 @@ class AdaptedDataset(Dataset):
     checkpoint records and its preprocessing applies again).
     """
 
-    def __init__(self, length: int, read: Callable[[int], dict], source: str, spatial_dims: int | None = None,
-                 info: dict | None = None, classes: Sequence | None = None, stats_samples: int = 256):
+    def __init__(
+        self,
+        length: int,
+        read: Callable[[int], dict],
+        source: str,
+        spatial_dims: int | None = None,
+        info: dict | None = None,
+        classes: Sequence | None = None,
+        stats_samples: int = 256,
+    ):
         self._n, self._read, self.source = int(length), read, source
         self.mean: list[float] | None = None
         self.std: list[float] | None = None
@@ -102,11 +113,19 @@ class AdaptedDataset(Dataset):
         image = first["image"]
         dims = spatial_dims or image.ndim - 1
         if image.ndim != dims + 1:
-            raise DataError(source, f"sample 0 has an image of shape {tuple(image.shape)}, not C x "
-                                    f"{'D x ' if dims == 3 else ''}H x W; {SCHEMA}")
-        self.profile = {"source": source, "spatial_dims": dims, "channels": int(image.shape[0]),
-                        "size": [int(s) for s in image.shape[1:]], "dtype": str(first.get("dtype", image.dtype)),
-                        **{k: v for k, v in (info or {}).items() if v is not None}}
+            raise DataError(
+                source,
+                f"sample 0 has an image of shape {tuple(image.shape)}, not C x "
+                f"{'D x ' if dims == 3 else ''}H x W; {SCHEMA}",
+            )
+        self.profile = {
+            "source": source,
+            "spatial_dims": dims,
+            "channels": int(image.shape[0]),
+            "size": [int(s) for s in image.shape[1:]],
+            "dtype": str(first.get("dtype", image.dtype)),
+            **{k: v for k, v in (info or {}).items() if v is not None},
+        }
         for key in ("spacing", "mpp", "crs", "res"):
             if key not in self.profile and first["meta"].get(key) is not None:
                 self.profile[key] = first["meta"][key]
@@ -125,10 +144,14 @@ class AdaptedDataset(Dataset):
         lo, hi = torch.quantile(sample.float(), torch.tensor([0.005, 0.995])).tolist()
         mean = allv.mean(1)
         std = allv.std(1).clamp_min(1e-6)
-        return {"mean": [float(v) for v in mean], "std": [float(v) for v in std],
-                "range": [float(lo), float(hi)], "stats_samples": len(idx)}
+        return {
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+            "range": [float(lo), float(hi)],
+            "stats_samples": len(idx),
+        }
 
-    def normalise(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> "AdaptedDataset":
+    def normalise(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> AdaptedDataset:
         self.mean = list(mean) if mean is not None else None
         self.std = list(std) if std is not None else None
         return self
@@ -180,8 +203,11 @@ def _sample_from(item: Any, index: int, source: str, spatial_dims: int | None) -
         if image_meta.get("filename_or_obj"):
             meta["path"] = str(image_meta["filename_or_obj"])
     if isinstance(image, (str, os.PathLike)):
-        raise DataError(str(image), f"item {index} of {source} is a file name, not pixels; load it first "
-                                    "(e.g. a MONAI LoadImaged transform) or give the folder as a path")
+        raise DataError(
+            str(image),
+            f"item {index} of {source} is a file name, not pixels; load it first "
+            "(e.g. a MONAI LoadImaged transform) or give the folder as a path",
+        )
     try:
         t = _to_tensor(image)
     except (TypeError, ValueError, RuntimeError):
@@ -195,7 +221,7 @@ def _sample_from(item: Any, index: int, source: str, spatial_dims: int | None) -
     sample["dtype"] = dtype
     if label is not None:
         lt = _to_tensor(label)
-        if lt.ndim >= 2 and tuple(lt.shape[-(t.ndim - 1):]) == tuple(t.shape[1:]):
+        if lt.ndim >= 2 and tuple(lt.shape[-(t.ndim - 1) :]) == tuple(t.shape[1:]):
             mask = lt if mask is None else mask
         else:
             sample["label"] = _label_value(lt)
@@ -209,12 +235,23 @@ def _sample_from(item: Any, index: int, source: str, spatial_dims: int | None) -
 def _from_array(x: Any, labels: Any, spatial_dims: int | None, channels_last: bool | None):
     t = _to_tensor(x)
     if t.ndim not in (3, 4, 5):
-        raise DataError("array", f"an array of shape {tuple(t.shape)} is not a stack of images "
-                                 "(N x H x W, N x C x H x W or N x C x D x H x W); add the sample axis N")
-    if channels_last is None and t.ndim == 4 and spatial_dims != 3 and t.shape[-1] <= 16 < t.shape[1] \
-            and t.shape[-1] < t.shape[2]:
-        warnings.warn(f"reading the array of shape {tuple(t.shape)} as N x H x W x C (channels last); "
-                      "pass channels_last=False to read it as N x C x H x W", stacklevel=3)
+        raise DataError(
+            "array",
+            f"an array of shape {tuple(t.shape)} is not a stack of images "
+            "(N x H x W, N x C x H x W or N x C x D x H x W); add the sample axis N",
+        )
+    if (
+        channels_last is None
+        and t.ndim == 4
+        and spatial_dims != 3
+        and t.shape[-1] <= 16 < t.shape[1]
+        and t.shape[-1] < t.shape[2]
+    ):
+        warnings.warn(
+            f"reading the array of shape {tuple(t.shape)} as N x H x W x C (channels last); "
+            "pass channels_last=False to read it as N x C x H x W",
+            stacklevel=3,
+        )
         channels_last = True
     if channels_last:
         t = torch.movedim(t, -1, 1)
@@ -223,8 +260,11 @@ def _from_array(x: Any, labels: Any, spatial_dims: int | None, channels_last: bo
     if t.ndim == spatial_dims + 1:
         t = t[:, None]
     if t.ndim != spatial_dims + 2:
-        raise DataError("array", f"shape {tuple(t.shape)} does not fit {spatial_dims}D images "
-                                 f"(N x C x {'D x ' if spatial_dims == 3 else ''}H x W)")
+        raise DataError(
+            "array",
+            f"shape {tuple(t.shape)} does not fit {spatial_dims}D images "
+            f"(N x C x {'D x ' if spatial_dims == 3 else ''}H x W)",
+        )
     y = None if labels is None else _to_tensor(labels)
     if y is not None and len(y) != len(t):
         raise DataError("labels", f"{len(y)} labels for {len(t)} images; give one label (or mask) per image")
@@ -240,6 +280,7 @@ def _from_array(x: Any, labels: Any, spatial_dims: int | None, channels_last: bo
             else:
                 s["label"] = _label_value(yi)
         return s
+
     return len(t), read, spatial_dims
 
 
@@ -247,6 +288,7 @@ def _torchgeo_kind(data: Any) -> str | None:
     if "torchgeo" not in sys.modules:
         return None  # torchgeo objects exist only once torchgeo was imported
     import torchgeo.datasets as tgd  # optional: TorchGeo datasets (already imported by the caller)
+
     if isinstance(data, tgd.GeoDataset):
         return "geo"
     if isinstance(data, tgd.NonGeoDataset):
@@ -267,10 +309,17 @@ def _dataset_info(data: Any) -> dict:
     return info
 
 
-def adapt(data: Any, labels: Any = None, *, sampler: Any = None, spatial_dims: int | None = None,
-          channels_last: bool | None = None, classes: Sequence | None = None,
-          wavelengths: Sequence[float] | None = None,
-          stats_samples: int = 256) -> AdaptedDataset:
+def adapt(
+    data: Any,
+    labels: Any = None,
+    *,
+    sampler: Any = None,
+    spatial_dims: int | None = None,
+    channels_last: bool | None = None,
+    classes: Sequence | None = None,
+    wavelengths: Sequence[float] | None = None,
+    stats_samples: int = 256,
+) -> AdaptedDataset:
     """Turn ``data`` (see the module docstring) into an :class:`AdaptedDataset` of samples.
 
     ``labels``: one label (int or multi-hot) or mask per image of an array. ``sampler``: the TorchGeo
@@ -294,9 +343,13 @@ def adapt(data: Any, labels: Any = None, *, sampler: Any = None, spatial_dims: i
     if wavelengths is not None:
         info["wavelengths"] = [float(w) for w in wavelengths]
     classes = classes if classes is not None else getattr(data, "classes", None)
-    if isinstance(data, (np.ndarray, torch.Tensor)) or (isinstance(data, (list, tuple)) and data
-                                                         and isinstance(data[0], (np.ndarray, torch.Tensor))
-                                                         and not isinstance(data, Dataset) and labels is not None):
+    if isinstance(data, (np.ndarray, torch.Tensor)) or (
+        isinstance(data, (list, tuple))
+        and data
+        and isinstance(data[0], (np.ndarray, torch.Tensor))
+        and not isinstance(data, Dataset)
+        and labels is not None
+    ):
         n, read, dims = _from_array(data, labels, spatial_dims, channels_last)
         return AdaptedDataset(n, read, "array", dims, info, classes, stats_samples)
     if labels is not None:
@@ -304,13 +357,17 @@ def adapt(data: Any, labels: Any = None, *, sampler: Any = None, spatial_dims: i
     kind = _torchgeo_kind(data)
     if kind == "geo":
         if sampler is None:
-            raise DataError(name, "a TorchGeo GeoDataset is indexed by location: pass sampler= (e.g. "
-                                  "RandomGeoSampler(dataset, size=64, length=100) or GridGeoSampler)")
+            raise DataError(
+                name,
+                "a TorchGeo GeoDataset is indexed by location: pass sampler= (e.g. "
+                "RandomGeoSampler(dataset, size=64, length=100) or GridGeoSampler)",
+            )
         queries = list(sampler)
         info.update({"crs": str(data.crs), "res": _jsonable(getattr(data, "res", None))})
 
         def read_geo(i: int) -> dict:
             return _sample_from(data[queries[i]], i, name, 2)
+
         return AdaptedDataset(len(queries), read_geo, name, 2, info, classes, stats_samples)
     if sampler is not None:
         raise DataError(name, "sampler= is for a TorchGeo GeoDataset")
@@ -319,6 +376,7 @@ def adapt(data: Any, labels: Any = None, *, sampler: Any = None, spatial_dims: i
 
     def read_item(i: int) -> dict:
         return _sample_from(data[i], i, name, spatial_dims)
+
     return AdaptedDataset(len(data), read_item, name, spatial_dims, info, classes, stats_samples)
 
 
@@ -344,18 +402,29 @@ def check_scale(x: torch.Tensor, trained_range: Sequence[float] | None, source: 
     xmin = float(x.min())
     if xmax > 20 * span and span <= 1.5:
         if xmin >= 0 and xmax <= 255:
-            warnings.warn(f"{source}: values reach {xmax:g} but the model was trained on [{lo:.3g}, {hi:.3g}]; "
-                          "reading them as 8-bit and dividing by 255", stacklevel=3)
+            warnings.warn(
+                f"{source}: values reach {xmax:g} but the model was trained on [{lo:.3g}, {hi:.3g}]; "
+                "reading them as 8-bit and dividing by 255",
+                stacklevel=3,
+            )
             return x / 255.0
-        raise DataError(source, f"values reach {xmax:g}, far outside the range the model was trained on "
-                                f"[{lo:.3g}, {hi:.3g}]; scale the input the way the training data was scaled")
+        raise DataError(
+            source,
+            f"values reach {xmax:g}, far outside the range the model was trained on "
+            f"[{lo:.3g}, {hi:.3g}]; scale the input the way the training data was scaled",
+        )
     if span > 20 and xmax > 0 and xmax * 20 < span:
         if xmin >= 0 and xmax <= 1.0 and span <= 255 * 1.5:
-            warnings.warn(f"{source}: values lie in [0, 1] but the model was trained on [{lo:.3g}, {hi:.3g}]; "
-                          "multiplying by 255", stacklevel=3)
+            warnings.warn(
+                f"{source}: values lie in [0, 1] but the model was trained on [{lo:.3g}, {hi:.3g}]; multiplying by 255",
+                stacklevel=3,
+            )
             return x * 255.0
-        raise DataError(source, f"values reach only {xmax:g}, far below the range the model was trained on "
-                                f"[{lo:.3g}, {hi:.3g}]; scale the input the way the training data was scaled")
+        raise DataError(
+            source,
+            f"values reach only {xmax:g}, far below the range the model was trained on "
+            f"[{lo:.3g}, {hi:.3g}]; scale the input the way the training data was scaled",
+        )
     return x
 
 

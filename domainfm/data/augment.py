@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +33,9 @@ def random_resized_crop(x: torch.Tensor, g: torch.Generator, scale=(0.4, 1.0)) -
     return F.interpolate(crop[None].float(), size=tuple(spatial), mode=mode, align_corners=False)[0]
 
 
-def default_augment(spatial_dims: int = 2, crop_scale=(0.4, 1.0), flip: bool = True, intensity: float = 0.2,
-                    noise: float = 0.05) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+def default_augment(
+    spatial_dims: int = 2, crop_scale=(0.4, 1.0), flip: bool = True, intensity: float = 0.2, noise: float = 0.05
+) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
     """Random resized crop, flips, per-channel intensity scale/shift and Gaussian noise."""
 
     def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -16,15 +16,15 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from domainfm.data.rng import item_generator
-from domainfm.errors import ConfigError
 from domainfm.data.sampling import set_epoch
+from domainfm.errors import ConfigError
 
 Photometric = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -33,8 +33,9 @@ def _u(g: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand(1, generator=g))
 
 
-def crop_box(spatial: Sequence[int], g: torch.Generator, scale: Sequence[float],
-             ratio: Sequence[float] = (3 / 4, 4 / 3)) -> tuple[list[int], list[int]]:
+def crop_box(
+    spatial: Sequence[int], g: torch.Generator, scale: Sequence[float], ratio: Sequence[float] = (3 / 4, 4 / 3)
+) -> tuple[list[int], list[int]]:
     """A random box covering ``scale`` of the image's area (2D) or volume (3D): ``(starts, sizes)``.
 
     2D boxes take a log-uniform aspect ratio in ``ratio`` (as torchvision's RandomResizedCrop);
@@ -56,8 +57,9 @@ def crop_box(spatial: Sequence[int], g: torch.Generator, scale: Sequence[float],
     return starts, sizes
 
 
-def resized_crop(x: torch.Tensor, g: torch.Generator, out_size: Sequence[int], scale: Sequence[float],
-                 same_scale: bool = False) -> torch.Tensor:
+def resized_crop(
+    x: torch.Tensor, g: torch.Generator, out_size: Sequence[int], scale: Sequence[float], same_scale: bool = False
+) -> torch.Tensor:
     """Crop ``x`` (``C x (D x) H x W``) and resize to ``out_size``.
 
     With ``same_scale`` the box is exactly ``out_size`` pixels/voxels and is not resized (the
@@ -76,8 +78,9 @@ def resized_crop(x: torch.Tensor, g: torch.Generator, out_size: Sequence[int], s
     return F.interpolate(crop[None].float(), size=tuple(out_size), mode=mode, align_corners=False)[0]
 
 
-def random_flip_rot(x: torch.Tensor, g: torch.Generator, flip_axes: Sequence[int] = (),
-                    rot90: bool = False) -> torch.Tensor:
+def random_flip_rot(
+    x: torch.Tensor, g: torch.Generator, flip_axes: Sequence[int] = (), rot90: bool = False
+) -> torch.Tensor:
     """Random flips along ``flip_axes`` (tensor axes) and, with ``rot90``, a random multiple of 90 degrees in-plane."""
     for axis in flip_axes:
         if float(torch.rand(1, generator=g)) < 0.5:
@@ -89,11 +92,19 @@ def random_flip_rot(x: torch.Tensor, g: torch.Generator, flip_axes: Sequence[int
     return x
 
 
-def make_multicrop(spatial_dims: int, global_size: Sequence[int], local_size: Sequence[int], n_global: int = 2,
-                   n_local: int = 6, global_scale: Sequence[float] = (0.32, 1.0),
-                   local_scale: Sequence[float] = (0.05, 0.32), flip_axes: Sequence[int] | None = None,
-                   rot90: bool = False, photometric: Photometric | None = None,
-                   same_scale: bool = False) -> Callable[[torch.Tensor, torch.Generator], list[torch.Tensor]]:
+def make_multicrop(
+    spatial_dims: int,
+    global_size: Sequence[int],
+    local_size: Sequence[int],
+    n_global: int = 2,
+    n_local: int = 6,
+    global_scale: Sequence[float] = (0.32, 1.0),
+    local_scale: Sequence[float] = (0.05, 0.32),
+    flip_axes: Sequence[int] | None = None,
+    rot90: bool = False,
+    photometric: Photometric | None = None,
+    same_scale: bool = False,
+) -> Callable[[torch.Tensor, torch.Generator], list[torch.Tensor]]:
     """``fn(image, generator) -> [global crops..., local crops...]``.
 
     Global crops have ``global_size`` and local crops ``local_size`` (pixels or voxels); every crop
@@ -118,16 +129,20 @@ def make_multicrop(spatial_dims: int, global_size: Sequence[int], local_size: Se
 
     def crops(x: torch.Tensor, g: torch.Generator) -> list[torch.Tensor]:
         if any(ls > s for ls, s in zip(local_size, x.shape[1:])):
-            raise ConfigError(f"objective.local_crop_size {list(local_size)} is larger than the image "
-                              f"{list(x.shape[1:])}; use a smaller local crop")
-        return ([one(x, g, global_size, global_scale) for _ in range(n_global)]
-                + [one(x, g, local_size, local_scale) for _ in range(n_local)])
+            raise ConfigError(
+                f"objective.local_crop_size {list(local_size)} is larger than the image "
+                f"{list(x.shape[1:])}; use a smaller local crop"
+            )
+        return [one(x, g, global_size, global_scale) for _ in range(n_global)] + [
+            one(x, g, local_size, local_scale) for _ in range(n_local)
+        ]
 
     return crops
 
 
-def multicrop_from_config(ocfg, spatial_dims: int, global_size: Sequence[int], local_size: Sequence[int],
-                          **overrides) -> Callable[[torch.Tensor, torch.Generator], list[torch.Tensor]]:
+def multicrop_from_config(
+    ocfg, spatial_dims: int, global_size: Sequence[int], local_size: Sequence[int], **overrides
+) -> Callable[[torch.Tensor, torch.Generator], list[torch.Tensor]]:
     """:func:`make_multicrop` with the counts and scales of ``objective.*``; a domain passes its own
     ``photometric``, ``flip_axes``, ``rot90`` or ``same_scale`` as ``overrides``.
 
@@ -137,8 +152,12 @@ def multicrop_from_config(ocfg, spatial_dims: int, global_size: Sequence[int], l
         >>> len(f(torch.rand(1, 16, 16), torch.Generator().manual_seed(0)))
         3
     """
-    kw = {"n_global": ocfg.global_crops, "n_local": ocfg.local_crops, "global_scale": tuple(ocfg.global_crop_scale),
-          "local_scale": tuple(ocfg.local_crop_scale)}
+    kw = {
+        "n_global": ocfg.global_crops,
+        "n_local": ocfg.local_crops,
+        "global_scale": tuple(ocfg.global_crop_scale),
+        "local_scale": tuple(ocfg.local_crop_scale),
+    }
     kw.update(overrides)
     return make_multicrop(spatial_dims, global_size, local_size, **kw)
 
@@ -163,29 +182,38 @@ def check_multicrop(ocfg, img_size: Sequence[int], patch_size: Sequence[int], ba
     """
     img_size, patch_size = list(img_size), list(patch_size)
     if ocfg.global_crops < 1:
-        raise ConfigError(f"objective.global_crops must be >= 1 (the teacher sees the global crops), "
-                          f"got {ocfg.global_crops}")
+        raise ConfigError(
+            f"objective.global_crops must be >= 1 (the teacher sees the global crops), got {ocfg.global_crops}"
+        )
     if ocfg.local_crops < 0 or ocfg.global_crops + ocfg.local_crops < 2:
-        raise ConfigError(f"objective.local_crops must be >= 0 with at least 2 crops in all, "
-                          f"got {ocfg.global_crops} global + {ocfg.local_crops} local")
+        raise ConfigError(
+            f"objective.local_crops must be >= 0 with at least 2 crops in all, "
+            f"got {ocfg.global_crops} global + {ocfg.local_crops} local"
+        )
     for key in ("global_crop_scale", "local_crop_scale"):
         lo, hi = getattr(ocfg, key)
         if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"objective.{key} must be [low, high] with 0 < low <= high <= 1 (a crop cannot be "
-                              f"larger than the image), got {[lo, hi]}")
+            raise ConfigError(
+                f"objective.{key} must be [low, high] with 0 < low <= high <= 1 (a crop cannot be "
+                f"larger than the image), got {[lo, hi]}"
+            )
     if ocfg.local_crop_size is None:
         local = default_local_size(img_size, patch_size)
     else:
         local = ocfg.local_crop_size if isinstance(ocfg.local_crop_size, list) else [ocfg.local_crop_size]
         local = local * len(img_size) if len(local) == 1 else list(local)
     if len(local) != len(img_size) or any(ls > s for ls, s in zip(local, img_size)):
-        raise ConfigError(f"objective.local_crop_size {ocfg.local_crop_size} is larger than the image "
-                          f"(data.img_size {img_size}); use at most the image size")
+        raise ConfigError(
+            f"objective.local_crop_size {ocfg.local_crop_size} is larger than the image "
+            f"(data.img_size {img_size}); use at most the image size"
+        )
     if any(ls < p or ls % p for ls, p in zip(local, patch_size)):
         raise ConfigError(f"objective.local_crop_size {local} must be a multiple of model.patch_size {patch_size}")
     if batch_size < 2:
-        raise ConfigError(f"train.batch_size {batch_size} is too small for the teacher's centering "
-                          f"(objective.centering {ocfg.centering!r} averages over the batch); use >= 2")
+        raise ConfigError(
+            f"train.batch_size {batch_size} is too small for the teacher's centering "
+            f"(objective.centering {ocfg.centering!r} averages over the batch); use >= 2"
+        )
     return local
 
 
@@ -236,8 +264,9 @@ class RandomResizedCropDataset(MultiCropDataset):
     def __init__(self, dataset, scale: Sequence[float], seed: int = 0):
         lo, hi = scale
         if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"objective.mae_crop_scale must be [low, high] with 0 < low <= high <= 1, "
-                              f"got {list(scale)}")
+            raise ConfigError(
+                f"objective.mae_crop_scale must be [low, high] with 0 < low <= high <= 1, got {list(scale)}"
+            )
         super().__init__(dataset, lambda x, g: [resized_crop(x, g, tuple(x.shape[1:]), (lo, hi))], seed)
 
     def __getitem__(self, index: int) -> dict:

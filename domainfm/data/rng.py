@@ -17,8 +17,12 @@ import torch
 
 
 def _mix(seed: int, epoch: int, index: int, salt: int = 0) -> int:
-    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF, index & 0xFFFFFFFF,
-                                       salt & 0xFFFFFFFF]).generate_state(1, np.uint64)[0] >> 1)
+    return int(
+        np.random.SeedSequence(
+            [seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF, index & 0xFFFFFFFF, salt & 0xFFFFFFFF]
+        ).generate_state(1, np.uint64)[0]
+        >> 1
+    )
 
 
 def item_generator(seed: int, epoch: int, index: int, salt: int = 0) -> torch.Generator:

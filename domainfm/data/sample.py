@@ -29,8 +29,14 @@ import torch
 from domainfm.errors import DataError
 
 
-def make_sample(image: torch.Tensor, path: str | None = None, label: Any = None, mask: Any = None,
-                wavelengths: list[float] | None = None, **meta: Any) -> dict:
+def make_sample(
+    image: torch.Tensor,
+    path: str | None = None,
+    label: Any = None,
+    mask: Any = None,
+    wavelengths: list[float] | None = None,
+    **meta: Any,
+) -> dict:
     """Build a sample dict; ``meta`` gets ``path`` plus any keyword given."""
     sample: dict[str, Any] = {"image": image, "meta": {"path": path, **meta}}
     if label is not None:
@@ -54,18 +60,23 @@ def check_sample(sample: dict, spatial_dims: int | None = None, channels: int | 
         raise DataError(path, f"sample image must be a torch.Tensor, got {type(image).__name__}")
     if spatial_dims is not None and image.ndim != spatial_dims + 1:
         got = image.ndim - 1
-        raise DataError(path, f"expected a {spatial_dims}D image (C x {'D x ' if spatial_dims == 3 else ''}H x W) "
-                              f"but got {got} spatial dims, shape {tuple(image.shape)}; "
-                              f"is this {'2D data with a 3D config' if got < spatial_dims else '3D data with a 2D config'}?")
+        raise DataError(
+            path,
+            f"expected a {spatial_dims}D image (C x {'D x ' if spatial_dims == 3 else ''}H x W) "
+            f"but got {got} spatial dims, shape {tuple(image.shape)}; "
+            f"is this {'2D data with a 3D config' if got < spatial_dims else '3D data with a 2D config'}?",
+        )
     if channels is not None and image.shape[0] != channels:
-        raise DataError(path, f"expected {channels} channels but the image has {image.shape[0]} (shape {tuple(image.shape)})")
+        raise DataError(
+            path, f"expected {channels} channels but the image has {image.shape[0]} (shape {tuple(image.shape)})"
+        )
     if not torch.is_floating_point(image):
         raise DataError(path, f"image must be floating point after preprocessing, got {image.dtype}")
     if not bool(torch.isfinite(image).all()):
         n_bad = int((~torch.isfinite(image)).sum())
         raise DataError(path, f"image has {n_bad} NaN/inf values out of {image.numel()}")
     mask = sample.get("mask")
-    if isinstance(mask, torch.Tensor) and tuple(mask.shape[-(image.ndim - 1):]) != tuple(image.shape[1:]):
+    if isinstance(mask, torch.Tensor) and tuple(mask.shape[-(image.ndim - 1) :]) != tuple(image.shape[1:]):
         raise DataError(path, f"mask shape {tuple(mask.shape)} is not on the image grid {tuple(image.shape[1:])}")
     wl = sample.get("wavelengths")
     if wl is not None and len(wl) != image.shape[0]:
@@ -86,8 +97,11 @@ def collate_samples(batch: list[dict]) -> dict:
     shapes = {tuple(s["image"].shape) for s in batch}
     if len(shapes) > 1:
         paths = [s.get("meta", {}).get("path") for s in batch]
-        raise DataError(None, f"samples in one batch have different shapes {sorted(shapes)} (files {paths}); "
-                              "crop or resize them to one size in the domain transforms")
+        raise DataError(
+            None,
+            f"samples in one batch have different shapes {sorted(shapes)} (files {paths}); "
+            "crop or resize them to one size in the domain transforms",
+        )
     out["image"] = torch.stack([s["image"] for s in batch])
     if "views" in batch[0]:
         out["views"] = [torch.stack([s["views"][i] for s in batch]) for i in range(len(batch[0]["views"]))]

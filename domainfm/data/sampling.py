@@ -17,8 +17,16 @@ from __future__ import annotations
 import torch
 
 
-def default_epoch_batches(n: int, epoch: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                          shuffle: bool = True, drop_last: bool = True) -> list[list[int]]:
+def default_epoch_batches(
+    n: int,
+    epoch: int,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    shuffle: bool = True,
+    drop_last: bool = True,
+) -> list[list[int]]:
     """Shuffle ``range(n)`` with ``(seed, epoch)``, shard it across ranks, cut it into batches."""
     if shuffle:
         g = torch.Generator().manual_seed(seed * 100003 + epoch)
@@ -26,14 +34,16 @@ def default_epoch_batches(n: int, epoch: int, batch_size: int, seed: int, rank: 
     else:
         order = list(range(n))
     per_rank = n // world_size if world_size > 1 else n
-    order = order[rank * per_rank:(rank + 1) * per_rank] if world_size > 1 else order
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    order = order[rank * per_rank : (rank + 1) * per_rank] if world_size > 1 else order
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
         batches = batches[:-1]
     return batches
 
 
-def epoch_batches(dataset, epoch: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+def epoch_batches(
+    dataset, epoch: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+) -> list[list[int]]:
     """The dataset's own grouping if it has one, else :func:`default_epoch_batches`."""
     own = getattr(dataset, "epoch_batches", None)
     if callable(own):

@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -31,10 +31,13 @@ def holdout_mask(n: int, fraction: float, seed: int = 0, labels: Sequence | None
     """
     rng = np.random.default_rng(seed)
     held = np.zeros(n, bool)
-    groups = [np.arange(n)] if labels is None else \
-        [np.flatnonzero(np.asarray(labels, dtype=object) == c) for c in sorted(set(labels), key=str)]
+    groups = (
+        [np.arange(n)]
+        if labels is None
+        else [np.flatnonzero(np.asarray(labels, dtype=object) == c) for c in sorted(set(labels), key=str)]
+    )
     for idx in groups:
-        held[rng.permutation(idx)[:_n_held(len(idx), fraction)]] = True
+        held[rng.permutation(idx)[: _n_held(len(idx), fraction)]] = True
     return held
 
 

@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils.data import Dataset
@@ -24,8 +24,9 @@ from domainfm.data.sampling import set_epoch
 
 
 class ViewsDataset(Dataset):
-    def __init__(self, dataset, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor], n_views: int = 2,
-                 seed: int = 0):
+    def __init__(
+        self, dataset, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor], n_views: int = 2, seed: int = 0
+    ):
         self.dataset, self.augment, self.n_views, self.seed = dataset, augment, n_views, seed
         self.epoch = 0
 

@@ -15,8 +15,8 @@ Example:
     1.0
 """
 
-from domainfm.eval.embeddings import EmbeddingCache, embed_dataset
 from domainfm.eval.command import add_evaluate_arguments, evaluate_from_args, run_evaluate_from_args
+from domainfm.eval.embeddings import EmbeddingCache, embed_dataset
 from domainfm.eval.evaluate import evaluate
 from domainfm.eval.finetune import finetune_classifier
 from domainfm.eval.metrics import bootstrap_ci, classification_metrics, segmentation_metrics
@@ -25,7 +25,26 @@ from domainfm.eval.protocols import fewshot_probe, knn_probe, linear_probe, prot
 from domainfm.eval.report import EvalResult, write_report
 from domainfm.eval.splits import check_labels, check_pair, stratified_fraction, stratified_split
 
-__all__ = ["evaluate", "add_evaluate_arguments", "evaluate_from_args", "run_evaluate_from_args", "EmbeddingCache", "embed_dataset",
-           "finetune_classifier", "bootstrap_ci", "classification_metrics", "segmentation_metrics",
-           "OnlineKNNProbe", "fewshot_probe", "knn_probe", "linear_probe", "prototype_probe", "EvalResult",
-           "write_report", "check_labels", "check_pair", "stratified_fraction", "stratified_split"]
+__all__ = [
+    "evaluate",
+    "add_evaluate_arguments",
+    "evaluate_from_args",
+    "run_evaluate_from_args",
+    "EmbeddingCache",
+    "embed_dataset",
+    "finetune_classifier",
+    "bootstrap_ci",
+    "classification_metrics",
+    "segmentation_metrics",
+    "OnlineKNNProbe",
+    "fewshot_probe",
+    "knn_probe",
+    "linear_probe",
+    "prototype_probe",
+    "EvalResult",
+    "write_report",
+    "check_labels",
+    "check_pair",
+    "stratified_fraction",
+    "stratified_split",
+]

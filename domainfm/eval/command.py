@@ -30,13 +30,16 @@ def add_evaluate_arguments(parser) -> None:
     if "checkpoint" not in dests:
         parser.add_argument("checkpoint", help="checkpoint folder (model.safetensors + card.json)")
     parser.add_argument("--data", default=None, help="labelled data (the domain's data.path)")
-    parser.add_argument("--protocol", default="linear",
-                        help="linear | knn | fewshot | finetune | lora, or a comma list (linear,knn)")
+    parser.add_argument(
+        "--protocol", default="linear", help="linear | knn | fewshot | finetune | lora, or a comma list (linear,knn)"
+    )
     parser.add_argument("--fractions", default="0.01,0.1,1", help="label fractions, comma separated (0.01 = 1%%)")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds per fraction")
     parser.add_argument("--baseline", default="random", help="random | CKPT2 | random,CKPT2 | none")
     parser.add_argument("--out", default=None, help="output folder for report.json, report.md, plots")
-    parser.add_argument("--test-split", default="test", help="split to score on (test; val for an in-distribution check)")
+    parser.add_argument(
+        "--test-split", default="test", help="split to score on (test; val for an in-distribution check)"
+    )
     parser.add_argument("--k", type=int, default=20, help="kNN neighbours")
     parser.add_argument("--shots", default="1,5,10", help="few-shot: shots per class, comma separated")
     parser.add_argument("--episodes", type=int, default=5, help="few-shot: episodes per seed")
@@ -50,8 +53,14 @@ def add_evaluate_arguments(parser) -> None:
     parser.add_argument("--layer-decay", type=float, default=None, help="finetune: layer-wise LR decay")
     parser.add_argument("--lora-rank", type=int, default=None, help="lora: rank")
     if "overrides" not in dests and "sets" not in dests:
-        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                            help="config override, e.g. data.options.x=1 (repeatable)")
+        parser.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="config override, e.g. data.options.x=1 (repeatable)",
+        )
 
 
 def _option_overrides(checkpoint, rest) -> list[str]:
@@ -69,17 +78,39 @@ def evaluate_from_args(args, rest=()) -> EvalResult:
 
     ``rest`` are leftover ``--option VALUE`` flags: the checkpoint's domain options.
     """
-    ft = {k: v for k, v in (("epochs", getattr(args, "epochs", None)), ("lr", getattr(args, "lr", None)),
-                            ("layer_decay", getattr(args, "layer_decay", None)),
-                            ("lora_rank", getattr(args, "lora_rank", None))) if v is not None}
+    ft = {
+        k: v
+        for k, v in (
+            ("epochs", getattr(args, "epochs", None)),
+            ("lr", getattr(args, "lr", None)),
+            ("layer_decay", getattr(args, "layer_decay", None)),
+            ("lora_rank", getattr(args, "lora_rank", None)),
+        )
+        if v is not None
+    }
     shots = parse_list(str(getattr(args, "shots", "1,5,10")), int)
     overrides = list(getattr(args, "overrides", None) or getattr(args, "sets", None) or [])
     overrides += _option_overrides(args.checkpoint, rest)
-    result = evaluate(args.checkpoint, data=args.data, protocol=args.protocol, fractions=args.fractions,
-                      seeds=args.seeds, baseline=args.baseline, out=args.out, overrides=overrides, k=args.k,
-                      shots=shots, episodes=args.episodes, n_boot=args.n_boot, batch_size=args.batch_size,
-                      device=args.device, max_train=args.max_train, max_test=args.max_test, finetune_kwargs=ft,
-                      test_split=getattr(args, "test_split", "test"))
+    result = evaluate(
+        args.checkpoint,
+        data=args.data,
+        protocol=args.protocol,
+        fractions=args.fractions,
+        seeds=args.seeds,
+        baseline=args.baseline,
+        out=args.out,
+        overrides=overrides,
+        k=args.k,
+        shots=shots,
+        episodes=args.episodes,
+        n_boot=args.n_boot,
+        batch_size=args.batch_size,
+        device=args.device,
+        max_train=args.max_train,
+        max_test=args.max_test,
+        finetune_kwargs=ft,
+        test_split=getattr(args, "test_split", "test"),
+    )
     print(render_markdown(result))
     if result.paths:
         print(f"wrote {result.paths['markdown'].parent}")

@@ -20,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,19 +73,31 @@ def _device_of(model: Any) -> torch.device:
 
 def _label_of(sample: dict, source) -> int:
     if "label" not in sample:
-        raise DataError(source, "samples have no 'label': evaluate's protocols need class labels "
-                                "(for segmentation masks use domainfm.finetune, which reports Dice/mIoU)")
+        raise DataError(
+            source,
+            "samples have no 'label': evaluate's protocols need class labels "
+            "(for segmentation masks use domainfm.finetune, which reports Dice/mIoU)",
+        )
     lbl = torch.as_tensor(sample["label"])
     if lbl.numel() != 1:
-        raise DataError(source, f"label of shape {tuple(lbl.shape)}: the probes take one class index per item "
-                                "(multi-label targets are not supported by evaluate)")
+        raise DataError(
+            source,
+            f"label of shape {tuple(lbl.shape)}: the probes take one class index per item "
+            "(multi-label targets are not supported by evaluate)",
+        )
     return int(lbl.reshape(()).item())
 
 
 @torch.no_grad()
-def embed_dataset(model: Any, dataset, batch_size: int = 64, num_workers: int = 0,
-                  source: str | None = None, progress: bool = False,
-                  max_items: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def embed_dataset(
+    model: Any,
+    dataset,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    source: str | None = None,
+    progress: bool = False,
+    max_items: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings ``N x E`` (float32) and labels ``N`` (int64) of a labelled dataset, no grad.
 
     ``model`` is a loaded ``FoundationModel``, a ``ViTEncoder`` or any ``fn(x, wavelengths=None)``.
@@ -101,9 +114,13 @@ def embed_dataset(model: Any, dataset, batch_size: int = 64, num_workers: int = 
     n = len(keep)
     if n == 0:
         raise DataError(source, "the dataset is empty: nothing to embed")
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, keep) if n < len(dataset) else dataset,
-                                         batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         collate_fn=_collate_keep_labels)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, keep) if n < len(dataset) else dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate_keep_labels,
+    )
     xs, ys = [], []
     it = loader
     if progress:
@@ -190,8 +207,9 @@ class EmbeddingCache:
     def path(self, key: str) -> Path | None:
         return None if self.folder is None else self.folder / f"emb-{key}.npz"
 
-    def get_or_compute(self, key: str, compute: Callable[[], tuple[np.ndarray, np.ndarray]],
-                       meta: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def get_or_compute(
+        self, key: str, compute: Callable[[], tuple[np.ndarray, np.ndarray]], meta: dict | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if key in self._memory:
             self.hits += 1
             return self._memory[key]

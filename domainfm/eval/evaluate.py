@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,10 +35,10 @@ from domainfm.config import Config
 from domainfm.data.splits import holdout_mask
 from domainfm.errors import CheckpointError, ConfigError, DataError, DomainFMError
 from domainfm.eval.embeddings import EmbeddingCache, cache_key, embed_dataset, fingerprint_path
+from domainfm.eval.finetune import dataset_tensors, finetune_classifier, finetune_segmenter
 from domainfm.eval.metrics import CLASSIFICATION_METRICS, SEGMENTATION_METRICS, bootstrap_ci, segmentation_metrics
 from domainfm.eval.protocols import DEFAULT_CS, fewshot_probe, knn_probe, linear_probe
 from domainfm.eval.report import EvalResult, write_report
-from domainfm.eval.finetune import dataset_tensors, finetune_classifier, finetune_segmenter
 from domainfm.eval.splits import check_labels, check_pair, random_fraction, stratified_fraction, stratified_split
 from domainfm.heads import default_head
 from domainfm.model import load
@@ -80,8 +81,7 @@ def parse_fractions(fractions) -> list[float]:
         raise ConfigError(f"fractions must be numbers in (0, 1], got {fractions!r}") from None
     bad = [f for f in out if not 0 < f <= 1]
     if bad or not out:
-        raise ConfigError(f"label fraction {bad[0] if bad else fractions!r} is not in (0, 1] "
-                          "(use 0.01 for 1%)")
+        raise ConfigError(f"label fraction {bad[0] if bad else fractions!r} is not in (0, 1] (use 0.01 for 1%)")
     return sorted(dict.fromkeys(out))
 
 
@@ -132,14 +132,19 @@ def load_splits(cfg, seed: int = 0, test_split: str = "test"):
         else:
             labels = np.array([_item_label(train, i, cfg.data.path) for i in range(len(train))])
             keep, hold = stratified_split(labels, 0.2, seed=seed, source=cfg.data.path)
-        return (torch.utils.data.Subset(train, keep.tolist()), torch.utils.data.Subset(train, hold.tolist()),
-                "train[20% held out]")
+        return (
+            torch.utils.data.Subset(train, keep.tolist()),
+            torch.utils.data.Subset(train, hold.tolist()),
+            "train[20% held out]",
+        )
 
 
 def _item_label(ds, i, source):
     s = ds[i]
     if "label" not in s:
-        raise DataError((s.get("meta") or {}).get("path") or source, "sample has no 'label': evaluate needs labelled data")
+        raise DataError(
+            (s.get("meta") or {}).get("path") or source, "sample has no 'label': evaluate needs labelled data"
+        )
     return int(torch.as_tensor(s["label"]).reshape(-1)[0])
 
 
@@ -151,18 +156,22 @@ def check_card_matches(card: dict, sample: dict, checkpoint=None, data=None) -> 
         >>> check_card_matches(card, {"image": torch.zeros(1, 32, 32)}, "ck", "d.npz")
         Traceback (most recent call last):
         ...
-        domainfm.errors.CheckpointError: checkpoint ck was trained on 3-channel inputs but d.npz gives 1-channel images (shape (1, 32, 32))
+        domainfm.errors.CheckpointError: checkpoint ck was trained on 3-channel inputs but d.npz gives 1-channel ...
     """
     enc = card.get("encoder") or {}
     image = sample["image"]
     dims = len(enc["img_size"]) if isinstance(enc.get("img_size"), (list, tuple)) else None
     if dims is not None and image.ndim - 1 != dims:
-        raise CheckpointError(f"checkpoint {checkpoint} takes {dims}D images but {data} gives "
-                              f"{image.ndim - 1}D ones (shape {tuple(image.shape)})")
+        raise CheckpointError(
+            f"checkpoint {checkpoint} takes {dims}D images but {data} gives "
+            f"{image.ndim - 1}D ones (shape {tuple(image.shape)})"
+        )
     chans = enc.get("in_chans")
     if chans is not None and enc.get("patch_embed") != "wavelength" and image.shape[0] != chans:
-        raise CheckpointError(f"checkpoint {checkpoint} was trained on {chans}-channel inputs but {data} gives "
-                              f"{image.shape[0]}-channel images (shape {tuple(image.shape)})")
+        raise CheckpointError(
+            f"checkpoint {checkpoint} was trained on {chans}-channel inputs but {data} gives "
+            f"{image.shape[0]}-channel images (shape {tuple(image.shape)})"
+        )
 
 
 def random_like(model, card: dict, seed: int = RANDOM_SEED):
@@ -180,8 +189,10 @@ def random_like(model, card: dict, seed: int = RANDOM_SEED):
     enc = getattr(rand, "encoder", rand)
     missing = enc.load_state_dict(fresh.state_dict(), strict=False)
     if missing.missing_keys:
-        raise CheckpointError(f"random baseline: encoder of shape {card['encoder']} does not match "
-                              f"the checkpoint's ({len(missing.missing_keys)} missing weights)")
+        raise CheckpointError(
+            f"random baseline: encoder of shape {card['encoder']} does not match "
+            f"the checkpoint's ({len(missing.missing_keys)} missing weights)"
+        )
     return rand
 
 
@@ -196,13 +207,32 @@ def _encoder_of(model):
 
 
 # ---------------------------------------------------------------------------------------------
-def evaluate(checkpoint, data=None, protocol: str | Sequence[str] = "linear",
-             fractions=(0.01, 0.1, 1.0), seeds: int = 3, baseline="random", out=None,
-             overrides: Sequence[str] = (), *, k: int = 20, Cs=DEFAULT_CS, shots=(1, 5, 10),
-             episodes: int = 5, n_boot: int = 1000, batch_size: int = 64, cache_dir=None,
-             device: str | None = None, test_split: str = "test", max_train: int | None = None,
-             max_test: int | None = None, finetune_kwargs: dict | None = None, plots: bool = True,
-             progress: bool = False, datasets: tuple | None = None) -> EvalResult:
+def evaluate(
+    checkpoint,
+    data=None,
+    protocol: str | Sequence[str] = "linear",
+    fractions=(0.01, 0.1, 1.0),
+    seeds: int = 3,
+    baseline="random",
+    out=None,
+    overrides: Sequence[str] = (),
+    *,
+    k: int = 20,
+    Cs=DEFAULT_CS,
+    shots=(1, 5, 10),
+    episodes: int = 5,
+    n_boot: int = 1000,
+    batch_size: int = 64,
+    cache_dir=None,
+    device: str | None = None,
+    test_split: str = "test",
+    max_train: int | None = None,
+    max_test: int | None = None,
+    finetune_kwargs: dict | None = None,
+    plots: bool = True,
+    progress: bool = False,
+    datasets: tuple | None = None,
+) -> EvalResult:
     """Evaluate a pretrained checkpoint against a random-init encoder of the same shape.
 
     Args:
@@ -254,13 +284,16 @@ def evaluate(checkpoint, data=None, protocol: str | Sequence[str] = "linear",
     first = train_ds[0]
     if card.get("encoder"):
         check_card_matches(card, first, checkpoint, data_name)
-    task = (cfg.finetune.task if datasets is None else None) or ("segmentation" if "label" not in first and "mask" in first
-                                                                  else "classification")
+    task = (cfg.finetune.task if datasets is None else None) or (
+        "segmentation" if "label" not in first and "mask" in first else "classification"
+    )
     if task == "segmentation":
         frozen = [p for p in protocols if p in FROZEN]
         if frozen:
-            raise ConfigError(f"protocol {frozen[0]!r} needs class labels but {data_name} is a segmentation dataset "
-                              "(finetune.task=segmentation); use --protocol finetune or lora")
+            raise ConfigError(
+                f"protocol {frozen[0]!r} needs class labels but {data_name} is a segmentation dataset "
+                "(finetune.task=segmentation); use --protocol finetune or lora"
+            )
         if "mask" not in first:
             raise DataError(data_name, "finetune.task is segmentation but the samples have no 'mask'")
     elif task != "classification":
@@ -268,11 +301,15 @@ def evaluate(checkpoint, data=None, protocol: str | Sequence[str] = "linear",
 
     baselines = _baselines(baseline)
     encoders: dict[str, Any] = {"pretrained": model}
-    enc_ids: dict[str, Any] = {"pretrained": {"ckpt": fingerprint_path(_weights_file(checkpoint)), "card": card.get("encoder")}}
+    enc_ids: dict[str, Any] = {
+        "pretrained": {"ckpt": fingerprint_path(_weights_file(checkpoint)), "card": card.get("encoder")}
+    }
     for b in baselines:
         if b == "random":
             if not card.get("encoder"):
-                raise CheckpointError(f"checkpoint {checkpoint} has no encoder in its card: cannot build a random baseline")
+                raise CheckpointError(
+                    f"checkpoint {checkpoint} has no encoder in its card: cannot build a random baseline"
+                )
             encoders["random"] = random_like(model, card)
             enc_ids["random"] = {"random": card["encoder"], "seed": RANDOM_SEED}
         else:
@@ -289,32 +326,49 @@ def evaluate(checkpoint, data=None, protocol: str | Sequence[str] = "linear",
 
     cache_folder = cache_dir if cache_dir is not None else (Path(out) / "embeddings" if out is not None else None)
     cache = EmbeddingCache(cache_folder)
-    data_id = {"data": fingerprint_path(data), "overrides": list(overrides), "train_n": len(train_ds),
-               "test_n": len(test_ds), "split": split_name, "max": [max_train, max_test]}
+    data_id = {
+        "data": fingerprint_path(data),
+        "overrides": list(overrides),
+        "train_n": len(train_ds),
+        "test_n": len(test_ds),
+        "split": split_name,
+        "max": [max_train, max_test],
+    }
 
     records: list[dict] = []
     n_test = None
-    for proto_group in (["frozen"] if any(p in FROZEN for p in protocols) else []) + \
-            [p for p in protocols if p not in FROZEN]:
+    for proto_group in (["frozen"] if any(p in FROZEN for p in protocols) else []) + [
+        p for p in protocols if p not in FROZEN
+    ]:
         if proto_group == "frozen":
             emb = {}
             for name, m in encoders.items():
                 key_tr = cache_key(enc=enc_ids[name], data=data_id, part="train")
                 key_te = cache_key(enc=enc_ids[name], data=data_id, part="test")
                 emb[name] = (
-                    cache.get_or_compute(key_tr, lambda m=m: embed_dataset(m, train_ds, batch_size, source=data_name,
-                                                                          progress=progress, max_items=max_train),
-                                         meta={"encoder": name, "part": "train"}),
-                    cache.get_or_compute(key_te, lambda m=m: embed_dataset(m, test_ds, batch_size, source=data_name,
-                                                                          progress=progress, max_items=max_test),
-                                         meta={"encoder": name, "part": "test"}))
+                    cache.get_or_compute(
+                        key_tr,
+                        lambda m=m: embed_dataset(
+                            m, train_ds, batch_size, source=data_name, progress=progress, max_items=max_train
+                        ),
+                        meta={"encoder": name, "part": "train"},
+                    ),
+                    cache.get_or_compute(
+                        key_te,
+                        lambda m=m: embed_dataset(
+                            m, test_ds, batch_size, source=data_name, progress=progress, max_items=max_test
+                        ),
+                        meta={"encoder": name, "part": "test"},
+                    ),
+                )
             ytr = check_labels(emb["pretrained"][0][1], data_name, "training labels")
             yte = check_labels(emb["pretrained"][1][1], data_name, "test labels")
             n_test = yte.size
             num_classes = int(max(ytr.max(), yte.max()) + 1)
             for p in [p for p in protocols if p in FROZEN]:
-                records += _run_frozen(p, emb, ytr, yte, num_classes, fracs, n_seeds, k, Cs, shots, episodes,
-                                       n_boot, gain_vs, data_name)
+                records += _run_frozen(
+                    p, emb, ytr, yte, num_classes, fracs, n_seeds, k, Cs, shots, episodes, n_boot, gain_vs, data_name
+                )
         elif task == "segmentation":
             xtr, mtr, wl = dataset_tensors(train_ds, data_name, max_items=max_train, target="mask")
             xte, mte, _ = dataset_tensors(test_ds, data_name, max_items=max_test, target="mask")
@@ -324,9 +378,23 @@ def evaluate(checkpoint, data=None, protocol: str | Sequence[str] = "linear",
             if classes:
                 num_classes = max(num_classes, len(classes))
             head_factory = _segmentation_head_factory(domain_name, cfg if datasets is None else None, num_classes)
-            records += _run_segmentation(proto_group, encoders, head_factory, xtr, mtr, xte, mte.numpy(), wl,
-                                         num_classes, fracs, n_seeds, n_boot, gain_vs, data_name,
-                                         finetune_kwargs or {})
+            records += _run_segmentation(
+                proto_group,
+                encoders,
+                head_factory,
+                xtr,
+                mtr,
+                xte,
+                mte.numpy(),
+                wl,
+                num_classes,
+                fracs,
+                n_seeds,
+                n_boot,
+                gain_vs,
+                data_name,
+                finetune_kwargs or {},
+            )
         else:
             xtr, ytr, wl = dataset_tensors(train_ds, data_name, max_items=max_train)
             xte, yte, _ = dataset_tensors(test_ds, data_name, max_items=max_test)
@@ -334,16 +402,46 @@ def evaluate(checkpoint, data=None, protocol: str | Sequence[str] = "linear",
             yte = check_labels(yte, data_name, "test labels")
             n_test = yte.size
             num_classes = int(max(ytr.max(), yte.max()) + 1)
-            records += _run_finetune(proto_group, encoders, xtr, ytr, xte, yte, wl, num_classes, fracs, n_seeds,
-                                     n_boot, gain_vs, data_name, finetune_kwargs or {})
+            records += _run_finetune(
+                proto_group,
+                encoders,
+                xtr,
+                ytr,
+                xte,
+                yte,
+                wl,
+                num_classes,
+                fracs,
+                n_seeds,
+                n_boot,
+                gain_vs,
+                data_name,
+                finetune_kwargs or {},
+            )
 
-    meta = {"checkpoint": str(checkpoint) if isinstance(checkpoint, (str, Path)) else type(checkpoint).__name__,
-            "data": data_name, "domain": domain_name, "task": task, "protocols": protocols, "fractions": fracs,
-            "seeds": n_seeds, "baseline": baselines, "gain_vs": gain_vs, "encoders": list(encoders),
-            "n_train_pool": len(train_ds) if max_train is None else min(len(train_ds), max_train),
-            "n_test": n_test, "test_split": split_name, "n_boot": n_boot, "k": k, "Cs": list(Cs),
-            "cache": {"folder": None if cache_folder is None else str(cache_folder), "hits": cache.hits,
-                      "misses": cache.misses}}
+    meta = {
+        "checkpoint": str(checkpoint) if isinstance(checkpoint, (str, Path)) else type(checkpoint).__name__,
+        "data": data_name,
+        "domain": domain_name,
+        "task": task,
+        "protocols": protocols,
+        "fractions": fracs,
+        "seeds": n_seeds,
+        "baseline": baselines,
+        "gain_vs": gain_vs,
+        "encoders": list(encoders),
+        "n_train_pool": len(train_ds) if max_train is None else min(len(train_ds), max_train),
+        "n_test": n_test,
+        "test_split": split_name,
+        "n_boot": n_boot,
+        "k": k,
+        "Cs": list(Cs),
+        "cache": {
+            "folder": None if cache_folder is None else str(cache_folder),
+            "hits": cache.hits,
+            "misses": cache.misses,
+        },
+    }
     result = EvalResult(records, meta)
     result.meta["seconds"] = round(time.perf_counter() - t0, 2)
     if out is not None:
@@ -359,21 +457,36 @@ def _weights_file(checkpoint):
 
 
 def _summarise(protocol, name, frac, shots, n_train, yte, probas, base_probas, n_boot, seed_base, gain_vs):
-    stats = bootstrap_ci(yte, probas, n_boot=n_boot, seed=seed_base, baseline_probas=base_probas,
-                         num_classes=probas[0].shape[1])
+    stats = bootstrap_ci(
+        yte, probas, n_boot=n_boot, seed=seed_base, baseline_probas=base_probas, num_classes=probas[0].shape[1]
+    )
     out = []
     for metric in CLASSIFICATION_METRICS:
         s = stats[metric]
-        out.append({"encoder": name, "protocol": protocol, "fraction": frac, "shots": shots, "n_train": n_train,
-                    "n_test": int(yte.size), "seeds": len(probas), "metric": metric, "mean": s["mean"],
-                    "ci_low": s["ci_low"], "ci_high": s["ci_high"], "per_seed": s["per_seed"],
-                    "gain": s.get("gain"), "gain_low": s.get("gain_low"), "gain_high": s.get("gain_high"),
-                    "baseline": gain_vs if base_probas is not None else None})
+        out.append(
+            {
+                "encoder": name,
+                "protocol": protocol,
+                "fraction": frac,
+                "shots": shots,
+                "n_train": n_train,
+                "n_test": int(yte.size),
+                "seeds": len(probas),
+                "metric": metric,
+                "mean": s["mean"],
+                "ci_low": s["ci_low"],
+                "ci_high": s["ci_high"],
+                "per_seed": s["per_seed"],
+                "gain": s.get("gain"),
+                "gain_low": s.get("gain_low"),
+                "gain_high": s.get("gain_high"),
+                "baseline": gain_vs if base_probas is not None else None,
+            }
+        )
     return out
 
 
-def _run_frozen(protocol, emb, ytr, yte, num_classes, fracs, n_seeds, k, Cs, shots, episodes, n_boot,
-                gain_vs, source):
+def _run_frozen(protocol, emb, ytr, yte, num_classes, fracs, n_seeds, k, Cs, shots, episodes, n_boot, gain_vs, source):
     for name, ((x_tr, y_tr), (x_te, y_te)) in emb.items():
         check_pair(x_tr, y_tr, f"{source} ({name} train embeddings)")
         check_pair(x_te, y_te, f"{source} ({name} test embeddings)")
@@ -385,8 +498,9 @@ def _run_frozen(protocol, emb, ytr, yte, num_classes, fracs, n_seeds, k, Cs, sho
         for seed in range(n_seeds):
             if protocol == "fewshot":
                 for name, ((x_tr, _), (x_te, _)) in emb.items():
-                    probas[name] += fewshot_probe(x_tr, ytr, x_te, shots=shot, episodes=episodes, seed=seed,
-                                                  num_classes=num_classes)
+                    probas[name] += fewshot_probe(
+                        x_tr, ytr, x_te, shots=shot, episodes=episodes, seed=seed, num_classes=num_classes
+                    )
                 n_train = int(sum(min(shot, int((ytr == c).sum())) for c in np.unique(ytr)))
                 continue
             idx = stratified_fraction(ytr, frac, seed=seed, source=source)
@@ -399,13 +513,15 @@ def _run_frozen(protocol, emb, ytr, yte, num_classes, fracs, n_seeds, k, Cs, sho
                 probas[name].append(p)
         for name in emb:
             base = probas[gain_vs] if gain_vs and name != gain_vs else None
-            records += _summarise(protocol, name, frac, shot, n_train, yte, probas[name], base, n_boot,
-                                  seed_base=1234, gain_vs=gain_vs)
+            records += _summarise(
+                protocol, name, frac, shot, n_train, yte, probas[name], base, n_boot, seed_base=1234, gain_vs=gain_vs
+            )
     return records
 
 
-def _run_finetune(protocol, encoders, xtr, ytr, xte, yte, wl, num_classes, fracs, n_seeds, n_boot, gain_vs,
-                  source, kwargs):
+def _run_finetune(
+    protocol, encoders, xtr, ytr, xte, yte, wl, num_classes, fracs, n_seeds, n_boot, gain_vs, source, kwargs
+):
     mode = "lora" if protocol == "lora" else "full"
     records = []
     for frac in fracs:
@@ -416,8 +532,9 @@ def _run_finetune(protocol, encoders, xtr, ytr, xte, yte, wl, num_classes, fracs
             idx = stratified_fraction(ytr, frac, seed=seed, source=source)
             n_train = int(idx.size)
             for name, m in encoders.items():
-                p, info = finetune_classifier(_encoder_of(m), xtr[idx], ytr[idx], xte, num_classes, mode=mode,
-                                              seed=seed, wavelengths=wl, **kwargs)
+                p, info = finetune_classifier(
+                    _encoder_of(m), xtr[idx], ytr[idx], xte, num_classes, mode=mode, seed=seed, wavelengths=wl, **kwargs
+                )
                 probas[name].append(p)
                 infos[name].append(info)
         for name in encoders:
@@ -432,15 +549,32 @@ def _run_finetune(protocol, encoders, xtr, ytr, xte, yte, wl, num_classes, fracs
 
 def _segmentation_head_factory(domain_name, cfg, num_classes):
     """``fn(encoder) -> head``: the domain's segmentation head (core default when no domain/config)."""
+
     def make(encoder):
         if cfg is not None and domain_name:
             return get_domain(domain_name).head("segmentation", encoder, num_classes, cfg)
         return default_head("segmentation", encoder, num_classes, Config())
+
     return make
 
 
-def _run_segmentation(protocol, encoders, head_factory, xtr, mtr, xte, mte, wl, num_classes, fracs, n_seeds, n_boot,
-                      gain_vs, source, kwargs):
+def _run_segmentation(
+    protocol,
+    encoders,
+    head_factory,
+    xtr,
+    mtr,
+    xte,
+    mte,
+    wl,
+    num_classes,
+    fracs,
+    n_seeds,
+    n_boot,
+    gain_vs,
+    source,
+    kwargs,
+):
     mode = "lora" if protocol == "lora" else "full"
 
     def metric_fn(t, p):
@@ -459,22 +593,36 @@ def _run_segmentation(protocol, encoders, head_factory, xtr, mtr, xte, mte, wl, 
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(seed)
                     head = head_factory(enc)
-                p, info = finetune_segmenter(enc, head, xtr[idx], mtr[idx], xte, mode=mode, seed=seed,
-                                             wavelengths=wl, **kwargs)
+                p, info = finetune_segmenter(
+                    enc, head, xtr[idx], mtr[idx], xte, mode=mode, seed=seed, wavelengths=wl, **kwargs
+                )
                 preds[name].append(p)
                 infos[name].append(info)
         for name in encoders:
             base = preds[gain_vs] if gain_vs and name != gain_vs else None
-            stats = bootstrap_ci(mte, preds[name], metric_fn=metric_fn, n_boot=n_boot, seed=1234,
-                                 baseline_probas=base)
+            stats = bootstrap_ci(mte, preds[name], metric_fn=metric_fn, n_boot=n_boot, seed=1234, baseline_probas=base)
             for metric in SEGMENTATION_METRICS:
                 st = stats[metric]
-                records.append({"encoder": name, "protocol": protocol, "fraction": frac, "shots": None,
-                                "n_train": n_train, "n_test": int(mte.shape[0]), "seeds": n_seeds, "metric": metric,
-                                "mean": st["mean"], "ci_low": st["ci_low"], "ci_high": st["ci_high"],
-                                "per_seed": st["per_seed"], "gain": st.get("gain"), "gain_low": st.get("gain_low"),
-                                "gain_high": st.get("gain_high"), "baseline": gain_vs if base is not None else None,
-                                "trainable_fraction": float(np.mean([i["encoder_trainable_fraction"]
-                                                                     for i in infos[name]])),
-                                "steps": int(infos[name][0]["steps"])})
+                records.append(
+                    {
+                        "encoder": name,
+                        "protocol": protocol,
+                        "fraction": frac,
+                        "shots": None,
+                        "n_train": n_train,
+                        "n_test": int(mte.shape[0]),
+                        "seeds": n_seeds,
+                        "metric": metric,
+                        "mean": st["mean"],
+                        "ci_low": st["ci_low"],
+                        "ci_high": st["ci_high"],
+                        "per_seed": st["per_seed"],
+                        "gain": st.get("gain"),
+                        "gain_low": st.get("gain_low"),
+                        "gain_high": st.get("gain_high"),
+                        "baseline": gain_vs if base is not None else None,
+                        "trainable_fraction": float(np.mean([i["encoder_trainable_fraction"] for i in infos[name]])),
+                        "steps": int(infos[name][0]["steps"]),
+                    }
+                )
     return records

@@ -83,8 +83,11 @@ def dataset_tensors(dataset, source: str | None = None, max_items: int | None = 
             targets.append(m[0] if m.ndim == s["image"].ndim else m)
         else:
             if "label" not in s:
-                raise DataError(where, "sample has no 'label'; the finetune/lora protocols need class labels "
-                                       "(or finetune.task=segmentation with masks)")
+                raise DataError(
+                    where,
+                    "sample has no 'label'; the finetune/lora protocols need class labels "
+                    "(or finetune.task=segmentation with masks)",
+                )
             lbl = torch.as_tensor(s["label"])
             if lbl.numel() != 1:
                 raise DataError(where, f"label of shape {tuple(lbl.shape)}: one class index per item expected")
@@ -112,8 +115,22 @@ def _prepare(encoder: nn.Module, mode: str, lora_rank: int, lora_alpha: float) -
     return enc
 
 
-def _fit(model: nn.Module, loss_of, n: int, mode: str, steps, epochs, batch_size, lr, weight_decay, layer_decay,
-         warmup_frac, min_steps, max_steps, seed) -> tuple[int, float, float]:
+def _fit(
+    model: nn.Module,
+    loss_of,
+    n: int,
+    mode: str,
+    steps,
+    epochs,
+    batch_size,
+    lr,
+    weight_decay,
+    layer_decay,
+    warmup_frac,
+    min_steps,
+    max_steps,
+    seed,
+) -> tuple[int, float, float]:
     """AdamW (+ layer-wise decay for ``full``), warmup + cosine; ``loss_of(idx)`` gives the batch loss."""
     gen = torch.Generator().manual_seed(int(seed))
     if mode == "lora":
@@ -135,13 +152,16 @@ def _fit(model: nn.Module, loss_of, n: int, mode: str, steps, epochs, batch_size
     last = float("nan")
     params = [p for g in groups for p in g["params"]]
     for step in range(steps):
-        scale = (step + 1) / warmup if step < warmup else \
-            0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+        scale = (
+            (step + 1) / warmup
+            if step < warmup
+            else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+        )
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_scale"] * scale
         if pos + bs > n:
             order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos:pos + bs]
+        idx = order[pos : pos + bs]
         pos += bs
         loss = loss_of(idx)
         if not torch.isfinite(loss):
@@ -158,8 +178,15 @@ def _fit(model: nn.Module, loss_of, n: int, mode: str, steps, epochs, batch_size
 def _info(model: nn.Module, encoder: nn.Module, steps: int, last: float, lr: float) -> dict[str, Any]:
     trainable, total = lora_parameter_count(model)
     enc_trainable, enc_total = lora_parameter_count(encoder)
-    return {"steps": steps, "trainable": trainable, "total": total, "trainable_fraction": trainable / total,
-            "encoder_trainable_fraction": enc_trainable / enc_total, "final_loss": last, "lr": lr}
+    return {
+        "steps": steps,
+        "trainable": trainable,
+        "total": total,
+        "trainable_fraction": trainable / total,
+        "encoder_trainable_fraction": enc_trainable / enc_total,
+        "final_loss": last,
+        "lr": lr,
+    }
 
 
 def _seeded_copy(encoder, mode, lora_rank, lora_alpha, seed, device):
@@ -169,13 +196,29 @@ def _seeded_copy(encoder, mode, lora_rank, lora_alpha, seed, device):
     return _prepare(encoder, mode, lora_rank, lora_alpha), device
 
 
-def finetune_classifier(encoder: nn.Module, train_x: torch.Tensor, train_y, test_x: torch.Tensor,
-                        num_classes: int, mode: str = "full", steps: int | None = None, epochs: int = 10,
-                        batch_size: int = 32, lr: float | None = None, weight_decay: float = 0.05,
-                        layer_decay: float = 0.75, lora_rank: int = 4, lora_alpha: float = 8.0,
-                        warmup_frac: float = 0.1, min_steps: int = 30, max_steps: int = 300,
-                        seed: int = 0, wavelengths=None, device: str | torch.device | None = None,
-                        eval_batch_size: int = 256) -> tuple[np.ndarray, dict[str, Any]]:
+def finetune_classifier(
+    encoder: nn.Module,
+    train_x: torch.Tensor,
+    train_y,
+    test_x: torch.Tensor,
+    num_classes: int,
+    mode: str = "full",
+    steps: int | None = None,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float | None = None,
+    weight_decay: float = 0.05,
+    layer_decay: float = 0.75,
+    lora_rank: int = 4,
+    lora_alpha: float = 8.0,
+    warmup_frac: float = 0.1,
+    min_steps: int = 30,
+    max_steps: int = 300,
+    seed: int = 0,
+    wavelengths=None,
+    device: str | torch.device | None = None,
+    eval_batch_size: int = 256,
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Fine-tune a copy of ``encoder`` + linear head on ``(train_x, train_y)``; class scores of ``test_x``.
 
     Args:
@@ -199,23 +242,53 @@ def finetune_classifier(encoder: nn.Module, train_x: torch.Tensor, train_y, test
     def loss_of(idx):
         return loss_fn(model(train_x[idx].to(device), wavelengths=wavelengths), y[idx].to(device))
 
-    steps, last, lr = _fit(model, loss_of, train_x.shape[0], mode, steps, epochs, batch_size, lr, weight_decay,
-                           layer_decay, warmup_frac, min_steps, max_steps, seed)
+    steps, last, lr = _fit(
+        model,
+        loss_of,
+        train_x.shape[0],
+        mode,
+        steps,
+        epochs,
+        batch_size,
+        lr,
+        weight_decay,
+        layer_decay,
+        warmup_frac,
+        min_steps,
+        max_steps,
+        seed,
+    )
     outs = []
     with torch.no_grad():
         for s in range(0, test_x.shape[0], eval_batch_size):
-            logits = model(test_x[s:s + eval_batch_size].to(device), wavelengths=wavelengths)
+            logits = model(test_x[s : s + eval_batch_size].to(device), wavelengths=wavelengths)
             outs.append(torch.softmax(logits.float(), 1).cpu())
     return torch.cat(outs).numpy().astype(np.float64), _info(model, model.encoder, steps, last, lr)
 
 
-def finetune_segmenter(encoder: nn.Module, head: nn.Module, train_x: torch.Tensor, train_masks: torch.Tensor,
-                       test_x: torch.Tensor, mode: str = "full", steps: int | None = None, epochs: int = 10,
-                       batch_size: int = 16, lr: float | None = None, weight_decay: float = 0.05,
-                       layer_decay: float = 0.75, lora_rank: int = 4, lora_alpha: float = 8.0,
-                       warmup_frac: float = 0.1, min_steps: int = 30, max_steps: int = 300, seed: int = 0,
-                       wavelengths=None, device: str | torch.device | None = None,
-                       eval_batch_size: int = 32) -> tuple[np.ndarray, dict[str, Any]]:
+def finetune_segmenter(
+    encoder: nn.Module,
+    head: nn.Module,
+    train_x: torch.Tensor,
+    train_masks: torch.Tensor,
+    test_x: torch.Tensor,
+    mode: str = "full",
+    steps: int | None = None,
+    epochs: int = 10,
+    batch_size: int = 16,
+    lr: float | None = None,
+    weight_decay: float = 0.05,
+    layer_decay: float = 0.75,
+    lora_rank: int = 4,
+    lora_alpha: float = 8.0,
+    warmup_frac: float = 0.1,
+    min_steps: int = 30,
+    max_steps: int = 300,
+    seed: int = 0,
+    wavelengths=None,
+    device: str | torch.device | None = None,
+    eval_batch_size: int = 32,
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Fine-tune a copy of ``encoder`` with a segmentation ``head`` (cross-entropy + soft Dice).
 
     ``head`` is built for ``encoder`` (e.g. ``domain.head("segmentation", encoder, K, cfg)``); it is
@@ -239,14 +312,29 @@ def finetune_segmenter(encoder: nn.Module, head: nn.Module, train_x: torch.Tenso
         p.requires_grad_(True)
 
     def loss_of(idx):
-        return model({"image": train_x[idx].to(device), "mask": train_masks[idx].to(device),
-                      "wavelengths": wavelengths})["loss"]
+        return model(
+            {"image": train_x[idx].to(device), "mask": train_masks[idx].to(device), "wavelengths": wavelengths}
+        )["loss"]
 
-    steps, last, lr = _fit(model, loss_of, train_x.shape[0], mode, steps, epochs, batch_size, lr, weight_decay,
-                           layer_decay, warmup_frac, min_steps, max_steps, seed)
+    steps, last, lr = _fit(
+        model,
+        loss_of,
+        train_x.shape[0],
+        mode,
+        steps,
+        epochs,
+        batch_size,
+        lr,
+        weight_decay,
+        layer_decay,
+        warmup_frac,
+        min_steps,
+        max_steps,
+        seed,
+    )
     outs = []
     with torch.no_grad():
         for s in range(0, test_x.shape[0], eval_batch_size):
-            logits = model.logits(test_x[s:s + eval_batch_size].to(device), wavelengths=wavelengths)
+            logits = model.logits(test_x[s : s + eval_batch_size].to(device), wavelengths=wavelengths)
             outs.append(logits.argmax(1).cpu())
     return torch.cat(outs).numpy(), _info(model, model.encoder, steps, last, lr)

@@ -27,11 +27,13 @@ SEGMENTATION_METRICS = ("dice", "miou")
 
 def _confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes).reshape(
-        num_classes, num_classes)
+        num_classes, num_classes
+    )
 
 
-def classification_metrics(y_true, proba, num_classes: int | None = None,
-                           metrics=CLASSIFICATION_METRICS) -> dict[str, float]:
+def classification_metrics(
+    y_true, proba, num_classes: int | None = None, metrics=CLASSIFICATION_METRICS
+) -> dict[str, float]:
     """Accuracy, balanced accuracy, macro-F1 and AUROC of class scores ``proba`` (N x K).
 
     ``y_true`` holds class indices ``0..K-1``. AUROC is binary (score of class 1) for K = 2 and
@@ -45,8 +47,9 @@ def classification_metrics(y_true, proba, num_classes: int | None = None,
     y_true = np.asarray(y_true).astype(np.int64).ravel()
     proba = np.asarray(proba, dtype=np.float64)
     if proba.ndim != 2 or proba.shape[0] != y_true.shape[0]:
-        raise DomainFMError(f"classification_metrics: scores of shape {proba.shape} do not match "
-                            f"{y_true.shape[0]} labels")
+        raise DomainFMError(
+            f"classification_metrics: scores of shape {proba.shape} do not match {y_true.shape[0]} labels"
+        )
     k = num_classes or proba.shape[1]
     y_pred = proba.argmax(1)
     out: dict[str, float] = {}
@@ -140,6 +143,7 @@ class _WeightedClassification:
 
     def __init__(self, y_true: np.ndarray, proba: np.ndarray, num_classes: int):
         from scipy import sparse  # heavy import (scipy), loaded on first use
+
         n = y_true.shape[0]
         k = num_classes
         self.k = k
@@ -147,7 +151,7 @@ class _WeightedClassification:
         cell = y_true * k + proba.argmax(1)
         self.cells = sparse.csr_matrix((np.ones(n), (rows, cell)), shape=(n, k * k))
         self.columns = []  # per scored class: sparse (positives, negatives) x tie-group indicator
-        for c in ([1] if k == 2 else range(k)):
+        for c in [1] if k == 2 else range(k):
             _, inv = np.unique(proba[:, c], return_inverse=True)
             inv = inv.ravel()
             ng = int(inv.max()) + 1
@@ -194,9 +198,16 @@ def _nanmean(values) -> float:
     return float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
 
 
-def bootstrap_ci(y_true, probas: list, metric_fn=None, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05, baseline_probas: list | None = None,
-                 num_classes: int | None = None) -> dict:
+def bootstrap_ci(
+    y_true,
+    probas: list,
+    metric_fn=None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    baseline_probas: list | None = None,
+    num_classes: int | None = None,
+) -> dict:
     """Mean of the metrics over seeds, and percentile bootstrap intervals over test resamples x seeds.
 
     Args:
@@ -288,14 +299,14 @@ def bootstrap_ci(y_true, probas: list, metric_fn=None, n_boot: int = 1000, seed:
         vals = [d[m] for d in per_seed]
         bs = np.array(boots[m], dtype=np.float64)
         bs = bs[np.isfinite(bs)]
-        lo, hi = (np.percentile(bs, q) if bs.size else (np.nan, np.nan))
-        rec = {"mean": _nanmean(vals), "ci_low": float(lo), "ci_high": float(hi),
-               "per_seed": [float(v) for v in vals]}
+        lo, hi = np.percentile(bs, q) if bs.size else (np.nan, np.nan)
+        rec = {"mean": _nanmean(vals), "ci_low": float(lo), "ci_high": float(hi), "per_seed": [float(v) for v in vals]}
         if base_per_seed is not None:
             g = np.array(gains[m], dtype=np.float64)
             g = g[np.isfinite(g)]
-            glo, ghi = (np.percentile(g, q) if g.size else (np.nan, np.nan))
-            rec.update(gain=rec["mean"] - _nanmean([d[m] for d in base_per_seed]),
-                       gain_low=float(glo), gain_high=float(ghi))
+            glo, ghi = np.percentile(g, q) if g.size else (np.nan, np.nan)
+            rec.update(
+                gain=rec["mean"] - _nanmean([d[m] for d in base_per_seed]), gain_low=float(glo), gain_high=float(ghi)
+            )
         out[m] = rec
     return out

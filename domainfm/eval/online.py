@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-
 from domainfm.eval.embeddings import embed_dataset, embed_function
 from domainfm.eval.metrics import classification_metrics
 from domainfm.eval.protocols import knn_probe
@@ -47,8 +46,18 @@ class OnlineKNNProbe:
         ValueError: OnlineKNNProbe: every must be >= 1, got 0
     """
 
-    def __init__(self, train_dataset, val_dataset, every: int, k: int = 20, batch_size: int = 64,
-                 temperature: float = 0.07, max_train: int = 2000, max_val: int = 1000, prefix: str = "probe/"):
+    def __init__(
+        self,
+        train_dataset,
+        val_dataset,
+        every: int,
+        k: int = 20,
+        batch_size: int = 64,
+        temperature: float = 0.07,
+        max_train: int = 2000,
+        max_val: int = 1000,
+        prefix: str = "probe/",
+    ):
         if every < 1:
             raise ValueError(f"OnlineKNNProbe: every must be >= 1, got {every}")
         self.train_dataset = train_dataset
@@ -67,10 +76,12 @@ class OnlineKNNProbe:
             return {}
         fn = embed_function(encoder)
         model = _EmbedAdapter(encoder, fn)
-        tx, ty = embed_dataset(model, self.train_dataset, self.batch_size, source="online probe train set",
-                               max_items=self.max_train)
-        vx, vy = embed_dataset(model, self.val_dataset, self.batch_size, source="online probe val set",
-                               max_items=self.max_val)
+        tx, ty = embed_dataset(
+            model, self.train_dataset, self.batch_size, source="online probe train set", max_items=self.max_train
+        )
+        vx, vy = embed_dataset(
+            model, self.val_dataset, self.batch_size, source="online probe val set", max_items=self.max_val
+        )
         ty = check_labels(ty, "online probe train set")
         k = int(max(ty.max(), vy.max()) + 1)
         scores = knn_probe(tx, ty, vx, k=self.k, num_classes=k, temperature=self.temperature)

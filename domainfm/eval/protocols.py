@@ -38,11 +38,13 @@ def _few_threads(size: int):
     if size > 5_000_000:
         return contextlib.nullcontext()
     from threadpoolctl import threadpool_limits  # comes with scikit-learn, imported only for a probe
+
     return threadpool_limits(1)
 
 
 def _fit_logreg(x, y, c, seed):
     from sklearn.linear_model import LogisticRegression  # heavy import (scipy), only for a linear probe
+
     clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
     with warnings.catch_warnings(), _few_threads(x.size):
         warnings.simplefilter("ignore")  # ConvergenceWarning on tiny/odd subsets: the sweep handles it
@@ -67,8 +69,16 @@ def _folds(y: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.
     return [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(n_folds)]
 
 
-def linear_probe(train_x, train_y, test_x, num_classes: int | None = None, seed: int = 0,
-                 Cs=DEFAULT_CS, n_folds: int = 3, return_info: bool = False):
+def linear_probe(
+    train_x,
+    train_y,
+    test_x,
+    num_classes: int | None = None,
+    seed: int = 0,
+    Cs=DEFAULT_CS,
+    n_folds: int = 3,
+    return_info: bool = False,
+):
     """Logistic regression on standardised embeddings; ``C`` chosen by validation on the training set.
 
     The sweep holds out part of the (labelled-fraction) training set: seeded, stratified
@@ -113,8 +123,9 @@ def _l2n(a: np.ndarray) -> np.ndarray:
     return a / (np.linalg.norm(a, axis=1, keepdims=True) + 1e-12)
 
 
-def knn_probe(train_x, train_y, test_x, k: int = 20, num_classes: int | None = None,
-              temperature: float = 0.07, chunk: int = 4096) -> np.ndarray:
+def knn_probe(
+    train_x, train_y, test_x, k: int = 20, num_classes: int | None = None, temperature: float = 0.07, chunk: int = 4096
+) -> np.ndarray:
     """Weighted k-nearest-neighbour vote with cosine similarity (DINO-style ``exp(sim / T)`` weights).
 
     ``k`` is capped at the training-set size. Returns normalised class votes ``N_test x K``.
@@ -132,18 +143,19 @@ def knn_probe(train_x, train_y, test_x, k: int = 20, num_classes: int | None = N
     xn, tn = _l2n(x), _l2n(tx)
     out = np.zeros((tx.shape[0], n_cls), dtype=np.float64)
     for s in range(0, tx.shape[0], chunk):
-        sim = tn[s:s + chunk] @ xn.T
+        sim = tn[s : s + chunk] @ xn.T
         nn_idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
         nn_sim = np.take_along_axis(sim, nn_idx, 1)
         w = np.exp((nn_sim - nn_sim.max(1, keepdims=True)) / temperature)
         votes = np.zeros((sim.shape[0], n_cls))
         np.add.at(votes, (np.repeat(np.arange(sim.shape[0]), k), y[nn_idx].ravel()), w.ravel())
-        out[s:s + chunk] = votes / votes.sum(1, keepdims=True)
+        out[s : s + chunk] = votes / votes.sum(1, keepdims=True)
     return out
 
 
-def prototype_probe(support_x, support_y, query_x, num_classes: int | None = None,
-                    temperature: float = 0.1) -> np.ndarray:
+def prototype_probe(
+    support_x, support_y, query_x, num_classes: int | None = None, temperature: float = 0.1
+) -> np.ndarray:
     """Nearest class prototype (mean of L2-normalised support embeddings), cosine, softmax scores.
 
     Example:
@@ -175,13 +187,15 @@ def sample_episode(labels, shots: int, seed: int) -> np.ndarray:
     """
     y = np.asarray(labels)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(shots), 0xFE5]))
-    idx = [rng.choice(np.flatnonzero(y == c), size=min(shots, int((y == c).sum())), replace=False)
-           for c in np.unique(y)]
+    idx = [
+        rng.choice(np.flatnonzero(y == c), size=min(shots, int((y == c).sum())), replace=False) for c in np.unique(y)
+    ]
     return np.sort(np.concatenate(idx))
 
 
-def fewshot_probe(train_x, train_y, test_x, shots: int = 5, episodes: int = 10, seed: int = 0,
-                  num_classes: int | None = None) -> list[np.ndarray]:
+def fewshot_probe(
+    train_x, train_y, test_x, shots: int = 5, episodes: int = 10, seed: int = 0, num_classes: int | None = None
+) -> list[np.ndarray]:
     """``episodes`` k-shot episodes: sample ``shots`` items per class, classify by prototypes.
 
     Returns one ``N_test x K`` score array per episode (episodes are replicates for the bootstrap).
@@ -193,5 +207,7 @@ def fewshot_probe(train_x, train_y, test_x, shots: int = 5, episodes: int = 10, 
         3
     """
     x, y = check_pair(train_x, train_y, "few-shot training set")
-    return [prototype_probe(x[s], y[s], test_x, num_classes=num_classes or int(y.max() + 1))
-            for s in (sample_episode(y, shots, seed * 100003 + e) for e in range(episodes))]
+    return [
+        prototype_probe(x[s], y[s], test_x, num_classes=num_classes or int(y.max() + 1))
+        for s in (sample_episode(y, shots, seed * 100003 + e) for e in range(episodes))
+    ]

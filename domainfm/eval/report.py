@@ -20,8 +20,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-METRIC_NAMES = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced acc.", "macro_f1": "Macro-F1",
-                "auroc": "AUROC", "dice": "Dice", "miou": "mIoU"}
+METRIC_NAMES = {
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced acc.",
+    "macro_f1": "Macro-F1",
+    "auroc": "AUROC",
+    "dice": "Dice",
+    "miou": "mIoU",
+}
 
 
 class EvalResult(list):
@@ -39,12 +45,16 @@ class EvalResult(list):
     def to_frame(self):
         """The records as a ``pandas.DataFrame`` (one row per encoder x protocol x fraction x metric)."""
         import pandas as pd  # optional: a DataFrame view when pandas is installed
+
         return pd.DataFrame(list(self))
 
     def summary(self, protocol: str, metric: str) -> dict[tuple[str, Any], float]:
         """``{(encoder, fraction or shots): mean}`` for one protocol and metric."""
-        return {(r["encoder"], r["fraction"] if r.get("shots") is None else r["shots"]): r["mean"]
-                for r in self if r["protocol"] == protocol and r["metric"] == metric}
+        return {
+            (r["encoder"], r["fraction"] if r.get("shots") is None else r["shots"]): r["mean"]
+            for r in self
+            if r["protocol"] == protocol and r["metric"] == metric
+        }
 
     def pivot(self) -> list[dict]:
         """One row per (protocol, encoder, labels), one column per metric: ``mean [ci_low, ci_high]``."""
@@ -99,8 +109,11 @@ class EvalResult(list):
     def get(self, encoder: str, protocol: str, metric: str, fraction=None, shots=None) -> dict:
         """The one record matching the arguments (``KeyError`` if none)."""
         for r in self:
-            if (r["encoder"], r["protocol"], r["metric"]) == (encoder, protocol, metric) and \
-                    (fraction is None or _close(r["fraction"], fraction)) and (shots is None or r.get("shots") == shots):
+            if (
+                (r["encoder"], r["protocol"], r["metric"]) == (encoder, protocol, metric)
+                and (fraction is None or _close(r["fraction"], fraction))
+                and (shots is None or r.get("shots") == shots)
+            ):
                 return r
         raise KeyError((encoder, protocol, metric, fraction, shots))
 
@@ -152,8 +165,10 @@ def _gain_cell(r: dict) -> str:
 def _table(rows: list[dict], metrics: list[str], cell, with_n_train: bool) -> list[str]:
     """Markdown rows: one line per (encoder, labels), one column per metric, cells from ``cell(record)``."""
     head = "| encoder | labels | " + ("n train | " if with_n_train else "")
-    out = [head + " | ".join(METRIC_NAMES.get(m, m) for m in metrics) + " |",
-           "|---|---|" + ("---|" if with_n_train else "") + "---|" * len(metrics)]
+    out = [
+        head + " | ".join(METRIC_NAMES.get(m, m) for m in metrics) + " |",
+        "|---|---|" + ("---|" if with_n_train else "") + "---|" * len(metrics),
+    ]
     keys = list(dict.fromkeys((r["encoder"], r["fraction"], r.get("shots")) for r in rows))
     keys.sort(key=lambda k: (k[1] if k[1] is not None else 0, k[2] or 0))
     for key in keys:
@@ -169,16 +184,17 @@ def render_markdown(result: EvalResult) -> str:
     """A readable report: settings, one table per protocol (mean [95% CI]) and the gains over the baseline."""
     meta = result.meta
     lines = ["# domainfm evaluation", ""]
-    for key in ("checkpoint", "data", "domain", "baseline", "seeds", "n_train_pool", "n_test", "test_split",
-                "n_boot"):
+    for key in ("checkpoint", "data", "domain", "baseline", "seeds", "n_train_pool", "n_test", "test_split", "n_boot"):
         if key in meta:
             lines.append(f"- **{key}**: {meta[key]}")
     lines.append("")
-    lines.append("Values are means over seeds; brackets give the bootstrap 95% interval over test-set "
-                 "resamples and seeds. Gain = encoder minus baseline, paired on the same resamples; "
-                 "**bold** gains have an interval above 0. The random baseline is the same architecture "
-                 "with seed-0 initial weights (the very weights pretraining started from when its "
-                 "train.seed is 0), so the gain isolates what pretraining learned.")
+    lines.append(
+        "Values are means over seeds; brackets give the bootstrap 95% interval over test-set "
+        "resamples and seeds. Gain = encoder minus baseline, paired on the same resamples; "
+        "**bold** gains have an interval above 0. The random baseline is the same architecture "
+        "with seed-0 initial weights (the very weights pretraining started from when its "
+        "train.seed is 0), so the gain isolates what pretraining learned."
+    )
     baseline = meta.get("gain_vs")
     for protocol in dict.fromkeys(r["protocol"] for r in result):
         rows = [r for r in result if r["protocol"] == protocol]
@@ -208,8 +224,10 @@ def protocol_figure(rows: list[dict], protocol: str):
     for ax, metric in zip(axes.ravel(), metrics):
         ticks = set()
         for e, enc in enumerate(encoders):
-            pts = sorted((r for r in rows if r["encoder"] == enc and r["metric"] == metric),
-                         key=lambda r: r["shots"] if fewshot else r["fraction"])
+            pts = sorted(
+                (r for r in rows if r["encoder"] == enc and r["metric"] == metric),
+                key=lambda r: r["shots"] if fewshot else r["fraction"],
+            )
             xs = [r["shots"] if fewshot else 100 * r["fraction"] for r in pts]
             ticks.update(xs)
             shift = 1.0 + 0.04 * (e - (len(encoders) - 1) / 2)  # side by side, intervals readable
@@ -224,7 +242,7 @@ def protocol_figure(rows: list[dict], protocol: str):
         ax.set_xlabel("shots per class" if fewshot else "labelled fraction")
         ax.set_ylabel(METRIC_NAMES.get(metric, metric))
         ax.grid(alpha=0.3)
-    for ax in axes.ravel()[len(metrics):]:
+    for ax in axes.ravel()[len(metrics) :]:
         ax.axis("off")
     axes.ravel()[0].legend()
     fig.suptitle(f"{protocol}: mean over seeds, 95% bootstrap interval")

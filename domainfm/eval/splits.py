@@ -36,8 +36,10 @@ def check_labels(labels, source: str | None = None, what: str = "labels") -> np.
             raise DataError(source, f"{what} must be integer class indices, got dtype {y.dtype}")
     classes = np.unique(y)
     if classes.size < 2:
-        raise DataError(source, f"{what} hold a single class ({int(classes[0])}) in {y.size} items; "
-                                "a probe needs at least 2 classes")
+        raise DataError(
+            source,
+            f"{what} hold a single class ({int(classes[0])}) in {y.size} items; a probe needs at least 2 classes",
+        )
     if classes.min() < 0:
         raise DataError(source, f"{what} must be >= 0, got {int(classes.min())}")
     return y.astype(np.int64)
@@ -62,8 +64,9 @@ def check_pair(x, y, source: str | None = None) -> tuple[np.ndarray, np.ndarray]
     return x, y
 
 
-def stratified_fraction(labels, fraction: float, seed: int = 0, source: str | None = None,
-                        num_classes: int | None = None) -> np.ndarray:
+def stratified_fraction(
+    labels, fraction: float, seed: int = 0, source: str | None = None, num_classes: int | None = None
+) -> np.ndarray:
     """Indices of a seeded, stratified ``fraction`` of ``labels`` (sorted).
 
     Each class keeps ``round(fraction * n_class)`` items; a fraction that would leave a class of the
@@ -85,14 +88,18 @@ def stratified_fraction(labels, fraction: float, seed: int = 0, source: str | No
         n = int(round(fraction * idx.size))
         if n == 0:
             need = 0.5 / idx.size
-            raise DataError(source, f"label fraction {fraction:g} leaves class {int(c)} empty "
-                                    f"({idx.size} items x {fraction:g} rounds to 0); use a fraction >= {need:.3g}")
+            raise DataError(
+                source,
+                f"label fraction {fraction:g} leaves class {int(c)} empty "
+                f"({idx.size} items x {fraction:g} rounds to 0); use a fraction >= {need:.3g}",
+            )
         out.append(rng.choice(idx, size=n, replace=False))
     return np.sort(np.concatenate(out))
 
 
-def stratified_split(labels, holdout: float = 0.2, seed: int = 0, source: str | None = None,
-                     min_train: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels, holdout: float = 0.2, seed: int = 0, source: str | None = None, min_train: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Seeded stratified split into ``(keep, holdout)`` indices (holdout >= 1 item per class).
 
     Raises :class:`DataError` if a class has too few items to appear on both sides.
@@ -108,8 +115,9 @@ def stratified_split(labels, holdout: float = 0.2, seed: int = 0, source: str | 
     for c in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == c))
         if idx.size < min_train + 1:
-            raise DataError(source, f"class {int(c)} has {idx.size} item(s): too few to split off a "
-                                    "held-out part for it")
+            raise DataError(
+                source, f"class {int(c)} has {idx.size} item(s): too few to split off a held-out part for it"
+            )
         n_hold = min(max(1, int(round(holdout * idx.size))), idx.size - min_train)
         hold.append(idx[:n_hold])
         keep.append(idx[n_hold:])
@@ -129,7 +137,9 @@ def random_fraction(n: int, fraction: float, seed: int = 0, source: str | None =
         return np.arange(n)
     k = int(round(fraction * n))
     if k == 0:
-        raise DataError(source, f"label fraction {fraction:g} of {n} labelled images keeps none; "
-                                f"use a fraction >= {0.5 / max(n, 1):.3g}")
+        raise DataError(
+            source,
+            f"label fraction {fraction:g} of {n} labelled images keeps none; use a fraction >= {0.5 / max(n, 1):.3g}",
+        )
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5E6, int(round(fraction * 1e6))]))
     return np.sort(rng.choice(n, size=k, replace=False))

@@ -22,8 +22,9 @@ class LinearHead(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(embed_dim)
         if hidden_dim:
-            self.fc = nn.Sequential(nn.Linear(embed_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout),
-                                    nn.Linear(hidden_dim, num_classes))
+            self.fc = nn.Sequential(
+                nn.Linear(embed_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, num_classes)
+            )
         else:
             self.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(embed_dim, num_classes))
 

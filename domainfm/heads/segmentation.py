@@ -27,8 +27,14 @@ def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
 
 
 class ProgressiveUpsampleHead(nn.Module):
-    def __init__(self, embed_dim: int, num_classes: int, spatial_dims: int = 2, layers: list[int] | None = None,
-                 channels: int = 64):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_classes: int,
+        spatial_dims: int = 2,
+        layers: list[int] | None = None,
+        channels: int = 64,
+    ):
         super().__init__()
         self.layers = list(layers or [])
         self.spatial_dims = spatial_dims
@@ -36,8 +42,9 @@ class ProgressiveUpsampleHead(nn.Module):
         norm = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
         n_in = embed_dim * max(1, len(self.layers))
         self.fuse = nn.Sequential(conv(n_in, channels, 1), norm(channels), nn.GELU())
-        self.up = nn.ModuleList([nn.Sequential(conv(channels, channels, 3, padding=1), norm(channels), nn.GELU())
-                                 for _ in range(2)])
+        self.up = nn.ModuleList(
+            [nn.Sequential(conv(channels, channels, 3, padding=1), norm(channels), nn.GELU()) for _ in range(2)]
+        )
         self.out = conv(channels, num_classes, 1)
 
     def forward(self, features: dict) -> torch.Tensor:

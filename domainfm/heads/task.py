@@ -50,8 +50,14 @@ class TaskModel(nn.Module):
 
     ignore_index = IGNORE_INDEX
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, task: str, class_weights: torch.Tensor | None = None,
-                 layer_decay: float = 1.0):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        head: nn.Module,
+        task: str,
+        class_weights: torch.Tensor | None = None,
+        layer_decay: float = 1.0,
+    ):
         super().__init__()
         if task not in TASKS:
             raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -62,8 +68,9 @@ class TaskModel(nn.Module):
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: layer-wise LR decay over the encoder (``layer_decay`` per block towards the
         input), the head at the full rate; no weight decay on biases, norms and tokens."""
-        groups = param_groups_layer_decay(self.encoder, base_lr=1.0, weight_decay=weight_decay,
-                                          layer_decay=self.layer_decay)
+        groups = param_groups_layer_decay(
+            self.encoder, base_lr=1.0, weight_decay=weight_decay, layer_decay=self.layer_decay
+        )
         for g in groups:
             g.pop("names", None)
         return groups + default_param_groups(self.head, weight_decay)
@@ -74,8 +81,9 @@ class TaskModel(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         x = batch["image"]
-        feats = self.encoder.forward_features(x, wavelengths=batch.get("wavelengths"),
-                                              layers=getattr(self.head, "layers", None))
+        feats = self.encoder.forward_features(
+            x, wavelengths=batch.get("wavelengths"), layers=getattr(self.head, "layers", None)
+        )
         logits = self.head(feats)
         out = {"logits": logits, "embeddings": feats["pooled"].detach()}
         if self.task == "classification":
@@ -91,7 +99,8 @@ class TaskModel(nn.Module):
             if y.ndim == logits.ndim:  # B x 1 x ... masks
                 y = y[:, 0]
             valid = y >= 0
-            out["loss"] = F.cross_entropy(logits.float(), y, weight=self.class_weights,
-                                          ignore_index=self.ignore_index) + soft_dice_loss(logits, y)
+            out["loss"] = F.cross_entropy(
+                logits.float(), y, weight=self.class_weights, ignore_index=self.ignore_index
+            ) + soft_dice_loss(logits, y)
             out["accuracy"] = ((logits.argmax(1) == y) & valid).sum().float().div(valid.sum().clamp_min(1)).detach()
         return out

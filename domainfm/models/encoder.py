@@ -13,8 +13,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Sequence
 
 import torch
 from timm.models.vision_transformer import Block
@@ -66,12 +66,26 @@ class ViTEncoder(nn.Module):
         (torch.Size([3, 4, 32]), torch.Size([3, 3, 32]), torch.Size([3, 32]), 'token')
     """
 
-    def __init__(self, name: str = "vit-tiny", patch_embed: str = "2d", img_size: int | Sequence[int] = 224,
-                 patch_size: int | Sequence[int] = 16, in_chans: int | None = 3, embed_dim: int = 192,
-                 depth: int = 12, num_heads: int = 3, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0,
-                 class_token: bool = False, num_registers: int = 0, global_pool: str | None = None,
-                 pos_embed_type: str = "sincos", init_values: float | None = None, qkv_bias: bool = True,
-                 wavelength_table: int = 0):
+    def __init__(
+        self,
+        name: str = "vit-tiny",
+        patch_embed: str = "2d",
+        img_size: int | Sequence[int] = 224,
+        patch_size: int | Sequence[int] = 16,
+        in_chans: int | None = 3,
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.0,
+        class_token: bool = False,
+        num_registers: int = 0,
+        global_pool: str | None = None,
+        pos_embed_type: str = "sincos",
+        init_values: float | None = None,
+        qkv_bias: bool = True,
+        wavelength_table: int = 0,
+    ):
         super().__init__()
         if num_registers < 0:
             raise ConfigError(f"model.num_registers must be >= 0, got {num_registers}")
@@ -80,8 +94,9 @@ class ViTEncoder(nn.Module):
             raise ConfigError(f"global_pool must be 'avg', or 'token' with a class token; got {global_pool!r}")
         if pos_embed_type not in ("sincos", "learned"):
             raise ConfigError(f"pos_embed_type must be 'sincos' or 'learned', got {pos_embed_type!r}")
-        self.patch_embed = build_patch_embed(patch_embed, embed_dim, patch_size, in_chans,
-                                             wavelength_table=wavelength_table)
+        self.patch_embed = build_patch_embed(
+            patch_embed, embed_dim, patch_size, in_chans, wavelength_table=wavelength_table
+        )
         self.spatial_dims = self.patch_embed.spatial_dims
         self.img_size = _tuple(img_size, self.spatial_dims)
         bad = [s for s, p in zip(self.img_size, self.patch_embed.patch_size) if s % p]
@@ -98,24 +113,49 @@ class ViTEncoder(nn.Module):
         else:
             self.register_buffer("pos_embed", sincos_pos_embed(embed_dim, self.grid)[None], persistent=False)
         dpr = [float(v) for v in torch.linspace(0, drop_path_rate, depth)]
-        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i],
-                                           init_values=init_values, norm_layer=partial(nn.LayerNorm, eps=1e-6))
-                                     for i in range(depth)])
+        self.blocks = nn.ModuleList(
+            [
+                Block(
+                    embed_dim,
+                    num_heads,
+                    mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    drop_path=dpr[i],
+                    init_values=init_values,
+                    norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                )
+                for i in range(depth)
+            ]
+        )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, num_registers, embed_dim)) if num_registers else None
         self.num_prefix_tokens = int(class_token) + num_registers
         self.global_pool = global_pool
         self._pos_cache: dict[tuple, torch.Tensor] = {}
-        self.config = {"name": name, "patch_embed": patch_embed, "img_size": list(self.img_size),
-                       "patch_size": list(self.patch_embed.patch_size), "in_chans": self.patch_embed.in_chans,
-                       "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, "mlp_ratio": mlp_ratio,
-                       "drop_path_rate": drop_path_rate, "class_token": class_token, "num_registers": num_registers,
-                       "global_pool": global_pool}
+        self.config = {
+            "name": name,
+            "patch_embed": patch_embed,
+            "img_size": list(self.img_size),
+            "patch_size": list(self.patch_embed.patch_size),
+            "in_chans": self.patch_embed.in_chans,
+            "embed_dim": embed_dim,
+            "depth": depth,
+            "num_heads": num_heads,
+            "mlp_ratio": mlp_ratio,
+            "drop_path_rate": drop_path_rate,
+            "class_token": class_token,
+            "num_registers": num_registers,
+            "global_pool": global_pool,
+        }
         # keys added for imported weights are recorded only when they differ from the defaults,
         # so cards written before them (and their fingerprints) stay unchanged
-        for key, value, default in (("pos_embed_type", pos_embed_type, "sincos"), ("init_values", init_values, None),
-                                    ("qkv_bias", qkv_bias, True), ("wavelength_table", wavelength_table, 0)):
+        for key, value, default in (
+            ("pos_embed_type", pos_embed_type, "sincos"),
+            ("init_values", init_values, None),
+            ("qkv_bias", qkv_bias, True),
+            ("wavelength_table", wavelength_table, 0),
+        ):
             if value != default:
                 self.config[key] = value
         self.apply(self._init_weights)
@@ -148,8 +188,13 @@ class ViTEncoder(nn.Module):
     def grid_size(self, shape: Sequence[int]) -> tuple[int, ...]:
         return self.patch_embed.grid_size(shape)
 
-    def tokenize(self, x: torch.Tensor, wavelengths=None, token_mask: torch.Tensor | None = None,
-                 mask_token: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, ...]]:
+    def tokenize(
+        self,
+        x: torch.Tensor,
+        wavelengths=None,
+        token_mask: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[int, ...]]:
         """Patch tokens with positions added, and the token grid.
 
         ``token_mask`` (``B x N`` bool) replaces the embeddings of masked patches by ``mask_token``
@@ -164,13 +209,22 @@ class ViTEncoder(nn.Module):
         return tokens + self.pos_embed_for(grid).to(tokens.dtype), grid
 
     def _with_prefix(self, tokens: torch.Tensor) -> torch.Tensor:
-        prefix = [t.expand(tokens.shape[0], -1, -1).to(tokens.dtype) for t in (self.cls_token, self.reg_token)
-                  if t is not None]
+        prefix = [
+            t.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
+            for t in (self.cls_token, self.reg_token)
+            if t is not None
+        ]
         return torch.cat([*prefix, tokens], dim=1) if prefix else tokens
 
-    def forward_tokens(self, x: torch.Tensor, wavelengths=None, ids_keep: torch.Tensor | None = None,
-                       return_layers: Sequence[int] | None = None, token_mask: torch.Tensor | None = None,
-                       mask_token: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_tokens(
+        self,
+        x: torch.Tensor,
+        wavelengths=None,
+        ids_keep: torch.Tensor | None = None,
+        return_layers: Sequence[int] | None = None,
+        token_mask: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """All final-normed tokens, prefix first (``B x (P + N) x E``), and the chosen blocks' patch tokens."""
         tokens, _ = self.tokenize(x, wavelengths, token_mask=token_mask, mask_token=mask_token)
         if ids_keep is not None:
@@ -184,13 +238,18 @@ class ViTEncoder(nn.Module):
         for i, block in enumerate(self.blocks):
             tokens = block(tokens)
             if i in wanted:
-                layers.append(tokens[:, self.num_prefix_tokens:])
+                layers.append(tokens[:, self.num_prefix_tokens :])
         return self.norm(tokens), layers
 
-    def forward(self, x: torch.Tensor, wavelengths=None, ids_keep: torch.Tensor | None = None,
-                return_layers: Sequence[int] | None = None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        wavelengths=None,
+        ids_keep: torch.Tensor | None = None,
+        return_layers: Sequence[int] | None = None,
+    ):
         tokens, layers = self.forward_tokens(x, wavelengths, ids_keep=ids_keep, return_layers=return_layers)
-        tokens = tokens[:, self.num_prefix_tokens:]
+        tokens = tokens[:, self.num_prefix_tokens :]
         if return_layers is None:
             return tokens
         return tokens, layers
@@ -199,18 +258,31 @@ class ViTEncoder(nn.Module):
         """One vector per image from :meth:`forward_tokens` output: the class token or the patch-token mean."""
         if self.global_pool == "token":
             return all_tokens[:, 0]
-        return all_tokens[:, self.num_prefix_tokens:].mean(1)
+        return all_tokens[:, self.num_prefix_tokens :].mean(1)
 
-    def forward_features(self, x: torch.Tensor, wavelengths=None, layers: Sequence[int] | None = None,
-                         token_mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None) -> dict:
+    def forward_features(
+        self,
+        x: torch.Tensor,
+        wavelengths=None,
+        layers: Sequence[int] | None = None,
+        token_mask: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+    ) -> dict:
         """Everything a head may need: final patch tokens, prefix tokens, chosen intermediate layers, grid,
         pooled vector (see ``global_pool``)."""
-        all_tokens, inter = self.forward_tokens(x, wavelengths=wavelengths, return_layers=list(layers or []),
-                                                token_mask=token_mask, mask_token=mask_token)
+        all_tokens, inter = self.forward_tokens(
+            x, wavelengths=wavelengths, return_layers=list(layers or []), token_mask=token_mask, mask_token=mask_token
+        )
         p = self.num_prefix_tokens
-        feats = {"tokens": all_tokens[:, p:], "prefix": all_tokens[:, :p], "layers": inter,
-                 "grid": self.grid_size(x.shape), "pooled": self.pool(all_tokens), "image": x,
-                 "wavelengths": wavelengths}
+        feats = {
+            "tokens": all_tokens[:, p:],
+            "prefix": all_tokens[:, :p],
+            "layers": inter,
+            "grid": self.grid_size(x.shape),
+            "pooled": self.pool(all_tokens),
+            "image": x,
+            "wavelengths": wavelengths,
+        }
         if self.cls_token is not None:
             feats["cls"] = all_tokens[:, 0]
         return feats
@@ -222,18 +294,34 @@ class ViTEncoder(nn.Module):
     def check_input(self, x: torch.Tensor, path=None) -> None:
         """Raise a clear error if ``x`` does not fit this encoder (dims, channels)."""
         if x.ndim != self.spatial_dims + 2:
-            raise DataError(path, f"the model takes {self.spatial_dims}D inputs (B x C x {'D x ' if self.spatial_dims == 3 else ''}H x W) "
-                                  f"but got shape {tuple(x.shape)}")
+            raise DataError(
+                path,
+                f"the model takes {self.spatial_dims}D inputs "
+                f"(B x C x {'D x ' if self.spatial_dims == 3 else ''}H x W) "
+                f"but got shape {tuple(x.shape)}",
+            )
         if self.patch_embed.in_chans is not None and x.shape[1] != self.patch_embed.in_chans:
-            raise DataError(path, f"the model was trained on {self.patch_embed.in_chans} channels, the data has {x.shape[1]}")
+            raise DataError(
+                path, f"the model was trained on {self.patch_embed.in_chans} channels, the data has {x.shape[1]}"
+            )
 
 
-def build_encoder(name: str = "vit-tiny", patch_embed: str = "2d", img_size=224, patch_size=16, in_chans: int | None = 3,
-                  depth: int | None = None, embed_dim: int | None = None, num_heads: int | None = None, **kwargs) -> ViTEncoder:
+def build_encoder(
+    name: str = "vit-tiny",
+    patch_embed: str = "2d",
+    img_size=224,
+    patch_size=16,
+    in_chans: int | None = 3,
+    depth: int | None = None,
+    embed_dim: int | None = None,
+    num_heads: int | None = None,
+    **kwargs,
+) -> ViTEncoder:
     """Build a registered encoder size with a patch embed; size overrides (depth, embed_dim, heads) allowed.
 
     Example:
-        >>> enc = build_encoder("vit-small", patch_embed="3d", img_size=(32, 64, 64), patch_size=(4, 16, 16), in_chans=1)
+        >>> enc = build_encoder("vit-small", patch_embed="3d", img_size=(32, 64, 64), patch_size=(4, 16, 16),
+        ...                     in_chans=1)
         >>> enc.grid
         (8, 4, 4)
     """
@@ -241,5 +329,12 @@ def build_encoder(name: str = "vit-tiny", patch_embed: str = "2d", img_size=224,
     for key, value in (("depth", depth), ("embed_dim", embed_dim), ("num_heads", num_heads)):
         if value is not None:
             arch[key] = value
-    return ViTEncoder(name=name, patch_embed=patch_embed, img_size=img_size, patch_size=patch_size,
-                      in_chans=in_chans, **arch, **kwargs)
+    return ViTEncoder(
+        name=name,
+        patch_embed=patch_embed,
+        img_size=img_size,
+        patch_size=patch_size,
+        in_chans=in_chans,
+        **arch,
+        **kwargs,
+    )

@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -44,10 +44,12 @@ class LoRALinear(nn.Module):
         self.rank = int(rank)
         self.alpha = float(alpha)
         self.scale = self.alpha / self.rank
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device,
-                                               dtype=base.weight.dtype))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device,
-                                               dtype=base.weight.dtype))
+        self.lora_a = nn.Parameter(
+            torch.empty(rank, base.in_features, device=base.weight.device, dtype=base.weight.dtype)
+        )
+        self.lora_b = nn.Parameter(
+            torch.zeros(base.out_features, rank, device=base.weight.device, dtype=base.weight.dtype)
+        )
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         for p in self.base.parameters():
@@ -75,13 +77,17 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        return out + self.scale * nn.functional.linear(nn.functional.linear(self.dropout(x), self.lora_a),
-                                                       self.lora_b)
+        return out + self.scale * nn.functional.linear(nn.functional.linear(self.dropout(x), self.lora_a), self.lora_b)
 
     def merged(self) -> nn.Linear:
         """A plain ``nn.Linear`` equal to this layer (adapters folded in)."""
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.base.bias is not None,
-                        device=self.base.weight.device, dtype=self.base.weight.dtype)
+        lin = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.base.bias is not None,
+            device=self.base.weight.device,
+            dtype=self.base.weight.dtype,
+        )
         with torch.no_grad():
             lin.weight.copy_(self.base.weight + self.delta_weight())
             if self.base.bias is not None:
@@ -96,9 +102,14 @@ def _is_attention(module: nn.Module) -> bool:
     return type(module).__name__.endswith("Attention") or hasattr(module, "qkv")
 
 
-def apply_lora(encoder: nn.Module, rank: int = 8, alpha: float = 16.0,
-               targets: Iterable[str] = ("qkv", "proj"), dropout: float = 0.0,
-               freeze: bool = True) -> nn.Module:
+def apply_lora(
+    encoder: nn.Module,
+    rank: int = 8,
+    alpha: float = 16.0,
+    targets: Iterable[str] = ("qkv", "proj"),
+    dropout: float = 0.0,
+    freeze: bool = True,
+) -> nn.Module:
     """Wrap the ``targets`` linear layers of every attention module with :class:`LoRALinear`.
 
     Args:
@@ -132,8 +143,7 @@ def apply_lora(encoder: nn.Module, rank: int = 8, alpha: float = 16.0,
                 setattr(module, name, LoRALinear(child, rank=rank, alpha=alpha, dropout=dropout))
                 wrapped += 1
     if wrapped == 0:
-        raise ValueError(f"apply_lora: no attention linear layer named {targets} found in "
-                         f"{type(encoder).__name__}")
+        raise ValueError(f"apply_lora: no attention linear layer named {targets} found in {type(encoder).__name__}")
     return encoder
 
 

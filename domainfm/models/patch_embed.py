@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,10 +43,13 @@ class _PatchEmbedBase(nn.Module):
 
     def grid_size(self, shape: Sequence[int]) -> tuple[int, ...]:
         """Token grid for an input of shape ``B x C x (D x) H x W``; raises if not divisible."""
-        spatial = tuple(shape[-self.spatial_dims:])
+        spatial = tuple(shape[-self.spatial_dims :])
         if len(shape) != self.spatial_dims + 2:
-            raise DataError(None, f"a {self.kind} patch embed expects {self.spatial_dims + 2}D input "
-                                  f"(B x C x {'D x ' if self.spatial_dims == 3 else ''}H x W), got shape {tuple(shape)}")
+            raise DataError(
+                None,
+                f"a {self.kind} patch embed expects {self.spatial_dims + 2}D input "
+                f"(B x C x {'D x ' if self.spatial_dims == 3 else ''}H x W), got shape {tuple(shape)}",
+            )
         bad = [s for s, p in zip(spatial, self.patch_size) if s % p]
         if bad:
             raise DataError(None, f"input size {spatial} is not divisible by the patch size {self.patch_size}")
@@ -130,10 +133,13 @@ class WavelengthHyperNet(nn.Module):
     def __init__(self, out_dim: int, hidden_dim: int = 128, feat_dim: int = 64):
         super().__init__()
         self.feat_dim = feat_dim
-        self.mlp = nn.Sequential(nn.Linear(feat_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim), nn.GELU())
+        self.mlp = nn.Sequential(
+            nn.Linear(feat_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim), nn.GELU()
+        )
         # A light transformer layer lets each band's weights depend on the whole band set.
-        self.mix = nn.TransformerEncoderLayer(hidden_dim, nhead=4, dim_feedforward=2 * hidden_dim,
-                                              batch_first=True, dropout=0.0)
+        self.mix = nn.TransformerEncoderLayer(
+            hidden_dim, nhead=4, dim_feedforward=2 * hidden_dim, batch_first=True, dropout=0.0
+        )
         self.out = nn.Linear(hidden_dim, out_dim)
         nn.init.normal_(self.out.weight, std=0.02)
         nn.init.zeros_(self.out.bias)
@@ -177,8 +183,14 @@ class WavelengthPatchEmbed(_PatchEmbedBase):
     kind = "wavelength"
     spatial_dims = 2
 
-    def __init__(self, patch_size: int | Sequence[int] = 16, embed_dim: int = 768, hidden_dim: int = 128, in_chans=None,
-                 table_size: int = 0):
+    def __init__(
+        self,
+        patch_size: int | Sequence[int] = 16,
+        embed_dim: int = 768,
+        hidden_dim: int = 128,
+        in_chans=None,
+        table_size: int = 0,
+    ):
         super().__init__()
         self.in_chans = None
         self.patch_size = _tuple(patch_size, 2)
@@ -196,8 +208,11 @@ class WavelengthPatchEmbed(_PatchEmbedBase):
         nodes, order = torch.sort(torch.log(self.table_wavelengths.float()))
         kernels = self.table_kernels[order]
         x = torch.log(wl).clamp(nodes[0], nodes[-1])
-        hi = torch.searchsorted(nodes, x).clamp(1, max(len(nodes) - 1, 1)) if len(nodes) > 1 else torch.zeros_like(
-            x, dtype=torch.long)
+        hi = (
+            torch.searchsorted(nodes, x).clamp(1, max(len(nodes) - 1, 1))
+            if len(nodes) > 1
+            else torch.zeros_like(x, dtype=torch.long)
+        )
         lo = (hi - 1).clamp_min(0)
         span = (nodes[hi] - nodes[lo]).clamp_min(1e-12)
         t = ((x - nodes[lo]) / span).clamp(0, 1) if len(nodes) > 1 else torch.zeros_like(x)
@@ -247,7 +262,7 @@ class WavelengthPixelHead(nn.Module):
         wl = as_wavelength_tensor(wavelengths, channels, tokens.device)
         gen = self.weight_gen(wl)  # C x (dim*P + P)
         w = gen[:, : self.dim * self.n_pix].reshape(len(wl), self.dim, self.n_pix).to(tokens.dtype)
-        b = gen[:, self.dim * self.n_pix:].to(tokens.dtype)  # C x P
+        b = gen[:, self.dim * self.n_pix :].to(tokens.dtype)  # C x P
         out = torch.einsum("bnd,cdp->bncp", tokens, w) + b
         return out.reshape(tokens.shape[0], tokens.shape[1], -1)
 
@@ -263,13 +278,15 @@ def _conv_3d(embed_dim: int, patch_size, in_chans: int | None = None, **_) -> _P
 
 
 @register_patch_embed("wavelength")
-def _wavelength(embed_dim: int, patch_size, in_chans: int | None = None, wavelength_table: int = 0,
-                **_) -> _PatchEmbedBase:
+def _wavelength(
+    embed_dim: int, patch_size, in_chans: int | None = None, wavelength_table: int = 0, **_
+) -> _PatchEmbedBase:
     return WavelengthPatchEmbed(patch_size, embed_dim, table_size=wavelength_table)
 
 
-def build_patch_embed(kind: str, embed_dim: int, patch_size, in_chans: int | None = None,
-                      wavelength_table: int = 0) -> _PatchEmbedBase:
+def build_patch_embed(
+    kind: str, embed_dim: int, patch_size, in_chans: int | None = None, wavelength_table: int = 0
+) -> _PatchEmbedBase:
     """Build a registered patch embed: ``"2d"``, ``"3d"``, ``"wavelength"`` or one a plugin registered
     with :func:`domainfm.registry.register_patch_embed` (``wavelength_table``: number of per-wavelength
     kernels of the wavelength embed, see :class:`WavelengthPatchEmbed`; other embeds ignore it).

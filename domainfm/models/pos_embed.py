@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 def _sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
     omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
-    omega = 1.0 / 10000 ** omega
+    omega = 1.0 / 10000**omega
     out = pos.reshape(-1).double()[:, None] * omega[None]
     return torch.cat([out.sin(), out.cos()], dim=1)
 

@@ -11,8 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from domainfm.data.multicrop import (MultiCropDataset, RandomResizedCropDataset, check_multicrop,
-                                     multicrop_from_config)
+from domainfm.data.multicrop import MultiCropDataset, RandomResizedCropDataset, check_multicrop, multicrop_from_config
 from domainfm.data.views import ViewsDataset
 from domainfm.errors import ConfigError
 from domainfm.registry import get_objective, list_objectives, register_objective
@@ -24,13 +23,22 @@ from domainfm.ssl.monitor import collapse_metrics, teacher_collapse_metrics
 
 
 def _mae_kwargs(cfg) -> dict:
-    return {"mask_ratio": cfg.mask_ratio, "decoder_dim": cfg.decoder_dim, "decoder_depth": cfg.decoder_depth,
-            "decoder_heads": cfg.decoder_heads, "norm_pix_loss": cfg.norm_pix_loss}
+    return {
+        "mask_ratio": cfg.mask_ratio,
+        "decoder_dim": cfg.decoder_dim,
+        "decoder_depth": cfg.decoder_depth,
+        "decoder_heads": cfg.decoder_heads,
+        "norm_pix_loss": cfg.norm_pix_loss,
+    }
 
 
 def _contrastive_kwargs(cfg) -> dict:
-    return {"proj_dim": cfg.proj_dim, "hidden_dim": cfg.proj_hidden_dim, "temperature": cfg.temperature,
-            "momentum": cfg.momentum}
+    return {
+        "proj_dim": cfg.proj_dim,
+        "hidden_dim": cfg.proj_hidden_dim,
+        "temperature": cfg.temperature,
+        "momentum": cfg.momentum,
+    }
 
 
 @register_objective("mae")
@@ -52,16 +60,32 @@ def check_objective(cfg) -> None:
     """A one-line ConfigError naming ``objective.name`` when no objective of that name is registered."""
     if cfg.name not in list_objectives():
         raise ConfigError(f"objective.name must be one of {', '.join(list_objectives())}, got {cfg.name!r}")
+
+
 def _dino_kwargs(cfg) -> dict:
-    return {"prototypes": cfg.prototypes, "hidden_dim": cfg.head_hidden_dim, "bottleneck_dim": cfg.head_bottleneck_dim,
-            "head_layers": cfg.head_layers, "head_bn": cfg.head_bn, "n_global": cfg.global_crops,
-            "teacher_momentum": cfg.teacher_momentum,
-            "teacher_temp": cfg.teacher_temp, "warmup_teacher_temp": cfg.warmup_teacher_temp,
-            "teacher_temp_warmup_steps": cfg.teacher_temp_warmup_steps, "student_temp": cfg.student_temp,
-            "centering": cfg.centering, "center_momentum": cfg.center_momentum, "koleo_weight": cfg.koleo_weight,
-            "ibot_weight": cfg.ibot_weight, "ibot_mask_ratio": cfg.ibot_mask_ratio, "dino_weight": cfg.dino_weight,
-            "collapse_threshold": cfg.collapse_threshold, "collapse_patience": cfg.collapse_patience,
-            "collapse_check_after": cfg.collapse_check_after, "stop_on_collapse": cfg.stop_on_collapse}
+    return {
+        "prototypes": cfg.prototypes,
+        "hidden_dim": cfg.head_hidden_dim,
+        "bottleneck_dim": cfg.head_bottleneck_dim,
+        "head_layers": cfg.head_layers,
+        "head_bn": cfg.head_bn,
+        "n_global": cfg.global_crops,
+        "teacher_momentum": cfg.teacher_momentum,
+        "teacher_temp": cfg.teacher_temp,
+        "warmup_teacher_temp": cfg.warmup_teacher_temp,
+        "teacher_temp_warmup_steps": cfg.teacher_temp_warmup_steps,
+        "student_temp": cfg.student_temp,
+        "centering": cfg.centering,
+        "center_momentum": cfg.center_momentum,
+        "koleo_weight": cfg.koleo_weight,
+        "ibot_weight": cfg.ibot_weight,
+        "ibot_mask_ratio": cfg.ibot_mask_ratio,
+        "dino_weight": cfg.dino_weight,
+        "collapse_threshold": cfg.collapse_threshold,
+        "collapse_patience": cfg.collapse_patience,
+        "collapse_check_after": cfg.collapse_check_after,
+        "stop_on_collapse": cfg.stop_on_collapse,
+    }
 
 
 @register_objective("dino")
@@ -117,5 +141,17 @@ def pretrain_views(dataset, domain, cfg):
     return dataset
 
 
-__all__ = ["MAE", "Contrastive", "MAEContrastive", "DINO", "MAEDINO", "CollapseError", "collapse_metrics",
-           "teacher_collapse_metrics", "build_objective", "check_objective", "needs_views", "pretrain_views"]
+__all__ = [
+    "MAE",
+    "Contrastive",
+    "MAEContrastive",
+    "DINO",
+    "MAEDINO",
+    "CollapseError",
+    "collapse_metrics",
+    "teacher_collapse_metrics",
+    "build_objective",
+    "check_objective",
+    "needs_views",
+    "pretrain_views",
+]

@@ -22,8 +22,14 @@ from domainfm.ssl.mae import MAE
 class MAEContrastive(nn.Module):
     """``loss = mae_weight * MAE(view 1) + contrastive_weight * InfoNCE(view 1, view 2)``."""
 
-    def __init__(self, encoder: nn.Module, mae_weight: float = 1.0, contrastive_weight: float = 1.0,
-                 mae_kwargs: dict | None = None, contrastive_kwargs: dict | None = None):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        mae_weight: float = 1.0,
+        contrastive_weight: float = 1.0,
+        mae_kwargs: dict | None = None,
+        contrastive_kwargs: dict | None = None,
+    ):
         super().__init__()
         self.encoder = encoder
         self.mae = MAE(encoder, **(mae_kwargs or {}))
@@ -35,8 +41,12 @@ class MAEContrastive(nn.Module):
         mae_out = self.mae(batch, image=views[0])
         ctr_loss, emb = self.contrastive.contrastive_loss(views, batch.get("wavelengths"))
         loss = self.mae_weight * mae_out["loss"] + self.contrastive_weight * ctr_loss
-        return {"loss": loss, "mae_loss": mae_out["loss"].detach(), "contrastive_loss": ctr_loss.detach(),
-                "embeddings": emb}
+        return {
+            "loss": loss,
+            "mae_loss": mae_out["loss"].detach(),
+            "contrastive_loss": ctr_loss.detach(),
+            "embeddings": emb,
+        }
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         self.contrastive.on_step_end(step, total_steps)

@@ -60,8 +60,14 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tens
 class Contrastive(nn.Module):
     """MoCo v3: encoder + projector + predictor against a momentum encoder + projector."""
 
-    def __init__(self, encoder: nn.Module, proj_dim: int = 256, hidden_dim: int = 1024, temperature: float = 0.2,
-                 momentum: float = 0.99):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        proj_dim: int = 256,
+        hidden_dim: int = 1024,
+        temperature: float = 0.2,
+        momentum: float = 0.99,
+    ):
         super().__init__()
         self.encoder = encoder
         self.temperature = temperature

@@ -77,8 +77,15 @@ class DINOHead(nn.Module):
         (torch.Size([5, 10]), True)
     """
 
-    def __init__(self, in_dim: int, prototypes: int = 4096, hidden_dim: int = 1024, bottleneck_dim: int = 256,
-                 layers: int = 3, batch_norm: bool = False):
+    def __init__(
+        self,
+        in_dim: int,
+        prototypes: int = 4096,
+        hidden_dim: int = 1024,
+        bottleneck_dim: int = 256,
+        layers: int = 3,
+        batch_norm: bool = False,
+    ):
         super().__init__()
         if prototypes < 2:
             raise ConfigError(f"objective.prototypes must be >= 2, got {prototypes}")
@@ -159,26 +166,48 @@ def ibot_masks(batch: int, n_tokens: int, ratio: tuple[float, float], device) ->
 class DINO(nn.Module):
     """DINO / iBOT / DINOv2-style self-distillation around ``encoder`` (the student)."""
 
-    def __init__(self, encoder: nn.Module, prototypes: int = 4096, hidden_dim: int = 1024, bottleneck_dim: int = 256,
-                 head_layers: int = 3, head_bn: bool = False, n_global: int = 2, teacher_momentum: float = 0.996,
-                 teacher_temp: float = 0.07,
-                 warmup_teacher_temp: float = 0.04, teacher_temp_warmup_steps: int = 0, student_temp: float = 0.1,
-                 centering: str = "center", center_momentum: float = 0.9, koleo_weight: float = 0.0,
-                 ibot_weight: float = 0.0, ibot_mask_ratio=(0.1, 0.5), dino_weight: float = 1.0,
-                 collapse_threshold: float = 0.01, collapse_patience: int = 50, collapse_check_after: int | None = None,
-                 stop_on_collapse: bool = True):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        prototypes: int = 4096,
+        hidden_dim: int = 1024,
+        bottleneck_dim: int = 256,
+        head_layers: int = 3,
+        head_bn: bool = False,
+        n_global: int = 2,
+        teacher_momentum: float = 0.996,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp: float = 0.04,
+        teacher_temp_warmup_steps: int = 0,
+        student_temp: float = 0.1,
+        centering: str = "center",
+        center_momentum: float = 0.9,
+        koleo_weight: float = 0.0,
+        ibot_weight: float = 0.0,
+        ibot_mask_ratio=(0.1, 0.5),
+        dino_weight: float = 1.0,
+        collapse_threshold: float = 0.01,
+        collapse_patience: int = 50,
+        collapse_check_after: int | None = None,
+        stop_on_collapse: bool = True,
+    ):
         super().__init__()
         if centering not in ("center", "sinkhorn"):
             raise ConfigError(f"objective.centering must be center or sinkhorn, got {centering!r}")
         if n_global < 1:
-            raise ConfigError(f"objective.global_crops must be >= 1 (the teacher sees the global crops), "
-                              f"got {n_global}")
+            raise ConfigError(
+                f"objective.global_crops must be >= 1 (the teacher sees the global crops), got {n_global}"
+            )
         lo, hi = (list(ibot_mask_ratio) + [None, None])[:2]
         if lo is None or hi is None or not 0 < lo <= hi < 1:
-            raise ConfigError(f"objective.ibot_mask_ratio must be [low, high] with 0 < low <= high < 1, "
-                              f"got {ibot_mask_ratio}")
-        for key, value in (("teacher_temp", teacher_temp), ("warmup_teacher_temp", warmup_teacher_temp),
-                           ("student_temp", student_temp)):
+            raise ConfigError(
+                f"objective.ibot_mask_ratio must be [low, high] with 0 < low <= high < 1, got {ibot_mask_ratio}"
+            )
+        for key, value in (
+            ("teacher_temp", teacher_temp),
+            ("warmup_teacher_temp", warmup_teacher_temp),
+            ("student_temp", student_temp),
+        ):
             if not value > 0:
                 raise ConfigError(f"objective.{key} must be > 0, got {value}")
         if not 0 <= teacher_momentum <= 1 or not 0 <= center_momentum < 1:
@@ -233,9 +262,11 @@ class DINO(nn.Module):
     def dino_terms(self, views: list[torch.Tensor], wavelengths=None) -> dict:
         """Losses and statistics of one multi-crop batch (the ``dino`` part of ``mae+dino`` too)."""
         if not views or len(views) < self.n_global or len(views) < 2:
-            raise ValueError(f"dino pretraining needs batch['views'] with {self.n_global} global crops and at "
-                             f"least 2 crops in all (got {len(views or [])}); wrap the data in a MultiCropDataset")
-        globals_, locals_ = views[:self.n_global], views[self.n_global:]
+            raise ValueError(
+                f"dino pretraining needs batch['views'] with {self.n_global} global crops and at "
+                f"least 2 crops in all (got {len(views or [])}); wrap the data in a MultiCropDataset"
+            )
+        globals_, locals_ = views[: self.n_global], views[self.n_global :]
         b = globals_[0].shape[0]
         temp = self.current_teacher_temp()
         use_ibot = self.ibot_weight > 0
@@ -250,9 +281,12 @@ class DINO(nn.Module):
         if use_ibot:
             n = t_feats[0]["tokens"].shape[1]
             masks = [ibot_masks(b, n, self.ibot_mask_ratio, v.device) for v in globals_]
-        s_feats = [self.encoder.forward_features(v, wavelengths=wavelengths,
-                                                 token_mask=None if masks is None else masks[i],
-                                                 mask_token=self.mask_token) for i, v in enumerate(globals_)]
+        s_feats = [
+            self.encoder.forward_features(
+                v, wavelengths=wavelengths, token_mask=None if masks is None else masks[i], mask_token=self.mask_token
+            )
+            for i, v in enumerate(globals_)
+        ]
         s_pooled = [f["pooled"] for f in s_feats] + [self.encoder.embed(v, wavelengths=wavelengths) for v in locals_]
         s_logp = F.log_softmax(self.head(torch.cat(s_pooled)) / self.student_temp, dim=-1).chunk(len(views))
         dino, terms = 0.0, 0
@@ -277,7 +311,7 @@ class DINO(nn.Module):
             out["ibot_loss"] = ibot.detach()
             self._update_center("patch_center", t_patch_logits.flatten(0, -2))
         if self.koleo_weight > 0:
-            koleo = sum(koleo_loss(p) for p in s_pooled[:self.n_global]) / self.n_global
+            koleo = sum(koleo_loss(p) for p in s_pooled[: self.n_global]) / self.n_global
             loss = loss + self.koleo_weight * koleo
             out["koleo_loss"] = koleo.detach()
         with torch.no_grad():
@@ -316,12 +350,14 @@ class DINO(nn.Module):
         collapsed = step > start and float(self._last_mi) < self.collapse_threshold * log_k
         self.collapsed_steps.fill_(int(self.collapsed_steps) + 1 if collapsed else 0)
         if int(self.collapsed_steps) >= self.collapse_patience:
-            message = (f"self-distillation collapsed: the teacher's assignment has carried < "
-                       f"{self.collapse_threshold:g} x log(prototypes) nats about the input for "
-                       f"{int(self.collapsed_steps)} steps up to step {step} (teacher_mi {float(self._last_mi):.3g}); "
-                       f"try a lower objective.teacher_temp, more objective.teacher_temp_warmup_steps, "
-                       f"objective.centering=sinkhorn, or a lower train.lr "
-                       f"(objective.stop_on_collapse=false keeps going)")
+            message = (
+                f"self-distillation collapsed: the teacher's assignment has carried < "
+                f"{self.collapse_threshold:g} x log(prototypes) nats about the input for "
+                f"{int(self.collapsed_steps)} steps up to step {step} (teacher_mi {float(self._last_mi):.3g}); "
+                f"try a lower objective.teacher_temp, more objective.teacher_temp_warmup_steps, "
+                f"objective.centering=sinkhorn, or a lower train.lr "
+                f"(objective.stop_on_collapse=false keeps going)"
+            )
             if self.stop_on_collapse:
                 raise CollapseError(message)
             if int(self.collapsed_steps) == self.collapse_patience:
@@ -342,8 +378,13 @@ class MAEDINO(nn.Module):
         ['dino_loss', 'loss', 'mae_loss']
     """
 
-    def __init__(self, encoder: nn.Module, mae_weight: float = 1.0, mae_kwargs: dict | None = None,
-                 dino_kwargs: dict | None = None):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        mae_weight: float = 1.0,
+        mae_kwargs: dict | None = None,
+        dino_kwargs: dict | None = None,
+    ):
         super().__init__()
         self.encoder = encoder
         self.mae = MAE(encoder, **(mae_kwargs or {}))

@@ -24,7 +24,9 @@ from domainfm.models.patch_embed import build_pixel_head
 from domainfm.models.pos_embed import sincos_pos_embed
 
 
-def random_masking(batch: int, n_tokens: int, mask_ratio: float, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def random_masking(
+    batch: int, n_tokens: int, mask_ratio: float, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample random masking by shuffling (as in MAE).
 
     Returns ``ids_keep`` (B x K), ``mask`` (B x N, 1 = masked) and ``ids_restore`` (B x N).
@@ -47,8 +49,15 @@ class MAE(nn.Module):
     normalized per patch and per channel (which works for CT intensities and reflectances alike).
     """
 
-    def __init__(self, encoder: ViTEncoder, mask_ratio: float = 0.75, decoder_dim: int = 128, decoder_depth: int = 2,
-                 decoder_heads: int = 4, norm_pix_loss: bool = True):
+    def __init__(
+        self,
+        encoder: ViTEncoder,
+        mask_ratio: float = 0.75,
+        decoder_dim: int = 128,
+        decoder_depth: int = 2,
+        decoder_heads: int = 4,
+        norm_pix_loss: bool = True,
+    ):
         super().__init__()
         self.encoder = encoder
         self.mask_ratio = mask_ratio
@@ -57,9 +66,12 @@ class MAE(nn.Module):
         self.decoder_embed = nn.Linear(encoder.embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         nn.init.normal_(self.mask_token, std=0.02)
-        self.decoder_blocks = nn.ModuleList([
-            Block(decoder_dim, decoder_heads, 4.0, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6))
-            for _ in range(decoder_depth)])
+        self.decoder_blocks = nn.ModuleList(
+            [
+                Block(decoder_dim, decoder_heads, 4.0, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+                for _ in range(decoder_depth)
+            ]
+        )
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
         self.pixel_head = build_pixel_head(encoder.patch_embed, decoder_dim, encoder.patch_embed.in_chans)
         self._pos: dict[tuple, torch.Tensor] = {}
@@ -98,8 +110,13 @@ class MAE(nn.Module):
         target = self.targets(x)
         per_patch = ((pred.float() - target.float()) ** 2).mean(-1)
         loss = (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
-        return {"loss": loss, "mae_loss": loss.detach(), "pred": pred, "mask": mask,
-                "embeddings": latent.mean(1).detach()}
+        return {
+            "loss": loss,
+            "mae_loss": loss.detach(),
+            "pred": pred,
+            "mask": mask,
+            "embeddings": latent.mean(1).detach(),
+        }
 
     @torch.no_grad()
     def reconstruct(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

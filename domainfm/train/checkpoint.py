@@ -35,8 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from domainfm.errors import CheckpointError, ConfigError
-from domainfm.io_safety import os_error_text
-from domainfm.io_safety import write_json_atomic
+from domainfm.io_safety import os_error_text, write_json_atomic
 
 log = logging.getLogger("domainfm.train")
 
@@ -47,7 +46,17 @@ _CKPT_PREFIX = "ckpt-"
 def software_versions() -> dict[str, str]:
     """Versions of the packages that shape a checkpoint, for the card."""
     out = {"python": platform.python_version()}
-    for pkg in ("domainfm", "torch", "timm", "monai", "rasterio", "openslide-python", "torchgeo", "nibabel", "safetensors"):
+    for pkg in (
+        "domainfm",
+        "torch",
+        "timm",
+        "monai",
+        "rasterio",
+        "openslide-python",
+        "torchgeo",
+        "nibabel",
+        "safetensors",
+    ):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -68,9 +77,15 @@ def unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, torch.Tensor], card: dict,
-                    trainer_tensors: dict[str, torch.Tensor] | None = None, trainer_json: dict | None = None,
-                    keep_last: int = 0) -> Path:
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    tensors: dict[str, torch.Tensor],
+    card: dict,
+    trainer_tensors: dict[str, torch.Tensor] | None = None,
+    trainer_json: dict | None = None,
+    keep_last: int = 0,
+) -> Path:
     """Write a checkpoint folder atomically and point ``run_dir/latest`` at it; return its path."""
     run_dir = Path(run_dir)
     final = run_dir / f"{_CKPT_PREFIX}{step:07d}"
@@ -115,8 +130,14 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
-    found = [p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(_CKPT_PREFIX)
-             and (p / "card.json").is_file() and (p / "model.safetensors").is_file()]
+    found = [
+        p
+        for p in run_dir.iterdir()
+        if p.is_dir()
+        and p.name.startswith(_CKPT_PREFIX)
+        and (p / "card.json").is_file()
+        and (p / "model.safetensors").is_file()
+    ]
     return sorted(found, key=lambda p: p.name)
 
 
@@ -181,8 +202,10 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> None:
     """A run folder that already holds checkpoints is only continued (``resume``), never overwritten."""
     existing = list_checkpoints(run_dir)
     if not resume and existing:
-        raise ConfigError(f"{run_dir} already holds checkpoints (last: {existing[-1].name}); pass --resume to continue "
-                          "that run, or choose a new --out (nothing was overwritten)")
+        raise ConfigError(
+            f"{run_dir} already holds checkpoints (last: {existing[-1].name}); pass --resume to continue "
+            "that run, or choose a new --out (nothing was overwritten)"
+        )
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -235,7 +258,9 @@ def load_tensors(path: str | Path, name: str = "model.safetensors") -> dict[str,
         raise CheckpointError(f"{file}: unreadable safetensors file ({exc})") from None
 
 
-def load_module_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str = "", strict: bool = True) -> list[str]:
+def load_module_state(
+    module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str = "", strict: bool = True
+) -> list[str]:
     """Copy ``tensors`` (keys ``prefix + name``) into ``module``, resolving saved aliases.
 
     Returns the names that were not found; raises :class:`CheckpointError` on shape mismatches, or
@@ -255,8 +280,10 @@ def load_module_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor],
                 continue
             dst = state[names[0]]
             if tuple(src.shape) != tuple(dst.shape):
-                raise CheckpointError(f"weight {prefix + names[0]} has shape {tuple(src.shape)} in the checkpoint "
-                                      f"but {tuple(dst.shape)} in the model")
+                raise CheckpointError(
+                    f"weight {prefix + names[0]} has shape {tuple(src.shape)} in the checkpoint "
+                    f"but {tuple(dst.shape)} in the model"
+                )
             dst.copy_(src.to(dst.dtype))
     if strict and missing:
         raise CheckpointError(f"checkpoint lacks {len(missing)} weights, e.g. {prefix + missing[0]}")

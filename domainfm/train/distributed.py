@@ -31,7 +31,7 @@ class DistContext:
         return self.world_size > 1
 
     @classmethod
-    def from_env(cls, device_type: str = "cpu") -> "DistContext":
+    def from_env(cls, device_type: str = "cpu") -> DistContext:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()

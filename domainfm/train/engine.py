@@ -26,8 +26,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -37,14 +37,20 @@ from tqdm.auto import tqdm
 
 from domainfm.config import TrainConfig
 from domainfm.data.sample import collate_samples
+from domainfm.data.sampling import epoch_batches, set_epoch
 from domainfm.errors import CheckpointError, DataError, NonFiniteLossError
 from domainfm.io_safety import RunLock, clean_stale_tmp
 from domainfm.memory import check_step_memory, enable_grad_checkpointing
 from domainfm.ssl.monitor import collapse_metrics
-from domainfm.train.checkpoint import (check_run_dir, latest_intact, list_checkpoints, load_module_state, load_tensors,
-                                       save_checkpoint)
+from domainfm.train.checkpoint import (
+    check_run_dir,
+    latest_intact,
+    list_checkpoints,
+    load_module_state,
+    load_tensors,
+    save_checkpoint,
+)
 from domainfm.train.distributed import DistContext, adamw_kwargs
-from domainfm.data.sampling import epoch_batches, set_epoch
 from domainfm.train.schedule import lr_at
 from domainfm.utils import pick_device
 
@@ -100,6 +106,7 @@ class MetricsLogger:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard may be absent
+
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:  # tensorboard not installed: CSV only
                 self.writer = None
@@ -127,8 +134,10 @@ def _rng_state() -> tuple[dict, dict]:
             tensors[f"rng.cuda.{i}"] = s
     np_state = np.random.get_state()
     py_state = random.getstate()
-    meta = {"numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-            "python": [py_state[0], list(py_state[1]), py_state[2]]}
+    meta = {
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
     return tensors, meta
 
 
@@ -198,8 +207,11 @@ def _check_finite(batch: dict) -> None:
                 bad = (~torch.isfinite(t.flatten(1))).sum(1)
                 i = int(bad.argmax())
                 path = (batch.get("meta") or [{}] * t.shape[0])[i].get("path")
-                raise DataError(path, f"input has {int(bad[i])} NaN/inf values after preprocessing "
-                                      f"(fix or exclude this file, or add nodata handling in the domain options)")
+                raise DataError(
+                    path,
+                    f"input has {int(bad[i])} NaN/inf values after preprocessing "
+                    f"(fix or exclude this file, or add nodata handling in the domain options)",
+                )
 
 
 class _StopRequest:
@@ -210,7 +222,7 @@ class _StopRequest:
         self.signal: int | None = None
         self._old: dict[int, object] = {}
 
-    def __enter__(self) -> "_StopRequest":
+    def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -220,8 +232,12 @@ class _StopRequest:
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signum
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step "
-              "(signal again to stop without one)", file=sys.stderr, flush=True)
+        print(
+            f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step "
+            "(signal again to stop without one)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
@@ -257,9 +273,19 @@ def _batch_size(batch: dict) -> int:
     return int(batch["image"].shape[0]) if "image" in batch else int(batch["views"][0].shape[0])
 
 
-def train(module: nn.Module, dataset, tcfg: TrainConfig, run_dir: str | Path, card: dict, *, resume: bool = False,
-          collate_fn: Callable = collate_samples, num_workers: int = 0,
-          callbacks: Iterable[Callable[[int, nn.Module], dict]] = (), encoder_attr: str = "encoder") -> Path:
+def train(
+    module: nn.Module,
+    dataset,
+    tcfg: TrainConfig,
+    run_dir: str | Path,
+    card: dict,
+    *,
+    resume: bool = False,
+    collate_fn: Callable = collate_samples,
+    num_workers: int = 0,
+    callbacks: Iterable[Callable[[int, nn.Module], dict]] = (),
+    encoder_attr: str = "encoder",
+) -> Path:
     """Train ``module`` on ``dataset`` for ``tcfg.steps`` optimizer steps; return the last checkpoint folder.
 
     ``card`` is written into each checkpoint (step, EMA and versions are added). With ``resume``
@@ -280,15 +306,28 @@ def train(module: nn.Module, dataset, tcfg: TrainConfig, run_dir: str | Path, ca
         clean_stale_tmp(run_dir)
     ctx.barrier()
     try:
-        return _train_locked(module, dataset, tcfg, run_dir, card, resume, collate_fn, num_workers, callbacks,
-                             encoder_attr, device, ctx)
+        return _train_locked(
+            module, dataset, tcfg, run_dir, card, resume, collate_fn, num_workers, callbacks, encoder_attr, device, ctx
+        )
     finally:
         if lock is not None:
             lock.release_all()
 
 
-def _train_locked(module, dataset, tcfg, run_dir: Path, card: dict, resume: bool, collate_fn, num_workers: int,
-                  callbacks, encoder_attr: str, device: torch.device, ctx: DistContext) -> Path:
+def _train_locked(
+    module,
+    dataset,
+    tcfg,
+    run_dir: Path,
+    card: dict,
+    resume: bool,
+    collate_fn,
+    num_workers: int,
+    callbacks,
+    encoder_attr: str,
+    device: torch.device,
+    ctx: DistContext,
+) -> Path:
     module.to(device)
     if tcfg.grad_checkpointing:
         enable_grad_checkpointing(getattr(module, encoder_attr, module))
@@ -297,8 +336,11 @@ def _train_locked(module, dataset, tcfg, run_dir: Path, card: dict, resume: bool
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    groups = module.param_groups(tcfg.weight_decay) if hasattr(module, "param_groups") else \
-        default_param_groups(module, tcfg.weight_decay)
+    groups = (
+        module.param_groups(tcfg.weight_decay)
+        if hasattr(module, "param_groups")
+        else default_param_groups(module, tcfg.weight_decay)
+    )
     for g in groups:
         g.setdefault("lr_scale", 1.0)
     opt_kwargs = adamw_kwargs(device)  # fused AdamW on CUDA and CPU
@@ -347,8 +389,14 @@ def _train_locked(module, dataset, tcfg, run_dir: Path, card: dict, resume: bool
     probe = dataset[0]  # fail early, with the file named, if the very first sample is bad
     batches0 = epoch_batches(dataset, 0, tcfg.batch_size, tcfg.seed, ctx.rank, ctx.world_size)
     if ctx.is_main and tcfg.memory_check and batches0:  # the real batch: small datasets give fewer samples
-        check_step_memory(module, probe, max(len(b) for b in batches0), device, use_bf16=use_bf16,
-                          grad_checkpointing=tcfg.grad_checkpointing)
+        check_step_memory(
+            module,
+            probe,
+            max(len(b) for b in batches0),
+            device,
+            use_bf16=use_bf16,
+            grad_checkpointing=tcfg.grad_checkpointing,
+        )
     del probe
     per_epoch = len(batches0)
     if per_epoch == 0:
@@ -357,9 +405,12 @@ def _train_locked(module, dataset, tcfg, run_dir: Path, card: dict, resume: bool
     smallest = min(len(b) for b in batches0)
     if smallest < need:
         where = card.get("data", {}).get("path") if isinstance(card.get("data"), dict) else None
-        raise DataError(where, f"a training batch would hold {smallest} sample(s) (the data gives {len(dataset)}), but "
-                               f"this model needs >= {need} per batch (batch-norm statistics / contrastive negatives); "
-                               f"add data (more files, tiles or chips per item) or raise train.batch_size")
+        raise DataError(
+            where,
+            f"a training batch would hold {smallest} sample(s) (the data gives {len(dataset)}), but "
+            f"this model needs >= {need} per batch (batch-norm statistics / contrastive negatives); "
+            f"add data (more files, tiles or chips per item) or raise train.batch_size",
+        )
     micro = start_step * accum
 
     logger = MetricsLogger(run_dir, tcfg.tensorboard, ctx.is_main, start_step)
@@ -373,9 +424,15 @@ def _train_locked(module, dataset, tcfg, run_dir: Path, card: dict, resume: bool
             tensors.update({f"ema.{n}": t for n, t in ema.items()})
         otensors, ometa = _optimizer_state(optimizer)
         rtensors, rmeta = _rng_state()
-        return save_checkpoint(run_dir, step, tensors, {**card, "ema": ema is not None},
-                               {**otensors, **rtensors}, {"step": step, "optimizer": ometa, "rng": rmeta},
-                               keep_last=tcfg.keep_last)
+        return save_checkpoint(
+            run_dir,
+            step,
+            tensors,
+            {**card, "ema": ema is not None},
+            {**otensors, **rtensors},
+            {"step": step, "optimizer": ometa, "rng": rmeta},
+            keep_last=tcfg.keep_last,
+        )
 
     last_ckpt = last if (resume and ctx.is_main) else None
     step = start_step
@@ -398,9 +455,14 @@ def _train_locked(module, dataset, tcfg, run_dir: Path, card: dict, resume: bool
                     epoch = want_epoch
                     set_epoch(dataset, epoch)
                     batches = epoch_batches(dataset, epoch, tcfg.batch_size, tcfg.seed, ctx.rank, ctx.world_size)
-                    loader = DataLoader(dataset, batch_sampler=_ListBatchSampler(batches[skip:]), collate_fn=collate_fn,
-                                        num_workers=num_workers, pin_memory=device.type == "cuda",
-                                        generator=torch.Generator().manual_seed(tcfg.seed * 7919 + epoch))
+                    loader = DataLoader(
+                        dataset,
+                        batch_sampler=_ListBatchSampler(batches[skip:]),
+                        collate_fn=collate_fn,
+                        num_workers=num_workers,
+                        pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(tcfg.seed * 7919 + epoch),
+                    )
                     loader_iter = iter(loader)
                 batch = next(loader_iter)
                 micro += 1
@@ -416,9 +478,13 @@ def _train_locked(module, dataset, tcfg, run_dir: Path, card: dict, resume: bool
                     loss = outputs["loss"] / accum
                 value = float(loss.detach()) * accum
                 if ctx.any_true(not math.isfinite(value), device):
-                    where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else "; no checkpoint was written yet"
-                    raise NonFiniteLossError(f"loss became {value} at step {step + 1}{where} "
-                                             f"(try a lower train.lr, train.clip_grad, or check the data for NaNs)")
+                    where = (
+                        f"; the last good checkpoint is {last_ckpt}" if last_ckpt else "; no checkpoint was written yet"
+                    )
+                    raise NonFiniteLossError(
+                        f"loss became {value} at step {step + 1}{where} "
+                        f"(try a lower train.lr, train.clip_grad, or check the data for NaNs)"
+                    )
                 loss.backward()
                 loss_sum += value / accum
                 seen += _batch_size(batch) * ctx.world_size
@@ -442,8 +508,12 @@ def _train_locked(module, dataset, tcfg, run_dir: Path, card: dict, resume: bool
                 extra.update(cb(step, encoder) or {})
             if ctx.is_main and (step % tcfg.log_every == 0 or step == total or extra):
                 now = time.perf_counter()
-                metrics = {"loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
-                           "samples_per_s": seen / max(now - t_last, 1e-9)}
+                metrics = {
+                    "loss": loss_sum,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "samples_per_s": seen / max(now - t_last, 1e-9),
+                }
                 for key, val in outputs.items():
                     if key != "loss" and isinstance(val, torch.Tensor) and val.ndim == 0:
                         metrics[key] = float(val)
@@ -463,8 +533,12 @@ def _train_locked(module, dataset, tcfg, run_dir: Path, card: dict, resume: bool
                 ctx.barrier()
             if stopping:
                 if ctx.is_main:
-                    print(f"interrupted at step {step} of {total}: checkpoint saved to {last_ckpt}\n"
-                          f"resume with: {resume_command(card, run_dir)}", file=sys.stderr, flush=True)
+                    print(
+                        f"interrupted at step {step} of {total}: checkpoint saved to {last_ckpt}\n"
+                        f"resume with: {resume_command(card, run_dir)}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 raise KeyboardInterrupt
     finally:
         stop.__exit__()

@@ -19,13 +19,21 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from torch import nn
 
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
-_EMBED_NAMES = ("patch_embed", "pos_embed", "cls_token", "mask_token", "reg_token", "wavelength",
-                "channel_embed", "spectral")
+_EMBED_NAMES = (
+    "patch_embed",
+    "pos_embed",
+    "cls_token",
+    "mask_token",
+    "reg_token",
+    "wavelength",
+    "channel_embed",
+    "spectral",
+)
 _NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token")
 
 
@@ -50,8 +58,13 @@ def layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
-def param_groups_layer_decay(model: nn.Module, base_lr: float, weight_decay: float = 0.05,
-                             layer_decay: float = 0.75, no_weight_decay: Iterable[str] = ()) -> list[dict]:
+def param_groups_layer_decay(
+    model: nn.Module,
+    base_lr: float,
+    weight_decay: float = 0.05,
+    layer_decay: float = 0.75,
+    no_weight_decay: Iterable[str] = (),
+) -> list[dict]:
     """Optimizer parameter groups with layer-wise LR decay for a ViT (encoder alone or encoder + head).
 
     Args:
@@ -86,8 +99,14 @@ def param_groups_layer_decay(model: nn.Module, base_lr: float, weight_decay: flo
         key = (lid, no_decay)
         if key not in groups:
             scale = layer_decay ** (num_layers - 1 - lid)
-            groups[key] = {"params": [], "names": [], "lr": base_lr * scale, "lr_scale": scale,
-                           "weight_decay": 0.0 if no_decay else weight_decay, "layer_id": lid}
+            groups[key] = {
+                "params": [],
+                "names": [],
+                "lr": base_lr * scale,
+                "lr_scale": scale,
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "layer_id": lid,
+            }
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
     return [groups[k] for k in sorted(groups)]

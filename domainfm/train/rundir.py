@@ -46,9 +46,11 @@ def prepare_run_dir(run_dir: str | Path, exist_ok: str = "error", resume: bool =
     if not ckpts:
         return False
     if exist_ok == "error":
-        raise ConfigError(f'{run_dir} already holds checkpoints (last: {ckpts[-1].name}); pass exist_ok="resume" to '
-                          'continue that run, exist_ok="overwrite" to start it again, or another out '
-                          '(nothing was overwritten)')
+        raise ConfigError(
+            f'{run_dir} already holds checkpoints (last: {ckpts[-1].name}); pass exist_ok="resume" to '
+            'continue that run, exist_ok="overwrite" to start it again, or another out '
+            "(nothing was overwritten)"
+        )
     if not main:
         return False
     for ckpt in ckpts:
@@ -57,7 +59,7 @@ def prepare_run_dir(run_dir: str | Path, exist_ok: str = "error", resume: bool =
         (run_dir / name).unlink(missing_ok=True)
     if (run_dir / "tensorboard").is_dir():
         shutil.rmtree(run_dir / "tensorboard")
-    log.warning("exist_ok=\"overwrite\": removed %d checkpoint(s) of %s", len(ckpts), run_dir)
+    log.warning('exist_ok="overwrite": removed %d checkpoint(s) of %s', len(ckpts), run_dir)
     return False
 
 

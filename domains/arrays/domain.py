@@ -30,8 +30,22 @@ from domainfm.errors import ConfigError, DataError
 from domainfm.inference import write_embeddings
 from domainfm.runconfig import config_from_card
 
-_PROFILE_KEYS = ("source", "spatial_dims", "channels", "size", "range", "mean", "std", "band_names", "wavelengths",
-                 "crs", "res", "spacing", "mpp", "dtype")
+_PROFILE_KEYS = (
+    "source",
+    "spatial_dims",
+    "channels",
+    "size",
+    "range",
+    "mean",
+    "std",
+    "band_names",
+    "wavelengths",
+    "crs",
+    "res",
+    "spacing",
+    "mpp",
+    "dtype",
+)
 
 
 def read_array_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -65,8 +79,10 @@ class ArraysDomain(Domain):
 
     def dataset(self, cfg, split: str) -> AdaptedDataset:
         if cfg.data.path is None:
-            raise ConfigError("the arrays domain reads data you give: pretrain(config, data=array_or_dataset), "
-                              "or data.path set to a .npy/.npz file")
+            raise ConfigError(
+                "the arrays domain reads data you give: pretrain(config, data=array_or_dataset), "
+                "or data.path set to a .npy/.npz file"
+            )
         opt = self.options(cfg)
         x, y = read_array_file(cfg.data.path)
         if split in ("train", "val", "test") and y is not None:
@@ -91,11 +107,16 @@ class ArraysDomain(Domain):
 
     def encoder_kwargs(self, cfg, dataset=None) -> dict:
         prof = (dataset if dataset is not None else self.dataset(cfg, "pretrain")).profile
-        kind = cfg.model.patch_embed or ("wavelength" if prof.get("wavelengths") else
-                                         ("3d" if prof["spatial_dims"] == 3 else "2d"))
+        kind = cfg.model.patch_embed or (
+            "wavelength" if prof.get("wavelengths") else ("3d" if prof["spatial_dims"] == 3 else "2d")
+        )
         size = prof["size"]
-        return {"patch_embed": kind, "img_size": size[0] if len(set(size)) == 1 else list(size),
-                "patch_size": cfg.model.patch_size, "in_chans": None if kind == "wavelength" else prof["channels"]}
+        return {
+            "patch_embed": kind,
+            "img_size": size[0] if len(set(size)) == 1 else list(size),
+            "patch_size": cfg.model.patch_size,
+            "in_chans": None if kind == "wavelength" else prof["channels"],
+        }
 
     def spatial_dims(self, cfg) -> int:
         return 2 if cfg is None else int(self.options(cfg).spatial_dims or 2)
@@ -113,13 +134,17 @@ class ArraysDomain(Domain):
             if t.ndim == dims and channels == 1:
                 t = t[None]
             if t.ndim != dims + 1 or t.shape[0] != channels:
-                raise DataError("input", f"expected one image of {channels} x {' x '.join(map(str, rec['size']))} "
-                                         f"(C x {'D x ' if dims == 3 else ''}H x W), got shape {tuple(t.shape)}")
+                raise DataError(
+                    "input",
+                    f"expected one image of {channels} x {' x '.join(map(str, rec['size']))} "
+                    f"(C x {'D x ' if dims == 3 else ''}H x W), got shape {tuple(t.shape)}",
+                )
             t = check_scale(t, rec.get("range"))
             if rec.get("normalize", True):
                 shape = (-1,) + (1,) * dims
                 t = (t - torch.tensor(rec["mean"]).reshape(shape)) / torch.tensor(rec["std"]).reshape(shape)
             return t.float()
+
         return prepare
 
     def embed(self, model, data, out, **options):
@@ -139,7 +164,11 @@ class ArraysDomain(Domain):
         np.savez(path, images=x, labels=rng.integers(0, 2, 16))
         bad = folder / "broken.npz"
         bad.write_bytes(b"not a zip")
-        config = {"domain": "arrays", "out": str(folder / "pretrain"), "data": {"path": str(path)},
-                  "model": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
-                  "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False, "warmup_steps": 1}}
+        config = {
+            "domain": "arrays",
+            "out": str(folder / "pretrain"),
+            "data": {"path": str(path)},
+            "model": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
+            "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False, "warmup_steps": 1},
+        }
         return DomainExample(config=config, bad_file=bad)

@@ -12,5 +12,12 @@ from domainfm.medical.domain import MedicalDomain
 from domainfm.medical.io import read_dicom_series, read_image, read_nifti, write_nifti
 from domainfm.medical.options import WINDOW_PRESETS, MedicalOptions
 
-__all__ = ["MedicalDomain", "MedicalOptions", "WINDOW_PRESETS", "read_image", "read_nifti", "read_dicom_series",
-           "write_nifti"]
+__all__ = [
+    "MedicalDomain",
+    "MedicalOptions",
+    "WINDOW_PRESETS",
+    "read_image",
+    "read_nifti",
+    "read_dicom_series",
+    "write_nifti",
+]

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from monai import data as mdata
@@ -23,6 +23,7 @@ from monai import data as mdata
 from domainfm.data.rng import EpochAware, item_numpy_rng
 from domainfm.data.sample import check_sample
 from domainfm.errors import DataError
+from domainfm.medical.io import read_image
 from domainfm.medical.options import MedicalOptions
 from domainfm.medical.transforms import apply_random, build_transforms, domain_errors, fixed_crop_size, random_crop
 
@@ -46,9 +47,18 @@ class MedicalDataset(EpochAware, torch.utils.data.Dataset):
         num_workers: threads used to fill the memory cache.
     """
 
-    def __init__(self, items: Sequence[dict], opts: MedicalOptions, crop: Sequence[int], stage: str = "pretrain",
-                 cache: str = "none", cache_dir: str | Path | None = None, seed: int = 0,
-                 classes: list[str] | None = None, num_workers: int = 0):
+    def __init__(
+        self,
+        items: Sequence[dict],
+        opts: MedicalOptions,
+        crop: Sequence[int],
+        stage: str = "pretrain",
+        cache: str = "none",
+        cache_dir: str | Path | None = None,
+        seed: int = 0,
+        classes: list[str] | None = None,
+        num_workers: int = 0,
+    ):
         if not items:
             raise DataError(None, "no scans to build a dataset from")
         self.items = [dict(it) for it in items]
@@ -66,14 +76,20 @@ class MedicalDataset(EpochAware, torch.utils.data.Dataset):
         self._checked: set[int] = set()  # cached volumes already validated (memory cache, this process)
         with domain_errors():
             if cache == "memory":
-                self.base = mdata.CacheDataset(self.items, transform=self.det, cache_rate=1.0, copy_cache=False,
-                                               num_workers=max(1, num_workers) if num_workers else None,
-                                               progress=False)
+                self.base = mdata.CacheDataset(
+                    self.items,
+                    transform=self.det,
+                    cache_rate=1.0,
+                    copy_cache=False,
+                    num_workers=max(1, num_workers) if num_workers else None,
+                    progress=False,
+                )
             elif cache == "disk":
                 cache_dir = Path(cache_dir or "cache/medical")
                 cache_dir.mkdir(parents=True, exist_ok=True)
-                self.base = mdata.PersistentDataset(self.items, transform=self.det, cache_dir=cache_dir,
-                                                    hash_func=_hash_item)
+                self.base = mdata.PersistentDataset(
+                    self.items, transform=self.det, cache_dir=cache_dir, hash_func=_hash_item
+                )
             else:
                 self.base = mdata.Dataset(self.items, transform=self.det)
 
@@ -83,7 +99,6 @@ class MedicalDataset(EpochAware, torch.utils.data.Dataset):
         if self.classes:
             return len(self.classes)
         if self.with_mask:
-            from domainfm.medical.io import read_image
             top = 0
             for it in self.items:
                 top = max(top, int(read_image(it["mask"], spatial_dims=self.opts.spatial_dims).max()))
@@ -106,7 +121,7 @@ class MedicalDataset(EpochAware, torch.utils.data.Dataset):
                     check_sample(sample, spatial_dims=self.opts.spatial_dims)
                     self._checked.add(int(index))
                 return random_crop(sample, self._fast_crop, rng)
-            sample = apply_random(self.rand, sample, int(rng.integers(0, 2 ** 31 - 1)))
+            sample = apply_random(self.rand, sample, int(rng.integers(0, 2**31 - 1)))
         sample = dict(sample)
         if self.cache == "memory":  # never hand out (views of) the cached tensors themselves
             for key in ("image", "mask"):

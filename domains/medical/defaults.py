@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from domainfm.decisions import decide  # noqa: F401  (re-exported for the medical domain)
@@ -59,7 +60,7 @@ def only_2d_images(path: str | Path | None) -> bool:
 
 
 def _nifti_shapes(items: list[dict]) -> list[tuple[list[int], list[float]]]:
-    import nibabel as nib
+
     out = []
     for it in items[:64]:
         src = it.get("image")
@@ -108,7 +109,7 @@ def looks_like_ct(items: list[dict]) -> bool | None:
         >>> looks_like_ct([]) is None
         True
     """
-    import nibabel as nib
+
     for it in items[:3]:
         src = it.get("image")
         src = src[0] if isinstance(src, list) else src

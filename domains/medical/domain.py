@@ -37,15 +37,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from domainfm.data.augment import default_augment
 from domainfm.domain import Domain, DomainExample, accept_options
 from domainfm.errors import ConfigError, DataError
 from domainfm.medical.dataset import MedicalDataset
 from domainfm.medical.defaults import decide, default_crop, looks_like_ct, only_2d_images
+from domainfm.medical.demo import run_demo
+from domainfm.medical.heads import build_head
+from domainfm.medical.inference import embed_scans, evaluate_segmentation, predict_scan
+from domainfm.medical.io import read_image, write_nifti
 from domainfm.medical.options import MedicalOptions, normalized, options_from_card
-from domainfm.medical.synthetic import write_example
 from domainfm.medical.sources import discover, holdout, is_decathlon
-from domainfm.medical.transforms import build_transforms, domain_errors, normalization_record
+from domainfm.medical.synthetic import write_example
+from domainfm.medical.transforms import build_transforms, domain_errors, intensity_transforms, normalization_record
 from domainfm.medical.views import multicrop_for
+
 
 def mask_values(items: list[dict], spatial_dims: int) -> list[int]:
     """The label ids present in the masks of ``items`` (each mask read whole, once).
@@ -54,7 +60,6 @@ def mask_values(items: list[dict], spatial_dims: int) -> list[int]:
         >>> mask_values([], 3)
         []
     """
-    from domainfm.medical.io import read_image
     found: set[int] = set()
     for it in items:
         if "mask" in it:
@@ -71,7 +76,9 @@ def _img_size(cfg, spatial_dims: int) -> list[int]:
     size = cfg.data.img_size
     if isinstance(size, (list, tuple)):
         if len(size) != spatial_dims:
-            raise ConfigError(f"data.img_size {list(size)} has {len(size)} values but data.options.spatial_dims is {spatial_dims}")
+            raise ConfigError(
+                f"data.img_size {list(size)} has {len(size)} values but data.options.spatial_dims is {spatial_dims}"
+            )
         return [int(s) for s in size]
     return [int(size)] * spatial_dims
 
@@ -105,6 +112,7 @@ class MedicalDomain(Domain):
         batch_size: int | None = None
         overlap: float | None = None
         sw_overlap: float | None = None
+
     def __init__(self):
         self._crops: dict[tuple, tuple[list[int], str]] = {}
         self._ct_like: dict[str, bool | None] = {}
@@ -162,9 +170,14 @@ class MedicalDomain(Domain):
                 except DataError:
                     self._ct_like[key] = None
             if self._ct_like[key] is False:
-                out.append(decide("modality", f"warning: modality is ct (the default) but the volumes of {key} have "
-                                              "no air near -1000 HU, so they do not look like CT; the CT window would "
-                                              "clip them: pass --modality mri (or declare ct on purpose)"))
+                out.append(
+                    decide(
+                        "modality",
+                        f"warning: modality is ct (the default) but the volumes of {key} have "
+                        "no air near -1000 HU, so they do not look like CT; the CT window would "
+                        "clip them: pass --modality mri (or declare ct on purpose)",
+                    )
+                )
         return out
 
     def items(self, cfg, split: str) -> tuple[list[dict], list[str] | None]:
@@ -218,27 +231,46 @@ class MedicalDomain(Domain):
             classes = None
         elif task == "segmentation":
             if not all("mask" in it for it in items):
-                raise DataError(where, "segmentation needs masks: a 'mask' column in the manifest, "
-                                       "imagesTr/labelsTr (or images/masks) folders, or Decathlon 'label' entries")
+                raise DataError(
+                    where,
+                    "segmentation needs masks: a 'mask' column in the manifest, "
+                    "imagesTr/labelsTr (or images/masks) folders, or Decathlon 'label' entries",
+                )
             items = [{k: v for k, v in it.items() if k != "label"} for it in items]
         else:
             if not all("label" in it for it in items):
-                raise DataError(where, f"{task} needs labels: class subfolders, a 'label' column in the manifest, "
-                                       "or a MedMNIST .npz with *_labels")
+                raise DataError(
+                    where,
+                    f"{task} needs labels: class subfolders, a 'label' column in the manifest, "
+                    "or a MedMNIST .npz with *_labels",
+                )
             items = [{k: v for k, v in it.items() if k != "mask"} for it in items]
         if split == "train" and task == "segmentation" and opts.spatial_dims == 3 and cfg.train.batch_size == 64:
             # train.batch_size left at the 2D default: a 3D UNETR step decodes every crop at full resolution
             cfg.train.batch_size = SEG_3D_BATCH
-            self._batch_text = decide("batch", f"3D segmentation: train.batch_size {SEG_3D_BATCH} (the default 64 is "
-                                               "for 2D; UNETR practice for 96^3 crops; set --batch-size to change it)")
+            self._batch_text = decide(
+                "batch",
+                f"3D segmentation: train.batch_size {SEG_3D_BATCH} (the default 64 is "
+                "for 2D; UNETR practice for 96^3 crops; set --batch-size to change it)",
+            )
         stage = "test" if split == "embed" else split
         cache_dir = None
         if cfg.data.cache == "disk":
-            key = hashlib.md5(json.dumps({"opts": dataclasses.asdict(opts), "crop": crop, "stage": stage},
-                                         sort_keys=True).encode()).hexdigest()[:12]
+            key = hashlib.md5(
+                json.dumps({"opts": dataclasses.asdict(opts), "crop": crop, "stage": stage}, sort_keys=True).encode()
+            ).hexdigest()[:12]
             cache_dir = Path(opts.cache_dir or Path(cfg.out) / "cache") / key
-        ds = MedicalDataset(items, opts, crop, stage=stage, cache=cfg.data.cache, cache_dir=cache_dir,
-                            seed=cfg.train.seed, classes=classes, num_workers=cfg.data.num_workers)
+        ds = MedicalDataset(
+            items,
+            opts,
+            crop,
+            stage=stage,
+            cache=cfg.data.cache,
+            cache_dir=cache_dir,
+            seed=cfg.train.seed,
+            classes=classes,
+            num_workers=cfg.data.num_workers,
+        )
         if task == "segmentation" and split in ("train", "val", "test"):
             # segmentation label names by mask id (a Decathlon ``labels`` map); the ids themselves come
             # from the masks (domainfm.classmap), so sparse ids are never padded into absent classes
@@ -259,7 +291,6 @@ class MedicalDomain(Domain):
 
     def augment(self, cfg):
         """Contrastive views: random resized crop, flips, intensity jitter (2D or 3D)."""
-        from domainfm.data.augment import default_augment
         return default_augment(spatial_dims=self.options(cfg).spatial_dims)
 
     def multicrop(self, cfg, img_size, local_size):
@@ -279,18 +310,29 @@ class MedicalDomain(Domain):
         patch = cfg.model.patch_size
         if isinstance(patch, (list, tuple)) and len(patch) != opts.spatial_dims:
             raise ConfigError(f"model.patch_size {list(patch)} has {len(patch)} values for {opts.spatial_dims}D data")
-        return {"patch_embed": cfg.model.patch_embed or ("3d" if opts.spatial_dims == 3 else "2d"),
-                "img_size": crop, "patch_size": patch, "in_chans": in_chans or 1}
+        return {
+            "patch_embed": cfg.model.patch_embed or ("3d" if opts.spatial_dims == 3 else "2d"),
+            "img_size": crop,
+            "patch_size": patch,
+            "in_chans": in_chans or 1,
+        }
 
     def preprocessing(self, cfg, dataset: Any | None = None) -> dict:
         """Spacing, orientation, window/normalization and crop, as JSON for the card."""
         opts = self.options(cfg)
-        rec = {"kind": "medical", "spatial_dims": opts.spatial_dims, "modality": opts.modality,
-               "orientation": opts.orientation if opts.spatial_dims == 3 else None,
-               "target_spacing": opts.target_spacing, "normalization": normalization_record(opts),
-               "crop_size": self.crop_size(cfg), "sequences": opts.sequences,
-               "foreground_crop": opts.foreground_crop, "options": dataclasses.asdict(opts),
-               "decisions": self.decisions(cfg)}
+        rec = {
+            "kind": "medical",
+            "spatial_dims": opts.spatial_dims,
+            "modality": opts.modality,
+            "orientation": opts.orientation if opts.spatial_dims == 3 else None,
+            "target_spacing": opts.target_spacing,
+            "normalization": normalization_record(opts),
+            "crop_size": self.crop_size(cfg),
+            "sequences": opts.sequences,
+            "foreground_crop": opts.foreground_crop,
+            "options": dataclasses.asdict(opts),
+            "decisions": self.decisions(cfg),
+        }
         if dataset is not None and len(dataset):
             meta = dataset[0].get("meta") or {}
             rec["in_chans"] = int(dataset[0]["image"].shape[0])
@@ -322,8 +364,7 @@ class MedicalDomain(Domain):
         opts = options_from_card(card)
         crop = (card.get("preprocessing") or {}).get("crop_size") or card["encoder"]["img_size"]
         det, _ = build_transforms(opts, crop, "inference")
-        from monai import transforms as mt
-        from domainfm.medical.transforms import intensity_transforms
+        from monai import transforms as mt  # heavy import (MONAI), loaded on first use
 
         def prepare(x) -> torch.Tensor:
             if isinstance(x, (str, Path)):
@@ -334,7 +375,11 @@ class MedicalDomain(Domain):
             if arr.ndim == opts.spatial_dims:
                 arr = arr[None]
             if arr.ndim != opts.spatial_dims + 1:
-                raise DataError(None, f"expected a {opts.spatial_dims}D array (with or without channel axis), got shape {tuple(arr.shape)}")
+                raise DataError(
+                    None,
+                    f"expected a {opts.spatial_dims}D array (with or without channel axis), "
+                    f"got shape {tuple(arr.shape)}",
+                )
             if not bool(torch.isfinite(arr).all()):
                 raise DataError(None, "array has NaN/inf values")
             tr = intensity_transforms(opts)
@@ -349,7 +394,6 @@ class MedicalDomain(Domain):
     def head(self, task: str, encoder, num_classes: int, cfg):
         """UNETR-style decoder for segmentation, LayerNorm + linear on pooled tokens otherwise.
         ``finetune.head_options`` go to the head (e.g. ``feature_size: 16``)."""
-        from domainfm.medical.heads import build_head
         return build_head(task, encoder, num_classes, cfg.finetune.head_options)
 
     def validate(self, model, cfg) -> dict:
@@ -357,14 +401,12 @@ class MedicalDomain(Domain):
         the core's crop-level validation reports the rest."""
         if cfg.finetune.task != "segmentation" or not cfg.data.val_path:
             return {}
-        from domainfm.medical.inference import evaluate_segmentation
         res = evaluate_segmentation(model, cfg.data.val_path)
         return {f"scan_{k}": v for k, v in res.items() if isinstance(v, (int, float))}
 
     # ---------------------------------------------------------------------------------------- outputs
     def write(self, prediction, sample: dict, path) -> Path:
         """Write a label/probability array with the sample's affine as NIfTI."""
-        from domainfm.medical.io import write_nifti
         meta = sample.get("meta") or {}
         return write_nifti(prediction, np.asarray(meta.get("affine", np.eye(4))), path, like=meta.get("path"))
 
@@ -373,15 +415,23 @@ class MedicalDomain(Domain):
 
         See :func:`domainfm.medical.inference.predict_scan`.
         """
-        from domainfm.medical.inference import predict_scan
-        options = accept_options(kwargs, {"sw_overlap": "overlap", "sw_batch_size": "sw_batch_size", "overlap": "overlap",
-                                          "save_probabilities": "save_probabilities"}, "predict")
+        options = accept_options(
+            kwargs,
+            {
+                "sw_overlap": "overlap",
+                "sw_batch_size": "sw_batch_size",
+                "overlap": "overlap",
+                "save_probabilities": "save_probabilities",
+            },
+            "predict",
+        )
         return predict_scan(model, input_path, out_path, **options)
 
     def embed(self, model, data, out, **kwargs) -> Path:
         """One embedding per scan (mean over sliding windows for volumes) into ``.npz`` or ``.h5``."""
-        from domainfm.medical.inference import embed_scans
-        options = accept_options(kwargs, {"batch_size": "batch_size", "sw_overlap": "overlap", "overlap": "overlap"}, "embed")
+        options = accept_options(
+            kwargs, {"batch_size": "batch_size", "sw_overlap": "overlap", "overlap": "overlap"}, "embed"
+        )
         return embed_scans(model, data, out, **options)
 
     def example(self, folder: Path) -> DomainExample:
@@ -389,6 +439,6 @@ class MedicalDomain(Domain):
         return write_example(folder)
 
     def demo(self, out_dir: Path, quick: bool = False) -> dict:
-        """PneumoniaMNIST MAE pretraining + linear probe vs random init (NIfTI fallback); see :mod:`domainfm.medical.demo`."""
-        from domainfm.medical.demo import run_demo
+        """PneumoniaMNIST MAE pretraining + linear probe vs random init (NIfTI fallback);
+        see :mod:`domainfm.medical.demo`."""
         return run_demo(Path(out_dir), quick=quick)

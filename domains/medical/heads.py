@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
@@ -26,6 +26,7 @@ from monai.networks.blocks.dynunet_block import UnetResBlock, get_conv_layer
 from torch import nn
 
 from domainfm.errors import ConfigError
+from domainfm.heads.classification import LinearHead
 
 
 def _stage_factors(patch_size: Sequence[int]) -> list[list[int]]:
@@ -33,7 +34,7 @@ def _stage_factors(patch_size: Sequence[int]) -> list[list[int]]:
     logs = []
     for p in patch_size:
         k = int(round(math.log2(p))) if p >= 1 else -1
-        if p < 1 or 2 ** k != p:
+        if p < 1 or 2**k != p:
             raise ConfigError(f"the UNETR head needs power-of-two patch sizes, got {list(patch_size)}")
         logs.append(k)
     n = max(logs)
@@ -56,12 +57,26 @@ class _ProjectUp(nn.Module):
 
     def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, factors: list[list[int]], norm_name):
         super().__init__()
-        mods: list[nn.Module] = [get_conv_layer(spatial_dims, in_ch, out_ch, kernel_size=factors[0], stride=factors[0],
-                                                conv_only=True, is_transposed=True)]
+        mods: list[nn.Module] = [
+            get_conv_layer(
+                spatial_dims,
+                in_ch,
+                out_ch,
+                kernel_size=factors[0],
+                stride=factors[0],
+                conv_only=True,
+                is_transposed=True,
+            )
+        ]
         for f in factors[1:]:
-            mods.append(nn.Sequential(
-                get_conv_layer(spatial_dims, out_ch, out_ch, kernel_size=f, stride=f, conv_only=True, is_transposed=True),
-                UnetResBlock(spatial_dims, out_ch, out_ch, kernel_size=3, stride=1, norm_name=norm_name)))
+            mods.append(
+                nn.Sequential(
+                    get_conv_layer(
+                        spatial_dims, out_ch, out_ch, kernel_size=f, stride=f, conv_only=True, is_transposed=True
+                    ),
+                    UnetResBlock(spatial_dims, out_ch, out_ch, kernel_size=3, stride=1, norm_name=norm_name),
+                )
+            )
         self.blocks = nn.Sequential(*mods)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,9 +98,19 @@ class UNETRHead(nn.Module):
         norm_name: MONAI norm name (``instance``, ``batch``).
     """
 
-    def __init__(self, embed_dim: int, num_classes: int, spatial_dims: int, patch_size: Sequence[int] | int,
-                 in_chans: int, depth: int, feature_size: int = 16, layers: Sequence[int] | None = None,
-                 norm_name: str | tuple = "instance", res_block: bool = True):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_classes: int,
+        spatial_dims: int,
+        patch_size: Sequence[int] | int,
+        in_chans: int,
+        depth: int,
+        feature_size: int = 16,
+        layers: Sequence[int] | None = None,
+        norm_name: str | tuple = "instance",
+        res_block: bool = True,
+    ):
         super().__init__()
         patch = [patch_size] * spatial_dims if isinstance(patch_size, int) else list(patch_size)
         self.factors = _stage_factors(patch)
@@ -99,13 +124,26 @@ class UNETRHead(nn.Module):
         ch = [feature_size * 2 ** (n - lvl) for lvl in range(n + 1)]  # channels at level 0..n
         ch[0] = embed_dim
         self.spatial_dims = spatial_dims
-        self.skips = nn.ModuleList([_ProjectUp(spatial_dims, embed_dim, ch[lvl], self.factors[:lvl], norm_name)
-                                    for lvl in range(1, n)])
-        self.image_skip = UnetrBasicBlock(spatial_dims, in_chans, feature_size, kernel_size=3, stride=1,
-                                          norm_name=norm_name, res_block=res_block)
-        self.ups = nn.ModuleList([UnetrUpBlock(spatial_dims, ch[lvl - 1], ch[lvl], kernel_size=3,
-                                               upsample_kernel_size=self.factors[lvl - 1], norm_name=norm_name,
-                                               res_block=res_block) for lvl in range(1, n + 1)])
+        self.skips = nn.ModuleList(
+            [_ProjectUp(spatial_dims, embed_dim, ch[lvl], self.factors[:lvl], norm_name) for lvl in range(1, n)]
+        )
+        self.image_skip = UnetrBasicBlock(
+            spatial_dims, in_chans, feature_size, kernel_size=3, stride=1, norm_name=norm_name, res_block=res_block
+        )
+        self.ups = nn.ModuleList(
+            [
+                UnetrUpBlock(
+                    spatial_dims,
+                    ch[lvl - 1],
+                    ch[lvl],
+                    kernel_size=3,
+                    upsample_kernel_size=self.factors[lvl - 1],
+                    norm_name=norm_name,
+                    res_block=res_block,
+                )
+                for lvl in range(1, n + 1)
+            ]
+        )
         self.out = UnetOutBlock(spatial_dims, feature_size, num_classes)
 
     @staticmethod
@@ -135,14 +173,21 @@ def build_head(task: str, encoder, num_classes: int, head_options: dict | None =
 
     Example:
         >>> from domainfm.models import build_encoder
-        >>> enc = build_encoder("vit-tiny", patch_embed="3d", img_size=32, patch_size=16, in_chans=1, depth=2, embed_dim=64, num_heads=2)
+        >>> enc = build_encoder("vit-tiny", patch_embed="3d", img_size=32, patch_size=16, in_chans=1, depth=2,
+        ...                     embed_dim=64, num_heads=2)
         >>> type(build_head("segmentation", enc, 2)).__name__
         'UNETRHead'
     """
     opts = dict(head_options or {})
     if task == "segmentation":
         patch = encoder.config["patch_size"]
-        return UNETRHead(encoder.embed_dim, num_classes, encoder.spatial_dims, patch, encoder.config["in_chans"] or 1,
-                         encoder.depth, **opts)
-    from domainfm.heads.classification import LinearHead
+        return UNETRHead(
+            encoder.embed_dim,
+            num_classes,
+            encoder.spatial_dims,
+            patch,
+            encoder.config["in_chans"] or 1,
+            encoder.depth,
+            **opts,
+        )
     return LinearHead(encoder.embed_dim, num_classes, **opts)

@@ -28,14 +28,17 @@ import json
 import warnings
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
+from PIL import Image
 
 from domainfm.classmap import ClassMap, output_dtype
 from domainfm.errors import DataError
 from domainfm.io_safety import atomic_output, check_output, write_arrays_atomic
-from domainfm.medical.io import is_nifti, write_nifti
+from domainfm.medical.io import is_nifti, read_image, write_nifti
 from domainfm.medical.options import options_from_card
+from domainfm.medical.sources import discover
 from domainfm.medical.transforms import build_transforms, domain_errors
 
 
@@ -51,14 +54,16 @@ def _card_setup(model):
 
 def _windows(shape, roi, overlap: float):
     """Start indices of windows of size ``roi`` covering ``shape`` (MONAI's dense patch layout)."""
-    from monai.data.utils import dense_patch_slices
+    from monai.data.utils import dense_patch_slices  # heavy import (MONAI), loaded on first use
+
     interval = [max(1, int(r * (1 - overlap))) for r in roi]
     return dense_patch_slices(list(shape), list(roi), interval)
 
 
 def _pad_to(x: torch.Tensor, roi) -> torch.Tensor:
     """Zero-pad (symmetric) the spatial dims of ``C x ...`` up to at least ``roi``."""
-    from monai.transforms import SpatialPad
+    from monai.transforms import SpatialPad  # heavy import (MONAI), loaded on first use
+
     if all(s >= r for s, r in zip(x.shape[1:], roi)):
         return x
     return torch.as_tensor(SpatialPad(spatial_size=[max(s, r) for s, r in zip(x.shape[1:], roi)])(x))
@@ -87,7 +92,7 @@ def window_embedding(model, image: torch.Tensor, roi, overlap: float = 0.25, bat
     dev = _model_device(model)
     out = []
     for i in range(0, len(slices), batch_size):
-        batch = torch.stack([x[(slice(None),) + tuple(s)] for s in slices[i:i + batch_size]]).to(dev)
+        batch = torch.stack([x[(slice(None),) + tuple(s)] for s in slices[i : i + batch_size]]).to(dev)
         out.append(model.embed(batch).float().cpu())
     return torch.cat(out).mean(0)
 
@@ -127,8 +132,9 @@ def segment_scan(model, input_path, overlap: float | None = None, sw_batch_size:
         >>> tuple(labels.shape) == nib.load(folder / "data/images/c0.nii.gz").shape    # on the source grid
         True
     """
-    from monai.data import MetaTensor
-    from monai.inferers import sliding_window_inference
+    from monai.data import MetaTensor  # heavy import (MONAI), loaded on first use
+    from monai.inferers import sliding_window_inference  # heavy import (MONAI), loaded on first use
+
     opts, crop, det, img = _prepare(model, input_path)
     overlap = opts.sw_overlap if overlap is None else overlap
     sw_batch_size = sw_batch_size or opts.sw_batch_size
@@ -141,9 +147,16 @@ def segment_scan(model, input_path, overlap: float | None = None, sw_batch_size:
     buffered = {"sw_device": dev, "device": torch.device("cpu"), "buffer_steps": 1} if dev.type == "cuda" else {}
     try:
         with torch.no_grad():
-            logits = sliding_window_inference(img.as_tensor().float()[None].to(dev), roi_size=list(crop),
-                                              sw_batch_size=sw_batch_size, predictor=model.logits, overlap=overlap,
-                                              mode="gaussian", progress=n_windows >= 64, **buffered)
+            logits = sliding_window_inference(
+                img.as_tensor().float()[None].to(dev),
+                roi_size=list(crop),
+                sw_batch_size=sw_batch_size,
+                predictor=model.logits,
+                overlap=overlap,
+                mode="gaussian",
+                progress=n_windows >= 64,
+                **buffered,
+            )
     finally:
         model.train(was)
     probs = torch.as_tensor(logits)[0].float().cpu()
@@ -156,8 +169,10 @@ def segment_scan(model, input_path, overlap: float | None = None, sw_batch_size:
     probs_orig = torch.as_tensor(inv).float()
     original_shape = tuple(int(v) for v in np.asarray(img.meta["spatial_shape"]).tolist())
     if tuple(probs_orig.shape[1:]) != original_shape:
-        raise DataError(input_path, f"internal error: inverted prediction shape {tuple(probs_orig.shape[1:])} "
-                                    f"!= input {original_shape}")
+        raise DataError(
+            input_path,
+            f"internal error: inverted prediction shape {tuple(probs_orig.shape[1:])} != input {original_shape}",
+        )
     return probs_orig, dict(img.meta)
 
 
@@ -174,20 +189,39 @@ def classify_scan(model, input_path, overlap: float | None = None, sw_batch_size
     model.eval()
     try:
         with torch.no_grad():
-            logits = torch.cat([model.logits(torch.stack([xp[(slice(None),) + tuple(s)] for s in
-                                                          slices[i:i + sw_batch_size]]).to(dev)).float().cpu()
-                                for i in range(0, len(slices), sw_batch_size)]).mean(0)
+            logits = torch.cat(
+                [
+                    model.logits(
+                        torch.stack([xp[(slice(None),) + tuple(s)] for s in slices[i : i + sw_batch_size]]).to(dev)
+                    )
+                    .float()
+                    .cpu()
+                    for i in range(0, len(slices), sw_batch_size)
+                ]
+            ).mean(0)
     finally:
         model.train(was)
     probs = logits.sigmoid() if task == "multilabel" else logits.softmax(0)
     classes = model.card.get("classes") or [str(i) for i in range(len(probs))]
-    return {"path": str(input_path), "classes": classes, "probabilities": [float(p) for p in probs],
-            "prediction": classes[int(probs.argmax())] if task != "multilabel" else
-            [c for c, p in zip(classes, probs) if p > 0.5], "windows": len(slices)}
+    return {
+        "path": str(input_path),
+        "classes": classes,
+        "probabilities": [float(p) for p in probs],
+        "prediction": classes[int(probs.argmax())]
+        if task != "multilabel"
+        else [c for c, p in zip(classes, probs) if p > 0.5],
+        "windows": len(slices),
+    }
 
 
-def predict_scan(model, input_path, out_path, overlap: float | None = None, sw_batch_size: int | None = None,
-                 save_probabilities: bool = False) -> Path:
+def predict_scan(
+    model,
+    input_path,
+    out_path,
+    overlap: float | None = None,
+    sw_batch_size: int | None = None,
+    save_probabilities: bool = False,
+) -> Path:
     """Predict a whole scan and write it in the ORIGINAL geometry (shape, affine, orientation).
 
     Segmentation checkpoints: :func:`segment_scan`, argmax, written as NIfTI with the input's affine
@@ -233,20 +267,22 @@ def predict_scan(model, input_path, out_path, overlap: float | None = None, sw_b
     ids = class_map.ids if class_map else list(range(probs.shape[0]))
     labels = (class_map.to_ids(index) if class_map else index).astype(output_dtype(ids))
     if final.suffix.lower() in (".png", ".tif", ".tiff"):
-        from PIL import Image
         scale = 255 // max(1, max(ids))
         with atomic_output(final, [input_path]) as tmp:
             Image.fromarray((labels * scale).astype(np.uint8)).save(tmp)
         return final
     affine = np.asarray(meta.get("original_file_affine", meta["original_affine"]), dtype=np.float64)
     if is_nifti(src):
-        import nibabel as nib
         affine = nib.load(src).affine
     like = src if is_nifti(src) else None
     written = write_nifti(labels, affine, final, like=like)
     if save_probabilities:
-        write_nifti(np.moveaxis(probs.numpy(), 0, -1).astype(np.float32), affine,
-                    str(written).replace(".nii", "_probs.nii"), like=like)
+        write_nifti(
+            np.moveaxis(probs.numpy(), 0, -1).astype(np.float32),
+            affine,
+            str(written).replace(".nii", "_probs.nii"),
+            like=like,
+        )
     return written
 
 
@@ -276,9 +312,8 @@ def evaluate_segmentation(model, data, overlap: float | None = None) -> dict:
         >>> sorted(scores), scores["scans"], 0.0 <= scores["dice"] <= 1.0
         (['dice', 'hd95_mm', 'per_scan', 'scans'], 3, True)
     """
-    from monai.metrics import DiceMetric, HausdorffDistanceMetric
-    from domainfm.medical.io import read_image
-    from domainfm.medical.sources import discover
+    from monai.metrics import DiceMetric, HausdorffDistanceMetric  # heavy import (MONAI), loaded on first use
+
     opts, _ = _card_setup(model)
     items, _ = discover(data, opts, "validation" if str(data).endswith(".json") else "training")
     items = [it for it in items if "mask" in it]
@@ -290,26 +325,32 @@ def evaluate_segmentation(model, data, overlap: float | None = None) -> dict:
         probs, meta = segment_scan(model, it["image"], overlap)
         mask = read_image(it["mask"], spatial_dims=opts.spatial_dims).as_tensor().long()
         if tuple(mask.shape) != tuple(probs.shape[1:]):
-            raise DataError(it["mask"], f"mask shape {tuple(mask.shape)} differs from the scan {tuple(probs.shape[1:])}")
+            raise DataError(
+                it["mask"], f"mask shape {tuple(mask.shape)} differs from the scan {tuple(probs.shape[1:])}"
+            )
         cmap = ClassMap.from_card(model.card)
         if cmap is not None:  # masks hold label ids; the model's classes are indices into the map
             mask = cmap.to_index(mask, it["mask"], strict=False).clamp_min(0)
         pred = torch.nn.functional.one_hot(probs.argmax(0), k).movedim(-1, 0)[None].float()
         truth = torch.nn.functional.one_hot(mask.clamp(0, k - 1), k).movedim(-1, 0)[None].float()
         aff = np.asarray(meta["original_affine"])
-        spacing = [float(v) for v in np.sqrt((aff[:opts.spatial_dims, :opts.spatial_dims] ** 2).sum(0))]
+        spacing = [float(v) for v in np.sqrt((aff[: opts.spatial_dims, : opts.spatial_dims] ** 2).sum(0))]
         dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)(pred, truth)
         with warnings.catch_warnings():  # MONAI's own deprecation notice inside get_mask_edges
             warnings.simplefilter("ignore", FutureWarning)
             hd = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(
-                pred, truth, spacing=spacing)
+                pred, truth, spacing=spacing
+            )
         per_scan.append({"id": it.get("id"), "dice": [float(v) for v in dice[0]], "hd95_mm": [float(v) for v in hd[0]]})
     dice_all = np.asarray([s["dice"] for s in per_scan], dtype=float)
     hd_all = np.asarray([s["hd95_mm"] for s in per_scan], dtype=float)
     finite_hd = hd_all[np.isfinite(hd_all)]  # HD95 is undefined (inf/NaN) where a class is missing
-    return {"dice": float(np.nanmean(dice_all)) if np.isfinite(dice_all).any() else float("nan"),
-            "hd95_mm": float(finite_hd.mean()) if finite_hd.size else float("nan"),
-            "scans": len(per_scan), "per_scan": per_scan}
+    return {
+        "dice": float(np.nanmean(dice_all)) if np.isfinite(dice_all).any() else float("nan"),
+        "hd95_mm": float(finite_hd.mean()) if finite_hd.size else float("nan"),
+        "scans": len(per_scan),
+        "per_scan": per_scan,
+    }
 
 
 @torch.no_grad()
@@ -336,7 +377,6 @@ def embed_scans(model, data, out, batch_size: int = 64, overlap: float | None = 
         >>> arrays["embeddings"].shape, len(arrays["paths"])
         ((3, 32), 3)
     """
-    from domainfm.medical.sources import discover
     opts, crop = _card_setup(model)
     overlap = opts.sw_overlap if overlap is None else overlap
     out = Path(out)
@@ -365,8 +405,10 @@ def embed_scans(model, data, out, batch_size: int = 64, overlap: float | None = 
     feats, ids, paths, labels = [], [], [], []
     if opts.spatial_dims == 2:
         for i in range(0, len(items), batch_size):
-            chunk = items[i:i + batch_size]
-            xs = torch.stack([prep(it["image"] if not isinstance(it["image"], list) else it["image"][0]) for it in chunk])
+            chunk = items[i : i + batch_size]
+            xs = torch.stack(
+                [prep(it["image"] if not isinstance(it["image"], list) else it["image"][0]) for it in chunk]
+            )
             feats.append(model.embed(xs.to(dev)).float().cpu())
     else:
         for it in items:
@@ -383,7 +425,11 @@ def embed_scans(model, data, out, batch_size: int = 64, overlap: float | None = 
         paths.append(str(it["image"][0] if isinstance(it["image"], list) else it["image"]))
         if "label" in it:
             labels.append(int(it["label"]))
-    arrays = {"embeddings": torch.cat(feats).numpy().astype(np.float32), "ids": np.asarray(ids), "paths": np.asarray(paths)}
+    arrays = {
+        "embeddings": torch.cat(feats).numpy().astype(np.float32),
+        "ids": np.asarray(ids),
+        "paths": np.asarray(paths),
+    }
     if splits is not None:
         arrays["splits"] = np.asarray(splits)
     if labels and len(labels) == len(ids):

@@ -17,11 +17,15 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+import nibabel as nib
 import numpy as np
+import pydicom
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from domainfm.errors import DataError
 from domainfm.io_safety import atomic_output
@@ -61,12 +65,22 @@ def dicom_files(folder: str | Path) -> list[Path]:
 
 
 def _meta_tensor(array: np.ndarray, affine: np.ndarray, path: str, channel_dim: Any = "no_channel", **extra):
-    from monai.data import MetaTensor
+    from monai.data import MetaTensor  # heavy import (MONAI), loaded on first use
+
     affine = np.asarray(affine, dtype=np.float64)
-    spatial = array.shape if channel_dim == "no_channel" else tuple(
-        s for i, s in enumerate(array.shape) if i != (channel_dim % array.ndim))
-    meta = {"filename_or_obj": str(path), "original_affine": affine.copy(),
-            "spatial_shape": np.asarray(spatial), "original_channel_dim": channel_dim, "space": "RAS", **extra}
+    spatial = (
+        array.shape
+        if channel_dim == "no_channel"
+        else tuple(s for i, s in enumerate(array.shape) if i != (channel_dim % array.ndim))
+    )
+    meta = {
+        "filename_or_obj": str(path),
+        "original_affine": affine.copy(),
+        "spatial_shape": np.asarray(spatial),
+        "original_channel_dim": channel_dim,
+        "space": "RAS",
+        **extra,
+    }
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), affine=torch.from_numpy(affine), meta=meta)
 
 
@@ -74,7 +88,9 @@ def _check_finite(array: np.ndarray, path) -> None:
     if np.issubdtype(array.dtype, np.floating):
         bad = ~np.isfinite(array)
         if bad.any():
-            raise DataError(path, f"{int(bad.sum())} NaN/inf voxels out of {array.size}; fix or mask them before training")
+            raise DataError(
+                path, f"{int(bad.sum())} NaN/inf voxels out of {array.size}; fix or mask them before training"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- NIfTI
@@ -92,7 +108,7 @@ def read_nifti(path: str | Path, check_finite: bool = True):
         >>> tuple(img.shape), img.affine.diagonal().tolist()
         ((4, 5, 6), [0.5, 0.5, 2.5, 1.0])
     """
-    import nibabel as nib
+
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file does not exist")
@@ -100,8 +116,11 @@ def read_nifti(path: str | Path, check_finite: bool = True):
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel/gzip/zlib errors on truncated or corrupt files
-        raise DataError(path, f"cannot read NIfTI ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'}); "
-                              "the file is corrupt or truncated") from None
+        raise DataError(
+            path,
+            f"cannot read NIfTI ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'}); "
+            "the file is corrupt or truncated",
+        ) from None
     data = np.asarray(data, dtype=np.float32)
     if check_finite:
         _check_finite(data, path)
@@ -160,7 +179,7 @@ def read_dicom_series(folder: str | Path, check_finite: bool = True, tolerance: 
         >>> tuple(vol.shape)  # (columns, rows, slices)
         (6, 5, 4)
     """
-    import pydicom
+
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "DICOM series folder does not exist")
@@ -194,7 +213,9 @@ def read_dicom_series(folder: str | Path, check_finite: bool = True, tolerance: 
         if not np.allclose(o, iop, atol=1e-3):
             raise DataError(f, "ImageOrientationPatient differs from the other slices of the series")
         if (int(ds.Rows), int(ds.Columns)) != (int(ds0.Rows), int(ds0.Columns)):
-            raise DataError(f, f"slice size {int(ds.Rows)}x{int(ds.Columns)} differs from {int(ds0.Rows)}x{int(ds0.Columns)}")
+            raise DataError(
+                f, f"slice size {int(ds.Rows)}x{int(ds.Columns)} differs from {int(ds0.Rows)}x{int(ds0.Columns)}"
+            )
         entries.append((float(ipp @ normal), ipp, f, ds))
     entries.sort(key=lambda e: e[0])
     pos = np.asarray([e[0] for e in entries])
@@ -202,16 +223,22 @@ def read_dicom_series(folder: str | Path, check_finite: bool = True, tolerance: 
     thickness = float(getattr(ds0, "SliceThickness", 0) or 0)
     for i, step in enumerate(steps):
         if abs(step) < 1e-3 * max(1.0, thickness):
-            raise DataError(entries[i + 1][2], f"duplicated slice: same ImagePositionPatient as {entries[i][2].name} "
-                                               f"(position {pos[i]:.3f} mm along the slice normal)")
+            raise DataError(
+                entries[i + 1][2],
+                f"duplicated slice: same ImagePositionPatient as {entries[i][2].name} "
+                f"(position {pos[i]:.3f} mm along the slice normal)",
+            )
     step = float(np.min(steps))
     gaps = np.nonzero(steps > step * (1.0 + tolerance))[0]
     if len(gaps):
         i = int(gaps[0])
         n_missing = int(round(steps[i] / step)) - 1
-        raise DataError(folder, f"DICOM series has missing slices: a gap of {steps[i]:.2f} mm between "
-                                f"{entries[i][2].name} and {entries[i + 1][2].name} (slice step {step:.2f} mm, "
-                                f"about {max(n_missing, 1)} slice(s) missing)")
+        raise DataError(
+            folder,
+            f"DICOM series has missing slices: a gap of {steps[i]:.2f} mm between "
+            f"{entries[i][2].name} and {entries[i + 1][2].name} (slice step {step:.2f} mm, "
+            f"about {max(n_missing, 1)} slice(s) missing)",
+        )
     px = [float(v) for v in _ds_float(ds0, "PixelSpacing", f0)]  # [row spacing, column spacing]
     vol = np.stack([_dicom_pixels(e[3], e[2]).T for e in entries], axis=-1)  # (cols, rows, slices)
     if check_finite:
@@ -222,13 +249,19 @@ def read_dicom_series(folder: str | Path, check_finite: bool = True, tolerance: 
     lps[:3, 2] = (entries[-1][1] - entries[0][1]) / (len(entries) - 1)
     lps[:3, 3] = entries[0][1]
     affine = LPS_TO_RAS @ lps
-    return _meta_tensor(vol, affine, str(folder), "no_channel", original_file_affine=affine.copy(),
-                        modality=str(getattr(ds0, "Modality", "")))
+    return _meta_tensor(
+        vol,
+        affine,
+        str(folder),
+        "no_channel",
+        original_file_affine=affine.copy(),
+        modality=str(getattr(ds0, "Modality", "")),
+    )
 
 
 def read_dicom_2d(path: str | Path, check_finite: bool = True):
     """Read one single-frame DICOM image (e.g. a radiograph) as a 2D float32 MetaTensor (rows x columns)."""
-    import pydicom
+
     path = Path(path)
     try:
         ds = pydicom.dcmread(str(path))
@@ -239,7 +272,9 @@ def read_dicom_2d(path: str | Path, check_finite: bool = True):
         raise DataError(path, f"expected a single-frame grayscale DICOM image, got pixel array shape {arr.shape}")
     if check_finite:
         _check_finite(arr, path)
-    px = [float(v) for v in (getattr(ds, "PixelSpacing", None) or getattr(ds, "ImagerPixelSpacing", None) or [1.0, 1.0])]
+    px = [
+        float(v) for v in (getattr(ds, "PixelSpacing", None) or getattr(ds, "ImagerPixelSpacing", None) or [1.0, 1.0])
+    ]
     affine = np.diag([px[0], px[1], 1.0, 1.0])
     return _meta_tensor(arr, affine, str(path), "no_channel")
 
@@ -247,14 +282,17 @@ def read_dicom_2d(path: str | Path, check_finite: bool = True):
 # ---------------------------------------------------------------------------------------------- 2D images
 def read_image_2d(path: str | Path):
     """Read a PNG/JPEG/TIFF image as a 2D float32 MetaTensor (RGB is converted to grayscale)."""
-    from PIL import Image, UnidentifiedImageError
+
     path = Path(path)
     guard = int(os.environ.get("DOMAINFM_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
     try:
         with Image.open(path) as im:
             if im.width * im.height > guard:
-                raise DataError(path, f"image is {im.width}x{im.height} px, over the size guard of {guard:,} px: "
-                                      "tile it, or raise the guard on purpose (DOMAINFM_MAX_IMAGE_PIXELS)")
+                raise DataError(
+                    path,
+                    f"image is {im.width}x{im.height} px, over the size guard of {guard:,} px: "
+                    "tile it, or raise the guard on purpose (DOMAINFM_MAX_IMAGE_PIXELS)",
+                )
             im.load()
             if im.mode in ("RGB", "RGBA", "P", "LA", "CMYK"):
                 im = im.convert("L")
@@ -266,8 +304,11 @@ def read_image_2d(path: str | Path):
     if arr.ndim != 2:
         raise DataError(path, f"expected a grayscale image, got shape {arr.shape}")
     if min(arr.shape) < MIN_IMAGE_SIDE:
-        raise DataError(path, f"image is {arr.shape[1]}x{arr.shape[0]} px, smaller than one {MIN_IMAGE_SIDE}-px patch: "
-                              "the model would train on padding; remove it from the data")
+        raise DataError(
+            path,
+            f"image is {arr.shape[1]}x{arr.shape[0]} px, smaller than one {MIN_IMAGE_SIDE}-px patch: "
+            "the model would train on padding; remove it from the data",
+        )
     return _meta_tensor(arr, np.eye(4), str(path), "no_channel")
 
 
@@ -369,7 +410,8 @@ def read_multisequence(paths: Sequence[str | Path], check_finite: bool = True, s
     """
     if len(paths) == 1:
         return read_image(paths[0], check_finite, spatial_dims)
-    from monai.data import MetaTensor
+    from monai.data import MetaTensor  # heavy import (MONAI), loaded on first use
+
     images = [read_image(p, check_finite, spatial_dims) for p in paths]
     ref = images[0]
     for p, img in zip(paths[1:], images[1:]):
@@ -389,17 +431,23 @@ def read_multisequence(paths: Sequence[str | Path], check_finite: bool = True, s
 
 def check_mask_geometry(image, mask, image_path, mask_path) -> None:
     """Raise :class:`DataError` if the mask is not on the image's grid (shape and affine)."""
-    ishape = tuple(image.shape) if image.meta.get("original_channel_dim") == "no_channel" else tuple(
-        np.asarray(image.meta["spatial_shape"]).tolist())
+    ishape = (
+        tuple(image.shape)
+        if image.meta.get("original_channel_dim") == "no_channel"
+        else tuple(np.asarray(image.meta["spatial_shape"]).tolist())
+    )
     if tuple(mask.shape) != ishape:
         raise DataError(mask_path, f"mask shape {tuple(mask.shape)} differs from image {image_path} shape {ishape}")
     if not np.allclose(np.asarray(mask.affine), np.asarray(image.affine), atol=1e-3):
-        raise DataError(mask_path, f"mask affine differs from image {image_path} affine; resample the mask onto the image grid")
+        raise DataError(
+            mask_path, f"mask affine differs from image {image_path} affine; resample the mask onto the image grid"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- writers
-def write_nifti(array: np.ndarray | torch.Tensor, affine: np.ndarray, path: str | Path, like: str | Path | None = None,
-                dtype=None) -> Path:
+def write_nifti(
+    array: np.ndarray | torch.Tensor, affine: np.ndarray, path: str | Path, like: str | Path | None = None, dtype=None
+) -> Path:
     """Write ``array`` (spatial, or spatial x C) as NIfTI with ``affine``; copy units/qform codes from ``like``.
 
     Example:
@@ -409,7 +457,7 @@ def write_nifti(array: np.ndarray | torch.Tensor, affine: np.ndarray, path: str 
         >>> nib.load(out).shape, int(nib.load(out).get_fdata().sum())
         ((4, 4, 4), 64)
     """
-    import nibabel as nib
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,8 +108,10 @@ def resolve_window(opts: MedicalOptions) -> tuple[float, float]:
             raise ConfigError(f"data.options.window_range: max {hi} must exceed min {lo}")
         return float(lo), float(hi)
     if opts.window not in WINDOW_PRESETS:
-        raise ConfigError(f"data.options.window: unknown window preset {opts.window!r}; "
-                          f"choose one of {', '.join(WINDOW_PRESETS)} or give window_range: [min_hu, max_hu]")
+        raise ConfigError(
+            f"data.options.window: unknown window preset {opts.window!r}; "
+            f"choose one of {', '.join(WINDOW_PRESETS)} or give window_range: [min_hu, max_hu]"
+        )
     level, width = WINDOW_PRESETS[opts.window]
     return level - width / 2.0, level + width / 2.0
 
@@ -135,7 +138,7 @@ def normalized(opts: MedicalOptions) -> MedicalOptions:
         >>> normalized(MedicalOptions(target_spacing="1.5,1.5,2")).target_spacing
         [1.5, 1.5, 2.0]
     """
-    import dataclasses
+
     validate(opts)
     seqs = opts.sequences
     if isinstance(seqs, str):

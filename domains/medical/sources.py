@@ -24,14 +24,17 @@ import numpy as np
 from domainfm.data.splits import holdout_split
 from domainfm.errors import DataError
 from domainfm.io_safety import report_dangling
-from domainfm.medical.io import (IMAGE_2D_SUFFIXES, NpzStore, dicom_files, is_dicom_file, is_nifti, scan_id)
+from domainfm.medical.io import IMAGE_2D_SUFFIXES, NpzStore, dicom_files, is_dicom_file, is_nifti, scan_id
 
 IMAGE_PAIR_DIRS = (("imagesTr", "labelsTr"), ("images", "masks"), ("images", "labels"))
 
 
 def _is_scan_file(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".") and (
-        is_nifti(p) or p.suffix.lower() in IMAGE_2D_SUFFIXES or is_dicom_file(p))
+    return (
+        p.is_file()
+        and not p.name.startswith(".")
+        and (is_nifti(p) or p.suffix.lower() in IMAGE_2D_SUFFIXES or is_dicom_file(p))
+    )
 
 
 def _scans_in(folder: Path, spatial_dims: int) -> list[str]:
@@ -63,7 +66,9 @@ def _group_sequences(scans: list[str], sequences: list[str], where: Path) -> lis
     for subject, found in sorted(groups.items()):
         missing = [q for q in sequences if q not in found]
         if missing:
-            raise DataError(where, f"subject {subject!r} lacks sequence(s) {missing} (expected files <id>_<seq> for {sequences})")
+            raise DataError(
+                where, f"subject {subject!r} lacks sequence(s) {missing} (expected files <id>_<seq> for {sequences})"
+            )
         out.append([found[q] for q in sequences])
     if not out:
         raise DataError(where, f"no files named <id>_<sequence> for sequences {sequences}")
@@ -160,9 +165,13 @@ def read_decathlon(path: Path, opts, section: str) -> list[dict]:
     for rec in recs:
         if isinstance(rec, str):
             rec = {"image": rec}
-        records.append({opts.image_key: rec.get("image"), opts.mask_key: rec.get("label") if not isinstance(
-            rec.get("label"), (int, float)) else None, **({opts.label_key: rec["label"]} if isinstance(
-                rec.get("label"), (int, float)) else {})})
+        records.append(
+            {
+                opts.image_key: rec.get("image"),
+                opts.mask_key: rec.get("label") if not isinstance(rec.get("label"), (int, float)) else None,
+                **({opts.label_key: rec["label"]} if isinstance(rec.get("label"), (int, float)) else {}),
+            }
+        )
     if not records:
         return []
     items, _ = _from_records(records, base, path, opts)
@@ -203,7 +212,11 @@ def discover(path: str | Path, opts, section: str = "training") -> tuple[list[di
                 items.append(item)
             classes = None
             if labels is not None and labels.shape[1] == 1:
-                classes = [str(c) for c in range(int(np.max(store.labels("train"))) + 1)] if "train" in store.splits() else None
+                classes = (
+                    [str(c) for c in range(int(np.max(store.labels("train"))) + 1)]
+                    if "train" in store.splits()
+                    else None
+                )
             return items, classes
         if path.suffix.lower() == ".json" and is_decathlon(path):
             items = read_decathlon(path, opts, section)
@@ -248,7 +261,9 @@ def discover(path: str | Path, opts, section: str = "training") -> tuple[list[di
             raise DataError(path, "multi-sequence scans need a flat folder or a manifest, not class subfolders")
         return items, classes
     if not scans:
-        raise DataError(path, "empty folder: no scans found (looked for .nii/.nii.gz, DICOM series folders, .dcm, .png)")
+        raise DataError(
+            path, "empty folder: no scans found (looked for .nii/.nii.gz, DICOM series folders, .dcm, .png)"
+        )
     if opts.sequences:
         seqs = [s for s in opts.sequences]
         return [{"image": g, "id": scan_id(g[0]).rsplit("_", 1)[0]} for g in _group_sequences(scans, seqs, path)], None

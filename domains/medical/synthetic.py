@@ -12,11 +12,13 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import nibabel as nib
 import numpy as np
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from domainfm.domain import DomainExample
 
@@ -25,14 +27,14 @@ def make_phantom(shape=(32, 32, 24), seed: int = 0, n_blobs: int = 2) -> tuple[n
     """A CT-like phantom in HU (air -1000, body ~40, bright 'lesions' ~200) and its lesion mask."""
     rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
-    body = ((grid ** 2).sum(0) < 0.8 ** 2)
+    body = (grid**2).sum(0) < 0.8**2
     vol = np.full(shape, -1000.0, np.float32)
     vol[body] = 40.0
     mask = np.zeros(shape, np.uint8)
-    for b in range(n_blobs):
+    for _b in range(n_blobs):
         c = rng.uniform(-0.4, 0.4, size=len(shape))
         r = rng.uniform(0.15, 0.3)
-        blob = (((grid - c.reshape(-1, *[1] * len(shape))) ** 2).sum(0) < r ** 2) & body
+        blob = (((grid - c.reshape(-1, *[1] * len(shape))) ** 2).sum(0) < r**2) & body
         vol[blob] = 200.0
         mask[blob] = 1
     vol += rng.normal(0, 10, size=shape).astype(np.float32)
@@ -66,9 +68,16 @@ def write_ct_nifti_folder(folder: str | Path, n: int = 4, shape=(32, 32, 24), af
     return out
 
 
-def write_dicom_series(folder: str | Path, volume_hu: np.ndarray, spacing: Sequence[float] = (0.8, 0.8, 2.5),
-                       origin: Sequence[float] = (-100.0, -120.0, 50.0), skip: Sequence[int] = (),
-                       duplicate: Sequence[int] = (), shuffle: bool = True, series_uid: str | None = None) -> list[Path]:
+def write_dicom_series(
+    folder: str | Path,
+    volume_hu: np.ndarray,
+    spacing: Sequence[float] = (0.8, 0.8, 2.5),
+    origin: Sequence[float] = (-100.0, -120.0, 50.0),
+    skip: Sequence[int] = (),
+    duplicate: Sequence[int] = (),
+    shuffle: bool = True,
+    series_uid: str | None = None,
+) -> list[Path]:
     """Write ``volume_hu`` (columns x rows x slices, HU) as an axial CT series, one file per slice.
 
     Tags: CT Image Storage, Rows/Columns, PixelSpacing, SliceThickness, ImagePositionPatient,
@@ -76,8 +85,7 @@ def write_dicom_series(folder: str | Path, volume_hu: np.ndarray, spacing: Seque
     leaves slices out and ``duplicate`` writes them twice (to test the series checks); files are
     named in shuffled order so readers must sort by position.
     """
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = series_uid or generate_uid()
@@ -139,12 +147,24 @@ def write_example(folder: str | Path) -> DomainExample:
         write_nifti_pair(folder / "data", f"c{i}", shape=(20, 22, 14), affine=oblique, seed=i)
     bad = folder / "broken.nii.gz"
     bad.write_bytes(b"this is not a NIfTI file")
-    config = {"domain": "medical", "out": str(folder / "pretrain"),
-              "data": {"path": str(folder / "data"), "img_size": 16, "cache": "memory",
-                       "options": {"target_spacing": [2.0, 2.0, 2.0], "window": "soft_tissue"}},
-              "model": {"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2},
-              "train": {"steps": 2, "batch_size": 2, "progress": False, "tensorboard": False, "warmup_steps": 1}}
-    return DomainExample(config=config, bad_file=bad, task="segmentation",
-                         finetune_overrides=["train.steps=2", "finetune.head_options={feature_size: 4}"],
-                         predict_input=folder / "data" / "images" / "c1.nii.gz", predict_suffix=".nii.gz",
-                         same_geometry=_same_nifti_grid)
+    config = {
+        "domain": "medical",
+        "out": str(folder / "pretrain"),
+        "data": {
+            "path": str(folder / "data"),
+            "img_size": 16,
+            "cache": "memory",
+            "options": {"target_spacing": [2.0, 2.0, 2.0], "window": "soft_tissue"},
+        },
+        "model": {"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2},
+        "train": {"steps": 2, "batch_size": 2, "progress": False, "tensorboard": False, "warmup_steps": 1},
+    }
+    return DomainExample(
+        config=config,
+        bad_file=bad,
+        task="segmentation",
+        finetune_overrides=["train.steps=2", "finetune.head_options={feature_size: 4}"],
+        predict_input=folder / "data" / "images" / "c1.nii.gz",
+        predict_suffix=".nii.gz",
+        same_geometry=_same_nifti_grid,
+    )

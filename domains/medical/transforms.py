@@ -18,7 +18,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,17 +83,22 @@ class LoadScand(MapTransform):
         self.spatial_dims = spatial_dims
 
     def _fix_dims(self, img, path):
-        from monai.data import MetaTensor
+        from monai.data import MetaTensor  # heavy import (MONAI), loaded on first use
+
         has_channel = img.meta.get("original_channel_dim") != "no_channel"
-        spatial = list(img.shape[1:] if img.meta.get("original_channel_dim") == 0 else
-                       img.shape[:-1] if has_channel else img.shape)
+        spatial = list(
+            img.shape[1:] if img.meta.get("original_channel_dim") == 0 else img.shape[:-1] if has_channel else img.shape
+        )
         nd = len(spatial)
         if nd == self.spatial_dims:
             return img
         if self.spatial_dims == 2 and nd == 3 and spatial[-1] == 1 and not has_channel:
             return MetaTensor(img.as_tensor()[..., 0], affine=img.affine, meta=img.meta)
-        kind = "2D data where 3D is configured (spatial_dims: 3)" if nd < self.spatial_dims else \
-            "3D data where 2D is configured (spatial_dims: 2)"
+        kind = (
+            "2D data where 3D is configured (spatial_dims: 3)"
+            if nd < self.spatial_dims
+            else "3D data where 2D is configured (spatial_dims: 2)"
+        )
         raise DataError(path, f"{kind}: spatial shape {tuple(spatial)}; set data.options.spatial_dims to {nd}")
 
     def __call__(self, data: dict) -> dict:
@@ -163,8 +169,10 @@ def intensity_transforms(opts: MedicalOptions, keys=("image",)) -> list:
         return [mt.ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)]
     if opts.modality == "mri":
         lo, hi = opts.percentiles
-        return [mt.ClipIntensityPercentilesd(keys, lower=lo, upper=hi, channel_wise=True),
-                mt.NormalizeIntensityd(keys, nonzero=True, channel_wise=True)]
+        return [
+            mt.ClipIntensityPercentilesd(keys, lower=lo, upper=hi, channel_wise=True),
+            mt.NormalizeIntensityd(keys, nonzero=True, channel_wise=True),
+        ]
     return [mt.ScaleIntensityd(keys, minv=0.0, maxv=1.0)]
 
 
@@ -172,11 +180,21 @@ def normalization_record(opts: MedicalOptions) -> dict:
     """JSON description of the intensity recipe (goes into the checkpoint card)."""
     if opts.modality == "ct":
         lo, hi = resolve_window(opts)
-        return {"kind": "ct_window", "window": None if opts.window_range else opts.window,
-                "min_hu": lo, "max_hu": hi, "output_range": [0.0, 1.0], "clip": True}
+        return {
+            "kind": "ct_window",
+            "window": None if opts.window_range else opts.window,
+            "min_hu": lo,
+            "max_hu": hi,
+            "output_range": [0.0, 1.0],
+            "clip": True,
+        }
     if opts.modality == "mri":
-        return {"kind": "percentile_clip_zscore", "percentiles": list(opts.percentiles), "nonzero": True,
-                "channel_wise": True}
+        return {
+            "kind": "percentile_clip_zscore",
+            "percentiles": list(opts.percentiles),
+            "nonzero": True,
+            "channel_wise": True,
+        }
     return {"kind": "minmax", "output_range": [0.0, 1.0]}
 
 
@@ -222,8 +240,16 @@ def build_transforms(opts: MedicalOptions, crop: Sequence[int], stage: str, with
     if not resize:
         if with_mask and stage in ("train", "val", "test"):
             pos, neg = opts.pos_neg
-            rand = mt.RandCropByPosNegLabeld(keys, label_key="mask", spatial_size=crop, pos=pos, neg=neg,
-                                             num_samples=1, image_key="image", allow_smaller=False)
+            rand = mt.RandCropByPosNegLabeld(
+                keys,
+                label_key="mask",
+                spatial_size=crop,
+                pos=pos,
+                neg=neg,
+                num_samples=1,
+                image_key="image",
+                allow_smaller=False,
+            )
         elif stage in ("pretrain", "train"):
             rand = mt.RandSpatialCropd(keys, roi_size=crop, random_size=False)
         else:
@@ -236,7 +262,7 @@ def apply_random(rand, sample: dict, seed: int) -> dict:
     """Apply the random transform ``rand`` to ``sample`` with its RNG reseeded to ``seed``."""
     if rand is None:
         return sample
-    rand.set_random_state(seed=int(seed) % (2 ** 32 - 1))
+    rand.set_random_state(seed=int(seed) % (2**32 - 1))
     d = {"image": sample["image"]}
     if "mask" in sample:
         d["mask"] = sample["mask"][None]
@@ -278,8 +304,10 @@ def random_crop(sample: dict, roi: Sequence[int], rng: np.random.Generator) -> d
     image = _plain(sample["image"])
     spatial = image.shape[1:]
     if len(roi) != len(spatial) or any(r > s for r, s in zip(roi, spatial)):
-        raise DataError((sample.get("meta") or {}).get("path"),
-                        f"crop {list(roi)} does not fit the preprocessed image {tuple(spatial)}")
+        raise DataError(
+            (sample.get("meta") or {}).get("path"),
+            f"crop {list(roi)} does not fit the preprocessed image {tuple(spatial)}",
+        )
     starts = [int(rng.integers(0, s - r + 1)) for s, r in zip(spatial, roi)]
     region = tuple(slice(a, a + r) for a, r in zip(starts, roi))
     out = dict(sample)

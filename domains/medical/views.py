@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -49,16 +49,41 @@ def physics_jitter(modality: str) -> Callable[[torch.Tensor, torch.Generator], t
     return jitter
 
 
-def medical_multicrop(modality: str, spatial_dims: int, global_size: Sequence[int], local_size: Sequence[int],
-                      n_global: int = 2, n_local: int = 6, global_scale=(0.4, 1.0), local_scale=(0.05, 0.4)):
+def medical_multicrop(
+    modality: str,
+    spatial_dims: int,
+    global_size: Sequence[int],
+    local_size: Sequence[int],
+    n_global: int = 2,
+    n_local: int = 6,
+    global_scale=(0.4, 1.0),
+    local_scale=(0.05, 0.4),
+):
     """2 global + N local crops (2D or 3D) with :func:`physics_jitter` of ``modality``."""
     flips = (spatial_dims,) if modality == "xray" and spatial_dims == 2 else None
-    return make_multicrop(spatial_dims, global_size, local_size, n_global, n_local, global_scale, local_scale,
-                          flip_axes=flips, photometric=physics_jitter(modality))
+    return make_multicrop(
+        spatial_dims,
+        global_size,
+        local_size,
+        n_global,
+        n_local,
+        global_scale,
+        local_scale,
+        flip_axes=flips,
+        photometric=physics_jitter(modality),
+    )
 
 
 def multicrop_for(cfg, opts, img_size: Sequence[int], local_size: Sequence[int]):
     """The medical domain's ``multicrop`` hook: ``objective.*`` counts and scales, the modality's physics."""
     o = cfg.objective
-    return medical_multicrop(opts.modality, opts.spatial_dims, img_size, local_size, o.global_crops, o.local_crops,
-                             tuple(o.global_crop_scale), tuple(o.local_crop_scale))
+    return medical_multicrop(
+        opts.modality,
+        opts.spatial_dims,
+        img_size,
+        local_size,
+        o.global_crops,
+        o.local_crops,
+        tuple(o.global_crop_scale),
+        tuple(o.local_crop_scale),
+    )

@@ -19,8 +19,33 @@ from .synthetic import write_pyramidal_tiff, write_synthetic_slide
 from .tiling import NoTissueError, TileGrid, cached_tile_grid, tile_slide
 from .tissue import tissue_mask
 
-__all__ = ["PathologyDomain", "PathologyOptions", "SlideRecord", "SlideTileDataset", "TileFolderDataset",
-           "TileTransform", "list_slides", "make_view_augment", "embed_slides", "load_slide_features",
-           "write_heatmap", "write_tile_scores", "heatmap_figure", "GatedABMIL", "MeanPoolMIL", "train_mil", "SlideCache",
-           "open_slide", "slide_mpp", "MacenkoNormalizer", "hed_jitter", "write_pyramidal_tiff",
-           "write_synthetic_slide", "NoTissueError", "TileGrid", "cached_tile_grid", "tile_slide", "tissue_mask"]
+__all__ = [
+    "PathologyDomain",
+    "PathologyOptions",
+    "SlideRecord",
+    "SlideTileDataset",
+    "TileFolderDataset",
+    "TileTransform",
+    "list_slides",
+    "make_view_augment",
+    "embed_slides",
+    "load_slide_features",
+    "write_heatmap",
+    "write_tile_scores",
+    "heatmap_figure",
+    "GatedABMIL",
+    "MeanPoolMIL",
+    "train_mil",
+    "SlideCache",
+    "open_slide",
+    "slide_mpp",
+    "MacenkoNormalizer",
+    "hed_jitter",
+    "write_pyramidal_tiff",
+    "write_synthetic_slide",
+    "NoTissueError",
+    "TileGrid",
+    "cached_tile_grid",
+    "tile_slide",
+    "tissue_mask",
+]

@@ -29,10 +29,10 @@ from __future__ import annotations
 import csv
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from domainfm.data.rng import EpochAware, item_generator
-from domainfm.data.sample import make_sample
+from domainfm.data.sample import collate_samples, make_sample
 from domainfm.data.splits import holdout_split
 from domainfm.errors import DataError
 
@@ -125,8 +125,15 @@ class TileTransform:
         torch.Size([3, 32, 32])
     """
 
-    def __init__(self, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, macenko: MacenkoNormalizer | None = None,
-                 train: bool = False, stain_sigma: float = 0.0):
+    def __init__(
+        self,
+        size: int,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        macenko: MacenkoNormalizer | None = None,
+        train: bool = False,
+        stain_sigma: float = 0.0,
+    ):
         self.size = int(size)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
@@ -137,8 +144,9 @@ class TileTransform:
     def __call__(self, rgb: np.ndarray, generator: torch.Generator | None = None, stains=None) -> torch.Tensor:
         rgb = np.asarray(rgb)
         if rgb.shape[0] != self.size or rgb.shape[1] != self.size:
-            rgb = np.array(Image.fromarray(rgb[..., :3]).resize((self.size, self.size), Image.BILINEAR,
-                                                                reducing_gap=2.0))
+            rgb = np.array(
+                Image.fromarray(rgb[..., :3]).resize((self.size, self.size), Image.BILINEAR, reducing_gap=2.0)
+            )
         if self.macenko is not None:
             rgb = self.macenko.normalize(rgb, stains)
         if not (self.train and generator is not None):
@@ -209,12 +217,25 @@ class SlideTileDataset(Dataset, EpochAware):
         (True, [])
     """
 
-    def __init__(self, slides: Sequence[SlideRecord | str | Path], target_mpp: float = 0.5, tile_size: int = 224,
-                 out_size: int | None = None, min_tissue: float = 0.5, coords_dir: str | Path | None = None,
-                 transform: TileTransform | None = None, max_tiles_per_slide: int | None = None,
-                 mpp: float | None = None, thumbnail_size: int = 1024, labels: dict | None = None,
-                 max_open: int = 8, seed: int = 0, skip_no_tissue: bool = True, verbose: bool = True,
-                 read_threads: int = 1):
+    def __init__(
+        self,
+        slides: Sequence[SlideRecord | str | Path],
+        target_mpp: float = 0.5,
+        tile_size: int = 224,
+        out_size: int | None = None,
+        min_tissue: float = 0.5,
+        coords_dir: str | Path | None = None,
+        transform: TileTransform | None = None,
+        max_tiles_per_slide: int | None = None,
+        mpp: float | None = None,
+        thumbnail_size: int = 1024,
+        labels: dict | None = None,
+        max_open: int = 8,
+        seed: int = 0,
+        skip_no_tissue: bool = True,
+        verbose: bool = True,
+        read_threads: int = 1,
+    ):
         records = [s if isinstance(s, SlideRecord) else SlideRecord(str(s), mpp) for s in slides]
         if not records:
             raise DataError(None, "no slides given")
@@ -228,8 +249,15 @@ class SlideTileDataset(Dataset, EpochAware):
         index = []
         for rec in records:
             try:
-                grid = cached_tile_grid(rec.path, coords_dir, target_mpp, tile_size, min_tissue,
-                                        rec.mpp if rec.mpp is not None else mpp, thumbnail_size)
+                grid = cached_tile_grid(
+                    rec.path,
+                    coords_dir,
+                    target_mpp,
+                    tile_size,
+                    min_tissue,
+                    rec.mpp if rec.mpp is not None else mpp,
+                    thumbnail_size,
+                )
             except NoTissueError as exc:
                 if not skip_no_tissue:
                     raise
@@ -245,12 +273,17 @@ class SlideTileDataset(Dataset, EpochAware):
             index.append(np.stack([np.full(len(sel), k), sel], 1))
         if self.skipped and verbose:
             names = ", ".join(Path(p).name for p, _ in self.skipped[:5])
-            warnings.warn(f"skipped {len(self.skipped)} slide(s) with no tissue: {names}"
-                          f"{' ...' if len(self.skipped) > 5 else ''}", stacklevel=2)
+            warnings.warn(
+                f"skipped {len(self.skipped)} slide(s) with no tissue: {names}"
+                f"{' ...' if len(self.skipped) > 5 else ''}",
+                stacklevel=2,
+            )
         if not self.grids:
-            raise DataError(records[0].path if len(records) == 1 else Path(records[0].path).parent,
-                            f"no tissue tiles in any of {len(records)} slide(s) (all skipped: no tissue found); "
-                            "lower --min-tissue or check the slides")
+            raise DataError(
+                records[0].path if len(records) == 1 else Path(records[0].path).parent,
+                f"no tissue tiles in any of {len(records)} slide(s) (all skipped: no tissue found); "
+                "lower --min-tissue or check the slides",
+            )
         self.index = np.concatenate(index, 0).astype(np.int64)
         self.cache = ReaderCache(max_open)
         self._stains: dict[int, object] = {}
@@ -324,8 +357,17 @@ class SlideTileDataset(Dataset, EpochAware):
         label = None
         if self.labels is not None and rec.label is not None:
             label = int(self.labels[rec.label])
-        return make_sample(image, path=grid.path, label=label, x=x, y=y, level=grid.level,
-                           size0=grid.size0, slide_index=k, tile_index=j)
+        return make_sample(
+            image,
+            path=grid.path,
+            label=label,
+            x=x,
+            y=y,
+            level=grid.level,
+            size0=grid.size0,
+            slide_index=k,
+            tile_index=j,
+        )
 
 
 class TileFolderDataset(Dataset, EpochAware):
@@ -346,8 +388,16 @@ class TileFolderDataset(Dataset, EpochAware):
         (['no-tissue', 'tissue'], 0, torch.Size([3, 32, 32]))
     """
 
-    def __init__(self, root: str | Path, split: str = "all", out_size: int = 224, transform: TileTransform | None = None,
-                 val_fraction: float = 0.2, seed: int = 0, classes: Sequence[str] | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "all",
+        out_size: int = 224,
+        transform: TileTransform | None = None,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        classes: Sequence[str] | None = None,
+    ):
         root = Path(root)
         if not root.is_dir():
             raise DataError(root, "is not a folder of tiles")
@@ -395,8 +445,10 @@ def is_tile_folder(path: str | Path) -> bool:
     path = Path(path)
     if not path.is_dir():
         return False
-    if any(p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES and p.suffix.lower() not in (".tif", ".tiff")
-           for p in path.iterdir()):
+    if any(
+        p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES and p.suffix.lower() not in (".tif", ".tiff")
+        for p in path.iterdir()
+    ):
         return False
     subdirs = [p for p in path.iterdir() if p.is_dir()]
     pool = [q for d in subdirs for q in d.iterdir()] if subdirs else list(path.iterdir())
@@ -404,10 +456,15 @@ def is_tile_folder(path: str | Path) -> bool:
     return len(pngs) > 0
 
 
-def make_loader(ds: Dataset, batch_size: int, num_workers: int = 0, shuffle: bool = False,
-                collate: Callable | None = None) -> torch.utils.data.DataLoader:
+def make_loader(
+    ds: Dataset, batch_size: int, num_workers: int = 0, shuffle: bool = False, collate: Callable | None = None
+) -> torch.utils.data.DataLoader:
     """A DataLoader over sample dicts (persistent workers when ``num_workers > 0``)."""
-    from domainfm.data.sample import collate_samples
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                                       collate_fn=collate or collate_samples,
-                                       persistent_workers=num_workers > 0)
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        collate_fn=collate or collate_samples,
+        persistent_workers=num_workers > 0,
+    )

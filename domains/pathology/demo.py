@@ -31,8 +31,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from safetensors.torch import load_file
 
+import domainfm
 from domainfm.demo import sample_data
+from domainfm.models.encoder import build_encoder
+
+from .datasets import SlideRecord, TileFolderDataset, TileTransform
+from .embed import embed_slides, load_slide_features
+from .heatmap import rank_normalize, write_heatmap, write_tile_scores
+from .mil import build_mil
+from .mil_task import run_mil
+from .slide import open_slide, slide_mpp
+from .synthetic import synthetic_he_image, write_synthetic_slide
 
 SHARED = sample_data("pathology") or Path("shared-data-absent")
 REAL_SLIDE = "tcga-cr-7395-01a-01-ts1.svs"
@@ -60,20 +72,22 @@ def _last_loss(run_dir: Path) -> tuple[float | None, float | None]:
 
 def _probe(features: np.ndarray, labels: np.ndarray) -> float:
     """Leave-one-out balanced accuracy of a standardized logistic regression."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score
-    from sklearn.model_selection import LeaveOneOut, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.linear_model import LogisticRegression  # heavy import (scikit-learn), loaded on first use
+    from sklearn.metrics import balanced_accuracy_score  # heavy import (scikit-learn), loaded on first use
+    from sklearn.model_selection import (  # heavy import (scikit-learn), loaded on first use
+        LeaveOneOut,
+        cross_val_predict,
+    )
+    from sklearn.pipeline import make_pipeline  # heavy import (scikit-learn), loaded on first use
+    from sklearn.preprocessing import StandardScaler  # heavy import (scikit-learn), loaded on first use
+
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5))
     pred = cross_val_predict(clf, features, labels, cv=LeaveOneOut())
     return float(balanced_accuracy_score(labels, pred))
 
 
 def _synthetic_tiles(root: Path, n: int = 12) -> Path:
-    from PIL import Image
 
-    from .synthetic import synthetic_he_image
     for cls, blank in (("tissue", False), ("no-tissue", True)):
         (root / cls).mkdir(parents=True, exist_ok=True)
         for i in range(n):
@@ -84,16 +98,6 @@ def _synthetic_tiles(root: Path, n: int = 12) -> Path:
 
 def run_demo(out_dir: Path, quick: bool = False) -> dict:
     """Run the demo into ``out_dir``; print and return its figures (see the module doc)."""
-    import domainfm
-    from domainfm.models.encoder import build_encoder
-
-    from .datasets import TileFolderDataset, TileTransform
-    from .embed import embed_slides, load_slide_features
-    from .heatmap import rank_normalize, write_heatmap, write_tile_scores
-    from .mil import build_mil
-    from .mil_task import run_mil
-    from .slide import open_slide, slide_mpp
-    from .synthetic import write_synthetic_slide
 
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -102,8 +106,12 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
     if not torch.cuda.is_available():  # small models: intra-op threads beyond half the cores only contend
         torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 2) // 2)))
     real = (SHARED / REAL_SLIDE).is_file() and (SHARED / "tiles").is_dir()
-    fig: dict = {"data": "real TCGA slide + real tiles (../shared/data/pathology)" if real else
-                 "generated pyramidal TIFF slides (../shared/data/pathology absent)", "quick": quick}
+    fig: dict = {
+        "data": "real TCGA slide + real tiles (../shared/data/pathology)"
+        if real
+        else "generated pyramidal TIFF slides (../shared/data/pathology absent)",
+        "quick": quick,
+    }
     warnings.filterwarnings("ignore", category=UserWarning, module=r"domainfm\.pathology.*")
 
     # 1-2. slides and the MPP check
@@ -112,8 +120,9 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
     labels_rows = []
     for i in range(n_synth):
         tumor = bool(i % 2)
-        write_synthetic_slide(synth_dir / f"gen{i:02d}.tif", (768, 768) if quick else (1024, 1024), mpp=0.5,
-                              seed=i, tumor=tumor)
+        write_synthetic_slide(
+            synth_dir / f"gen{i:02d}.tif", (768, 768) if quick else (1024, 1024), mpp=0.5, seed=i, tumor=tumor
+        )
         labels_rows.append((f"gen{i:02d}.tif", "tumor" if tumor else "normal"))
     labels_csv = out_dir / "generated_labels.csv"
     labels_csv.write_text("slide,label\n" + "".join(f"{s},{lab}\n" for s, lab in labels_rows))
@@ -132,22 +141,55 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
         pre_data = synth_dir
     # 3. pretraining on tissue tiles
     steps, batch = (15, 16) if quick else (60, 32)
-    cfg = {"domain": "pathology", "out": str(out_dir / "pretrain"),
-           "data": {"path": str(pre_data), "img_size": 64,
-                    "options": {"target_mpp": 1.0, "tile_size": 64, "min_tissue": 0.5,
-                                **({} if real else {"max_tiles_per_slide": 64})}},
-           "model": {"name": "vit-tiny", "patch_size": 8, "depth": 4, "embed_dim": 96, "num_heads": 3},
-           "objective": {"name": "mae+contrastive", "mask_ratio": 0.6, "decoder_dim": 64, "decoder_depth": 1,
-                         "proj_dim": 64, "proj_hidden_dim": 128},
-           "train": {"steps": steps, "batch_size": batch, "lr": 1e-3, "warmup_steps": 5, "progress": False,
-                     "tensorboard": False, "ckpt_every": steps, "log_every": 5}}
+    cfg = {
+        "domain": "pathology",
+        "out": str(out_dir / "pretrain"),
+        "data": {
+            "path": str(pre_data),
+            "img_size": 64,
+            "options": {
+                "target_mpp": 1.0,
+                "tile_size": 64,
+                "min_tissue": 0.5,
+                **({} if real else {"max_tiles_per_slide": 64}),
+            },
+        },
+        "model": {"name": "vit-tiny", "patch_size": 8, "depth": 4, "embed_dim": 96, "num_heads": 3},
+        "objective": {
+            "name": "mae+contrastive",
+            "mask_ratio": 0.6,
+            "decoder_dim": 64,
+            "decoder_depth": 1,
+            "proj_dim": 64,
+            "proj_hidden_dim": 128,
+        },
+        "train": {
+            "steps": steps,
+            "batch_size": batch,
+            "lr": 1e-3,
+            "warmup_steps": 5,
+            "progress": False,
+            "tensorboard": False,
+            "ckpt_every": steps,
+            "log_every": 5,
+        },
+    }
     ckpt = domainfm.pretrain(cfg)
     model = domainfm.load(ckpt)
     first, last = _last_loss(out_dir / "pretrain")
     grids = sorted((out_dir / "pretrain" / "tiles").glob("*.tiles.csv"))
     n_tiles = sum(sum(1 for _ in open(g)) - 2 for g in grids)
-    fig.update({"slide": str(slide_path), "pretrain_slides": len(grids), "pretrain_tiles": n_tiles, "pretrain_steps": steps,
-                "pretrain_loss_first": first, "pretrain_loss_last": last, "checkpoint": str(ckpt)})
+    fig.update(
+        {
+            "slide": str(slide_path),
+            "pretrain_slides": len(grids),
+            "pretrain_tiles": n_tiles,
+            "pretrain_steps": steps,
+            "pretrain_loss_first": first,
+            "pretrain_loss_last": last,
+            "checkpoint": str(ckpt),
+        }
+    )
 
     # 4. tile probe: tissue vs no-tissue, pretrained vs random init
     tile_root = out_dir / "labelled_tiles"
@@ -176,8 +218,19 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
     # 5. slide features + MIL on generated slides (labels known by construction)
     feats = out_dir / "features"
     embed_slides(model, synth_dir, feats, batch_size=128, verbose=False)
-    mil_ckpt = run_mil(feats, labels_csv, out_dir / "mil", epochs=15 if quick else 25, lr=5e-4, hidden_dim=64,
-                       val_fraction=0.4, seed=0, heatmaps=True, card=dict(model.card), verbose=False)
+    mil_ckpt = run_mil(
+        feats,
+        labels_csv,
+        out_dir / "mil",
+        epochs=15 if quick else 25,
+        lr=5e-4,
+        hidden_dim=64,
+        val_fraction=0.4,
+        seed=0,
+        heatmaps=True,
+        card=dict(model.card),
+        verbose=False,
+    )
     metrics = json.loads((mil_ckpt / "metrics.json").read_text())
     for name in ("abmil", "mean"):
         m = metrics[name].get("val") or metrics[name]["train"]
@@ -190,17 +243,23 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
     if real:
         embed_slides(model, [_record(slide_path, ASSUMED_MPP)], feats, batch_size=128, verbose=False)
     data = load_slide_features(feats / f"{Path(slide_path).name}.h5")
-    from safetensors.torch import load_file
+
     card = json.loads((mil_ckpt / "card.json").read_text())
     head = build_mil(card["mil"]["abmil"])
-    head.load_state_dict({k[5:]: v for k, v in load_file(str(mil_ckpt / "model.safetensors")).items() if k.startswith("head.")})
+    head.load_state_dict(
+        {k[5:]: v for k, v in load_file(str(mil_ckpt / "model.safetensors")).items() if k.startswith("head.")}
+    )
     head.eval()
     with torch.no_grad():
         _, attn = head(torch.from_numpy(data["features"]))
     attn = attn[0].numpy()
     png = write_heatmap(slide_path, data["coords"], int(data["attrs"]["size0"]), attn, out_dir / "slide_attention.png")
-    tiles_csv = write_tile_scores(out_dir / "slide_tile_scores.csv", data["coords"], int(data["attrs"]["size0"]),
-                                  {"attention": attn, "attention_rank": rank_normalize(attn)})
+    tiles_csv = write_tile_scores(
+        out_dir / "slide_tile_scores.csv",
+        data["coords"],
+        int(data["attrs"]["size0"]),
+        {"attention": attn, "attention_rank": rank_normalize(attn)},
+    )
     # (the slide's class probability under a head trained on generated slides means nothing; only the map is shown)
     fig.update({"slide_tiles_embedded": int(len(attn)), "slide_heatmap": str(png), "slide_tile_scores": str(tiles_csv)})
     fig["seconds"] = round(time.time() - t0, 1)
@@ -213,5 +272,4 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
 
 
 def _record(path, mpp):
-    from .datasets import SlideRecord
     return SlideRecord(str(path), mpp)

@@ -31,22 +31,40 @@ Example (Python API; see docs/pathology.md for the whole walkthrough):
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+import domainfm
 from domainfm.data.splits import holdout_split
 from domainfm.domain import Domain, DomainExample, accept_options
 from domainfm.errors import ConfigError, DataError
-from domainfm.utils import parse_list
 from domainfm.io_safety import check_output
+from domainfm.train.checkpoint import load_tensors
+from domainfm.utils import parse_list
 
-from .datasets import (IMAGENET_MEAN, IMAGENET_STD, SlideTileDataset, TileFolderDataset, TileTransform,
-                       is_tile_folder, list_slides)
+from .datasets import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SlideTileDataset,
+    TileFolderDataset,
+    TileTransform,
+    is_tile_folder,
+    list_slides,
+)
+from .demo import run_demo
+from .embed import embed_slides, find_feature_files, transform_from_preprocessing
+from .heatmap import write_heatmap, write_tile_scores
+from .mil import GatedABMIL
+from .mil_task import require_labels, run_mil
+from .predict import predict_slide
 from .slide import SLIDE_SUFFIXES
 from .stain import MacenkoNormalizer, hed_jitter
 from .synthetic import write_example
@@ -98,7 +116,9 @@ def _floats3(value, name: str) -> list[float]:
     try:
         out = parse_list(value, float)
     except (TypeError, ValueError):
-        raise ConfigError(f"data.options.{name} must be three numbers (e.g. 0.485,0.456,0.406), got {value!r}") from None
+        raise ConfigError(
+            f"data.options.{name} must be three numbers (e.g. 0.485,0.456,0.406), got {value!r}"
+        ) from None
     if len(out) != 3:
         raise ConfigError(f"data.options.{name} must be three numbers (one per RGB channel), got {out}")
     return out
@@ -118,7 +138,6 @@ def _macenko(opts) -> MacenkoNormalizer | None:
         return None
     norm = MacenkoNormalizer()
     if opts.macenko_reference:
-        from PIL import Image
         ref = Path(opts.macenko_reference)
         try:
             rgb = np.asarray(Image.open(ref).convert("RGB"))
@@ -176,9 +195,14 @@ class PathologyDomain(Domain):
     def transform(self, cfg, train: bool) -> TileTransform:
         """The tile transform of ``cfg`` (normalization, Macenko, and for training flips + HED jitter)."""
         opts = cfg.options
-        return TileTransform(_img_size(cfg), _floats3(opts.mean, "mean"), _floats3(opts.std, "std"),
-                             macenko=_macenko(opts), train=train,
-                             stain_sigma=opts.hed_sigma if (train and opts.stain_augment) else 0.0)
+        return TileTransform(
+            _img_size(cfg),
+            _floats3(opts.mean, "mean"),
+            _floats3(opts.std, "std"),
+            macenko=_macenko(opts),
+            train=train,
+            stain_sigma=opts.hed_sigma if (train and opts.stain_augment) else 0.0,
+        )
 
     def dataset(self, cfg, split: str):
         """Tiles of slides (``SlideTileDataset``) or of a tile folder (``TileFolderDataset``)."""
@@ -199,23 +223,38 @@ class PathologyDomain(Domain):
             sub = split if split != "pretrain" else "all"
             if cfg.data.val_path and split == "train":
                 sub = "all"
-            return TileFolderDataset(path, sub, transform=transform, val_fraction=cfg.data.val_fraction,
-                                     seed=cfg.train.seed)
+            return TileFolderDataset(
+                path, sub, transform=transform, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed
+            )
         slides = list_slides(path, opts.mpp)
         labels = None
         if split != "pretrain":
             named = [s.label for s in slides if s.label]
             if len(named) != len(slides):
-                raise ConfigError(f"{path}: slides carry no tile labels; for slide labels use --task mil --labels "
-                                  "slides.csv, for tile classification point data.path at a folder <class>/*.png")
+                raise ConfigError(
+                    f"{path}: slides carry no tile labels; for slide labels use --task mil --labels "
+                    "slides.csv, for tile classification point data.path at a folder <class>/*.png"
+                )
             classes = sorted(set(named))
             labels = {c: i for i, c in enumerate(classes)}
             if not cfg.data.val_path:
                 slides = holdout_split(slides, split, cfg.data.val_fraction, cfg.train.seed)
         coords_dir = opts.coords_dir or str(Path(cfg.out) / "tiles")
-        ds = SlideTileDataset(slides, opts.target_mpp, opts.tile_size, _img_size(cfg), opts.min_tissue, coords_dir,
-                              transform, opts.max_tiles_per_slide, opts.mpp, opts.thumbnail_size, labels,
-                              opts.max_open_slides, cfg.train.seed)
+        ds = SlideTileDataset(
+            slides,
+            opts.target_mpp,
+            opts.tile_size,
+            _img_size(cfg),
+            opts.min_tissue,
+            coords_dir,
+            transform,
+            opts.max_tiles_per_slide,
+            opts.mpp,
+            opts.thumbnail_size,
+            labels,
+            opts.max_open_slides,
+            cfg.train.seed,
+        )
         if labels is not None:
             ds.classes = list(labels)
         return ds
@@ -238,25 +277,36 @@ class PathologyDomain(Domain):
         return multicrop_for(cfg, mean, std, img_size, local_size)
 
     def encoder_kwargs(self, cfg, dataset=None) -> dict:
-        return {"patch_embed": cfg.model.patch_embed or "2d", "img_size": _img_size(cfg),
-                "patch_size": cfg.model.patch_size, "in_chans": 3}
+        return {
+            "patch_embed": cfg.model.patch_embed or "2d",
+            "img_size": _img_size(cfg),
+            "patch_size": cfg.model.patch_size,
+            "in_chans": 3,
+        }
 
     def preprocessing(self, cfg, dataset=None) -> dict:
         """Target MPP, tile size, model input size, normalization and Macenko reference, for the card."""
         opts = cfg.options
         size = _img_size(cfg)
         norm = _macenko(opts)
-        return {"kind": "tiles", "target_mpp": float(opts.target_mpp), "tile_size": int(opts.tile_size),
-                "img_size": size, "input_mpp": float(opts.target_mpp) * opts.tile_size / size,
-                "min_tissue": float(opts.min_tissue), "thumbnail_size": int(opts.thumbnail_size),
-                "mean": _floats3(opts.mean, "mean"), "std": _floats3(opts.std, "std"),
-                "macenko": norm.to_dict() if norm is not None else None,
-                "stain_augment": bool(opts.stain_augment), "hed_sigma": float(opts.hed_sigma),
-                "tissue_detection": "otsu(saturation)+closing+small-object removal on a thumbnail"}
+        return {
+            "kind": "tiles",
+            "target_mpp": float(opts.target_mpp),
+            "tile_size": int(opts.tile_size),
+            "img_size": size,
+            "input_mpp": float(opts.target_mpp) * opts.tile_size / size,
+            "min_tissue": float(opts.min_tissue),
+            "thumbnail_size": int(opts.thumbnail_size),
+            "mean": _floats3(opts.mean, "mean"),
+            "std": _floats3(opts.std, "std"),
+            "macenko": norm.to_dict() if norm is not None else None,
+            "stain_augment": bool(opts.stain_augment),
+            "hed_sigma": float(opts.hed_sigma),
+            "tissue_detection": "otsu(saturation)+closing+small-object removal on a thumbnail",
+        }
 
     def preprocessor(self, card: dict) -> Callable[[Any], torch.Tensor]:
         """From a card: tile image (path, PIL image, ``H x W x 3`` uint8 array) -> ``3 x S x S`` tensor."""
-        from .embed import transform_from_preprocessing
         transform = transform_from_preprocessing(card.get("preprocessing") or {})
         return TilePreprocessor(transform)
 
@@ -264,7 +314,6 @@ class PathologyDomain(Domain):
     def head(self, task: str, encoder, num_classes: int, cfg):
         """``mil``: a :class:`~.mil.GatedABMIL` over tile embeddings; other tasks: the core's heads."""
         if task == "mil":
-            from .mil import GatedABMIL
             hidden = int(cfg.options.mil_hidden)
             return GatedABMIL(encoder.embed_dim, num_classes, hidden_dim=hidden, attn_dim=max(8, hidden // 2))
         return super().head(task, encoder, num_classes, cfg)
@@ -275,10 +324,6 @@ class PathologyDomain(Domain):
         ``data.path``: a folder of feature files from ``embed``, or slides (embedded first, into
         ``<out>/features``). ``labels`` (kwarg or option): CSV ``slide,label[,split]``.
         """
-        from .embed import embed_slides, find_feature_files
-        from .mil_task import require_labels, run_mil
-        import domainfm
-        from domainfm.train.checkpoint import load_tensors
         opts = cfg.options
         labels = require_labels(kwargs.get("labels") or opts.labels)
         data = kwargs.get("data") or cfg.data.path
@@ -291,17 +336,38 @@ class PathologyDomain(Domain):
         else:
             features = Path(cfg.out) / "features"
             pre = dict(model.card.get("preprocessing") or {})
-            embed_slides(model, data, features, pre, mpp=opts.mpp, batch_size=cfg.train.batch_size,
-                         num_workers=cfg.data.num_workers, coords_dir=opts.coords_dir)
-        card = {k: v for k, v in model.card.items() if k not in ("format", "step", "task", "num_classes", "classes",
-                                                                 "metrics", "mil")}
+            embed_slides(
+                model,
+                data,
+                features,
+                pre,
+                mpp=opts.mpp,
+                batch_size=cfg.train.batch_size,
+                num_workers=cfg.data.num_workers,
+                coords_dir=opts.coords_dir,
+            )
+        card = {
+            k: v
+            for k, v in model.card.items()
+            if k not in ("format", "step", "task", "num_classes", "classes", "metrics", "mil")
+        }
         card["config"] = cfg.to_dict()
         card["source_checkpoint"] = str(checkpoint)
         card["features"] = str(features)
-        return run_mil(features, labels, Path(cfg.out), epochs=opts.mil_epochs, lr=opts.mil_lr,
-                       hidden_dim=opts.mil_hidden, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
-                       heatmaps=opts.heatmaps, thumbnail_size=opts.thumbnail_size, card=card,
-                       encoder_tensors=load_tensors(checkpoint))
+        return run_mil(
+            features,
+            labels,
+            Path(cfg.out),
+            epochs=opts.mil_epochs,
+            lr=opts.mil_lr,
+            hidden_dim=opts.mil_hidden,
+            val_fraction=cfg.data.val_fraction,
+            seed=cfg.train.seed,
+            heatmaps=opts.heatmaps,
+            thumbnail_size=opts.thumbnail_size,
+            card=card,
+            encoder_tensors=load_tensors(checkpoint),
+        )
 
     def embed(self, model, data, out, **kwargs) -> Path:
         """Every tissue tile of every slide of ``data`` embedded; one ``<slide>.h5`` per slide in ``out``
@@ -311,10 +377,24 @@ class PathologyDomain(Domain):
         Keyword arguments: ``mpp`` (override), ``min_tissue``, ``coords_dir``, ``batch_size``,
         ``num_workers``, ``overwrite``; ``target_mpp``/``tile_size`` override the card (with a warning).
         """
-        import warnings
-        from .embed import embed_slides
-        accept_options(kwargs, {k: k for k in ("mpp", "min_tissue", "coords_dir", "batch_size", "num_workers",
-                                               "overwrite", "target_mpp", "tile_size")}, "embed")
+
+        accept_options(
+            kwargs,
+            {
+                k: k
+                for k in (
+                    "mpp",
+                    "min_tissue",
+                    "coords_dir",
+                    "batch_size",
+                    "num_workers",
+                    "overwrite",
+                    "target_mpp",
+                    "tile_size",
+                )
+            },
+            "embed",
+        )
         if is_tile_folder(data):  # a folder of tile images: one embedding per tile, in one file
             out = Path(out)
             target = out if out.suffix in (".npz", ".h5", ".hdf5") else out / "embeddings.npz"
@@ -324,28 +404,42 @@ class PathologyDomain(Domain):
         pre = dict((getattr(model, "card", None) or {}).get("preprocessing") or {})
         for key in ("target_mpp", "tile_size"):
             if kwargs.get(key) is not None and kwargs[key] != pre.get(key):
-                warnings.warn(f"embedding with {key}={kwargs[key]} while the encoder was pretrained with "
-                              f"{pre.get(key)}: features may transfer worse", stacklevel=2)
+                warnings.warn(
+                    f"embedding with {key}={kwargs[key]} while the encoder was pretrained with "
+                    f"{pre.get(key)}: features may transfer worse",
+                    stacklevel=2,
+                )
                 pre[key] = kwargs[key]
         if Path(out).suffix.lower() in (".npz", ".h5", ".hdf5", ".csv", ".json"):
-            raise ConfigError(f"{out}: slides are embedded into a folder (one <slide>.h5 per slide plus index.csv); "
-                              f"give a folder path such as {Path(out).with_suffix('')}")
-        embed_slides(model, data, out, pre, mpp=kwargs.get("mpp"), min_tissue=kwargs.get("min_tissue"),
-                     batch_size=int(kwargs.get("batch_size") or 64), num_workers=int(kwargs.get("num_workers") or 0),
-                     coords_dir=kwargs.get("coords_dir"), overwrite=bool(kwargs.get("overwrite", False)))
+            raise ConfigError(
+                f"{out}: slides are embedded into a folder (one <slide>.h5 per slide plus index.csv); "
+                f"give a folder path such as {Path(out).with_suffix('')}"
+            )
+        embed_slides(
+            model,
+            data,
+            out,
+            pre,
+            mpp=kwargs.get("mpp"),
+            min_tissue=kwargs.get("min_tissue"),
+            batch_size=int(kwargs.get("batch_size") or 64),
+            num_workers=int(kwargs.get("num_workers") or 0),
+            coords_dir=kwargs.get("coords_dir"),
+            overwrite=bool(kwargs.get("overwrite", False)),
+        )
         return Path(out)
 
     def predict(self, model, input_path, out_path, **kwargs) -> Path:
         """Slide-level prediction with a MIL checkpoint: heatmap PNG at ``out_path`` (``.png``; else a
         folder) plus ``<slide>.tiles.csv`` and ``<slide>.prediction.json`` next to it."""
-        from .predict import predict_slide
-        options = accept_options(kwargs, {"mpp": "mpp", "batch_size": "batch_size", "min_tissue": "min_tissue"}, "predict")
+        options = accept_options(
+            kwargs, {"mpp": "mpp", "batch_size": "batch_size", "min_tissue": "min_tissue"}, "predict"
+        )
         return predict_slide(model, input_path, out_path, **options)
 
     def write(self, prediction, sample: dict, path) -> Path:
         """Write tile scores of one slide (``prediction``: N scores; ``sample``: coords, size0, path) as
         heatmap PNG + CSV."""
-        from .heatmap import write_heatmap, write_tile_scores
         path = Path(path)
         scores = np.asarray(prediction, np.float64).reshape(-1)
         coords = np.asarray(sample["coords"])
@@ -357,7 +451,6 @@ class PathologyDomain(Domain):
         return write_example(folder)
 
     def demo(self, out_dir: Path, quick: bool = False) -> dict:
-        from .demo import run_demo
         return run_demo(Path(out_dir), quick=quick)
 
 
@@ -375,12 +468,15 @@ class TilePreprocessor:
         self.transform = transform
 
     def __call__(self, item) -> torch.Tensor:
-        from PIL import Image
+
         if isinstance(item, (str, Path)):
             path = Path(item)
             if path.suffix.lower() in SLIDE_SUFFIXES and path.suffix.lower() not in (".tif", ".tiff"):
-                raise DataError(path, "is a whole slide; use domain.embed / `domainfm embed` for slides "
-                                      "(the preprocessor takes one tile)")
+                raise DataError(
+                    path,
+                    "is a whole slide; use domain.embed / `domainfm embed` for slides "
+                    "(the preprocessor takes one tile)",
+                )
             try:
                 with Image.open(path) as im:
                     im = im.convert("RGBA")
@@ -395,18 +491,25 @@ class TilePreprocessor:
             if arr.ndim == 3 and arr.shape[0] == 3:
                 arr = arr.permute(1, 2, 0)
             arr = arr.numpy()
-            rgb = (arr * 255).clip(0, 255).astype(np.uint8) if arr.dtype != np.uint8 and arr.max() <= 1.0 else arr.astype(np.uint8)
+            rgb = (
+                (arr * 255).clip(0, 255).astype(np.uint8)
+                if arr.dtype != np.uint8 and arr.max() <= 1.0
+                else arr.astype(np.uint8)
+            )
         else:
             rgb = np.asarray(item)
             if rgb.dtype != np.uint8:
-                rgb = (rgb * 255).clip(0, 255).astype(np.uint8) if rgb.max() <= 1.0 else rgb.clip(0, 255).astype(np.uint8)
+                rgb = (
+                    (rgb * 255).clip(0, 255).astype(np.uint8) if rgb.max() <= 1.0 else rgb.clip(0, 255).astype(np.uint8)
+                )
         if rgb.ndim != 3 or rgb.shape[2] < 3:
             raise DataError(None, f"expected an H x W x 3 RGB tile, got shape {rgb.shape}")
         return self.transform(rgb)
 
 
-def make_view_augment(mean: torch.Tensor, std: torch.Tensor, hed_sigma: float,
-                      crop_scale=(0.5, 1.0)) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+def make_view_augment(
+    mean: torch.Tensor, std: torch.Tensor, hed_sigma: float, crop_scale=(0.5, 1.0)
+) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
     """View augmentation on normalized ``3 x H x W`` tiles (see :meth:`PathologyDomain.augment`).
 
     Example:
@@ -422,8 +525,9 @@ def make_view_augment(mean: torch.Tensor, std: torch.Tensor, hed_sigma: float,
         ch, cw = max(1, int(round(h * frac))), max(1, int(round(w * frac)))
         y0 = int(torch.randint(0, h - ch + 1, (1,), generator=g))
         x0 = int(torch.randint(0, w - cw + 1, (1,), generator=g))
-        y = F.interpolate(x[None, :, y0:y0 + ch, x0:x0 + cw].float(), size=(h, w), mode="bilinear",
-                          align_corners=False)[0]
+        y = F.interpolate(
+            x[None, :, y0 : y0 + ch, x0 : x0 + cw].float(), size=(h, w), mode="bilinear", align_corners=False
+        )[0]
         k = int(torch.randint(0, 4, (1,), generator=g))
         if k:
             y = torch.rot90(y, k, dims=(1, 2))

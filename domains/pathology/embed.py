@@ -66,9 +66,12 @@ def load_slide_features(h5_path: str | Path) -> dict:
     """``{"features": N x E, "coords": N x 2, "tissue": N, "attrs": {...}}`` of one feature file."""
     try:
         with h5py.File(h5_path, "r") as f:
-            out = {"features": f["features"][()], "coords": f["coords"][()],
-                   "tissue": f["tissue"][()] if "tissue" in f else None,
-                   "attrs": {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}}
+            out = {
+                "features": f["features"][()],
+                "coords": f["coords"][()],
+                "tissue": f["tissue"][()] if "tissue" in f else None,
+                "attrs": {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()},
+            }
     except (OSError, KeyError) as exc:
         raise DataError(h5_path, f"not a readable slide feature file ({exc})") from None
     return out
@@ -96,14 +99,28 @@ def _model_device(model) -> torch.device:
 def transform_from_preprocessing(pre: dict) -> TileTransform:
     """The inference :class:`TileTransform` described by a card's ``preprocessing`` record."""
     macenko = MacenkoNormalizer.from_dict(pre["macenko"]) if pre.get("macenko") else None
-    return TileTransform(int(pre.get("img_size", pre.get("tile_size", 224))), pre.get("mean", IMAGENET_MEAN),
-                         pre.get("std", IMAGENET_STD), macenko=macenko, train=False)
+    return TileTransform(
+        int(pre.get("img_size", pre.get("tile_size", 224))),
+        pre.get("mean", IMAGENET_MEAN),
+        pre.get("std", IMAGENET_STD),
+        macenko=macenko,
+        train=False,
+    )
 
 
-def embed_slides(model, data: str | Path | list, out: str | Path, preprocessing: dict | None = None,
-                 mpp: float | None = None, min_tissue: float | None = None, batch_size: int = 64,
-                 num_workers: int = 0, coords_dir: str | Path | None = None, overwrite: bool = False,
-                 verbose: bool = True) -> dict:
+def embed_slides(
+    model,
+    data: str | Path | list,
+    out: str | Path,
+    preprocessing: dict | None = None,
+    mpp: float | None = None,
+    min_tissue: float | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    coords_dir: str | Path | None = None,
+    overwrite: bool = False,
+    verbose: bool = True,
+) -> dict:
     """Embed every tissue tile of the slides of ``data`` into ``out`` (one ``.h5`` per slide).
 
     ``preprocessing`` defaults to ``model.card["preprocessing"]`` (target MPP, tile size, input
@@ -132,14 +149,26 @@ def embed_slides(model, data: str | Path | list, out: str | Path, preprocessing:
             rows.append((rec.path, dst.name, "skipped", ""))
             continue
         try:
-            ds = SlideTileDataset([rec], target_mpp, tile_size, transform.size, min_tissue, coords_dir, transform,
-                                  mpp=mpp, thumbnail_size=thumb, skip_no_tissue=False, verbose=False)
+            ds = SlideTileDataset(
+                [rec],
+                target_mpp,
+                tile_size,
+                transform.size,
+                min_tissue,
+                coords_dir,
+                transform,
+                mpp=mpp,
+                thumbnail_size=thumb,
+                skip_no_tissue=False,
+                verbose=False,
+            )
         except NoTissueError as exc:
             summary["no_tissue"] += 1
             rows.append((rec.path, "", "no_tissue", exc.problem))
             continue
-        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
-                                             collate_fn=_stack_images)
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=batch_size, num_workers=num_workers, collate_fn=_stack_images
+        )
         feats = []
         with torch.no_grad():
             for x in loader:
@@ -150,11 +179,22 @@ def embed_slides(model, data: str | Path | list, out: str | Path, preprocessing:
             f.create_dataset("features", data=features.astype(np.float32))
             f.create_dataset("coords", data=grid.coords.astype(np.int64))
             f.create_dataset("tissue", data=grid.tissue.astype(np.float32))
-            attrs = {"slide": str(Path(rec.path).resolve()), "slide_name": Path(rec.path).name, "mpp": grid.mpp,
-                     "target_mpp": grid.target_mpp, "tile_size": grid.tile_size, "size0": grid.size0,
-                     "level": grid.level, "read_size": grid.read_size, "slide_width": grid.slide_size[0],
-                     "slide_height": grid.slide_size[1], "n_tiles": len(grid), "encoder": encoder_config,
-                     "label": rec.label or "", "complete": True}
+            attrs = {
+                "slide": str(Path(rec.path).resolve()),
+                "slide_name": Path(rec.path).name,
+                "mpp": grid.mpp,
+                "target_mpp": grid.target_mpp,
+                "tile_size": grid.tile_size,
+                "size0": grid.size0,
+                "level": grid.level,
+                "read_size": grid.read_size,
+                "slide_width": grid.slide_size[0],
+                "slide_height": grid.slide_size[1],
+                "n_tiles": len(grid),
+                "encoder": encoder_config,
+                "label": rec.label or "",
+                "complete": True,
+            }
             for k, v in attrs.items():
                 f.attrs[k] = v
         summary["done"] += 1
@@ -163,12 +203,16 @@ def embed_slides(model, data: str | Path | list, out: str | Path, preprocessing:
     _merge_index(out / "index.csv", rows)
     summary["seconds"] = round(time.time() - t0, 2)
     if verbose:
-        msg = (f"embedded {summary['done']} slide(s) ({summary['tiles']} tiles) into {out}; "
-               f"{summary['skipped']} already done, {summary['no_tissue']} skipped with no tissue")
+        msg = (
+            f"embedded {summary['done']} slide(s) ({summary['tiles']} tiles) into {out}; "
+            f"{summary['skipped']} already done, {summary['no_tissue']} skipped with no tissue"
+        )
         print(msg)
     if summary["done"] + summary["skipped"] == 0:
-        raise DataError(data if not isinstance(data, list) else out,
-                        f"no slide had tissue tiles ({summary['no_tissue']} skipped with no tissue)")
+        raise DataError(
+            data if not isinstance(data, list) else out,
+            f"no slide had tissue tiles ({summary['no_tissue']} skipped with no tissue)",
+        )
     return summary
 
 

@@ -39,13 +39,22 @@ def rank_normalize(scores: np.ndarray) -> np.ndarray:
     return order / (len(scores) - 1)
 
 
-def heatmap_image(thumbnail: Image.Image, slide_size: tuple[int, int], coords: np.ndarray, size0: int,
-                  scores: np.ndarray, alpha: float = 0.5, cmap: str = "jet", normalize: str = "rank") -> Image.Image:
+def heatmap_image(
+    thumbnail: Image.Image,
+    slide_size: tuple[int, int],
+    coords: np.ndarray,
+    size0: int,
+    scores: np.ndarray,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+    normalize: str = "rank",
+) -> Image.Image:
     """Blend a colour-mapped score per tile over ``thumbnail`` (tiles without a score keep the thumbnail).
 
     ``normalize``: ``rank`` (percentiles), ``minmax`` or ``none`` (scores already in ``[0, 1]``).
     """
-    import matplotlib
+    import matplotlib  # heavy import (matplotlib), loaded only for figures
+
     thumb = np.asarray(thumbnail.convert("RGB"), np.float32) / 255.0
     th, tw = thumb.shape[:2]
     sx, sy = tw / slide_size[0], th / slide_size[1]
@@ -69,8 +78,17 @@ def heatmap_image(thumbnail: Image.Image, slide_size: tuple[int, int], coords: n
     return Image.fromarray((np.clip(out, 0, 1) * 255).astype(np.uint8))
 
 
-def write_heatmap(slide_path: str | Path, coords: np.ndarray, size0: int, scores: np.ndarray, out_png: str | Path,
-                  thumbnail_size: int = 1024, alpha: float = 0.5, cmap: str = "jet", normalize: str = "rank") -> Path:
+def write_heatmap(
+    slide_path: str | Path,
+    coords: np.ndarray,
+    size0: int,
+    scores: np.ndarray,
+    out_png: str | Path,
+    thumbnail_size: int = 1024,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+    normalize: str = "rank",
+) -> Path:
     """Write the heatmap of one slide as PNG (atomically) and return its path.
 
     Example:
@@ -117,15 +135,25 @@ def write_tile_scores(csv_path: str | Path, coords: np.ndarray, size0: int, colu
     return csv_path
 
 
-def heatmap_figure(slide_path: str | Path, coords: np.ndarray, size0: int, scores: np.ndarray,
-                   thumbnail_size: int = 1024, alpha: float = 0.5, cmap: str = "jet", normalize: str = "rank",
-                   title: str | None = None, path: str | Path | None = None):
+def heatmap_figure(
+    slide_path: str | Path,
+    coords: np.ndarray,
+    size0: int,
+    scores: np.ndarray,
+    thumbnail_size: int = 1024,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+    normalize: str = "rank",
+    title: str | None = None,
+    path: str | Path | None = None,
+):
     """The heatmap of one slide as a matplotlib Figure (for a notebook); written to ``path`` only when given.
 
     Example:
         >>> fig = heatmap_figure("slide.tif", grid.coords, grid.size0, attention)  # doctest: +SKIP
     """
     from matplotlib.figure import Figure  # heavy import, only when a figure is asked for
+
     slide = open_slide(slide_path)
     try:
         thumb = thumbnail_rgb(slide, thumbnail_size)

@@ -47,8 +47,14 @@ class GatedABMIL(nn.Module):
 
     def __init__(self, in_dim: int, num_classes: int, hidden_dim: int = 128, attn_dim: int = 64, dropout: float = 0.25):
         super().__init__()
-        self.config = {"kind": "abmil", "in_dim": int(in_dim), "num_classes": int(num_classes),
-                       "hidden_dim": int(hidden_dim), "attn_dim": int(attn_dim), "dropout": float(dropout)}
+        self.config = {
+            "kind": "abmil",
+            "in_dim": int(in_dim),
+            "num_classes": int(num_classes),
+            "hidden_dim": int(hidden_dim),
+            "attn_dim": int(attn_dim),
+            "dropout": float(dropout),
+        }
         self.fc = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
         self.attn_v = nn.Sequential(nn.Linear(hidden_dim, attn_dim), nn.Tanh())
         self.attn_u = nn.Sequential(nn.Linear(hidden_dim, attn_dim), nn.Sigmoid())
@@ -84,10 +90,16 @@ class MeanPoolMIL(nn.Module):
 
     def __init__(self, in_dim: int, num_classes: int, hidden_dim: int = 128, dropout: float = 0.25):
         super().__init__()
-        self.config = {"kind": "mean", "in_dim": int(in_dim), "num_classes": int(num_classes),
-                       "hidden_dim": int(hidden_dim), "dropout": float(dropout)}
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden_dim, num_classes))
+        self.config = {
+            "kind": "mean",
+            "in_dim": int(in_dim),
+            "num_classes": int(num_classes),
+            "hidden_dim": int(hidden_dim),
+            "dropout": float(dropout),
+        }
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, num_classes)
+        )
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None):
         feats, mask = _as_batch(features, mask)
@@ -103,9 +115,18 @@ def build_mil(config: dict) -> nn.Module:
     return {"abmil": GatedABMIL, "mean": MeanPoolMIL}[kind](**cfg)
 
 
-def train_mil(model: nn.Module, bags: list[torch.Tensor], labels: list[int], epochs: int = 20, lr: float = 2e-4,
-              weight_decay: float = 1e-4, seed: int = 0, max_tiles: int | None = 4096,
-              class_weights: bool = True, num_threads: int | None = 1) -> list[float]:
+def train_mil(
+    model: nn.Module,
+    bags: list[torch.Tensor],
+    labels: list[int],
+    epochs: int = 20,
+    lr: float = 2e-4,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    max_tiles: int | None = 4096,
+    class_weights: bool = True,
+    num_threads: int | None = 1,
+) -> list[float]:
     """Train ``model`` one bag per step with AdamW; returns the mean loss per epoch.
 
     Bags larger than ``max_tiles`` are subsampled each step (randomness from ``seed``). MIL heads
@@ -153,7 +174,7 @@ def _epochs(model, bags, y, epochs, max_tiles, g, opt, loss_fn, history) -> None
             if max_tiles is not None and len(bag) > max_tiles:
                 bag = bag[torch.randperm(len(bag), generator=g)[:max_tiles]]
             logits, _ = model(bag.to(device))
-            loss = loss_fn(logits, y[i:i + 1])
+            loss = loss_fn(logits, y[i : i + 1])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -180,14 +201,22 @@ def classification_metrics(y_true, probs) -> dict:
         >>> classification_metrics([0, 1], np.array([[0.9, 0.1], [0.2, 0.8]]))["accuracy"]
         1.0
     """
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+    from sklearn.metrics import (  # heavy import (scikit-learn), loaded on first use
+        balanced_accuracy_score,
+        roc_auc_score,
+    )
+
     y_true = np.asarray(y_true)
     probs = np.asarray(probs)
     if len(y_true) == 0:
         return {"n": 0, "accuracy": None, "balanced_accuracy": None, "auc": None}
     pred = probs.argmax(1)
-    out = {"n": int(len(y_true)), "accuracy": float((pred == y_true).mean()),
-           "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)), "auc": None}
+    out = {
+        "n": int(len(y_true)),
+        "accuracy": float((pred == y_true).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
+        "auc": None,
+    }
     try:
         if probs.shape[1] == 2:
             out["auc"] = float(roc_auc_score(y_true, probs[:, 1]))

@@ -44,6 +44,7 @@ import torch
 
 from domainfm.data.splits import holdout_mask
 from domainfm.errors import ConfigError, DataError
+from domainfm.train.checkpoint import save_checkpoint
 
 from .embed import find_feature_files, load_slide_features, no_tissue_slides
 from .heatmap import rank_normalize, write_heatmap, write_tile_scores
@@ -109,11 +110,17 @@ def match_labels(rows: list[dict], features_dir: str | Path, labels_csv: str | P
         matched.append({**r, "features": path})
     if missing:
         names = ", ".join(f"{m['slide']!r} (line {m['line']})" for m in missing[:3])
-        raise DataError(labels_csv, f"{len(missing)} labelled slide(s) not found among the slides/features of "
-                                    f"{features_dir}: {names}{' ...' if len(missing) > 3 else ''}")
+        raise DataError(
+            labels_csv,
+            f"{len(missing)} labelled slide(s) not found among the slides/features of "
+            f"{features_dir}: {names}{' ...' if len(missing) > 3 else ''}",
+        )
     if dropped:
-        warnings.warn(f"{labels_csv}: {len(dropped)} labelled slide(s) had no tissue and are left out: "
-                      + ", ".join(d["slide"] for d in dropped[:5]), stacklevel=2)
+        warnings.warn(
+            f"{labels_csv}: {len(dropped)} labelled slide(s) had no tissue and are left out: "
+            + ", ".join(d["slide"] for d in dropped[:5]),
+            stacklevel=2,
+        )
     if not matched:
         raise DataError(labels_csv, "no labelled slide has features")
     return matched
@@ -127,13 +134,24 @@ def assign_splits(rows: list[dict], val_fraction: float, seed: int) -> list[str]
     return [r["split"] or ("val" if h else "train") for r, h in zip(rows, held)]
 
 
-def run_mil(features_dir: str | Path, labels_csv: str | Path, out_dir: str | Path, *, epochs: int = 20,
-            lr: float = 2e-4, hidden_dim: int = 128, val_fraction: float = 0.3, seed: int = 0,
-            heatmaps: bool = True, thumbnail_size: int = 1024, card: dict | None = None,
-            encoder_tensors: dict | None = None, verbose: bool = True) -> Path:
+def run_mil(
+    features_dir: str | Path,
+    labels_csv: str | Path,
+    out_dir: str | Path,
+    *,
+    epochs: int = 20,
+    lr: float = 2e-4,
+    hidden_dim: int = 128,
+    val_fraction: float = 0.3,
+    seed: int = 0,
+    heatmaps: bool = True,
+    thumbnail_size: int = 1024,
+    card: dict | None = None,
+    encoder_tensors: dict | None = None,
+    verbose: bool = True,
+) -> Path:
     """Train ABMIL and the mean-pool baseline on labelled slide features; write the checkpoint,
     metrics, predictions and heatmaps. Returns the checkpoint folder."""
-    from domainfm.train.checkpoint import save_checkpoint
 
     rows = match_labels(read_labels(labels_csv), features_dir, labels_csv)
     classes = _sorted_classes([r["label"] for r in rows])
@@ -143,18 +161,26 @@ def run_mil(features_dir: str | Path, labels_csv: str | Path, out_dir: str | Pat
     data = [load_slide_features(r["features"]) for r in rows]
     dims = {d["features"].shape[1] for d in data}
     if len(dims) != 1:
-        raise DataError(features_dir, f"feature files have different dimensions {sorted(dims)}; embed all slides "
-                                      "with the same checkpoint")
+        raise DataError(
+            features_dir,
+            f"feature files have different dimensions {sorted(dims)}; embed all slides with the same checkpoint",
+        )
     in_dim = dims.pop()
     bags = [torch.from_numpy(d["features"]).float() for d in data]
     y = np.array([classes.index(r["label"]) for r in rows])
     tr = [i for i, s in enumerate(splits) if s == "train"]
     if not tr:
         raise DataError(labels_csv, "no slide in the train split")
-    models = {"abmil": GatedABMIL(in_dim, len(classes), hidden_dim=hidden_dim, attn_dim=max(8, hidden_dim // 2)),
-              "mean": MeanPoolMIL(in_dim, len(classes), hidden_dim=hidden_dim)}
-    metrics: dict = {"classes": classes, "n_slides": len(rows),
-                     "n_train": len(tr), "n_val": sum(s != "train" for s in splits)}
+    models = {
+        "abmil": GatedABMIL(in_dim, len(classes), hidden_dim=hidden_dim, attn_dim=max(8, hidden_dim // 2)),
+        "mean": MeanPoolMIL(in_dim, len(classes), hidden_dim=hidden_dim),
+    }
+    metrics: dict = {
+        "classes": classes,
+        "n_slides": len(rows),
+        "n_train": len(tr),
+        "n_val": sum(s != "train" for s in splits),
+    }
     results = {}
     for name, model in models.items():
         torch.manual_seed(seed)
@@ -171,20 +197,48 @@ def run_mil(features_dir: str | Path, labels_csv: str | Path, out_dir: str | Pat
     tensors.update({f"head.{k}": v for k, v in models["abmil"].state_dict().items()})
     tensors.update({f"mil.mean.{k}": v for k, v in models["mean"].state_dict().items()})
     card = dict(card or {})
-    card.update({"domain": "pathology", "task": "mil", "stage": "finetune", "ema": False, "lora": None, "num_classes": len(classes), "classes": classes,
-                 "mil": {"abmil": models["abmil"].config, "mean": models["mean"].config, "default": "abmil"},
-                 "metrics": metrics})
+    card.update(
+        {
+            "domain": "pathology",
+            "task": "mil",
+            "stage": "finetune",
+            "ema": False,
+            "lora": None,
+            "num_classes": len(classes),
+            "classes": classes,
+            "mil": {"abmil": models["abmil"].config, "mean": models["mean"].config, "default": "abmil"},
+            "metrics": metrics,
+        }
+    )
     ckpt = save_checkpoint(out_dir, int(epochs), tensors, card)
     (ckpt / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     with open(ckpt / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["slide", "label", "split", "abmil_pred", "mean_pred",
-                    *[f"abmil_p_{c}" for c in classes], *[f"mean_p_{c}" for c in classes]])
+        w.writerow(
+            [
+                "slide",
+                "label",
+                "split",
+                "abmil_pred",
+                "mean_pred",
+                *[f"abmil_p_{c}" for c in classes],
+                *[f"mean_p_{c}" for c in classes],
+            ]
+        )
         for i, r in enumerate(rows):
             pa, pm = results["abmil"][0][i], results["mean"][0][i]
-            w.writerow([r["slide"], r["label"], splits[i], classes[int(pa.argmax())], classes[int(pm.argmax())],
-                        *[f"{p:.4f}" for p in pa], *[f"{p:.4f}" for p in pm]])
+            w.writerow(
+                [
+                    r["slide"],
+                    r["label"],
+                    splits[i],
+                    classes[int(pa.argmax())],
+                    classes[int(pm.argmax())],
+                    *[f"{p:.4f}" for p in pa],
+                    *[f"{p:.4f}" for p in pm],
+                ]
+            )
     if heatmaps:
         hm_dir = ckpt / "heatmaps"
         abmil = models["abmil"]
@@ -198,22 +252,31 @@ def run_mil(features_dir: str | Path, labels_csv: str | Path, out_dir: str | Pat
             write_tile_scores(hm_dir / f"{name}.tiles.csv", d["coords"], int(d["attrs"]["size0"]), cols)
             slide = Path(str(d["attrs"].get("slide", "")))
             if slide.is_file():
-                write_heatmap(slide, d["coords"], int(d["attrs"]["size0"]), attn, hm_dir / f"{name}.png",
-                              thumbnail_size=thumbnail_size)
+                write_heatmap(
+                    slide,
+                    d["coords"],
+                    int(d["attrs"]["size0"]),
+                    attn,
+                    hm_dir / f"{name}.png",
+                    thumbnail_size=thumbnail_size,
+                )
             else:
                 warnings.warn(f"{slide}: slide file not found; heatmap skipped (tile scores CSV written)", stacklevel=2)
     if verbose:
         for name in models:
             m = metrics[name].get("val") or metrics[name].get("train")
             split = "val" if metrics[name].get("val") else "train"
-            print(f"MIL {name:5s}: {split} accuracy {m['accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}, "
-                  f"AUC {m['auc'] if m['auc'] is None else round(m['auc'], 3)}")
+            print(
+                f"MIL {name:5s}: {split} accuracy {m['accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}, "
+                f"AUC {m['auc'] if m['auc'] is None else round(m['auc'], 3)}"
+            )
         print(f"MIL checkpoint: {ckpt}")
     return ckpt
 
 
 def require_labels(labels) -> Path:
     if not labels:
-        raise ConfigError("task mil needs a labels CSV with columns slide,label: pass --labels slides.csv "
-                          "(Options field `labels`)")
+        raise ConfigError(
+            "task mil needs a labels CSV with columns slide,label: pass --labels slides.csv (Options field `labels`)"
+        )
     return Path(labels)

@@ -47,16 +47,19 @@ from .embed import _model_device, _stack_images, transform_from_preprocessing
 from .heatmap import rank_normalize, write_heatmap, write_tile_scores
 
 
-def predict_slide(model, slide_path, out_path, mpp: float | None = None, batch_size: int = 64,
-                  min_tissue: float | None = None) -> Path:
+def predict_slide(
+    model, slide_path, out_path, mpp: float | None = None, batch_size: int = 64, min_tissue: float | None = None
+) -> Path:
     """Predict one slide; write ``out_path`` (PNG heatmap; a folder if it has no ``.png`` suffix),
     ``<stem>.tiles.csv`` and ``<stem>.prediction.json``. Returns the PNG path."""
     card = model.card
     task = card.get("task")
     if getattr(model, "head", None) is None or task not in ("mil", "classification"):
-        raise CheckpointError(f"{getattr(model, 'path', '')}: slide prediction needs a checkpoint fine-tuned with "
-                              "--task mil (or a tile classifier); this one has task "
-                              f"{task!r}. Use `domainfm embed` for features")
+        raise CheckpointError(
+            f"{getattr(model, 'path', '')}: slide prediction needs a checkpoint fine-tuned with "
+            "--task mil (or a tile classifier); this one has task "
+            f"{task!r}. Use `domainfm embed` for features"
+        )
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".png":
         out_path = out_path / f"{Path(slide_path).name}.png"
@@ -66,11 +69,19 @@ def predict_slide(model, slide_path, out_path, mpp: float | None = None, batch_s
         check_output(out, [slide_path])
     pre = dict(card.get("preprocessing") or {})
     transform = transform_from_preprocessing(pre)
-    ds = SlideTileDataset([SlideRecord(str(slide_path), mpp)], float(pre.get("target_mpp", 0.5)),
-                          int(pre.get("tile_size", 224)), transform.size,
-                          float(min_tissue if min_tissue is not None else pre.get("min_tissue", 0.5)),
-                          None, transform, mpp=mpp, thumbnail_size=int(pre.get("thumbnail_size", 1024)),
-                          skip_no_tissue=False, verbose=False)
+    ds = SlideTileDataset(
+        [SlideRecord(str(slide_path), mpp)],
+        float(pre.get("target_mpp", 0.5)),
+        int(pre.get("tile_size", 224)),
+        transform.size,
+        float(min_tissue if min_tissue is not None else pre.get("min_tissue", 0.5)),
+        None,
+        transform,
+        mpp=mpp,
+        thumbnail_size=int(pre.get("thumbnail_size", 1024)),
+        skip_no_tissue=False,
+        verbose=False,
+    )
     grid = ds.grids[0]
     device = _model_device(model)
     feats, tile_logits = [], []
@@ -83,8 +94,14 @@ def predict_slide(model, slide_path, out_path, mpp: float | None = None, batch_s
             else:
                 tile_logits.append(model.logits(x).float().cpu())
     classes = card.get("classes") or [str(i) for i in range(int(card.get("num_classes") or 2))]
-    result: dict = {"slide": str(slide_path), "task": task, "classes": classes, "n_tiles": len(grid),
-                    "mpp": grid.mpp, "target_mpp": grid.target_mpp}
+    result: dict = {
+        "slide": str(slide_path),
+        "task": task,
+        "classes": classes,
+        "n_tiles": len(grid),
+        "mpp": grid.mpp,
+        "target_mpp": grid.target_mpp,
+    }
     if task == "mil":
         bag = torch.cat(feats)
         head = model.head.cpu().eval()

@@ -83,9 +83,16 @@ def _raw_levels(path: str, slide) -> dict[int, _RawLevel]:
                 if len(cand) != 1:
                     continue
                 p = cand[0]
-                if (int(p.compression) in RAW_COMPRESSIONS and int(p.predictor) == 1 and int(p.photometric) == 2
-                        and int(p.planarconfig) == 1 and int(p.samplesperpixel) == 3 and int(p.bitspersample) == 8
-                        and int(p.imagedepth) == 1 and len(p.dataoffsets) == len(p.databytecounts)):
+                if (
+                    int(p.compression) in RAW_COMPRESSIONS
+                    and int(p.predictor) == 1
+                    and int(p.photometric) == 2
+                    and int(p.planarconfig) == 1
+                    and int(p.samplesperpixel) == 3
+                    and int(p.bitspersample) == 8
+                    and int(p.imagedepth) == 1
+                    and len(p.dataoffsets) == len(p.databytecounts)
+                ):
                     out[level] = _RawLevel(p)
             return out
     except Exception:
@@ -174,8 +181,11 @@ class RegionReader:
     def _ensure(self, level: int, ids, pool: ThreadPoolExecutor | None) -> dict[int, np.ndarray]:
         have = {i: self._cached((level, i)) for i in ids}
         missing = [i for i, t in have.items() if t is None]
-        decoded = pool.map(lambda i: self._decode(level, i), missing) if pool and len(missing) > 1 else \
-            (self._decode(level, i) for i in missing)
+        decoded = (
+            pool.map(lambda i: self._decode(level, i), missing)
+            if pool and len(missing) > 1
+            else (self._decode(level, i) for i in missing)
+        )
         for i, tile in zip(missing, decoded):
             self._store((level, i), tile)
             have[i] = tile
@@ -190,15 +200,16 @@ class RegionReader:
             ax1 = min(x + w, tx + lv.tile_w, lv.width)
             ay1 = min(y + h, ty + lv.tile_h, lv.height)
             if ax1 > ax0 and ay1 > ay0:
-                out[ay0 - y:ay1 - y, ax0 - x:ax1 - x] = tiles[i][ay0 - ty:ay1 - ty, ax0 - tx:ax1 - tx]
+                out[ay0 - y : ay1 - y, ax0 - x : ax1 - x] = tiles[i][ay0 - ty : ay1 - ty, ax0 - tx : ax1 - tx]
         return out
 
     def read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """``size = (w, h)`` pixels of ``level`` at level-0 ``location`` as ``h x w x 3`` uint8."""
         return self.read_many([location], level, size)[0]
 
-    def read_many(self, locations, level: int, size: tuple[int, int],
-                  pool: ThreadPoolExecutor | None = None) -> list[np.ndarray]:
+    def read_many(
+        self, locations, level: int, size: tuple[int, int], pool: ThreadPoolExecutor | None = None
+    ) -> list[np.ndarray]:
         """Regions of one size at many level-0 ``locations``; missing tiles decoded on ``pool``.
 
         Regions that cannot be read raw are read with OpenSlide (on ``pool`` too when given).
@@ -215,9 +226,11 @@ class RegionReader:
                 out[k] = self._crop(level, boxes[k][0], boxes[k][1], w, h, tiles)
         rest = [k for k, b in enumerate(boxes) if b is None]
         if rest:
+
             def slow(k):
                 loc = (int(locations[k][0]), int(locations[k][1]))
                 return np.asarray(read_rgb(self.slide, loc, level, (w, h)))
+
             for k, arr in zip(rest, pool.map(slow, rest) if pool and len(rest) > 1 else map(slow, rest)):
                 out[k] = arr
         return out

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import openslide
+import tifffile
 from PIL import Image
 
 from domainfm.errors import DataError
 
 #: File suffixes treated as slides when a folder is listed.
-SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".vms", ".vmu", ".bif",
-                  ".svslide", ".dcm")
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
 
 #: Plausible microns-per-pixel range; anything outside is treated as "no MPP" (e.g. 72-dpi defaults).
 MPP_RANGE = (0.05, 50.0)
@@ -37,8 +37,10 @@ MPP_RANGE = (0.05, 50.0)
 #: Pixel count above which a non-pyramidal image is refused rather than loaded whole.
 MAX_PLAIN_PIXELS = 400_000_000
 
-MPP_HINT = ("pass the scan resolution with --mpp VALUE (Options field `mpp`, e.g. 0.25 for 40x, "
-            "0.5 for 20x) or an `mpp` column in the manifest CSV")
+MPP_HINT = (
+    "pass the scan resolution with --mpp VALUE (Options field `mpp`, e.g. 0.25 for 40x, "
+    "0.5 for 20x) or an `mpp` column in the manifest CSV"
+)
 
 
 def open_slide(path: str | Path, allow_fallback: bool = True):
@@ -73,8 +75,9 @@ def open_slide(path: str | Path, allow_fallback: bool = True):
     except openslide.OpenSlideUnsupportedFormatError:
         reason = "OpenSlide does not recognise it as a whole-slide image"
     except openslide.OpenSlideError as exc:
-        raise DataError(path, f"OpenSlide cannot read this slide ({_first_line(exc)}); "
-                              "the file may be truncated or corrupt") from None
+        raise DataError(
+            path, f"OpenSlide cannot read this slide ({_first_line(exc)}); the file may be truncated or corrupt"
+        ) from None
     if not allow_fallback:
         raise DataError(path, f"unreadable slide: {reason}")
     try:
@@ -83,14 +86,21 @@ def open_slide(path: str | Path, allow_fallback: bool = True):
             with Image.open(path) as im:
                 w, h = im.size
     except Exception:
-        raise DataError(path, f"unreadable slide: {reason} and Pillow cannot decode it either "
-                              "(corrupt file or unsupported format)") from None
+        raise DataError(
+            path, f"unreadable slide: {reason} and Pillow cannot decode it either (corrupt file or unsupported format)"
+        ) from None
     if w * h > MAX_PLAIN_PIXELS:
-        raise DataError(path, f"{reason}, and at {w}x{h} pixels this plain (non-pyramidal) image is too "
-                              "large to load whole; convert it to a tiled pyramid, e.g. "
-                              "`vips tiffsave in.tif out.tif --tile --pyramid --compression jpeg`")
-    warnings.warn(f"{path}: {reason} (plain, non-pyramidal image); reading it whole with Pillow "
-                  "(openslide.ImageSlide), one level only", stacklevel=2)
+        raise DataError(
+            path,
+            f"{reason}, and at {w}x{h} pixels this plain (non-pyramidal) image is too "
+            "large to load whole; convert it to a tiled pyramid, e.g. "
+            "`vips tiffsave in.tif out.tif --tile --pyramid --compression jpeg`",
+        )
+    warnings.warn(
+        f"{path}: {reason} (plain, non-pyramidal image); reading it whole with Pillow "
+        "(openslide.ImageSlide), one level only",
+        stacklevel=2,
+    )
     try:
         slide = openslide.ImageSlide(str(path))
         slide._domainfm_plain = True
@@ -134,7 +144,12 @@ def mpp_from_properties(props) -> float | None:
         0.25
     """
     props = dict(props)
-    for key in ("openslide.mpp-x", "aperio.MPP", "philips.DICOM_PIXEL_SPACING", "mirax.LAYER_0_LEVEL_0_SECTION.MICROMETER_PER_PIXEL_X"):
+    for key in (
+        "openslide.mpp-x",
+        "aperio.MPP",
+        "philips.DICOM_PIXEL_SPACING",
+        "mirax.LAYER_0_LEVEL_0_SECTION.MICROMETER_PER_PIXEL_X",
+    ):
         raw = props.get(key)
         if raw is None:
             continue
@@ -158,7 +173,6 @@ def _mpp_from_tiff_tags(path: Path) -> float | None:
     if path.suffix.lower() not in (".tif", ".tiff"):
         return None
     try:
-        import tifffile
         with tifffile.TiffFile(path) as tf:
             page = tf.pages[0]
             xres = page.tags.get("XResolution")
@@ -189,8 +203,11 @@ def slide_mpp(slide, path: str | Path, override: float | None = None) -> float:
     if mpp is None:
         mpp = _mpp_from_tiff_tags(Path(path))
     if mpp is None:
-        raise DataError(path, "no microns-per-pixel in the slide (openslide.mpp-x, aperio.MPP and TIFF "
-                              f"resolution tags are absent); {MPP_HINT}")
+        raise DataError(
+            path,
+            "no microns-per-pixel in the slide (openslide.mpp-x, aperio.MPP and TIFF "
+            f"resolution tags are absent); {MPP_HINT}",
+        )
     return mpp
 
 

@@ -28,8 +28,9 @@ HE_REF = np.array([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])
 MAX_C_REF = np.array([1.9705, 1.0308])
 
 
-def hed_jitter(image: torch.Tensor, generator: torch.Generator, sigma: float = 0.05,
-               bias: float | None = None) -> torch.Tensor:
+def hed_jitter(
+    image: torch.Tensor, generator: torch.Generator, sigma: float = 0.05, bias: float | None = None
+) -> torch.Tensor:
     """Random HED stain jitter of an RGB tensor ``3 x H x W`` with values in ``[0, 1]``.
 
     Each stain channel ``s`` becomes ``s * a + b`` with ``a ~ U(1-sigma, 1+sigma)`` and
@@ -65,8 +66,9 @@ def _optical_density(rgb: np.ndarray, io: float) -> np.ndarray:
     return -np.log((rgb.reshape(-1, 3).astype(np.float64) + 1.0) / io)
 
 
-def macenko_stains(rgb: np.ndarray, io: float = 240.0, alpha: float = 1.0, beta: float = 0.15,
-                   min_pixels: int = 64) -> tuple[np.ndarray, np.ndarray] | None:
+def macenko_stains(
+    rgb: np.ndarray, io: float = 240.0, alpha: float = 1.0, beta: float = 0.15, min_pixels: int = 64
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Estimate the ``3 x 2`` stain matrix (H, E columns) and 99th-percentile concentrations of an
     ``H x W x 3`` uint8 RGB image; ``None`` if it holds fewer than ``min_pixels`` stained pixels.
 
@@ -116,7 +118,7 @@ class MacenkoNormalizer:
         self.max_conc = np.asarray(MAX_C_REF if max_conc is None else max_conc, np.float64)
         self.io = float(io)
 
-    def fit(self, reference_rgb: np.ndarray) -> "MacenkoNormalizer":
+    def fit(self, reference_rgb: np.ndarray) -> MacenkoNormalizer:
         est = macenko_stains(np.asarray(reference_rgb)[..., :3], self.io)
         if est is None:
             raise ValueError("the Macenko reference image has too few stained pixels")
@@ -139,6 +141,6 @@ class MacenkoNormalizer:
         return {"stain_matrix": self.stain_matrix.tolist(), "max_conc": self.max_conc.tolist(), "io": self.io}
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "MacenkoNormalizer":
+    def from_dict(cls, d: dict | None) -> MacenkoNormalizer:
         d = d or {}
         return cls(d.get("stain_matrix"), d.get("max_conc"), d.get("io", 240.0))

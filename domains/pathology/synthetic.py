@@ -23,9 +23,17 @@ from PIL import Image
 
 from domainfm.domain import DomainExample
 
+from .stain import HE_REF
 
-def write_pyramidal_tiff(path: str | Path, rgb: np.ndarray, mpp: float | None = 0.5, tile: int = 256,
-                         levels: int | None = None, compression: str | None = "zlib") -> Path:
+
+def write_pyramidal_tiff(
+    path: str | Path,
+    rgb: np.ndarray,
+    mpp: float | None = 0.5,
+    tile: int = 256,
+    levels: int | None = None,
+    compression: str | None = "zlib",
+) -> Path:
     """Write ``rgb`` (``H x W x 3`` uint8) as a tiled pyramid, one TIFF page per level (each half the
     previous), with resolution tags in centimetres so OpenSlide reports ``openslide.mpp-x``
     (``mpp=None`` writes no resolution: a slide without MPP).
@@ -35,34 +43,46 @@ def write_pyramidal_tiff(path: str | Path, rgb: np.ndarray, mpp: float | None = 
     rgb = np.ascontiguousarray(rgb[..., :3].astype(np.uint8))
     if levels is None:
         levels = 1
-        while min(rgb.shape[:2]) // (2 ** levels) >= tile and levels < 6:
+        while min(rgb.shape[:2]) // (2**levels) >= tile and levels < 6:
             levels += 1
     with tifffile.TiffWriter(path, bigtiff=False) as tw:
         img = rgb
         for i in range(levels):
-            d = 2 ** i
+            d = 2**i
             kwargs = {}
             if mpp is not None:
                 f = 1e4 / (mpp * d)  # pixels per centimetre
                 kwargs = {"resolution": (f, f), "resolutionunit": "CENTIMETER"}
-            tw.write(img, tile=(tile, tile), photometric="rgb", compression=compression,
-                     subfiletype=0 if i == 0 else 1, **kwargs)
+            tw.write(
+                img,
+                tile=(tile, tile),
+                photometric="rgb",
+                compression=compression,
+                subfiletype=0 if i == 0 else 1,
+                **kwargs,
+            )
             if i + 1 < levels:
                 h, w = img.shape[:2]
                 img = np.asarray(Image.fromarray(img).resize((max(1, w // 2), max(1, h // 2)), Image.BOX))
     return path
 
 
-def synthetic_he_image(height: int, width: int, seed: int = 0, tumor: bool = False, blank: bool = False,
-                       tissue_fraction: float = 0.45, nuclei_per_mpx: float = 1500.0,
-                       stains: np.ndarray | None = None) -> np.ndarray:
+def synthetic_he_image(
+    height: int,
+    width: int,
+    seed: int = 0,
+    tumor: bool = False,
+    blank: bool = False,
+    tissue_fraction: float = 0.45,
+    nuclei_per_mpx: float = 1500.0,
+    stains: np.ndarray | None = None,
+) -> np.ndarray:
     """An H&E-like ``H x W x 3`` uint8 image (see module doc); ``blank`` gives background only.
 
     Rendered with the Beer-Lambert model from haematoxylin and eosin concentration maps and the
     ``3 x 2`` stain matrix ``stains`` (default: the standard H&E reference vectors), so stain tools
     (HED jitter, Macenko) behave on it as on real H&E.
     """
-    from .stain import HE_REF
     rng = np.random.default_rng(seed)
     background = 243.0 + rng.normal(0, 1.5, (height, width, 1)).astype(np.float32)
     if blank:
@@ -95,14 +115,21 @@ def _stamp_nuclei(conc, ys, xs, radii, level, rng) -> None:
     h, w = conc.shape[:2]
     for y, x, r in zip(ys.tolist(), xs.tolist(), radii.tolist()):
         y0, y1, x0, x1 = max(0, y - r), min(h, y + r + 1), max(0, x - r), min(w, x + r + 1)
-        gy, gx = np.ogrid[y0 - y:y1 - y, x0 - x:x1 - x]
+        gy, gx = np.ogrid[y0 - y : y1 - y, x0 - x : x1 - x]
         disk = (gy * gy + gx * gx) <= r * r
         conc[y0:y1, x0:x1][disk] = level * (1 + rng.normal(0, 0.1))
 
 
-def write_synthetic_slide(path: str | Path, size: tuple[int, int] = (1024, 1024), mpp: float | None = 0.5,
-                          seed: int = 0, tumor: bool = False, blank: bool = False, tile: int = 256,
-                          **image_kwargs) -> Path:
+def write_synthetic_slide(
+    path: str | Path,
+    size: tuple[int, int] = (1024, 1024),
+    mpp: float | None = 0.5,
+    seed: int = 0,
+    tumor: bool = False,
+    blank: bool = False,
+    tile: int = 256,
+    **image_kwargs,
+) -> Path:
     """Generate and write one synthetic H&E slide (``size`` is ``(width, height)``).
 
     Example:
@@ -134,12 +161,25 @@ def write_example(folder: str | Path) -> DomainExample:
     labels.write_text("slide,label\n" + "".join(f"s{i}.tif,{'tumor' if i % 2 else 'normal'}\n" for i in range(6)))
     bad = folder / "broken.svs"
     bad.write_bytes(b"this is not a slide")
-    config = {"domain": "pathology", "out": str(folder / "pretrain"),
-              "data": {"path": str(folder / "slides"), "img_size": 32,
-                       "options": {"target_mpp": 1.0, "tile_size": 64, "min_tissue": 0.4}},
-              "model": {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2},
-              "train": {"steps": 2, "batch_size": 8, "progress": False, "tensorboard": False, "warmup_steps": 1}}
-    return DomainExample(config=config, bad_file=bad, task="mil",
-                         finetune_overrides=["data.options.mil_epochs=2", "data.options.mil_hidden=16"],
-                         finetune_kwargs={"labels": str(labels)}, embed_out="features", predict_input=folder / "slides" / "s1.tif",
-                         predict_suffix=".png", same_geometry=_heatmap_fits_slide)
+    config = {
+        "domain": "pathology",
+        "out": str(folder / "pretrain"),
+        "data": {
+            "path": str(folder / "slides"),
+            "img_size": 32,
+            "options": {"target_mpp": 1.0, "tile_size": 64, "min_tissue": 0.4},
+        },
+        "model": {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2},
+        "train": {"steps": 2, "batch_size": 8, "progress": False, "tensorboard": False, "warmup_steps": 1},
+    }
+    return DomainExample(
+        config=config,
+        bad_file=bad,
+        task="mil",
+        finetune_overrides=["data.options.mil_epochs=2", "data.options.mil_hidden=16"],
+        finetune_kwargs={"labels": str(labels)},
+        embed_out="features",
+        predict_input=folder / "slides" / "s1.tif",
+        predict_suffix=".png",
+        same_geometry=_heatmap_fits_slide,
+    )

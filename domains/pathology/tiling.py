@@ -77,18 +77,24 @@ class TileGrid:
         kept = f"{len(self)} of {self.n_grid} grid positions"
         if len(self.tissue):
             kept += f" (tissue {float(np.min(self.tissue)):.2f}..{float(np.max(self.tissue)):.2f})"
-        return [("slide", Path(self.path).name), ("tiles", kept),
-                ("tile", f"{self.tile_size} px at {self.target_mpp:g} MPP ({self.size0} px at level 0)"),
-                ("slide MPP", f"{self.mpp:g}"), ("read", f"level {self.level}, {self.read_size} px"),
-                ("slide size", f"{self.slide_size[0]} x {self.slide_size[1]}")]
+        return [
+            ("slide", Path(self.path).name),
+            ("tiles", kept),
+            ("tile", f"{self.tile_size} px at {self.target_mpp:g} MPP ({self.size0} px at level 0)"),
+            ("slide MPP", f"{self.mpp:g}"),
+            ("read", f"level {self.level}, {self.read_size} px"),
+            ("slide size", f"{self.slide_size[0]} x {self.slide_size[1]}"),
+        ]
 
     def __repr__(self) -> str:
         """Counts, MPP and level, not the coordinates (``grid.coords`` holds them)."""
         return "TileGrid(" + ", ".join(f"{k}={v}" for k, v in self._rows()) + ")"
 
     def _repr_html_(self) -> str:
-        cells = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>"
-                        for k, v in self._rows())
+        cells = "".join(
+            f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>"
+            for k, v in self._rows()
+        )
         return f"<div><b>TileGrid</b><table>{cells}</table></div>"
 
     def read(self, slide, i: int) -> Image.Image:
@@ -112,6 +118,7 @@ class TileGrid:
 
         def resize(a):
             return np.array(Image.fromarray(a).resize(size, Image.BILINEAR, reducing_gap=2.0))  # writable
+
         return list(pool.map(resize, tiles)) if pool is not None and len(tiles) > 1 else [resize(a) for a in tiles]
 
 
@@ -127,17 +134,27 @@ def tile_geometry(slide, path, mpp: float, target_mpp: float, tile_size: int) ->
     size0 = max(1, int(round(tile_size * downsample)))
     w, h = slide.level_dimensions[0]
     if size0 > w or size0 > h:
-        raise DataError(path, f"tile size {tile_size} px at {target_mpp} µm/px covers {size0}x{size0} level-0 "
-                              f"pixels ({size0 * mpp:.0f} µm), larger than the slide ({w}x{h} px at {mpp:g} µm/px); "
-                              "use a smaller --tile-size or --target-mpp")
+        raise DataError(
+            path,
+            f"tile size {tile_size} px at {target_mpp} µm/px covers {size0}x{size0} level-0 "
+            f"pixels ({size0 * mpp:.0f} µm), larger than the slide ({w}x{h} px at {mpp:g} µm/px); "
+            "use a smaller --tile-size or --target-mpp",
+        )
     level = int(slide.get_best_level_for_downsample(max(downsample, 1.0)))
     read_size = max(1, int(round(size0 / slide.level_downsamples[level])))
     return size0, level, read_size
 
 
-def tile_slide(path: str | Path, target_mpp: float = 0.5, tile_size: int = 224, min_tissue: float = 0.5,
-               mpp: float | None = None, thumbnail_size: int = 1024, min_saturation: float = 0.05,
-               slide=None) -> TileGrid:
+def tile_slide(
+    path: str | Path,
+    target_mpp: float = 0.5,
+    tile_size: int = 224,
+    min_tissue: float = 0.5,
+    mpp: float | None = None,
+    thumbnail_size: int = 1024,
+    min_saturation: float = 0.05,
+    slide=None,
+) -> TileGrid:
     """Tile one slide: tissue mask on a thumbnail, grid at ``target_mpp``, tissue filter.
 
     Raises:
@@ -152,8 +169,10 @@ def tile_slide(path: str | Path, target_mpp: float = 0.5, tile_size: int = 224, 
         mpp0 = slide_mpp(slide, path, mpp)
         size0, level, read_size = tile_geometry(slide, path, mpp0, target_mpp, tile_size)
         if target_mpp < mpp0 * 0.9:
-            warnings.warn(f"{path}: target {target_mpp} µm/px is finer than the scan ({mpp0:g} µm/px); "
-                          "tiles are upsampled", stacklevel=2)
+            warnings.warn(
+                f"{path}: target {target_mpp} µm/px is finer than the scan ({mpp0:g} µm/px); tiles are upsampled",
+                stacklevel=2,
+            )
         w, h = slide.level_dimensions[0]
         nx, ny = w // size0, h // size0
         xs, ys = np.meshgrid(np.arange(nx) * size0, np.arange(ny) * size0)
@@ -161,21 +180,42 @@ def tile_slide(path: str | Path, target_mpp: float = 0.5, tile_size: int = 224, 
         thumb = np.asarray(thumbnail_rgb(slide, thumbnail_size))
         mask = tissue_mask(thumb, min_saturation=min_saturation)
         sx, sy = mask.shape[1] / w, mask.shape[0] / h
-        boxes = np.stack([coords[:, 0] * sx, coords[:, 1] * sy,
-                          (coords[:, 0] + size0) * sx, (coords[:, 1] + size0) * sy], 1)
+        boxes = np.stack(
+            [coords[:, 0] * sx, coords[:, 1] * sy, (coords[:, 0] + size0) * sx, (coords[:, 1] + size0) * sy], 1
+        )
         frac = box_fractions(mask, boxes)
     finally:
         if own:
             slide.close()
     keep = frac >= min_tissue
-    params = {"target_mpp": float(target_mpp), "tile_size": int(tile_size), "min_tissue": float(min_tissue),
-              "mpp_override": None if mpp is None else float(mpp), "thumbnail_size": int(thumbnail_size),
-              "min_saturation": float(min_saturation)}
-    grid = TileGrid(str(path), float(mpp0), float(target_mpp), int(tile_size), size0, level, read_size,
-                    coords[keep], frac[keep].astype(np.float32), (int(w), int(h)), int(len(coords)), params)
+    params = {
+        "target_mpp": float(target_mpp),
+        "tile_size": int(tile_size),
+        "min_tissue": float(min_tissue),
+        "mpp_override": None if mpp is None else float(mpp),
+        "thumbnail_size": int(thumbnail_size),
+        "min_saturation": float(min_saturation),
+    }
+    grid = TileGrid(
+        str(path),
+        float(mpp0),
+        float(target_mpp),
+        int(tile_size),
+        size0,
+        level,
+        read_size,
+        coords[keep],
+        frac[keep].astype(np.float32),
+        (int(w), int(h)),
+        int(len(coords)),
+        params,
+    )
     if len(grid) == 0:
-        raise NoTissueError(path, f"no tissue found: none of {len(coords)} tiles has >= {min_tissue:.0%} tissue "
-                                  f"(max {float(frac.max()) if len(frac) else 0:.0%}); lower --min-tissue or check the slide")
+        raise NoTissueError(
+            path,
+            f"no tissue found: none of {len(coords)} tiles has >= {min_tissue:.0%} tissue "
+            f"(max {float(frac.max()) if len(frac) else 0:.0%}); lower --min-tissue or check the slide",
+        )
     return grid
 
 
@@ -212,14 +252,27 @@ def load_grid(csv_path: str | Path) -> TileGrid:
         if header is None:
             raise ValueError("missing '# {json}' header line")
         body = csv_path.read_text().splitlines()[2:]
-        data = np.array([[float(v) for v in line.split(",")] for line in body if line.strip()], np.float64).reshape(-1, 3)
+        data = np.array([[float(v) for v in line.split(",")] for line in body if line.strip()], np.float64).reshape(
+            -1, 3
+        )
     except Exception as exc:
         raise DataError(csv_path, f"not a domainfm tile grid CSV ({exc})") from None
     coords = data[:, :2].astype(np.int64) if data.size else np.zeros((0, 2), np.int64)
     tissue = data[:, 2].astype(np.float32) if data.size else np.zeros((0,), np.float32)
-    return TileGrid(header["path"], header["mpp"], header["target_mpp"], header["tile_size"], header["size0"],
-                    header["level"], header["read_size"], coords, tissue, tuple(header["slide_size"]),
-                    header["n_grid"], header.get("params", {}))
+    return TileGrid(
+        header["path"],
+        header["mpp"],
+        header["target_mpp"],
+        header["tile_size"],
+        header["size0"],
+        header["level"],
+        header["read_size"],
+        coords,
+        tissue,
+        tuple(header["slide_size"]),
+        header["n_grid"],
+        header.get("params", {}),
+    )
 
 
 def grid_csv_path(coords_dir: str | Path, slide_path: str | Path) -> Path:
@@ -227,9 +280,16 @@ def grid_csv_path(coords_dir: str | Path, slide_path: str | Path) -> Path:
     return Path(coords_dir) / f"{Path(slide_path).name}.tiles.csv"
 
 
-def cached_tile_grid(path: str | Path, coords_dir: str | Path | None, target_mpp: float = 0.5,
-                     tile_size: int = 224, min_tissue: float = 0.5, mpp: float | None = None,
-                     thumbnail_size: int = 1024, min_saturation: float = 0.05) -> TileGrid:
+def cached_tile_grid(
+    path: str | Path,
+    coords_dir: str | Path | None,
+    target_mpp: float = 0.5,
+    tile_size: int = 224,
+    min_tissue: float = 0.5,
+    mpp: float | None = None,
+    thumbnail_size: int = 1024,
+    min_saturation: float = 0.05,
+) -> TileGrid:
     """:func:`tile_slide` with its result cached as CSV in ``coords_dir`` (``None``: no cache).
 
     The cache is reused only when the slide file (size, mtime) and every parameter match; otherwise
@@ -238,9 +298,14 @@ def cached_tile_grid(path: str | Path, coords_dir: str | Path | None, target_mpp
     path = Path(path)
     if coords_dir is None:
         return tile_slide(path, target_mpp, tile_size, min_tissue, mpp, thumbnail_size, min_saturation)
-    params = {"target_mpp": float(target_mpp), "tile_size": int(tile_size), "min_tissue": float(min_tissue),
-              "mpp_override": None if mpp is None else float(mpp), "thumbnail_size": int(thumbnail_size),
-              "min_saturation": float(min_saturation)}
+    params = {
+        "target_mpp": float(target_mpp),
+        "tile_size": int(tile_size),
+        "min_tissue": float(min_tissue),
+        "mpp_override": None if mpp is None else float(mpp),
+        "thumbnail_size": int(thumbnail_size),
+        "min_saturation": float(min_saturation),
+    }
     csv_path = grid_csv_path(coords_dir, path)
     if not path.exists():
         raise DataError(path, "slide file does not exist")
@@ -250,20 +315,38 @@ def cached_tile_grid(path: str | Path, coords_dir: str | Path | None, target_mpp
         try:
             with open(csv_path) as f:
                 header = json.loads(f.readline()[2:])
-            if (header.get("version") == GRID_VERSION and header.get("params") == params
-                    and header.get("stamp") == stamp and Path(header.get("path", "")).resolve() == path.resolve()):
+            if (
+                header.get("version") == GRID_VERSION
+                and header.get("params") == params
+                and header.get("stamp") == stamp
+                and Path(header.get("path", "")).resolve() == path.resolve()
+            ):
                 grid = load_grid(csv_path)
         except (ValueError, OSError, KeyError, DataError):
             grid = None  # stale or corrupt cache: tile again
         if grid is not None:
             if len(grid) == 0:
-                raise NoTissueError(path, f"no tissue found (cached in {csv_path}); lower --min-tissue or check the slide")
+                raise NoTissueError(
+                    path, f"no tissue found (cached in {csv_path}); lower --min-tissue or check the slide"
+                )
             return grid
     try:
         grid = tile_slide(path, target_mpp, tile_size, min_tissue, mpp, thumbnail_size, min_saturation)
     except NoTissueError:
-        empty = TileGrid(str(path), 0.0, float(target_mpp), int(tile_size), 0, 0, 0, np.zeros((0, 2), np.int64),
-                         np.zeros((0,), np.float32), (0, 0), 0, params)
+        empty = TileGrid(
+            str(path),
+            0.0,
+            float(target_mpp),
+            int(tile_size),
+            0,
+            0,
+            0,
+            np.zeros((0, 2), np.int64),
+            np.zeros((0,), np.float32),
+            (0, 0),
+            0,
+            params,
+        )
         save_grid(empty, csv_path, stamp)
         raise
     save_grid(grid, csv_path, stamp)

@@ -17,8 +17,13 @@ from scipy import ndimage
 from skimage import color, filters, morphology
 
 
-def tissue_mask(rgb: np.ndarray, min_saturation: float = 0.05, max_value_white: float = 0.92,
-                closing_radius: int = 2, min_object_fraction: float = 0.0005) -> np.ndarray:
+def tissue_mask(
+    rgb: np.ndarray,
+    min_saturation: float = 0.05,
+    max_value_white: float = 0.92,
+    closing_radius: int = 2,
+    min_object_fraction: float = 0.0005,
+) -> np.ndarray:
     """Boolean tissue mask of an ``H x W x 3`` uint8 RGB thumbnail.
 
     Otsu's threshold on the saturation channel (never below ``min_saturation``, so a blank slide

@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -37,16 +37,34 @@ def stain_jitter(mean: torch.Tensor, std: torch.Tensor, sigma: float):
     return jitter
 
 
-def pathology_multicrop(global_size: Sequence[int], local_size: Sequence[int], mean: torch.Tensor, std: torch.Tensor,
-                        hed_sigma: float = 0.05, n_global: int = 2, n_local: int = 6):
+def pathology_multicrop(
+    global_size: Sequence[int],
+    local_size: Sequence[int],
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    hed_sigma: float = 0.05,
+    n_global: int = 2,
+    n_local: int = 6,
+):
     """Same-MPP multi-crop: whole-tile globals, un-resized local windows; flips, 90-degree turns, HED jitter."""
-    return make_multicrop(2, global_size, local_size, n_global, n_local, (1.0, 1.0), (1.0, 1.0), rot90=True,
-                          photometric=stain_jitter(mean, std, hed_sigma), same_scale=True)
+    return make_multicrop(
+        2,
+        global_size,
+        local_size,
+        n_global,
+        n_local,
+        (1.0, 1.0),
+        (1.0, 1.0),
+        rot90=True,
+        photometric=stain_jitter(mean, std, hed_sigma),
+        same_scale=True,
+    )
 
 
 def multicrop_for(cfg, mean: torch.Tensor, std: torch.Tensor, img_size, local_size):
     """The pathology domain's ``multicrop`` hook (stain jitter from ``data.options.hed_sigma``)."""
     opts = cfg.options
     sigma = float(opts.hed_sigma) if opts.stain_augment else 0.0
-    return pathology_multicrop(img_size, local_size, mean, std, sigma, cfg.objective.global_crops,
-                               cfg.objective.local_crops)
+    return pathology_multicrop(
+        img_size, local_size, mean, std, sigma, cfg.objective.global_crops, cfg.objective.local_crops
+    )

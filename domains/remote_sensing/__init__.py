@@ -18,7 +18,27 @@ from .io import Grid, MaskRaster, Scene, write_geotiff
 from .sensors import BUILTIN_SENSORS, Band, Sensor, get_sensor, load_sensors_file, sensor_table
 from .stats import BandStats
 
-__all__ = ["RemoteSensingDomain", "RemoteSensingOptions", "Scene", "MaskRaster", "Grid", "write_geotiff",
-           "RasterChipDataset", "Item", "discover_items", "split_items", "Sensor", "Band", "get_sensor",
-           "sensor_table", "load_sensors_file", "BUILTIN_SENSORS", "BandStats", "UPerNetHead",
-           "ClassificationHead", "build_head", "array_to_geotiff", "grid_from_bounds"]
+__all__ = [
+    "RemoteSensingDomain",
+    "RemoteSensingOptions",
+    "Scene",
+    "MaskRaster",
+    "Grid",
+    "write_geotiff",
+    "RasterChipDataset",
+    "Item",
+    "discover_items",
+    "split_items",
+    "Sensor",
+    "Band",
+    "get_sensor",
+    "sensor_table",
+    "load_sensors_file",
+    "BUILTIN_SENSORS",
+    "BandStats",
+    "UPerNetHead",
+    "ClassificationHead",
+    "build_head",
+    "array_to_geotiff",
+    "grid_from_bounds",
+]

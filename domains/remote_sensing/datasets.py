@@ -44,7 +44,7 @@ from domainfm.data.sample import make_sample
 from domainfm.errors import ConfigError, DataError
 from domainfm.inference import window_starts
 
-from .io import MaskRaster, Scene, is_raster_name
+from .io import MaskRaster, Scene, is_raster_name, open_raster
 from .sensors import _norm, get_sensor
 from .stats import BandStats, normalize, stats_arrays
 
@@ -75,7 +75,6 @@ def _raster_files(folder: Path) -> list[Path]:
 def _looks_like_band_folder(folder: Path, sensor: str, sensors_file) -> bool:
     """A scene split into files: >= 2 rasters that each hold *different* bands of the sensor (named by
     file-name token or band description). Class folders of tiles hold the same bands in every file."""
-    from .io import open_raster
     files = _raster_files(folder)
     if len(files) < 2 or len(files) > 64:
         return False
@@ -107,7 +106,9 @@ def _class_items(folder: Path, sensor: str) -> tuple[list[Item], list[str]]:
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     items = []
     for k, c in enumerate(classes):
-        items += [Item(f, sensor, label=k) for f in sorted((folder / c).rglob("*")) if f.is_file() and is_raster_name(f)]
+        items += [
+            Item(f, sensor, label=k) for f in sorted((folder / c).rglob("*")) if f.is_file() and is_raster_name(f)
+        ]
     return items, classes
 
 
@@ -144,8 +145,10 @@ def _manifest_items(csv_path: Path, sensors: list[str], sep: str, sensors_file=N
         items.append(Item(p, sensor, mask=m, split=(row.get("split") or "").strip().lower() or None))
     classes: list[str] = []
     if any(r is not None for r in raw_labels):
-        names = sorted({t for r in raw_labels if r for t in r}, key=lambda t: (not t.lstrip("-").isdigit(),
-                                                                               int(t) if t.lstrip("-").isdigit() else 0, t))
+        names = sorted(
+            {t for r in raw_labels if r for t in r},
+            key=lambda t: (not t.lstrip("-").isdigit(), int(t) if t.lstrip("-").isdigit() else 0, t),
+        )
         classes = names
         multi = any(r is not None and len(r) > 1 for r in raw_labels)
         index = {c: i for i, c in enumerate(classes)}
@@ -156,8 +159,9 @@ def _manifest_items(csv_path: Path, sensors: list[str], sep: str, sensors_file=N
     return items, classes
 
 
-def discover_items(path: str | Path, sensors: list[str], layout: str = "auto", sensors_file=None,
-                   label_sep: str = ";") -> tuple[list[Item], list[str], str]:
+def discover_items(
+    path: str | Path, sensors: list[str], layout: str = "auto", sensors_file=None, label_sep: str = ";"
+) -> tuple[list[Item], list[str], str]:
     """Find the scenes/tiles under ``path``; returns ``(items, classes, kind)``.
 
     ``layout``: ``auto`` | ``scenes`` | ``classes`` | ``manifest``. With several sensors a folder
@@ -183,8 +187,11 @@ def discover_items(path: str | Path, sensors: list[str], layout: str = "auto", s
             names = [sensor.name, *sensor.aliases, s]
             sub = next((subs[_norm(n)] for n in names if _norm(n) in subs), None)
             if sub is None:
-                raise DataError(path, f"with several sensors the folder needs one sub-folder per sensor; "
-                                      f"none named {s!r} (found: {', '.join(sorted(p.name for p in subs.values()))})")
+                raise DataError(
+                    path,
+                    f"with several sensors the folder needs one sub-folder per sensor; "
+                    f"none named {s!r} (found: {', '.join(sorted(p.name for p in subs.values()))})",
+                )
             its, cls, kind = discover_items(sub, [s], layout, sensors_file, label_sep)
             if cls and classes and cls != classes:
                 raise DataError(sub, f"class folders {cls} differ from {classes} of the other sensors")
@@ -203,8 +210,11 @@ def discover_items(path: str | Path, sensors: list[str], layout: str = "auto", s
         return scene_items, [], "scenes"
     items, classes = _class_items(path, sensor)
     if not items:
-        raise DataError(path, "no rasters found: expected scenes (.tif...), per-band scene folders, "
-                              "class sub-folders of tiles, or a .csv manifest")
+        raise DataError(
+            path,
+            "no rasters found: expected scenes (.tif...), per-band scene folders, "
+            "class sub-folders of tiles, or a .csv manifest",
+        )
     return items, classes, "classes"
 
 
@@ -265,11 +275,26 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
         [0.635, 0.555, 0.465, 0.845]
     """
 
-    def __init__(self, items: list[Item], bands: dict[str, list[str]], chip_size: int, img_size: int | None = None,
-                 sampling: str = "random", chips_per_scene: int = 16, grid_overlap: int = 0,
-                 stats: dict | None = None, seed: int = 0, min_valid: float = 0.0, classes: list[str] | None = None,
-                 multilabel: bool = False, ignore_index: int = -1, resolution: float | None = None,
-                 resampling: str = "bilinear", sensors_file: str | None = None, max_tries: int = 16):
+    def __init__(
+        self,
+        items: list[Item],
+        bands: dict[str, list[str]],
+        chip_size: int,
+        img_size: int | None = None,
+        sampling: str = "random",
+        chips_per_scene: int = 16,
+        grid_overlap: int = 0,
+        stats: dict | None = None,
+        seed: int = 0,
+        min_valid: float = 0.0,
+        classes: list[str] | None = None,
+        multilabel: bool = False,
+        ignore_index: int = -1,
+        resolution: float | None = None,
+        resampling: str = "bilinear",
+        sensors_file: str | None = None,
+        max_tries: int = 16,
+    ):
         if not items:
             raise DataError(None, "no scenes or tiles to sample from")
         if sampling not in ("random", "grid", "whole"):
@@ -302,7 +327,7 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
         self.scene(0)
         if sampling == "grid":
             step = max(1, self.chip_size - self.grid_overlap)
-            for k, it in enumerate(items):
+            for k, _it in enumerate(items):
                 sc = self.scene(k)
                 r0, r1 = self._row_range(k)
                 rows = window_starts(sc.height, self.chip_size, step, r0, r1)
@@ -319,8 +344,14 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
         sc = self._scenes.get(k)
         if sc is None:
             it = self.items[k]
-            sc = Scene(it.path, it.sensor, self.bands.get(it.sensor) or None, self.resolution, self.resampling,
-                       self.sensors_file)
+            sc = Scene(
+                it.path,
+                it.sensor,
+                self.bands.get(it.sensor) or None,
+                self.resolution,
+                self.resampling,
+                self.sensors_file,
+            )
             self._scenes[k] = sc
         return sc
 
@@ -358,8 +389,9 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
         return int(math.floor(r0 * sc.height)), int(math.ceil(r1 * sc.height))
 
     # -- batching: one sensor (band set) per batch
-    def epoch_batches(self, epoch: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                      drop_last: bool = True) -> list[list[int]]:
+    def epoch_batches(
+        self, epoch: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, drop_last: bool = True
+    ) -> list[list[int]]:
         """Shuffled batches in which every sample comes from one sensor (collate needs one band set).
 
         Deterministic in ``(seed, epoch)``; batches are dealt round-robin to ranks.
@@ -372,7 +404,7 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
         for name in sorted(groups):
             idx = np.array(groups[name])
             g.shuffle(idx)
-            cut = [idx[j:j + batch_size].tolist() for j in range(0, len(idx), batch_size)]
+            cut = [idx[j : j + batch_size].tolist() for j in range(0, len(idx), batch_size)]
             if drop_last and len(cut) > 1 and len(cut[-1]) < batch_size:
                 cut = cut[:-1]
             batches += cut
@@ -413,16 +445,20 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
             self._note_skip(k, frac)
             return None
         if self.stats is not None:
-            mean, std = stats_arrays(self.stats.get(sc.sensor.name, {}), sc.band_names,
-                                     f" of sensor {sc.sensor.name}")
+            mean, std = stats_arrays(self.stats.get(sc.sensor.name, {}), sc.band_names, f" of sensor {sc.sensor.name}")
             data = normalize(data, valid, mean, std)
         it = self.items[k]
-        meta = dict(sensor=sc.sensor.name, bands=sc.band_names,
-                    window=[int(window.col_off), int(window.row_off), int(window.width), int(window.height)],
-                    crs=sc.grid.crs.to_wkt() if sc.grid.crs else None, transform=list(sc.grid.transform)[:6],
-                    valid_fraction=frac)
-        sample = make_sample(torch.from_numpy(np.ascontiguousarray(data)), path=str(it.path),
-                             wavelengths=sc.wavelengths, **meta)
+        meta = dict(
+            sensor=sc.sensor.name,
+            bands=sc.band_names,
+            window=[int(window.col_off), int(window.row_off), int(window.width), int(window.height)],
+            crs=sc.grid.crs.to_wkt() if sc.grid.crs else None,
+            transform=list(sc.grid.transform)[:6],
+            valid_fraction=frac,
+        )
+        sample = make_sample(
+            torch.from_numpy(np.ascontiguousarray(data)), path=str(it.path), wavelengths=sc.wavelengths, **meta
+        )
         if it.label is not None:
             if self.multilabel:
                 vec = torch.zeros(max(self.num_classes, 1), dtype=torch.float32)
@@ -438,7 +474,11 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
             r0, r1 = self._row_range(k)
             if (r0, r1) != (0, sc.height):  # spatial split: labels outside the region are ignored
                 rows = np.arange(int(window.row_off), int(window.row_off) + int(window.height))
-                rows = np.round(np.linspace(rows[0], rows[-1], m.shape[0])).astype(int) if len(rows) != m.shape[0] else rows
+                rows = (
+                    np.round(np.linspace(rows[0], rows[-1], m.shape[0])).astype(int)
+                    if len(rows) != m.shape[0]
+                    else rows
+                )
                 m[(rows < r0) | (rows >= r1)] = self.ignore_index
             sample["mask"] = torch.from_numpy(m)
         return sample
@@ -448,8 +488,12 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
         n = self.skipped
         if k not in self._skip_logged or (n & (n - 1)) == 0:
             self._skip_logged.add(k)
-            log.warning("skipped %d chip(s) with no/too little valid data so far (last: %s, %.0f%% valid)",
-                        n, self.items[k].path, 100 * frac)
+            log.warning(
+                "skipped %d chip(s) with no/too little valid data so far (last: %s, %.0f%% valid)",
+                n,
+                self.items[k].path,
+                100 * frac,
+            )
 
     def __getitem__(self, i: int) -> dict:
         if i < 0 or i >= len(self):
@@ -476,8 +520,10 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
                 s = self._read(k, self._window_for(k, rng))
                 if s is not None:
                     return s
-        raise DataError(self.items[k0].path, f"no chip with valid data found in {self.max_tries} random tries "
-                                             "per scene; is the scene all nodata?")
+        raise DataError(
+            self.items[k0].path,
+            f"no chip with valid data found in {self.max_tries} random tries per scene; is the scene all nodata?",
+        )
 
     # -- statistics
     def compute_stats(self, max_chips: int = 64, seed: int = 0) -> dict[str, dict[str, list[float]]]:

@@ -39,14 +39,20 @@ def infer_sensor(path: str | Path) -> tuple[str, list[str], str]:
     path = Path(path)
     first = _first_raster(path) if path.exists() else None
     if first is None:
-        raise DataError(path, "empty: no rasters found (.tif/.tiff/.jp2/.vrt) to read the bands from; "
-                              "give scenes, or declare --sensor (e.g. sentinel2, landsat8, naip) and --bands")
+        raise DataError(
+            path,
+            "empty: no rasters found (.tif/.tiff/.jp2/.vrt) to read the bands from; "
+            "give scenes, or declare --sensor (e.g. sentinel2, landsat8, naip) and --bands",
+        )
     src = open_raster(first)
     descriptions = [d or "" for d in (src.descriptions or ())]
     known = ", ".join(sorted(BUILTIN_SENSORS))
     if not any(descriptions):
-        raise DataError(first, f"has {src.count} band(s) without descriptions and data.options.sensor is not set, "
-                               f"so nothing identifies the bands; declare --sensor ({known}) and --bands in file order")
+        raise DataError(
+            first,
+            f"has {src.count} band(s) without descriptions and data.options.sensor is not set, "
+            f"so nothing identifies the bands; declare --sensor ({known}) and --bands in file order",
+        )
     # among the sensors that name every band: most exact band names, then the fewest bands
     # ("B02" is Sentinel-2's name and a Landsat alias; Sentinel-2 L2A before L1C, which adds B10)
     matches = []
@@ -57,11 +63,16 @@ def infer_sensor(path: str | Path) -> tuple[str, list[str], str]:
             matches.append((-exact, len(sensor.bands), len(name), name, bands))
     if matches:
         name, bands = min(matches)[3:]
-        text = (f"no sensor declared: {first.name} describes its {len(bands)} bands as {', '.join(bands)}, "
-                f"read as sensor {name} (set --sensor to override)")
+        text = (
+            f"no sensor declared: {first.name} describes its {len(bands)} bands as {', '.join(bands)}, "
+            f"read as sensor {name} (set --sensor to override)"
+        )
         return name, bands, text
-    raise DataError(first, f"band descriptions {descriptions} match no known sensor and data.options.sensor is not "
-                           f"set; declare --sensor ({known}) or a sensors file (--sensors-file)")
+    raise DataError(
+        first,
+        f"band descriptions {descriptions} match no known sensor and data.options.sensor is not "
+        f"set; declare --sensor ({known}) or a sensors file (--sensors-file)",
+    )
 
 
 def sensor_from_band_names(bands: list[str]) -> tuple[str, list[str], str]:
@@ -79,7 +90,9 @@ def sensor_from_band_names(bands: list[str]) -> tuple[str, list[str], str]:
             exact = sum(d.lower() == b.lower() for d, b in zip(bands, found))
             matches.append((-exact, len(sensor.bands), len(name), name, found))
     if not matches:
-        raise ConfigError(f"data.options.bands {bands} are not all bands of one known sensor and data.options.sensor "
-                          f"is not set; declare --sensor ({', '.join(sorted(BUILTIN_SENSORS))})")
+        raise ConfigError(
+            f"data.options.bands {bands} are not all bands of one known sensor and data.options.sensor "
+            f"is not set; declare --sensor ({', '.join(sorted(BUILTIN_SENSORS))})"
+        )
     name, found = min(matches)[3:]
     return name, found, f"no sensor declared: bands {', '.join(bands)} read as sensor {name} (set --sensor to override)"

@@ -22,14 +22,29 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import yaml
 from rasterio.transform import from_origin
 
+import domainfm
 from domainfm.demo import sample_data
+from domainfm.eval.metrics import segmentation_metrics
+
+from .synthetic import write_mask, write_scene
 
 log = logging.getLogger("domainfm.remote_sensing")
 
-LULC_NAMES = {1: "cultivated_land", 2: "forest", 3: "grassland", 4: "shrubland", 5: "water", 6: "wetlands",
-              7: "tundra", 8: "artificial_surface", 9: "bareland", 10: "snow_and_ice"}
+LULC_NAMES = {
+    1: "cultivated_land",
+    2: "forest",
+    3: "grassland",
+    4: "shrubland",
+    5: "water",
+    6: "wetlands",
+    7: "tundra",
+    8: "artificial_surface",
+    9: "bareland",
+    10: "snow_and_ice",
+}
 VAL_FRACTION = 0.3
 
 
@@ -59,7 +74,9 @@ def write_slovenia(src: Path, out: Path, n_dates: int = 12) -> dict:
     ts = np.where(valid, ndvi, nod).astype(np.float32)
     names = [f"NDVI_{d.replace('-', '')}" + (f"_{k}" if dates.count(d) > 1 else "") for k, d in enumerate(dates)]
     prof = dict(driver="GTiff", width=w, height=h, crs=crs, transform=transform, compress="deflate")
-    with rasterio.open(scene / "ndvi_timeseries.tif", "w", count=len(dates), dtype="float32", nodata=nod, **prof) as dst:
+    with rasterio.open(
+        scene / "ndvi_timeseries.tif", "w", count=len(dates), dtype="float32", nodata=nod, **prof
+    ) as dst:
         dst.write(ts)
         for i, n in enumerate(names):
             dst.set_band_description(i + 1, n)
@@ -75,48 +92,66 @@ def write_slovenia(src: Path, out: Path, n_dates: int = 12) -> dict:
     # fully clear dates, evenly spread over the series
     clear = [k for k in range(len(dates)) if valid[k].all()]
     pick = [clear[int(round(i))] for i in np.linspace(0, len(clear) - 1, min(n_dates, len(clear)))]
-    sensor = {"sensors": {"slovenia_ndvi_dem": {
-        "description": "Sentinel-2 NDVI per date (pseudo-wavelengths 20*1.03^k um) + DEM (pseudo 1000 um)",
-        "gsd": 10,
-        "bands": [{"name": n, "wavelength": round(20.0 * 1.03 ** k, 4)} for k, n in enumerate(names)]
-        + [{"name": "DEM", "wavelength": 1000.0, "aliases": ["elevation"]}]}}}
-    import yaml
+    sensor = {
+        "sensors": {
+            "slovenia_ndvi_dem": {
+                "description": "Sentinel-2 NDVI per date (pseudo-wavelengths 20*1.03^k um) + DEM (pseudo 1000 um)",
+                "gsd": 10,
+                "bands": [{"name": n, "wavelength": round(20.0 * 1.03**k, 4)} for k, n in enumerate(names)]
+                + [{"name": "DEM", "wavelength": 1000.0, "aliases": ["elevation"]}],
+            }
+        }
+    }
+
     (out / "sensors.yaml").write_text(yaml.safe_dump(sensor, sort_keys=False))
     (out / "lulc_manifest.csv").write_text("image,mask\nslovenia_patch,lulc.tif\n")
-    return {"manifest": out / "lulc_manifest.csv", "scene": scene, "labels": out / "lulc.tif",
-            "sensor": "slovenia_ndvi_dem", "sensors_file": str(out / "sensors.yaml"),
-            "bands": [names[k] for k in pick] + ["DEM"], "classes": [LULC_NAMES.get(int(c), str(c)) for c in present],
-            "source": "eolearn_slovenia (real Sentinel-2 NDVI + DEM, EPSG:32633)"}
+    return {
+        "manifest": out / "lulc_manifest.csv",
+        "scene": scene,
+        "labels": out / "lulc.tif",
+        "sensor": "slovenia_ndvi_dem",
+        "sensors_file": str(out / "sensors.yaml"),
+        "bands": [names[k] for k in pick] + ["DEM"],
+        "classes": [LULC_NAMES.get(int(c), str(c)) for c in present],
+        "source": "eolearn_slovenia (real Sentinel-2 NDVI + DEM, EPSG:32633)",
+    }
 
 
 def write_generated(out: Path) -> dict:
     """Fallback: a generated 4-band Sentinel-2 scene (160 x 160 px) with a 4-class mask."""
-    from .synthetic import write_mask, write_scene
-    path, lab = write_scene(out / "generated_s2.tif", "sentinel2", ["B02", "B03", "B04", "B08"], size=(160, 160),
-                            num_classes=4, seed=3)
+    path, lab = write_scene(
+        out / "generated_s2.tif", "sentinel2", ["B02", "B03", "B04", "B08"], size=(160, 160), num_classes=4, seed=3
+    )
     write_mask(out / "generated_mask.tif", lab, path)
     (out / "manifest.csv").write_text("image,mask\ngenerated_s2.tif,generated_mask.tif\n")
-    return {"manifest": out / "manifest.csv", "scene": path, "labels": out / "generated_mask.tif",
-            "sensor": "sentinel2", "sensors_file": None, "bands": ["B02", "B03", "B04", "B08"],
-            "classes": ["c0", "c1", "c2", "c3"], "source": "generated scene (shared data absent)"}
+    return {
+        "manifest": out / "manifest.csv",
+        "scene": path,
+        "labels": out / "generated_mask.tif",
+        "sensor": "sentinel2",
+        "sensors_file": None,
+        "bands": ["B02", "B03", "B04", "B08"],
+        "classes": ["c0", "c1", "c2", "c3"],
+        "source": "generated scene (shared data absent)",
+    }
 
 
 def _region_metrics(pred_path: Path, label_path: Path, row0: int, k: int) -> dict:
-    from domainfm.eval.metrics import segmentation_metrics
     with rasterio.open(pred_path) as p, rasterio.open(label_path) as g:
         pred, gt = p.read(1).astype(np.int64), g.read(1).astype(np.int64)
     pred, gt = pred[row0:], gt[row0:]
     ok = (gt != 255) & (pred != 255)
     gt, pred = gt[ok], pred[ok]
-    m = {"pixel_accuracy": float((gt == pred).mean()) if gt.size else 0.0,
-         **segmentation_metrics(gt, pred, k, ignore_background=False)}
+    m = {
+        "pixel_accuracy": float((gt == pred).mean()) if gt.size else 0.0,
+        **segmentation_metrics(gt, pred, k, ignore_background=False),
+    }
     m["majority_class_accuracy"] = float(np.bincount(gt, minlength=k).max() / max(1, gt.size))
     return m
 
 
 def run_demo(out_dir: Path, quick: bool = False) -> dict:
     """Write the data, pretrain, fine-tune (pretrained vs random init), predict, score; print + return figures."""
-    import domainfm
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -128,22 +163,51 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
     depth = 2 if quick else 4
     base = {
         "domain": "remote_sensing",
-        "data": {"path": str(info["manifest"]), "img_size": 32, "val_fraction": VAL_FRACTION,
-                 "options": {"sensor": info["sensor"], "bands": info["bands"], "sensors_file": info["sensors_file"],
-                             "chips_per_scene": 64, "classes": info["classes"], "stats_chips": 32}},
+        "data": {
+            "path": str(info["manifest"]),
+            "img_size": 32,
+            "val_fraction": VAL_FRACTION,
+            "options": {
+                "sensor": info["sensor"],
+                "bands": info["bands"],
+                "sensors_file": info["sensors_file"],
+                "chips_per_scene": 64,
+                "classes": info["classes"],
+                "stats_chips": 32,
+            },
+        },
         "model": {"name": "vit-tiny", "patch_size": 8, "depth": depth, "embed_dim": 64, "num_heads": 2},
         "objective": {"name": "mae", "mask_ratio": 0.6, "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 2},
-        "train": {"steps": pre_steps, "batch_size": 16, "lr": 1e-3, "warmup_steps": 10, "progress": False,
-                  "tensorboard": False, "log_every": 1000, "ckpt_every": 100000, "seed": 0},
+        "train": {
+            "steps": pre_steps,
+            "batch_size": 16,
+            "lr": 1e-3,
+            "warmup_steps": 10,
+            "progress": False,
+            "tensorboard": False,
+            "log_every": 1000,
+            "ckpt_every": 100000,
+            "seed": 0,
+        },
     }
     pre = domainfm.pretrain({**base, "out": str(out_dir / "pretrain")})
     t_pre = time.perf_counter() - t0
-    rnd = domainfm.pretrain({**base, "out": str(out_dir / "random_init"),
-                             "train": {**base["train"], "steps": 1, "lr": 0.0, "warmup_steps": 0}})
+    rnd = domainfm.pretrain(
+        {
+            **base,
+            "out": str(out_dir / "random_init"),
+            "train": {**base["train"], "steps": 1, "lr": 0.0, "warmup_steps": 0},
+        }
+    )
     ft_over = [f"train.steps={ft_steps}", "train.lr=0.001", "train.warmup_steps=10", "train.batch_size=16"]
-    figures: dict = {"data": info["source"], "bands": info["bands"], "classes": info["classes"],
-                     "pretrain_steps": pre_steps, "finetune_steps": ft_steps,
-                     "eval_region": f"bottom {int(VAL_FRACTION * 100)}% of rows (labels unseen in fine-tuning)"}
+    figures: dict = {
+        "data": info["source"],
+        "bands": info["bands"],
+        "classes": info["classes"],
+        "pretrain_steps": pre_steps,
+        "finetune_steps": ft_steps,
+        "eval_region": f"bottom {int(VAL_FRACTION * 100)}% of rows (labels unseen in fine-tuning)",
+    }
     with rasterio.open(info["labels"]) as g:
         height = g.height
     row0 = int(np.floor((1 - VAL_FRACTION) * height))
@@ -159,7 +223,10 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
     print(f"remote_sensing demo on {info['source']}")
     print(f"  LULC segmentation, held-out rows: pretrained  pixel acc {p['pixel_accuracy']:.3f}  mIoU {p['miou']:.3f}")
     print(f"                                    random init pixel acc {r['pixel_accuracy']:.3f}  mIoU {r['miou']:.3f}")
-    print(f"  majority-class pixel acc {p['majority_class_accuracy']:.3f}; predictions: {figures['pretrained_prediction']}")
+    print(
+        f"  majority-class pixel acc {p['majority_class_accuracy']:.3f}; "
+        f"predictions: {figures['pretrained_prediction']}"
+    )
     print(f"  {figures['seconds']} s in all")
     (out_dir / "figures.json").write_text(json.dumps(figures, indent=2))
     return figures

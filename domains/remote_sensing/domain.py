@@ -18,17 +18,20 @@ Example (Python API):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from rasterio.crs import CRS
+from rasterio.transform import Affine
 from torch import nn
 
+from domainfm.data.augment import default_augment
 from domainfm.decisions import decide
 from domainfm.domain import Domain, DomainExample
 from domainfm.errors import ConfigError, DataError
@@ -36,11 +39,13 @@ from domainfm.runconfig import config_from_card
 
 from .datasets import RasterChipDataset, discover_items, split_items
 from .defaults import infer_sensor, sensor_from_band_names
+from .demo import run_demo
 from .heads import build_head
 from .io import Grid, Scene, write_geotiff
 from .predict import predict_scene
-from .synthetic import write_example
 from .sensors import card_sensor, get_sensor, parse_band_list, sensor_to_dict
+from .stats import normalize, stats_arrays
+from .synthetic import write_example
 from .views import multicrop_for
 
 log = logging.getLogger("domainfm.remote_sensing")
@@ -213,8 +218,11 @@ class RemoteSensingDomain(Domain):
         if split == "embed":  # every item, deterministic chips; labels kept when there are any
             items = split_items(items, "pretrain", 0.0)
         elif split in ("val", "test") and cfg.data.val_path:
-            items = split_items(items, "pretrain", 0.0) if not any(it.split for it in items) else \
-                split_items(items, split, 0.0)
+            items = (
+                split_items(items, "pretrain", 0.0)
+                if not any(it.split for it in items)
+                else split_items(items, split, 0.0)
+            )
         elif split == "train" and cfg.data.val_path:
             items = split_items(items, "pretrain", 0.0)
         else:
@@ -228,8 +236,9 @@ class RemoteSensingDomain(Domain):
         if labelled and task == "classification" and any(isinstance(it.label, list) for it in items):
             raise DataError(path, "the labels name several classes per image: use --task multilabel")
         if labelled and task == "segmentation" and not any(it.mask is not None for it in items):
-            raise DataError(path, "task segmentation needs masks: a manifest with a 'mask' column "
-                                  "(rasters on the image grids)")
+            raise DataError(
+                path, "task segmentation needs masks: a manifest with a 'mask' column (rasters on the image grids)"
+            )
         for it in items:
             if split == "pretrain" or (labelled and task == "segmentation"):
                 it.label = None
@@ -244,9 +253,24 @@ class RemoteSensingDomain(Domain):
         img = _img_size(cfg)
         chip = opts.chip_size or img
         multilabel = any(isinstance(it.label, list) for it in items) or (labelled and task == "multilabel")
-        ds = RasterChipDataset(items, bands, chip, img, sampling, opts.chips_per_scene, opts.grid_overlap,
-                               None, cfg.train.seed, opts.min_valid, classes, multilabel,
-                               opts.ignore_index, opts.resolution, opts.resampling, opts.sensors_file)
+        ds = RasterChipDataset(
+            items,
+            bands,
+            chip,
+            img,
+            sampling,
+            opts.chips_per_scene,
+            opts.grid_overlap,
+            None,
+            cfg.train.seed,
+            opts.min_valid,
+            classes,
+            multilabel,
+            opts.ignore_index,
+            opts.resolution,
+            opts.resampling,
+            opts.sensors_file,
+        )
         ds.kind = kind
         if task == "segmentation" and opts.classes:
             ds.classes = parse_band_list(opts.classes)
@@ -270,8 +294,18 @@ class RemoteSensingDomain(Domain):
         # statistics given (e.g. from the pretraining card) are reused; missing bands are computed
         need = {s: [b for b in bl if b not in given.get(s, {})] for s, bl in ds.bands.items()}
         if any(need.values()):
-            key = json.dumps([str(cfg.data.path), ds.bands, ds.chip_size, opts.stats_chips, cfg.train.seed,
-                              opts.resolution, {s: sorted(given.get(s, {})) for s in ds.bands}], default=str)
+            key = json.dumps(
+                [
+                    str(cfg.data.path),
+                    ds.bands,
+                    ds.chip_size,
+                    opts.stats_chips,
+                    cfg.train.seed,
+                    opts.resolution,
+                    {s: sorted(given.get(s, {})) for s in ds.bands},
+                ],
+                default=str,
+            )
             if key not in self._stats_cache:
                 src = ds if split == "pretrain" else self._stats_dataset(cfg, ds)
                 self._stats_cache[key] = src.compute_stats(opts.stats_chips, cfg.train.seed)
@@ -289,15 +323,31 @@ class RemoteSensingDomain(Domain):
     def _stats_dataset(self, cfg, ds: RasterChipDataset) -> RasterChipDataset:
         """Statistics for fine-tuning without pretraining stats: random chips of the training items."""
         opts = self._opts(cfg)
-        items, classes, kind = discover_items(cfg.data.path, list(ds.bands), opts.layout, opts.sensors_file,
-                                              opts.label_sep)
+        items, classes, kind = discover_items(
+            cfg.data.path, list(ds.bands), opts.layout, opts.sensors_file, opts.label_sep
+        )
         items = split_items(items, "pretrain", 0.0)
         for it in items:
             it.label, it.mask = None, None
         sampling = "whole" if ds.sampling == "whole" else "random"
-        return RasterChipDataset(items, ds.bands, ds.chip_size, ds.img_size, sampling, max(1, opts.chips_per_scene),
-                                 0, None, cfg.train.seed, opts.min_valid, [], False, opts.ignore_index,
-                                 opts.resolution, opts.resampling, opts.sensors_file)
+        return RasterChipDataset(
+            items,
+            ds.bands,
+            ds.chip_size,
+            ds.img_size,
+            sampling,
+            max(1, opts.chips_per_scene),
+            0,
+            None,
+            cfg.train.seed,
+            opts.min_valid,
+            [],
+            False,
+            opts.ignore_index,
+            opts.resolution,
+            opts.resampling,
+            opts.sensors_file,
+        )
 
     def encoder_kwargs(self, cfg, dataset=None) -> dict:
         """The wavelength-conditioned patch embed (any band set); ``in_chans`` for a fixed ``2d`` embed."""
@@ -307,12 +357,15 @@ class RemoteSensingDomain(Domain):
             raise ConfigError(f"model.patch_embed {kind!r}: remote sensing uses wavelength (or 2d)")
         if kind == "2d" and len({len(v) for v in bands.values()}) > 1:
             raise ConfigError("model.patch_embed 2d needs the same number of bands for every sensor; use wavelength")
-        return {"patch_embed": kind, "img_size": _img_size(cfg), "patch_size": cfg.model.patch_size,
-                "in_chans": len(next(iter(bands.values())))}
+        return {
+            "patch_embed": kind,
+            "img_size": _img_size(cfg),
+            "patch_size": cfg.model.patch_size,
+            "in_chans": len(next(iter(bands.values()))),
+        }
 
     def augment(self, cfg):
         """Contrastive views: random resized crop, flips, per-band intensity jitter, noise."""
-        from domainfm.data.augment import default_augment
         return default_augment(spatial_dims=2)
 
     def multicrop(self, cfg, img_size, local_size):
@@ -332,11 +385,19 @@ class RemoteSensingDomain(Domain):
             sensors[s] = sensor_to_dict(sensor, [sensor.band(b) for b in bl])
         first = next(iter(bands))
         wl = [b["embed_wavelength"] or b["wavelength"] for b in sensors[first]["bands"]]
-        return {"sensors": sensors, "bands": bands, "stats": stats, "wavelengths": wl,
-                "img_size": _img_size(cfg), "chip_size": opts.chip_size or _img_size(cfg),
-                "resolution": opts.resolution, "resampling": opts.resampling, "ignore_index": opts.ignore_index,
-                "classes": list(getattr(dataset, "classes", []) or []),
-                "predict_overlap": opts.predict_overlap}
+        return {
+            "sensors": sensors,
+            "bands": bands,
+            "stats": stats,
+            "wavelengths": wl,
+            "img_size": _img_size(cfg),
+            "chip_size": opts.chip_size or _img_size(cfg),
+            "resolution": opts.resolution,
+            "resampling": opts.resampling,
+            "ignore_index": opts.ignore_index,
+            "classes": list(getattr(dataset, "classes", []) or []),
+            "predict_overlap": opts.predict_overlap,
+        }
 
     def effective_preprocessing(self, card: dict) -> dict:
         """The card's preprocessing record, rebuilt from the card's config when that config selects
@@ -375,12 +436,12 @@ class RemoteSensingDomain(Domain):
             else:
                 data = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
                 if data.ndim != 3 or data.shape[0] != len(bands):
-                    raise DataError(None, f"expected a {len(bands)} x H x W array ({', '.join(bands)}), "
-                                          f"got shape {data.shape}")
+                    raise DataError(
+                        None, f"expected a {len(bands)} x H x W array ({', '.join(bands)}), got shape {data.shape}"
+                    )
                 valid = np.isfinite(data).all(0)
                 data = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
             if stats:
-                from .stats import normalize, stats_arrays
                 mean, std = stats_arrays(stats, bands, f" of sensor {sensor_obj.name} in the card")
                 data = normalize(data, valid, mean, std)
             return torch.from_numpy(np.ascontiguousarray(data))
@@ -398,15 +459,22 @@ class RemoteSensingDomain(Domain):
         arr = prediction.detach().cpu().numpy() if isinstance(prediction, torch.Tensor) else np.asarray(prediction)
         grid = meta.get("grid")
         if grid is None:
-            from rasterio.crs import CRS
-            from rasterio.transform import Affine
             crs = CRS.from_wkt(meta["crs"]) if meta.get("crs") else None
             grid = Grid(crs, Affine(*meta["transform"][:6]), arr.shape[-1], arr.shape[-2])
         return write_geotiff(path, arr, grid)
 
-    def predict(self, model, input_path, out_path, sensor: str | list | None = None, probabilities: bool = False,
-                predict_overlap: float | None = None, predict_batch_size: int | None = None,
-                max_pixels: int | None = None, **kwargs) -> Path:
+    def predict(
+        self,
+        model,
+        input_path,
+        out_path,
+        sensor: str | list | None = None,
+        probabilities: bool = False,
+        predict_overlap: float | None = None,
+        predict_batch_size: int | None = None,
+        max_pixels: int | None = None,
+        **kwargs,
+    ) -> Path:
         """Tiled inference over a whole scene with overlap blending; the output GeoTIFF has the
         input's CRS, transform and size (see :func:`.predict.predict_scene`).
 
@@ -427,17 +495,27 @@ class RemoteSensingDomain(Domain):
             True
         """
         if kwargs:
-            raise ConfigError(f"predict takes --sensor, --probabilities, --predict-overlap, --predict-batch-size and "
-                              f"--max-pixels; "
-                              f"got {', '.join('--' + k.replace('_', '-') for k in kwargs)} (preprocessing comes "
-                              "from the checkpoint card)")
+            raise ConfigError(
+                f"predict takes --sensor, --probabilities, --predict-overlap, --predict-batch-size and "
+                f"--max-pixels; "
+                f"got {', '.join('--' + k.replace('_', '-') for k in kwargs)} (preprocessing comes "
+                "from the checkpoint card)"
+            )
         if isinstance(sensor, list):
             if len(sensor) != 1:
                 raise ConfigError(f"predict: give one --sensor, got {sensor}")
             sensor = sensor[0]
-        return predict_scene(model, input_path, out_path, self.effective_preprocessing(model.card), sensor=sensor,
-                             probabilities=bool(probabilities), overlap=predict_overlap,
-                             batch_size=predict_batch_size, max_pixels=max_pixels)
+        return predict_scene(
+            model,
+            input_path,
+            out_path,
+            self.effective_preprocessing(model.card),
+            sensor=sensor,
+            probabilities=bool(probabilities),
+            overlap=predict_overlap,
+            batch_size=predict_batch_size,
+            max_pixels=max_pixels,
+        )
 
     def example(self, folder: Path) -> DomainExample:
         """Small real files and a tiny recipe (see :func:`.synthetic.write_example`)."""
@@ -445,5 +523,4 @@ class RemoteSensingDomain(Domain):
 
     def demo(self, out_dir: Path, quick: bool = False) -> dict:
         """Pretrain + fine-tune LULC segmentation on the eo-learn Slovenia patch (or generated scenes)."""
-        from .demo import run_demo
         return run_demo(Path(out_dir), quick)

@@ -12,8 +12,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from rasterio.crs import CRS
@@ -28,13 +28,20 @@ def grid_from_bounds(crs, bounds: Sequence[float], width: int, height: int) -> G
     """The grid of a ``width x height`` raster covering ``bounds`` = ``(left, bottom, right, top)`` in ``crs``."""
     left, bottom, right, top = (float(v) for v in bounds)
     if not (right > left and top > bottom):
-        raise DataError(None, f"bounds must be (left, bottom, right, top) with right > left and top > bottom, "
-                              f"got {bounds}")
+        raise DataError(
+            None, f"bounds must be (left, bottom, right, top) with right > left and top > bottom, got {bounds}"
+        )
     return Grid(CRS.from_user_input(crs), from_bounds(left, bottom, right, top, width, height), int(width), int(height))
 
 
-def array_to_geotiff(path: str | Path, array: np.ndarray, crs, bounds: Sequence[float], nodata=None,
-                     band_names: Iterable[str] | None = None) -> Path:
+def array_to_geotiff(
+    path: str | Path,
+    array: np.ndarray,
+    crs,
+    bounds: Sequence[float],
+    nodata=None,
+    band_names: Iterable[str] | None = None,
+) -> Path:
     """Write ``array`` (``H x W``, ``C x H x W`` or ``H x W x 1``) as a GeoTIFF covering ``bounds`` in ``crs``
     (e.g. ``"EPSG:32633"``); returns the path."""
     arr = np.asarray(array)

@@ -32,7 +32,9 @@ def pick_layers(depth: int, n: int = 4) -> list[int]:
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class _Rescale(nn.Module):
@@ -41,8 +43,9 @@ class _Rescale(nn.Module):
     def __init__(self, dim: int, scale: float):
         super().__init__()
         if scale == 4:
-            self.op = nn.Sequential(nn.ConvTranspose2d(dim, dim, 2, 2), nn.BatchNorm2d(dim), nn.GELU(),
-                                    nn.ConvTranspose2d(dim, dim, 2, 2))
+            self.op = nn.Sequential(
+                nn.ConvTranspose2d(dim, dim, 2, 2), nn.BatchNorm2d(dim), nn.GELU(), nn.ConvTranspose2d(dim, dim, 2, 2)
+            )
         elif scale == 2:
             self.op = nn.ConvTranspose2d(dim, dim, 2, 2)
         elif scale == 1:
@@ -59,8 +62,9 @@ class PPM(nn.Module):
 
     def __init__(self, cin: int, cout: int, scales=(1, 2, 3, 6)):
         super().__init__()
-        self.stages = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(s), nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True))
-                                    for s in scales)
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(s), nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True)) for s in scales
+        )
         self.bottleneck = _conv_bn_relu(cin + len(scales) * cout, cout)
 
     def forward(self, x):
@@ -86,7 +90,7 @@ class UPerNetHead(nn.Module):
         # the encoder returns each requested block once, in block order: levels index into that list
         self.layers = sorted(set(int(i) for i in layers))
         self.level_src = [self.layers.index(int(i)) for i in layers]
-        scales = [4, 2, 1, 0.5][-len(layers):] if len(layers) < 4 else [4, 2, 1, 0.5]
+        scales = [4, 2, 1, 0.5][-len(layers) :] if len(layers) < 4 else [4, 2, 1, 0.5]
         self.norms = nn.ModuleList(nn.LayerNorm(embed_dim) for _ in layers)
         self.rescale = nn.ModuleList(_Rescale(embed_dim, s) for s in scales)
         self.lateral = nn.ModuleList(_conv_bn_relu(embed_dim, channels, 1) for _ in layers[:-1])
@@ -106,7 +110,9 @@ class UPerNetHead(nn.Module):
             maps.append(self.rescale[k](x))
         lat = [self.lateral[k](maps[k]) for k in range(len(maps) - 1)] + [self.ppm(maps[-1])]
         for k in range(len(lat) - 1, 0, -1):  # top-down
-            lat[k - 1] = lat[k - 1] + F.interpolate(lat[k], size=lat[k - 1].shape[-2:], mode="bilinear", align_corners=False)
+            lat[k - 1] = lat[k - 1] + F.interpolate(
+                lat[k], size=lat[k - 1].shape[-2:], mode="bilinear", align_corners=False
+            )
         outs = [self.fpn[k](lat[k]) for k in range(len(lat) - 1)] + [lat[-1]]
         size = outs[0].shape[-2:]
         outs = [outs[0]] + [F.interpolate(o, size=size, mode="bilinear", align_corners=False) for o in outs[1:]]
@@ -159,8 +165,7 @@ def build_head(task: str, embed_dim: int, depth: int, num_classes: int, options:
         if bad:
             raise ConfigError(f"finetune.head_options.layers {layers}: indices must be in 0..{depth - 1}")
         channels = int(opts.get("channels", min(256, max(64, embed_dim))))
-        return UPerNetHead(embed_dim, num_classes, [int(i) for i in layers], channels,
-                           float(opts.get("dropout", 0.1)))
+        return UPerNetHead(embed_dim, num_classes, [int(i) for i in layers], channels, float(opts.get("dropout", 0.1)))
     if task in ("classification", "multilabel"):
         return ClassificationHead(embed_dim, num_classes, int(opts.get("hidden", 0)), float(opts.get("dropout", 0.0)))
     raise ConfigError(f"remote_sensing has no head for task {task!r}; use classification, multilabel or segmentation")

@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import rasterio
@@ -39,8 +39,12 @@ from .sensors import Band, Sensor, _norm, get_sensor
 log = logging.getLogger("domainfm.remote_sensing")
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img", ".gtiff")
-_RESAMPLING = {"nearest": Resampling.nearest, "bilinear": Resampling.bilinear, "cubic": Resampling.cubic,
-               "average": Resampling.average}
+_RESAMPLING = {
+    "nearest": Resampling.nearest,
+    "bilinear": Resampling.bilinear,
+    "cubic": Resampling.cubic,
+    "average": Resampling.average,
+}
 
 
 def is_raster_name(path: Path) -> bool:
@@ -98,19 +102,23 @@ class Grid:
     def res(self) -> tuple[float, float]:
         return (abs(self.transform.a), abs(self.transform.e))
 
-    def same_as(self, other: "Grid", rtol: float = 1e-6) -> bool:
+    def same_as(self, other: Grid, rtol: float = 1e-6) -> bool:
         """Same CRS, size and (to a small fraction of a pixel) transform."""
         if (self.width, self.height) != (other.width, other.height):
             return False
         if not crs_equal(self.crs, other.crs):
             return False
         tol = rtol * max(self.res) + 1e-9
-        return all(abs(a - b) <= max(tol, 1e-3 * max(self.res)) for a, b in zip(self.transform[:6], other.transform[:6]))
+        return all(
+            abs(a - b) <= max(tol, 1e-3 * max(self.res)) for a, b in zip(self.transform[:6], other.transform[:6])
+        )
 
     def describe(self) -> str:
         t = self.transform
-        return (f"{self.width}x{self.height} px, CRS {crs_name(self.crs)}, origin ({t.c:.3f}, {t.f:.3f}), "
-                f"pixel {t.a:g}x{abs(t.e):g}")
+        return (
+            f"{self.width}x{self.height} px, CRS {crs_name(self.crs)}, origin ({t.c:.3f}, {t.f:.3f}), "
+            f"pixel {t.a:g}x{abs(t.e):g}"
+        )
 
 
 def crs_equal(a, b) -> bool:
@@ -171,8 +179,11 @@ def _match_descriptions(path: Path, descriptions: list[str], bands: list[Band]) 
             out.append(hits[0] + 1)
     if missing:
         shown = [d or "?" for d in descriptions]
-        raise DataError(path, f"band descriptions {shown} do not match the requested band(s) "
-                              f"{', '.join(missing)}; check --bands or the file")
+        raise DataError(
+            path,
+            f"band descriptions {shown} do not match the requested band(s) "
+            f"{', '.join(missing)}; check --bands or the file",
+        )
     return out
 
 
@@ -201,15 +212,21 @@ def match_file_bands(path: Path, sensor: Sensor, bands: list[Band]) -> list[Band
     elif src.count == len(bands):
         idx = list(range(1, len(bands) + 1))
     elif src.count < len(bands):
-        raise DataError(path, f"has {src.count} band(s) but {len(bands)} are configured "
-                              f"({', '.join(b.name for b in bands)})")
+        raise DataError(
+            path, f"has {src.count} band(s) but {len(bands)} are configured ({', '.join(b.name for b in bands)})"
+        )
     else:
-        raise DataError(path, f"has {src.count} bands, neither the {len(bands)} configured "
-                              f"({', '.join(b.name for b in bands)}) nor the {len(sensor.bands)} of sensor "
-                              f"{sensor.name!r}, and no band descriptions to tell which is which")
+        raise DataError(
+            path,
+            f"has {src.count} bands, neither the {len(bands)} configured "
+            f"({', '.join(b.name for b in bands)}) nor the {len(sensor.bands)} of sensor "
+            f"{sensor.name!r}, and no band descriptions to tell which is which",
+        )
     nod = src.nodatavals
-    return [BandSource(b, Path(path), i, *_scale_offset(src, i, b), nodata=nod[i - 1] if nod else None)
-            for b, i in zip(bands, idx)]
+    return [
+        BandSource(b, Path(path), i, *_scale_offset(src, i, b), nodata=nod[i - 1] if nod else None)
+        for b, i in zip(bands, idx)
+    ]
 
 
 def match_folder_bands(folder: Path, sensor: Sensor, bands: list[Band]) -> list[BandSource]:
@@ -228,8 +245,11 @@ def match_folder_bands(folder: Path, sensor: Sensor, bands: list[Band]) -> list[
         if not hits:  # a multi-band file in the folder whose band descriptions name the band
             hits = [f for f in files if any(_norm(d or "") in band.keys() for d in (open_raster(f).descriptions or ()))]
         if not hits:
-            raise DataError(folder, f"no file for band {band.name} of sensor {sensor.name!r} "
-                                    f"(files: {', '.join(f.name for f in files[:8])}{'...' if len(files) > 8 else ''})")
+            raise DataError(
+                folder,
+                f"no file for band {band.name} of sensor {sensor.name!r} "
+                f"(files: {', '.join(f.name for f in files[:8])}{'...' if len(files) > 8 else ''})",
+            )
         if len(hits) > 1:
             raise DataError(folder, f"several files match band {band.name}: {', '.join(f.name for f in hits)}")
         f = hits[0]
@@ -267,8 +287,15 @@ class Scene:
         ((10.0, 10.0), (32, 32))
     """
 
-    def __init__(self, path: str | Path, sensor: str | Sensor, bands=None, resolution: float | None = None,
-                 resampling: str = "bilinear", sensors_file: str | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        sensor: str | Sensor,
+        bands=None,
+        resolution: float | None = None,
+        resampling: str = "bilinear",
+        sensors_file: str | None = None,
+    ):
         self.path = Path(path)
         self.sensor = get_sensor(sensor, sensors_file)
         self.bands = self.sensor.select(bands)
@@ -286,8 +313,11 @@ class Scene:
         ref_file = files[0]
         for f in files[1:]:
             if not crs_equal(grids[f].crs, grids[ref_file].crs):
-                raise DataError(f, f"CRS {crs_name(grids[f].crs)} differs from {crs_name(grids[ref_file].crs)} of "
-                                   f"{ref_file.name}; all files of one scene must share a CRS (reproject first)")
+                raise DataError(
+                    f,
+                    f"CRS {crs_name(grids[f].crs)} differs from {crs_name(grids[ref_file].crs)} of "
+                    f"{ref_file.name}; all files of one scene must share a CRS (reproject first)",
+                )
         if grids[ref_file].crs is None:
             log.debug("%s has no CRS; outputs will carry none", ref_file)
         finest = min(files, key=lambda f: grids[f].res[0])
@@ -365,8 +395,11 @@ class Scene:
     def read_all(self, max_pixels: int = 20_000_000) -> tuple[np.ndarray, np.ndarray]:
         """The whole scene (small scenes/tiles only; larger ones must be read in windows)."""
         if self.width * self.height > max_pixels:
-            raise DataError(self.path, f"scene is {self.width}x{self.height} px; read it in windows "
-                                       f"(domain.predict tiles it) instead of whole")
+            raise DataError(
+                self.path,
+                f"scene is {self.width}x{self.height} px; read it in windows "
+                f"(domain.predict tiles it) instead of whole",
+            )
         return self.read(Window(0, 0, self.width, self.height))
 
 
@@ -401,8 +434,7 @@ def _read_window(src, indexes: list[int], fwin: Window, out_hw: tuple[int, int],
         return vals, ok
     inner = Window(ic0, ir0, ic1 - ic0, ir1 - ir0)
     try:
-        arr = src.read(indexes, window=inner, out_shape=(c, or1 - or0, oc1 - oc0), resampling=resampling,
-                       masked=True)
+        arr = src.read(indexes, window=inner, out_shape=(c, or1 - or0, oc1 - oc0), resampling=resampling, masked=True)
     except (RasterioIOError, RasterioError) as exc:
         raise DataError(src.name, f"read failed at window {inner} ({str(exc).splitlines()[0][:120]})") from None
     mask = np.ma.getmaskarray(arr)
@@ -431,8 +463,11 @@ class MaskRaster:
         src = open_raster(self.path)
         mgrid = grid_of(src)
         if not mgrid.same_as(grid):
-            raise DataError(self.path, f"mask is not on the image's grid: mask {mgrid.describe()} vs image "
-                                       f"{grid.describe()}{f' ({Path(image).name})' if image else ''}")
+            raise DataError(
+                self.path,
+                f"mask is not on the image's grid: mask {mgrid.describe()} vs image "
+                f"{grid.describe()}{f' ({Path(image).name})' if image else ''}",
+            )
         self.grid = mgrid
         self.nodata = src.nodata
         self.ignore_index = ignore_index
@@ -448,8 +483,9 @@ class MaskRaster:
         return out
 
 
-def write_geotiff(path: str | Path, array: np.ndarray, grid: Grid, nodata=None,
-                  band_names: Iterable[str] | None = None, dtype=None) -> Path:
+def write_geotiff(
+    path: str | Path, array: np.ndarray, grid: Grid, nodata=None, band_names: Iterable[str] | None = None, dtype=None
+) -> Path:
     """Write ``array`` (``C x H x W`` or ``H x W``) as a tiled, compressed GeoTIFF on ``grid``.
 
     Example:
@@ -468,9 +504,17 @@ def write_geotiff(path: str | Path, array: np.ndarray, grid: Grid, nodata=None,
     if arr.shape[1:] != (grid.height, grid.width):
         raise DataError(path, f"array shape {arr.shape[1:]} does not fit the grid {grid.height}x{grid.width}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=arr.shape[0],
-                   dtype=dtype or arr.dtype, crs=grid.crs, transform=grid.transform, nodata=nodata,
-                   compress="deflate")
+    profile = dict(
+        driver="GTiff",
+        width=grid.width,
+        height=grid.height,
+        count=arr.shape[0],
+        dtype=dtype or arr.dtype,
+        crs=grid.crs,
+        transform=grid.transform,
+        nodata=nodata,
+        compress="deflate",
+    )
     if grid.width >= 256 and grid.height >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
     with rasterio.open(path, "w", **profile) as dst:

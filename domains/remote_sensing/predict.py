@@ -59,16 +59,27 @@ def _logits(model, x: torch.Tensor, wavelengths) -> torch.Tensor:
 MAX_OUTPUT_PIXELS = 2_000_000_000  # ~ a 45000 x 45000 scene; larger outputs need max_pixels raised on purpose
 
 
-def predict_scene(model, input_path, out_path, preprocessing: dict | None = None, sensor: str | None = None,
-                  probabilities: bool = False, overlap: float | None = None, batch_size: int | None = None,
-                  device=None, max_pixels: int | None = None, progress: bool | None = None) -> Path:
+def predict_scene(
+    model,
+    input_path,
+    out_path,
+    preprocessing: dict | None = None,
+    sensor: str | None = None,
+    probabilities: bool = False,
+    overlap: float | None = None,
+    batch_size: int | None = None,
+    device=None,
+    max_pixels: int | None = None,
+    progress: bool | None = None,
+) -> Path:
     """Predict every pixel of ``input_path`` with ``model`` (a loaded fine-tuned model) into ``out_path``.
 
     Segmentation models give per-pixel classes; classification models paint each tile's class
     (blended where tiles overlap), i.e. a coarse scene map. The output is ``uint8`` classes (nodata
     255 where the input has no data), or float32 class probabilities (one band per class, nodata
     NaN) with ``probabilities=True``. ``preprocessing`` is the card's record (default: the model card's;
-    the domain passes :meth:`RemoteSensingDomain.effective_preprocessing`). Class indices are written as the label ids of the training masks
+    the domain passes :meth:`RemoteSensingDomain.effective_preprocessing`). Class indices are written as the
+    label ids of the training masks
     (the card's class map).
 
     The output is written under a temporary name and renamed when complete (an interrupted predict
@@ -88,9 +99,12 @@ def predict_scene(model, input_path, out_path, preprocessing: dict | None = None
     refuse_input_overwrite(out_path, [src.file for src in scene.sources])
     guard = MAX_OUTPUT_PIXELS if max_pixels is None else int(max_pixels)
     if scene.width * scene.height > guard:
-        raise DataError(input_path, f"scene is {scene.width}x{scene.height} px ({scene.width * scene.height:,} > the "
-                                    f"guard {guard:,}); cut it into tiles, or raise the guard on purpose "
-                                    "(--max-pixels N)")
+        raise DataError(
+            input_path,
+            f"scene is {scene.width}x{scene.height} px ({scene.width * scene.height:,} > the "
+            f"guard {guard:,}); cut it into tiles, or raise the guard on purpose "
+            "(--max-pixels N)",
+        )
     class_map = ClassMap.from_card(card)
     stats = (pre.get("stats") or {}).get(sensor_obj.name)
     mean_std = stats_arrays(stats, bands, f" of sensor {sensor_obj.name} in the card") if stats else None
@@ -142,7 +156,7 @@ def predict_scene(model, input_path, out_path, preprocessing: dict | None = None
                 valid_acc = np.concatenate([valid_acc[shift:], np.zeros_like(valid_acc[:shift])], 0)
                 top = r
             for b0 in range(0, len(tiles), bs):
-                batch = tiles[b0:b0 + bs]
+                batch = tiles[b0 : b0 + bs]
                 x = torch.from_numpy(np.stack([t[1] for t in batch]))
                 if img != chip:
                     x = F.interpolate(x, size=(img, img), mode="bilinear", align_corners=False)
@@ -164,23 +178,40 @@ def predict_scene(model, input_path, out_path, preprocessing: dict | None = None
                     nodata = 255 if max(ids) < 255 else 65535
                     dtype = "float32" if probabilities else str(output_dtype(ids, nodata))
                     try:
-                        dst = rasterio.open(tmp_path, "w", driver="GTiff", width=W, height=H, count=count,
-                                            dtype=dtype, crs=scene.grid.crs, transform=scene.grid.transform,
-                                            nodata=float("nan") if probabilities else nodata, compress="deflate",
-                                            BIGTIFF="IF_SAFER")
+                        dst = rasterio.open(
+                            tmp_path,
+                            "w",
+                            driver="GTiff",
+                            width=W,
+                            height=H,
+                            count=count,
+                            dtype=dtype,
+                            crs=scene.grid.crs,
+                            transform=scene.grid.transform,
+                            nodata=float("nan") if probabilities else nodata,
+                            compress="deflate",
+                            BIGTIFF="IF_SAFER",
+                        )
                     except rasterio.errors.RasterioError as exc:
                         raise DataError(out_path, f"cannot write ({str(exc).splitlines()[0][:120]})") from None
                     if written < top:  # leading rows that were all nodata
-                        _write_rows(dst, np.zeros((num_classes, top - written, W), np.float32),
-                                    np.zeros((top - written, W), np.float32),
-                                    np.zeros((top - written, W), bool), written, probabilities, ids, nodata)
+                        _write_rows(
+                            dst,
+                            np.zeros((num_classes, top - written, W), np.float32),
+                            np.zeros((top - written, W), np.float32),
+                            np.zeros((top - written, W), bool),
+                            written,
+                            probabilities,
+                            ids,
+                            nodata,
+                        )
                         written = top
                 for (c, _, valid), p in zip(batch, probs):
                     hh, ww = min(chip, H - r), min(chip, W - c)
                     wv = weight[:hh, :ww] * valid[:hh, :ww]
-                    acc[:, :hh, c:c + ww] += p[:, :hh, :ww] * wv
-                    wsum[:hh, c:c + ww] += wv
-                    valid_acc[:hh, c:c + ww] |= valid[:hh, :ww]
+                    acc[:, :hh, c : c + ww] += p[:, :hh, :ww] * wv
+                    wsum[:hh, c : c + ww] += wv
+                    valid_acc[:hh, c : c + ww] |= valid[:hh, :ww]
             # rows before the next tile row (or the scene end) are final
             done_to = rows[ri + 1] if ri + 1 < len(rows) else H
             if dst is None:
@@ -196,8 +227,9 @@ def predict_scene(model, input_path, out_path, preprocessing: dict | None = None
         dst.close()
         os.replace(tmp_path, out_path)  # complete: only now does the output carry its name
     except rasterio.errors.RasterioError as exc:
-        raise DataError(out_path, f"cannot write ({str(exc).splitlines()[0][:120]}); disk full or not writable?") \
-            from None
+        raise DataError(
+            out_path, f"cannot write ({str(exc).splitlines()[0][:120]}); disk full or not writable?"
+        ) from None
     finally:
         if dst is not None and not dst.closed:
             dst.close()

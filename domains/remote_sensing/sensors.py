@@ -26,9 +26,9 @@ Example:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import yaml
 
@@ -82,8 +82,9 @@ class Sensor:
         for b in self.bands:
             if key in b.keys():
                 return b
-        raise ConfigError(f"unknown band {name!r} for sensor {self.name!r}; its bands are: "
-                          f"{', '.join(self.band_names)}")
+        raise ConfigError(
+            f"unknown band {name!r} for sensor {self.name!r}; its bands are: {', '.join(self.band_names)}"
+        )
 
     def index(self, name: str) -> int:
         """0-based position of band ``name`` in the sensor's full band order."""
@@ -159,30 +160,47 @@ _C_BAND_UM = 299_792_458 / 5.405e9 * 1e6
 
 BUILTIN_SENSORS: dict[str, Sensor] = {
     "sentinel2_l1c": Sensor("sentinel2_l1c", _s2(True), "Sentinel-2 MSI Level-1C (13 bands, TOA)"),
-    "sentinel2_l2a": Sensor("sentinel2_l2a", _s2(False), "Sentinel-2 MSI Level-2A (12 bands, BOA)",
-                            aliases=("sentinel2", "s2")),
+    "sentinel2_l2a": Sensor(
+        "sentinel2_l2a", _s2(False), "Sentinel-2 MSI Level-2A (12 bands, BOA)", aliases=("sentinel2", "s2")
+    ),
     "landsat8": Sensor("landsat8", _landsat(), "Landsat 8 OLI/TIRS", aliases=("landsat", "l8")),
     "landsat9": Sensor("landsat9", _landsat(), "Landsat 9 OLI-2/TIRS-2", aliases=("l9",)),
-    "sentinel1": Sensor("sentinel1", (
-        _b("VV", _C_BAND_UM, 10, "vv", embed_wavelength=_C_BAND_UM),
-        _b("VH", _C_BAND_UM, 10, "vh", embed_wavelength=2 * _C_BAND_UM),
-    ), "Sentinel-1 C-band SAR GRD (VV, VH)", aliases=("s1",)),
-    "naip": Sensor("naip", (
-        _b("R", 0.635, 0.6, "red", "B1"),
-        _b("G", 0.555, 0.6, "green", "B2"),
-        _b("B", 0.465, 0.6, "blue", "B3"),
-        _b("N", 0.845, 0.6, "nir", "B4"),
-    ), "NAIP aerial imagery (R, G, B, NIR)"),
-    "rgb": Sensor("rgb", (
-        _b("R", 0.665, 1.0, "red"), _b("G", 0.560, 1.0, "green"), _b("B", 0.490, 1.0, "blue"),
-    ), "generic RGB camera"),
+    "sentinel1": Sensor(
+        "sentinel1",
+        (
+            _b("VV", _C_BAND_UM, 10, "vv", embed_wavelength=_C_BAND_UM),
+            _b("VH", _C_BAND_UM, 10, "vh", embed_wavelength=2 * _C_BAND_UM),
+        ),
+        "Sentinel-1 C-band SAR GRD (VV, VH)",
+        aliases=("s1",),
+    ),
+    "naip": Sensor(
+        "naip",
+        (
+            _b("R", 0.635, 0.6, "red", "B1"),
+            _b("G", 0.555, 0.6, "green", "B2"),
+            _b("B", 0.465, 0.6, "blue", "B3"),
+            _b("N", 0.845, 0.6, "nir", "B4"),
+        ),
+        "NAIP aerial imagery (R, G, B, NIR)",
+    ),
+    "rgb": Sensor(
+        "rgb",
+        (
+            _b("R", 0.665, 1.0, "red"),
+            _b("G", 0.560, 1.0, "green"),
+            _b("B", 0.490, 1.0, "blue"),
+        ),
+        "generic RGB camera",
+    ),
 }
 
 
 def _parse_band(entry, sensor: str, default_gsd, source: str) -> Band:
     if not isinstance(entry, dict) or "name" not in entry or "wavelength" not in entry:
-        raise ConfigError(f"{source}: sensor {sensor!r}: each band needs at least name and wavelength "
-                          f"(µm), got {entry!r}")
+        raise ConfigError(
+            f"{source}: sensor {sensor!r}: each band needs at least name and wavelength (µm), got {entry!r}"
+        )
     unknown = set(entry) - {"name", "wavelength", "gsd", "aliases", "embed_wavelength", "scale", "offset"}
     if unknown:
         raise ConfigError(f"{source}: sensor {sensor!r} band {entry['name']!r}: unknown key {sorted(unknown)[0]}")
@@ -194,8 +212,9 @@ def _parse_band(entry, sensor: str, default_gsd, source: str) -> Band:
         scale = None if entry.get("scale") is None else float(entry["scale"])
         offset = None if entry.get("offset") is None else float(entry["offset"])
     except (TypeError, ValueError):
-        raise ConfigError(f"{source}: sensor {sensor!r} band {entry['name']!r}: wavelength/gsd/scale/offset "
-                          "must be numbers") from None
+        raise ConfigError(
+            f"{source}: sensor {sensor!r} band {entry['name']!r}: wavelength/gsd/scale/offset must be numbers"
+        ) from None
     if wl <= 0 or (emb is not None and emb <= 0):
         raise ConfigError(f"{source}: sensor {sensor!r} band {entry['name']!r}: wavelength must be > 0 µm")
     aliases = entry.get("aliases") or []
@@ -225,8 +244,12 @@ def load_sensors_file(path: str | Path) -> dict[str, Sensor]:
         if len(set(names)) != len(names):
             raise ConfigError(f"{path}: sensor {name!r} has duplicate band names")
         aliases = spec.get("aliases") or []
-        out[str(name)] = Sensor(str(name), bands, str(spec.get("description", "")),
-                                tuple([aliases] if isinstance(aliases, str) else aliases))
+        out[str(name)] = Sensor(
+            str(name),
+            bands,
+            str(spec.get("description", "")),
+            tuple([aliases] if isinstance(aliases, str) else aliases),
+        )
     return out
 
 
@@ -252,23 +275,48 @@ def get_sensor(name: str | Sensor, sensors_file: str | Path | None = None) -> Se
     for sensor in table.values():
         if key == _norm(sensor.name) or key in {_norm(a) for a in sensor.aliases}:
             return sensor
-    raise ConfigError(f"unknown sensor {name!r}; known sensors: {', '.join(sorted(table))}"
-                      + ("" if sensors_file else " (add your own with sensors_file: my_sensors.yaml)"))
+    raise ConfigError(
+        f"unknown sensor {name!r}; known sensors: {', '.join(sorted(table))}"
+        + ("" if sensors_file else " (add your own with sensors_file: my_sensors.yaml)")
+    )
 
 
 def sensor_from_dict(d: dict) -> Sensor:
     """Rebuild a sensor from :func:`sensor_to_dict` output (used by checkpoint cards)."""
-    bands = tuple(Band(b["name"], float(b["wavelength"]), float(b.get("gsd", 0.0)), tuple(b.get("aliases", ())),
-                       b.get("embed_wavelength"), b.get("scale"), b.get("offset")) for b in d["bands"])
+    bands = tuple(
+        Band(
+            b["name"],
+            float(b["wavelength"]),
+            float(b.get("gsd", 0.0)),
+            tuple(b.get("aliases", ())),
+            b.get("embed_wavelength"),
+            b.get("scale"),
+            b.get("offset"),
+        )
+        for b in d["bands"]
+    )
     return Sensor(d["name"], bands, d.get("description", ""), tuple(d.get("aliases", ())))
 
 
 def sensor_to_dict(sensor: Sensor, bands: list[Band] | None = None) -> dict:
     """JSON-friendly description of a sensor (optionally restricted to ``bands``)."""
-    return {"name": sensor.name, "description": sensor.description, "aliases": list(sensor.aliases),
-            "bands": [{"name": b.name, "wavelength": b.wavelength, "gsd": b.gsd, "aliases": list(b.aliases),
-                       "embed_wavelength": b.embed_wavelength, "scale": b.scale, "offset": b.offset}
-                      for b in (bands if bands is not None else sensor.bands)]}
+    return {
+        "name": sensor.name,
+        "description": sensor.description,
+        "aliases": list(sensor.aliases),
+        "bands": [
+            {
+                "name": b.name,
+                "wavelength": b.wavelength,
+                "gsd": b.gsd,
+                "aliases": list(b.aliases),
+                "embed_wavelength": b.embed_wavelength,
+                "scale": b.scale,
+                "offset": b.offset,
+            }
+            for b in (bands if bands is not None else sensor.bands)
+        ],
+    }
 
 
 def card_sensor(pre: dict, sensor: str | None):
@@ -277,8 +325,14 @@ def card_sensor(pre: dict, sensor: str | None):
     if sensor is None:
         name = next(iter(sensors))
     else:
-        name = next((k for k, v in sensors.items() if k.lower() == sensor.lower()
-                     or sensor.lower() in [a.lower() for a in v.get("aliases", [])]), None)
+        name = next(
+            (
+                k
+                for k, v in sensors.items()
+                if k.lower() == sensor.lower() or sensor.lower() in [a.lower() for a in v.get("aliases", [])]
+            ),
+            None,
+        )
         if name is None:
             try:
                 name = get_sensor(sensor).name

@@ -59,12 +59,15 @@ def normalize(data: np.ndarray, valid: np.ndarray, mean: np.ndarray, std: np.nda
     return out
 
 
-def stats_arrays(stats: dict[str, list[float]], band_names: list[str], where: str = "") -> tuple[np.ndarray, np.ndarray]:
+def stats_arrays(
+    stats: dict[str, list[float]], band_names: list[str], where: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std arrays in ``band_names`` order from ``{band: [mean, std]}``."""
     missing = [b for b in band_names if b not in stats]
     if missing:
-        raise DataError(None, f"no normalisation statistics for band(s) {', '.join(missing)}{where}; "
-                              f"available: {', '.join(stats)}")
+        raise DataError(
+            None, f"no normalisation statistics for band(s) {', '.join(missing)}{where}; available: {', '.join(stats)}"
+        )
     mean = np.array([stats[b][0] for b in band_names], np.float32)
     std = np.array([stats[b][1] for b in band_names], np.float32)
     return mean, std

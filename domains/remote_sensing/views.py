@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -32,15 +32,32 @@ def sensor_noise(level: float = 0.02):
     return noise
 
 
-def spectral_multicrop(global_size: Sequence[int], local_size: Sequence[int], n_global: int = 2, n_local: int = 6,
-                       global_scale=(0.32, 1.0), local_scale=(0.05, 0.32), noise: float = 0.02):
+def spectral_multicrop(
+    global_size: Sequence[int],
+    local_size: Sequence[int],
+    n_global: int = 2,
+    n_local: int = 6,
+    global_scale=(0.32, 1.0),
+    local_scale=(0.05, 0.32),
+    noise: float = 0.02,
+):
     """Band-preserving multi-crop with flips, 90-degree turns and sensor noise."""
-    return make_multicrop(2, global_size, local_size, n_global, n_local, global_scale, local_scale, rot90=True,
-                          photometric=sensor_noise(noise))
+    return make_multicrop(
+        2,
+        global_size,
+        local_size,
+        n_global,
+        n_local,
+        global_scale,
+        local_scale,
+        rot90=True,
+        photometric=sensor_noise(noise),
+    )
 
 
 def multicrop_for(cfg, img_size, local_size):
     """The remote-sensing domain's ``multicrop`` hook (counts and scales from ``objective.*``)."""
     o = cfg.objective
-    return spectral_multicrop(img_size, local_size, o.global_crops, o.local_crops, tuple(o.global_crop_scale),
-                              tuple(o.local_crop_scale))
+    return spectral_multicrop(
+        img_size, local_size, o.global_crops, o.local_crops, tuple(o.global_crop_scale), tuple(o.local_crop_scale)
+    )

@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-
 from domainfm.demo import loss_trend, probe_vs_random
 from domainfm.model import load
 from domainfm.pipelines import finetune, pretrain
@@ -28,18 +27,35 @@ def run_shapes_demo(out_dir: Path, quick: bool = False) -> dict:
     t0 = time.perf_counter()
     steps = 60 if quick else 300
     cfg = {
-        "domain": "synthetic", "out": str(out_dir / "pretrain"),
+        "domain": "synthetic",
+        "out": str(out_dir / "pretrain"),
         "data": {"img_size": 32, "options": {"num_samples": 2048, "channels": 1}},
         "model": {"name": "vit-tiny", "patch_size": 8, "depth": 4, "embed_dim": 128, "num_heads": 4},
         # MAE alone gives features that need fine-tuning; adding the contrastive term makes them linearly
         # separable within a CPU-minute budget (measured: linear probe +10 points over random init at 300 steps)
-        "objective": {"name": "mae+contrastive", "mask_ratio": 0.75, "decoder_dim": 64, "decoder_depth": 1,
-                      "decoder_heads": 4, "proj_dim": 64, "proj_hidden_dim": 256},
-        "train": {"steps": steps, "batch_size": 64, "lr": 1e-3, "warmup_steps": steps // 10, "log_every": 10,
-                  "ckpt_every": steps, "seed": 0},
+        "objective": {
+            "name": "mae+contrastive",
+            "mask_ratio": 0.75,
+            "decoder_dim": 64,
+            "decoder_depth": 1,
+            "decoder_heads": 4,
+            "proj_dim": 64,
+            "proj_hidden_dim": 256,
+        },
+        "train": {
+            "steps": steps,
+            "batch_size": 64,
+            "lr": 1e-3,
+            "warmup_steps": steps // 10,
+            "log_every": 10,
+            "ckpt_every": steps,
+            "seed": 0,
+        },
     }
-    print(f"[demo] pretraining a {cfg['model']['depth']}-block ViT with MAE + contrastive on generated shapes "
-          f"({steps} steps)...")
+    print(
+        f"[demo] pretraining a {cfg['model']['depth']}-block ViT with MAE + contrastive on generated shapes "
+        f"({steps} steps)..."
+    )
     ckpt = pretrain(cfg)
     first, last = loss_trend(out_dir / "pretrain")
     model = load(ckpt)
@@ -52,15 +68,30 @@ def run_shapes_demo(out_dir: Path, quick: bool = False) -> dict:
     figures.update(probe_vs_random(ckpt, train_set, test_set))
     ft_steps = 20 if quick else 150
     print(f"[demo] fine-tuning a classifier ({ft_steps} steps)...")
-    ft = finetune(ckpt, task="classification", out=out_dir / "finetune",
-                  overrides=[f"train.steps={ft_steps}", "train.lr=1e-3", f"train.warmup_steps={ft_steps // 10}",
-                             f"train.ckpt_every={ft_steps}"])
+    ft = finetune(
+        ckpt,
+        task="classification",
+        out=out_dir / "finetune",
+        overrides=[
+            f"train.steps={ft_steps}",
+            "train.lr=1e-3",
+            f"train.warmup_steps={ft_steps // 10}",
+            f"train.ckpt_every={ft_steps}",
+        ],
+    )
     figures.update({f"finetune_val_{k}": v for k, v in (load_card(ft).get("val_metrics") or {}).items()})
-    figures.update({"pretrain_checkpoint": str(ckpt), "finetune_checkpoint": str(ft),
-                    "reconstruction_png": str(out_dir / "pretrain" / "reconstruction.png"),
-                    "seconds": round(time.perf_counter() - t0, 1)})
+    figures.update(
+        {
+            "pretrain_checkpoint": str(ckpt),
+            "finetune_checkpoint": str(ft),
+            "reconstruction_png": str(out_dir / "pretrain" / "reconstruction.png"),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+    )
     gain = figures["linear_probe_acc_pretrained"] - figures["linear_probe_acc_random_init"]
-    print(f"[demo] loss {first:.3f} -> {last:.3f}; linear probe accuracy {figures['linear_probe_acc_pretrained']:.3f} "
-          f"(pretrained) vs {figures['linear_probe_acc_random_init']:.3f} (random init), gain {gain:+.3f}; "
-          f"fine-tuned val accuracy {figures.get('finetune_val_accuracy', float('nan')):.3f}")
+    print(
+        f"[demo] loss {first:.3f} -> {last:.3f}; linear probe accuracy {figures['linear_probe_acc_pretrained']:.3f} "
+        f"(pretrained) vs {figures['linear_probe_acc_random_init']:.3f} (random init), gain {gain:+.3f}; "
+        f"fine-tuned val accuracy {figures.get('finetune_val_accuracy', float('nan')):.3f}"
+    )
     return figures

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from torch.utils.data import Dataset
 from domainfm.data.rng import item_numpy_rng
 from domainfm.data.sample import make_sample
 from domainfm.domain import Domain, DomainExample
+from domainfm.errors import ConfigError
 from domainfm.synthetic.demo import run_shapes_demo
 
 CLASSES = ("disk", "square", "cross", "ring")
@@ -35,7 +37,7 @@ def render_shape(kind: int, size: int, spatial_dims: int, rng: np.random.Generat
     centre = rng.uniform(radius, size - radius, spatial_dims)
     d = [a - c for a, c in zip(axes, centre)]
     if kind == 0:  # disk / ball
-        m = sum(x ** 2 for x in d) <= radius ** 2
+        m = sum(x**2 for x in d) <= radius**2
     elif kind == 1:  # square / cube
         m = np.all([np.abs(x) <= radius * 0.85 for x in d], axis=0)
     elif kind == 2:  # cross
@@ -43,16 +45,25 @@ def render_shape(kind: int, size: int, spatial_dims: int, rng: np.random.Generat
         inside = np.all([np.abs(x) <= radius for x in d], axis=0)
         m = inside & (sum((np.abs(x) <= w).astype(np.int32) for x in d) >= spatial_dims - 1)
     else:  # ring / shell
-        r2 = sum(x ** 2 for x in d)
-        m = (r2 <= radius ** 2) & (r2 >= (radius * 0.6) ** 2)
+        r2 = sum(x**2 for x in d)
+        m = (r2 <= radius**2) & (r2 >= (radius * 0.6) ** 2)
     return m.astype(np.float32)
 
 
 class ShapesDataset(Dataset):
     """Deterministic generated shapes; ``seed`` picks the split, ``index`` the image."""
 
-    def __init__(self, n: int, size: int = 32, channels: int = 1, spatial_dims: int = 2, seed: int = 0,
-                 noise: float = 0.15, wavelengths: list[float] | None = None, with_mask: bool = False):
+    def __init__(
+        self,
+        n: int,
+        size: int = 32,
+        channels: int = 1,
+        spatial_dims: int = 2,
+        seed: int = 0,
+        noise: float = 0.15,
+        wavelengths: list[float] | None = None,
+        with_mask: bool = False,
+    ):
         self.n, self.size, self.channels, self.spatial_dims = n, size, channels, spatial_dims
         self.seed, self.noise, self.wavelengths, self.with_mask = seed, noise, wavelengths, with_mask
         self.classes = list(CLASSES)
@@ -76,8 +87,9 @@ class ShapesDataset(Dataset):
             channels.append(img)
         image = torch.from_numpy(np.stack(channels).astype(np.float32))
         mask = torch.from_numpy(shape.astype(np.int64) * (label + 1)) if self.with_mask else None
-        return make_sample(image, path=f"shapes://{self.seed}/{index}", label=label, mask=mask,
-                           wavelengths=self.wavelengths)
+        return make_sample(
+            image, path=f"shapes://{self.seed}/{index}", label=label, mask=mask, wavelengths=self.wavelengths
+        )
 
 
 class SyntheticDomain(Domain):
@@ -102,33 +114,51 @@ class SyntheticDomain(Domain):
     def dataset(self, cfg, split: str):
         opt = cfg.options
         if cfg.data.path is not None and split != "embed":  # generated shapes: --data would be ignored silently
-            from domainfm.errors import ConfigError
-            raise ConfigError(f"data.path {cfg.data.path}: the synthetic domain generates its own shapes and reads no "
-                              "files; drop --data, or pretrain with the domain of your files (--domain medical, ...)")
+            raise ConfigError(
+                f"data.path {cfg.data.path}: the synthetic domain generates its own shapes and reads no "
+                "files; drop --data, or pretrain with the domain of your files (--domain medical, ...)"
+            )
         if opt.channels < 1 or opt.num_samples < 1 or opt.spatial_dims not in (2, 3):
-            from domainfm.errors import ConfigError
-            raise ConfigError("synthetic data needs channels >= 1, num_samples >= 1 and spatial_dims 2 or 3, got "
-                              f"{opt.channels}, {opt.num_samples}, {opt.spatial_dims}")
+            raise ConfigError(
+                "synthetic data needs channels >= 1, num_samples >= 1 and spatial_dims 2 or 3, got "
+                f"{opt.channels}, {opt.num_samples}, {opt.spatial_dims}"
+            )
         if cfg.data.path:
-            import logging
-            logging.getLogger("domainfm").warning("the synthetic domain generates its images; data.path %s is not read",
-                                                  cfg.data.path)
+            logging.getLogger("domainfm").warning(
+                "the synthetic domain generates its images; data.path %s is not read", cfg.data.path
+            )
         n = opt.num_samples if split in ("pretrain", "train") else max(64, opt.num_samples // 4)
-        return ShapesDataset(n, size=self._size(cfg), channels=opt.channels, spatial_dims=opt.spatial_dims,
-                             seed=cfg.train.seed * 1000 + _SPLIT_SEED[split], noise=opt.noise,
-                             wavelengths=opt.wavelengths or None, with_mask=opt.segmentation)
+        return ShapesDataset(
+            n,
+            size=self._size(cfg),
+            channels=opt.channels,
+            spatial_dims=opt.spatial_dims,
+            seed=cfg.train.seed * 1000 + _SPLIT_SEED[split],
+            noise=opt.noise,
+            wavelengths=opt.wavelengths or None,
+            with_mask=opt.segmentation,
+        )
 
     def encoder_kwargs(self, cfg, dataset=None) -> dict:
         opt = cfg.options
         kind = cfg.model.patch_embed or ("wavelength" if opt.wavelengths else ("3d" if opt.spatial_dims == 3 else "2d"))
-        return {"patch_embed": kind, "img_size": self._size(cfg), "patch_size": cfg.model.patch_size,
-                "in_chans": None if kind == "wavelength" else opt.channels}
+        return {
+            "patch_embed": kind,
+            "img_size": self._size(cfg),
+            "patch_size": cfg.model.patch_size,
+            "in_chans": None if kind == "wavelength" else opt.channels,
+        }
 
     def preprocessing(self, cfg, dataset=None) -> dict:
         opt = cfg.options
-        return {"kind": "synthetic-shapes", "size": self._size(cfg), "channels": opt.channels,
-                "spatial_dims": opt.spatial_dims, "classes": list(CLASSES),
-                "wavelengths": opt.wavelengths or None}
+        return {
+            "kind": "synthetic-shapes",
+            "size": self._size(cfg),
+            "channels": opt.channels,
+            "spatial_dims": opt.spatial_dims,
+            "classes": list(CLASSES),
+            "wavelengths": opt.wavelengths or None,
+        }
 
     def preprocessor(self, card: dict):
         def prepare(x) -> torch.Tensor:
@@ -136,14 +166,18 @@ class SyntheticDomain(Domain):
             if t.ndim == card["preprocessing"]["spatial_dims"]:
                 t = t[None]
             return t
+
         return prepare
 
     def example(self, folder: Path) -> DomainExample:
         """A tiny recipe over generated shapes (no files: this domain reads none, and has no predict)."""
-        config = {"domain": "synthetic", "out": str(Path(folder) / "pretrain"),
-                  "data": {"img_size": 32, "options": {"num_samples": 16}},
-                  "model": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
-                  "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False, "warmup_steps": 1}}
+        config = {
+            "domain": "synthetic",
+            "out": str(Path(folder) / "pretrain"),
+            "data": {"img_size": 32, "options": {"num_samples": 16}},
+            "model": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
+            "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False, "warmup_steps": 1},
+        }
         return DomainExample(config=config)
 
     def demo(self, out_dir: Path, quick: bool = False) -> dict:

@@ -21,8 +21,9 @@ class Import:
 def kit_modules() -> dict[str, Path]:
     """Module name -> file for the core and the plugins."""
     modules = {}
-    for base, prefix in [(ROOT / "domainfm", "domainfm")] + [(d, f"domainfm.{d.name}")
-                                                            for d in sorted((ROOT / "domains").iterdir()) if d.is_dir()]:
+    for base, prefix in [(ROOT / "domainfm", "domainfm")] + [
+        (d, f"domainfm.{d.name}") for d in sorted((ROOT / "domains").iterdir()) if d.is_dir()
+    ]:
         for path in sorted(base.rglob("*.py")):
             parts = list(path.relative_to(base).with_suffix("").parts)
             if parts[-1] == "__init__":
@@ -43,10 +44,19 @@ def imports() -> list[Import]:
     for module, path in modules.items():
         tree = ast.parse(path.read_text())
         package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-        local_nodes = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                       for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
-        type_checking = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                         and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+        local_nodes = {
+            id(n)
+            for f in ast.walk(tree)
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for n in ast.walk(f)
+            if isinstance(n, (ast.Import, ast.ImportFrom))
+        }
+        type_checking = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)
+        }
         for node in ast.walk(tree):
             if id(node) in type_checking:
                 continue
@@ -57,7 +67,7 @@ def imports() -> list[Import]:
                 base = node.module or ""
                 if node.level:
                     anchor = package.split(".")
-                    anchor = anchor[:len(anchor) - (node.level - 1)]
+                    anchor = anchor[: len(anchor) - (node.level - 1)]
                     base = ".".join(anchor + ([node.module] if node.module else []))
                 names = [f"{base}.{a.name}" for a in node.names] if base else []
             for name in names:

@@ -22,8 +22,10 @@ def _plugin(module: str) -> str | None:
 def test_import_linter_contracts_are_kept():
     pytest.importorskip("importlinter.cli", reason="import-linter is a dev dependency")
     # in a subprocess: import-linter reconfigures logging, which would silence the kit's loggers here
-    code = ("from importlinter.cli import lint_imports; "
-            f"raise SystemExit(lint_imports(config_filename={str(ROOT / 'pyproject.toml')!r}, no_cache=True))")
+    code = (
+        "from importlinter.cli import lint_imports; "
+        f"raise SystemExit(lint_imports(config_filename={str(ROOT / 'pyproject.toml')!r}, no_cache=True))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:]
 
@@ -40,13 +42,14 @@ def test_the_core_never_imports_a_domain_and_domains_do_not_import_each_other():
 
 def test_every_shipped_plugin_is_found_by_its_entry_point():
     from domainfm.registry import list_domains
+
     assert PLUGINS <= set(list_domains())
     assert {_plugin(m) for m in kit_modules()} - {None} == PLUGINS
 
 
 def test_function_local_imports_are_optional_heavy_dependencies_with_a_reason():
     offenders = []
-    for module, path in kit_modules().items():
+    for _module, path in kit_modules().items():
         lines = path.read_text().splitlines()
         tree = ast.parse("\n".join(lines))
         for func in ast.walk(tree):
@@ -58,9 +61,11 @@ def test_function_local_imports_are_optional_heavy_dependencies_with_a_reason():
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                 own = node.level > 0 if isinstance(node, ast.ImportFrom) else False
                 own = own or any(n.split(".")[0] == "domainfm" for n in names)
-                reason = "#" in lines[node.lineno - 1] or lines[node.lineno - 2].strip().startswith("#") \
+                reason = (
+                    "#" in lines[node.lineno - 1]
+                    or lines[node.lineno - 2].strip().startswith("#")
                     or "#" in lines[node.lineno - 2]
+                )
                 if own or not reason:
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
-    core = [o for o in offenders if o.startswith("domainfm/")]
-    assert core == [], "\n".join(core)
+    assert offenders == [], "\n".join(offenders)

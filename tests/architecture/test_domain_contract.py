@@ -64,8 +64,9 @@ def test_card_round_trip_rebuilds_the_same_model_and_preprocessing(case):
     domain, _, cfg, ckpt, _ = case
     model = domainfm.load(ckpt)
     card = model.card
-    assert card["domain"] == domain.name and card["preprocessing"] == domain.preprocessing(cfg,
-                                                                                         domain.dataset(cfg, "pretrain"))
+    assert card["domain"] == domain.name and card["preprocessing"] == domain.preprocessing(
+        cfg, domain.dataset(cfg, "pretrain")
+    )
     rebuilt = domainfm.load(ckpt)
     x = domain.dataset(cfg, "pretrain")[0]["image"][None]
     wavelengths = card["preprocessing"].get("wavelengths") if model.encoder.patch_embed.kind == "wavelength" else None
@@ -97,8 +98,13 @@ def test_predict_keeps_the_source_geometry(case):
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tuned = domainfm.finetune(ckpt, task=example.task, out=folder / "finetune", overrides=example.finetune_overrides,
-                                  **example.finetune_kwargs)
+        tuned = domainfm.finetune(
+            ckpt,
+            task=example.task,
+            out=folder / "finetune",
+            overrides=example.finetune_overrides,
+            **example.finetune_kwargs,
+        )
         out = domainfm.predict(tuned, example.predict_input, folder / f"prediction{example.predict_suffix}")
     assert out.is_file() and example.same_geometry(example.predict_input, out)
 

@@ -10,14 +10,15 @@ import torch
 
 import domainfm
 from domainfm.cli import main, run
-from domainfm.runconfig import load_config
 from domainfm.errors import ConfigError
-
+from domainfm.runconfig import load_config
 from tests.conftest import tiny_config
 
 
 def _cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "domainfm.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "domainfm.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_config_errors_name_the_key_and_file(tmp_path):
@@ -42,12 +43,15 @@ def test_config_errors_name_the_key_and_file(tmp_path):
     assert cfg.train.steps == 7 and cfg.objective.mask_ratio == 0.5
 
 
-@pytest.mark.parametrize("args,message", [
-    (["pretrain", "--domain", "synthetic", "--set", "train.stepz=3"], "unknown key train.stepz"),
-    (["pretrain", "--domain", "synthetic", "--colour", "red"], "unknown option --colour for domain 'synthetic'"),
-    (["pretrain", "missing.yaml"], "config file missing.yaml does not exist"),
-    (["info", "/no/such/run"], "/no/such/run: no such checkpoint"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["pretrain", "--domain", "synthetic", "--set", "train.stepz=3"], "unknown key train.stepz"),
+        (["pretrain", "--domain", "synthetic", "--colour", "red"], "unknown option --colour for domain 'synthetic'"),
+        (["pretrain", "missing.yaml"], "config file missing.yaml does not exist"),
+        (["info", "/no/such/run"], "/no/such/run: no such checkpoint"),
+    ],
+)
 def test_cli_errors_are_one_line_without_traceback(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -63,9 +67,33 @@ def test_cli_process_prints_one_line_and_no_traceback():
 
 
 def test_cli_pretrain_info_finetune_embed(tmp_path, capsys):
-    run(["pretrain", "--domain", "synthetic", "--steps", "2", "--batch-size", "8", "--out", str(tmp_path / "pt"),
-         "--num-samples", "32", "--set", "model.depth=1", "--set", "model.embed_dim=32", "--set", "model.num_heads=2",
-         "--set", "model.patch_size=8", "--set", "data.img_size=32", "--set", "train.progress=false"])
+    run(
+        [
+            "pretrain",
+            "--domain",
+            "synthetic",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--out",
+            str(tmp_path / "pt"),
+            "--num-samples",
+            "32",
+            "--set",
+            "model.depth=1",
+            "--set",
+            "model.embed_dim=32",
+            "--set",
+            "model.num_heads=2",
+            "--set",
+            "model.patch_size=8",
+            "--set",
+            "data.img_size=32",
+            "--set",
+            "train.progress=false",
+        ]
+    )
     capsys.readouterr()
     with pytest.raises(SystemExit):  # an operation the domain does not offer: one line, no traceback
         main(["predict", str(tmp_path / "pt"), "--input", "x.png", "--out", "y.png"])
@@ -88,8 +116,9 @@ def test_cli_pretrain_info_finetune_embed(tmp_path, capsys):
 
 def test_finetune_segmentation_and_frozen_encoder(tmp_path):
     pt = domainfm.pretrain(tiny_config(tmp_path / "pt", data={"options": {"num_samples": 32, "segmentation": True}}))
-    ft = domainfm.finetune(pt, task="segmentation", overrides=["train.steps=2", "finetune.freeze_encoder=true"],
-                           out=tmp_path / "seg")
+    ft = domainfm.finetune(
+        pt, task="segmentation", overrides=["train.steps=2", "finetune.freeze_encoder=true"], out=tmp_path / "seg"
+    )
     model = domainfm.load(ft)
     assert model.logits(torch.randn(2, 1, 32, 32)).shape == (2, 5, 32, 32)
     assert set(model.card["val_metrics"]) == {"dice", "miou"}
@@ -102,7 +131,10 @@ def test_cli_list(capsys):
     listing = json.loads(capsys.readouterr().out)
     assert "vit-base" in listing["encoders"] and "mae+contrastive" in listing["objectives"]
     assert {"synthetic", "medical", "remote_sensing", "pathology"} <= set(listing["domains"])
-    assert "--target-mpp" in listing["domain_flags"]["pathology"] and "--bands" in listing["domain_flags"]["remote_sensing"]
+    assert (
+        "--target-mpp" in listing["domain_flags"]["pathology"]
+        and "--bands" in listing["domain_flags"]["remote_sensing"]
+    )
 
 
 def test_finetune_uses_layer_decay_and_a_config_file(tmp_path):
@@ -122,8 +154,14 @@ def test_every_shipped_config_validates():
     from pathlib import Path
 
     import yaml
+
     root = Path(__file__).resolve().parents[2] / "configs"
-    folders = {"quickstart": "synthetic", "medical": "medical", "remote_sensing": "remote_sensing", "pathology": "pathology"}
+    folders = {
+        "quickstart": "synthetic",
+        "medical": "medical",
+        "remote_sensing": "remote_sensing",
+        "pathology": "pathology",
+    }
     checked = 0
     for path in sorted(root.glob("*/*.yaml")):
         raw = yaml.safe_load(path.read_text())
@@ -144,14 +182,17 @@ def test_embed_rejects_options_it_does_not_take(tmp_path, capsys):
     assert np.load(tmp_path / "e.npz")["embeddings"].shape[1] == 64
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--lr", "nan"], "train.lr must be a number >= 0, got nan"),
-    (["--workers", "-1"], "data.num_workers must be >= 0, got -1"),
-    (["--set", "data.img_size=0"], "must be positive"),
-    (["--objective", "contrastive", "--batch-size", "1"], "contrastive needs train.batch_size >= 2"),
-    (["--device", "foo"], "train.device 'foo' is not a device"),
-    (["--channels", "0"], "synthetic data needs channels >= 1"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--lr", "nan"], "train.lr must be a number >= 0, got nan"),
+        (["--workers", "-1"], "data.num_workers must be >= 0, got -1"),
+        (["--set", "data.img_size=0"], "must be positive"),
+        (["--objective", "contrastive", "--batch-size", "1"], "contrastive needs train.batch_size >= 2"),
+        (["--device", "foo"], "train.device 'foo' is not a device"),
+        (["--channels", "0"], "synthetic data needs channels >= 1"),
+    ],
+)
 def test_values_that_would_fail_inside_torch_are_config_errors(tmp_path, flags, message, capsys):
     with pytest.raises(SystemExit):
         main(["pretrain", "--domain", "synthetic", "--steps", "1", "--out", str(tmp_path / "r"), *flags])

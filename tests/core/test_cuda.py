@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import domainfm
-
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")

@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 import domainfm
 from domainfm.errors import CheckpointError, NonFiniteLossError
 from domainfm.train.checkpoint import list_checkpoints, load_card, resolve_checkpoint
-
 from tests.conftest import tiny_config
 
 
@@ -56,8 +55,12 @@ def test_checkpoint_is_atomic_self_describing_and_pickle_free(tmp_path):
     card = load_card(run)
     assert card["domain"] == "synthetic" and card["step"] == 2 and card["encoder"]["embed_dim"] == 64
     assert card["versions"]["torch"] and card["preprocessing"]["channels"] == 1
-    assert sorted(p.name for p in ckpt.iterdir()) == ["card.json", "model.safetensors", "trainer_state.json",
-                                                       "trainer_state.safetensors"]
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "card.json",
+        "model.safetensors",
+        "trainer_state.json",
+        "trainer_state.safetensors",
+    ]
     assert (run / "reconstruction.png").stat().st_size > 100
     rows = (run / "metrics.csv").read_text().splitlines()
     assert rows[0] == "step,metric,value" and any(",effective_rank," in r for r in rows)
@@ -123,8 +126,9 @@ def test_online_knn_probe_logged_next_to_collapse_monitor(tmp_path):
 
 
 def test_nan_input_is_named_by_its_file(tmp_path, monkeypatch):
-    from domainfm.synthetic import ShapesDataset
     from domainfm.errors import DataError
+    from domainfm.synthetic import ShapesDataset
+
     original = ShapesDataset.__getitem__
 
     def poisoned(self, index):
@@ -140,10 +144,30 @@ def test_nan_input_is_named_by_its_file(tmp_path, monkeypatch):
 
 def test_cli_resume_reads_the_run_config_and_refuses_a_different_model(tmp_path, capsys):
     from domainfm.cli import main, run
+
     out = str(tmp_path / "run")
-    base = ["--domain", "synthetic", "--out", out, "--num-samples", "32", "--batch-size", "8",
-            "--set", "model.depth=1", "--set", "model.embed_dim=32", "--set", "model.num_heads=2",
-            "--set", "model.patch_size=8", "--set", "data.img_size=32", "--set", "train.progress=false"]
+    base = [
+        "--domain",
+        "synthetic",
+        "--out",
+        out,
+        "--num-samples",
+        "32",
+        "--batch-size",
+        "8",
+        "--set",
+        "model.depth=1",
+        "--set",
+        "model.embed_dim=32",
+        "--set",
+        "model.num_heads=2",
+        "--set",
+        "model.patch_size=8",
+        "--set",
+        "data.img_size=32",
+        "--set",
+        "train.progress=false",
+    ]
     run(["pretrain", *base, "--steps", "2"])
     run(["pretrain", "--resume", "--out", out, "--steps", "3"])  # model flags come from the run's config.yaml
     assert load_card(tmp_path / "run")["step"] == 3
@@ -156,6 +180,7 @@ def test_cli_resume_reads_the_run_config_and_refuses_a_different_model(tmp_path,
 
 def test_existing_run_is_not_overwritten_without_resume(tmp_path):
     from domainfm.errors import ConfigError
+
     first = domainfm.pretrain(tiny_config(tmp_path / "run"))
     before = _weights(first)
     with pytest.raises(ConfigError, match="already holds checkpoints .*nothing was overwritten"):
@@ -167,6 +192,7 @@ def test_existing_run_is_not_overwritten_without_resume(tmp_path):
 
 def test_demo_replaces_its_own_folder_but_never_a_users(tmp_path):
     from domainfm.errors import ConfigError
+
     user = tmp_path / "mine"
     user.mkdir()
     (user / "notes.txt").write_text("precious")

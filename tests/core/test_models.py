@@ -9,15 +9,18 @@ from domainfm.models.patch_embed import PatchEmbed2d, PatchEmbed3d, WavelengthPa
 from domainfm.models.pos_embed import resample_pos_embed, sincos_pos_embed
 
 
-@pytest.mark.parametrize("name,dim,depth", [("vit-tiny", 192, 12), ("vit-small", 384, 12), ("vit-base", 768, 12),
-                                            ("vit-large", 1024, 24)])
+@pytest.mark.parametrize(
+    "name,dim,depth", [("vit-tiny", 192, 12), ("vit-small", 384, 12), ("vit-base", 768, 12), ("vit-large", 1024, 24)]
+)
 def test_registered_sizes(name, dim, depth):
     enc = build_encoder(name, in_chans=1, img_size=16, patch_size=8)
     assert enc.embed_dim == dim and enc.depth == depth
 
 
 def test_2d_tokens_and_layers():
-    enc = build_encoder("vit-tiny", patch_embed="2d", in_chans=3, img_size=32, patch_size=8, depth=3, embed_dim=48, num_heads=3)
+    enc = build_encoder(
+        "vit-tiny", patch_embed="2d", in_chans=3, img_size=32, patch_size=8, depth=3, embed_dim=48, num_heads=3
+    )
     x = torch.randn(2, 3, 32, 32)
     tokens, layers = enc(x, return_layers=[0, 2])
     assert tokens.shape == (2, 16, 48) and [t.shape for t in layers] == [(2, 16, 48)] * 2
@@ -27,15 +30,31 @@ def test_2d_tokens_and_layers():
 
 
 def test_3d_anisotropic_patches():
-    enc = build_encoder("vit-tiny", patch_embed="3d", in_chans=2, img_size=(16, 32, 32), patch_size=(4, 8, 8),
-                        depth=1, embed_dim=32, num_heads=2)
+    enc = build_encoder(
+        "vit-tiny",
+        patch_embed="3d",
+        in_chans=2,
+        img_size=(16, 32, 32),
+        patch_size=(4, 8, 8),
+        depth=1,
+        embed_dim=32,
+        num_heads=2,
+    )
     assert enc(torch.randn(1, 2, 16, 32, 32)).shape == (1, 4 * 4 * 4, 32)
     assert enc.grid == (4, 4, 4)
 
 
 def test_wavelength_embed_any_band_set():
-    enc = build_encoder("vit-tiny", patch_embed="wavelength", in_chans=None, img_size=32, patch_size=8,
-                        depth=1, embed_dim=32, num_heads=2)
+    enc = build_encoder(
+        "vit-tiny",
+        patch_embed="wavelength",
+        in_chans=None,
+        img_size=32,
+        patch_size=8,
+        depth=1,
+        embed_dim=32,
+        num_heads=2,
+    )
     s2 = enc(torch.randn(2, 4, 32, 32), wavelengths=[0.49, 0.56, 0.665, 0.842])
     rgb = enc(torch.randn(2, 3, 32, 32), wavelengths=[0.665, 0.56, 0.49])
     assert s2.shape == rgb.shape == (2, 16, 32)
@@ -48,8 +67,14 @@ def test_wavelength_embed_any_band_set():
         enc(torch.randn(1, 3, 32, 32))
 
 
-@pytest.mark.parametrize("pe,shape", [(PatchEmbed2d(2, 4, 8), (2, 2, 16, 12)), (PatchEmbed3d(1, (2, 4, 4), 8), (2, 1, 4, 8, 8)),
-                                      (WavelengthPatchEmbed(4, 8), (2, 3, 8, 8))])
+@pytest.mark.parametrize(
+    "pe,shape",
+    [
+        (PatchEmbed2d(2, 4, 8), (2, 2, 16, 12)),
+        (PatchEmbed3d(1, (2, 4, 4), 8), (2, 1, 4, 8, 8)),
+        (WavelengthPatchEmbed(4, 8), (2, 3, 8, 8)),
+    ],
+)
 def test_patchify_round_trip(pe, shape):
     x = torch.randn(shape)
     p = pe.patchify(x)
@@ -91,7 +116,9 @@ def test_encoder_input_errors():
 
 def test_config_rebuilds_identical_model():
     torch.manual_seed(0)
-    enc = build_encoder("vit-tiny", patch_embed="3d", in_chans=1, img_size=16, patch_size=(4, 8, 8), depth=1, embed_dim=32, num_heads=2)
+    enc = build_encoder(
+        "vit-tiny", patch_embed="3d", in_chans=1, img_size=16, patch_size=(4, 8, 8), depth=1, embed_dim=32, num_heads=2
+    )
     twin = build_encoder(**enc.config)
     twin.load_state_dict(enc.state_dict())
     x = torch.randn(1, 1, 16, 16, 16)
@@ -100,8 +127,17 @@ def test_config_rebuilds_identical_model():
 
 def test_prefix_tokens_are_excluded_from_patch_tokens_and_pool_by_class_token():
 
-    enc = build_encoder("vit-tiny", in_chans=1, img_size=16, patch_size=8, depth=1, embed_dim=32, num_heads=2,
-                        class_token=True, num_registers=4)
+    enc = build_encoder(
+        "vit-tiny",
+        in_chans=1,
+        img_size=16,
+        patch_size=8,
+        depth=1,
+        embed_dim=32,
+        num_heads=2,
+        class_token=True,
+        num_registers=4,
+    )
     x = torch.randn(2, 1, 16, 16)
     feats = enc.forward_features(x, layers=[0])
     assert feats["tokens"].shape == (2, 4, 32) and feats["prefix"].shape == (2, 5, 32)

@@ -4,11 +4,11 @@ import math
 
 import torch
 
-from domainfm.synthetic import ShapesDataset
 from domainfm.data.sample import collate_samples
 from domainfm.models import build_encoder
 from domainfm.ssl import MAE, Contrastive, MAEContrastive, collapse_metrics
 from domainfm.ssl.mae import random_masking
+from domainfm.synthetic import ShapesDataset
 
 
 def _tiny(**kw):
@@ -84,9 +84,13 @@ def test_contrastive_and_momentum_update():
 
 def test_combined_objective_weights():
     torch.manual_seed(0)
-    obj = MAEContrastive(_tiny(), mae_weight=1.0, contrastive_weight=0.5,
-                         mae_kwargs={"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
-                         contrastive_kwargs={"proj_dim": 16, "hidden_dim": 32})
+    obj = MAEContrastive(
+        _tiny(),
+        mae_weight=1.0,
+        contrastive_weight=0.5,
+        mae_kwargs={"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
+        contrastive_kwargs={"proj_dim": 16, "hidden_dim": 32},
+    )
     views = [torch.randn(4, 1, 32, 32), torch.randn(4, 1, 32, 32)]
     out = obj({"image": views[0], "views": views})
     assert torch.isclose(out["loss"], out["mae_loss"] + 0.5 * out["contrastive_loss"], atol=1e-5)

@@ -19,17 +19,38 @@ from domainfm.eval import OnlineKNNProbe, add_evaluate_arguments, evaluate, eval
 def ckpt(tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("pretrain")
-    return domainfm.pretrain({"domain": "synthetic", "out": str(out),
-                              "data": {"img_size": 32, "options": {"num_samples": 128}},
-                              "model": {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2},
-                              "train": {"steps": 3, "batch_size": 16, "progress": False, "tensorboard": False,
-                                        "log_every": 1, "ckpt_every": 3}})
+    return domainfm.pretrain(
+        {
+            "domain": "synthetic",
+            "out": str(out),
+            "data": {"img_size": 32, "options": {"num_samples": 128}},
+            "model": {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2},
+            "train": {
+                "steps": 3,
+                "batch_size": 16,
+                "progress": False,
+                "tensorboard": False,
+                "log_every": 1,
+                "ckpt_every": 3,
+            },
+        }
+    )
 
 
 def test_frozen_protocols_write_report_with_gain_and_reuse_cached_embeddings(ckpt, tmp_path):
     out = tmp_path / "eval"
-    res = evaluate(ckpt, protocol="linear,knn,fewshot", fractions=(0.25, 1.0), seeds=2, out=out, n_boot=100,
-                   shots=(1, 5), episodes=2, k=5, Cs=(0.1, 1.0))
+    res = evaluate(
+        ckpt,
+        protocol="linear,knn,fewshot",
+        fractions=(0.25, 1.0),
+        seeds=2,
+        out=out,
+        n_boot=100,
+        shots=(1, 5),
+        episodes=2,
+        k=5,
+        Cs=(0.1, 1.0),
+    )
     assert res.meta["encoders"] == ["pretrained", "random"] and res.meta["n_test"] == 64
     assert res.meta["cache"] == {"folder": str(out / "embeddings"), "hits": 0, "misses": 4}
     # 3 protocols x 2 settings x 2 encoders x 4 metrics
@@ -50,22 +71,46 @@ def test_frozen_protocols_write_report_with_gain_and_reuse_cached_embeddings(ckp
     report = json.loads((out / "report.json").read_text())
     assert len(report["records"]) == 48 and report["meta"]["protocols"] == ["linear", "knn", "fewshot"]
     md = (out / "report.md").read_text()
-    assert "## linear" in md and "## fewshot" in md and "Gain over **random**" in md and "| pretrained | 25% | 32 |" in md
+    assert (
+        "## linear" in md and "## fewshot" in md and "Gain over **random**" in md and "| pretrained | 25% | 32 |" in md
+    )
     for proto in ("linear", "knn", "fewshot"):
         png = out / f"{proto}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         import matplotlib.image
+
         assert matplotlib.image.imread(png).shape[0] > 200
     # a rerun reuses the embeddings and gives the same numbers
-    again = evaluate(ckpt, protocol="linear,knn,fewshot", fractions=(0.25, 1.0), seeds=2, out=out, n_boot=100,
-                     shots=(1, 5), episodes=2, k=5, Cs=(0.1, 1.0), plots=False)
+    again = evaluate(
+        ckpt,
+        protocol="linear,knn,fewshot",
+        fractions=(0.25, 1.0),
+        seeds=2,
+        out=out,
+        n_boot=100,
+        shots=(1, 5),
+        episodes=2,
+        k=5,
+        Cs=(0.1, 1.0),
+        plots=False,
+    )
     assert again.meta["cache"]["hits"] == 4 and again.meta["cache"]["misses"] == 0
     assert [r["mean"] for r in again] == [r["mean"] for r in res]
 
 
 def test_finetune_and_lora_protocols(ckpt, tmp_path):
-    res = evaluate(ckpt, protocol="finetune,lora", fractions=(1.0,), seeds=1, out=tmp_path, n_boot=50,
-                   max_train=48, max_test=32, finetune_kwargs={"steps": 4, "lora_rank": 2}, plots=False)
+    res = evaluate(
+        ckpt,
+        protocol="finetune,lora",
+        fractions=(1.0,),
+        seeds=1,
+        out=tmp_path,
+        n_boot=50,
+        max_train=48,
+        max_test=32,
+        finetune_kwargs={"steps": 4, "lora_rank": 2},
+        plots=False,
+    )
     assert {r["protocol"] for r in res} == {"finetune", "lora"}
     lora = res.get("pretrained", "lora", "accuracy", fraction=1.0)
     full = res.get("pretrained", "finetune", "accuracy", fraction=1.0)
@@ -96,10 +141,12 @@ def test_bad_labels_fractions_and_protocols(ckpt):
 
 def test_online_knn_probe_runs_every_n_steps_and_restores_mode(ckpt):
     from domainfm.synthetic import ShapesDataset
+
     model = domainfm.load(ckpt)
     enc = model.encoder.train()
-    probe = OnlineKNNProbe(ShapesDataset(64, size=32, seed=1), ShapesDataset(32, size=32, seed=2), every=10, k=5,
-                           batch_size=16)
+    probe = OnlineKNNProbe(
+        ShapesDataset(64, size=32, seed=1), ShapesDataset(32, size=32, seed=2), every=10, k=5, batch_size=16
+    )
     assert probe(5, enc) == {}
     out = probe(10, enc)
     assert set(out) == {"probe/knn_acc", "probe/knn_balanced_acc"}
@@ -110,8 +157,25 @@ def test_online_knn_probe_runs_every_n_steps_and_restores_mode(ckpt):
 def test_cli_helpers_with_second_checkpoint_baseline(ckpt, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_evaluate_arguments(parser)
-    args = parser.parse_args([str(ckpt), "--protocol", "knn", "--fractions", "0.5,1", "--seeds", "1",
-                              "--baseline", f"random,{ckpt}", "--out", str(tmp_path), "--n-boot", "20", "--k", "3"])
+    args = parser.parse_args(
+        [
+            str(ckpt),
+            "--protocol",
+            "knn",
+            "--fractions",
+            "0.5,1",
+            "--seeds",
+            "1",
+            "--baseline",
+            f"random,{ckpt}",
+            "--out",
+            str(tmp_path),
+            "--n-boot",
+            "20",
+            "--k",
+            "3",
+        ]
+    )
     res = evaluate_from_args(args)
     assert res.meta["encoders"] == ["pretrained", "random", ckpt.name]
     # the same weights as "pretrained" under another name: identical numbers, zero gain
@@ -123,8 +187,19 @@ def test_cli_helpers_with_second_checkpoint_baseline(ckpt, tmp_path, capsys):
 
 def test_segmentation_finetune_reports_dice_and_rejects_frozen_protocols(ckpt, tmp_path):
     seg = ["finetune.task=segmentation", "data.options.segmentation=true"]
-    res = evaluate(ckpt, protocol="lora", fractions=(0.5,), seeds=1, n_boot=30, max_train=16, max_test=8,
-                   overrides=seg, finetune_kwargs={"steps": 2, "lora_rank": 2}, out=tmp_path, plots=False)
+    res = evaluate(
+        ckpt,
+        protocol="lora",
+        fractions=(0.5,),
+        seeds=1,
+        n_boot=30,
+        max_train=16,
+        max_test=8,
+        overrides=seg,
+        finetune_kwargs={"steps": 2, "lora_rank": 2},
+        out=tmp_path,
+        plots=False,
+    )
     assert res.meta["task"] == "segmentation"
     assert {r["metric"] for r in res} == {"dice", "miou"}
     rec = res.get("pretrained", "lora", "dice", fraction=0.5)
@@ -136,8 +211,25 @@ def test_segmentation_finetune_reports_dice_and_rejects_frozen_protocols(ckpt, t
 
 def test_domainfm_cli_evaluate_with_domain_option_flag(ckpt, tmp_path, capsys):
     from domainfm.cli import run
-    code = run(["evaluate", str(ckpt), "--protocol", "knn", "--fractions", "1", "--seeds", "1", "--n-boot", "20",
-                "--out", str(tmp_path), "--noise", "0.3"])  # --noise: a synthetic-domain option
+
+    code = run(
+        [
+            "evaluate",
+            str(ckpt),
+            "--protocol",
+            "knn",
+            "--fractions",
+            "1",
+            "--seeds",
+            "1",
+            "--n-boot",
+            "20",
+            "--out",
+            str(tmp_path),
+            "--noise",
+            "0.3",
+        ]
+    )  # --noise: a synthetic-domain option
     assert code == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["meta"]["protocols"] == ["knn"] and len(report["records"]) == 8

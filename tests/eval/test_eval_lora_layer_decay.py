@@ -14,8 +14,9 @@ from domainfm.train.layer_decay import param_groups_layer_decay
 
 def _tiny(depth=2, dim=64):
     torch.manual_seed(0)
-    return build_encoder("vit-tiny", patch_embed="2d", in_chans=1, img_size=32, patch_size=8, depth=depth,
-                         embed_dim=dim, num_heads=2)
+    return build_encoder(
+        "vit-tiny", patch_embed="2d", in_chans=1, img_size=32, patch_size=8, depth=depth, embed_dim=dim, num_heads=2
+    )
 
 
 def test_layer_decay_groups_on_vit_encoder_with_head():
@@ -24,7 +25,7 @@ def test_layer_decay_groups_on_vit_encoder_with_head():
     by_name = {n: g for g in groups for n in g["names"]}
     # patch_embed = layer 0, block i = layer i + 1, head/fc_norm/final norm = last layer (depth + 1 = 4)
     assert by_name["encoder.patch_embed.proj.weight"]["layer_id"] == 0
-    assert by_name["encoder.patch_embed.proj.weight"]["lr"] == pytest.approx(0.5 ** 4)
+    assert by_name["encoder.patch_embed.proj.weight"]["lr"] == pytest.approx(0.5**4)
     for i in range(3):
         assert by_name[f"encoder.blocks.{i}.attn.qkv.weight"]["layer_id"] == i + 1
         assert by_name[f"encoder.blocks.{i}.attn.qkv.weight"]["lr"] == pytest.approx(0.5 ** (3 - i))
@@ -39,8 +40,9 @@ def test_layer_decay_groups_on_vit_encoder_with_head():
 
 
 def test_layer_decay_on_timm_vit_tokens_are_layer0_without_decay():
-    vit = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2,
-                                                           num_heads=2, num_classes=3)
+    vit = timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=3
+    )
     groups = param_groups_layer_decay(vit, base_lr=1e-3, weight_decay=0.1, layer_decay=0.75)
     by_name = {n: g for g in groups for n in g["names"]}
     assert by_name["cls_token"]["layer_id"] == 0 and by_name["pos_embed"]["weight_decay"] == 0.0
@@ -92,8 +94,9 @@ def test_finetune_protocol_learns_a_separable_task(mode):
     y = torch.arange(64) % 2
     x[y == 1, :, :16] += 1.5  # class 1: bright top half
     enc = _tiny()
-    scores, info = finetune_classifier(enc, x[:48], y[:48], x[48:], num_classes=2, mode=mode, steps=40, seed=0,
-                                       lora_rank=2)
+    scores, info = finetune_classifier(
+        enc, x[:48], y[:48], x[48:], num_classes=2, mode=mode, steps=40, seed=0, lora_rank=2
+    )
     assert scores.shape == (16, 2)
     assert (scores.argmax(1) == y[48:].numpy()).mean() >= 0.9
     if mode == "lora":

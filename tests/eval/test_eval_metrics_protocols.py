@@ -7,8 +7,16 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from domainfm.errors import DataError, DomainFMError
-from domainfm.eval import (bootstrap_ci, check_pair, classification_metrics, fewshot_probe, knn_probe, linear_probe,
-                           segmentation_metrics, stratified_fraction)
+from domainfm.eval import (
+    bootstrap_ci,
+    check_pair,
+    classification_metrics,
+    fewshot_probe,
+    knn_probe,
+    linear_probe,
+    segmentation_metrics,
+    stratified_fraction,
+)
 
 
 def _blobs(n_per=60, k=3, dim=16, sep=3.0, seed=0):
@@ -128,6 +136,7 @@ def test_knn_k_larger_than_train_set_and_weighting():
 
 def test_random_fraction_for_segmentation():
     from domainfm.eval.splits import random_fraction
+
     a = random_fraction(50, 0.2, seed=0)
     assert a.size == 10 and np.array_equal(a, random_fraction(50, 0.2, seed=0)) and len(set(a.tolist())) == 10
     with pytest.raises(DataError, match="keeps none"):

@@ -27,8 +27,22 @@ def segmenter(tmp_path_factory):
 def test_predict_takes_its_own_flags(segmenter, tmp_path):
     tuned, example, _, _ = segmenter
     out = tmp_path / "pred.nii.gz"
-    assert run(["predict", str(tuned), "--input", str(example.predict_input), "--out", str(out),
-                "--save-probabilities", "--sw-overlap", "0.5"]) == 0
+    assert (
+        run(
+            [
+                "predict",
+                str(tuned),
+                "--input",
+                str(example.predict_input),
+                "--out",
+                str(out),
+                "--save-probabilities",
+                "--sw-overlap",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     assert nib.load(str(out)).shape[:3] == nib.load(str(example.predict_input)).shape[:3]
     assert any(p.name != out.name for p in tmp_path.iterdir())  # the probability map beside the labels
 
@@ -36,8 +50,18 @@ def test_predict_takes_its_own_flags(segmenter, tmp_path):
 def test_predict_refuses_a_pretraining_option_in_one_line(segmenter, tmp_path, capsys):
     tuned, example, _, _ = segmenter
     with pytest.raises(SystemExit) as info:
-        main(["predict", str(tuned), "--input", str(example.predict_input), "--out", str(tmp_path / "p.nii.gz"),
-              "--window", "bone"])
+        main(
+            [
+                "predict",
+                str(tuned),
+                "--input",
+                str(example.predict_input),
+                "--out",
+                str(tmp_path / "p.nii.gz"),
+                "--window",
+                "bone",
+            ]
+        )
     err = capsys.readouterr().err.strip()
     assert info.value.code == 2 and err.count("\n") == 0
     assert "--window" in err and "--save-probabilities" in err

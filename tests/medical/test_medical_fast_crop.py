@@ -26,8 +26,8 @@ def test_random_crop_region_alignment_and_coverage():
     for seed in range(200):
         out = random_crop(sample, [3, 4, 5], np.random.default_rng(seed))
         a, b, c = (int(v) for v in torch.nonzero(mask == out["mask"][0, 0, 0])[0])
-        assert torch.equal(out["image"], image[:, a:a + 3, b:b + 4, c:c + 5])
-        assert torch.equal(out["mask"], mask[a:a + 3, b:b + 4, c:c + 5]) and out["meta"] is sample["meta"]
+        assert torch.equal(out["image"], image[:, a : a + 3, b : b + 4, c : c + 5])
+        assert torch.equal(out["mask"], mask[a : a + 3, b : b + 4, c : c + 5]) and out["meta"] is sample["meta"]
         assert out["image"].is_contiguous()
         assert out["image"].untyped_storage().data_ptr() != image.untyped_storage().data_ptr()
         starts.add((a, b, c))

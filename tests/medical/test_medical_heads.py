@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from domainfm.errors import ConfigError
-from domainfm.models import build_encoder
 from domainfm.medical.heads import UNETRHead, build_head, unetr_layers
+from domainfm.models import build_encoder
 
 
 def test_unetr_layer_choice_matches_paper():
@@ -16,13 +16,18 @@ def test_unetr_layer_choice_matches_paper():
 
 
 def test_unetr_fake_features_3d_anisotropic():
-    head = UNETRHead(embed_dim=32, num_classes=3, spatial_dims=3, patch_size=(2, 8, 8), in_chans=2, depth=6,
-                     feature_size=4)
+    head = UNETRHead(
+        embed_dim=32, num_classes=3, spatial_dims=3, patch_size=(2, 8, 8), in_chans=2, depth=6, feature_size=4
+    )
     assert head.layers == [1, 3] and head.skip_layers == [3, 1]
     grid = (8, 4, 4)
     n = 8 * 4 * 4
-    feats = {"tokens": torch.randn(2, n, 32), "grid": grid, "image": torch.randn(2, 2, 16, 32, 32),
-             "layers": [torch.randn(2, n, 32), torch.randn(2, n, 32)]}
+    feats = {
+        "tokens": torch.randn(2, n, 32),
+        "grid": grid,
+        "image": torch.randn(2, 2, 16, 32, 32),
+        "layers": [torch.randn(2, n, 32), torch.randn(2, n, 32)],
+    }
     out = head(feats)
     assert out.shape == (2, 3, 16, 32, 32)
     out.square().mean().backward()
@@ -31,8 +36,12 @@ def test_unetr_fake_features_3d_anisotropic():
 
 def test_unetr_fake_features_2d():
     head = UNETRHead(embed_dim=16, num_classes=2, spatial_dims=2, patch_size=4, in_chans=1, depth=2, feature_size=4)
-    feats = {"tokens": torch.randn(1, 64, 16), "grid": (8, 8), "image": torch.randn(1, 1, 32, 32),
-             "layers": [torch.randn(1, 64, 16)]}
+    feats = {
+        "tokens": torch.randn(1, 64, 16),
+        "grid": (8, 8),
+        "image": torch.randn(1, 1, 32, 32),
+        "layers": [torch.randn(1, 64, 16)],
+    }
     assert head(feats).shape == (1, 2, 32, 32)
 
 
@@ -45,8 +54,9 @@ def test_unetr_rejects_non_power_of_two_and_missing_layers():
 
 
 def test_build_head_on_real_encoder_3d():
-    enc = build_encoder("vit-tiny", patch_embed="3d", img_size=16, patch_size=8, in_chans=1, depth=2, embed_dim=32,
-                        num_heads=2)
+    enc = build_encoder(
+        "vit-tiny", patch_embed="3d", img_size=16, patch_size=8, in_chans=1, depth=2, embed_dim=32, num_heads=2
+    )
     seg = build_head("segmentation", enc, 2, {"feature_size": 4})
     x = torch.randn(2, 1, 16, 16, 16)
     out = seg(enc.forward_features(x, layers=seg.layers))

@@ -11,19 +11,23 @@ import numpy as np
 import pytest
 import torch
 
-from domainfm.runconfig import load_config
 from domainfm.errors import ConfigError, DataError
-from domainfm.registry import get_domain
 from domainfm.medical import MedicalDomain
 from domainfm.medical.dataset import MedicalDataset
 from domainfm.medical.options import MedicalOptions, normalized
 from domainfm.medical.sources import discover
 from domainfm.medical.synthetic import write_ct_nifti_folder, write_nifti_pair
+from domainfm.registry import get_domain
+from domainfm.runconfig import load_config
 
 
 def _cfg(tmp_path, path, options=None, img_size=16, **extra):
-    raw = {"domain": "medical", "out": str(tmp_path / "run"),
-           "data": {"path": str(path), "img_size": img_size, "options": options or {}}, **extra}
+    raw = {
+        "domain": "medical",
+        "out": str(tmp_path / "run"),
+        "data": {"path": str(path), "img_size": img_size, "options": options or {}},
+        **extra,
+    }
     return load_config(raw)
 
 
@@ -88,9 +92,11 @@ def test_sources_manifest_classes_decathlon(tmp_path):
     # Decathlon datalist with masks
     for i in range(3):
         write_nifti_pair(tmp_path / "dec", f"case{i}", shape=(12, 12, 8), seed=i)
-    dl = {"labels": {"0": "background", "1": "lesion"},
-          "training": [{"image": f"images/case{i}.nii.gz", "label": f"masks/case{i}.nii.gz"} for i in range(3)],
-          "test": ["images/case0.nii.gz"]}
+    dl = {
+        "labels": {"0": "background", "1": "lesion"},
+        "training": [{"image": f"images/case{i}.nii.gz", "label": f"masks/case{i}.nii.gz"} for i in range(3)],
+        "test": ["images/case0.nii.gz"],
+    }
     (tmp_path / "dec" / "dataset.json").write_text(json.dumps(dl))
     cfg = _cfg(tmp_path, tmp_path / "dec" / "dataset.json", finetune={"task": "segmentation"})
     dom = get_domain("medical")
@@ -108,8 +114,10 @@ def test_sources_manifest_classes_decathlon(tmp_path):
 def test_multisequence_folder_grouping(tmp_path):
     for subj in ("s1", "s2"):
         for seq in ("t1", "flair"):
-            nib.save(nib.Nifti1Image(np.random.rand(10, 10, 10).astype(np.float32) + 1, np.eye(4)),
-                     str(tmp_path / f"{subj}_{seq}.nii.gz"))
+            nib.save(
+                nib.Nifti1Image(np.random.rand(10, 10, 10).astype(np.float32) + 1, np.eye(4)),
+                str(tmp_path / f"{subj}_{seq}.nii.gz"),
+            )
     cfg = _cfg(tmp_path, tmp_path, {"modality": "mri", "sequences": "t1,flair"}, img_size=8)
     dom = get_domain("medical")
     ds = dom.dataset(cfg, "pretrain")
@@ -121,8 +129,10 @@ def test_random_crops_reproducible_from_seed_epoch_index(tmp_path):
     for i in range(2):
         write_nifti_pair(tmp_path, f"c{i}", shape=(30, 28, 24), seed=i)
     opts = normalized(MedicalOptions())
-    items = [{"image": str(tmp_path / "images" / f"c{i}.nii.gz"), "mask": str(tmp_path / "masks" / f"c{i}.nii.gz")}
-             for i in range(2)]
+    items = [
+        {"image": str(tmp_path / "images" / f"c{i}.nii.gz"), "mask": str(tmp_path / "masks" / f"c{i}.nii.gz")}
+        for i in range(2)
+    ]
     a = MedicalDataset(items, opts, [16, 16, 16], stage="train", seed=3)
     b = MedicalDataset(items, opts, [16, 16, 16], stage="train", seed=3, cache="memory")
     s1, s2 = a[1], b[1]
@@ -141,12 +151,18 @@ def test_random_crops_reproducible_from_seed_epoch_index(tmp_path):
 @pytest.mark.parametrize("cache", ["memory", "disk"])
 def test_cache_does_not_decode_again(tmp_path, monkeypatch, cache):
     write_ct_nifti_folder(tmp_path / "scans", n=2, shape=(12, 12, 8))
-    cfg = load_config({"domain": "medical", "out": str(tmp_path / "run"),
-                       "data": {"path": str(tmp_path / "scans"), "img_size": 8, "cache": cache}})
+    cfg = load_config(
+        {
+            "domain": "medical",
+            "out": str(tmp_path / "run"),
+            "data": {"path": str(tmp_path / "scans"), "img_size": 8, "cache": cache},
+        }
+    )
     dom = get_domain("medical")
     first = dom.dataset(cfg, "pretrain")
     x0, _ = first[0]["image"], first[1]  # the disk cache fills on first access, the memory cache at construction
     import domainfm.medical.transforms as tr
+
     calls = []
 
     def no_read(*args, **kwargs):
@@ -187,13 +203,21 @@ def test_bad_scan_in_folder_named_by_dataset(tmp_path):
         ds[2]
     assert "zz_nan.nii.gz" in str(info.value) and "NaN" in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(DataError, match="zz_nan.nii.gz"):  # memory caching fails early, with the file named
-        get_domain("medical").dataset(load_config({"domain": "medical", "out": str(tmp_path / "r"),
-                                                   "data": {"path": str(tmp_path / "scans"), "img_size": 16,
-                                                            "cache": "memory"}}), "pretrain")
+        get_domain("medical").dataset(
+            load_config(
+                {
+                    "domain": "medical",
+                    "out": str(tmp_path / "r"),
+                    "data": {"path": str(tmp_path / "scans"), "img_size": 16, "cache": "memory"},
+                }
+            ),
+            "pretrain",
+        )
 
 
 def test_2d_xray_png_class_folders(tmp_path):
     from PIL import Image
+
     rng = np.random.default_rng(0)
     for cls in ("normal", "pneumonia"):
         (tmp_path / cls).mkdir()

@@ -95,6 +95,7 @@ def test_nan_voxels_rejected(tmp_path):
 
 def test_2d_vs_3d_mismatch(tmp_path):
     from PIL import Image
+
     png = tmp_path / "xray.png"
     Image.fromarray((np.random.rand(20, 24) * 255).astype(np.uint8)).save(png)
     vol = tmp_path / "vol.nii.gz"
@@ -128,6 +129,7 @@ def test_mask_shape_and_affine_mismatch(tmp_path):
 
 def test_empty_folder_and_missing_file(tmp_path):
     from domainfm.medical.sources import discover
+
     (tmp_path / "empty").mkdir()
     opts = normalized(MedicalOptions())
     with pytest.raises(DataError) as info:
@@ -166,6 +168,7 @@ def test_multisequence_stacks_channels(tmp_path):
 
 def test_domain_errors_unwraps_monai_runtime_error(tmp_path):
     from monai.transforms import Compose
+
     p = tmp_path / "x.nii.gz"
     p.write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(DomainFMError) as info:
@@ -180,6 +183,7 @@ def test_pneumoniamnist_npz_reader():
     if not path.is_file():
         pytest.skip("pneumoniamnist.npz: ../shared/data absent")
     from domainfm.medical.sources import discover
+
     items, classes = discover(path, normalized(MedicalOptions(spatial_dims=2, modality="xray")), "test")
     assert len(items) == 468 and classes == ["0", "1"]
     img = read_image(items[0]["image"])

@@ -22,8 +22,13 @@ def test_predict_returns_the_array_with_its_geometry(name, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ckpt = domainfm.pretrain(example.config)
-        tuned = domainfm.finetune(ckpt, task=example.task, out=tmp_path / "finetune",
-                                  overrides=example.finetune_overrides, **example.finetune_kwargs)
+        tuned = domainfm.finetune(
+            ckpt,
+            task=example.task,
+            out=tmp_path / "finetune",
+            overrides=example.finetune_overrides,
+            **example.finetune_kwargs,
+        )
         before = sorted(p.name for p in tmp_path.rglob("*"))
         pred = domainfm.predict(tuned, example.predict_input)
         after = sorted(p.name for p in tmp_path.rglob("*"))

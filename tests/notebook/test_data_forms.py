@@ -3,8 +3,6 @@ pretrain, finetune and embed; metadata taken from the object, statistics compute
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -14,9 +12,11 @@ import domainfm
 from domainfm.data.adapters import adapt
 from domainfm.errors import ConfigError, DataError
 
-TINY = {"model": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
-        "objective": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
-        "train": {"steps": 2, "batch_size": 4, "warmup_steps": 1, "progress": False, "tensorboard": False}}
+TINY = {
+    "model": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
+    "objective": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
+    "train": {"steps": 2, "batch_size": 4, "warmup_steps": 1, "progress": False, "tensorboard": False},
+}
 
 
 def _cfg(out, **extra):
@@ -54,8 +54,9 @@ def test_tensor_dataset_tuples_finetune_and_embed_frame(tmp_path):
     ckpt = domainfm.pretrain(_cfg(tmp_path / "pre"), data=TensorDataset(x, y))
     with pytest.raises(ConfigError, match='exist_ok="resume"'):
         domainfm.pretrain(_cfg(tmp_path / "pre"), data=x)
-    ft = domainfm.finetune(ckpt, task="classification", data=x, labels=y, out=tmp_path / "ft",
-                           val_data=x[:4], val_labels=y[:4])
+    ft = domainfm.finetune(
+        ckpt, task="classification", data=x, labels=y, out=tmp_path / "ft", val_data=x[:4], val_labels=y[:4]
+    )
     model = domainfm.load(ft)
     assert model.card["num_classes"] == 2 and model.card["preprocessing"] == domainfm.load(ckpt).card["preprocessing"]
     df = domainfm.embed(ckpt, TensorDataset(x, y))
@@ -78,8 +79,13 @@ def test_dict_dataset_and_monai_dataset(tmp_path):
     ds = adapt(DictSet())
     assert ds.classes == ["a", "b"] and ds[1]["label"] == 1 and ds[1]["meta"]["id"] == "s1"
     monai_data = pytest.importorskip("monai.data")
-    items = [{"image": monai_data.MetaTensor(torch.rand(1, 16, 16), meta={"pixdim": torch.tensor([1, .5, .5, 1])}),
-              "label": i % 2} for i in range(4)]
+    items = [
+        {
+            "image": monai_data.MetaTensor(torch.rand(1, 16, 16), meta={"pixdim": torch.tensor([1, 0.5, 0.5, 1])}),
+            "label": i % 2,
+        }
+        for i in range(4)
+    ]
     ads = adapt(monai_data.Dataset(items))
     assert ads.profile["spacing"][:2] == [0.5, 0.5] and ads[0]["image"].shape == (1, 16, 16)
     ckpt = domainfm.pretrain(_cfg(tmp_path / "m"), data=monai_data.Dataset(items))
@@ -91,11 +97,21 @@ def test_torchgeo_raster_dataset_with_sampler_and_nongeo(tmp_path):
     tgd = pytest.importorskip("torchgeo.datasets")
     samplers = pytest.importorskip("torchgeo.samplers")
     from rasterio.transform import from_origin
+
     folder = tmp_path / "tifs"
     folder.mkdir()
     data = np.random.default_rng(0).integers(0, 3000, (4, 64, 64)).astype(np.uint16)
-    with rasterio.open(folder / "scene.tif", "w", driver="GTiff", width=64, height=64, count=4, dtype="uint16",
-                       crs="EPSG:32633", transform=from_origin(500000, 4600000, 10, 10)) as dst:
+    with rasterio.open(
+        folder / "scene.tif",
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32633",
+        transform=from_origin(500000, 4600000, 10, 10),
+    ) as dst:
         dst.write(data)
     raster = tgd.RasterDataset(paths=str(folder))
     sampler = samplers.RandomGeoSampler(raster, size=16, length=6, generator=torch.Generator().manual_seed(0))
@@ -114,6 +130,7 @@ def test_torchgeo_raster_dataset_with_sampler_and_nongeo(tmp_path):
 
         def __getitem__(self, i):
             return {"image": torch.rand(3, 16, 16), "label": torch.tensor(i % 2)}
+
     ads = adapt(Bands())
     assert ads.profile["band_names"] == ["B02", "B03", "B04"] and ads.classes == ["forest", "river"]
 
@@ -133,7 +150,7 @@ def test_resume_on_an_empty_folder_starts_fresh_and_overwrite_restarts(tmp_path)
     assert ckpt.name.endswith("2")
     again = domainfm.pretrain(_cfg(tmp_path / "r"), data=x, exist_ok="overwrite")
     assert again == ckpt and len(list((tmp_path / "r").glob("ckpt-*"))) == 1
-    with pytest.raises(ConfigError, match='exist_ok must be'):
+    with pytest.raises(ConfigError, match="exist_ok must be"):
         domainfm.pretrain(_cfg(tmp_path / "r"), data=x, exist_ok="yes")
 
 

@@ -32,8 +32,9 @@ def test_example_notebook_runs(path, tmp_path):
     if folder and not (SHARED / folder).is_dir():
         pytest.skip(f"{path.name} needs the shared sample data {SHARED / folder} (absent here)")
     nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=120, kernel_name=_kernel_name(),
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=120, kernel_name=_kernel_name(), resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
@@ -45,6 +46,7 @@ def test_readme_python_snippet_runs_as_written(tmp_path):
     text = (ROOT / "README.md").read_text()
     snippet = re.search(r"Python \(notebook\):.*?```python\n(.*?)```", text, re.S).group(1)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", snippet], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]

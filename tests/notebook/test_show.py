@@ -7,10 +7,13 @@ import pytest
 import domainfm
 from domainfm.eval.report import EvalResult
 
-CFG = {"domain": "synthetic", "data": {"img_size": 32, "options": {"num_samples": 16}},
-       "model": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
-       "objective": {"name": "mae", "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
-       "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "tensorboard": False}}
+CFG = {
+    "domain": "synthetic",
+    "data": {"img_size": 32, "options": {"num_samples": 16}},
+    "model": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
+    "objective": {"name": "mae", "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
+    "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "tensorboard": False},
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +46,22 @@ def test_reconstruction_is_a_figure_and_no_file_unless_asked(ckpt, tmp_path):
 
 
 def test_eval_result_shows_its_pivot_table_and_plots(tmp_path):
-    recs = [{"encoder": enc, "protocol": "knn", "fraction": f, "shots": None, "n_train": 10, "metric": "accuracy",
-             "mean": m, "ci_low": m - 0.05, "ci_high": m + 0.05, "per_seed": [m]}
-            for enc, m in (("pretrained", 0.9), ("random", 0.6)) for f in (0.1, 1.0)]
+    recs = [
+        {
+            "encoder": enc,
+            "protocol": "knn",
+            "fraction": f,
+            "shots": None,
+            "n_train": 10,
+            "metric": "accuracy",
+            "mean": m,
+            "ci_low": m - 0.05,
+            "ci_high": m + 0.05,
+            "per_seed": [m],
+        }
+        for enc, m in (("pretrained", 0.9), ("random", 0.6))
+        for f in (0.1, 1.0)
+    ]
     res = EvalResult(recs, meta={"checkpoint": "runs/x"})
     text = repr(res)
     assert text.splitlines()[0] == "EvalResult (runs/x): 4 records" and len(text.splitlines()) == 6

@@ -14,11 +14,13 @@ TINY = {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}
 @pytest.fixture
 def shared_file():
     """``shared_file(name)``: a file of ../shared/data/pathology, or skip the test when it is absent."""
+
     def get(name: str) -> Path:
         path = SHARED / name
         if not path.exists():
             pytest.skip(f"{name}: ../shared/data absent")
         return path
+
     return get
 
 
@@ -26,6 +28,7 @@ def shared_file():
 def slide_dir(tmp_path_factory) -> Path:
     """6 synthetic H&E slides (3 with a dense-nuclei 'tumour' region) at 0.5 µm/px, plus one blank."""
     from domainfm.pathology.synthetic import write_synthetic_slide
+
     root = tmp_path_factory.mktemp("slides")
     for i in range(6):
         write_synthetic_slide(root / f"s{i}.tif", (768, 640), mpp=0.5, seed=i, tumor=bool(i % 2))
@@ -43,9 +46,14 @@ def labels_csv(slide_dir, tmp_path_factory) -> Path:
 
 def pretrain_config(data, out, steps: int = 2, objective: str = "mae", **options) -> dict:
     opts = {"target_mpp": 1.0, "tile_size": 64, "min_tissue": 0.4, **options}
-    return {"domain": "pathology", "out": str(out), "data": {"path": str(data), "img_size": 32, "options": opts},
-            "model": dict(TINY), "objective": {"name": objective},
-            "train": {"steps": steps, "batch_size": 8, "progress": False, "tensorboard": False, "warmup_steps": 1}}
+    return {
+        "domain": "pathology",
+        "out": str(out),
+        "data": {"path": str(data), "img_size": 32, "options": opts},
+        "model": dict(TINY),
+        "objective": {"name": objective},
+        "train": {"steps": steps, "batch_size": 8, "progress": False, "tensorboard": False, "warmup_steps": 1},
+    }
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +62,7 @@ def pretrained(slide_dir, tmp_path_factory) -> Path:
     import torch
 
     import domainfm
+
     out = tmp_path_factory.mktemp("pretrain")
     n = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -22,8 +22,9 @@ def _dataset(slide_dir, tmp_path, **kw):
     slides = [r for r in list_slides(slide_dir) if "blank" not in r.path]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return SlideTileDataset(slides[:3], target_mpp=1.0, tile_size=64, out_size=32, min_tissue=0.4,
-                                coords_dir=tmp_path / "tiles", **kw)
+        return SlideTileDataset(
+            slides[:3], target_mpp=1.0, tile_size=64, out_size=32, min_tissue=0.4, coords_dir=tmp_path / "tiles", **kw
+        )
 
 
 def test_slide_tile_dataset_samples(slide_dir, tmp_path):
@@ -35,7 +36,9 @@ def test_slide_tile_dataset_samples(slide_dir, tmp_path):
     assert (s["meta"]["x"], s["meta"]["y"]) == tuple(int(v) for v in ds.grids[k].coords[j])
     assert s["meta"]["path"].endswith(".tif") and s["meta"]["size0"] == 128
     raw = ds.read_tile(3)
-    expected = (torch.from_numpy(np.array(Image.fromarray(raw).resize((32, 32), Image.BILINEAR))).permute(2, 0, 1) / 255 - 0.5) / 0.25
+    expected = (
+        torch.from_numpy(np.array(Image.fromarray(raw).resize((32, 32), Image.BILINEAR))).permute(2, 0, 1) / 255 - 0.5
+    ) / 0.25
     assert torch.allclose(s["image"], expected.float(), atol=1e-5)
     assert len(ds.cache) == 1 and ds.cache.max_open == 8
 
@@ -112,8 +115,9 @@ def test_macenko_normalization_reduces_stain_difference():
     # the same tissue rendered with two different stain matrices (Beer-Lambert)
     rgb = synthetic_he_image(96, 96, seed=2, tissue_fraction=1.0, nuclei_per_mpx=30000)
     other = np.array([[0.65, 0.15], [0.70, 0.85], [0.30, 0.50]])
-    shifted = synthetic_he_image(96, 96, seed=2, tissue_fraction=1.0, nuclei_per_mpx=30000,
-                                 stains=other / np.linalg.norm(other, axis=0))
+    shifted = synthetic_he_image(
+        96, 96, seed=2, tissue_fraction=1.0, nuclei_per_mpx=30000, stains=other / np.linalg.norm(other, axis=0)
+    )
     norm = MacenkoNormalizer()
     a, b = norm.normalize(rgb), norm.normalize(shifted)
     assert a.shape == rgb.shape and a.dtype == np.uint8
@@ -130,12 +134,27 @@ def test_macenko_normalization_reduces_stain_difference():
 
 
 def test_macenko_option_and_card_preprocessor_match_the_dataset(slide_dir, tmp_path):
-    from domainfm.runconfig import load_config
     from domainfm.registry import get_domain
+    from domainfm.runconfig import load_config
+
     domain = get_domain("pathology")
-    cfg = load_config({"domain": "pathology", "out": str(tmp_path), "data": {
-        "path": str(slide_dir / "s1.tif"), "img_size": 32,
-        "options": {"target_mpp": 1.0, "tile_size": 64, "min_tissue": 0.4, "macenko": True, "mean": "0.5,0.5,0.5"}}})
+    cfg = load_config(
+        {
+            "domain": "pathology",
+            "out": str(tmp_path),
+            "data": {
+                "path": str(slide_dir / "s1.tif"),
+                "img_size": 32,
+                "options": {
+                    "target_mpp": 1.0,
+                    "tile_size": 64,
+                    "min_tissue": 0.4,
+                    "macenko": True,
+                    "mean": "0.5,0.5,0.5",
+                },
+            },
+        }
+    )
     ds = domain.dataset(cfg, "pretrain")
     assert ds.transform.macenko is not None and ds.transform.train
     card = {"preprocessing": domain.preprocessing(cfg, ds)}
@@ -144,8 +163,14 @@ def test_macenko_option_and_card_preprocessor_match_the_dataset(slide_dir, tmp_p
     rgb = ds.read_tile(0)
     x = pre(rgb)
     assert x.shape == (3, 32, 32) and torch.isfinite(x).all()
-    eval_ds = SlideTileDataset([slide_dir / "s1.tif"], 1.0, 64, 32, 0.4, transform=TileTransform(
-        32, (0.5,) * 3, cfg.options.std, macenko=MacenkoNormalizer()))
+    eval_ds = SlideTileDataset(
+        [slide_dir / "s1.tif"],
+        1.0,
+        64,
+        32,
+        0.4,
+        transform=TileTransform(32, (0.5,) * 3, cfg.options.std, macenko=MacenkoNormalizer()),
+    )
     # without a per-slide stain estimate the preprocessor equals the dataset transform on the same tile
     assert torch.allclose(eval_ds.transform(eval_ds.read_tile(0)), pre(eval_ds.read_tile(0)), atol=1e-5)
     bad = load_config({"domain": "pathology", "data": {"path": str(slide_dir), "options": {"mean": "0.5,0.5"}}})

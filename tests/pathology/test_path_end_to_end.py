@@ -21,7 +21,6 @@ from domainfm.pathology.synthetic import synthetic_he_image
 from domainfm.pathology.tiling import cached_tile_grid
 
 
-
 @contextlib.contextmanager
 def _quiet():
     with warnings.catch_warnings():
@@ -56,6 +55,7 @@ def test_api_pretrain_embed_mil_predict(pretrained, slide_dir, labels_csv, tmp_p
     # the embedding is the model's embedding of that tile
     from domainfm.pathology.embed import transform_from_preprocessing
     from domainfm.pathology.slide import open_slide
+
     t = transform_from_preprocessing(pre)(np.asarray(grid.read(open_slide(slide_dir / "s0.tif"), 2)))
     np.testing.assert_allclose(model.embed(t[None])[0].numpy(), f0["features"][2], atol=1e-4)
 
@@ -68,8 +68,14 @@ def test_api_pretrain_embed_mil_predict(pretrained, slide_dir, labels_csv, tmp_p
     assert all(after[n] == stamps[n] for n in stamps if n != "s3.tif.h5") and "s3.tif.h5" in after
 
     with _quiet():
-        mil = domainfm.finetune(pretrained, task="mil", data=feats, labels=labels_csv, out=tmp_path / "mil",
-                                overrides=["data.options.mil_epochs=3", "data.options.mil_hidden=16"])
+        mil = domainfm.finetune(
+            pretrained,
+            task="mil",
+            data=feats,
+            labels=labels_csv,
+            out=tmp_path / "mil",
+            overrides=["data.options.mil_epochs=3", "data.options.mil_hidden=16"],
+        )
     metrics = json.loads((mil / "metrics.json").read_text())
     assert metrics["classes"] == ["normal", "tumor"] and metrics["n_slides"] == 6
     assert {"abmil", "mean"} <= set(metrics) and metrics["abmil"]["train"]["n"] == metrics["n_train"]
@@ -93,12 +99,45 @@ def test_api_pretrain_embed_mil_predict(pretrained, slide_dir, labels_csv, tmp_p
 
 def test_cli_pretrain_embed_finetune_and_errors(slide_dir, labels_csv, tmp_path, capsys, shared_file):
     out = tmp_path / "run"
-    tiny = ["--set", "data.img_size=32", "--set", "model.patch_size=8", "--set", "model.depth=2",
-            "--set", "model.embed_dim=64", "--set", "model.num_heads=2", "--set", "train.progress=false",
-            "--set", "train.tensorboard=false"]
+    tiny = [
+        "--set",
+        "data.img_size=32",
+        "--set",
+        "model.patch_size=8",
+        "--set",
+        "model.depth=2",
+        "--set",
+        "model.embed_dim=64",
+        "--set",
+        "model.num_heads=2",
+        "--set",
+        "train.progress=false",
+        "--set",
+        "train.tensorboard=false",
+    ]
     with _quiet(), pytest.raises(SystemExit) as exc:
-        main(["pretrain", "--domain", "pathology", "--data", str(slide_dir), "--out", str(out), "--steps", "1",
-              "--batch-size", "8", *tiny, "--target-mpp", "1.0", "--tile-size", "64", "--min-tissue", "0.4"])
+        main(
+            [
+                "pretrain",
+                "--domain",
+                "pathology",
+                "--data",
+                str(slide_dir),
+                "--out",
+                str(out),
+                "--steps",
+                "1",
+                "--batch-size",
+                "8",
+                *tiny,
+                "--target-mpp",
+                "1.0",
+                "--tile-size",
+                "64",
+                "--min-tissue",
+                "0.4",
+            ]
+        )
     assert exc.value.code == 0
     assert json.loads(open(out / "latest.json").read())["step"] == 1
     assert (out / "tiles" / "s0.tif.tiles.csv").is_file()  # tile grids saved per slide under the run
@@ -110,8 +149,24 @@ def test_cli_pretrain_embed_finetune_and_errors(slide_dir, labels_csv, tmp_path,
     assert "1 skipped with no tissue" in capsys.readouterr().out
 
     with _quiet(), pytest.raises(SystemExit) as exc:
-        main(["finetune", str(out), "--task", "mil", "--data", str(feats), "--labels", str(labels_csv),
-              "--out", str(tmp_path / "mil"), "--mil-epochs", "2", "--mil-hidden", "16"])
+        main(
+            [
+                "finetune",
+                str(out),
+                "--task",
+                "mil",
+                "--data",
+                str(feats),
+                "--labels",
+                str(labels_csv),
+                "--out",
+                str(tmp_path / "mil"),
+                "--mil-epochs",
+                "2",
+                "--mil-hidden",
+                "16",
+            ]
+        )
     assert exc.value.code == 0 and (tmp_path / "mil" / "metrics.json").is_file()
 
     # bad inputs: one line on stderr naming the file, exit status 2
@@ -120,8 +175,21 @@ def test_cli_pretrain_embed_finetune_and_errors(slide_dir, labels_csv, tmp_path,
     broken = shared_file("broken.svs")
     tcga = shared_file("tcga-cr-7395-01a-01-ts1.svs")
     cases = [
-        (["finetune", str(out), "--task", "mil", "--data", str(feats), "--labels", str(missing),
-          "--out", str(tmp_path / "mil2")], ["missing.csv", "not-there.svs"]),
+        (
+            [
+                "finetune",
+                str(out),
+                "--task",
+                "mil",
+                "--data",
+                str(feats),
+                "--labels",
+                str(missing),
+                "--out",
+                str(tmp_path / "mil2"),
+            ],
+            ["missing.csv", "not-there.svs"],
+        ),
         (["embed", str(out), "--data", str(broken), "--out", str(tmp_path / "e1")], ["broken.svs", "unreadable"]),
         (["embed", str(out), "--data", str(tcga), "--out", str(tmp_path / "e2")], ["tcga-cr-7395", "--mpp"]),
     ]
@@ -141,8 +209,13 @@ def test_tile_classification_from_labelled_tile_folder(pretrained, tmp_path):
             rgb = synthetic_he_image(48, 48, seed=i, blank=blank, tissue_fraction=1.0)
             Image.fromarray(rgb).save(tmp_path / "tiles" / cls / f"{i}.png")
     with _quiet():
-        ckpt = domainfm.finetune(pretrained, task="classification", data=tmp_path / "tiles", out=tmp_path / "cls",
-                                 overrides=["train.steps=2", "train.batch_size=4", "data.val_fraction=0.34"])
+        ckpt = domainfm.finetune(
+            pretrained,
+            task="classification",
+            data=tmp_path / "tiles",
+            out=tmp_path / "cls",
+            overrides=["train.steps=2", "train.batch_size=4", "data.val_fraction=0.34"],
+        )
     model = domainfm.load(ckpt)
     assert model.card["classes"] == ["no-tissue", "tissue"]
     x = model.preprocess(tmp_path / "tiles" / "tissue" / "0.png")

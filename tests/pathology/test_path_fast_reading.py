@@ -29,8 +29,9 @@ def _boxes(w: int, h: int, size: int):
 
 @pytest.mark.parametrize("compression", ["zlib", None])
 def test_raw_regions_equal_openslide(tmp_path, compression):
-    path = write_pyramidal_tiff(tmp_path / "s.tif", synthetic_he_image(640, 768, seed=3), mpp=0.5,
-                                compression=compression)
+    path = write_pyramidal_tiff(
+        tmp_path / "s.tif", synthetic_he_image(640, 768, seed=3), mpp=0.5, compression=compression
+    )
     reader = RegionReader(path)
     assert reader.raw_levels == [0, 1]
     slide = openslide.OpenSlide(str(path))
@@ -62,8 +63,9 @@ def test_real_svs_jpeg2000_is_read_by_openslide():
     reader = RegionReader(SHARED_SVS)
     assert reader.raw_levels == []  # JPEG 2000 tiles: not decoded here
     slide = openslide.OpenSlide(str(SHARED_SVS))
-    np.testing.assert_array_equal(reader.read((1000, 1000), 0, (64, 64)),
-                                  np.asarray(read_rgb(slide, (1000, 1000), 0, (64, 64))))
+    np.testing.assert_array_equal(
+        reader.read((1000, 1000), 0, (64, 64)), np.asarray(read_rgb(slide, (1000, 1000), 0, (64, 64)))
+    )
 
 
 def _per_tile_reference(ds: SlideTileDataset, i: int, size: int) -> torch.Tensor:
@@ -80,8 +82,14 @@ def _per_tile_reference(ds: SlideTileDataset, i: int, size: int) -> torch.Tensor
 def test_batched_dataset_equals_per_tile_openslide_path(slide_dir, tmp_path, target_mpp, tile_size, out_size):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = SlideTileDataset([slide_dir / "s0.tif", slide_dir / "s1.tif"], target_mpp, tile_size, out_size,
-                              min_tissue=0.3, read_threads=3)
+        ds = SlideTileDataset(
+            [slide_dir / "s0.tif", slide_dir / "s1.tif"],
+            target_mpp,
+            tile_size,
+            out_size,
+            min_tissue=0.3,
+            read_threads=3,
+        )
     grid = ds.grids[0]
     assert (grid.read_size != grid.tile_size) == (target_mpp == 0.75)  # resized reads covered too
     idx = list(range(0, len(ds), 2))
@@ -101,8 +109,14 @@ def test_batched_dataset_equals_per_tile_openslide_path(slide_dir, tmp_path, tar
 def test_training_transform_per_tile_in_batches(slide_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = SlideTileDataset([slide_dir / "s2.tif"], 1.0, 64, 32, min_tissue=0.3,
-                              transform=TileTransform(32, train=True, stain_sigma=0.05))
+        ds = SlideTileDataset(
+            [slide_dir / "s2.tif"],
+            1.0,
+            64,
+            32,
+            min_tissue=0.3,
+            transform=TileTransform(32, train=True, stain_sigma=0.05),
+        )
     idx = [0, 3, 1]
     assert all(torch.equal(b["image"], ds[i]["image"]) for i, b in zip(idx, ds.__getitems__(idx)))
 
@@ -120,6 +134,7 @@ def test_reader_cache_follows_evicted_handles(slide_dir):
 
 def test_views_wrapper_does_not_expose_the_batched_fetch(slide_dir):
     from domainfm.data.views import ViewsDataset
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = SlideTileDataset([slide_dir / "s0.tif"], 1.0, 64, 32, min_tissue=0.3)

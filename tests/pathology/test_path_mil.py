@@ -11,8 +11,7 @@ from PIL import Image
 
 from domainfm.errors import ConfigError, DataError
 from domainfm.pathology.heatmap import heatmap_image, rank_normalize, write_heatmap, write_tile_scores
-from domainfm.pathology.mil import (GatedABMIL, MeanPoolMIL, build_mil, classification_metrics, predict_bags,
-                                   train_mil)
+from domainfm.pathology.mil import GatedABMIL, MeanPoolMIL, build_mil, classification_metrics, predict_bags, train_mil
 from domainfm.pathology.mil_task import match_labels, read_labels, require_labels
 from domainfm.pathology.synthetic import synthetic_he_image, write_pyramidal_tiff
 
@@ -82,7 +81,11 @@ def test_heatmap_png_and_tile_scores_csv(tmp_path):
     assert red[0] > red[2] and blue[2] > blue[0]  # jet: top score red, lowest blue
     csv_path = write_tile_scores(tmp_path / "h.tiles.csv", coords, 256, {"attention": scores})
     rows = list(csv.DictReader(open(csv_path)))
-    assert [(int(r["x"]), int(r["y"]), float(r["attention"])) for r in rows] == [(0, 0, 0.1), (256, 0, 5.0), (512, 256, 0.3)]
+    assert [(int(r["x"]), int(r["y"]), float(r["attention"])) for r in rows] == [
+        (0, 0, 0.1),
+        (256, 0, 5.0),
+        (512, 256, 0.3),
+    ]
     assert heatmap_image(Image.fromarray(rgb), (768, 512), coords, 256, scores, normalize="none").size == (768, 512)
 
 
@@ -90,6 +93,7 @@ def test_labels_csv_naming_a_missing_slide(tmp_path):
     feats = tmp_path / "features"
     feats.mkdir()
     import h5py
+
     for name in ("a.svs", "b.svs"):
         with h5py.File(feats / f"{name}.h5", "w") as f:
             f["features"], f["coords"] = np.zeros((2, 4), np.float32), np.zeros((2, 2), np.int64)

@@ -28,7 +28,9 @@ def test_written_pyramid_opens_in_openslide_with_mpp(tmp_path):
 def test_mpp_from_vendor_keys_and_resolution_tags():
     assert mpp_from_properties({"openslide.mpp-x": "0.2527"}) == pytest.approx(0.2527)
     assert mpp_from_properties({"aperio.MPP": "0.499"}) == pytest.approx(0.499)
-    assert mpp_from_properties({"tiff.XResolution": "40000", "tiff.ResolutionUnit": "centimeter"}) == pytest.approx(0.25)
+    assert mpp_from_properties({"tiff.XResolution": "40000", "tiff.ResolutionUnit": "centimeter"}) == pytest.approx(
+        0.25
+    )
     assert mpp_from_properties({"tiff.XResolution": "101600", "tiff.ResolutionUnit": "inch"}) == pytest.approx(0.25)
     # 72 dpi screen defaults are not a scan resolution
     assert mpp_from_properties({"tiff.XResolution": "72", "tiff.ResolutionUnit": "inch"}) is None
@@ -91,6 +93,7 @@ def test_real_plain_kidney_tiff_fallback(shared_file):
 
 def test_slide_cache_is_lru_and_not_pickled(tmp_path):
     import pickle
+
     paths = [write_pyramidal_tiff(tmp_path / f"c{i}.tif", synthetic_he_image(256, 256, i), mpp=0.5) for i in range(3)]
     cache = SlideCache(max_open=2)
     a = cache.get(paths[0])

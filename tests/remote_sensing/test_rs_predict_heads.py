@@ -19,8 +19,11 @@ from domainfm.remote_sensing.synthetic import write_scene
 def test_upernet_head_shapes_and_gradients():
     head = build_head("segmentation", 64, 2, 5)
     assert head.layers == [0, 1] and pick_layers(12) == [2, 5, 8, 11]
-    feats = {"layers": [torch.randn(2, 16, 64, requires_grad=True) for _ in head.layers], "grid": (4, 4),
-             "image": torch.zeros(2, 3, 32, 32)}
+    feats = {
+        "layers": [torch.randn(2, 16, 64, requires_grad=True) for _ in head.layers],
+        "grid": (4, 4),
+        "image": torch.zeros(2, 3, 32, 32),
+    }
     out = head(feats)
     assert out.shape == (2, 5, 32, 32)
     out.sum().backward()
@@ -66,14 +69,32 @@ class PixelModel(nn.Module):
 def _card(sensor="sentinel2", bands=("B02", "B03", "B04", "B08"), chip=32, stats=None, task="segmentation"):
     s = get_sensor(sensor)
     sel = [s.band(b) for b in bands]
-    return {"domain": "remote_sensing", "task": task, "preprocessing": {
-        "sensors": {s.name: sensor_to_dict(s, sel)}, "bands": {s.name: list(bands)}, "stats": stats,
-        "img_size": chip, "chip_size": chip, "resolution": None, "resampling": "bilinear", "predict_overlap": 0.25}}
+    return {
+        "domain": "remote_sensing",
+        "task": task,
+        "preprocessing": {
+            "sensors": {s.name: sensor_to_dict(s, sel)},
+            "bands": {s.name: list(bands)},
+            "stats": stats,
+            "img_size": chip,
+            "chip_size": chip,
+            "resolution": None,
+            "resampling": "bilinear",
+            "predict_overlap": 0.25,
+        },
+    }
 
 
 def test_predict_blends_tiles_and_keeps_grid(tmp_path):
-    path, _ = write_scene(tmp_path / "scene.tif", "sentinel2", ["B02", "B03", "B04", "B08"], size=(100, 70),
-                          nodata_rect=(0, 12, 0, 20), crs="EPSG:32632", origin=(400010.0, 5100020.0))
+    path, _ = write_scene(
+        tmp_path / "scene.tif",
+        "sentinel2",
+        ["B02", "B03", "B04", "B08"],
+        size=(100, 70),
+        nodata_rect=(0, 12, 0, 20),
+        crs="EPSG:32632",
+        origin=(400010.0, 5100020.0),
+    )
     model = PixelModel(_card())
     out = predict_scene(model, path, tmp_path / "prob.tif", probabilities=True)
     scene = Scene(path, "sentinel2", ["B02", "B03", "B04", "B08"])
@@ -120,8 +141,9 @@ def test_predict_small_scene_classification_model_and_errors(tmp_path):
 def test_write_geotiff_roundtrip(tmp_path):
     path, _ = write_scene(tmp_path / "g.tif", "naip", size=(300, 260), res=1.0)
     scene = Scene(path, "naip")
-    out = write_geotiff(tmp_path / "o.tif", np.arange(300 * 260, dtype="int32").reshape(300, 260), scene.grid,
-                        band_names=["value"])
+    out = write_geotiff(
+        tmp_path / "o.tif", np.arange(300 * 260, dtype="int32").reshape(300, 260), scene.grid, band_names=["value"]
+    )
     with rasterio.open(out) as dst:
         assert dst.transform == scene.grid.transform and dst.crs == scene.grid.crs and dst.descriptions == ("value",)
         assert dst.read(1)[299, 259] == 300 * 260 - 1

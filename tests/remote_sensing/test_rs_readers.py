@@ -35,9 +35,11 @@ def test_sensor_table_wavelengths_aliases_and_user_yaml(tmp_path):
     with pytest.raises(ConfigError, match="unknown sensor 'spot7'"):
         get_sensor("spot7")
     yml = tmp_path / "sensors.yaml"
-    yml.write_text("sensors:\n  planetscope:\n    gsd: 3\n    bands:\n"
-                   "      - {name: blue, wavelength: 0.49, aliases: [B1]}\n"
-                   "      - {name: nir, wavelength: 0.865, scale: 0.0001}\n")
+    yml.write_text(
+        "sensors:\n  planetscope:\n    gsd: 3\n    bands:\n"
+        "      - {name: blue, wavelength: 0.49, aliases: [B1]}\n"
+        "      - {name: nir, wavelength: 0.865, scale: 0.0001}\n"
+    )
     ps = get_sensor("planetscope", yml)
     assert ps.band("b1").name == "blue" and ps.band("nir").scale == 1e-4 and ps.band("nir").gsd == 3
     bad = tmp_path / "bad.yaml"
@@ -47,8 +49,9 @@ def test_sensor_table_wavelengths_aliases_and_user_yaml(tmp_path):
 
 
 def test_band_selection_by_description_scale_and_nodata(tmp_path):
-    path, lab = write_scene(tmp_path / "s2.tif", "sentinel2", ["B02", "B03", "B04", "B08"], size=(40, 30),
-                            nodata_rect=(0, 5, 0, 30))
+    path, lab = write_scene(
+        tmp_path / "s2.tif", "sentinel2", ["B02", "B03", "B04", "B08"], size=(40, 30), nodata_rect=(0, 5, 0, 30)
+    )
     with rasterio.open(path) as src:
         raw = src.read().astype(np.float64)
     scene = Scene(path, "sentinel2", "B08,B02")  # order differs from the file's
@@ -71,8 +74,9 @@ def test_description_mismatch_and_too_few_bands(tmp_path):
         Scene(path, "sentinel2", ["B02", "B08"])
     msg = str(e.value)
     assert str(path) in msg and "B08" in msg and "descriptions" in msg and "\n" not in msg
-    nodesc, _ = write_scene(tmp_path / "nodesc.tif", "sentinel2", ["B02", "B03", "B04"], size=(16, 16),
-                            descriptions=False)
+    nodesc, _ = write_scene(
+        tmp_path / "nodesc.tif", "sentinel2", ["B02", "B03", "B04"], size=(16, 16), descriptions=False
+    )
     with pytest.raises(DataError, match=r"nodesc\.tif: has 3 band\(s\) but 4 are configured"):
         Scene(nodesc, "sentinel2", "B02,B03,B04,B08")
     # without descriptions a file with exactly the requested bands is taken in order
@@ -94,8 +98,10 @@ def test_multiresolution_folder_resampled_to_finest_grid(tmp_path):
     folder = write_band_folder(tmp_path / "S2_scene", "sentinel2", ["B02", "B05", "B01"], extent_m=(1200, 1200))
     scene = Scene(folder, "sentinel2", ["B02", "B05", "B01"], resampling="nearest")
     assert (scene.width, scene.height) == (120, 120) and scene.grid.res == (10.0, 10.0)
-    with rasterio.open(folder / "T33TWM_20200601_B05_20m.tif") as s20, \
-            rasterio.open(folder / "T33TWM_20200601_B01_60m.tif") as s60:
+    with (
+        rasterio.open(folder / "T33TWM_20200601_B05_20m.tif") as s20,
+        rasterio.open(folder / "T33TWM_20200601_B01_60m.tif") as s60,
+    ):
         b05, b01 = s20.read(1).astype(np.float32), s60.read(1).astype(np.float32)
     data, valid = scene.read(Window(20, 40, 32, 32))
     assert valid.all()
@@ -164,8 +170,9 @@ def test_windowed_reads_only(tmp_path, monkeypatch):
 
 def test_streaming_stats_match_numpy(tmp_path):
     path, _ = write_scene(tmp_path / "s.tif", "sentinel2", ["B02", "B04"], size=(64, 64), nodata_rect=(0, 8, 0, 64))
-    ds = RasterChipDataset([Item(path, "sentinel2_l2a")], {"sentinel2_l2a": ["B02", "B04"]}, chip_size=16,
-                           sampling="grid")
+    ds = RasterChipDataset(
+        [Item(path, "sentinel2_l2a")], {"sentinel2_l2a": ["B02", "B04"]}, chip_size=16, sampling="grid"
+    )
     assert len(ds) == 16
     st = ds.compute_stats(max_chips=100)["sentinel2_l2a"]
     with rasterio.open(path) as src:
@@ -187,13 +194,21 @@ def test_sources_tiles_manifest_and_splits(tmp_path):
     assert len(tr) + len(va) == 12 and not {str(i.path) for i in tr} & {str(i.path) for i in va}
     # multi-label manifest with relative paths
     csv = tmp_path / "eurosat" / "labels.csv"
-    rows = ["image,label"] + [f"{it.path.relative_to(root)},{'Forest;River' if k % 2 else 'Urban'}"
-                              for k, it in enumerate(items)]
+    rows = ["image,label"] + [
+        f"{it.path.relative_to(root)},{'Forest;River' if k % 2 else 'Urban'}" for k, it in enumerate(items)
+    ]
     csv.write_text("\n".join(rows) + "\n")
     mitems, mclasses, mkind = discover_items(csv, ["sentinel2_l2a"])
     assert mkind == "manifest" and mclasses == ["Forest", "River", "Urban"] and mitems[1].label == [0, 1]
-    ds = RasterChipDataset(mitems, {"sentinel2_l2a": ["B02", "B03", "B04", "B08"]}, chip_size=8, img_size=8,
-                           sampling="whole", classes=mclasses, multilabel=True)
+    ds = RasterChipDataset(
+        mitems,
+        {"sentinel2_l2a": ["B02", "B03", "B04", "B08"]},
+        chip_size=8,
+        img_size=8,
+        sampling="whole",
+        classes=mclasses,
+        multilabel=True,
+    )
     s = ds[1]
     assert s["image"].shape == (4, 8, 8) and s["label"].tolist() == [1.0, 1.0, 0.0]
     # a manifest pointing at a non-raster
@@ -218,17 +233,24 @@ def test_spatial_split_ignores_labels_outside_region(tmp_path):
         rows = np.arange(r0, r0 + 16)
         m = s["mask"].numpy()
         assert (m[rows < 30] == -1).all()
-        np.testing.assert_array_equal(m[rows >= 30], lab[rows[rows >= 30]][:, s["meta"]["window"][0]:][:, :16])
+        np.testing.assert_array_equal(m[rows >= 30], lab[rows[rows >= 30]][:, s["meta"]["window"][0] :][:, :16])
 
 
 def test_sensor_grouped_batches(tmp_path):
     a, _ = write_scene(tmp_path / "s2" / "a.tif", "sentinel2", ["B02", "B03", "B04", "B08"], size=(32, 32))
-    b, _ = write_scene(tmp_path / "landsat8" / "b.tif", "landsat8", ["B2", "B3", "B4", "B5", "B6"], size=(32, 32), res=30)
+    b, _ = write_scene(
+        tmp_path / "landsat8" / "b.tif", "landsat8", ["B2", "B3", "B4", "B5", "B6"], size=(32, 32), res=30
+    )
     items, _, _ = discover_items(tmp_path, ["sentinel2", "landsat8"])
     assert sorted(it.sensor for it in items) == ["landsat8", "sentinel2"]
-    ds = RasterChipDataset(items, {"sentinel2": ["B02", "B03", "B04", "B08"], "landsat8": ["B2", "B3", "B4", "B5", "B6"]}, chip_size=16,
-                           chips_per_scene=10)
+    ds = RasterChipDataset(
+        items,
+        {"sentinel2": ["B02", "B03", "B04", "B08"], "landsat8": ["B2", "B3", "B4", "B5", "B6"]},
+        chip_size=16,
+        chips_per_scene=10,
+    )
     from domainfm.data.sample import collate_samples
+
     batches = ds.epoch_batches(epoch=0, batch_size=4, seed=0)
     assert len(batches) == 4 and batches != ds.epoch_batches(epoch=1, batch_size=4, seed=0)
     assert batches == ds.epoch_batches(epoch=0, batch_size=4, seed=0)
@@ -245,6 +267,7 @@ def test_demo_writes_real_slovenia_patch_as_geotiff(tmp_path):
     from pathlib import Path
 
     from domainfm.remote_sensing.demo import write_slovenia
+
     src = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "remote_sensing" / "eolearn_slovenia"
     if not src.is_dir():
         pytest.skip("eolearn_slovenia sample: ../shared/data absent")
@@ -252,7 +275,9 @@ def test_demo_writes_real_slovenia_patch_as_geotiff(tmp_path):
     lulc = np.load(src / "mask_timeless" / "LULC.npy")[..., 0]
     with rasterio.open(info["labels"]) as m:
         assert m.crs.to_epsg() == 32633 and m.res == (10.0, 10.0) and m.shape == lulc.shape
-        assert m.transform.c == pytest.approx(465181.0522, abs=1e-3) and m.transform.f == pytest.approx(5080254.6335, abs=1e-3)
+        assert m.transform.c == pytest.approx(465181.0522, abs=1e-3) and m.transform.f == pytest.approx(
+            5080254.6335, abs=1e-3
+        )
         lab = m.read(1)
     assert (lab[lulc == 0] == 255).all() and lab[lulc != 0].max() == len(info["classes"]) - 1
     # the user sensor from YAML: NDVI dates from the time-series file's descriptions, DEM from dem.tif
@@ -272,6 +297,7 @@ def test_shipped_configs_validate():
     import yaml
 
     from domainfm.runconfig import load_config
+
     root = Path(__file__).resolve().parents[2] / "configs" / "remote_sensing"
     for name in ("sentinel2_mae.yaml", "mixed_sensors_mae.yaml"):
         cfg = load_config(root / name, check_paths=False)

@@ -110,7 +110,8 @@ def test_unwritable_out_is_one_line(tmp_path, capsys, where):
 
 def test_memory_that_does_not_fit_is_refused_before_the_first_step(tmp_path, capsys, monkeypatch):
     import domainfm.memory as memory
-    monkeypatch.setattr(memory, "available_ram", lambda: 2 * 1024 ** 2)
+
+    monkeypatch.setattr(memory, "available_ram", lambda: 2 * 1024**2)
     code, err = run_cli(["pretrain", _config_file(tmp_path)], capsys)
     assert code == 2
     assert_one_line_error(err, "needs about", "batch 8", "grad_checkpointing")
@@ -119,7 +120,9 @@ def test_memory_that_does_not_fit_is_refused_before_the_first_step(tmp_path, cap
 
 def test_grad_checkpointing_trains_the_same_weights(tmp_path):
     import torch
+
     from domainfm.train.checkpoint import load_tensors
+
     a = domainfm.pretrain(tiny_config(tmp_path / "a", train={"steps": 2}))
     b = domainfm.pretrain(tiny_config(tmp_path / "b", train={"steps": 2, "grad_checkpointing": True}))
     ta, tb = load_tensors(a), load_tensors(b)
@@ -139,10 +142,16 @@ def test_sigint_saves_a_checkpoint_and_prints_the_resume_command(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "domainfm.cli", "pretrain", str(path)], stderr=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "domainfm.cli", "pretrain", str(path)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     metrics = tmp_path / "run" / "metrics.csv"
     import time
+
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") > 8):
         time.sleep(0.2)
@@ -156,10 +165,16 @@ def test_sigint_saves_a_checkpoint_and_prints_the_resume_command(tmp_path):
 
 def test_printed_finetune_resume_command_continues_the_run(tmp_path, capsys):
     import shutil
+
     from domainfm.train.engine import resume_command
+
     pre = domainfm.pretrain(tiny_config(tmp_path / "pre", train={"steps": 1}))
-    ft = domainfm.finetune(pre, task="classification", out=tmp_path / "ft",
-                           overrides=["train.steps=2", "train.ckpt_every=1", "train.keep_last=0"])
+    ft = domainfm.finetune(
+        pre,
+        task="classification",
+        out=tmp_path / "ft",
+        overrides=["train.steps=2", "train.ckpt_every=1", "train.keep_last=0"],
+    )
     shutil.rmtree(ft)  # as if interrupted after step 1
     command = resume_command(domainfm.load(tmp_path / "ft").card, tmp_path / "ft")
     code, err = run_cli(command.split()[1:], capsys)

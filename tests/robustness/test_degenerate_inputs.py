@@ -29,19 +29,43 @@ def _pngs(folder, n=4, size=32):
 
 def _huge_png_header(path, width=40000, height=40000):
     """A PNG whose header says 40000 x 40000 (the pixel data is a stub: readers must refuse on size)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
     return path
 
 
 def test_png_folder_is_read_in_2d_without_flags(tmp_path, capsys):
     data = _pngs(tmp_path / "xr")
-    code, err = run_cli(["pretrain", "--domain", "medical", "--data", data, "--out", tmp_path / "run", "--steps", "1",
-                         "--batch-size", "2", "--set", "data.img_size=32", "--set", "model.patch_size=8",
-                         "--set", "model.depth=1", "--set", "train.progress=false"], capsys)
+    code, err = run_cli(
+        [
+            "pretrain",
+            "--domain",
+            "medical",
+            "--data",
+            data,
+            "--out",
+            tmp_path / "run",
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--set",
+            "data.img_size=32",
+            "--set",
+            "model.patch_size=8",
+            "--set",
+            "model.depth=1",
+            "--set",
+            "train.progress=false",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "2D images only" in err
     card = load_card(tmp_path / "run")
@@ -57,17 +81,39 @@ def test_images_too_small_or_too_large_are_refused(tmp_path, capsys, kind):
     else:
         _huge_png_header(bad)
     before = digest(data)
-    code, err = run_cli(["pretrain", "--domain", "medical", "--data", data, "--out", tmp_path / "run", "--steps", "1",
-                         "--batch-size", "4", "--set", "data.img_size=32", "--set", "model.patch_size=8",
-                         "--set", "model.depth=1", "--set", "train.progress=false"], capsys)
+    code, err = run_cli(
+        [
+            "pretrain",
+            "--domain",
+            "medical",
+            "--data",
+            data,
+            "--out",
+            tmp_path / "run",
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--set",
+            "data.img_size=32",
+            "--set",
+            "model.patch_size=8",
+            "--set",
+            "model.depth=1",
+            "--set",
+            "train.progress=false",
+        ],
+        capsys,
+    )
     assert code == 2
     assert_one_line_error(err, str(bad), "patch" if kind == "tiny" else "guard")
     assert digest(data) == before
 
 
 def test_contrastive_batch_of_one_is_refused(tmp_path, capsys):
-    cfg = tiny_config(tmp_path / "run", objective={"name": "contrastive"},
-                      data={"img_size": 32, "options": {"num_samples": 1}})
+    cfg = tiny_config(
+        tmp_path / "run", objective={"name": "contrastive"}, data={"img_size": 32, "options": {"num_samples": 1}}
+    )
     with pytest.raises(domainfm.errors.DataError, match="needs >= 2 per batch"):
         domainfm.pretrain(cfg)
 
@@ -75,6 +121,7 @@ def test_contrastive_batch_of_one_is_refused(tmp_path, capsys):
 def test_dangling_symlinks_are_counted(tmp_path, caplog):
     from domainfm.medical.options import MedicalOptions, normalized
     from domainfm.medical.sources import discover
+
     data = _pngs(tmp_path / "xr", n=2)
     (data / "gone.png").symlink_to(tmp_path / "missing.png")
     items, _ = discover(data, normalized(MedicalOptions(spatial_dims=2)))
@@ -85,10 +132,17 @@ def test_3d_defaults_crop_and_non_ct_warning(tmp_path, capsys):
     rng = np.random.default_rng(0)
     for i in range(2):  # MRI-like intensities: no air at -1000
         (tmp_path / "mri").mkdir(exist_ok=True)
-        nib.save(nib.Nifti1Image(rng.uniform(0, 800, (40, 36, 20)).astype(np.float32), np.eye(4)),
-                 tmp_path / "mri" / f"s{i}.nii.gz")
-    cfg = {"domain": "medical", "out": str(tmp_path / "run"), "data": {"path": str(tmp_path / "mri")},
-           "model": TINY, "train": FAST}
+        nib.save(
+            nib.Nifti1Image(rng.uniform(0, 800, (40, 36, 20)).astype(np.float32), np.eye(4)),
+            tmp_path / "mri" / f"s{i}.nii.gz",
+        )
+    cfg = {
+        "domain": "medical",
+        "out": str(tmp_path / "run"),
+        "data": {"path": str(tmp_path / "mri")},
+        "model": TINY,
+        "train": FAST,
+    }
     domainfm.pretrain(cfg)
     err = capsys.readouterr().err
     pre = load_card(tmp_path / "run")["preprocessing"]

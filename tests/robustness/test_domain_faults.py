@@ -34,10 +34,15 @@ def sparse_seg(tmp_path_factory):
         m = nib.load(mp)
         arr = np.zeros(m.shape, np.uint8)
         for k, v in enumerate(SPARSE):
-            arr[k * 2:(k + 1) * 2] = v
+            arr[k * 2 : (k + 1) * 2] = v
         nib.save(nib.Nifti1Image(arr, m.affine), mp)
-    cfg = {"domain": "medical", "out": str(root / "pre"), "data": {"path": str(root / "data"), "img_size": 16},
-           "model": TINY, "train": FAST}
+    cfg = {
+        "domain": "medical",
+        "out": str(root / "pre"),
+        "data": {"path": str(root / "data"), "img_size": 16},
+        "model": TINY,
+        "train": FAST,
+    }
     pre = domainfm.pretrain(cfg)
     seg = domainfm.finetune(pre, task="segmentation", data=root / "data", out=root / "seg", overrides=["train.steps=1"])
     return root, seg
@@ -54,8 +59,23 @@ def test_sparse_ids_map_to_contiguous_and_back(sparse_seg, tmp_path):
 def test_num_classes_disagreeing_with_masks_is_refused(sparse_seg, tmp_path, capsys):
     root, _ = sparse_seg
     before = digest(root / "data", root / "pre")
-    code, err = run_cli(["finetune", root / "pre", "--task", "segmentation", "--data", root / "data",
-                         "--num-classes", "3", "--out", tmp_path / "ft", "--steps", "1"], capsys)
+    code, err = run_cli(
+        [
+            "finetune",
+            root / "pre",
+            "--task",
+            "segmentation",
+            "--data",
+            root / "data",
+            "--num-classes",
+            "3",
+            "--out",
+            tmp_path / "ft",
+            "--steps",
+            "1",
+        ],
+        capsys,
+    )
     assert code == 2
     assert_one_line_error(err, "--num-classes 3", str(SPARSE))
     assert digest(root / "data", root / "pre") == before
@@ -66,8 +86,13 @@ def test_medical_predict_never_replaces_the_input(sparse_seg, tmp_path, capsys, 
     root, seg = sparse_seg
     src = tmp_path / "scan.nii.gz"
     src.write_bytes((root / "data" / "images" / "c1.nii.gz").read_bytes())
-    out = {"same_path": src, "hard_link": tmp_path / "link.nii.gz", "symlink": tmp_path / "sym.nii.gz",
-           "under_a_file": src / "pred.nii.gz", "existing_folder": tmp_path / "dir.nii.gz"}[how]
+    out = {
+        "same_path": src,
+        "hard_link": tmp_path / "link.nii.gz",
+        "symlink": tmp_path / "sym.nii.gz",
+        "under_a_file": src / "pred.nii.gz",
+        "existing_folder": tmp_path / "dir.nii.gz",
+    }[how]
     if how == "hard_link":
         os.link(src, out)
     if how == "symlink":
@@ -147,6 +172,7 @@ def test_rs_predict_writes_label_ids_and_shows_progress(scene, tmp_path, capsys)
 def test_eval_cap_is_a_stratified_random_sample():
     class Sorted(list):
         items = [{"label": 0}] * 80 + [{"label": 1}] * 20
+
     idx = cap_indices(Sorted(range(100)), 10)
     labels = [Sorted.items[i]["label"] for i in idx]
     assert len(idx) == 10 and labels.count(1) == 2 and idx != list(range(10))

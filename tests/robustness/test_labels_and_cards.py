@@ -16,10 +16,13 @@ def _masks(*values):
     return [{"mask": torch.tensor(v)} for v in values]
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"num_classes": 2}, r"--num-classes 2 disagrees .* \[0, 1, 5\]"),
-    ({"names": ["bg", "a"]}, r"--classes names 2 classes \['bg', 'a'\] .* \[0, 1, 5\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_classes": 2}, r"--num-classes 2 disagrees .* \[0, 1, 5\]"),
+        ({"names": ["bg", "a"]}, r"--classes names 2 classes \['bg', 'a'\] .* \[0, 1, 5\]"),
+    ],
+)
 def test_segmentation_class_count_disagreement_shows_both(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         resolve_classes(_masks([0, 1], [5, 0]), "segmentation", where="m.csv", **kwargs)

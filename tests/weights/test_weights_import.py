@@ -33,7 +33,7 @@ def _timm(name: str, seed: int = 0, **kw) -> torch.nn.Module:
 
 def _ref_tokens(vit, x):
     with torch.no_grad():
-        return vit.forward_features(x)[:, vit.num_prefix_tokens:]
+        return vit.forward_features(x)[:, vit.num_prefix_tokens :]
 
 
 def _state(vit) -> dict:
@@ -96,9 +96,12 @@ def _official_dinov2(vit, chunked: bool) -> dict:
     """timm's DINOv2-with-registers state dict written back in the official (facebookresearch) key layout."""
     sd = _state(vit)
     pos_cls = torch.randn(1, 1, sd["cls_token"].shape[-1]) * 0.05
-    out = {"cls_token": sd.pop("cls_token") - pos_cls, "register_tokens": sd.pop("reg_token"),
-           "pos_embed": torch.cat([pos_cls, sd.pop("pos_embed")], dim=1),
-           "mask_token": torch.zeros(1, sd["norm.weight"].shape[0])}
+    out = {
+        "cls_token": sd.pop("cls_token") - pos_cls,
+        "register_tokens": sd.pop("reg_token"),
+        "pos_embed": torch.cat([pos_cls, sd.pop("pos_embed")], dim=1),
+        "mask_token": torch.zeros(1, sd["norm.weight"].shape[0]),
+    }
     for k, v in sd.items():
         out[k.replace("blocks.", "blocks.0.", 1) if chunked and k.startswith("blocks.") else k] = v
     return out
@@ -107,8 +110,9 @@ def _official_dinov2(vit, chunked: bool) -> dict:
 @pytest.mark.parametrize("chunked", [False, True])
 def test_official_dinov2_layout(tmp_path, chunked):
     vit = _timm("vit_small_patch14_reg4_dinov2", img_size=28, depth=2)
-    torch.save({"teacher": {f"backbone.{k}": v for k, v in _official_dinov2(vit, chunked).items()}},
-               tmp_path / "dinov2.pth")
+    torch.save(
+        {"teacher": {f"backbone.{k}": v for k, v in _official_dinov2(vit, chunked).items()}}, tmp_path / "dinov2.pth"
+    )
     ckpt = import_weights(tmp_path / "dinov2.pth", domain="synthetic", out=tmp_path / "ckpt", channels=3)
     x = torch.randn(2, 3, 28, 28)
     with torch.no_grad():
@@ -122,25 +126,46 @@ def test_official_dinov2_layout(tmp_path, chunked):
 def test_official_mae_layout_and_arch_override(tmp_path):
     vit = _timm("vit_small_patch16_224", img_size=32)
     sd = _state(vit)
-    sd.update({"mask_token": torch.zeros(1, 1, 64), "decoder_embed.weight": torch.zeros(64, 384),
-               "decoder_pos_embed": torch.zeros(1, 5, 64), "decoder_blocks.0.norm1.weight": torch.ones(64),
-               "decoder_pred.weight": torch.zeros(768, 64)})
+    sd.update(
+        {
+            "mask_token": torch.zeros(1, 1, 64),
+            "decoder_embed.weight": torch.zeros(64, 384),
+            "decoder_pos_embed": torch.zeros(1, 5, 64),
+            "decoder_blocks.0.norm1.weight": torch.ones(64),
+            "decoder_pred.weight": torch.zeros(768, 64),
+        }
+    )
     torch.save({"model": sd}, tmp_path / "mae.pth")
-    ckpt = import_weights(tmp_path / "mae.pth", domain="synthetic", out=tmp_path / "ckpt",
-                          arch="vit_small_patch16_224", img_size=32, channels=3)
+    ckpt = import_weights(
+        tmp_path / "mae.pth",
+        domain="synthetic",
+        out=tmp_path / "ckpt",
+        arch="vit_small_patch16_224",
+        img_size=32,
+        channels=3,
+    )
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert (domainfm.load(ckpt).features(x)["tokens"] - _ref_tokens(vit, x)).abs().max() < TOL
     imp = json.loads((ckpt / "card.json").read_text())["import"]
     assert imp["layout"] == "mae"
-    assert sorted(imp["dropped_keys"]) == sorted(["mask_token", "decoder_embed.weight", "decoder_pos_embed",
-                                                  "decoder_blocks.0.norm1.weight", "decoder_pred.weight",
-                                                  "head.weight", "head.bias"])
+    assert sorted(imp["dropped_keys"]) == sorted(
+        [
+            "mask_token",
+            "decoder_embed.weight",
+            "decoder_pos_embed",
+            "decoder_blocks.0.norm1.weight",
+            "decoder_pred.weight",
+            "head.weight",
+            "head.bias",
+        ]
+    )
     assert imp["detected"]["num_heads_from"] == "timm arch vit_small_patch16_224"
     assert imp["pos_embed"] == "learned [2, 2] -> [2, 2]"
     # another image size: the learned positions are resampled (bicubic) to the new grid, the class position folded
-    big = domainfm.load(import_weights(tmp_path / "mae.pth", domain="synthetic", out=tmp_path / "big", img_size=64,
-                                       channels=3))
+    big = domainfm.load(
+        import_weights(tmp_path / "mae.pth", domain="synthetic", out=tmp_path / "big", img_size=64, channels=3)
+    )
     assert big.encoder.grid == (4, 4) and big.card["import"]["pos_embed"] == "learned [2, 2] -> [4, 4] (bicubic)"
     expected = resample_pos_embed(sd["pos_embed"][0, 1:], (2, 2), (4, 4))
     assert torch.allclose(big.encoder.pos_embed[0], expected, atol=1e-6)
@@ -151,8 +176,15 @@ def test_torchgeo_style_13_bands_mapped_by_name(tmp_path):
     bands = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
     vit = _timm("vit_small_patch16_224", img_size=32, in_chans=13)
     torch.save({"state_dict": {f"backbone.{k}": v for k, v in _state(vit).items()}}, tmp_path / "ssl4eo.pth")
-    ckpt = import_weights(tmp_path / "ssl4eo.pth", domain="remote_sensing", out=tmp_path / "ckpt",
-                          source_bands=",".join(bands), patch_embed="2d", img_size=32, bands="B04,B03,B02,B8A")
+    ckpt = import_weights(
+        tmp_path / "ssl4eo.pth",
+        domain="remote_sensing",
+        out=tmp_path / "ckpt",
+        source_bands=",".join(bands),
+        patch_embed="2d",
+        img_size=32,
+        bands="B04,B03,B02,B8A",
+    )
     m = domainfm.load(ckpt)
     x = torch.randn(2, 4, 32, 32)
     full = torch.zeros(2, 13, 32, 32)
@@ -173,8 +205,13 @@ def test_grey_from_rgb_sum_and_unmatched_channels(tmp_path):
     with torch.no_grad():
         assert (grey.features(x)["tokens"] - _ref_tokens(vit, x.expand(-1, 3, -1, -1))).abs().max() < TOL
     assert grey.card["import"]["channels"][0]["rule"] == "sum of red+green+blue"
-    four = import_weights(tmp_path / "w.safetensors", domain="synthetic", out=tmp_path / "f", channels=4,
-                          target_bands="blue,green,red,nir")
+    four = import_weights(
+        tmp_path / "w.safetensors",
+        domain="synthetic",
+        out=tmp_path / "f",
+        channels=4,
+        target_bands="blue,green,red,nir",
+    )
     rules = [c["rule"] for c in json.loads((four / "card.json").read_text())["import"]["channels"]]
     assert rules == ["copied", "copied", "copied", "mean of source kernels"]
     # `info` lists what was copied and what was initialised
@@ -184,8 +221,13 @@ def test_grey_from_rgb_sum_and_unmatched_channels(tmp_path):
 def test_wavelength_embed_reproduces_rgb_tokens(tmp_path):
     vit = _timm("vit_small_patch16_224", img_size=32)
     save_file(_state(vit), str(tmp_path / "w.safetensors"))
-    ckpt = import_weights(tmp_path / "w.safetensors", domain="synthetic", out=tmp_path / "ckpt",
-                          wavelengths=[0.665, 0.56, 0.49], channels=3)
+    ckpt = import_weights(
+        tmp_path / "w.safetensors",
+        domain="synthetic",
+        out=tmp_path / "ckpt",
+        wavelengths=[0.665, 0.56, 0.49],
+        channels=3,
+    )
     m = domainfm.load(ckpt)
     assert m.card["encoder"]["patch_embed"] == "wavelength"
     x = torch.randn(2, 3, 32, 32)
@@ -200,8 +242,9 @@ def test_wavelength_embed_reproduces_rgb_tokens(tmp_path):
 
 def _inflated_error(tmp_path, vit, name):
     save_file(_state(vit), str(tmp_path / f"{name}.safetensors"))
-    ckpt = import_weights(tmp_path / f"{name}.safetensors", domain="synthetic", out=tmp_path / name, spatial_dims=3,
-                          patch_depth=4)
+    ckpt = import_weights(
+        tmp_path / f"{name}.safetensors", domain="synthetic", out=tmp_path / name, spatial_dims=3, patch_depth=4
+    )
     m = domainfm.load(ckpt)
     assert m.card["encoder"]["patch_size"] == [4, 16, 16] and m.encoder.grid == (8, 2, 2)
     assert "repeated along depth" in m.card["import"]["pos_embed"]
@@ -214,8 +257,9 @@ def _inflated_error(tmp_path, vit, name):
 
 def test_inflation_to_3d_constant_volume_gives_2d_tokens(tmp_path):
     # without prefix tokens every key is repeated along depth, so attention (and every token) is unchanged
-    no_prefix = _timm("vit_small_patch16_224", img_size=32, class_token=False, global_pool="avg", fc_norm=False,
-                      init_values=0.1)
+    no_prefix = _timm(
+        "vit_small_patch16_224", img_size=32, class_token=False, global_pool="avg", fc_norm=False, init_values=0.1
+    )
     assert _inflated_error(tmp_path, no_prefix, "avg") < TOL
     # a class token is not repeated: it gets 1/8 of its 2D attention share here, a small measured deviation
     with_cls = _timm("vit_small_patch16_224", img_size=32)
@@ -246,13 +290,24 @@ def test_pickle_with_objects_is_refused_and_never_executed(tmp_path, writer):
 
 
 def test_unknown_layout_is_one_line_and_writes_nothing(tmp_path, capsys):
-    save_file({"features.0.weight": torch.zeros(8, 3, 3, 3), "classifier.weight": torch.zeros(2, 8)},
-              str(tmp_path / "cnn.safetensors"))
+    save_file(
+        {"features.0.weight": torch.zeros(8, 3, 3, 3), "classifier.weight": torch.zeros(2, 8)},
+        str(tmp_path / "cnn.safetensors"),
+    )
     code = None
     with pytest.raises(SystemExit) as exc:
         from domainfm.cli import main
-        main(["import-weights", str(tmp_path / "cnn.safetensors"), "--domain", "synthetic", "--out",
-              str(tmp_path / "ckpt")])
+
+        main(
+            [
+                "import-weights",
+                str(tmp_path / "cnn.safetensors"),
+                "--domain",
+                "synthetic",
+                "--out",
+                str(tmp_path / "ckpt"),
+            ]
+        )
     code = exc.value.code
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
@@ -274,9 +329,15 @@ def test_unmatched_keys_and_existing_out_are_refused(tmp_path):
 
 def _to_hf_names(sd: dict) -> dict:
     """timm ViT names -> Hugging Face transformers names (the inverse of the importer's renaming)."""
-    block = {"norm1.": "layernorm_before.", "norm2.": "layernorm_after.", "attn.proj.": "attention.output.dense.",
-             "mlp.fc1.": "intermediate.dense.", "mlp.fc2.": "output.dense.", "ls1.gamma": "layer_scale1.lambda1",
-             "ls2.gamma": "layer_scale2.lambda1"}
+    block = {
+        "norm1.": "layernorm_before.",
+        "norm2.": "layernorm_after.",
+        "attn.proj.": "attention.output.dense.",
+        "mlp.fc1.": "intermediate.dense.",
+        "mlp.fc2.": "output.dense.",
+        "ls1.gamma": "layer_scale1.lambda1",
+        "ls2.gamma": "layer_scale2.lambda1",
+    }
     out = {}
     for k, v in sd.items():
         if k.startswith("blocks."):
@@ -286,12 +347,18 @@ def _to_hf_names(sd: dict) -> dict:
                     out[f"encoder.layer.{i}.attention.attention.{name}.{rest.rsplit('.', 1)[1]}"] = part.clone()
                 continue
             src = next(s for s in block if rest.startswith(s))
-            out[f"encoder.layer.{i}.{block[src]}{rest[len(src):]}"] = v
+            out[f"encoder.layer.{i}.{block[src]}{rest[len(src) :]}"] = v
         elif not k.startswith("head"):
-            out[{"cls_token": "embeddings.cls_token", "pos_embed": "embeddings.position_embeddings",
-                 "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
-                 "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
-                 "norm.weight": "layernorm.weight", "norm.bias": "layernorm.bias"}[k]] = v
+            out[
+                {
+                    "cls_token": "embeddings.cls_token",
+                    "pos_embed": "embeddings.position_embeddings",
+                    "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+                    "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+                    "norm.weight": "layernorm.weight",
+                    "norm.bias": "layernorm.bias",
+                }[k]
+            ] = v
     return out
 
 
@@ -314,9 +381,12 @@ def test_hugging_face_transformers_names_in_a_folder(tmp_path):
 
 def test_training_checkpoint_with_namespace_args_loads(tmp_path):
     import argparse
+
     vit = _timm("vit_small_patch16_224", img_size=32)
-    torch.save({"model": _state(vit), "epoch": 799, "args": argparse.Namespace(lr=1e-3, model="mae_vit_small")},
-               tmp_path / "checkpoint-799.pth")
+    torch.save(
+        {"model": _state(vit), "epoch": 799, "args": argparse.Namespace(lr=1e-3, model="mae_vit_small")},
+        tmp_path / "checkpoint-799.pth",
+    )
     ckpt = import_weights(tmp_path / "checkpoint-799.pth", domain="synthetic", out=tmp_path / "ckpt", channels=3)
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
@@ -326,8 +396,26 @@ def test_training_checkpoint_with_namespace_args_loads(tmp_path):
 def test_cli_routes_import_options_and_domain_flags(tmp_path):
     vit = _timm("vit_small_patch16_224", img_size=32, in_chans=4)
     save_file(_state(vit), str(tmp_path / "w.safetensors"))
-    assert cli_run(["import-weights", str(tmp_path / "w.safetensors"), "--domain", "remote_sensing", "--out",
-                    str(tmp_path / "ckpt"), "--source-bands", "B02,B03,B04,B08", "--patch-embed", "2d",
-                    "--img-size", "32", "--bands", "B08,B04"]) == 0
+    assert (
+        cli_run(
+            [
+                "import-weights",
+                str(tmp_path / "w.safetensors"),
+                "--domain",
+                "remote_sensing",
+                "--out",
+                str(tmp_path / "ckpt"),
+                "--source-bands",
+                "B02,B03,B04,B08",
+                "--patch-embed",
+                "2d",
+                "--img-size",
+                "32",
+                "--bands",
+                "B08,B04",
+            ]
+        )
+        == 0
+    )
     imp = json.loads((tmp_path / "ckpt" / "card.json").read_text())["import"]
     assert [(c["target"], c["from"]) for c in imp["channels"]] == [("B08", ["B08"]), ("B04", ["B04"])]

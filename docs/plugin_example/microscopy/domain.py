@@ -41,7 +41,7 @@ def read_counts(path: Path, size: int) -> torch.Tensor:
     if counts.ndim != 2 or min(counts.shape) < size:
         raise DataError(path, f"expected a single-channel image of at least {size}x{size}, got shape {counts.shape}")
     top, left = (counts.shape[0] - size) // 2, (counts.shape[1] - size) // 2
-    return torch.from_numpy(counts[top:top + size, left:left + size].astype(np.float32))[None]
+    return torch.from_numpy(counts[top : top + size, left : left + size].astype(np.float32))[None]
 
 
 class MicroscopyDomain(Domain):
@@ -79,7 +79,11 @@ class MicroscopyDomain(Domain):
             tifffile.imwrite(folder / "images" / f"cell{i}.tif", rng.poisson(50 + 40 * i, (40, 40)).astype(np.uint16))
         bad = folder / "broken.tif"
         bad.write_bytes(b"not a tiff")
-        config = {"domain": "microscopy", "out": str(folder / "pretrain"), "data": {"path": str(folder / "images")},
-                  "model": {"depth": 1, "embed_dim": 32, "num_heads": 2},
-                  "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False, "warmup_steps": 1}}
+        config = {
+            "domain": "microscopy",
+            "out": str(folder / "pretrain"),
+            "data": {"path": str(folder / "images")},
+            "model": {"depth": 1, "embed_dim": 32, "num_heads": 2},
+            "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False, "warmup_steps": 1},
+        }
         return DomainExample(config=config, bad_file=bad)
