@@ -31,8 +31,8 @@ QUICKSTART = [
     ("code", "frame = domainfm.embed(arrays_ckpt, images, labels=labels)\nframe.iloc[:3, :6]"),
 ]
 
-DATA = ("import os\nfrom pathlib import Path\n"
-        "DATA = Path(os.environ.get(\"DOMAINFM_DATA\", \"/work/shared/data\"))   # the shared sample data")
+DATA = ("from pathlib import Path\nfrom domainfm.demo import sample_data\n"
+        "DATA = sample_data() or Path(\"shared-data-absent\")   # $DOMAINFM_DATA, else ../shared/data beside the repo")
 
 MEDICAL = [
     ("md", "# Medical: chest X-rays held in memory\nPneumoniaMNIST (28x28 uint8, shared sample data) as numpy "

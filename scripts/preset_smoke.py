@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("DOMAINFM_DATA", "/work/shared/data"))
+DATA = Path(os.environ.get("DOMAINFM_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
 def last_metrics(run: Path) -> dict:

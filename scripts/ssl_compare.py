@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("DOMAINFM_DATA", "/work/shared/data"))
+DATA = Path(os.environ.get("DOMAINFM_DATA", ROOT.parent / "shared" / "data"))
 
 #: per-objective settings on top of the shared model/budget (objective.* keys; model.* under "model")
 OBJECTIVES = {

@@ -21,7 +21,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_NPZ = Path(os.environ.get("DOMAINFM_DATA", "/work/shared/data")) / "medical" / "pneumoniamnist.npz"
+DEFAULT_NPZ = (
+    Path(os.environ.get("DOMAINFM_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    / "medical"
+    / "pneumoniamnist.npz"
+)
 
 
 def _model(args) -> dict:

@@ -3,6 +3,7 @@ Python snippet runs as written."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,19 +14,33 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.ipynb"))
-SHARED = Path(os.environ.get("DOMAINFM_DATA", "/work/shared/data"))
+SHARED = Path(os.environ.get("DOMAINFM_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
 NEEDS_DATA = {"medical.ipynb": "medical", "remote_sensing.ipynb": "remote_sensing", "pathology.ipynb": "pathology"}
 
 
-def _kernel_name() -> str:
-    spec = pytest.importorskip("jupyter_client.kernelspec").KernelSpecManager().get_kernel_spec("python3")
-    if Path(spec.argv[0]).resolve() != Path(sys.executable).resolve():
-        pytest.skip(f"the python3 kernel runs {spec.argv[0]}, not this interpreter {sys.executable}")
-    return "python3"
+KERNEL = "domainfm-tests"
+
+
+@pytest.fixture(scope="module")
+def kernel_name(tmp_path_factory):
+    """A kernel spec that runs this interpreter (the venv's), whatever ``python3`` resolves to."""
+    pytest.importorskip("ipykernel")
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": KERNEL, "language": "python"}))
+    old = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(root), *([old] if old else [])])
+    yield KERNEL
+    if old is None:
+        os.environ.pop("JUPYTER_PATH", None)
+    else:
+        os.environ["JUPYTER_PATH"] = old
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
-def test_example_notebook_runs(path, tmp_path):
+def test_example_notebook_runs(path, tmp_path, kernel_name):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     folder = NEEDS_DATA.get(path.name)
@@ -33,7 +48,7 @@ def test_example_notebook_runs(path, tmp_path):
         pytest.skip(f"{path.name} needs the shared sample data {SHARED / folder} (absent here)")
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
-        nb, timeout=120, kernel_name=_kernel_name(), resources={"metadata": {"path": str(tmp_path)}}
+        nb, timeout=120, kernel_name=kernel_name, resources={"metadata": {"path": str(tmp_path)}}
     )
     client.execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]

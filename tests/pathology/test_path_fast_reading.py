@@ -19,7 +19,11 @@ from domainfm.pathology.regions import ReaderCache, RegionReader
 from domainfm.pathology.slide import read_rgb
 from domainfm.pathology.synthetic import synthetic_he_image, write_pyramidal_tiff
 
-SHARED_SVS = Path(os.environ.get("DOMAINFM_DATA", "/work/shared/data")) / "pathology" / "tcga-cr-7395-01a-01-ts1.svs"
+SHARED_SVS = (
+    Path(os.environ.get("DOMAINFM_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+    / "pathology"
+    / "tcga-cr-7395-01a-01-ts1.svs"
+)
 
 
 def _boxes(w: int, h: int, size: int):
