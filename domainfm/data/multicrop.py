@@ -20,10 +20,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from domainfm.data.rng import item_generator
-from domainfm.data.sampling import set_epoch
+from domainfm.data.views import DatasetWrapper
 from domainfm.errors import ConfigError
 
 Photometric = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -217,7 +216,7 @@ def check_multicrop(ocfg, img_size: Sequence[int], patch_size: Sequence[int], ba
     return local
 
 
-class MultiCropDataset(Dataset):
+class MultiCropDataset(DatasetWrapper):
     """Wrap a dataset so each sample carries ``views``: the crops from ``crops(image, generator)``.
 
     Example:
@@ -229,20 +228,8 @@ class MultiCropDataset(Dataset):
     """
 
     def __init__(self, dataset, crops: Callable[[torch.Tensor, torch.Generator], list[torch.Tensor]], seed: int = 0):
-        self.dataset, self.crops, self.seed = dataset, crops, seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        set_epoch(self.dataset, epoch)
-
-    def __getattr__(self, name):  # expose the wrapped dataset's extras (epoch_batches, stats...)
-        if name in ("dataset", "crops", "seed", "epoch"):
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
+        super().__init__(dataset, seed)
+        self.crops = crops
 
     def __getitem__(self, index: int) -> dict:
         sample = dict(self.dataset[index])

@@ -23,11 +23,15 @@ from domainfm.data.rng import item_generator
 from domainfm.data.sampling import set_epoch
 
 
-class ViewsDataset(Dataset):
-    def __init__(
-        self, dataset, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor], n_views: int = 2, seed: int = 0
-    ):
-        self.dataset, self.augment, self.n_views, self.seed = dataset, augment, n_views, seed
+class DatasetWrapper(Dataset):
+    """A dataset that adds something to each sample of ``dataset`` and otherwise looks like it: its
+    length, its per-epoch randomness (``set_epoch``) and its extras (``epoch_batches``, ``classes``,
+    ``stats``...). Dunder names are not passed through, so a batched ``__getitems__`` of the wrapped
+    dataset never bypasses the wrapper's ``__getitem__``.
+    """
+
+    def __init__(self, dataset, seed: int = 0):
+        self.dataset, self.seed = dataset, seed
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -37,10 +41,18 @@ class ViewsDataset(Dataset):
         self.epoch = epoch
         set_epoch(self.dataset, epoch)
 
-    def __getattr__(self, name):  # expose the wrapped dataset's extras (epoch_batches, stats...)
-        if name.startswith("__") or name in ("dataset", "augment", "n_views", "seed", "epoch"):  # no __getitems__
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("dataset", "seed", "epoch"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+class ViewsDataset(DatasetWrapper):
+    def __init__(
+        self, dataset, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor], n_views: int = 2, seed: int = 0
+    ):
+        super().__init__(dataset, seed)
+        self.augment, self.n_views = augment, n_views
 
     def __getitem__(self, index: int) -> dict:
         sample = dict(self.dataset[index])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader
 
 import domainfm
 from domainfm.data.multicrop import MultiCropDataset, make_multicrop
@@ -281,3 +282,14 @@ def test_mae_with_random_resized_crops_runs(tmp_path):
     assert domainfm.pretrain(cfg).name == "ckpt-0000002"
     with pytest.raises(ConfigError, match=r"objective\.mae_crop_scale"):
         domainfm.pretrain(tiny_config(tmp_path / "bad", objective={"name": "mae", "mae_crop_scale": [0.5, 2.0]}))
+
+
+def test_multicrop_views_survive_a_batched_getitems_of_the_wrapped_dataset():
+    class Batched(list):
+        def __getitems__(self, indices):  # as the pathology tile datasets read regions in batches
+            return [self[i] for i in indices]
+
+    base = Batched({"image": torch.rand(1, 16, 16), "meta": {"path": str(i)}} for i in range(4))
+    ds = MultiCropDataset(base, make_multicrop(2, (16, 16), (8, 8), n_local=1), seed=0)
+    batch = next(iter(DataLoader(ds, batch_size=2, collate_fn=list)))
+    assert all(len(sample["views"]) == 3 for sample in batch)
