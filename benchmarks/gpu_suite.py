@@ -91,37 +91,7 @@ def cases(dry: bool) -> list[dict]:
                 batch=2,
             ),
         ]
-    return [
-        dict(
-            name="2D vit-base/16 @224",
-            dims=2,
-            in_chans=3,
-            img_size=224,
-            patch=16,
-            dim=768,
-            depth=12,
-            heads=12,
-            dec_dim=512,
-            dec_depth=8,
-            dec_heads=16,
-            batch=256,
-        ),
-        # MONAI's 3D sin-cos embedding needs a decoder width divisible by 6: 384 for both
-        dict(
-            name="3D vit-base/16 @96^3",
-            dims=3,
-            in_chans=1,
-            img_size=96,
-            patch=16,
-            dim=768,
-            depth=12,
-            heads=12,
-            dec_dim=384,
-            dec_depth=8,
-            dec_heads=12,
-            batch=32,
-        ),
-    ]
+    return pt.vit_base_cases(batch_2d=256, batch_3d=32)
 
 
 class Suite:
@@ -174,19 +144,6 @@ def section_peak(s: Suite) -> None:
     s.add("peak", dtype="bf16", n=8192, tflops=s.peak_tflops)
 
 
-def _time_steps(step, iters: int, warmup: int, cuda: bool) -> float:
-    for _ in range(warmup):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(iters):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) / iters
-
-
 def section_pretrain(s: Suite) -> None:
     iters, warmup = (2, 1) if s.dry else (10, 3)
     modes = [False] if not s.cuda else [False, True]
@@ -218,7 +175,7 @@ def section_pretrain(s: Suite) -> None:
                     model = model.to(s.device)
                     x = torch.randn(shape, device=s.device)
                     step = pt.make_step(impl, model, x, s.device, compiled)
-                    dt = _time_steps(step, iters, warmup, s.cuda)
+                    dt = pt.time_steps(step, iters, s.device, warmup)
                     row = {
                         "objective": objective,
                         "case": case["name"],

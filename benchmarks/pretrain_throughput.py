@@ -154,7 +154,45 @@ def build_step(kind: str, case: dict, device: torch.device, compile_: bool, fuse
     return make_step(kind, model, x, device, compile_, fused)
 
 
-def time_steps(step, iters: int, device: torch.device) -> float:
+def vit_base_cases(batch_2d: int, batch_3d: int) -> list[dict]:
+    """The ViT-B/16 MAE cases every pretraining benchmark uses: 2D @224 and 3D @96^3."""
+    return [
+        dict(
+            name="2D vit-base/16 @224",
+            dims=2,
+            in_chans=3,
+            img_size=224,
+            patch=16,
+            dim=768,
+            depth=12,
+            heads=12,
+            dec_dim=512,
+            dec_depth=8,
+            dec_heads=16,
+            batch=batch_2d,
+        ),
+        # MONAI's 3D sin-cos embedding needs a decoder width divisible by 6: 384 instead of 512
+        dict(
+            name="3D vit-base/16 @96^3",
+            dims=3,
+            in_chans=1,
+            img_size=96,
+            patch=16,
+            dim=768,
+            depth=12,
+            heads=12,
+            dec_dim=384,
+            dec_depth=8,
+            dec_heads=12,
+            batch=batch_3d,
+        ),
+    ]
+
+
+def time_steps(step, iters: int, device: torch.device, warmup: int = 0) -> float:
+    """Seconds per call of ``step`` over ``iters`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
@@ -168,9 +206,7 @@ def time_steps(step, iters: int, device: torch.device) -> float:
 def bench(kind: str, case: dict, device: torch.device, batch: int, iters: int, warmup: int, compile_: bool):
     """``(samples/s, FLOP/s)`` of one implementation (FLOPs counted on CUDA only)."""
     step = build_step(kind, dict(case, batch=batch), device, compile_)
-    for _ in range(warmup):
-        step()
-    dt = time_steps(step, iters, device)
+    dt = time_steps(step, iters, device, warmup)
     flops = step_flops(step) if device.type == "cuda" else float("nan")
     return batch / dt, flops / dt
 
@@ -220,37 +256,8 @@ def main(argv=None) -> dict:
         ]
         iters, warmup = args.iters or 5, 2
     else:
-        cases = [
-            dict(
-                name="2D vit-base/16 @224",
-                dims=2,
-                in_chans=3,
-                img_size=224,
-                patch=16,
-                dim=768,
-                depth=12,
-                heads=12,
-                dec_dim=512,
-                dec_depth=8,
-                dec_heads=16,
-                batch=256 if device.type == "cuda" else 8,
-            ),
-            # MONAI's 3D sin-cos embedding needs a decoder width divisible by 6: 384 instead of 512
-            dict(
-                name="3D vit-base/16 @96^3",
-                dims=3,
-                in_chans=1,
-                img_size=96,
-                patch=16,
-                dim=768,
-                depth=12,
-                heads=12,
-                dec_dim=384,
-                dec_depth=8,
-                dec_heads=12,
-                batch=32 if device.type == "cuda" else 2,
-            ),
-        ]
+        cuda = device.type == "cuda"
+        cases = vit_base_cases(batch_2d=256 if cuda else 8, batch_3d=32 if cuda else 2)
         iters, warmup = args.iters or (20 if device.type == "cuda" else 3), 3 if device.type == "cuda" else 1
     peak = measure_matmul_peak(device) if device.type == "cuda" else None
     load = f", load average {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
