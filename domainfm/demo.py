@@ -14,16 +14,21 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 import shutil
+import warnings
 from pathlib import Path
 
+from domainfm.domain import DomainExample
 from domainfm.errors import ConfigError
 from domainfm.eval.embeddings import embed_dataset
 from domainfm.eval.evaluate import random_like
 from domainfm.eval.protocols import knn_probe, linear_probe
 from domainfm.model import load
+from domainfm.pipelines import finetune, pretrain
 from domainfm.registry import get_domain
 
 DEMO_MARKER = ".domainfm-demo"
@@ -65,6 +70,34 @@ def run_demo(domain: str = "synthetic", out: str | Path = "demo_out", quick: boo
     """Run a domain's end-to-end demo (pretrain, probe/fine-tune, figures) and return the figures."""
     plugin = get_domain(domain)
     return plugin.demo(prepare_demo_dir(out, domain), quick=quick)
+
+
+def example_checkpoint(domain: str, folder: str | Path, task: str | None = None) -> tuple[Path, DomainExample]:
+    """A tiny checkpoint on a domain's example files (:meth:`Domain.example`), for examples and tests:
+    the example recipe with one encoder block, pretrained quietly, then fine-tuned for ``task`` (the
+    example's own fine-tuning overrides) when one is given. Returns ``(checkpoint, example)``.
+
+    Example:
+        >>> import tempfile
+        >>> ckpt, example = example_checkpoint("synthetic", tempfile.mkdtemp())
+        >>> ckpt.name, example.config["model"]["depth"]
+        ('ckpt-0000002', 1)
+    """
+    folder = Path(folder)
+    example = get_domain(domain).example(folder)
+    example.config["model"]["depth"] = 1
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        ckpt = pretrain(example.config)
+        if task is not None:
+            ckpt = finetune(
+                ckpt,
+                task=task,
+                out=folder / f"finetune-{task}",
+                overrides=example.finetune_overrides,
+                **example.finetune_kwargs,
+            )
+    return ckpt, example
 
 
 def loss_trend(run_dir: str | Path, metric: str = "loss") -> tuple[float, float]:

@@ -4,15 +4,9 @@ one embedding per scan.
 Example:
     >>> import tempfile, warnings
     >>> import domainfm
-    >>> from domainfm.registry import get_domain
+    >>> from domainfm.demo import example_checkpoint
     >>> folder = Path(tempfile.mkdtemp())
-    >>> example = get_domain("medical").example(folder)   # data/images/c{0,1,2}.nii.gz + data/masks/, a tiny recipe
-    >>> example.config["model"]["depth"] = 1
-    >>> with warnings.catch_warnings():
-    ...     warnings.simplefilter("ignore")
-    ...     ckpt = domainfm.pretrain(example.config)
-    ...     seg = domainfm.finetune(ckpt, task="segmentation", out=folder / "seg", overrides=example.finetune_overrides)
-    validation: dice=..., miou=...
+    >>> seg, example = example_checkpoint("medical", folder, task="segmentation")  # tiny UNETR on 3 phantom CTs
     >>> model = domainfm.load(seg)
     >>> pred = predict_scan(model, folder / "data/images/c1.nii.gz", folder / "pred.nii.gz")
     >>> example.same_geometry(folder / "data/images/c1.nii.gz", pred)      # same shape/affine as the scan
@@ -76,13 +70,10 @@ def window_embedding(model, image: torch.Tensor, roi, overlap: float = 0.25, bat
     Example:
         >>> import tempfile, warnings
         >>> import domainfm
-        >>> from domainfm.registry import get_domain
+        >>> from domainfm.demo import example_checkpoint
         >>> folder = Path(tempfile.mkdtemp())
-        >>> example = get_domain("medical").example(folder)   # data/images/c{0,1,2}.nii.gz + data/masks/, a tiny recipe
-        >>> example.config["model"]["depth"] = 1
-        >>> with warnings.catch_warnings():
-        ...     warnings.simplefilter("ignore")
-        ...     model = domainfm.load(domainfm.pretrain(example.config))
+        >>> ckpt, example = example_checkpoint("medical", folder)   # tiny MAE on 3 phantom CTs
+        >>> model = domainfm.load(ckpt)
         >>> z = window_embedding(model, model.preprocess(folder / "data/images/c0.nii.gz"), [16, 16, 16])
         >>> z.shape
         torch.Size([32])
@@ -117,16 +108,9 @@ def segment_scan(model, input_path, overlap: float | None = None, sw_batch_size:
     Example:
         >>> import tempfile, warnings
         >>> import domainfm
-        >>> from domainfm.registry import get_domain
+        >>> from domainfm.demo import example_checkpoint
         >>> folder = Path(tempfile.mkdtemp())
-        >>> example = get_domain("medical").example(folder)   # data/images/c{0,1,2}.nii.gz + data/masks/, a tiny recipe
-        >>> example.config["model"]["depth"] = 1
-        >>> with warnings.catch_warnings():
-        ...     warnings.simplefilter("ignore")
-        ...     ckpt = domainfm.pretrain(example.config)
-        ...     seg = domainfm.finetune(ckpt, task="segmentation", out=folder / "seg",
-        ...                             overrides=example.finetune_overrides)
-        validation: dice=..., miou=...
+        >>> seg, example = example_checkpoint("medical", folder, task="segmentation")  # tiny UNETR on 3 phantom CTs
         >>> import nibabel as nib
         >>> probs, meta = segment_scan(domainfm.load(seg), folder / "data/images/c0.nii.gz"); labels = probs.argmax(0)
         >>> tuple(labels.shape) == nib.load(folder / "data/images/c0.nii.gz").shape    # on the source grid
@@ -232,16 +216,9 @@ def predict_scan(
     Example:
         >>> import tempfile, warnings
         >>> import domainfm
-        >>> from domainfm.registry import get_domain
+        >>> from domainfm.demo import example_checkpoint
         >>> folder = Path(tempfile.mkdtemp())
-        >>> example = get_domain("medical").example(folder)   # data/images/c{0,1,2}.nii.gz + data/masks/, a tiny recipe
-        >>> example.config["model"]["depth"] = 1
-        >>> with warnings.catch_warnings():
-        ...     warnings.simplefilter("ignore")
-        ...     ckpt = domainfm.pretrain(example.config)
-        ...     seg = domainfm.finetune(ckpt, task="segmentation", out=folder / "seg",
-        ...                             overrides=example.finetune_overrides)
-        validation: dice=..., miou=...
+        >>> seg, example = example_checkpoint("medical", folder, task="segmentation")  # tiny UNETR on 3 phantom CTs
         >>> predict_scan(domainfm.load(seg), folder / "data/images/c0.nii.gz", folder / "c0_pred.nii.gz").name
         'c0_pred.nii.gz'
     """
@@ -296,16 +273,9 @@ def evaluate_segmentation(model, data, overlap: float | None = None) -> dict:
     Example:
         >>> import tempfile, warnings
         >>> import domainfm
-        >>> from domainfm.registry import get_domain
+        >>> from domainfm.demo import example_checkpoint
         >>> folder = Path(tempfile.mkdtemp())
-        >>> example = get_domain("medical").example(folder)   # data/images/c{0,1,2}.nii.gz + data/masks/, a tiny recipe
-        >>> example.config["model"]["depth"] = 1
-        >>> with warnings.catch_warnings():
-        ...     warnings.simplefilter("ignore")
-        ...     ckpt = domainfm.pretrain(example.config)
-        ...     seg = domainfm.finetune(ckpt, task="segmentation", out=folder / "seg",
-        ...                             overrides=example.finetune_overrides)
-        validation: dice=..., miou=...
+        >>> seg, example = example_checkpoint("medical", folder, task="segmentation")  # tiny UNETR on 3 phantom CTs
         >>> with warnings.catch_warnings():
         ...     warnings.simplefilter("ignore")      # MONAI warns when a 2-step model predicts no lesion at all
         ...     scores = evaluate_segmentation(domainfm.load(seg), folder / "data")
@@ -364,13 +334,10 @@ def embed_scans(model, data, out, batch_size: int = 64, overlap: float | None = 
     Example:
         >>> import tempfile, warnings
         >>> import domainfm
-        >>> from domainfm.registry import get_domain
+        >>> from domainfm.demo import example_checkpoint
         >>> folder = Path(tempfile.mkdtemp())
-        >>> example = get_domain("medical").example(folder)   # data/images/c{0,1,2}.nii.gz + data/masks/, a tiny recipe
-        >>> example.config["model"]["depth"] = 1
-        >>> with warnings.catch_warnings():
-        ...     warnings.simplefilter("ignore")
-        ...     model = domainfm.load(domainfm.pretrain(example.config))
+        >>> ckpt, example = example_checkpoint("medical", folder)   # tiny MAE on 3 phantom CTs
+        >>> model = domainfm.load(ckpt)
         >>> out = embed_scans(model, folder / "data/images", folder / "emb.npz")
         >>> import numpy as np
         >>> arrays = np.load(out)
