@@ -36,12 +36,12 @@ import rasterio
 import torch
 import torch.nn.functional as F
 from rasterio.windows import Window
+from tqdm.auto import tqdm
 
 from domainfm.classmap import ClassMap, output_dtype
 from domainfm.errors import CheckpointError, DataError
 from domainfm.inference import gaussian_importance, window_starts
 from domainfm.io_safety import check_output, refuse_input_overwrite, temp_name
-from domainfm.progress import Progress
 
 from .io import Scene
 from .sensors import card_sensor
@@ -129,7 +129,15 @@ def predict_scene(
 
     num_classes = None
     tmp_path = temp_name(out_path)
-    meter = Progress(len(rows) * len(cols), f"predict {Path(input_path).name}", enabled=progress)
+    # tiles done / total with rate and ETA on stderr; by default only once a scene has taken 5 s
+    meter = tqdm(
+        total=len(rows) * len(cols),
+        desc=f"predict {Path(input_path).name}",
+        unit="tile",
+        disable=progress is False,
+        delay=0 if progress else 5,
+        leave=True,
+    )
     ids = class_map.ids if class_map else None
     dst = None
     acc = wsum = valid_acc = None
@@ -142,7 +150,7 @@ def predict_scene(
             for c in cols:
                 data, valid = scene.read(Window(c, r, chip, chip))
                 n_tiles += 1
-                meter.update(n_tiles)
+                meter.update(1)
                 if not valid.any():
                     n_skipped += 1
                     continue
