@@ -13,6 +13,7 @@ from domainfm.cli import main, run
 from domainfm.errors import ConfigError
 from domainfm.runconfig import load_config
 from tests.conftest import tiny_config
+from tests.helpers import TINY_MODEL_FLAGS
 
 
 def _cli(*args, timeout=300):
@@ -80,18 +81,7 @@ def test_cli_pretrain_info_finetune_embed(tmp_path, capsys):
             str(tmp_path / "pt"),
             "--num-samples",
             "32",
-            "--set",
-            "model.depth=1",
-            "--set",
-            "model.embed_dim=32",
-            "--set",
-            "model.num_heads=2",
-            "--set",
-            "model.patch_size=8",
-            "--set",
-            "data.img_size=32",
-            "--set",
-            "train.progress=false",
+            *TINY_MODEL_FLAGS,
         ]
     )
     capsys.readouterr()

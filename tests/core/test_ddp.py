@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from domainfm.train.checkpoint import list_checkpoints, load_card
+from tests.helpers import TINY_MODEL_FLAGS
 
 
 def test_two_process_gloo_ddp(tmp_path):
@@ -35,18 +36,7 @@ def test_two_process_gloo_ddp(tmp_path):
         "cpu",
         "--num-samples",
         "32",
-        "--set",
-        "model.depth=1",
-        "--set",
-        "model.embed_dim=32",
-        "--set",
-        "model.num_heads=2",
-        "--set",
-        "model.patch_size=8",
-        "--set",
-        "data.img_size=32",
-        "--set",
-        "train.progress=false",
+        *TINY_MODEL_FLAGS,
         "--set",
         "train.tensorboard=false",
         "--set",

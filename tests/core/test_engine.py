@@ -11,6 +11,7 @@ import domainfm
 from domainfm.errors import CheckpointError, NonFiniteLossError
 from domainfm.train.checkpoint import list_checkpoints, load_card, resolve_checkpoint
 from tests.conftest import tiny_config
+from tests.helpers import TINY_MODEL_FLAGS
 
 
 def _weights(ckpt):
@@ -155,18 +156,7 @@ def test_cli_resume_reads_the_run_config_and_refuses_a_different_model(tmp_path,
         "32",
         "--batch-size",
         "8",
-        "--set",
-        "model.depth=1",
-        "--set",
-        "model.embed_dim=32",
-        "--set",
-        "model.num_heads=2",
-        "--set",
-        "model.patch_size=8",
-        "--set",
-        "data.img_size=32",
-        "--set",
-        "train.progress=false",
+        *TINY_MODEL_FLAGS,
     ]
     run(["pretrain", *base, "--steps", "2"])
     run(["pretrain", "--resume", "--out", out, "--steps", "3"])  # model flags come from the run's config.yaml

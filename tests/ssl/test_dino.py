@@ -19,6 +19,7 @@ from domainfm.runconfig import load_config
 from domainfm.ssl import DINO, CollapseError, build_objective, pretrain_views
 from domainfm.train.checkpoint import list_checkpoints
 from tests.conftest import tiny_config
+from tests.helpers import TINY_MODEL_FLAGS
 
 DINO_SMALL = {
     "name": "dino",
@@ -150,18 +151,7 @@ def test_two_process_gloo_ddp_dino(tmp_path):
         "cpu",
         "--num-samples",
         "16",
-        "--set",
-        "model.depth=1",
-        "--set",
-        "model.embed_dim=32",
-        "--set",
-        "model.num_heads=2",
-        "--set",
-        "model.patch_size=8",
-        "--set",
-        "data.img_size=32",
-        "--set",
-        "train.progress=false",
+        *TINY_MODEL_FLAGS,
         "--set",
         "train.tensorboard=false",
         "--set",
