@@ -169,21 +169,19 @@ class Config:
     @property
     def options(self):
         """The domain's typed options (``data.options`` checked by the domain plugin's ``Options``)."""
-        bound = self.__dict__.get("_options")
-        if bound is None:
+        options_cls = self.__dict__.get("_options_cls")
+        if options_cls is None:
             raise ConfigError(
                 f"{self.source}: the config is not bound to its domain; load it with "
                 "domainfm.load_config(...) to get data.options checked and typed"
             )
-        if self.__dict__.get("_options_dict") != self.data.options:  # data.options was changed in place
-            self.bind_options(build_dataclass(type(bound), self.data.options, "data.options", self.source))
-        return self.__dict__["_options"]
+        return build_dataclass(options_cls, self.data.options, "data.options", self.source)
 
     def bind_options(self, options: Any) -> Config:
-        """Attach the domain's typed options (done by :func:`domainfm.load_config`)."""
-        self.__dict__["_options"] = options
-        self.data.options = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
-        self.__dict__["_options_dict"] = _deepcopy(self.data.options)
+        """Bind the domain's typed options (done by :func:`domainfm.load_config`): ``data.options`` becomes
+        their values, and :attr:`options` reads ``data.options`` through their class from then on."""
+        self.__dict__["_options_cls"] = type(options)
+        self.data.options = dataclasses.asdict(options)
         return self
 
 

@@ -51,7 +51,7 @@ def load_config(
     returned as it is (it is not read twice).
     """
     overrides = list(overrides)
-    if isinstance(source, Config) and not overrides and not updates and "_options" in source.__dict__:
+    if isinstance(source, Config) and not overrides and not updates and "_options_cls" in source.__dict__:
         return source
     return bind_domain(parse_config(source, overrides=list(overrides), updates=updates), check_paths=check_paths)
 
