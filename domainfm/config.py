@@ -55,7 +55,7 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     class_token: bool = False
     num_registers: int = 0
-    global_pool: str | None = None  # token | avg; None: the class token when there is one
+    global_pool: str | None = None  # token | avg | token+avg; None: the class token when there is one
     init: str | None = None  # pretraining starts from this checkpoint's encoder (imported or trained)
 
 

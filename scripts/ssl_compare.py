@@ -135,6 +135,31 @@ def config(npz: Path, out: Path, name: str, args) -> dict:
     }
 
 
+def budget_config(cfg: dict, cpu_seconds: float, calibration_dir: Path, probe_steps: int = 20) -> dict:
+    """``cfg`` with ``train.steps`` (and the step-derived schedule) set so pretraining costs ``cpu_seconds``.
+
+    The CPU cost of one step is timed on a ``probe_steps`` run of the same model, objective and batch
+    (its first two steps, with their one-off setup, are excluded by timing two runs and subtracting).
+    """
+    import domainfm
+
+    def cost(steps: int) -> float:
+        probe = json.loads(json.dumps(cfg))
+        probe["out"] = str(calibration_dir / f"s{steps}")
+        probe["train"].update(steps=steps, ckpt_every=steps, warmup_steps=1, log_every=steps)
+        c0 = time.process_time()
+        domainfm.pretrain(probe, exist_ok="overwrite")
+        return time.process_time() - c0
+
+    per_step = max(1e-6, (cost(probe_steps + 2) - cost(2)) / probe_steps)
+    steps = max(1, int(cpu_seconds / per_step))
+    out = json.loads(json.dumps(cfg))
+    out["train"].update(steps=steps, warmup_steps=max(1, steps // 10), log_every=max(1, steps // 40), ckpt_every=steps)
+    if "teacher_temp_warmup_steps" in out["objective"]:
+        out["objective"]["teacher_temp_warmup_steps"] = max(1, int(0.3 * steps))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--npz", type=Path, default=DATA / "medical" / "pneumoniamnist.npz")
@@ -144,10 +169,21 @@ def main(argv=None) -> int:
     )
     p.add_argument("--steps", default="800", help="one number, or per objective: dino=450,mae=2000")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--cpu-seconds",
+        type=float,
+        default=None,
+        help="equal CPU budget: each objective's steps = this / its CPU seconds per step (timed on 20 steps)",
+    )
     p.add_argument("--lr", default="1e-3", help="one number, or per objective: dino=5e-4,mae=1.5e-3")
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--embed-dim", type=int, default=96)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument(
+        "--pool",
+        default="token+avg",
+        help="probe features of every encoder: token+avg (DINO's linear eval; avg without a class token), token, avg",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--eval-only", action="store_true", help="reuse the pretrained checkpoints in --out")
@@ -177,8 +213,12 @@ def main(argv=None) -> int:
             ckpts[name] = list_checkpoints(run)[-1]
             seconds[name] = json.loads((run / "budget.json").read_text()) if (run / "budget.json").is_file() else None
             continue
+        cfg = config(npz, run, name, args)
+        if args.cpu_seconds:
+            cfg = budget_config(cfg, args.cpu_seconds, args.out / "calibration" / name.replace("+", "_"))
+            print(f"{name}: {cfg['train']['steps']} steps for {args.cpu_seconds} CPU s", flush=True)
         t0, c0 = time.perf_counter(), time.process_time()
-        ckpts[name] = domainfm.pretrain(config(npz, run, name, args))
+        ckpts[name] = domainfm.pretrain(cfg)
         # CPU seconds of this process (all threads): the budget, independent of other jobs on the machine
         seconds[name] = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
         (run / "budget.json").write_text(json.dumps(seconds[name]))
@@ -196,6 +236,7 @@ def main(argv=None) -> int:
         out=args.out / args.eval_name,
         n_boot=300 if args.quick else 1000,
         test_split="test",
+        pool=args.pool,
     )
     print((args.out / args.eval_name / "report.md").read_text())
     goals = []
@@ -220,6 +261,7 @@ def main(argv=None) -> int:
         "lr": args.lr,
         "batch_size": args.batch_size,
         "seeds": args.seeds,
+        "pool": res.meta["pool"],
         "linear_auroc_goals": goals,
         "gain_above_0_everywhere": bool(goals) and all(g["gain_ci_above_0"] for g in goals),
         "auroc_100pct_at_least_0.944": bool(full) and full[0]["auroc"] >= 0.944,

@@ -11,6 +11,7 @@ import json
 from domainfm.config import parse_option_flags
 from domainfm.eval.evaluate import evaluate
 from domainfm.eval.report import EvalResult, render_markdown
+from domainfm.models.encoder import GLOBAL_POOLS
 from domainfm.registry import get_domain
 from domainfm.train.checkpoint import load_card
 from domainfm.utils import parse_list
@@ -52,6 +53,12 @@ def add_evaluate_arguments(parser) -> None:
     parser.add_argument("--lr", type=float, default=None, help="finetune/lora: peak learning rate")
     parser.add_argument("--layer-decay", type=float, default=None, help="finetune: layer-wise LR decay")
     parser.add_argument("--lora-rank", type=int, default=None, help="lora: rank")
+    parser.add_argument(
+        "--pool",
+        default=None,
+        choices=GLOBAL_POOLS,
+        help="pooling of every compared encoder (token+avg: class token and patch mean, DINO's linear eval)",
+    )
     if "overrides" not in dests and "sets" not in dests:
         parser.add_argument(
             "--set",
@@ -110,6 +117,7 @@ def evaluate_from_args(args, rest=()) -> EvalResult:
         max_test=args.max_test,
         finetune_kwargs=ft,
         test_split=getattr(args, "test_split", "test"),
+        pool=getattr(args, "pool", None),
     )
     print(render_markdown(result))
     if result.paths:

@@ -196,6 +196,34 @@ def random_like(model, card: dict, seed: int = RANDOM_SEED):
     return rand
 
 
+def with_pool(model, pool: str | None):
+    """``(model, pooling)``: ``model`` (a copy when ``pool`` changes it) pooling with ``pool``.
+
+    ``"token+avg"`` on an encoder without a class token falls back to ``"avg"``; ``None`` keeps the
+    encoder's own pooling. Encoders without ``set_global_pool`` are returned as they are.
+
+    Example:
+        >>> from domainfm.models import build_encoder
+        >>> enc = build_encoder("vit-tiny", in_chans=1, img_size=16, patch_size=8, depth=1, embed_dim=32,
+        ...                     num_heads=2, class_token=True)
+        >>> other, used = with_pool(enc, "token+avg")
+        >>> used, other.pooled_dim, enc.global_pool
+        ('token+avg', 64, 'token')
+    """
+    enc = getattr(model, "encoder", model)
+    if not hasattr(enc, "set_global_pool"):
+        return model, getattr(enc, "global_pool", None)
+    if pool is None or pool == enc.global_pool:
+        return model, enc.global_pool
+    if pool == "token+avg" and enc.cls_token is None:
+        pool = "avg"
+    if pool == enc.global_pool:
+        return model, pool
+    copied = copy.deepcopy(model)
+    getattr(copied, "encoder", copied).set_global_pool(pool)
+    return copied, pool
+
+
 def _device(model) -> torch.device:
     mod = getattr(model, "encoder", model)
     p = next(mod.parameters(), None) if isinstance(mod, torch.nn.Module) else None
@@ -232,6 +260,7 @@ def evaluate(
     plots: bool = True,
     progress: bool = False,
     datasets: tuple | None = None,
+    pool: str | None = None,
 ) -> EvalResult:
     """Evaluate a pretrained checkpoint against a random-init encoder of the same shape.
 
@@ -254,6 +283,10 @@ def evaluate(
         finetune_kwargs: passed to :func:`domainfm.eval.finetune.finetune_classifier`
             (``epochs``, ``lr``, ``layer_decay``, ``lora_rank``...).
         datasets: ``(train, test)`` datasets to use instead of building them from the config.
+        pool: how every compared encoder pools an image into one vector: ``"token"``, ``"avg"`` or
+            ``"token+avg"`` (class token and patch mean concatenated, DINO's linear-evaluation features;
+            an encoder without a class token uses ``"avg"``). Default: each encoder's own
+            ``model.global_pool``. The pooling used per encoder is in ``meta["pool"]``.
 
     Returns:
         :class:`EvalResult` (a list of records; ``.to_frame()`` gives a DataFrame, ``.meta`` the
@@ -323,6 +356,10 @@ def evaluate(
             encoders[name] = other
             enc_ids[name] = {"ckpt": fingerprint_path(_weights_file(b)), "card": other_card.get("encoder")}
     gain_vs = "random" if "random" in encoders else None
+    pools = {}
+    for name in list(encoders):
+        encoders[name], pools[name] = with_pool(encoders[name], pool)
+        enc_ids[name]["pool"] = pools[name]
 
     cache_folder = cache_dir if cache_dir is not None else (Path(out) / "embeddings" if out is not None else None)
     cache = EmbeddingCache(cache_folder)
@@ -430,6 +467,7 @@ def evaluate(
         "baseline": baselines,
         "gain_vs": gain_vs,
         "encoders": list(encoders),
+        "pool": pools,
         "n_train_pool": len(train_ds) if max_train is None else min(len(train_ds), max_train),
         "n_test": n_test,
         "test_split": split_name,

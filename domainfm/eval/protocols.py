@@ -23,7 +23,9 @@ import numpy as np
 
 from domainfm.eval.splits import check_pair
 
-DEFAULT_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
+#: the linear probe's inverse-regularisation sweep: half-decade steps from 1e-4 to 1e3, wide enough that
+#: weak (random-init) and strong encoders both find their optimum inside it, not at an edge
+DEFAULT_CS = tuple(float(f"{c:.3g}") for c in np.logspace(-4, 3, 15))
 
 
 def _standardize(train_x: np.ndarray, *others: np.ndarray):

@@ -184,7 +184,18 @@ def render_markdown(result: EvalResult) -> str:
     """A readable report: settings, one table per protocol (mean [95% CI]) and the gains over the baseline."""
     meta = result.meta
     lines = ["# domainfm evaluation", ""]
-    for key in ("checkpoint", "data", "domain", "baseline", "seeds", "n_train_pool", "n_test", "test_split", "n_boot"):
+    for key in (
+        "checkpoint",
+        "data",
+        "domain",
+        "baseline",
+        "seeds",
+        "n_train_pool",
+        "n_test",
+        "test_split",
+        "n_boot",
+        "pool",
+    ):
         if key in meta:
             lines.append(f"- **{key}**: {meta[key]}")
     lines.append("")

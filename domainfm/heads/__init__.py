@@ -18,7 +18,7 @@ from domainfm.registry import register_head
 
 @register_head("linear")
 def _linear(encoder, num_classes: int, **kw):
-    return LinearHead(encoder.embed_dim, num_classes, **kw)
+    return LinearHead(getattr(encoder, "pooled_dim", encoder.embed_dim), num_classes, **kw)
 
 
 @register_head("upsample-seg")

@@ -56,7 +56,9 @@ class ViTEncoder(nn.Module):
     Prefix tokens: a class token (``class_token=True``) and ``num_registers`` register tokens
     ("Vision Transformers Need Registers") are prepended before the blocks and excluded from the
     patch tokens; ``forward_features`` returns them as ``prefix`` (and ``cls``). ``global_pool``
-    (``"token"`` or ``"avg"``; default: the class token when there is one) sets ``pooled`` and ``embed``.
+    sets ``pooled`` and ``embed``: ``"token"`` (the class token; the default when there is one), ``"avg"``
+    (the patch-token mean) or ``"token+avg"`` (both concatenated, ``2 x embed_dim``: the linear-evaluation
+    features of DINO, Caron et al. 2021). ``pooled_dim`` is the pooled vector's length.
 
     Example:
         >>> enc = ViTEncoder(in_chans=1, img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2,
@@ -90,8 +92,7 @@ class ViTEncoder(nn.Module):
         if num_registers < 0:
             raise ConfigError(f"model.num_registers must be >= 0, got {num_registers}")
         global_pool = global_pool or ("token" if class_token else "avg")
-        if global_pool not in ("token", "avg") or (global_pool == "token" and not class_token):
-            raise ConfigError(f"global_pool must be 'avg', or 'token' with a class token; got {global_pool!r}")
+        check_global_pool(global_pool, class_token)
         if pos_embed_type not in ("sincos", "learned"):
             raise ConfigError(f"pos_embed_type must be 'sincos' or 'learned', got {pos_embed_type!r}")
         self.patch_embed = build_patch_embed(
@@ -254,11 +255,32 @@ class ViTEncoder(nn.Module):
             return tokens
         return tokens, layers
 
+    @property
+    def pooled_dim(self) -> int:
+        """Length of the pooled vector (``embed``, ``forward_features()["pooled"]``)."""
+        return 2 * self.embed_dim if self.global_pool == "token+avg" else self.embed_dim
+
+    def set_global_pool(self, global_pool: str) -> None:
+        """Pool with ``global_pool`` from now on (``"token"``, ``"avg"`` or ``"token+avg"``), checked.
+
+        Example:
+            >>> enc = ViTEncoder(in_chans=1, img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+            ...                  class_token=True)
+            >>> enc.set_global_pool("token+avg"); enc.embed(torch.zeros(2, 1, 16, 16)).shape, enc.pooled_dim
+            (torch.Size([2, 64]), 64)
+        """
+        check_global_pool(global_pool, self.cls_token is not None)
+        self.global_pool = global_pool
+        self.config["global_pool"] = global_pool
+
     def pool(self, all_tokens: torch.Tensor) -> torch.Tensor:
-        """One vector per image from :meth:`forward_tokens` output: the class token or the patch-token mean."""
+        """One vector per image from :meth:`forward_tokens` output (see ``global_pool``)."""
         if self.global_pool == "token":
             return all_tokens[:, 0]
-        return all_tokens[:, self.num_prefix_tokens :].mean(1)
+        mean = all_tokens[:, self.num_prefix_tokens :].mean(1)
+        if self.global_pool == "token+avg":
+            return torch.cat([all_tokens[:, 0], mean], dim=1)
+        return mean
 
     def forward_features(
         self,
@@ -304,6 +326,28 @@ class ViTEncoder(nn.Module):
             raise DataError(
                 path, f"the model was trained on {self.patch_embed.in_chans} channels, the data has {x.shape[1]}"
             )
+
+
+GLOBAL_POOLS = ("token", "avg", "token+avg")
+
+
+def check_global_pool(global_pool: str, class_token: bool) -> None:
+    """Raise a one-line ConfigError unless ``global_pool`` is one of :data:`GLOBAL_POOLS` and fits the encoder.
+
+    Example:
+        >>> try:
+        ...     check_global_pool("token+avg", class_token=False)
+        ... except ConfigError as e:
+        ...     print(str(e)[:60])
+        model.global_pool='token+avg' needs a class token (model.cla
+    """
+    if global_pool not in GLOBAL_POOLS:
+        raise ConfigError(f"model.global_pool must be one of {', '.join(GLOBAL_POOLS)}; got {global_pool!r}")
+    if "token" in global_pool and not class_token:
+        raise ConfigError(
+            f"model.global_pool={global_pool!r} needs a class token (model.class_token: true); "
+            "the encoder has none: use 'avg'"
+        )
 
 
 def build_encoder(

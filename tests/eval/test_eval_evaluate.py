@@ -234,3 +234,29 @@ def test_domainfm_cli_evaluate_with_domain_option_flag(ckpt, tmp_path, capsys):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["meta"]["protocols"] == ["knn"] and len(report["records"]) == 8
     assert "## knn" in capsys.readouterr().out
+
+
+def test_pool_option_applies_to_every_encoder_without_changing_the_callers_model(tmp_path):
+    torch.set_num_threads(1)
+    ckpt_cls = domainfm.pretrain(
+        {
+            "domain": "synthetic",
+            "out": str(tmp_path / "cls"),
+            "data": {"img_size": 32, "options": {"num_samples": 64}},
+            "model": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2, "class_token": True},
+            "train": {"steps": 2, "batch_size": 16, "progress": False, "tensorboard": False, "ckpt_every": 2},
+        }
+    )
+    model = domainfm.load(ckpt_cls)
+    x = torch.zeros(2, *model.encoder.img_size).unsqueeze(1).repeat(1, model.encoder.patch_embed.in_chans, 1, 1)
+    assert model.embed(x).shape == (2, 32)
+    kw = dict(protocol="knn", fractions=(1.0,), seeds=1, n_boot=20, k=3, plots=False)
+    res = evaluate(model, out=tmp_path / "cat", pool="token+avg", **kw)
+    assert res.meta["pool"] == {"pretrained": "token+avg", "random": "token+avg"}
+    assert model.encoder.global_pool == "token" and model.embed(x).shape == (2, 32)  # the caller's model unchanged
+    emb = np.load(next((tmp_path / "cat" / "embeddings").glob("*.npz")))
+    assert emb[emb.files[0]].shape[1] == 64  # class token and patch mean, concatenated
+    plain = evaluate(model, out=tmp_path / "plain", **kw)
+    assert plain.meta["pool"] == {"pretrained": "token", "random": "token"}
+    with pytest.raises(ConfigError, match="global_pool"):
+        evaluate(model, pool="max", **kw)
