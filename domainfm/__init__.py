@@ -20,6 +20,7 @@ from domainfm.api import (
     load_config,
     predict,
     pretrain,
+    steps_for_cpu_budget,
 )
 from domainfm.errors import CheckpointError, ConfigError, DataError, DomainFMError, NonFiniteLossError, UnsupportedError
 from domainfm.models.encoder import build_encoder
@@ -35,6 +36,7 @@ __all__ = [
     "evaluate",
     "demo",
     "import_weights",
+    "steps_for_cpu_budget",
     "build_encoder",
     "load_config",
     "Config",

@@ -15,7 +15,16 @@ Example:
 from domainfm.config import Config, parse_config, save_config
 from domainfm.demo import run_demo as demo
 from domainfm.model import FoundationModel, build_card, load
-from domainfm.pipelines import embed, evaluate, evaluate_task, finetune, predict, pretrain, reconstruction
+from domainfm.pipelines import (
+    embed,
+    evaluate,
+    evaluate_task,
+    finetune,
+    predict,
+    pretrain,
+    reconstruction,
+    steps_for_cpu_budget,
+)
 from domainfm.runconfig import config_from_card, load_config
 from domainfm.weights import import_weights
 
@@ -28,6 +37,7 @@ __all__ = [
     "evaluate",
     "evaluate_task",
     "reconstruction",
+    "steps_for_cpu_budget",
     "demo",
     "import_weights",
     "load_config",

@@ -171,6 +171,62 @@ def pretrain(
     return ckpt
 
 
+#: step counts that are a proportion of ``train.steps`` (rescaled by :func:`steps_for_cpu_budget`)
+SCHEDULE_KEYS = (
+    ("train", "warmup_steps"),
+    ("train", "log_every"),
+    ("train", "ckpt_every"),
+    ("train", "probe_every"),
+    ("objective", "teacher_temp_warmup_steps"),
+)
+
+
+def steps_for_cpu_budget(config, cpu_seconds: float, probe_steps: int = 20, *, data=None) -> dict:
+    """The pretraining config (a dict) whose ``train.steps`` cost ``cpu_seconds`` of CPU time on this machine.
+
+    Comparing objectives fairly means the same compute, not the same step count: a ``dino`` step with
+    multi-crop views costs several ``mae`` steps. The CPU seconds of one step are timed on two short
+    runs of the same model, objective, data and batch (``probe_steps + 2`` and 2 steps, in a temporary
+    folder; their difference removes the one-off setup); the step-derived schedule (``warmup_steps``,
+    ``log_every``, ``ckpt_every``, ``probe_every``, a dino teacher-temperature warmup) keeps its
+    proportions of the run.
+
+    Example:
+        >>> import tempfile
+        >>> cfg = {"domain": "synthetic", "out": tempfile.mkdtemp(), "data": {"img_size": 16},
+        ...        "model": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
+        ...        "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False}}
+        >>> budget = steps_for_cpu_budget(cfg, cpu_seconds=0.5, probe_steps=2)
+        >>> budget["train"]["steps"] >= 1, budget["train"]["ckpt_every"] == budget["train"]["steps"]
+        (True, True)
+    """
+    if float(cpu_seconds) <= 0:
+        raise ConfigError(f"cpu_seconds must be > 0, got {cpu_seconds}")
+    base = load_config(config).to_dict()
+
+    def cost(steps: int, folder: str) -> float:
+        probe = json.loads(json.dumps(base))
+        probe["out"] = folder
+        probe["train"].update(steps=steps, ckpt_every=steps, warmup_steps=1, log_every=steps, probe_every=0)
+        started = time.process_time()
+        pretrain(probe, data=data, exist_ok="overwrite")
+        return time.process_time() - started
+
+    with tempfile.TemporaryDirectory(prefix="domainfm-budget-") as tmp:
+        per_step = (
+            cost(probe_steps + 2, os.path.join(tmp, "long")) - cost(2, os.path.join(tmp, "short"))
+        ) / probe_steps
+    steps = max(1, int(float(cpu_seconds) / max(per_step, 1e-6)))
+    out = json.loads(json.dumps(base))
+    scale = steps / max(1, int(base["train"]["steps"]))
+    for section, key in SCHEDULE_KEYS:
+        value = out[section].get(key)
+        if isinstance(value, int) and value > 0:
+            out[section][key] = max(1, min(steps, round(value * scale)))
+    out["train"]["steps"] = steps
+    return out
+
+
 def _start_run_dir(run_dir: Path, cfg: Config, resume: bool) -> None:
     """Refuse to overwrite a run before anything is written, then record the config the run uses."""
     check_run_dir(run_dir, resume)

@@ -1,11 +1,15 @@
 """Pathology: pretrain on tiles of the real TCGA slide, then the 34-tile leave-one-out probe (tissue vs
-no tissue), pretrained vs random init, for several objectives at the same step budget.
+no tissue), pretrained vs random init, for several objectives at the same step budget (``--steps``)
+or the same CPU seconds (``--cpu-seconds``). Both encoders are probed with the same pooling (``--pool``,
+default ``token+avg``: DINO's linear-evaluation features; ``avg`` for encoders without a class token);
+balanced accuracy of the leave-one-out predictions, with a paired bootstrap 95% interval of the gain.
 
 The TCGA slide carries no microns-per-pixel value: it is read at an assumed 0.5 um/px (stated in the
 output), tiles of 64 px at 1.0 um/px, as the pathology demo does.
 
 Usage:
     .venv/bin/python scripts/pathology_tile_probe.py --steps 150 --out runs/path_probe
+    .venv/bin/python scripts/pathology_tile_probe.py --cpu-seconds 600 --out runs/path_probe_budget
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import torch
 
 import domainfm
 from domainfm.demo import sample_data
-from domainfm.models import build_encoder
+from domainfm.eval import bootstrap_ci, leave_one_out_probe
+from domainfm.eval.evaluate import random_like, with_pool
 from domainfm.pathology.datasets import TileFolderDataset, TileTransform
-from domainfm.pathology.demo import ASSUMED_MPP, REAL_SLIDE, _probe, _tile_label
+from domainfm.pathology.demo import ASSUMED_MPP, REAL_SLIDE, _tile_label
 
 OBJECTIVES = {
     "dino": {
@@ -61,7 +66,12 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--out", type=Path, default=Path("runs/path_probe"))
     p.add_argument("--objectives", default="dino,mae+contrastive")
+    p.add_argument("--cpu-seconds", type=float, default=None, help="same CPU budget per objective (sets the steps)")
+    p.add_argument("--pool", default="token+avg", help="token+avg | token | avg, for both encoders")
+    p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shared = sample_data("pathology")
     if shared is None or not (shared / REAL_SLIDE).is_file():
         print("the shared TCGA slide is absent (set DOMAINFM_DATA)")
@@ -76,7 +86,7 @@ def main() -> int:
         if label:
             (tile_root / label).mkdir(parents=True, exist_ok=True)
             shutil.copy(path, tile_root / label / path.name)
-    results = {"assumed_mpp": ASSUMED_MPP, "steps": args.steps}
+    results = {"assumed_mpp": ASSUMED_MPP, "steps": args.steps, "cpu_seconds": args.cpu_seconds, "pool": args.pool}
     for name in [n.strip() for n in args.objectives.split(",") if n.strip()]:
         extra = OBJECTIVES[name]
         cfg = {
@@ -108,24 +118,37 @@ def main() -> int:
                 "seed": 0,
             },
         }
+        if args.cpu_seconds:
+            cfg = domainfm.steps_for_cpu_budget(cfg, args.cpu_seconds)
         t0, c0 = time.perf_counter(), time.process_time()
         model = domainfm.load(domainfm.pretrain(cfg, exist_ok="overwrite"))
+        cpu_s, wall_s = time.process_time() - c0, time.perf_counter() - t0
         pre = model.card["preprocessing"]
         tiles = TileFolderDataset(tile_root, "all", transform=TileTransform(64, pre["mean"], pre["std"]))
         x = torch.stack([tiles[i]["image"] for i in range(len(tiles))])
         y = np.array([tiles[i]["label"] for i in range(len(tiles))])
-        torch.manual_seed(0)
-        random_encoder = build_encoder(**model.encoder.config).eval()
+        pretrained, pool = with_pool(model, args.pool)
+        random_init, _ = with_pool(random_like(model, model.card), args.pool)  # seed-0 weights: where pretraining began
         with torch.no_grad():
-            results[name] = {
-                "pretrained": round(_probe(model.embed(x).numpy(), y), 3),
-                "random_init": round(_probe(random_encoder.embed(x).numpy(), y), 3),
-                "tiles": {c: int((y == i).sum()) for i, c in enumerate(tiles.classes)},
-                "cpu_s": round(time.process_time() - c0, 1),
-                "wall_s": round(time.perf_counter() - t0, 1),
-            }
+            scores = leave_one_out_probe(pretrained.embed(x).numpy(), y)
+            base = leave_one_out_probe(random_init.embed(x).numpy(), y)
+        ci = bootstrap_ci(y, [scores], baseline_probas=[base], n_boot=2000)["balanced_accuracy"]
+        base_ci = bootstrap_ci(y, [base], n_boot=2000)["balanced_accuracy"]
+        results[name] = {
+            "steps": cfg["train"]["steps"],
+            "pool": pool,
+            "pretrained": round(ci["mean"], 3),
+            "pretrained_ci": [round(ci["ci_low"], 3), round(ci["ci_high"], 3)],
+            "random_init": round(base_ci["mean"], 3),
+            "gain": round(ci["gain"], 3),
+            "gain_ci": [round(ci["gain_low"], 3), round(ci["gain_high"], 3)],
+            "tiles": {c: int((y == i).sum()) for i, c in enumerate(tiles.classes)},
+            "cpu_s": round(cpu_s, 1),
+            "wall_s": round(wall_s, 1),
+        }
         print(name, results[name], flush=True)
-    results["mean_rgb_baseline"] = round(_probe(x.mean((2, 3)).numpy(), y), 3)
+    rgb = bootstrap_ci(y, [leave_one_out_probe(x.mean((2, 3)).numpy(), y)], n_boot=2000)["balanced_accuracy"]
+    results["mean_rgb_baseline"] = round(rgb["mean"], 3)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     return 0

@@ -135,31 +135,6 @@ def config(npz: Path, out: Path, name: str, args) -> dict:
     }
 
 
-def budget_config(cfg: dict, cpu_seconds: float, calibration_dir: Path, probe_steps: int = 20) -> dict:
-    """``cfg`` with ``train.steps`` (and the step-derived schedule) set so pretraining costs ``cpu_seconds``.
-
-    The CPU cost of one step is timed on a ``probe_steps`` run of the same model, objective and batch
-    (its first two steps, with their one-off setup, are excluded by timing two runs and subtracting).
-    """
-    import domainfm
-
-    def cost(steps: int) -> float:
-        probe = json.loads(json.dumps(cfg))
-        probe["out"] = str(calibration_dir / f"s{steps}")
-        probe["train"].update(steps=steps, ckpt_every=steps, warmup_steps=1, log_every=steps)
-        c0 = time.process_time()
-        domainfm.pretrain(probe, exist_ok="overwrite")
-        return time.process_time() - c0
-
-    per_step = max(1e-6, (cost(probe_steps + 2) - cost(2)) / probe_steps)
-    steps = max(1, int(cpu_seconds / per_step))
-    out = json.loads(json.dumps(cfg))
-    out["train"].update(steps=steps, warmup_steps=max(1, steps // 10), log_every=max(1, steps // 40), ckpt_every=steps)
-    if "teacher_temp_warmup_steps" in out["objective"]:
-        out["objective"]["teacher_temp_warmup_steps"] = max(1, int(0.3 * steps))
-    return out
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--npz", type=Path, default=DATA / "medical" / "pneumoniamnist.npz")
@@ -215,7 +190,7 @@ def main(argv=None) -> int:
             continue
         cfg = config(npz, run, name, args)
         if args.cpu_seconds:
-            cfg = budget_config(cfg, args.cpu_seconds, args.out / "calibration" / name.replace("+", "_"))
+            cfg = domainfm.steps_for_cpu_budget(cfg, args.cpu_seconds)
             print(f"{name}: {cfg['train']['steps']} steps for {args.cpu_seconds} CPU s", flush=True)
         t0, c0 = time.perf_counter(), time.process_time()
         ckpts[name] = domainfm.pretrain(cfg)

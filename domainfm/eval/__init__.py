@@ -21,7 +21,7 @@ from domainfm.eval.evaluate import evaluate
 from domainfm.eval.finetune import finetune_classifier
 from domainfm.eval.metrics import bootstrap_ci, classification_metrics, segmentation_metrics
 from domainfm.eval.online import OnlineKNNProbe
-from domainfm.eval.protocols import fewshot_probe, knn_probe, linear_probe, prototype_probe
+from domainfm.eval.protocols import fewshot_probe, knn_probe, leave_one_out_probe, linear_probe, prototype_probe
 from domainfm.eval.report import EvalResult, write_report
 from domainfm.eval.splits import check_labels, check_pair, stratified_fraction, stratified_split
 
@@ -40,6 +40,7 @@ __all__ = [
     "fewshot_probe",
     "knn_probe",
     "linear_probe",
+    "leave_one_out_probe",
     "prototype_probe",
     "EvalResult",
     "write_report",

@@ -121,6 +121,32 @@ def linear_probe(
     return (scores, {"C": chosen, "val_log_loss": best}) if return_info else scores
 
 
+def leave_one_out_probe(features, labels, C: float = 0.5, num_classes: int | None = None) -> np.ndarray:
+    """Class scores ``N x K`` of each item from a logistic regression fit on all the other items.
+
+    For labelled sets too small to split (tens of tiles): every item is scored by a standardised
+    logistic regression (fixed ``C``; a sweep would need a nested split the set cannot spare) that
+    never saw it. Pass the scores to :func:`~domainfm.eval.metrics.bootstrap_ci` for intervals.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[0.0], [0.2], [0.1], [1.0], [1.2], [1.1]]); y = np.array([0, 0, 0, 1, 1, 1])
+        >>> leave_one_out_probe(x, y).argmax(1).tolist()
+        [0, 0, 0, 1, 1, 1]
+    """
+    x, y = check_pair(features, labels, "leave-one-out probe")
+    k = int(num_classes or y.max() + 1)
+    scores = np.zeros((y.size, k), dtype=np.float64)
+    for i in range(y.size):
+        rest = np.arange(y.size) != i
+        if np.unique(y[rest]).size < 2:
+            scores[i, y[rest][0]] = 1.0  # one class left: it is the only possible answer
+            continue
+        xs, xi = _standardize(x[rest], x[i : i + 1])
+        scores[i] = _scores_from(_fit_logreg(xs, y[rest], C, 0), xi, k)[0]
+    return scores
+
+
 def _l2n(a: np.ndarray) -> np.ndarray:
     return a / (np.linalg.norm(a, axis=1, keepdims=True) + 1e-12)
 

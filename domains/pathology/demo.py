@@ -36,6 +36,7 @@ from safetensors.torch import load_file
 
 import domainfm
 from domainfm.demo import sample_data
+from domainfm.eval import classification_metrics, leave_one_out_probe
 from domainfm.models.encoder import build_encoder
 
 from .datasets import SlideRecord, TileFolderDataset, TileTransform
@@ -72,18 +73,8 @@ def _last_loss(run_dir: Path) -> tuple[float | None, float | None]:
 
 def _probe(features: np.ndarray, labels: np.ndarray) -> float:
     """Leave-one-out balanced accuracy of a standardized logistic regression."""
-    from sklearn.linear_model import LogisticRegression  # heavy import (scikit-learn), loaded on first use
-    from sklearn.metrics import balanced_accuracy_score  # heavy import (scikit-learn), loaded on first use
-    from sklearn.model_selection import (  # heavy import (scikit-learn), loaded on first use
-        LeaveOneOut,
-        cross_val_predict,
-    )
-    from sklearn.pipeline import make_pipeline  # heavy import (scikit-learn), loaded on first use
-    from sklearn.preprocessing import StandardScaler  # heavy import (scikit-learn), loaded on first use
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5))
-    pred = cross_val_predict(clf, features, labels, cv=LeaveOneOut())
-    return float(balanced_accuracy_score(labels, pred))
+    scores = leave_one_out_probe(features, labels)
+    return classification_metrics(labels, scores)["balanced_accuracy"]
 
 
 def _synthetic_tiles(root: Path, n: int = 12) -> Path:
