@@ -58,12 +58,13 @@ log = logging.getLogger("domainfm.train")
 
 
 def default_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases, norms, tokens and other 1-D parameters."""
+    """AdamW groups: no weight decay on biases, norms, tokens, learned positions and other 1-D parameters."""
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") or "token" in name else decay).append(p)
+        skip = p.ndim <= 1 or name.endswith(".bias") or "token" in name or "pos_embed" in name
+        (no_decay if skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
