@@ -155,7 +155,7 @@ def resolve_classes(
         first = dataset[0]
         n = int(torch.as_tensor(first["label"]).numel())
         if num_classes and num_classes != n:
-            raise ConfigError(f"--num-classes {num_classes} but the multi-label vectors of {where} have {n} entries")
+            raise ConfigError(f"num_classes={num_classes} but the multi-label vectors of {where} have {n} entries")
         return n, list(getattr(dataset, "classes", None) or []) or None, None
     found = [v for v in _values_of(dataset, task) if v >= 0]
     if not found:

@@ -272,7 +272,7 @@ def build_dataclass(cls, data: Any, key: str, source: str):
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.steps=10"`` -> (["train", "steps"], 10); values are parsed as YAML scalars."""
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.steps=100")
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.steps=100")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
@@ -285,7 +285,7 @@ def _set_nested(d: dict, keys: list[str], value: Any) -> None:
     for k in keys[:-1]:
         nxt = d.setdefault(k, {})
         if not isinstance(nxt, dict):
-            raise ConfigError(f"--set {'.'.join(keys)}: {k} is not a section")
+            raise ConfigError(f"override {'.'.join(keys)}: {k} is not a section")
         d = nxt
     d[keys[-1]] = value
 

@@ -294,7 +294,7 @@ def evaluate(
     """
     t0 = time.perf_counter()
     if int(k) < 1:
-        raise ConfigError(f"--k must be >= 1 (kNN neighbours), got {k}")
+        raise ConfigError(f"k (kNN neighbours, --k) must be >= 1, got {k}")
     protocols = parse_protocols(protocol)
     fracs = parse_fractions(fractions)
     n_seeds = int(seeds)

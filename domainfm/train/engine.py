@@ -358,12 +358,12 @@ def _train_locked(
     if resume:
         ckpts = list_checkpoints(run_dir)
         if not ckpts:
-            raise CheckpointError(f"--resume: no checkpoint in {run_dir} to resume from")
+            raise CheckpointError(f"resume: no checkpoint in {run_dir} to resume from")
         if not (ckpts[-1] / "trainer_state.safetensors").is_file():
             raise CheckpointError(f"{ckpts[-1]}: has no trainer state, cannot resume exactly")
         last = latest_intact(run_dir, need_trainer_state=True)  # a damaged newest one falls back, with a warning
         if last is None:
-            raise CheckpointError(f"--resume: every checkpoint in {run_dir} is damaged; start a new run")
+            raise CheckpointError(f"resume: every checkpoint in {run_dir} is damaged; start a new run")
         weights = load_tensors(last)
         load_module_state(module, {k: v for k, v in weights.items() if not k.startswith("ema.")})
         ttensors = load_tensors(last, "trainer_state.safetensors")

@@ -503,7 +503,7 @@ class RemoteSensingDomain(Domain):
             )
         if isinstance(sensor, list):
             if len(sensor) != 1:
-                raise ConfigError(f"predict: give one --sensor, got {sensor}")
+                raise ConfigError(f"predict: give one sensor (--sensor), got {sensor}")
             sensor = sensor[0]
         return predict_scene(
             model,
