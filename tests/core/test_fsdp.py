@@ -1,0 +1,135 @@
+"""FSDP2 (``train.strategy: fsdp``) on 2 gloo processes (CPU) launched by torchrun: it trains the same
+weights as DDP (MAE, and DINO with its EMA teacher and centers), resumes exactly, and writes one
+safetensors file that loads on one device.
+
+The test launches this module as the torchrun worker (``python -m tests.core.test_fsdp RUNS_DIR``): both
+ranks run the five trainings in one process group, then the test compares the checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+import domainfm
+from domainfm.errors import ConfigError
+from domainfm.train.checkpoint import list_checkpoints
+from tests.conftest import ROOT, tiny_config
+
+STEPS, CRASH_AT, CKPT_EVERY, LR = 4, 3, 2, 1e-3
+# DDP and FSDP sum the same gradients, but the clipping norm is summed per shard under FSDP: float32
+# rounding, which AdamW's m / sqrt(v) turns into up to ~lr / 10 on weights whose gradient is ~0 (e.g. the
+# key biases of attention). Measured: max 8.7e-6 (MAE), 1.6e-7 (DINO) with lr 1e-3. A resumed FSDP run repeats
+# the uninterrupted run's operations: 0 measured, 1e-6 allowed.
+DDP_ATOL, RESUME_ATOL = LR / 10, 1e-6
+DINO = {"name": "dino", "prototypes": 64, "head_hidden_dim": 64, "head_bottleneck_dim": 16, "local_crops": 2}
+
+
+class Crash(Exception):
+    pass
+
+
+def _config(out: Path, strategy: str, objective: dict | None = None) -> dict:
+    """A tiny MAE (or ``objective``) run with gradient accumulation and clipping (the default 1.0)."""
+    train = {"steps": STEPS, "ckpt_every": CKPT_EVERY, "batch_size": 4, "accum_steps": 2, "lr": LR}
+    data = {"img_size": 16, "options": {"num_samples": 32}}
+    return tiny_config(out, train={**train, "strategy": strategy}, objective=objective or {"name": "mae"}, data=data)
+
+
+def _crash(step: int, encoder) -> dict:
+    if step == CRASH_AT:
+        raise Crash(f"simulated crash after step {step}")
+    return {}
+
+
+def _worker(runs: Path) -> None:
+    """Each torchrun rank: MAE under DDP, under FSDP, and under FSDP crashed after step 3 then resumed;
+    DINO under DDP and FSDP."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")  # the engine joins this group and leaves it open between runs
+    domainfm.pretrain(_config(runs / "ddp", "ddp"))
+    domainfm.pretrain(_config(runs / "fsdp", "fsdp"))
+    crashed = _config(runs / "resumed", "fsdp")
+    try:
+        domainfm.pretrain(crashed, callbacks=[_crash])
+    except Crash:
+        pass
+    domainfm.pretrain(crashed, resume=True)
+    domainfm.pretrain(_config(runs / "dino-ddp", "ddp", DINO))
+    domainfm.pretrain(_config(runs / "dino-fsdp", "fsdp", DINO))
+    dist.destroy_process_group()
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    (ckpt,) = [c for c in list_checkpoints(run) if c.name == f"ckpt-{STEPS:07d}"]
+    return load_file(str(ckpt / "model.safetensors"))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("this torch build has no torch.distributed gloo backend")
+    out = tmp_path_factory.mktemp("fsdp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523"]
+    cmd += ["-m", "tests.core.test_fsdp", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+@pytest.mark.parametrize("run", ["", "dino-"])
+def test_fsdp_trains_the_same_weights_as_ddp(runs, run):
+    ddp, fsdp = _weights(runs / f"{run}ddp"), _weights(runs / f"{run}fsdp")
+    assert any(k.startswith("encoder.blocks.") for k in fsdp)  # full (unsharded) tensors under the module's names
+    assert all(fsdp[k].shape == ddp[k].shape for k in ddp)
+    assert _max_diff(ddp, fsdp) < DDP_ATOL
+    first = load_file(str(list_checkpoints(runs / f"{run}fsdp")[0] / "model.safetensors"))
+    encoder = [k for k in fsdp if k.startswith("encoder.")]
+    moved = max(float((first[k] - fsdp[k]).abs().max()) for k in encoder)
+    assert moved > 10 * DDP_ATOL  # the encoder moved this much in the last 2 steps: the agreement is not trivial
+
+
+def test_fsdp_resume_equals_the_uninterrupted_run(runs):
+    assert [c.name for c in list_checkpoints(runs / "resumed")][-1] == f"ckpt-{STEPS:07d}"
+    assert _max_diff(_weights(runs / "fsdp"), _weights(runs / "resumed")) < RESUME_ATOL
+
+
+def test_fsdp_dino_keeps_its_teacher_and_centers(runs):
+    w = _weights(runs / "dino-fsdp")
+    assert {"center", "step", "teacher_head.prototypes", "teacher_encoder.blocks.0.attn.qkv.weight"} <= set(w)
+    assert int(w["step"]) == STEPS and float(w["center"].abs().sum()) > 0
+    moved = w["teacher_encoder.blocks.0.attn.qkv.weight"] - w["encoder.blocks.0.attn.qkv.weight"]
+    assert 0 < float(moved.abs().max())  # the teacher is an EMA of the student, not a copy
+
+
+def test_fsdp_checkpoint_is_one_file_that_loads_on_one_device(runs):
+    ckpt = list_checkpoints(runs / "fsdp")[-1]
+    assert sorted(p.name for p in ckpt.glob("*.safetensors")) == ["model.safetensors", "trainer_state.safetensors"]
+    model = domainfm.load(ckpt, device="cpu")
+    assert model.card["config"]["train"]["strategy"] == "fsdp"
+    emb = model.encoder.embed(torch.rand(2, 1, 16, 16))
+    assert emb.shape == (2, model.encoder.embed_dim) and torch.isfinite(emb).all()
+    qkv = "blocks.0.attn.qkv.weight"
+    assert torch.equal(model.encoder.state_dict()[qkv], _weights(runs / "fsdp")[f"encoder.{qkv}"])
+
+
+def test_train_strategy_is_checked():
+    with pytest.raises(ConfigError, match="train.strategy must be ddp or fsdp, got 'zero3'"):
+        domainfm.load_config({"domain": "synthetic", "train": {"strategy": "zero3"}})
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))
