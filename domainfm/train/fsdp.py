@@ -56,7 +56,7 @@ def block_units(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 def shard_copy(module: nn.Module, device: torch.device, world_size: int, bf16: bool) -> nn.Module:
     """A deep copy of ``module`` sharded with FSDP2 over ``world_size`` ranks on ``device`` (one unit per
     block, then the root); ``module`` itself is moved to the CPU and left unsharded. Needs an initialised
-    process group (``torchrun``)."""
+    process group (``torchrun``; exercised by ``tests/core/test_fsdp.py``)."""
     module.to("cpu")
     sharded = copy.deepcopy(module)
     for m in sharded.modules():  # gradient checkpointing wraps the original's forward: the engine re-applies it
@@ -84,14 +84,25 @@ def shard_copy(module: nn.Module, device: torch.device, world_size: int, bf16: b
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of a sharded ``DTensor`` (a collective: every rank calls it), else ``t``."""
+    """The whole tensor of a sharded ``DTensor`` (a collective: every rank calls it), else ``t``.
+
+    Example:
+        >>> full_tensor(torch.ones(2))
+        tensor([1., 1.])
+    """
     return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def full_state(module: nn.Module, everywhere: bool = False) -> dict[str, torch.Tensor]:
     """``module.state_dict()`` with unsharded CPU tensors, one name per shared tensor, gathered one tensor at
     a time. Every rank must call it; the tensors are returned on rank 0 (on every rank with ``everywhere``)
-    and ``{}`` elsewhere."""
+    and ``{}`` elsewhere.
+
+    Example:
+        >>> m = nn.Module(); m.a = nn.Linear(2, 2); m.b = m.a   # one tensor under two names is kept once
+        >>> sorted(full_state(m))
+        ['a.bias', 'a.weight']
+    """
     keep = everywhere or not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
@@ -136,7 +147,12 @@ def load_full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimize
 
 
 def copy_full_into(dst: torch.Tensor, whole: torch.Tensor) -> None:
-    """Copy a whole tensor into ``dst``; a sharded ``DTensor`` keeps only its own shard of it."""
+    """Copy a whole tensor into ``dst``; a sharded ``DTensor`` keeps only its own shard of it.
+
+    Example:
+        >>> dst = torch.zeros(2); copy_full_into(dst, torch.ones(2)); dst
+        tensor([1., 1.])
+    """
     with torch.no_grad():
         if isinstance(dst, DTensor):
             dst.copy_(distribute_tensor(whole.to(dst.device, dst.dtype), dst.device_mesh, dst.placements))
@@ -152,7 +168,12 @@ def copy_back(sharded: nn.Module, original: nn.Module, device: torch.device) -> 
 
 
 def set_grad_sync(module: nn.Module, sync: bool) -> None:
-    """Gradient accumulation: reduce-scatter gradients only on the last micro-step (FSDP2's ``no_sync``)."""
+    """Gradient accumulation: reduce-scatter gradients only on the last micro-step (FSDP2's ``no_sync``);
+    a module that is not sharded is left alone.
+
+    Example:
+        >>> set_grad_sync(nn.Linear(2, 2), False)   # not an FSDP module: nothing to do
+    """
     if isinstance(module, FSDPModule):
         module.set_requires_gradient_sync(sync)
 
@@ -160,7 +181,12 @@ def set_grad_sync(module: nn.Module, sync: bool) -> None:
 @contextlib.contextmanager
 def gathered(module: nn.Module, enabled: bool = True):
     """The root unit's weights whole inside the block (every rank enters it), for calls other than
-    ``forward`` (an online probe running the encoder); the blocks gather their own when they run."""
+    ``forward`` (an online probe running the encoder); the blocks gather their own when they run.
+
+    Example:
+        >>> with gathered(nn.Linear(2, 2)):   # not an FSDP module: nothing to gather
+        ...     pass
+    """
     if not (enabled and isinstance(module, FSDPModule)):
         yield
         return
