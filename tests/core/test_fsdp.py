@@ -2,8 +2,10 @@
 weights as DDP (MAE, and DINO with its EMA teacher and centers), resumes exactly, and writes one
 safetensors file that loads on one device.
 
-The test launches this module as the torchrun worker (``python -m tests.core.test_fsdp RUNS_DIR``): both
-ranks run the five trainings in one process group, then the test compares the checkpoints.
+The test starts two torchrun agents as two "nodes" of one process each, with the multi-node rendezvous
+flags of docs/performance.md (``--nnodes 2 --rdzv_backend c10d --rdzv_endpoint localhost:PORT --rdzv_id``),
+that run this module as the worker (``python -m tests.core.test_fsdp RUNS_DIR``): both ranks run the five
+trainings in one process group, then the test compares the checkpoints.
 """
 
 from __future__ import annotations
@@ -85,11 +87,20 @@ def runs(tmp_path_factory) -> Path:
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("this torch build has no torch.distributed gloo backend")
     out = tmp_path_factory.mktemp("fsdp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1"]
+    cmd += ["--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:29523", "--rdzv_id", "test_fsdp"]
     cmd += ["-m", "tests.core.test_fsdp", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    logs = [out / f"node{n}.log" for n in range(2)]
+    procs = [subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT) for log in logs]
+    try:
+        codes = [p.wait(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for code, log in zip(codes, logs):
+        assert code == 0, log.read_text()[-4000:]
     return out
 
 
@@ -127,6 +138,12 @@ def test_fsdp_checkpoint_is_one_file_that_loads_on_one_device(runs):
     assert emb.shape == (2, model.encoder.embed_dim) and torch.isfinite(emb).all()
     qkv = "blocks.0.attn.qkv.weight"
     assert torch.equal(model.encoder.state_dict()[qkv], _weights(runs / "fsdp")[f"encoder.{qkv}"])
+
+
+def test_fsdp_in_one_process_is_plain_training_and_says_so(tmp_path, capsys):
+    ckpt = domainfm.pretrain(tiny_config(tmp_path / "one", train={"steps": 1, "strategy": "fsdp"}))
+    assert "train.strategy fsdp in one process (not under torchrun): plain training" in capsys.readouterr().err
+    assert domainfm.load(ckpt).card["step"] == 1
 
 
 def test_train_strategy_is_checked():
