@@ -363,10 +363,12 @@ def _train_locked(
         enable_grad_checkpointing(getattr(module, encoder_attr, module))
 
     groups = (
-        module.param_groups(tcfg.weight_decay)
-        if hasattr(module, "param_groups")
-        else default_param_groups(module, tcfg.weight_decay)
+        user_module.param_groups(tcfg.weight_decay)
+        if hasattr(user_module, "param_groups")
+        else default_param_groups(user_module, tcfg.weight_decay)
     )
+    if use_fsdp:  # the caller's grouping (it may hold a closure over the caller's module), on the sharded copy
+        groups = fsdp.same_params(groups, user_module, module)
     for g in groups:
         g.setdefault("lr_scale", 1.0)
     opt_kwargs = adamw_kwargs(device)  # fused AdamW on CUDA and CPU

@@ -9,7 +9,9 @@ are bf16 and gradients are reduced in fp32; on CPU (gloo) everything stays fp32.
 
 The caller's module is never turned into an FSDP module: :func:`shard_copy` shards a deep copy (the
 original waits on the CPU) and :func:`copy_back` loads the trained, unsharded weights into the
-original at the end, so the module can be used after training like after a DDP run. Checkpoints hold
+original at the end, so the module can be used after training like after a DDP run. Functions set on
+the original's instances close over the original, not the copy: the engine builds the optimizer groups
+on the original and maps them by name (:func:`same_params`), and re-applies gradient checkpointing. Checkpoints hold
 full tensors gathered by :func:`full_state` and :func:`full_optimizer_state` (written by rank 0 in
 the same format as a DDP run), so ``domainfm.load`` reads them on one device and a run resumes from
 them under either strategy.
@@ -81,6 +83,21 @@ def shard_copy(module: nn.Module, device: torch.device, world_size: int, bf16: b
         "bf16 gather, fp32 reduce" if on_cuda_bf16 else "fp32",
     )
     return sharded
+
+
+def same_params(groups: list[dict], original: nn.Module, copy_: nn.Module) -> list[dict]:
+    """Optimizer ``groups`` built on ``original``, with each parameter replaced by the parameter of the same
+    name in ``copy_`` (its sharded copy): a ``param_groups`` that closes over the original still groups
+    the copy's parameters.
+
+    Example:
+        >>> a = nn.Linear(2, 2); b = copy.deepcopy(a)
+        >>> [g["params"][0] is b.weight for g in same_params([{"params": [a.weight], "lr": 0.1}], a, b)]
+        [True]
+    """
+    names = {id(p): n for n, p in original.named_parameters()}
+    params = dict(copy_.named_parameters())
+    return [{**g, "params": [params[names[id(p)]] for p in g["params"]]} for g in groups]
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:

@@ -41,9 +41,13 @@ class Crash(Exception):
 
 
 def _config(out: Path, strategy: str, objective: dict | None = None) -> dict:
-    """A tiny run with gradient accumulation: MAE without clipping, or ``objective`` clipped at 1.0."""
+    """A tiny run with gradient accumulation: MAE without clipping, or ``objective`` clipped at 1.0 with
+    layer-wise LR decay and gradient checkpointing (both set functions on the caller's module)."""
     train = {"steps": STEPS, "ckpt_every": CKPT_EVERY, "batch_size": 4, "accum_steps": 2, "lr": LR}
-    train["clip_grad"] = 1.0 if objective else None
+    if objective:
+        train.update(clip_grad=1.0, layer_decay=0.75, grad_checkpointing=True)
+    else:
+        train.update(clip_grad=None)
     data = {"img_size": 16, "options": {"num_samples": 32}}
     return tiny_config(out, train={**train, "strategy": strategy}, objective=objective or {"name": "mae"}, data=data)
 
