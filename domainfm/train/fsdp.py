@@ -10,11 +10,11 @@ are bf16 and gradients are reduced in fp32; on CPU (gloo) everything stays fp32.
 The caller's module is never turned into an FSDP module: :func:`shard_copy` shards a deep copy (the
 original waits on the CPU) and :func:`copy_back` loads the trained, unsharded weights into the
 original at the end, so the module can be used after training like after a DDP run. Functions set on
-the original's instances close over the original, not the copy: the engine builds the optimizer groups
-on the original and maps them by name (:func:`same_params`), and re-applies gradient checkpointing. Checkpoints hold
-full tensors gathered by :func:`full_state` and :func:`full_optimizer_state` (written by rank 0 in
-the same format as a DDP run), so ``domainfm.load`` reads them on one device and a run resumes from
-them under either strategy.
+the original's instances close over the original, not the copy: the engine builds the optimizer
+groups on the original and maps them by name (:func:`same_params`), and applies gradient
+checkpointing to the copy. Checkpoints hold full tensors gathered by :func:`full_state` and
+:func:`full_optimizer_state` (written by rank 0 in the same format as a DDP run), so
+``domainfm.load`` reads them on one device and a run resumes from them under either strategy.
 
 Example:
     >>> from torch import nn
@@ -61,7 +61,7 @@ def shard_copy(module: nn.Module, device: torch.device, world_size: int, bf16: b
     process group (``torchrun``; exercised by ``tests/core/test_fsdp.py``)."""
     module.to("cpu")
     sharded = copy.deepcopy(module)
-    for m in sharded.modules():  # gradient checkpointing wraps the original's forward: the engine re-applies it
+    for m in sharded.modules():  # a checkpointed forward would run the original's block: the engine re-applies it
         if getattr(m, "_domainfm_ckpt", False):
             del m.forward
             m._domainfm_ckpt = False
