@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,7 @@ def _worker(runs: Path) -> None:
     domainfm.pretrain(crashed, resume=True)
     domainfm.pretrain(_config(runs / "dino-ddp", "ddp", DINO))
     domainfm.pretrain(_config(runs / "dino-fsdp", "fsdp", DINO))
+    dist.barrier()  # both ranks done before either tears the group down
     dist.destroy_process_group()
 
 
@@ -97,14 +99,18 @@ def runs(tmp_path_factory) -> Path:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     logs = [out / f"node{n}.log" for n in range(2)]
     procs = [subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT) for log in logs]
-    try:
-        codes = [p.wait(timeout=240) for p in procs]
+    deadline = time.monotonic() + 240
+    try:  # a failed node makes the other agent wait for it until its own timeout: stop at the first failure
+        while any(p.poll() is None for p in procs) and all(p.poll() in (None, 0) for p in procs):
+            assert time.monotonic() < deadline, "the two torchrun agents did not finish within 240 s"
+            time.sleep(0.2)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for code, log in zip(codes, logs):
-        assert code == 0, log.read_text()[-4000:]
+                p.wait()
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log.read_text()[-4000:]
     return out
 
 
