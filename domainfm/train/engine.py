@@ -498,8 +498,8 @@ def _train_locked(
                 # randomness inside the step (masking, dropout) is a function of the step alone: exact resume
                 torch.manual_seed(tcfg.seed * 1_000_003 + (step * accum + k) * 7919 + ctx.rank)
                 fsdp.set_grad_sync(module, k == accum - 1)  # FSDP2's no_sync (the context below is DDP's)
-                last_micro = k == accum - 1 or not ctx.enabled or use_fsdp
-                sync = contextlib.nullcontext() if last_micro else model_for_step.no_sync()
+                ddp_sync = k == accum - 1 or not ctx.enabled or use_fsdp
+                sync = contextlib.nullcontext() if ddp_sync else model_for_step.no_sync()
                 with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     outputs = model_for_step(batch)
                     loss = outputs["loss"] / accum
