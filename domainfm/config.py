@@ -131,6 +131,7 @@ class TrainConfig:
     layer_decay: float = 1.0  # pretraining: layer-wise LR decay over the encoder (1.0 = none), e.g. with model.init
     grad_checkpointing: bool = False  # recompute encoder block activations in backward (less memory, ~30% slower)
     memory_check: bool = True  # estimate the step's peak memory before training; refuse when it does not fit
+    strategy: str = "ddp"  # under torchrun: ddp (replicated weights) | fsdp (FSDP2 sharding, for ViT-L and larger)
 
 
 @dataclass
@@ -381,6 +382,7 @@ def _check_ranges(cfg: Config, name: str) -> None:
         (t.threads is None or t.threads >= 1, f"train.threads must be >= 1, got {t.threads}"),
         (t.log_every >= 1 and t.ckpt_every >= 1, "train.log_every and train.ckpt_every must be >= 1"),
         (t.amp in ("auto", "bf16", "fp32"), f"train.amp must be auto, bf16 or fp32, got {t.amp!r}"),
+        (t.strategy in ("ddp", "fsdp"), f"train.strategy must be ddp or fsdp, got {t.strategy!r}"),
         (cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}"),
         (0 <= cfg.model.drop_path_rate < 1, f"model.drop_path_rate must be in [0, 1), got {cfg.model.drop_path_rate}"),
         (0 < cfg.data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}"),

@@ -38,10 +38,12 @@ from tqdm.auto import tqdm
 from domainfm.config import TrainConfig
 from domainfm.data.sample import collate_samples
 from domainfm.data.sampling import epoch_batches, set_epoch
+from domainfm.decisions import decide
 from domainfm.errors import CheckpointError, DataError, NonFiniteLossError
 from domainfm.io_safety import RunLock, clean_stale_tmp
 from domainfm.memory import check_step_memory, enable_grad_checkpointing
 from domainfm.ssl.monitor import collapse_metrics
+from domainfm.train import fsdp
 from domainfm.train.checkpoint import (
     check_run_dir,
     latest_intact,
@@ -157,8 +159,8 @@ def _set_rng_state(tensors: dict, meta: dict) -> None:
         random.setstate((p[0], tuple(p[1]), p[2]))
 
 
-def _optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    sd = opt.state_dict()
+def _optimizer_state(sd: dict) -> tuple[dict, dict]:
+    """Flatten ``optimizer.state_dict()`` into safetensors tensors and JSON metadata."""
     tensors, scalars = {}, {}
     for idx, st in sd["state"].items():
         for k, v in st.items():
@@ -170,7 +172,8 @@ def _optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def _load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+def _optimizer_state_dict(tensors: dict, meta: dict) -> dict:
+    """The ``optimizer.state_dict()`` that :func:`_optimizer_state` flattened."""
     state: dict[int, dict] = {}
     for key, v in tensors.items():
         if key.startswith("optim."):
@@ -183,7 +186,7 @@ def _load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict, meta: dict)
     for g in groups:
         if "betas" in g:
             g["betas"] = tuple(g["betas"])
-    opt.load_state_dict({"state": state, "param_groups": groups})
+    return {"state": state, "param_groups": groups}
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -329,28 +332,15 @@ def _train_locked(
     device: torch.device,
     ctx: DistContext,
 ) -> Path:
-    module.to(device)
-    if tcfg.grad_checkpointing:
-        enable_grad_checkpointing(getattr(module, encoder_attr, module))
     use_bf16 = (tcfg.amp == "bf16") or (tcfg.amp == "auto" and device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
-    groups = (
-        module.param_groups(tcfg.weight_decay)
-        if hasattr(module, "param_groups")
-        else default_param_groups(module, tcfg.weight_decay)
-    )
-    for g in groups:
-        g.setdefault("lr_scale", 1.0)
-    opt_kwargs = adamw_kwargs(device)  # fused AdamW on CUDA and CPU
-    optimizer = torch.optim.AdamW(groups, lr=tcfg.lr, betas=(0.9, 0.95), **opt_kwargs)
-    trainable = [p for g in groups for p in g["params"]]
-
-    ema: dict[str, torch.Tensor] | None = None
-    if tcfg.ema > 0:
-        ema = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+    use_fsdp = tcfg.strategy == "fsdp" and ctx.enabled
+    if tcfg.strategy == "fsdp" and not ctx.enabled and ctx.is_main:
+        decide("strategy", "train.strategy fsdp in one process (not under torchrun): plain training, nothing sharded")
+    if not use_fsdp:
+        module.to(device)
 
     start_step = 0
     check_run_dir(run_dir, resume)
@@ -366,20 +356,49 @@ def _train_locked(
             raise CheckpointError(f"resume: every checkpoint in {run_dir} is damaged; start a new run")
         weights = load_tensors(last)
         load_module_state(module, {k: v for k, v in weights.items() if not k.startswith("ema.")})
+
+    user_module = module
+    if use_fsdp:  # the rest of the engine trains a sharded copy; user_module gets its weights at the end
+        module = fsdp.shard_copy(user_module, device, ctx.world_size, use_bf16)
+    if tcfg.grad_checkpointing:
+        enable_grad_checkpointing(getattr(module, encoder_attr, module))
+
+    groups = (
+        user_module.param_groups(tcfg.weight_decay)
+        if hasattr(user_module, "param_groups")
+        else default_param_groups(user_module, tcfg.weight_decay)
+    )
+    if use_fsdp:  # the caller's grouping (it may hold a closure over the caller's module), on the sharded copy
+        groups = fsdp.same_params(groups, user_module, module)
+    for g in groups:
+        g.setdefault("lr_scale", 1.0)
+    opt_kwargs = adamw_kwargs(device)  # fused AdamW on CUDA and CPU
+    optimizer = torch.optim.AdamW(groups, lr=tcfg.lr, betas=(0.9, 0.95), **opt_kwargs)
+    trainable = [p for g in groups for p in g["params"]]
+
+    ema: dict[str, torch.Tensor] | None = None
+    if tcfg.ema > 0:
+        ema = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+    if resume:
         ttensors = load_tensors(last, "trainer_state.safetensors")
         tmeta = json.loads((last / "trainer_state.json").read_text())
-        _load_optimizer_state(optimizer, ttensors, tmeta.get("optimizer", {}))
+        osd = _optimizer_state_dict(ttensors, tmeta.get("optimizer", {}))
+        if use_fsdp:
+            fsdp.load_full_optimizer_state(module, optimizer, osd)
+        else:
+            optimizer.load_state_dict(osd)
         _set_rng_state(ttensors, tmeta.get("rng", {}))
         if ema is not None:
             for n in ema:
                 if f"ema.{n}" in weights:
-                    ema[n].copy_(weights[f"ema.{n}"])
+                    fsdp.copy_full_into(ema[n], weights[f"ema.{n}"])
         start_step = int(tmeta["step"])
         if ctx.is_main:
             log.info("resumed from %s at step %d", last, start_step)
 
     model_for_step = module
-    if ctx.enabled:
+    if ctx.enabled and not use_fsdp:
         ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
         model_for_step = nn.parallel.DistributedDataParallel(module, **ddp_kwargs)
     if tcfg.compile:
@@ -389,7 +408,9 @@ def _train_locked(
     total = tcfg.steps
     probe = dataset[0]  # fail early, with the file named, if the very first sample is bad
     batches0 = epoch_batches(dataset, 0, tcfg.batch_size, tcfg.seed, ctx.rank, ctx.world_size)
-    if ctx.is_main and tcfg.memory_check and batches0:  # the real batch: small datasets give fewer samples
+    if use_fsdp and ctx.is_main and tcfg.memory_check:
+        log.info("step memory check skipped under train.strategy fsdp (the estimate assumes unsharded weights)")
+    if ctx.is_main and tcfg.memory_check and batches0 and not use_fsdp:  # the real batch: small datasets give fewer
         check_step_memory(
             module,
             probe,
@@ -419,11 +440,15 @@ def _train_locked(
     if tcfg.progress and ctx.is_main:
         progress = tqdm(total=total, initial=start_step, desc="train", dynamic_ncols=True, leave=True)
 
-    def save(step: int) -> Path:
-        tensors = dict(module.state_dict())
+    def save(step: int) -> Path | None:
+        """Write a checkpoint from rank 0; under FSDP every rank calls it (the full tensors are gathered)."""
+        tensors = fsdp.full_state(module) if use_fsdp else dict(module.state_dict())
         if ema is not None:
-            tensors.update({f"ema.{n}": t for n, t in ema.items()})
-        otensors, ometa = _optimizer_state(optimizer)
+            tensors.update({f"ema.{n}": fsdp.full_tensor(t) for n, t in ema.items()})
+        osd = fsdp.full_optimizer_state(module, optimizer) if use_fsdp else optimizer.state_dict()
+        if not ctx.is_main:
+            return None
+        otensors, ometa = _optimizer_state(osd)
         rtensors, rmeta = _rng_state()
         return save_checkpoint(
             run_dir,
@@ -473,7 +498,9 @@ def _train_locked(
                 batch = _to_device(batch, device)
                 # randomness inside the step (masking, dropout) is a function of the step alone: exact resume
                 torch.manual_seed(tcfg.seed * 1_000_003 + (step * accum + k) * 7919 + ctx.rank)
-                sync = contextlib.nullcontext() if (k == accum - 1 or not ctx.enabled) else model_for_step.no_sync()
+                fsdp.set_grad_sync(module, k == accum - 1)  # FSDP2's no_sync (the context below is DDP's)
+                ddp_sync = k == accum - 1 or not ctx.enabled or use_fsdp
+                sync = contextlib.nullcontext() if ddp_sync else model_for_step.no_sync()
                 with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     outputs = model_for_step(batch)
                     loss = outputs["loss"] / accum
@@ -490,7 +517,7 @@ def _train_locked(
                 loss_sum += value / accum
                 seen += _batch_size(batch) * ctx.world_size
             if tcfg.clip_grad:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, tcfg.clip_grad))
+                grad_norm = float(fsdp.full_tensor(torch.nn.utils.clip_grad_norm_(trainable, tcfg.clip_grad)))
             else:
                 grad_norm = float("nan")
             optimizer.step()
@@ -505,8 +532,9 @@ def _train_locked(
                         t.mul_(tcfg.ema).add_(named[n].detach(), alpha=1 - tcfg.ema)
             extra: dict[str, float] = {}
             encoder = getattr(module, encoder_attr, module)
-            for cb in callbacks:
-                extra.update(cb(step, encoder) or {})
+            with fsdp.gathered(module, bool(callbacks)):  # FSDP: whole weights for the encoder calls of a probe
+                for cb in callbacks:
+                    extra.update(cb(step, encoder) or {})
             if ctx.is_main and (step % tcfg.log_every == 0 or step == total or extra):
                 now = time.perf_counter()
                 metrics = {
@@ -529,8 +557,9 @@ def _train_locked(
                 progress.update(1)
             stopping = ctx.any_true(stop.signal is not None, device)
             if step % tcfg.ckpt_every == 0 or step == total or stopping:
-                if ctx.is_main:
-                    last_ckpt = save(step)
+                if ctx.is_main or use_fsdp:
+                    saved = save(step)
+                    last_ckpt = saved if ctx.is_main else last_ckpt
                 ctx.barrier()
             if stopping:
                 if ctx.is_main:
@@ -541,6 +570,8 @@ def _train_locked(
                         flush=True,
                     )
                 raise KeyboardInterrupt
+        if use_fsdp:
+            fsdp.copy_back(module, user_module, device)
     finally:
         stop.__exit__()
         if progress is not None:
