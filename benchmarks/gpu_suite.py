@@ -4,9 +4,9 @@ Sections, each a list of rows (kit and anchor measured in the same run):
 
 * ``peak``: achieved bf16 matmul TFLOP/s (the denominator of MFU).
 * ``pretrain``: one optimizer step (forward + backward + AdamW, bf16 autocast, fused AdamW) of every
-  objective in :data:`OBJECTIVES` for 2D ViT-B/16 @224 and 3D ViT-B/16 @96^3, kit vs MONAI
-  ``MaskedAutoEncoderViT``, eager and ``torch.compile``: samples/s, MFU (model FLOPs counted by
-  ``torch.utils.flop_counter`` / measured peak) and peak GPU memory.
+  objective in :data:`OBJECTIVES` (``mae``, ``dino``) for 2D ViT-B/16 @224 and 3D ViT-B/16 @96^3, kit vs
+  MONAI ``MaskedAutoEncoderViT`` (``dino`` has no anchor), eager and ``torch.compile``: samples/s, MFU
+  (model FLOPs counted by ``torch.utils.flop_counter`` / measured peak) and peak GPU memory.
 * ``loaders``: WSI tiles, medical volumes and GeoTIFF chips against their anchors (the
   ``benchmarks/*.py`` scripts, 16 DataLoader workers where the script has workers).
 * ``sliding_window``: 3D sliding-window inference (ViT-B/16 + UNETR head, MONAI
@@ -52,10 +52,14 @@ def _mae_pair(case: dict):
     return pt.ours_mae(case), pt.monai_mae(case)
 
 
+def _dino_pair(case: dict):
+    return pt.ours_dino(case), None  # no DINO anchor is installed (MONAI has none)
+
+
 #: Pretraining objectives of the suite: name -> builder of ``(kit model, anchor model or None)``.
-#: A new objective (e.g. ``dino``) adds one entry; its kit model must take ``{"image": x}`` and
-#: return ``{"loss": ...}``.
-OBJECTIVES = {"mae": _mae_pair}
+#: A new objective adds one entry; its kit model must take ``{"image": x}`` (or be a DINO, which
+#: :func:`pretrain_throughput.make_step` feeds multi-crop views) and return ``{"loss": ...}``.
+OBJECTIVES = {"mae": _mae_pair, "dino": _dino_pair}
 
 
 def cases(dry: bool) -> list[dict]:
@@ -174,16 +178,21 @@ def section_pretrain(s: Suite) -> None:
                         continue
                     model = model.to(s.device)
                     x = torch.randn(shape, device=s.device)
-                    step = pt.make_step(impl, model, x, s.device, compiled)
-                    dt = pt.time_steps(step, iters, s.device, warmup)
                     row = {
                         "objective": objective,
                         "case": case["name"],
                         "impl": impl,
                         "mode": "compiled" if compiled else "eager",
                         "batch": case["batch"],
-                        "samples_per_s": case["batch"] / dt,
                     }
+                    try:  # one failing row (e.g. a compile error) must not lose the others
+                        step = pt.make_step(impl, model, x, s.device, compiled)
+                        dt = pt.time_steps(step, iters, s.device, warmup)
+                    except Exception as exc:
+                        s.add("pretrain", **row, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                        del model, kit_model, anchor, x
+                        continue
+                    row["samples_per_s"] = case["batch"] / dt
                     if s.cuda and s.peak_tflops:
                         key = (objective, case["name"], impl)
                         if key not in flops_of:
