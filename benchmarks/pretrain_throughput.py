@@ -53,7 +53,7 @@ def step_flops(step_fn) -> float:
 def monai_mae(case: dict):
     from monai.networks.nets import MaskedAutoEncoderViT
 
-    return MaskedAutoEncoderViT(
+    model = MaskedAutoEncoderViT(
         in_channels=case["in_chans"],
         img_size=case["img_size"],
         patch_size=case["patch"],
@@ -69,6 +69,11 @@ def monai_mae(case: dict):
         spatial_dims=case["dims"],
         qkv_bias=True,
     )
+    # Under bf16 autocast MONAI's forward writes the bf16 decoder_embed output into its fp32 mask-token
+    # tensor with index_put, which raises ("Index put requires the source and destination dtypes match");
+    # handing that output back as fp32 lets it run (the decoder blocks cast to bf16 again). No-op in fp32.
+    model.decoder_embed.register_forward_hook(lambda module, args, out: out.float())
+    return model
 
 
 def ours_mae(case: dict):
@@ -121,16 +126,25 @@ def dino_views(x: torch.Tensor, local_crops: int = DINO_LOCAL_CROPS) -> list[tor
     return views
 
 
-def make_step(kind: str, model, x: torch.Tensor, device: torch.device, compile_: bool, fused: bool | None = None):
+def make_step(
+    kind: str,
+    model,
+    x: torch.Tensor,
+    device: torch.device,
+    compile_: bool,
+    fused: bool | None = None,
+    bf16: bool | None = None,
+):
     """One optimizer step as a closure. ``fused=None``: the kit gets its engine's AdamW (:func:`adamw_kwargs`:
     fused on CUDA and CPU), MONAI gets fused AdamW on CUDA and torch's default AdamW on CPU. A kit model with
-    ``on_step_end`` (DINO's teacher EMA) has it called after each optimizer step, as the engine does."""
+    ``on_step_end`` (DINO's teacher EMA) has it called after each optimizer step, as the engine does.
+    ``bf16=None``: bf16 autocast on CUDA only (the engine's ``amp: auto``); True / False force it for both."""
     if fused is None:
         kw = adamw_kwargs(device) if kind == "domainfm" else ({"fused": True} if device.type == "cuda" else {})
     else:
         kw = {"fused": True} if fused else {}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, **kw)
-    use_bf16 = device.type == "cuda"
+    use_bf16 = device.type == "cuda" if bf16 is None else bf16
     fwd = torch.compile(model) if compile_ else model
     after = getattr(model, "on_step_end", None) if kind == "domainfm" else None
     if kind == "domainfm" and isinstance(model, DINO):
@@ -187,14 +201,20 @@ CASE_PATCH = [16]
 
 
 def build_step(
-    kind: str, case: dict, device: torch.device, compile_: bool, fused: bool | None = None, objective: str = "mae"
+    kind: str,
+    case: dict,
+    device: torch.device,
+    compile_: bool,
+    fused: bool | None = None,
+    objective: str = "mae",
+    bf16: bool | None = None,
 ):
     torch.manual_seed(0)
     builder = monai_mae if kind == "monai" else ours_dino if objective == "dino" else ours_mae
     model = builder(case).to(device)
     x = torch.randn((case["batch"], case["in_chans"], *([case["img_size"]] * case["dims"])), device=device)
     CASE_PATCH[0] = case["patch"]
-    return make_step(kind, model, x, device, compile_, fused)
+    return make_step(kind, model, x, device, compile_, fused, bf16)
 
 
 def vit_base_cases(batch_2d: int, batch_3d: int) -> list[dict]:
@@ -263,6 +283,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--no-dino", dest="dino", action="store_false", help="skip the dino objective's step")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for every variant on CPU too")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -308,7 +329,8 @@ def main(argv=None) -> dict:
     print(
         f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
         f"{'' if peak is None else f', measured bf16 matmul peak {peak:.0f} TFLOP/s'}, torch {torch.__version__}, "
-        f"compile={args.compile}, threads={torch.get_num_threads()}{load}; {args.repeats} interleaved repeats of "
+        f"compile={args.compile}, bf16 autocast={'all' if args.bf16 else device.type == 'cuda'}, "
+        f"threads={torch.get_num_threads()}{load}; {args.repeats} interleaved repeats of "
         f"{iters} steps, best of each"
     )
     print(
@@ -332,7 +354,7 @@ def main(argv=None) -> dict:
         if not args.dino:
             variants.pop("dino")
         steps = {
-            k: build_step(kind, case, device, args.compile, fused, objective)
+            k: build_step(kind, case, device, args.compile, fused, objective, True if args.bf16 else None)
             for k, (kind, fused, objective) in variants.items()
         }
         for step in steps.values():
