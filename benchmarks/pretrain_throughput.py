@@ -8,6 +8,7 @@ peak measured on this GPU in the same run.
     python benchmarks/pretrain_throughput.py --quick    # small shapes, runs on a laptop CPU in ~1 min
     python benchmarks/pretrain_throughput.py --compile  # add torch.compile
     python benchmarks/pretrain_throughput.py --quick --threads 1   # steadier on a shared, busy CPU
+    python benchmarks/pretrain_throughput.py --quick --threads 1 --clock cpu   # CPU seconds: steadier still
 
 The kit's ``dino`` objective is timed in the same run (``--no-dino`` skips it) and set against the MAE steps.
 """
@@ -252,18 +253,23 @@ def vit_base_cases(batch_2d: int, batch_3d: int) -> list[dict]:
     ]
 
 
-def time_steps(step, iters: int, device: torch.device, warmup: int = 0) -> float:
-    """Seconds per call of ``step`` over ``iters`` calls, after ``warmup`` untimed ones."""
+def time_steps(step, iters: int, device: torch.device, warmup: int = 0, clock: str = "wall") -> float:
+    """Seconds per call of ``step`` over ``iters`` calls, after ``warmup`` untimed ones.
+
+    ``clock="cpu"`` counts this process's CPU seconds (``time.process_time``) instead of wall time: with one
+    torch thread on a shared, oversubscribed CPU it leaves out the time other processes held the core.
+    """
+    now = time.process_time if clock == "cpu" and device.type == "cpu" else time.perf_counter
     for _ in range(warmup):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t = time.perf_counter()
+    t = now()
     for _ in range(iters):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - t) / iters
+    return (now() - t) / iters
 
 
 def bench(kind: str, case: dict, device: torch.device, batch: int, iters: int, warmup: int, compile_: bool):
@@ -284,6 +290,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--no-dino", dest="dino", action="store_false", help="skip the dino objective's step")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for every variant on CPU too")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: time CPU seconds of this process (steadier on a busy machine; meant for --threads 1)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -330,7 +342,7 @@ def main(argv=None) -> dict:
         f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
         f"{'' if peak is None else f', measured bf16 matmul peak {peak:.0f} TFLOP/s'}, torch {torch.__version__}, "
         f"compile={args.compile}, bf16 autocast={'all' if args.bf16 else device.type == 'cuda'}, "
-        f"threads={torch.get_num_threads()}{load}; {args.repeats} interleaved repeats of "
+        f"threads={torch.get_num_threads()}{load}; {args.clock} clock; {args.repeats} interleaved repeats of "
         f"{iters} steps, best of each"
     )
     print(
@@ -363,7 +375,7 @@ def main(argv=None) -> dict:
         best = {k: float("inf") for k in steps}
         for _ in range(args.repeats):  # interleaved: contention from other processes hits every variant alike
             for k, step in steps.items():
-                best[k] = min(best[k], time_steps(step, iters, device))
+                best[k] = min(best[k], time_steps(step, iters, device, clock=args.clock))
         rate = {k: case["batch"] / v for k, v in best.items()}
         rate.setdefault("monai_fused", rate["monai"])
         unit = "v" if case["dims"] == 3 else "i"
