@@ -73,7 +73,7 @@ def bench_kit(
     ds = RasterChipDataset(
         [Item(path, "sentinel2_l2a")], {"sentinel2_l2a": S2_BANDS[:bands]}, chip_size=chip, chips_per_scene=n, seed=0
     )
-    ds[0]  # open the file, like torchgeo's index build below is outside its timing
+    ds[0]  # open the file outside the timing (handles are per process, so forked workers open their own)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_samples)
     t = time.perf_counter()
     shape, total, count = None, 0.0, 0
@@ -100,7 +100,10 @@ def bench_torchgeo(
         all_bands = tuple(S2_BANDS[:bands])
 
     ds = Scene(paths=str(path.parent), bands=list(S2_BANDS[:bands]))
-    ds[next(iter(RandomGeoSampler(ds, size=chip, length=1)))]  # warm the file-handle cache, as for the kit
+    if workers == 0:  # warm the file-handle cache, as for the kit
+        # (not before forking workers: TorchGeo's cached GDAL handle would be shared by them, and their
+        # interleaved seeks on the one file offset fail reads: "TIFFReadEncodedTile: Read error")
+        ds[next(iter(RandomGeoSampler(ds, size=chip, length=1)))]
     sampler = RandomGeoSampler(ds, size=chip, length=n, generator=torch.Generator().manual_seed(0))
     loader = DataLoader(ds, sampler=sampler, batch_size=batch, collate_fn=stack_samples, num_workers=workers)
     t = time.perf_counter()
