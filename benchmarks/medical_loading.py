@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the best of each is reported")
     ap.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
     args = ap.parse_args(argv)
+    # torch warns when workers outnumber the cores; the curve asks for that on purpose
+    warnings.filterwarnings("ignore", message="This DataLoader will create")
     shape = tuple(int(s) for s in args.shape.split(","))
     if args.quick:
         args.volumes, shape, args.crop, args.epochs, args.repeats = 4, (64, 64, 32), 32, 3, 2

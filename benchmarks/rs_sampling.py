@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,8 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=8, help="chips per batch (both readers)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the best of each is reported")
     args = p.parse_args(argv)
+    # torch warns when workers outnumber the cores; the curve asks for that on purpose
+    warnings.filterwarnings("ignore", message="This DataLoader will create")
     if args.quick:
         args.workers, args.repeats = "0,2", 2
     import torch
