@@ -51,7 +51,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="2 repeats of 2 steps (for `make bench`)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.repeats, args.iters = 2, 2
     torch.set_num_threads(1)
     device = torch.device("cpu")
     cases = {

@@ -164,6 +164,7 @@ def main(argv=None) -> dict:
     shape = tuple(int(s) for s in args.shape.split(","))
     if args.quick:
         args.volumes, shape, args.crop, args.epochs, args.repeats = 4, (64, 64, 32), 32, 3, 2
+        args.workers = "0,2" if args.workers == "0,1,2,4,8" else args.workers
     workers = [int(v) for v in str(args.workers).split(",") if v.strip()]
     if not workers:
         raise SystemExit("--workers needs at least one count, e.g. --workers 0")
