@@ -65,8 +65,8 @@ def block_at(block: Block, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     w, bias = attn.qkv.weight, attn.qkv.bias
     q = F.linear(gather_tokens(h, ids), w[:d], None if bias is None else bias[:d])
     kv = F.linear(h, w[d:], None if bias is None else bias[d:])
-    q = attn.q_norm(q.reshape(b, m, heads, -1).transpose(1, 2))
-    k, v = kv.reshape(b, n, 2, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    q = attn.q_norm(q.reshape(b, m, heads, d // heads).transpose(1, 2))
+    k, v = kv.reshape(b, n, 2, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)
     drop = attn.attn_drop.p if block.training else 0.0
     o = F.scaled_dot_product_attention(q, attn.k_norm(k), v, dropout_p=drop, scale=attn.scale)
     o = attn.proj_drop(attn.proj(attn.norm(o.transpose(1, 2).reshape(b, m, d))))
@@ -125,9 +125,9 @@ class MAE(nn.Module):
         if not self.norm_pix_loss:
             return patches
         b, n, _ = patches.shape
-        p = patches.reshape(b, n, x.shape[1], -1)
+        p = patches.reshape(b, n, x.shape[1], patches.shape[-1] // x.shape[1])
         mean, var = p.mean(-1, keepdim=True), p.var(-1, keepdim=True)
-        return ((p - mean) / (var + 1e-6).sqrt()).reshape(b, n, -1)
+        return ((p - mean) / (var + 1e-6).sqrt()).reshape(patches.shape)
 
     def forward(self, batch: dict, image: torch.Tensor | None = None) -> dict:
         x = batch["image"] if image is None else image

@@ -3,6 +3,8 @@ same loss, gradients and masked predictions as the full computation."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from timm.models.vision_transformer import Block
@@ -99,3 +101,15 @@ def test_kept_patch_embedding_equals_the_full_embedding_gathered():
     ).patch_embed
     x = torch.rand(2, 1, 8, 16, 16)
     assert torch.allclose(pe3.forward_kept(x, ids), gather_tokens(pe3(x), ids), atol=1e-6)
+
+
+@pytest.mark.parametrize("mask_ratio,decoder_depth", [(0.0, 1), (0.75, 0)])
+def test_no_masked_patch_or_no_decoder_block_still_trains(mask_ratio, decoder_depth):
+    enc = build_encoder("vit-tiny", in_chans=1, img_size=16, patch_size=8, depth=1, embed_dim=32, num_heads=2)
+    mae = MAE(enc, mask_ratio=mask_ratio, decoder_dim=32, decoder_depth=decoder_depth, decoder_heads=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # statistics of zero masked patches
+        out = mae({"image": torch.rand(2, 1, 16, 16)})
+    out["loss"].backward()
+    assert out["pred"].shape == (2, 4, 64)
+    assert (float(out["loss"]) == 0.0) == (mask_ratio == 0.0)
