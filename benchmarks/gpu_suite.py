@@ -4,11 +4,11 @@ Sections, each a list of rows (kit and anchor measured in the same run):
 
 * ``peak``: achieved bf16 matmul TFLOP/s (the denominator of MFU).
 * ``pretrain``: one optimizer step (forward + backward + AdamW, bf16 autocast, fused AdamW) of every
-  objective in :data:`OBJECTIVES` for 2D ViT-B/16 @224 and 3D ViT-B/16 @96^3, kit vs MONAI
-  ``MaskedAutoEncoderViT``, eager and ``torch.compile``: samples/s, MFU (model FLOPs counted by
-  ``torch.utils.flop_counter`` / measured peak) and peak GPU memory.
+  objective in :data:`OBJECTIVES` (``mae``, ``dino``) for 2D ViT-B/16 @224 and 3D ViT-B/16 @96^3, kit vs
+  MONAI ``MaskedAutoEncoderViT`` (``dino`` has no anchor), eager and ``torch.compile``: samples/s, MFU
+  (model FLOPs counted by ``torch.utils.flop_counter`` / measured peak) and peak GPU memory.
 * ``loaders``: WSI tiles, medical volumes and GeoTIFF chips against their anchors (the
-  ``benchmarks/*.py`` scripts, 16 DataLoader workers where the script has workers).
+  ``benchmarks/*.py`` scripts), kit and anchor both at 16 DataLoader workers.
 * ``sliding_window``: 3D sliding-window inference (ViT-B/16 + UNETR head, MONAI
   ``sliding_window_inference``) peak GPU memory and time, stitching on the GPU vs on the host.
 
@@ -52,10 +52,14 @@ def _mae_pair(case: dict):
     return pt.ours_mae(case), pt.monai_mae(case)
 
 
+def _dino_pair(case: dict):
+    return pt.ours_dino(case), None  # no DINO anchor is installed (MONAI has none)
+
+
 #: Pretraining objectives of the suite: name -> builder of ``(kit model, anchor model or None)``.
-#: A new objective (e.g. ``dino``) adds one entry; its kit model must take ``{"image": x}`` and
-#: return ``{"loss": ...}``.
-OBJECTIVES = {"mae": _mae_pair}
+#: A new objective adds one entry; its kit model must take ``{"image": x}`` (or be a DINO, which
+#: :func:`pretrain_throughput.make_step` feeds multi-crop views) and return ``{"loss": ...}``.
+OBJECTIVES = {"mae": _mae_pair, "dino": _dino_pair}
 
 
 def cases(dry: bool) -> list[dict]:
@@ -174,16 +178,21 @@ def section_pretrain(s: Suite) -> None:
                         continue
                     model = model.to(s.device)
                     x = torch.randn(shape, device=s.device)
-                    step = pt.make_step(impl, model, x, s.device, compiled)
-                    dt = pt.time_steps(step, iters, s.device, warmup)
                     row = {
                         "objective": objective,
                         "case": case["name"],
                         "impl": impl,
                         "mode": "compiled" if compiled else "eager",
                         "batch": case["batch"],
-                        "samples_per_s": case["batch"] / dt,
                     }
+                    try:  # one failing row (e.g. a compile error) must not lose the others
+                        step = pt.make_step(impl, model, x, s.device, compiled)
+                        dt = pt.time_steps(step, iters, s.device, warmup)
+                    except Exception as exc:
+                        s.add("pretrain", **row, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                        del model, kit_model, anchor, x
+                        continue
+                    row["samples_per_s"] = case["batch"] / dt
                     if s.cuda and s.peak_tflops:
                         key = (objective, case["name"], impl)
                         if key not in flops_of:
@@ -208,7 +217,20 @@ def _quiet(fn, argv):
 def section_loaders(s: Suite) -> None:
     w = 0 if s.dry else 16
     if s.dry:
-        wsi = ["--slides", "1", "--size", "768", "--repeats", "1", "--curve", "", "--tile-size", "128"]
+        wsi = [
+            "--slides",
+            "1",
+            "--size",
+            "768",
+            "--repeats",
+            "1",
+            "--workers",
+            "0",
+            "--threads",
+            "",
+            "--tile-size",
+            "128",
+        ]
     else:
         wsi = [
             "--slides",
@@ -217,25 +239,38 @@ def section_loaders(s: Suite) -> None:
             "4096",
             "--repeats",
             "2",
-            "--curve",
-            "16",
             "--workers",
-            "16",
+            "0,16",
             "--threads",
-            "1",
+            "",
         ]
     r = _quiet(wsi_tiles.main, wsi)
+    at = r["curve"][f"workers={w}"]
     s.add(
         "loaders",
         loader="WSI tiles",
         kit=f"SlideTileDataset, {w} workers",
-        kit_per_s=r["kit_tiles_per_s"],
-        anchor="OpenSlide.read_region loop",
-        anchor_per_s=r["plain_tiles_per_s"],
-        ratio=r["ratio"],
+        kit_per_s=at["kit"],
+        anchor=f"OpenSlide.read_region as a Dataset, {w} workers",
+        anchor_per_s=at["plain"],
+        ratio=at["kit"] / at["plain"],
+        plain_loop_per_s=r["plain_tiles_per_s"],
     )
     if s.dry:
-        med = ["--volumes", "2", "--shape", "24,24,12", "--crop", "8", "--epochs", "1", "--repeats", "1"]
+        med = [
+            "--volumes",
+            "2",
+            "--shape",
+            "24,24,12",
+            "--crop",
+            "8",
+            "--epochs",
+            "1",
+            "--repeats",
+            "1",
+            "--workers",
+            "0",
+        ]
     else:
         med = [
             "--volumes",
@@ -265,14 +300,16 @@ def section_loaders(s: Suite) -> None:
         kit_cache_mib=kit_mem["cache_bytes"] / 2**20,
         anchor_cache_mib=anchor["cache_bytes"] / 2**20,
     )
-    rs = ["--size", "512", "--chips", "10", "--chip", "64"] if s.dry else ["--size", "8192", "--chips", "400"]
-    r = _quiet(rs_sampling.main, rs)
+    rs = ["--size", "512", "--chips", "10", "--chip", "64", "--repeats", "1"]
+    if not s.dry:
+        rs = ["--size", "8192", "--chips", "400", "--repeats", "1"]
+    r = _quiet(rs_sampling.main, rs + ["--workers", str(w)])
     s.add(
         "loaders",
         loader="GeoTIFF chips",
-        kit="remote_sensing windows, 1 process",
+        kit=f"remote_sensing windows, {w} workers",
         kit_per_s=r["kit_chips_per_s"],
-        anchor="TorchGeo RasterDataset + RandomGeoSampler",
+        anchor=f"TorchGeo RasterDataset + RandomGeoSampler, {w} workers",
         anchor_per_s=r["torchgeo_chips_per_s"],
         ratio=r["kit_chips_per_s"] / r["torchgeo_chips_per_s"],
     )

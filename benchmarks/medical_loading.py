@@ -9,8 +9,11 @@ only crops per item (seeded from seed/epoch/index). The anchor is MONAI's own be
 ``ThreadDataLoader``. Prints volumes/s, cache fill time and cache memory of every pipeline, and ratios.
 
 Usage:
-    .venv/bin/python benchmarks/medical_loading.py            # small defaults, < 2 min on CPU
-    .venv/bin/python benchmarks/medical_loading.py --volumes 16 --shape 192,192,96 --epochs 5 --workers 2
+    .venv/bin/python benchmarks/medical_loading.py            # small defaults, curve over 0,1,2,4,8 workers
+    .venv/bin/python benchmarks/medical_loading.py --volumes 16 --shape 192,192,96 --epochs 5 --workers 0,2,16
+
+``--workers`` is a list: every pipeline runs at its first count; the anchor and the kit's memory cache run
+at each count (the worker curve, with fill time and cache memory of both).
 """
 
 from __future__ import annotations
@@ -21,12 +24,16 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+ANCHOR = "MONAI CacheDataset+ThreadDataLoader"
 
 
 def make_volumes(folder: Path, n: int, shape: tuple[int, ...]) -> list[Path]:
@@ -144,43 +151,73 @@ def main(argv=None) -> dict:
     ap.add_argument("--shape", default="128,128,64", help="volume shape (voxels), e.g. 192,192,96")
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers for every pipeline")
+    ap.add_argument(
+        "--workers",
+        default="0,1,2,4,8",
+        help="DataLoader worker counts: all pipelines at the first, the anchor and the kit's memory cache at each",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the best of each is reported")
     ap.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
     args = ap.parse_args(argv)
+    # torch warns when workers outnumber the cores; the curve asks for that on purpose
+    warnings.filterwarnings("ignore", message="This DataLoader will create")
     shape = tuple(int(s) for s in args.shape.split(","))
     if args.quick:
         args.volumes, shape, args.crop, args.epochs, args.repeats = 4, (64, 64, 32), 32, 3, 2
+        args.workers = "0,2" if args.workers == "0,1,2,4,8" else args.workers
+    workers = [int(v) for v in str(args.workers).split(",") if v.strip()]
+    if not workers:
+        raise SystemExit("--workers needs at least one count, e.g. --workers 0")
+    head = workers[0]
     tmp = Path(tempfile.mkdtemp(prefix="medbench_"))
     try:
         paths = make_volumes(tmp / "ct", args.volumes, shape)
         print(
             f"{args.volumes} CT volumes {shape} (0.9x0.9x2.5 mm, LPS on disk) -> RAS, 1.5 mm, soft-tissue window, "
-            f"{args.crop}^3 random crops; {args.epochs} epochs, {args.workers} workers, torch threads "
-            f"{torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}; {args.repeats} interleaved repeats, "
-            "best of each"
+            f"{args.crop}^3 random crops; {args.epochs} epochs, workers {workers}, torch threads "
+            f"{torch.get_num_threads()}; {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}; "
+            f"{args.repeats} interleaved repeats, best of each"
         )
         plain_monai(paths[:1], args.crop, 1, 0)  # warm-up imports
-        runs: dict[str, list] = {}
+        runs: dict[tuple[str, int], list] = {}
         for r in range(args.repeats):  # interleaved: contention from other processes hits every pipeline alike
-            t, n = plain_monai(paths, args.crop, args.epochs, args.workers)
-            runs.setdefault("plain MONAI Compose", []).append((n / t, 0.0, 0))
-            t, n, fill, mem = monai_cached(paths, args.crop, args.epochs, args.workers)
-            runs.setdefault("MONAI CacheDataset+ThreadDataLoader", []).append((n / t, fill, mem))
-            for cache in ("memory", "disk"):
-                t, n, fill, mem = kit(paths, args.crop, args.epochs, args.workers, cache, tmp / f"run_{cache}_{r}")
-                runs.setdefault(f"domainfm medical (cache={cache})", []).append((n / t, fill, mem))
-        results = {name: max(v, key=lambda x: x[0]) for name, v in runs.items()}
-        anchor = results["MONAI CacheDataset+ThreadDataLoader"][0]
+            for w in workers:
+                if w == head:
+                    t, n = plain_monai(paths, args.crop, args.epochs, w)
+                    runs.setdefault(("plain MONAI Compose", w), []).append((n / t, 0.0, 0))
+                t, n, fill, mem = monai_cached(paths, args.crop, args.epochs, w)
+                runs.setdefault((ANCHOR, w), []).append((n / t, fill, mem))
+                for cache in ("memory", "disk") if w == head else ("memory",):
+                    t, n, fill, mem = kit(paths, args.crop, args.epochs, w, cache, tmp / f"run_{cache}_{r}_{w}")
+                    runs.setdefault((f"domainfm medical (cache={cache})", w), []).append((n / t, fill, mem))
+        best = {key: max(v, key=lambda x: x[0]) for key, v in runs.items()}
+        results = {name: value for (name, w), value in best.items() if w == head}
+        anchor = results[ANCHOR][0]
         base = results["plain MONAI Compose"][0]
+        print(f"at {head} workers:")
         print(
             f"  {'pipeline':38s} {'volumes/s':>10s} {'vs plain':>9s} {'vs anchor':>10s} {'fill s':>7s} {'cache MB':>9s}"
         )
         for name, (v, fill, mem) in results.items():
             print(f"  {name:38s} {v:10.2f} {v / base:8.2f}x {v / anchor:9.2f}x {fill:7.2f} {mem / 2**20:9.1f}")
-        return {
+        print(f"curve: domainfm medical (cache=memory) vs {ANCHOR} (volumes/s; fill s and cache MB of both)")
+        print(
+            f"  {'workers':>7s} {'kit':>8s} {'anchor':>8s} {'kit/anchor':>10s} {'kit fill':>8s} {'anchor fill':>11s} "
+            f"{'kit MB':>7s} {'anchor MB':>9s}"
+        )
+        curve = {}
+        for w in workers:
+            k, a = best[("domainfm medical (cache=memory)", w)], best[(ANCHOR, w)]
+            curve[w] = {"kit": k[0], "anchor": a[0], "kit_cache_bytes": k[2], "anchor_cache_bytes": a[2]}
+            print(
+                f"  {w:7d} {k[0]:8.2f} {a[0]:8.2f} {k[0] / a[0]:9.2f}x {k[1]:8.2f} {a[1]:11.2f} "
+                f"{k[2] / 2**20:7.1f} {a[2] / 2**20:9.1f}"
+            )
+        out = {
             name: {"volumes_per_s": v, "fill_s": fill, "cache_bytes": mem} for name, (v, fill, mem) in results.items()
         }
+        out["curve"] = curve
+        return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -8,6 +8,9 @@ peak measured on this GPU in the same run.
     python benchmarks/pretrain_throughput.py --quick    # small shapes, runs on a laptop CPU in ~1 min
     python benchmarks/pretrain_throughput.py --compile  # add torch.compile
     python benchmarks/pretrain_throughput.py --quick --threads 1   # steadier on a shared, busy CPU
+    python benchmarks/pretrain_throughput.py --quick --threads 1 --clock cpu   # CPU seconds: steadier still
+
+The kit's ``dino`` objective is timed in the same run (``--no-dino`` skips it) and set against the MAE steps.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from domainfm.models import build_encoder
-from domainfm.ssl import MAE
+from domainfm.ssl import DINO, MAE
 from domainfm.train.distributed import adamw_kwargs
 
 
@@ -51,7 +54,7 @@ def step_flops(step_fn) -> float:
 def monai_mae(case: dict):
     from monai.networks.nets import MaskedAutoEncoderViT
 
-    return MaskedAutoEncoderViT(
+    model = MaskedAutoEncoderViT(
         in_channels=case["in_chans"],
         img_size=case["img_size"],
         patch_size=case["patch"],
@@ -67,6 +70,11 @@ def monai_mae(case: dict):
         spatial_dims=case["dims"],
         qkv_bias=True,
     )
+    # Under bf16 autocast MONAI's forward writes the bf16 decoder_embed output into its fp32 mask-token
+    # tensor with index_put, which raises ("Index put requires the source and destination dtypes match");
+    # handing that output back as fp32 lets it run (the decoder blocks cast to bf16 again). No-op in fp32.
+    model.decoder_embed.register_forward_hook(lambda module, args, out: out.float())
+    return model
 
 
 def ours_mae(case: dict):
@@ -90,17 +98,62 @@ def ours_mae(case: dict):
     )
 
 
-def make_step(kind: str, model, x: torch.Tensor, device: torch.device, compile_: bool, fused: bool | None = None):
+#: DINO views of the benchmark: the global crops are the case's images, the local crops half their side
+DINO_LOCAL_CROPS = 4
+
+
+def ours_dino(case: dict):
+    """The kit's DINO (its default head: 4096 prototypes, 1024 hidden, 256 bottleneck; a small head for
+    encoders narrower than 128) around the same encoder as :func:`ours_mae`; no collapse stop on random data."""
+    enc = ours_mae(case).encoder
+    small = case["dim"] < 128
+    return DINO(
+        enc,
+        prototypes=64 if small else 4096,
+        hidden_dim=64 if small else 1024,
+        bottleneck_dim=16 if small else 256,
+        stop_on_collapse=False,
+    )
+
+
+def dino_views(x: torch.Tensor, local_crops: int = DINO_LOCAL_CROPS) -> list[torch.Tensor]:
+    """Multi-crop views of a batch: 2 global crops (``x`` and its flip) and ``local_crops`` crops of half the
+    side (corners of ``x``), cut once outside the timed step like a data loader would."""
+    half = [s // 2 for s in x.shape[2:]]
+    views = [x, x.flip(-1).contiguous()]
+    for i in range(local_crops):
+        start = [(i >> k & 1) * h for k, h in enumerate(half)]
+        views.append(x[(..., *[slice(a, a + h) for a, h in zip(start, half)])].contiguous())
+    return views
+
+
+def make_step(
+    kind: str,
+    model,
+    x: torch.Tensor,
+    device: torch.device,
+    compile_: bool,
+    fused: bool | None = None,
+    bf16: bool | None = None,
+):
     """One optimizer step as a closure. ``fused=None``: the kit gets its engine's AdamW (:func:`adamw_kwargs`:
-    fused on CUDA and CPU), MONAI gets fused AdamW on CUDA and torch's default AdamW on CPU."""
+    fused on CUDA and CPU), MONAI gets fused AdamW on CUDA and torch's default AdamW on CPU. A kit model with
+    ``on_step_end`` (DINO's teacher EMA) has it called after each optimizer step, as the engine does.
+    ``bf16=None``: bf16 autocast on CUDA only (the engine's ``amp: auto``); True / False force it for both."""
     if fused is None:
         kw = adamw_kwargs(device) if kind == "domainfm" else ({"fused": True} if device.type == "cuda" else {})
     else:
         kw = {"fused": True} if fused else {}
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **kw)
-    use_bf16 = device.type == "cuda"
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, **kw)
+    use_bf16 = device.type == "cuda" if bf16 is None else bf16
     fwd = torch.compile(model) if compile_ else model
-    if kind == "domainfm":
+    after = getattr(model, "on_step_end", None) if kind == "domainfm" else None
+    if kind == "domainfm" and isinstance(model, DINO):
+        batch = {"views": dino_views(x)}
+
+        def loss_fn():
+            return fwd(batch)["loss"]
+    elif kind == "domainfm":
 
         def loss_fn():
             return fwd({"image": x})["loss"]
@@ -122,6 +175,8 @@ def make_step(kind: str, model, x: torch.Tensor, device: torch.device, compile_:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if after is not None:
+            after(1, 1000)
 
     return step
 
@@ -146,12 +201,21 @@ def ours_mae_patchifier(x: torch.Tensor):
 CASE_PATCH = [16]
 
 
-def build_step(kind: str, case: dict, device: torch.device, compile_: bool, fused: bool | None = None):
+def build_step(
+    kind: str,
+    case: dict,
+    device: torch.device,
+    compile_: bool,
+    fused: bool | None = None,
+    objective: str = "mae",
+    bf16: bool | None = None,
+):
     torch.manual_seed(0)
-    model = (ours_mae if kind == "domainfm" else monai_mae)(case).to(device)
+    builder = monai_mae if kind == "monai" else ours_dino if objective == "dino" else ours_mae
+    model = builder(case).to(device)
     x = torch.randn((case["batch"], case["in_chans"], *([case["img_size"]] * case["dims"])), device=device)
     CASE_PATCH[0] = case["patch"]
-    return make_step(kind, model, x, device, compile_, fused)
+    return make_step(kind, model, x, device, compile_, fused, bf16)
 
 
 def vit_base_cases(batch_2d: int, batch_3d: int) -> list[dict]:
@@ -189,18 +253,23 @@ def vit_base_cases(batch_2d: int, batch_3d: int) -> list[dict]:
     ]
 
 
-def time_steps(step, iters: int, device: torch.device, warmup: int = 0) -> float:
-    """Seconds per call of ``step`` over ``iters`` calls, after ``warmup`` untimed ones."""
+def time_steps(step, iters: int, device: torch.device, warmup: int = 0, clock: str = "wall") -> float:
+    """Seconds per call of ``step`` over ``iters`` calls, after ``warmup`` untimed ones.
+
+    ``clock="cpu"`` counts this process's CPU seconds (``time.process_time``) instead of wall time: with one
+    torch thread on a shared, oversubscribed CPU it leaves out the time other processes held the core.
+    """
+    now = time.process_time if clock == "cpu" and device.type == "cpu" else time.perf_counter
     for _ in range(warmup):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t = time.perf_counter()
+    t = now()
     for _ in range(iters):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - t) / iters
+    return (now() - t) / iters
 
 
 def bench(kind: str, case: dict, device: torch.device, batch: int, iters: int, warmup: int, compile_: bool):
@@ -219,6 +288,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every variant; best of each")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--no-dino", dest="dino", action="store_false", help="skip the dino objective's step")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for every variant on CPU too")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: time CPU seconds of this process (steadier on a busy machine; meant for --threads 1)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -264,7 +341,8 @@ def main(argv=None) -> dict:
     print(
         f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
         f"{'' if peak is None else f', measured bf16 matmul peak {peak:.0f} TFLOP/s'}, torch {torch.__version__}, "
-        f"compile={args.compile}, threads={torch.get_num_threads()}{load}; {args.repeats} interleaved repeats of "
+        f"compile={args.compile}, bf16 autocast={'all' if args.bf16 else device.type == 'cuda'}, "
+        f"threads={torch.get_num_threads()}{load}; {args.clock} clock; {args.repeats} interleaved repeats of "
         f"{iters} steps, best of each"
     )
     print(
@@ -275,19 +353,29 @@ def main(argv=None) -> dict:
         f"{'case':24s} {'batch':>5s} {'kit/s':>9s} {'MONAI/s':>9s} {'MONAI+fused/s':>14s} {'ratio':>6s} "
         f"{'ratio vs +fused':>15s}" + ("  MFU kit  MFU MONAI" if peak else "")
     )
-    out = {}
+    out, dino_lines = {}, []
     for case in cases:
-        variants = {"kit": ("domainfm", None), "monai": ("monai", None), "monai_fused": ("monai", True)}
+        variants = {
+            "kit": ("domainfm", None, "mae"),
+            "monai": ("monai", None, "mae"),
+            "monai_fused": ("monai", True, "mae"),
+            "dino": ("domainfm", None, "dino"),
+        }
         if device.type == "cuda":
             variants.pop("monai_fused")  # MONAI is already fused there
-        steps = {k: build_step(kind, case, device, args.compile, fused) for k, (kind, fused) in variants.items()}
+        if not args.dino:
+            variants.pop("dino")
+        steps = {
+            k: build_step(kind, case, device, args.compile, fused, objective, True if args.bf16 else None)
+            for k, (kind, fused, objective) in variants.items()
+        }
         for step in steps.values():
             for _ in range(warmup):
                 step()
         best = {k: float("inf") for k in steps}
         for _ in range(args.repeats):  # interleaved: contention from other processes hits every variant alike
             for k, step in steps.items():
-                best[k] = min(best[k], time_steps(step, iters, device))
+                best[k] = min(best[k], time_steps(step, iters, device, clock=args.clock))
         rate = {k: case["batch"] / v for k, v in best.items()}
         rate.setdefault("monai_fused", rate["monai"])
         unit = "v" if case["dims"] == 3 else "i"
@@ -300,8 +388,23 @@ def main(argv=None) -> dict:
             mfu = {k: step_flops(steps[k]) / best[k] / 1e12 / peak for k in ("kit", "monai")}
             line += f"  {mfu['kit']:7.1%}  {mfu['monai']:9.1%}"
         print(line)
+        if "dino" in rate:
+            dino_lines.append(
+                f"{case['name']:24s} {case['batch']:5d} {rate['dino']:8.2f}{unit} {rate['kit']:8.2f}{unit} "
+                f"{rate['dino'] / rate['kit']:12.2f} {rate['dino'] / rate['monai']:14.2f}"
+            )
         out[case["name"]] = rate
         del steps
+    if dino_lines:
+        print(
+            f"dino step (kit DINO, 2 global crops + {DINO_LOCAL_CROPS} local crops of half the side per image, "
+            "EMA teacher update included); no DINO anchor is installed (MONAI has none), so it is set against "
+            "the MAE steps of the same run"
+        )
+        print(
+            f"{'case':24s} {'batch':>5s} {'dino/s':>9s} {'kit MAE/s':>9s} {'dino/kit MAE':>12s} {'dino/MONAI MAE':>14s}"
+        )
+        print("\n".join(dino_lines))
     return out
 
 

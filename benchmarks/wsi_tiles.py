@@ -6,10 +6,14 @@ resized to the tile size and turned into a float tensor. The kit's side adds nor
 batching. Slides are pyramidal TIFFs written with tifffile (``--slide`` to use a real one, with
 ``--mpp`` if it lacks microns-per-pixel).
 
+Besides the plain loop, the same OpenSlide reads run as a map-style dataset through a DataLoader, so kit and
+baseline are both measured at every count of the curve: ``--workers`` DataLoader processes (one read thread
+each) and ``--threads`` read threads in the main process (the baseline reads a batch on a thread pool).
+
 Usage:
-    python benchmarks/wsi_tiles.py                 # curve over 0,1,2,4,8 workers and threads (~2 min, 2 cores)
+    python benchmarks/wsi_tiles.py                 # curve over 0,1,2,4,8 workers and 2,4,8 threads
     python benchmarks/wsi_tiles.py --quick         # 2 repeats, curve over 0 and 2 only
-    python benchmarks/wsi_tiles.py --slides 4 --size 4096 --workers 4 --threads 1
+    python benchmarks/wsi_tiles.py --slides 4 --size 4096 --workers 0,4,16 --threads 4
     python benchmarks/wsi_tiles.py --slide ../shared/data/pathology/tcga-cr-7395-01a-01-ts1.svs --mpp 0.25
 """
 
@@ -22,6 +26,7 @@ import sys
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +57,55 @@ def plain_loop(ds: SlideTileDataset) -> int:
     return n
 
 
+class PlainTiles(torch.utils.data.Dataset):
+    """The baseline as a map-style dataset: the plain loop's read per tile (one OpenSlide handle per slide
+    and process), so that DataLoader workers can run it; ``read_threads`` > 1 reads a batch's tiles on a
+    thread pool (OpenSlide's ``read_region`` is thread-safe)."""
+
+    def __init__(self, ds: SlideTileDataset, read_threads: int = 1):
+        self.items = [(g.path, g.level, g.read_size, g.tile_size, x, y) for g in ds.grids for x, y in g.coords.tolist()]
+        self.read_threads = read_threads
+        self._slides: dict[str, openslide.OpenSlide] = {}
+        self._pool = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        path, level, read_size, tile_size, x, y = self.items[i]
+        slide = self._slides.get(path)
+        if slide is None:
+            slide = self._slides[path] = openslide.OpenSlide(path)
+        img = slide.read_region((x, y), level, (read_size, read_size)).convert("RGB")
+        if read_size != tile_size:
+            img = img.resize((tile_size, tile_size), Image.BILINEAR)
+        return torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div_(255)
+
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+        if self.read_threads <= 1:
+            return [self[i] for i in indices]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.read_threads)
+        return list(self._pool.map(self.__getitem__, indices))
+
+    def close(self) -> None:
+        for slide in self._slides.values():
+            slide.close()
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
+def plain_loader(ds: SlideTileDataset, workers: int, batch_size: int, threads: int = 1) -> int:
+    """The baseline's reads through a DataLoader with ``workers`` processes (or ``threads`` read threads)."""
+    plain = PlainTiles(ds, threads)
+    loader = torch.utils.data.DataLoader(
+        plain, batch_size=batch_size, num_workers=workers, collate_fn=torch.stack, persistent_workers=False
+    )
+    n = sum(len(b) for b in loader)
+    plain.close()
+    return n
+
+
 def kit_loader(ds: SlideTileDataset, workers: int, batch_size: int, threads: int = 1) -> int:
     """The kit: a fresh copy of the dataset (cold handles and tile cache, like the loop's new handles)."""
     ds = pickle.loads(pickle.dumps(ds))
@@ -76,14 +130,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--mpp", type=float, help="MPP override for --slide")
     ap.add_argument("--target-mpp", type=float, default=0.5)
     ap.add_argument("--tile-size", type=int, default=224)
-    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers of the headline kit figure")
-    ap.add_argument("--threads", type=int, default=1, help="read threads per process of the headline kit figure")
-    ap.add_argument("--curve", default="0,1,2,4,8", help="worker / thread counts of the scaling curve")
+    ap.add_argument(
+        "--workers", default="0,1,2,4,8", help="DataLoader worker counts of the curve (kit and baseline, 1 read thread)"
+    )
+    ap.add_argument(
+        "--threads", default="2,4,8", help="read-thread counts of the curve at 0 workers (kit and baseline)"
+    )
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the best of each is reported")
     args = ap.parse_args(argv)
     if args.quick:
-        args.repeats, args.curve = 2, "0,2"
+        args.repeats, args.workers, args.threads = 2, "0,2", "2"
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="wsi_bench_"))
@@ -125,35 +182,42 @@ def main(argv=None) -> dict:
         f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}; {args.repeats} interleaved repeats, "
         "best of each"
     )
-    curve = [int(v) for v in args.curve.split(",") if v.strip()]
-    cases = {
-        "plain": lambda: plain_loop(ds),
-        "kit": lambda: kit_loader(ds, args.workers, args.batch_size, args.threads),
-    }
-    for n in curve:  # DataLoader workers with one read thread each, and read threads in the main process
-        cases[f"workers={n} threads=1"] = lambda n=n: kit_loader(ds, n, args.batch_size, 1)
-        if n >= 2:
-            cases[f"workers=0 threads={n}"] = lambda n=n: kit_loader(ds, 0, args.batch_size, n)
+    workers = [int(v) for v in args.workers.split(",") if v.strip()]
+    if not workers:
+        raise SystemExit("--workers needs at least one count, e.g. --workers 0")
+    threads = [int(v) for v in args.threads.split(",") if v.strip() and int(v) > 1]
+    cases = {"plain loop": lambda: plain_loop(ds)}
+    for n in workers:  # DataLoader workers with one read thread each
+        cases[f"kit workers={n}"] = lambda n=n: kit_loader(ds, n, args.batch_size, 1)
+        cases[f"plain workers={n}"] = lambda n=n: plain_loader(ds, n, args.batch_size, 1)
+    for n in threads:  # read threads in the main process
+        cases[f"kit threads={n}"] = lambda n=n: kit_loader(ds, 0, args.batch_size, n)
+        cases[f"plain threads={n}"] = lambda n=n: plain_loader(ds, 0, args.batch_size, n)
     results: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(args.repeats):
         for name, fn in cases.items():  # interleaved: contention hits every case alike
             results[name].append(timed(fn))
     best = {k: max(v) for k, v in results.items()}
-    plain, kit = best["plain"], best["kit"]
-    print(f"plain OpenSlide.read_region loop (1 process):            {plain:8.1f} tiles/s")
-    print(f"kit SlideTileDataset, {args.workers} workers x {args.threads} read threads:      {kit:8.1f} tiles/s")
-    print(f"ratio kit / plain loop: {kit / plain:.2f}x")
-    print("scaling (tiles/s, ratio to the plain loop):")
-    for name in cases:
-        if name not in ("plain", "kit"):
-            print(f"  {name:24s} {best[name]:8.1f}  {best[name] / plain:5.2f}x")
+    plain = best["plain loop"]
+    print(f"plain OpenSlide.read_region loop (1 process): {plain:8.1f} tiles/s")
+    print("curve: kit SlideTileDataset vs the same OpenSlide.read_region reads as a Dataset (tiles/s)")
+    print(f"  {'workers x read threads':24s} {'kit':>8s} {'plain':>8s} {'kit/plain':>9s} {'kit/plain loop':>14s}")
+    curve = {}
+    for label, key in [(f"{n} x 1", f"workers={n}") for n in workers] + [(f"0 x {n}", f"threads={n}") for n in threads]:
+        kit, base = best[f"kit {key}"], best[f"plain {key}"]
+        curve[key] = {"kit": kit, "plain": base}
+        print(f"  {label:24s} {kit:8.1f} {base:8.1f} {kit / base:8.2f}x {kit / plain:13.2f}x")
+    head_key = "workers=0" if "workers=0" in curve else next(iter(curve))
+    head = curve[head_key]
+    print(f"headline: kit at {head_key} (1 read thread) / plain loop: {head['kit'] / plain:.2f}x")
     return {
         "tiles": len(ds),
         "plain_tiles_per_s": plain,
-        "kit_tiles_per_s": kit,
-        "ratio": kit / plain,
-        "curve": {k: v for k, v in best.items() if k not in ("plain", "kit")},
+        "kit_tiles_per_s": head["kit"],
+        "ratio": head["kit"] / plain,
+        "curve": curve,
         "raw_levels": raw,
+        "load_average": os.getloadavg()[0],
     }
 
 

@@ -21,7 +21,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from domainfm.errors import ConfigError, DataError
-from domainfm.models.patch_embed import _tuple, build_patch_embed
+from domainfm.models.patch_embed import _tuple, build_patch_embed, gather_tokens
 from domainfm.models.pos_embed import resample_pos_embed, sincos_pos_embed
 from domainfm.registry import get_encoder_arch, register_encoder
 
@@ -227,9 +227,15 @@ class ViTEncoder(nn.Module):
         mask_token: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """All final-normed tokens, prefix first (``B x (P + N) x E``), and the chosen blocks' patch tokens."""
-        tokens, _ = self.tokenize(x, wavelengths, token_mask=token_mask, mask_token=mask_token)
-        if ids_keep is not None:
-            tokens = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))
+        if ids_keep is not None and token_mask is None and hasattr(self.patch_embed, "forward_kept"):
+            # embed only the kept patches (MAE keeps a quarter), then add their positions
+            tokens = self.patch_embed.forward_kept(x, ids_keep, wavelengths=wavelengths)
+            pos = self.pos_embed_for(self.grid_size(x.shape)).to(tokens.dtype)
+            tokens = tokens + gather_tokens(pos.expand(x.shape[0], -1, -1), ids_keep)
+        else:
+            tokens, _ = self.tokenize(x, wavelengths, token_mask=token_mask, mask_token=mask_token)
+            if ids_keep is not None:
+                tokens = gather_tokens(tokens, ids_keep)
         tokens = self._with_prefix(tokens)
         wanted = set(return_layers or ())
         bad = [i for i in wanted if not 0 <= i < self.depth]

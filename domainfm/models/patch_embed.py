@@ -37,6 +37,16 @@ def _tuple(value, n: int) -> tuple[int, ...]:
     return (int(value),) * n
 
 
+def gather_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``tokens`` (``B x N x E``) at the indices ``ids`` (``B x K``): ``B x K x E``.
+
+    Example:
+        >>> gather_tokens(torch.arange(6.0).reshape(1, 3, 2), torch.tensor([[2, 0]])).tolist()
+        [[[4.0, 5.0], [0.0, 1.0]]]
+    """
+    return torch.gather(tokens, 1, ids[..., None].expand(-1, -1, tokens.shape[-1]))
+
+
 class _PatchEmbedBase(nn.Module):
     spatial_dims = 2
     kind = "2d"
@@ -66,6 +76,25 @@ class _PatchEmbedBase(nn.Module):
             (gd, gh, gw), (pd, ph, pw) = grid, self.patch_size
             x = x.reshape(b, c, gd, pd, gh, ph, gw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
         return x.reshape(b, math.prod(grid), -1)
+
+    def forward_kept(self, x: torch.Tensor, ids_keep: torch.Tensor, wavelengths=None) -> torch.Tensor:
+        """Tokens of the patches ``ids_keep`` (``B x K`` indices into the ``N`` patches) only: ``forward(x)``
+        gathered at ``ids_keep``. Embeds with a per-patch linear kernel override it to embed only those patches.
+
+        Example:
+            >>> pe = PatchEmbed2d(in_chans=1, patch_size=4, embed_dim=8)
+            >>> x, keep = torch.rand(2, 1, 8, 8), torch.tensor([[0, 3], [2, 1]])
+            >>> torch.allclose(pe.forward_kept(x, keep), gather_tokens(pe(x), keep), atol=1e-6)
+            True
+        """
+        return gather_tokens(self(x, wavelengths=wavelengths), ids_keep)
+
+    def _linear_kept(self, x: torch.Tensor, ids_keep: torch.Tensor, kernel: torch.Tensor, bias) -> torch.Tensor:
+        # a non-overlapping conv is a linear map of each patch's pixels (kernel E x C x patch, flattened in
+        # patchify's channel-slowest order), so only the kept patches need the matmul
+        patches = gather_tokens(self.patchify(x), ids_keep)
+        kernel = kernel.reshape(kernel.shape[0], -1).to(patches.dtype)
+        return F.linear(patches, kernel, None if bias is None else bias.to(patches.dtype))
 
     def unpatchify(self, patches: torch.Tensor, grid: tuple[int, ...], channels: int) -> torch.Tensor:
         """Inverse of :meth:`patchify`."""
@@ -101,6 +130,12 @@ class PatchEmbedConv(_PatchEmbedBase):
         if x.shape[1] != self.in_chans:
             raise DataError(None, f"the model expects {self.in_chans} input channels, got {x.shape[1]}")
         return self.proj(x).flatten(2).transpose(1, 2)
+
+    def forward_kept(self, x: torch.Tensor, ids_keep: torch.Tensor, wavelengths=None) -> torch.Tensor:
+        self.grid_size(x.shape)
+        if x.shape[1] != self.in_chans:
+            raise DataError(None, f"the model expects {self.in_chans} input channels, got {x.shape[1]}")
+        return self._linear_kept(x, ids_keep, self.proj.weight, self.proj.bias)
 
     def pixel_dim(self, channels: int) -> int:
         return channels * math.prod(self.patch_size)
@@ -232,6 +267,11 @@ class WavelengthPatchEmbed(_PatchEmbedBase):
         w = self.weights(wavelengths, x.shape[1], x.device).to(x.dtype)
         out = F.conv2d(x, w, self.bias.to(x.dtype), stride=self.patch_size)
         return out.flatten(2).transpose(1, 2)
+
+    def forward_kept(self, x: torch.Tensor, ids_keep: torch.Tensor, wavelengths=None) -> torch.Tensor:
+        self.grid_size(x.shape)
+        w = self.weights(wavelengths, x.shape[1], x.device)
+        return self._linear_kept(x, ids_keep, w, self.bias)
 
     def pixel_dim(self, channels: int) -> int:
         return channels * math.prod(self.patch_size)

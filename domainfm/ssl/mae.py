@@ -16,11 +16,12 @@ import math
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from domainfm.models.encoder import ViTEncoder
-from domainfm.models.patch_embed import build_pixel_head
+from domainfm.models.patch_embed import build_pixel_head, gather_tokens
 from domainfm.models.pos_embed import sincos_pos_embed
 
 
@@ -42,11 +43,44 @@ def random_masking(
     return ids_keep, mask, ids_restore
 
 
+def block_at(block: Block, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``block(x)`` at the tokens ``ids`` (``B x M``) only, i.e. ``gather_tokens(block(x), ids)``.
+
+    Every token is a key and a value, but only the chosen ones are queries, so the query projection,
+    output projection and MLP of the other tokens are never computed. MAE's last decoder block needs
+    only the masked tokens (the loss reads nothing else), which saves a quarter of that block at 75% masking.
+
+    Example:
+        >>> blk = Block(16, 2, qkv_bias=True).eval()
+        >>> x, ids = torch.randn(2, 5, 16), torch.tensor([[0, 4], [3, 1]])
+        >>> torch.allclose(block_at(blk, x, ids), gather_tokens(blk(x), ids), atol=1e-5)
+        True
+    """
+    attn = block.attn
+    if getattr(attn, "gate", None) is not None or not hasattr(attn, "attn_dim"):  # a layout this does not know
+        return gather_tokens(block(x), ids)
+    b, n, _ = x.shape
+    m, d, heads = ids.shape[1], attn.attn_dim, attn.num_heads
+    h = block.norm1(x)
+    w, bias = attn.qkv.weight, attn.qkv.bias
+    q = F.linear(gather_tokens(h, ids), w[:d], None if bias is None else bias[:d])
+    kv = F.linear(h, w[d:], None if bias is None else bias[d:])
+    q = attn.q_norm(q.reshape(b, m, heads, d // heads).transpose(1, 2))
+    k, v = kv.reshape(b, n, 2, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    drop = attn.attn_drop.p if block.training else 0.0
+    o = F.scaled_dot_product_attention(q, attn.k_norm(k), v, dropout_p=drop, scale=attn.scale)
+    o = attn.proj_drop(attn.proj(attn.norm(o.transpose(1, 2).reshape(b, m, d))))
+    y = gather_tokens(x, ids) + block.drop_path1(block.ls1(o))
+    return y + block.drop_path2(block.ls2(block.mlp(block.norm2(y))))
+
+
 class MAE(nn.Module):
     """Masked autoencoder: encode visible tokens, decode all with a light ViT, predict masked pixels.
 
     The loss is the mean squared error on masked patches; with ``norm_pix_loss`` the targets are
     normalized per patch and per channel (which works for CT intensities and reflectances alike).
+    Only the masked patches are predicted: the output's ``pred`` (``B x N x (C*P)``, detached) holds
+    them and zeros at the visible patches.
     """
 
     def __init__(
@@ -82,15 +116,18 @@ class MAE(nn.Module):
             self._pos[key] = sincos_pos_embed(self.decoder_dim, grid)[None].to(device)
         return self._pos[key]
 
-    def targets(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-patch pixel targets ``B x N x (C*P)``, normalized per patch and channel if configured."""
+    def targets(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-patch pixel targets ``B x N x (C*P)``, normalized per patch and channel if configured
+        (``B x M x (C*P)`` for the patches ``ids``, ``B x M``, only)."""
         patches = self.encoder.patch_embed.patchify(x)
+        if ids is not None:
+            patches = gather_tokens(patches, ids)
         if not self.norm_pix_loss:
             return patches
         b, n, _ = patches.shape
-        p = patches.reshape(b, n, x.shape[1], -1)
+        p = patches.reshape(b, n, x.shape[1], patches.shape[-1] // x.shape[1])
         mean, var = p.mean(-1, keepdim=True), p.var(-1, keepdim=True)
-        return ((p - mean) / (var + 1e-6).sqrt()).reshape(b, n, -1)
+        return ((p - mean) / (var + 1e-6).sqrt()).reshape(patches.shape)
 
     def forward(self, batch: dict, image: torch.Tensor | None = None) -> dict:
         x = batch["image"] if image is None else image
@@ -102,14 +139,23 @@ class MAE(nn.Module):
         d = self.decoder_embed(latent)
         fill = self.mask_token.to(d.dtype).expand(d.shape[0], n - d.shape[1], -1)
         d = torch.cat([d, fill], dim=1)
-        d = torch.gather(d, 1, ids_restore[..., None].expand(-1, -1, d.shape[-1]))
+        d = gather_tokens(d, ids_restore)
         d = d + self.decoder_pos(grid, d.device).to(d.dtype)
-        for block in self.decoder_blocks:
+        # the loss reads the masked patches only: the last decoder block, the pixel head and the targets
+        # are computed for them alone (ids_masked: where the masked tokens sit, B x M)
+        ids_masked = torch.argsort(ids_restore, dim=1)[:, ids_keep.shape[1] :]
+        for block in self.decoder_blocks[:-1]:
             d = block(d)
-        pred = self.pixel_head(self.decoder_norm(d), wavelengths=wavelengths, channels=x.shape[1])
-        target = self.targets(x)
-        per_patch = ((pred.float() - target.float()) ** 2).mean(-1)
-        loss = (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
+        if len(self.decoder_blocks):
+            d = block_at(self.decoder_blocks[-1], d, ids_masked)
+        else:
+            d = gather_tokens(d, ids_masked)
+        pred_masked = self.pixel_head(self.decoder_norm(d), wavelengths=wavelengths, channels=x.shape[1])
+        target = self.targets(x, ids_masked)
+        per_patch = ((pred_masked.float() - target.float()) ** 2).mean(-1)
+        loss = per_patch.sum() / max(per_patch.numel(), 1)
+        pred = pred_masked.new_zeros(x.shape[0], n, pred_masked.shape[-1])
+        pred.scatter_(1, ids_masked[..., None].expand(-1, -1, pred.shape[-1]), pred_masked.detach())
         return {
             "loss": loss,
             "mae_loss": loss.detach(),

@@ -26,13 +26,15 @@ def test_gpu_suite_dry_runs_every_section(tmp_path):
         warnings.simplefilter("ignore")
         result = suite.main([str(tmp_path), "--dry"])
     saved = json.loads((tmp_path / "gpu_suite.json").read_text())
-    assert saved["meta"]["dry"] and saved["meta"]["objectives"] == ["mae"]
+    assert saved["meta"]["dry"] and saved["meta"]["objectives"] == ["mae", "dino"]
     sections = saved["sections"]
     assert set(sections) == {"peak", "pretrain", "loaders", "sliding_window"}
     assert not [r for rows in sections.values() for r in rows if "error" in r], sections
     assert "needs CUDA" in sections["peak"][0]["skipped"]
     steps = [r for r in sections["pretrain"] if "samples_per_s" in r]
-    assert {(r["case"][:2], r["impl"]) for r in steps} == {(d, i) for d in ("2D", "3D") for i in ("domainfm", "monai")}
+    assert {(r["objective"], r["case"][:2], r["impl"]) for r in steps} == {
+        ("mae", d, i) for d in ("2D", "3D") for i in ("domainfm", "monai")
+    } | {("dino", d, "domainfm") for d in ("2D", "3D")}
     assert all(r["samples_per_s"] > 0 for r in steps)
     assert [r["loader"] for r in sections["loaders"]] == ["WSI tiles", "medical volumes", "GeoTIFF chips"]
     assert all(r["kit_per_s"] > 0 and r["anchor_per_s"] > 0 for r in sections["loaders"])
