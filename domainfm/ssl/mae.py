@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from domainfm.models.encoder import ViTEncoder
 from domainfm.models.patch_embed import build_pixel_head, gather_tokens
@@ -58,6 +59,8 @@ def block_at(block: Block, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """
     attn = block.attn
     if getattr(attn, "gate", None) is not None or not hasattr(attn, "attn_dim"):  # a layout this does not know
+        return gather_tokens(block(x), ids)
+    if isinstance(attn.qkv.weight, DTensor):  # sharded (FSDP2): only block.forward gathers the weights
         return gather_tokens(block(x), ids)
     b, n, _ = x.shape
     m, d, heads = ids.shape[1], attn.attn_dim, attn.num_heads

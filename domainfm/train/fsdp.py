@@ -2,8 +2,9 @@
 
 Each rank holds 1/world of every parameter, its gradient and its AdamW moments; a transformer block's
 full weights exist only while that block runs (all-gathered before its forward and backward, freed
-after). Every ``nn.ModuleList`` named ``*blocks`` (encoder, MAE decoder, teacher / momentum encoder)
-gives one FSDP unit per block; the root unit holds the rest (patch embedding, norms, heads, prototypes).
+after). Every ``nn.ModuleList`` named ``blocks`` (the encoder's, a teacher's or momentum encoder's) gives
+one FSDP unit per block; the root unit holds the rest (patch embedding, norms, the light MAE decoder,
+whose last block computes the masked tokens only, heads, prototypes).
 Buffers (e.g. the DINO centers) stay whole on every rank. On CUDA with bf16 the all-gathered weights
 are bf16 and gradients are reduced in fp32; on CPU (gloo) everything stays fp32.
 
@@ -44,11 +45,11 @@ log = logging.getLogger("domainfm.train")
 
 
 def block_units(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """``(name, block)`` for each element of an ``nn.ModuleList`` whose attribute name ends in ``blocks``
+    """``(name, block)`` for each element of an ``nn.ModuleList`` whose attribute name is ``blocks``
     (each becomes one FSDP unit), every block once even when several objectives share an encoder."""
     seen: set[int] = set()
     for name, child in module.named_modules():
-        if isinstance(child, nn.ModuleList) and name.rsplit(".", 1)[-1].endswith("blocks"):
+        if isinstance(child, nn.ModuleList) and name.rsplit(".", 1)[-1] == "blocks":
             for i, block in enumerate(child):
                 if id(block) not in seen:
                     seen.add(id(block))
