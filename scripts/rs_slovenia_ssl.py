@@ -186,6 +186,15 @@ def main(argv=None) -> int:
     if not src.is_dir():
         print(f"{src}: eo-learn Slovenia sample not found (set DOMAINFM_DATA)", file=sys.stderr)
         return 2
+    names = [n.strip() for n in args.objectives.split(",") if n.strip()]
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown:
+        raise SystemExit(f"unknown objective(s) {unknown}; choose from {', '.join(OBJECTIVES)}")
+    earlier = [n for n in names if any((args.out / n).glob("ckpt-*"))]
+    if earlier and not args.overwrite:
+        msg = f"{args.out}: holds an earlier {', '.join(earlier)} run; pass --overwrite or another --out"
+        print(msg, file=sys.stderr)
+        return 2
     t_all = time.perf_counter()
     arrays = load_slovenia(src)
     eval_idx = clear_dates(arrays["valid"], args.eval_dates)
@@ -194,10 +203,6 @@ def main(argv=None) -> int:
     dates = sorted(eval_idx + cloudy) if args.quick else None
     data = write_slovenia_dates(src, args.out / "data", dates)
     print(f"wrote {len(data['paths'])} single-date NDVI GeoTIFFs to {data['folder']}", flush=True)
-    names = [n.strip() for n in args.objectives.split(",") if n.strip()]
-    unknown = [n for n in names if n not in OBJECTIVES]
-    if unknown:
-        raise SystemExit(f"unknown objective(s) {unknown}; choose from {', '.join(OBJECTIVES)}")
     ckpts, budget = {}, {}
     for name in names:
         t0, c0 = time.perf_counter(), time.process_time()
