@@ -19,11 +19,18 @@ from domainfm.eval.command import add_evaluate_arguments, evaluate_from_args, ru
 from domainfm.eval.embeddings import EmbeddingCache, embed_dataset
 from domainfm.eval.evaluate import evaluate
 from domainfm.eval.finetune import finetune_classifier
-from domainfm.eval.metrics import bootstrap_ci, classification_metrics, segmentation_metrics
+from domainfm.eval.metrics import bootstrap_ci, classification_metrics, pixel_accuracy, segmentation_metrics
 from domainfm.eval.online import OnlineKNNProbe
 from domainfm.eval.protocols import fewshot_probe, knn_probe, leave_one_out_probe, linear_probe, prototype_probe
 from domainfm.eval.report import EvalResult, write_report
-from domainfm.eval.splits import check_labels, check_pair, stratified_fraction, stratified_split
+from domainfm.eval.splits import (
+    as_blocks,
+    check_labels,
+    check_pair,
+    checkerboard_blocks,
+    stratified_fraction,
+    stratified_split,
+)
 
 __all__ = [
     "evaluate",
@@ -36,6 +43,7 @@ __all__ = [
     "bootstrap_ci",
     "classification_metrics",
     "segmentation_metrics",
+    "pixel_accuracy",
     "OnlineKNNProbe",
     "fewshot_probe",
     "knn_probe",
@@ -48,4 +56,6 @@ __all__ = [
     "check_pair",
     "stratified_fraction",
     "stratified_split",
+    "checkerboard_blocks",
+    "as_blocks",
 ]

@@ -132,6 +132,22 @@ def segmentation_metrics(target, pred, num_classes: int, ignore_background: bool
     return {"dice": float(dice.mean()), "miou": float(iou.mean())}
 
 
+def pixel_accuracy(target, pred) -> float:
+    """Fraction of labelled pixels (target >= 0) whose predicted class is right; NaN with none labelled.
+
+    Example:
+        >>> import numpy as np
+        >>> pixel_accuracy(np.array([[0, 1], [2, -1]]), np.array([[0, 1], [1, 2]]))
+        0.6666666666666666
+    """
+    t = np.asarray(target).astype(np.int64).ravel()
+    p = np.asarray(pred).astype(np.int64).ravel()
+    if t.shape != p.shape:
+        raise DomainFMError(f"pixel_accuracy: prediction with {p.size} pixels for a target with {t.size}")
+    labelled = t >= 0
+    return float((t[labelled] == p[labelled]).mean()) if labelled.any() else float("nan")
+
+
 class _WeightedClassification:
     """Classification metrics of one score matrix under many resampling weight vectors at once.
 

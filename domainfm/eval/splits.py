@@ -143,3 +143,40 @@ def random_fraction(n: int, fraction: float, seed: int = 0, source: str | None =
         )
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5E6, int(round(fraction * 1e6))]))
     return np.sort(rng.choice(n, size=k, replace=False))
+
+
+def checkerboard_blocks(height: int, width: int, block: int) -> np.ndarray:
+    """Spatial split of one scene: ``H x W`` bool, True on the test blocks of a ``block``-pixel checkerboard.
+
+    Blocks (the last row/column of blocks may be smaller) alternate train/test like a chess board,
+    so both sides cover every part of the scene and no block touches another of its side along an edge.
+
+    Example:
+        >>> checkerboard_blocks(4, 6, 2).astype(int).tolist()
+        [[0, 0, 1, 1, 0, 0], [0, 0, 1, 1, 0, 0], [1, 1, 0, 0, 1, 1], [1, 1, 0, 0, 1, 1]]
+    """
+    if int(block) < 1:
+        raise DomainFMError(f"block size must be >= 1 pixel, got {block}")
+    rows = np.arange(int(height))[:, None] // int(block)
+    cols = np.arange(int(width))[None, :] // int(block)
+    return (rows + cols) % 2 == 1
+
+
+def as_blocks(array, block: int, fill=-1) -> np.ndarray:
+    """Cut an ``H x W`` map into ``block x block`` tiles (``N x block x block``, row-major), padding the
+    last row/column of tiles with ``fill``: the resampling units of a spatial (block) bootstrap.
+
+    Example:
+        >>> as_blocks(np.arange(6).reshape(2, 3), 2).tolist()
+        [[[0, 1], [3, 4]], [[2, -1], [5, -1]]]
+    """
+    a = np.asarray(array)
+    if a.ndim != 2:
+        raise DomainFMError(f"as_blocks takes an H x W map, got shape {a.shape}")
+    b = int(block)
+    if b < 1:
+        raise DomainFMError(f"block size must be >= 1 pixel, got {block}")
+    h, w = -(-a.shape[0] // b) * b, -(-a.shape[1] // b) * b
+    padded = np.full((h, w), fill, dtype=np.result_type(a.dtype, np.min_scalar_type(fill)))
+    padded[: a.shape[0], : a.shape[1]] = a
+    return padded.reshape(h // b, b, w // b, b).transpose(0, 2, 1, 3).reshape(-1, b, b)

@@ -23,12 +23,14 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import yaml
+from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 import domainfm
 from domainfm.demo import sample_data
-from domainfm.eval.metrics import segmentation_metrics
+from domainfm.eval.metrics import pixel_accuracy, segmentation_metrics
 
+from .io import Grid, write_geotiff
 from .synthetic import write_mask, write_scene
 
 log = logging.getLogger("domainfm.remote_sensing")
@@ -53,8 +55,10 @@ def shared_data_dir() -> Path:
     return sample_data("remote_sensing", "eolearn_slovenia") or Path("shared-data-absent")
 
 
-def write_slovenia(src: Path, out: Path, n_dates: int = 12) -> dict:
-    """Write the eo-learn patch as GeoTIFFs + a sensors YAML + a manifest; returns what the run needs."""
+def load_slovenia(src: Path) -> dict:
+    """The eo-learn patch as arrays: ``ndvi`` and ``valid`` (T x H x W; valid = data and no cloud),
+    ``lulc`` and ``dem`` (H x W), ``dates`` (YYYY-MM-DD), unique per-date band ``names`` and the ``grid``
+    (EPSG:32633, 10 m pixels, origin from ``bbox.geojson``)."""
     ndvi = np.load(src / "data" / "NDVI.npy")[..., 0].astype(np.float32)  # T x H x W
     clm = np.load(src / "mask" / "CLM.npy")[..., 0]
     isd = np.load(src / "mask" / "IS_DATA.npy")[..., 0]
@@ -62,36 +66,66 @@ def write_slovenia(src: Path, out: Path, n_dates: int = 12) -> dict:
     dem = np.load(src / "data_timeless" / "DEM.npy")[..., 0].astype(np.float32)
     dates = [t[:10] for t in json.loads((src / "timestamps.json").read_text())]
     bbox = json.loads((src / "bbox.geojson").read_text())
-    crs = "EPSG:" + bbox["crs"]["properties"]["name"].split(":")[-1]
+    crs = CRS.from_user_input("EPSG:" + bbox["crs"]["properties"]["name"].split(":")[-1])
     xs = [p[0] for p in bbox["coordinates"][0]]
     ys = [p[1] for p in bbox["coordinates"][0]]
     h, w = lulc.shape
-    transform = from_origin(min(xs), max(ys), 10.0, 10.0)
-    scene = out / "slovenia_patch"
-    scene.mkdir(parents=True, exist_ok=True)
-    valid = (isd > 0) & (clm == 0)
-    nod = -999.0
-    ts = np.where(valid, ndvi, nod).astype(np.float32)
     names = [f"NDVI_{d.replace('-', '')}" + (f"_{k}" if dates.count(d) > 1 else "") for k, d in enumerate(dates)]
-    prof = dict(driver="GTiff", width=w, height=h, crs=crs, transform=transform, compress="deflate")
-    with rasterio.open(
-        scene / "ndvi_timeseries.tif", "w", count=len(dates), dtype="float32", nodata=nod, **prof
-    ) as dst:
-        dst.write(ts)
-        for i, n in enumerate(names):
-            dst.set_band_description(i + 1, n)
-    with rasterio.open(scene / "dem.tif", "w", count=1, dtype="float32", nodata=None, **prof) as dst:
-        dst.write(dem[None])
-        dst.set_band_description(1, "DEM")
+    return {
+        "ndvi": ndvi,
+        "valid": (isd > 0) & (clm == 0),
+        "lulc": lulc,
+        "dem": dem,
+        "dates": dates,
+        "names": names,
+        "grid": Grid(crs, from_origin(min(xs), max(ys), 10.0, 10.0), w, h),
+    }
+
+
+def clear_dates(valid: np.ndarray, n: int) -> list[int]:
+    """Indices of up to ``n`` fully clear dates (``valid``: T x H x W), evenly spread over the series.
+
+    Example:
+        >>> valid = np.ones((6, 2, 2), bool); valid[1, 0, 0] = False
+        >>> clear_dates(valid, 3)
+        [0, 3, 5]
+    """
+    clear = [k for k in range(valid.shape[0]) if valid[k].all()]
+    return [clear[int(round(i))] for i in np.linspace(0, len(clear) - 1, min(n, len(clear)))] if clear else []
+
+
+def write_lulc(path: Path, lulc: np.ndarray, grid: Grid) -> list[str]:
+    """LULC ids 1..10 written as classes 0..K-1 of the ids present (0 = no data -> 255); the class names.
+
+    Example:
+        >>> import tempfile
+        >>> from rasterio.transform import from_origin
+        >>> grid = Grid(CRS.from_epsg(32633), from_origin(465181.0, 5080254.0, 10.0, 10.0), 3, 1)
+        >>> path = Path(tempfile.mkdtemp()) / "lulc.tif"
+        >>> write_lulc(path, np.array([[0, 2, 8]]), grid)
+        ['forest', 'artificial_surface']
+        >>> rasterio.open(path).read(1).tolist()
+        [[255, 0, 1]]
+    """
     present = [c for c in sorted(np.unique(lulc)) if c != 0]
     remap = np.full(int(lulc.max()) + 1, 255, np.int64)
     for k, c in enumerate(present):
         remap[c] = k
-    with rasterio.open(out / "lulc.tif", "w", count=1, dtype="uint8", nodata=255, **prof) as dst:
-        dst.write(remap[lulc].astype(np.uint8)[None])
-    # fully clear dates, evenly spread over the series
-    clear = [k for k in range(len(dates)) if valid[k].all()]
-    pick = [clear[int(round(i))] for i in np.linspace(0, len(clear) - 1, min(n_dates, len(clear)))]
+    write_geotiff(path, remap[lulc].astype(np.uint8), grid, nodata=255)
+    return [LULC_NAMES.get(int(c), str(c)) for c in present]
+
+
+def write_slovenia(src: Path, out: Path, n_dates: int = 12) -> dict:
+    """Write the eo-learn patch as GeoTIFFs + a sensors YAML + a manifest; returns what the run needs."""
+    a = load_slovenia(src)
+    grid, names = a["grid"], a["names"]
+    scene = out / "slovenia_patch"
+    nod = -999.0
+    ts = np.where(a["valid"], a["ndvi"], nod).astype(np.float32)
+    write_geotiff(scene / "ndvi_timeseries.tif", ts, grid, nodata=nod, band_names=names)
+    write_geotiff(scene / "dem.tif", a["dem"][None], grid, band_names=["DEM"])
+    classes = write_lulc(out / "lulc.tif", a["lulc"], grid)
+    pick = clear_dates(a["valid"], n_dates)
     sensor = {
         "sensors": {
             "slovenia_ndvi_dem": {
@@ -112,8 +146,49 @@ def write_slovenia(src: Path, out: Path, n_dates: int = 12) -> dict:
         "sensor": "slovenia_ndvi_dem",
         "sensors_file": str(out / "sensors.yaml"),
         "bands": [names[k] for k in pick] + ["DEM"],
-        "classes": [LULC_NAMES.get(int(c), str(c)) for c in present],
+        "classes": classes,
         "source": "eolearn_slovenia (real Sentinel-2 NDVI + DEM, EPSG:32633)",
+    }
+
+
+#: the one-band NDVI product of :func:`write_slovenia_dates` (NDVI is computed from red 0.665 um and NIR
+#: 0.842 um; its pseudo-wavelength for the wavelength patch embed is their midpoint)
+NDVI_SENSOR = {
+    "description": "Sentinel-2 NDVI, one band per acquisition (pseudo-wavelength 0.75 um)",
+    "gsd": 10,
+    "bands": [{"name": "NDVI", "wavelength": 0.75, "aliases": ["ndvi_s2"]}],
+}
+
+
+def write_slovenia_dates(src: Path, out: Path, dates: list[int] | None = None) -> dict:
+    """One georeferenced single-band GeoTIFF per acquisition date (band description ``NDVI``; cloudy and
+    no-data pixels are the file's nodata, -999) in ``out/dates``, ``out/lulc.tif`` as in
+    :func:`write_slovenia` and ``out/sensors.yaml`` declaring the one-band sensor ``sentinel2_ndvi``.
+
+    ``dates`` selects dates by index (default: all). Returns the paths, the per-date valid fractions,
+    the class names and the sensor/sensors file to pretrain with.
+    """
+    a = load_slovenia(src)
+    grid = a["grid"]
+    picked = list(range(len(a["dates"]))) if dates is None else list(dates)
+    nod = -999.0
+    paths = []
+    for k in picked:
+        name = a["names"][k].replace("NDVI_", "ndvi_") + ".tif"
+        band = np.where(a["valid"][k], a["ndvi"][k], nod).astype(np.float32)
+        paths.append(write_geotiff(out / "dates" / name, band, grid, nodata=nod, band_names=["NDVI"]))
+    classes = write_lulc(out / "lulc.tif", a["lulc"], grid)
+    (out / "sensors.yaml").write_text(yaml.safe_dump({"sensors": {"sentinel2_ndvi": NDVI_SENSOR}}, sort_keys=False))
+    return {
+        "folder": out / "dates",
+        "paths": paths,
+        "dates": [a["dates"][k] for k in picked],
+        "indices": picked,
+        "valid_fraction": [float(a["valid"][k].mean()) for k in picked],
+        "labels": out / "lulc.tif",
+        "classes": classes,
+        "sensor": "sentinel2_ndvi",
+        "sensors_file": str(out / "sensors.yaml"),
     }
 
 
@@ -143,7 +218,7 @@ def _region_metrics(pred_path: Path, label_path: Path, row0: int, k: int) -> dic
     ok = (gt != 255) & (pred != 255)
     gt, pred = gt[ok], pred[ok]
     m = {
-        "pixel_accuracy": float((gt == pred).mean()) if gt.size else 0.0,
+        "pixel_accuracy": pixel_accuracy(gt, pred) if gt.size else 0.0,
         **segmentation_metrics(gt, pred, k, ignore_background=False),
     }
     m["majority_class_accuracy"] = float(np.bincount(gt, minlength=k).max() / max(1, gt.size))
