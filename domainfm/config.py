@@ -145,6 +145,7 @@ class FinetuneConfig:
     lora_rank: int = 0
     lora_alpha: float = 16.0
     head_options: dict[str, Any] = field(default_factory=dict)
+    background: bool = True  # segmentation: label id 0 is background, left out of the Dice / mIoU means
 
 
 @dataclass

@@ -332,6 +332,7 @@ def evaluate(
     elif task != "classification":
         raise ConfigError(f"evaluate supports classification and segmentation, not finetune.task={task!r}")
 
+    background = cfg.finetune.background if cfg is not None else True
     baselines = _baselines(baseline)
     encoders: dict[str, Any] = {"pretrained": model}
     enc_ids: dict[str, Any] = {
@@ -431,6 +432,7 @@ def evaluate(
                 gain_vs,
                 data_name,
                 finetune_kwargs or {},
+                ignore_background=background,
             )
         else:
             xtr, ytr, wl = dataset_tensors(train_ds, data_name, max_items=max_train)
@@ -468,6 +470,11 @@ def evaluate(
         "gain_vs": gain_vs,
         "encoders": list(encoders),
         "pool": pools,
+        **(
+            {"mean_over": "classes 1.. (label id 0 is background)" if background else "all classes, 0 included"}
+            if task == "segmentation"
+            else {}
+        ),
         "n_train_pool": len(train_ds) if max_train is None else min(len(train_ds), max_train),
         "n_test": n_test,
         "test_split": split_name,
@@ -612,11 +619,12 @@ def _run_segmentation(
     gain_vs,
     source,
     kwargs,
+    ignore_background=True,
 ):
     mode = "lora" if protocol == "lora" else "full"
 
     def metric_fn(t, p):
-        return segmentation_metrics(t, p, num_classes)
+        return segmentation_metrics(t, p, num_classes, ignore_background=ignore_background)
 
     records = []
     for frac in fracs:

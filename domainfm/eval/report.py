@@ -195,6 +195,7 @@ def render_markdown(result: EvalResult) -> str:
         "test_split",
         "n_boot",
         "pool",
+        "mean_over",
     ):
         if key in meta:
             lines.append(f"- **{key}**: {meta[key]}")

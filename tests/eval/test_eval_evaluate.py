@@ -205,6 +205,21 @@ def test_segmentation_finetune_reports_dice_and_rejects_frozen_protocols(ckpt, t
     rec = res.get("pretrained", "lora", "dice", fraction=0.5)
     assert rec["n_train"] == 8 and rec["n_test"] == 8 and 0.0 <= rec["mean"] <= 1.0
     assert "| Dice | mIoU |" in (tmp_path / "report.md").read_text()
+    assert res.meta["mean_over"].startswith("classes 1..") and "mean_over" in (tmp_path / "report.md").read_text()
+    # label sets without a background class (land cover): class 0 counts in the means
+    every = evaluate(
+        ckpt,
+        protocol="lora",
+        fractions=(0.5,),
+        seeds=1,
+        n_boot=30,
+        max_train=16,
+        max_test=8,
+        overrides=[*seg, "finetune.background=false"],
+        finetune_kwargs={"steps": 2, "lora_rank": 2},
+        plots=False,
+    )
+    assert every.meta["mean_over"] == "all classes, 0 included"
     with pytest.raises(ConfigError, match="'knn' needs class labels .* segmentation"):
         evaluate(ckpt, protocol="knn", overrides=seg)
 
