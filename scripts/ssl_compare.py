@@ -2,12 +2,15 @@
 
 Pretrains one small ViT per objective (``dino``, ``mae``, ``mae+contrastive`` by default) on the
 unlabelled train images of ``pneumoniamnist.npz`` with the same number of optimizer steps and images
-per step, then runs ``domainfm.evaluate`` once on the first objective's checkpoint with the others and
-a random-init encoder as baselines: linear + kNN probes at 1%, 10%, 100% labels, 3 seeds, bootstrap
-95% intervals, on the official test split. Prints the table and the pass/fail of the dino goals.
+per step (or, with ``--cpu-seconds``, the same CPU time: ``domainfm.steps_for_cpu_budget``), then
+runs ``domainfm.evaluate`` once on the first objective's checkpoint with the others and a random-init
+encoder as baselines: linear + kNN probes at 1%, 10%, 100% labels, 3 seeds, bootstrap 95% intervals,
+on the official test split, every encoder pooled with ``--pool`` (default ``token+avg``). Prints the
+table and the pass/fail of the dino goals.
 
 Usage:
     .venv/bin/python scripts/ssl_compare.py --out runs/ssl_compare --steps 800 --threads 1
+    .venv/bin/python scripts/ssl_compare.py --objectives mae,mae+contrastive --cpu-seconds 1485 --pretrain-only
     .venv/bin/python scripts/ssl_compare.py --quick                  # smoke run (30 steps, 1 seed)
 """
 
