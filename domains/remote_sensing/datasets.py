@@ -323,6 +323,8 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
         self._grid: list[tuple[int, int, int]] = []
         self._skip_logged: set[int] = set()
         self._last_valid: np.ndarray | None = None
+        self._looked_empty: set[int] = set()  # scenes checked whole after max_tries empty chips
+        self.empty_scenes: set[int] = set()  # of those, the ones with no valid pixel: random sampling skips them
         # open the first item now so that band/sensor mistakes surface at once
         self.scene(0)
         if sampling == "grid":
@@ -483,6 +485,20 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
             sample["mask"] = torch.from_numpy(m)
         return sample
 
+    def _check_empty(self, k: int, side: int = 256) -> None:
+        """After ``max_tries`` chips of scene ``k`` without data, read it whole at most ``side`` px a side,
+        once; a scene with no valid pixel (all nodata or cloud) is left out of random sampling, with a warning."""
+        if k in self._looked_empty:
+            return
+        self._looked_empty.add(k)
+        sc = self.scene(k)
+        scale = max(sc.height, sc.width) / side
+        out = (max(1, round(sc.height / scale)), max(1, round(sc.width / scale))) if scale > 1 else None
+        _, valid = sc.read(Window(0, 0, sc.width, sc.height), out_size=out)
+        if not valid.any():
+            self.empty_scenes.add(k)
+            log.warning("%s holds no valid pixel (all nodata or cloud): left out of chip sampling", self.items[k].path)
+
     def _note_skip(self, k: int, frac: float) -> None:
         self.skipped += 1
         n = self.skipped
@@ -516,10 +532,13 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
         k0 = self.item_of(i)
         order = [k0] + [k for k in range(len(self.items)) if k != k0 and self.items[k].sensor == self.items[k0].sensor]
         for k in order:
+            if k in self.empty_scenes:
+                continue
             for _ in range(self.max_tries):
                 s = self._read(k, self._window_for(k, rng))
                 if s is not None:
                     return s
+            self._check_empty(k)
         raise DataError(
             self.items[k0].path,
             f"no chip with valid data found in {self.max_tries} random tries per scene; is the scene all nodata?",

@@ -322,3 +322,19 @@ def test_manifest_sensor_column_resolves_aliases(tmp_path):
     (tmp_path / "bad.csv").write_text("image,sensor\na.tif,naip\n")
     with pytest.raises(DataError, match=r"bad.csv: line 2: sensor 'naip' is not among the configured sensors"):
         discover_items(tmp_path / "bad.csv", ["sentinel2_l2a", "landsat8"])
+
+
+def test_a_scene_without_valid_pixels_is_read_once_whole_then_left_out_of_sampling(tmp_path, caplog):
+    clear, _ = write_scene(tmp_path / "clear.tif", "naip", size=(32, 32))
+    cloudy, _ = write_scene(tmp_path / "cloudy.tif", "naip", size=(32, 32))
+    with rasterio.open(cloudy, "r+") as dst:  # every pixel nodata, as on a fully clouded date
+        dst.write(np.zeros((dst.count, 32, 32), dtype=dst.dtypes[0]))
+    before = cloudy.read_bytes()
+    ds = RasterChipDataset([Item(cloudy, "naip"), Item(clear, "naip")], {"naip": []}, 16, chips_per_scene=2)
+    with caplog.at_level(logging.WARNING, logger="domainfm.remote_sensing"):
+        first = ds[0]  # a sample of the cloudy scene: its tries fail, the clear scene serves it
+    assert first["meta"]["path"] == str(clear) and ds.empty_scenes == {0}
+    assert sum("holds no valid pixel" in r.getMessage() and str(cloudy) in r.getMessage() for r in caplog.records) == 1
+    skipped = ds.skipped
+    assert ds[1]["meta"]["path"] == str(clear) and ds.skipped == skipped  # no more reads of the empty scene
+    assert cloudy.read_bytes() == before
