@@ -23,33 +23,17 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DOMAINFM_DATA", ROOT.parent / "shared" / "data"))
 
+#: the small-image dino settings shared by the measurement scripts (configs/objectives/dino_small_images.yaml)
+DINO_SMALL = yaml.safe_load((ROOT / "configs" / "objectives" / "dino_small_images.yaml").read_text())["objective"]
+
 #: per-objective settings on top of the shared model/budget (objective.* keys; model.* under "model")
 OBJECTIVES = {
-    "dino": {
-        "objective": {
-            "name": "dino",
-            "prototypes": 256,
-            "head_hidden_dim": 256,
-            "head_bottleneck_dim": 128,
-            "head_bn": True,
-            "teacher_momentum": 0.99,
-            "teacher_temp": 0.05,
-            "warmup_teacher_temp": 0.04,
-            "student_temp": 0.1,
-            "koleo_weight": 0.1,
-            "ibot_weight": 1.0,
-            "ibot_mask_ratio": [0.1, 0.5],
-            "global_crops": 2,
-            "local_crops": 4,
-            "global_crop_scale": [0.4, 1.0],
-            "local_crop_scale": [0.1, 0.4],
-            "local_crop_size": 12,
-        },
-        "model": {"class_token": True},
-    },
+    "dino": {"objective": dict(DINO_SMALL), "model": {"class_token": True}},
     "mae": {
         "objective": {"name": "mae", "mask_ratio": 0.75, "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 4}
     },
