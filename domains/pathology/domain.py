@@ -3,25 +3,15 @@
 Example (Python API; see docs/pathology.md for the whole walkthrough):
     >>> import tempfile, warnings
     >>> import domainfm
-    >>> from domainfm.pathology.synthetic import write_synthetic_slide
+    >>> from domainfm.pathology.synthetic import write_example
     >>> folder = Path(tempfile.mkdtemp())
-    >>> for i in range(4):                     # 4 small H&E slides at 0.5 µm/px, odd ones with a tumour
-    ...     _ = write_synthetic_slide(folder / f"slides/s{i}.tif", (256, 256), mpp=0.5, seed=i, tumor=bool(i % 2))
-    >>> cfg = {"domain": "pathology", "out": str(folder / "run"),
-    ...        "data": {"path": str(folder / "slides"), "img_size": 32,
-    ...                 "options": {"target_mpp": 1.0, "tile_size": 32, "min_tissue": 0.4}},
-    ...        "model": {"patch_size": 8, "depth": 1, "embed_dim": 16, "num_heads": 2},
-    ...        "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False}}
+    >>> example = write_example(folder)    # 6 small H&E slides at 0.5 µm/px (odd ones tumour), slides.csv, a recipe
     >>> with warnings.catch_warnings():
     ...     warnings.simplefilter("ignore")
-    ...     ckpt = domainfm.pretrain(cfg)
-    >>> labels = folder / "slides.csv"
-    >>> _ = labels.write_text("slide,label\\ns0.tif,normal\\ns1.tif,tumor\\ns2.tif,normal\\ns3.tif,tumor\\n")
-    >>> with warnings.catch_warnings():
-    ...     warnings.simplefilter("ignore")
-    ...     mil = domainfm.finetune(ckpt, task="mil", out=folder / "mil", labels=str(labels),
+    ...     ckpt = domainfm.pretrain(example.config)
+    ...     mil = domainfm.finetune(ckpt, task="mil", out=folder / "mil", labels=str(folder / "slides.csv"),
     ...                             overrides=["data.options.mil_epochs=2", "data.options.mil_hidden=16"])
-    embedded 4 slide(s) ...
+    embedded 6 slide(s) ...
     >>> domainfm.load(ckpt).card["preprocessing"]["target_mpp"]      # real slides: img_size 224, tile_size 224
     1.0
     >>> domainfm.predict(mil, folder / "slides/s1.tif", folder / "s1.png").name   # a heatmap over the slide

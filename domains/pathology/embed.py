@@ -7,26 +7,17 @@ that looks whole; a rerun skips slides whose file is complete. ``<out>/index.csv
 slide with its status (``done``, ``skipped``, ``no_tissue``).
 
 Example:
-    >>> import tempfile, warnings
+    >>> import tempfile
     >>> import domainfm
-    >>> from domainfm.pathology.synthetic import write_synthetic_slide
+    >>> from domainfm.demo import example_checkpoint
     >>> folder = Path(tempfile.mkdtemp())
-    >>> for i in range(4):                     # 4 small H&E slides at 0.5 µm/px, odd ones with a tumour
-    ...     _ = write_synthetic_slide(folder / f"slides/s{i}.tif", (256, 256), mpp=0.5, seed=i, tumor=bool(i % 2))
-    >>> cfg = {"domain": "pathology", "out": str(folder / "run"),
-    ...        "data": {"path": str(folder / "slides"), "img_size": 32,
-    ...                 "options": {"target_mpp": 1.0, "tile_size": 32, "min_tissue": 0.4}},
-    ...        "model": {"patch_size": 8, "depth": 1, "embed_dim": 16, "num_heads": 2},
-    ...        "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False}}
-    >>> with warnings.catch_warnings():
-    ...     warnings.simplefilter("ignore")
-    ...     ckpt = domainfm.pretrain(cfg)
+    >>> ckpt, _ = example_checkpoint("pathology", folder)   # 6 small H&E slides at 0.5 µm/px, a tiny encoder
     >>> model = domainfm.load(ckpt)
     >>> summary = embed_slides(model, folder / "slides", folder / "features", verbose=False)  # mpp=0.25 if none stored
     >>> summary["done"], summary["no_tissue"]
-    (4, 0)
+    (6, 0)
     >>> f = load_slide_features(folder / "features/s1.tif.h5"); f["features"].shape[1]   # tiles x embed_dim
-    16
+    64
 """
 
 from __future__ import annotations

@@ -8,27 +8,17 @@ weights in ``model.safetensors``, so ``domainfm.load`` rebuilds encoder + ABMIL)
 ``metrics.json``, ``predictions.csv`` and ``heatmaps/<slide>.png`` + ``heatmaps/<slide>.tiles.csv``.
 
 Example:
-    >>> import tempfile, warnings
+    >>> import tempfile
     >>> import domainfm
-    >>> from domainfm.pathology.synthetic import write_synthetic_slide
+    >>> from domainfm.demo import example_checkpoint
     >>> folder = Path(tempfile.mkdtemp())
-    >>> for i in range(4):                     # 4 small H&E slides at 0.5 µm/px, odd ones with a tumour
-    ...     _ = write_synthetic_slide(folder / f"slides/s{i}.tif", (256, 256), mpp=0.5, seed=i, tumor=bool(i % 2))
-    >>> cfg = {"domain": "pathology", "out": str(folder / "run"),
-    ...        "data": {"path": str(folder / "slides"), "img_size": 32,
-    ...                 "options": {"target_mpp": 1.0, "tile_size": 32, "min_tissue": 0.4}},
-    ...        "model": {"patch_size": 8, "depth": 1, "embed_dim": 16, "num_heads": 2},
-    ...        "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False}}
-    >>> with warnings.catch_warnings():
-    ...     warnings.simplefilter("ignore")
-    ...     ckpt = domainfm.pretrain(cfg)
+    >>> ckpt, _ = example_checkpoint("pathology", folder)   # 6 small H&E slides (odd ones tumour), slides.csv
     >>> from domainfm.pathology.embed import embed_slides
     >>> _ = embed_slides(domainfm.load(ckpt), folder / "slides", folder / "features", verbose=False)
-    >>> labels = folder / "slides.csv"
-    >>> _ = labels.write_text("slide,label\\ns0.tif,normal\\ns1.tif,tumor\\ns2.tif,normal\\ns3.tif,tumor\\n")
-    >>> out = run_mil(folder / "features", labels, folder / "mil", epochs=2, hidden_dim=16, verbose=False)
+    >>> out = run_mil(folder / "features", folder / "slides.csv", folder / "mil", epochs=2, hidden_dim=16,
+    ...               verbose=False)
     >>> metrics = json.load(open(out / "metrics.json"))
-    >>> 0.0 <= metrics["abmil"]["val"]["auc"] <= 1.0          # 2 epochs on 4 slides: any value; real runs: 20+
+    >>> 0.0 <= metrics["abmil"]["val"]["auc"] <= 1.0          # 2 epochs on 6 slides: any value; real runs: 20+
     True
 """
 

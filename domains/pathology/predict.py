@@ -5,27 +5,11 @@
   probability of the positive class (the last class).
 
 Example:
-    >>> import tempfile, warnings
+    >>> import tempfile
     >>> import domainfm
-    >>> from domainfm.pathology.synthetic import write_synthetic_slide
+    >>> from domainfm.demo import example_checkpoint
     >>> folder = Path(tempfile.mkdtemp())
-    >>> for i in range(4):                     # 4 small H&E slides at 0.5 µm/px, odd ones with a tumour
-    ...     _ = write_synthetic_slide(folder / f"slides/s{i}.tif", (256, 256), mpp=0.5, seed=i, tumor=bool(i % 2))
-    >>> cfg = {"domain": "pathology", "out": str(folder / "run"),
-    ...        "data": {"path": str(folder / "slides"), "img_size": 32,
-    ...                 "options": {"target_mpp": 1.0, "tile_size": 32, "min_tissue": 0.4}},
-    ...        "model": {"patch_size": 8, "depth": 1, "embed_dim": 16, "num_heads": 2},
-    ...        "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False}}
-    >>> with warnings.catch_warnings():
-    ...     warnings.simplefilter("ignore")
-    ...     ckpt = domainfm.pretrain(cfg)
-    >>> labels = folder / "slides.csv"
-    >>> _ = labels.write_text("slide,label\\ns0.tif,normal\\ns1.tif,tumor\\ns2.tif,normal\\ns3.tif,tumor\\n")
-    >>> with warnings.catch_warnings():
-    ...     warnings.simplefilter("ignore")
-    ...     mil = domainfm.finetune(ckpt, task="mil", out=folder / "mil", labels=str(labels),
-    ...                             overrides=["data.options.mil_epochs=2", "data.options.mil_hidden=16"])
-    embedded 4 slide(s) ...
+    >>> mil, _ = example_checkpoint("pathology", folder, task="mil")   # 6 small H&E slides, encoder + ABMIL
     >>> out = domainfm.predict(mil, folder / "slides/s1.tif", folder / "out/s1.png")   # mpp=0.25: a slide without MPP
     >>> out.name, sorted(p.name for p in out.parent.iterdir())
     ('s1.png', ['s1.png', 's1.prediction.json', 's1.tiles.csv'])
