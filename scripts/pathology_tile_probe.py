@@ -67,7 +67,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("runs/path_probe"))
     p.add_argument("--objectives", default="dino,mae+contrastive")
     p.add_argument("--cpu-seconds", type=float, default=None, help="same CPU budget per objective (sets the steps)")
-    p.add_argument("--pool", default="token+avg", help="token+avg | token | avg, for both encoders")
+    p.add_argument("--pool", default="token+avg", choices=("token+avg", "token", "avg"), help="for both encoders")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:

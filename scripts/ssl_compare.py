@@ -144,6 +144,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--pool",
         default="token+avg",
+        choices=("token+avg", "token", "avg"),
         help="probe features of every encoder: token+avg (DINO's linear eval; avg without a class token), token, avg",
     )
     p.add_argument("--threads", type=int, default=None)

@@ -42,7 +42,7 @@ from domainfm.eval.report import EvalResult, write_report
 from domainfm.eval.splits import check_labels, check_pair, random_fraction, stratified_fraction, stratified_split
 from domainfm.heads import default_head
 from domainfm.model import load
-from domainfm.models.encoder import build_encoder
+from domainfm.models.encoder import GLOBAL_POOLS, build_encoder
 from domainfm.registry import get_domain
 from domainfm.runconfig import config_from_card, load_config
 from domainfm.utils import parse_list
@@ -295,6 +295,10 @@ def evaluate(
     t0 = time.perf_counter()
     if int(k) < 1:
         raise ConfigError(f"k (kNN neighbours, --k) must be >= 1, got {k}")
+    if pool is not None and pool not in GLOBAL_POOLS:
+        raise ConfigError(
+            f"pool (one model.global_pool for every encoder; --pool): one of {GLOBAL_POOLS}, got {pool!r}"
+        )
     protocols = parse_protocols(protocol)
     fracs = parse_fractions(fractions)
     n_seeds = int(seeds)
