@@ -132,6 +132,8 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute encoder block activations in backward (less memory, ~30% slower)
     memory_check: bool = True  # estimate the step's peak memory before training; refuse when it does not fit
     strategy: str = "ddp"  # under torchrun: ddp (replicated weights) | fsdp (FSDP2 sharding, for ViT-L and larger)
+    stop_if_not_learning: bool = True  # a loss flat from the start past warmup stops the run with its cause
+    flat_tolerance: float = 0.01  # relative loss change below which a run counts as not learning
 
 
 @dataclass
@@ -178,6 +180,23 @@ class Config:
                 "domainfm.load_config(...) to get data.options checked and typed"
             )
         return build_dataclass(options_cls, self.data.options, "data.options", self.source)
+
+    @property
+    def explicit(self) -> frozenset[str]:
+        """Dotted keys the user set (``train.steps``, ``objective.name``...): a data-derived recipe
+        (:mod:`domainfm.recipes`) never changes them. A config built from a dataclass, a card or a saved
+        ``config.yaml`` has every key explicit."""
+        return self.__dict__.get("_explicit", frozenset())
+
+    def is_set(self, key: str) -> bool:
+        """Whether the dotted ``key`` (or a key under it) was set by the user.
+
+        Example:
+            >>> cfg = parse_config({"train": {"steps": 5}})
+            >>> cfg.is_set("train.steps"), cfg.is_set("train.lr"), cfg.is_set("train")
+            (True, False, True)
+        """
+        return any(k == key or k.startswith(key + ".") for k in self.explicit)
 
     def bind_options(self, options: Any) -> Config:
         """Bind the domain's typed options (done by :func:`domainfm.load_config`): ``data.options`` becomes
@@ -324,6 +343,7 @@ def parse_config(
         _set_nested(raw, keys, value)
     cfg = build_dataclass(Config, raw, "", name)
     cfg.__dict__["_source"] = name
+    cfg.__dict__["_explicit"] = _explicit_keys(source, raw, updates, overrides)
     if not 0.0 <= cfg.objective.mask_ratio < 1.0:
         raise ConfigError(f"{name}: objective.mask_ratio must be in [0, 1), got {cfg.objective.mask_ratio}")
     if cfg.data.cache not in ("none", "memory", "disk"):
@@ -332,6 +352,27 @@ def parse_config(
         raise ConfigError(f"{name}: train.steps, train.batch_size and train.accum_steps must be >= 1")
     _check_ranges(cfg, name)
     return cfg
+
+
+def _leaf_keys(tree: dict, prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out |= _leaf_keys(v, key) if isinstance(v, dict) and v else {key}
+    return out
+
+
+def _explicit_keys(source: Any, raw: dict, updates: dict | None, overrides) -> frozenset[str]:
+    """The dotted keys a user set: every key of a dict or YAML source, of ``updates`` and of ``overrides``;
+    a :class:`Config` source keeps its own explicit set (all keys when it has none)."""
+    if isinstance(source, Config):
+        keys = set(source.explicit) if "_explicit" in source.__dict__ else _leaf_keys(source.to_dict())
+        keys |= _leaf_keys(updates or {})
+    else:
+        keys = _leaf_keys(raw)
+    for text in overrides:
+        keys.add(".".join(parse_override(text)[0]))
+    return frozenset(keys)
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -384,6 +425,7 @@ def _check_ranges(cfg: Config, name: str) -> None:
         (t.log_every >= 1 and t.ckpt_every >= 1, "train.log_every and train.ckpt_every must be >= 1"),
         (t.amp in ("auto", "bf16", "fp32"), f"train.amp must be auto, bf16 or fp32, got {t.amp!r}"),
         (t.strategy in ("ddp", "fsdp"), f"train.strategy must be ddp or fsdp, got {t.strategy!r}"),
+        (0 <= t.flat_tolerance < 1, f"train.flat_tolerance must be in [0, 1), got {t.flat_tolerance}"),
         (cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}"),
         (0 <= cfg.model.drop_path_rate < 1, f"model.drop_path_rate must be in [0, 1), got {cfg.model.drop_path_rate}"),
         (0 < cfg.data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}"),

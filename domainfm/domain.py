@@ -55,6 +55,7 @@ from domainfm.errors import ConfigError, UnsupportedError
 from domainfm.heads import default_head
 from domainfm.inference import write_embeddings
 from domainfm.io_safety import check_output
+from domainfm.recipes import DataFacts, facts_from_dataset
 from domainfm.runconfig import config_from_card
 
 if TYPE_CHECKING:
@@ -200,6 +201,16 @@ class Domain:
         if cfg is None:
             return 2
         return 3 if self.encoder_kwargs(cfg).get("patch_embed") == "3d" else 2
+
+    def data_facts(self, cfg: Config) -> DataFacts:
+        """What a data-derived recipe (:mod:`domainfm.recipes`) needs to know of ``cfg``'s pretraining
+        data: dimensionality, native image size, channels, number of items, and whether ``data.img_size``
+        resizes the input. The default builds the pretraining dataset and reads its first sample; a domain
+        that can say it more cheaply (from file headers) or that resizes overrides it."""
+        dataset = self.dataset(cfg, "pretrain")
+        if len(dataset) == 0:
+            raise ConfigError(f"{cfg.data.path}: no samples found for pretraining")
+        return facts_from_dataset(dataset)
 
     def augment(self, cfg: Config) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
         """Random augmentation making the two views of contrastive pretraining:

@@ -40,6 +40,7 @@ from domainfm.model import FoundationModel, build_card, load
 from domainfm.models.encoder import build_encoder
 from domainfm.models.lora import apply_lora
 from domainfm.outputs import embeddings_frame, read_embeddings, read_prediction
+from domainfm.recipes import Recipe, apply_recipe, facts_from_dataset, resolve_recipe
 from domainfm.registry import get_domain
 from domainfm.runconfig import config_from_card, load_config
 from domainfm.ssl import build_objective, check_objective, pretrain_views
@@ -53,6 +54,7 @@ from domainfm.train.checkpoint import (
 )
 from domainfm.train.engine import train
 from domainfm.train.rundir import prepare_run_dir, run_summary
+from domainfm.utils import pick_device
 from domainfm.viz import reconstruction_figure, save_reconstruction_png
 from domainfm.weights import init_from_config, set_layer_decay
 
@@ -138,7 +140,11 @@ def pretrain(
     cfg = load_config(config, overrides=list(overrides), updates=updates)
     check_objective(cfg.objective)
     domain = get_domain(cfg.domain)
-    dataset = _dataset(domain, cfg, "pretrain", data, labels, sampler)
+    in_memory = _dataset(domain, cfg, "pretrain", data, labels, sampler) if is_in_memory(data) else None
+    if in_memory is not None and len(in_memory) == 0:
+        raise DataError("data", "no samples found for pretraining")
+    recipe = _recipe(cfg, domain, in_memory)
+    dataset = in_memory if in_memory is not None else _dataset(domain, cfg, "pretrain")
     if len(dataset) == 0:
         raise DataError(cfg.data.path, "no samples found for pretraining")
     torch.manual_seed(cfg.train.seed)  # the same config gives the same initial weights
@@ -147,6 +153,7 @@ def pretrain(
     objective = build_objective(encoder, cfg.objective)
     set_layer_decay(objective, cfg.train.layer_decay)  # train.layer_decay < 1: LLRD over the encoder
     card = {**build_card(cfg, domain, encoder, dataset, "pretrain"), **({"init": init_record} if init_record else {})}
+    card["recipe"] = recipe.to_card()
     if is_in_memory(data):
         card["data"]["source"] = describe(dataset.profile)
     train_set = pretrain_views(dataset, domain, cfg)  # multi-crop, two views or resized crops, as the objective needs
@@ -169,6 +176,16 @@ def pretrain(
     if _is_main() and hasattr(objective, "reconstruct"):
         _save_reconstruction(objective, dataset, run_dir / "reconstruction.png")
     return ckpt
+
+
+def _recipe(cfg: Config, domain, dataset=None) -> Recipe:
+    """Resolve and apply the data-derived recipe (:mod:`domainfm.recipes`) of a pretraining config: facts
+    from ``dataset`` when the data is held in memory, else from the domain's :meth:`data_facts`."""
+    facts = facts_from_dataset(dataset) if dataset is not None else domain.data_facts(cfg)
+    device = pick_device(cfg.train.device).type
+    recipe = resolve_recipe(cfg, facts, "cuda" if device == "cuda" else "cpu")
+    apply_recipe(cfg, recipe, quiet=not (_is_main() and cfg.train.progress))
+    return recipe
 
 
 #: step counts that are a proportion of ``train.steps`` (rescaled by :func:`steps_for_cpu_budget`)

@@ -36,7 +36,12 @@ def add_evaluate_arguments(parser) -> None:
     )
     parser.add_argument("--fractions", default="0.01,0.1,1", help="label fractions, comma separated (0.01 = 1%%)")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds per fraction")
-    parser.add_argument("--baseline", default="random", help="random | CKPT2 | random,CKPT2 | none")
+    parser.add_argument(
+        "--baseline",
+        default="random",
+        help="random | supervised | CKPT2 | random,supervised,CKPT2 | none "
+        "(supervised: a network trained from scratch on the same labels)",
+    )
     parser.add_argument("--out", default=None, help="output folder for report.json, report.md, plots")
     parser.add_argument(
         "--test-split", default="test", help="split to score on (test; val for an in-distribution check)"

@@ -34,6 +34,7 @@ import torch
 from domainfm.config import Config
 from domainfm.data.splits import holdout_mask
 from domainfm.errors import CheckpointError, ConfigError, DataError, DomainFMError
+from domainfm.eval.against import SupervisedRuns, paired_gains
 from domainfm.eval.embeddings import EmbeddingCache, cache_key, embed_dataset, fingerprint_path
 from domainfm.eval.finetune import dataset_tensors, finetune_classifier, finetune_segmenter
 from domainfm.eval.metrics import CLASSIFICATION_METRICS, SEGMENTATION_METRICS, bootstrap_ci, segmentation_metrics
@@ -86,10 +87,16 @@ def parse_fractions(fractions) -> list[float]:
 
 
 def _baselines(baseline) -> list[str]:
+    """``"random,supervised"`` / a list / a checkpoint path -> the baselines; ``random`` is always among them.
+
+    Example:
+        >>> _baselines("supervised")
+        ['random', 'supervised']
+    """
     if baseline in (None, "", "none", False):
         return []
     items = parse_list(str(baseline) if isinstance(baseline, Path) else baseline, str)
-    # the random-init baseline is always part of a comparison (the issue: "every report shows the gain")
+    # the random-init baseline is always part of a comparison: every report shows the gain over it
     if "random" not in items:
         items = ["random"] + items
     return list(dict.fromkeys(items))
@@ -261,6 +268,7 @@ def evaluate(
     progress: bool = False,
     datasets: tuple | None = None,
     pool: str | None = None,
+    supervised_kwargs: dict | None = None,
 ) -> EvalResult:
     """Evaluate a pretrained checkpoint against a random-init encoder of the same shape.
 
@@ -272,9 +280,13 @@ def evaluate(
         fractions: labelled fractions of the training split (stratified, seeded; not for fewshot,
             which uses ``shots`` per class and ``episodes`` episodes per seed).
         seeds: number of seeds (label subset, probe init, fine-tuning order).
-        baseline: ``"random"``, another checkpoint path, a comma list / list of both, or ``None``.
-            The random-init baseline is always included when any baseline is asked for; gains are
-            measured against it.
+        baseline: ``"random"``, ``"supervised"``, another checkpoint path, a comma list / list of them,
+            or ``None``. The random-init baseline is always included when any baseline is asked for.
+            ``"supervised"`` trains an ordinary network from scratch (ResNet-18 sized to the input, or a
+            MONAI U-Net for segmentation) for every label fraction and seed on exactly the labelled items
+            the probes see (:mod:`domainfm.eval.supervised`); its records have encoder and protocol
+            ``supervised``. Every other encoder's record carries ``vs``: its gain over each baseline with a
+            paired bootstrap interval (``gain``/``gain_low``/``gain_high`` repeat the one over random).
         out: folder for ``report.json``, ``report.md``, plots and the embedding cache.
         overrides: ``key=value`` config overrides (e.g. ``data.options.xxx=...``).
         k: neighbours of the kNN probe. Cs: the linear probe's C sweep.
@@ -287,6 +299,7 @@ def evaluate(
             ``"token+avg"`` (class token and patch mean concatenated, DINO's linear-evaluation features;
             an encoder without a class token uses ``"avg"``). Default: each encoder's own
             ``model.global_pool``. The pooling used per encoder is in ``meta["pool"]``.
+        supervised_kwargs: passed to the supervised baseline's trainer (``max_epochs``, ``patience``...).
 
     Returns:
         :class:`EvalResult` (a list of records; ``.to_frame()`` gives a DataFrame, ``.meta`` the
@@ -304,6 +317,7 @@ def evaluate(
     n_seeds = int(seeds)
     if n_seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
+    checkpoint, replicas = _pretraining_seeds(checkpoint)
     model = _load_model(checkpoint, device)
     card = getattr(model, "card", None) or {}
     if datasets is not None:
@@ -342,7 +356,12 @@ def evaluate(
     enc_ids: dict[str, Any] = {
         "pretrained": {"ckpt": fingerprint_path(_weights_file(checkpoint)), "card": card.get("encoder")}
     }
+    for i, other_ckpt in enumerate(replicas, start=1):
+        encoders[f"pretrained#{i}"] = _replica(other_ckpt, card, device or _device(model))
+        enc_ids[f"pretrained#{i}"] = {"ckpt": fingerprint_path(_weights_file(other_ckpt)), "card": card.get("encoder")}
     for b in baselines:
+        if b == "supervised":
+            continue
         if b == "random":
             if not card.get("encoder"):
                 raise CheckpointError(
@@ -376,12 +395,19 @@ def evaluate(
         "split": split_name,
         "max": [max_train, max_test],
     }
+    sup = None
+    if "supervised" in baselines:
+        sup = SupervisedRuns(
+            train_ds, test_ds, task, data_name, max_train, max_test, supervised_kwargs, cache=cache, data_id=data_id
+        )
 
     records: list[dict] = []
     n_test = None
+    seconds: dict[str, float] = {}
     for proto_group in (["frozen"] if any(p in FROZEN for p in protocols) else []) + [
         p for p in protocols if p not in FROZEN
     ]:
+        started, sup_before = time.perf_counter(), (sup.seconds() if sup is not None else 0.0)
         if proto_group == "frozen":
             emb = {}
             for name, m in encoders.items():
@@ -409,7 +435,21 @@ def evaluate(
             num_classes = int(max(ytr.max(), yte.max()) + 1)
             for p in [p for p in protocols if p in FROZEN]:
                 records += _run_frozen(
-                    p, emb, ytr, yte, num_classes, fracs, n_seeds, k, Cs, shots, episodes, n_boot, gain_vs, data_name
+                    p,
+                    emb,
+                    ytr,
+                    yte,
+                    num_classes,
+                    fracs,
+                    n_seeds,
+                    k,
+                    Cs,
+                    shots,
+                    episodes,
+                    n_boot,
+                    gain_vs,
+                    data_name,
+                    sup,
                 )
         elif task == "segmentation":
             xtr, mtr, wl = dataset_tensors(train_ds, data_name, max_items=max_train, target="mask")
@@ -437,6 +477,7 @@ def evaluate(
                 data_name,
                 finetune_kwargs or {},
                 ignore_background=background,
+                sup=sup,
             )
         else:
             xtr, ytr, wl = dataset_tensors(train_ds, data_name, max_items=max_train)
@@ -460,7 +501,12 @@ def evaluate(
                 gain_vs,
                 data_name,
                 finetune_kwargs or {},
+                sup,
             )
+        sup_after = sup.seconds() if sup is not None else 0.0
+        seconds[proto_group] = round(time.perf_counter() - started - (sup_after - sup_before), 2)
+    if sup is not None:
+        records += _supervised_records(sup, n_boot, num_classes, task, background)
 
     meta = {
         "checkpoint": str(checkpoint) if isinstance(checkpoint, (str, Path)) else type(checkpoint).__name__,
@@ -472,7 +518,9 @@ def evaluate(
         "seeds": n_seeds,
         "baseline": baselines,
         "gain_vs": gain_vs,
-        "encoders": list(encoders),
+        "compute": _compute(card, model, seconds, sup),
+        "encoders": [n for n in encoders if "#" not in n],
+        "pretraining_seeds": 1 + len(replicas),
         "pool": pools,
         **(
             {"mean_over": "classes 1.. (label id 0 is background)" if background else "all classes, 0 included"}
@@ -498,6 +546,35 @@ def evaluate(
     return result
 
 
+def _pretraining_seeds(checkpoint) -> tuple[Any, list]:
+    """``(first checkpoint, the others)``: a list of checkpoints are pretraining seeds of one recipe."""
+    if isinstance(checkpoint, (list, tuple)):
+        if not checkpoint:
+            raise ConfigError("checkpoint: an empty list (give one checkpoint, or one per pretraining seed)")
+        return checkpoint[0], list(checkpoint[1:])
+    return checkpoint, []
+
+
+def _replica(path, card: dict, device):
+    """Another pretraining seed of the recipe: it must have the first checkpoint's encoder shape."""
+    other = _load_model(path, device)
+    if (getattr(other, "card", None) or {}).get("encoder") != card.get("encoder"):
+        raise CheckpointError(
+            f"{path}: its encoder differs from the first checkpoint's; checkpoints evaluated together must be "
+            "pretraining seeds of one recipe (same model and data)"
+        )
+    return other
+
+
+def _grouped(scores: dict[str, list]) -> dict[str, list]:
+    """Scores of pretraining seeds (``pretrained#1``...) appended to ``pretrained``: their replicates
+    (pretraining seed x probe seed) enter its means and intervals; baselines pair by probe seed."""
+    out: dict[str, list] = {}
+    for name, values in scores.items():
+        out.setdefault(name.split("#")[0], []).extend(values)
+    return out
+
+
 def _weights_file(checkpoint):
     if not isinstance(checkpoint, (str, Path)):
         return None
@@ -505,10 +582,29 @@ def _weights_file(checkpoint):
     return p / "model.safetensors" if (p / "model.safetensors").is_file() else p
 
 
-def _summarise(protocol, name, frac, shots, n_train, yte, probas, base_probas, n_boot, seed_base, gain_vs):
-    stats = bootstrap_ci(
-        yte, probas, n_boot=n_boot, seed=seed_base, baseline_probas=base_probas, num_classes=probas[0].shape[1]
-    )
+def _vs_fields(vs: dict, gain_vs: str | None) -> dict:
+    """A record's ``vs`` (gain over each baseline) and the legacy ``gain*`` fields (over ``gain_vs``)."""
+    main = vs.get(gain_vs) if gain_vs else None
+    return {
+        "gain": main["gain"] if main else None,
+        "gain_low": main["low"] if main else None,
+        "gain_high": main["high"] if main else None,
+        "baseline": gain_vs if main else None,
+        "vs": vs or None,
+    }
+
+
+def _baseline_scores(name: str, scores: dict[str, list], sup, frac) -> dict[str, list]:
+    """The baselines ``name`` is compared with: random init (unless it is random) and the supervised runs."""
+    out = {b: scores[b] for b in ("random",) if b in scores and b != name}
+    if sup is not None and frac is not None and sup.probas(frac):
+        out["supervised"] = sup.probas(frac)
+    return out
+
+
+def _summarise(protocol, name, frac, shots, n_train, yte, probas, baselines, n_boot, seed_base, gain_vs):
+    stats = bootstrap_ci(yte, probas, n_boot=n_boot, seed=seed_base, num_classes=probas[0].shape[1])
+    vs = paired_gains(yte, probas, baselines, n_boot, seed=seed_base) if baselines else {}
     out = []
     for metric in CLASSIFICATION_METRICS:
         s = stats[metric]
@@ -526,16 +622,48 @@ def _summarise(protocol, name, frac, shots, n_train, yte, probas, base_probas, n
                 "ci_low": s["ci_low"],
                 "ci_high": s["ci_high"],
                 "per_seed": s["per_seed"],
-                "gain": s.get("gain"),
-                "gain_low": s.get("gain_low"),
-                "gain_high": s.get("gain_high"),
-                "baseline": gain_vs if base_probas is not None else None,
+                **_vs_fields(vs.get(metric, {}), gain_vs),
             }
         )
     return out
 
 
-def _run_frozen(protocol, emb, ytr, yte, num_classes, fracs, n_seeds, k, Cs, shots, episodes, n_boot, gain_vs, source):
+def _supervised_records(sup, n_boot, num_classes, task, background) -> list[dict]:
+    """One set of records per label fraction for the supervised baseline (protocol ``supervised``)."""
+    truth, records = sup.test_targets(), []
+    for frac in sup.fractions():
+        probas = sup.probas(frac)
+        n_train = sup.runs[(frac, 0)][1].get("n_fit", 0) + sup.runs[(frac, 0)][1].get("n_val", 0)
+        if task == "segmentation":
+            records += _segmentation_records(
+                "supervised", "supervised", frac, n_train, truth, probas, {}, n_boot, None, num_classes, background
+            )
+        else:
+            records += _summarise(
+                "supervised", "supervised", frac, None, n_train, truth, probas, {}, n_boot, 1234, None
+            )
+
+    for r in records:
+        r["steps"] = int(np.mean([i.get("steps", 0) for f, i in sup.runs.values()]))
+    return records
+
+
+def _compute(card: dict, model, seconds: dict[str, float], sup) -> dict:
+    """What each side of the comparison cost: pretraining (from the card), adaptation per protocol (every
+    encoder together, the supervised baseline left out), and the supervised baseline's training."""
+    enc = _encoder_of(model)
+    params = sum(p.numel() for p in enc.parameters()) if isinstance(enc, torch.nn.Module) else None
+    return {
+        "pretraining": card.get("compute"),
+        "encoder_params": params,
+        "adaptation_seconds": seconds,
+        "supervised": sup.compute() if sup is not None else None,
+    }
+
+
+def _run_frozen(
+    protocol, emb, ytr, yte, num_classes, fracs, n_seeds, k, Cs, shots, episodes, n_boot, gain_vs, source, sup=None
+):
     for name, ((x_tr, y_tr), (x_te, y_te)) in emb.items():
         check_pair(x_tr, y_tr, f"{source} ({name} train embeddings)")
         check_pair(x_te, y_te, f"{source} ({name} test embeddings)")
@@ -560,8 +688,11 @@ def _run_frozen(protocol, emb, ytr, yte, num_classes, fracs, n_seeds, k, Cs, sho
                 else:
                     p = knn_probe(x_tr[idx], ytr[idx], x_te, k=k, num_classes=num_classes)
                 probas[name].append(p)
-        for name in emb:
-            base = probas[gain_vs] if gain_vs and name != gain_vs else None
+            if sup is not None:
+                sup.scores(frac, seed, idx, num_classes)
+        probas = _grouped(probas)
+        for name in probas:
+            base = _baseline_scores(name, probas, sup, frac) if gain_vs else {}
             records += _summarise(
                 protocol, name, frac, shot, n_train, yte, probas[name], base, n_boot, seed_base=1234, gain_vs=gain_vs
             )
@@ -569,7 +700,7 @@ def _run_frozen(protocol, emb, ytr, yte, num_classes, fracs, n_seeds, k, Cs, sho
 
 
 def _run_finetune(
-    protocol, encoders, xtr, ytr, xte, yte, wl, num_classes, fracs, n_seeds, n_boot, gain_vs, source, kwargs
+    protocol, encoders, xtr, ytr, xte, yte, wl, num_classes, fracs, n_seeds, n_boot, gain_vs, source, kwargs, sup=None
 ):
     mode = "lora" if protocol == "lora" else "full"
     records = []
@@ -586,8 +717,11 @@ def _run_finetune(
                 )
                 probas[name].append(p)
                 infos[name].append(info)
-        for name in encoders:
-            base = probas[gain_vs] if gain_vs and name != gain_vs else None
+            if sup is not None:
+                sup.scores(frac, seed, idx, num_classes)
+        probas = _grouped(probas)
+        for name in probas:
+            base = _baseline_scores(name, probas, sup, frac) if gain_vs else {}
             recs = _summarise(protocol, name, frac, None, n_train, yte, probas[name], base, n_boot, 1234, gain_vs)
             for r in recs:
                 r["trainable_fraction"] = float(np.mean([i["encoder_trainable_fraction"] for i in infos[name]]))
@@ -607,6 +741,36 @@ def _segmentation_head_factory(domain_name, cfg, num_classes):
     return make
 
 
+def _segmentation_records(
+    protocol, name, frac, n_train, mte, preds, baselines, n_boot, gain_vs, num_classes, ignore_background
+) -> list[dict]:
+    """Records of one encoder's segmentation runs at one fraction: means, intervals and gains."""
+
+    def metric_fn(t, p):
+        return segmentation_metrics(t, p, num_classes, ignore_background=ignore_background)
+
+    stats = bootstrap_ci(mte, preds, metric_fn=metric_fn, n_boot=n_boot, seed=1234)
+    vs = paired_gains(mte, preds, baselines, n_boot, seed=1234, metric_fn=metric_fn) if baselines else {}
+    return [
+        {
+            "encoder": name,
+            "protocol": protocol,
+            "fraction": frac,
+            "shots": None,
+            "n_train": n_train,
+            "n_test": int(mte.shape[0]),
+            "seeds": len(preds),
+            "metric": metric,
+            "mean": stats[metric]["mean"],
+            "ci_low": stats[metric]["ci_low"],
+            "ci_high": stats[metric]["ci_high"],
+            "per_seed": stats[metric]["per_seed"],
+            **_vs_fields(vs.get(metric, {}), gain_vs),
+        }
+        for metric in SEGMENTATION_METRICS
+    ]
+
+
 def _run_segmentation(
     protocol,
     encoders,
@@ -624,12 +788,9 @@ def _run_segmentation(
     source,
     kwargs,
     ignore_background=True,
+    sup=None,
 ):
     mode = "lora" if protocol == "lora" else "full"
-
-    def metric_fn(t, p):
-        return segmentation_metrics(t, p, num_classes, ignore_background=ignore_background)
-
     records = []
     for frac in fracs:
         preds: dict[str, list] = {name: [] for name in encoders}
@@ -648,31 +809,16 @@ def _run_segmentation(
                 )
                 preds[name].append(p)
                 infos[name].append(info)
-        for name in encoders:
-            base = preds[gain_vs] if gain_vs and name != gain_vs else None
-            stats = bootstrap_ci(mte, preds[name], metric_fn=metric_fn, n_boot=n_boot, seed=1234, baseline_probas=base)
-            for metric in SEGMENTATION_METRICS:
-                st = stats[metric]
-                records.append(
-                    {
-                        "encoder": name,
-                        "protocol": protocol,
-                        "fraction": frac,
-                        "shots": None,
-                        "n_train": n_train,
-                        "n_test": int(mte.shape[0]),
-                        "seeds": n_seeds,
-                        "metric": metric,
-                        "mean": st["mean"],
-                        "ci_low": st["ci_low"],
-                        "ci_high": st["ci_high"],
-                        "per_seed": st["per_seed"],
-                        "gain": st.get("gain"),
-                        "gain_low": st.get("gain_low"),
-                        "gain_high": st.get("gain_high"),
-                        "baseline": gain_vs if base is not None else None,
-                        "trainable_fraction": float(np.mean([i["encoder_trainable_fraction"] for i in infos[name]])),
-                        "steps": int(infos[name][0]["steps"]),
-                    }
-                )
+            if sup is not None:
+                sup.scores(frac, seed, idx, num_classes)
+        preds = _grouped(preds)
+        for name in preds:
+            base = _baseline_scores(name, preds, sup, frac) if gain_vs else {}
+            recs = _segmentation_records(
+                protocol, name, frac, n_train, mte, preds[name], base, n_boot, gain_vs, num_classes, ignore_background
+            )
+            for r in recs:
+                r["trainable_fraction"] = float(np.mean([i["encoder_trainable_fraction"] for i in infos[name]]))
+                r["steps"] = int(infos[name][0]["steps"])
+            records += recs
     return records

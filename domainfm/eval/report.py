@@ -217,8 +217,67 @@ def render_markdown(result: EvalResult) -> str:
         if gains and baseline:
             lines += ["", f"Gain over **{baseline}**:", ""]
             lines += _table(gains, metrics, _gain_cell, with_n_train=False)
+    verdicts = worth_it(result)
+    if verdicts:
+        lines += ["", "## Was pretraining worth it?", ""] + [f"- {v}" for v in verdicts]
     lines.append("")
     return "\n".join(lines)
+
+
+def _headline(records: list[dict]) -> str | None:
+    names = {r["metric"] for r in records}
+    return next((m for m in ("auroc", "dice", "miou", "accuracy") if m in names), None)
+
+
+def _verdict(gain: dict) -> str:
+    if not _finite(gain.get("low"), gain.get("high")):
+        return "no interval"
+    if gain["low"] > 0:
+        return "pretraining paid off"
+    return "pretraining did worse" if gain["high"] < 0 else "no clear difference"
+
+
+def _cost_text(meta: dict, protocol: str) -> str:
+    compute = meta.get("compute") or {}
+    pre = compute.get("pretraining") or {}
+    parts = []
+    if pre:
+        parts.append(
+            f"pretraining {pre.get('wall_seconds')} s wall / {pre.get('cpu_seconds')} CPU s on {pre.get('device')}"
+        )
+    seconds = (compute.get("adaptation_seconds") or {}).get("frozen" if protocol in ("linear", "knn") else protocol)
+    if seconds is not None:
+        parts.append(f"{protocol} evaluation of all encoders {seconds} s")
+    sup = compute.get("supervised") or {}
+    if sup:
+        parts.append(f"supervised baseline {sup.get('seconds')} s for {sup.get('runs')} runs ({sup.get('arch')})")
+    return f" Compute: {'; '.join(parts)}." if parts else ""
+
+
+def worth_it(result: EvalResult) -> list[str]:
+    """One sentence per protocol and label fraction: does the pretrained encoder beat each baseline, by how
+    much, with its paired interval, and at what compute.
+
+    Example:
+        >>> rec = {"encoder": "pretrained", "protocol": "linear", "fraction": 0.1, "shots": None, "n_train": 24,
+        ...        "metric": "auroc", "mean": 0.9, "ci_low": 0.85, "ci_high": 0.95, "per_seed": [0.9],
+        ...        "vs": {"supervised": {"gain": 0.05, "low": 0.01, "high": 0.09}}}
+        >>> worth_it(EvalResult([rec]))[0]
+        'linear, 10% labels (24 items): AUROC 0.900; vs supervised +0.050 [0.010, 0.090]: pretraining paid off.'
+    """
+    records = [r for r in result if r["encoder"] == "pretrained" and r.get("vs")]
+    metric = _headline(records)
+    out = []
+    for r in (r for r in records if r["metric"] == metric):
+        parts = [
+            f"vs {name} {g['gain']:+.3f} [{_fmt(g['low'])}, {_fmt(g['high'])}]: {_verdict(g)}"
+            for name, g in r["vs"].items()
+            if g.get("gain") is not None
+        ]
+        label = f"{_x_label(r)} labels ({r['n_train']} items)"
+        text = f"{r['protocol']}, {label}: {METRIC_NAMES.get(metric, metric)} {_fmt(r['mean'])}; " + "; ".join(parts)
+        out.append(text + "." + _cost_text(result.meta, r["protocol"]))
+    return out
 
 
 def protocol_figure(rows: list[dict], protocol: str):

@@ -340,6 +340,33 @@ class DINO(nn.Module):
         self.step.fill_(step)
         self._check_collapse(step, total_steps)
 
+    def learning_verdict(self, outputs: dict) -> tuple[bool, str] | None:
+        """``(not learning, why)`` from the teacher's statistics of the last step, for the engine's check
+        past warmup (:mod:`domainfm.train.learning`); ``None`` before any step.
+
+        The DINO loss itself can rise while the run learns (the teacher temperature warms up), so the
+        signal is the teacher: its assignment carrying (almost) no information about the input, most often
+        a uniform prototype distribution (entropy at log K) from the first step on.
+        """
+        ent, mi = outputs.get("teacher_entropy"), outputs.get("teacher_mi")
+        if ent is None or mi is None:
+            return None
+        log_k = math.log(self.center.shape[1])
+        if float(mi) >= self.collapse_threshold * log_k:
+            return False, ""
+        if float(ent) > 0.95 * log_k:
+            cause = (
+                f"The teacher's prototype distribution is uniform (entropy {float(ent):.3g} of log K {log_k:.3g}, "
+                f"teacher_mi {float(mi):.2g}): the head gives every input the same output."
+            )
+        else:
+            cause = f"The teacher's assignment carries no information about the input (teacher_mi {float(mi):.2g})."
+        return True, (
+            f"{cause} Leave the objective's settings to the recipe (unset objective.prototypes, head_bn, "
+            "teacher_temp), or set objective.head_bn=true, fewer objective.prototypes (256), "
+            "objective.teacher_temp=0.05 or a higher train.lr."
+        )
+
     def _check_collapse(self, step: int, total_steps: int) -> None:
         if self._last_mi is None:
             return
@@ -400,6 +427,9 @@ class MAEDINO(nn.Module):
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         self.dino.on_step_end(step, total_steps)
+
+    def learning_verdict(self, outputs: dict) -> tuple[bool, str] | None:
+        return self.dino.learning_verdict(outputs)
 
     def reconstruct(self, batch: dict):
         return self.mae.reconstruct(batch)

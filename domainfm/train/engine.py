@@ -53,6 +53,7 @@ from domainfm.train.checkpoint import (
     save_checkpoint,
 )
 from domainfm.train.distributed import DistContext, adamw_kwargs
+from domainfm.train.learning import GENERIC_HINT, LearningCheck, NotLearningError
 from domainfm.train.schedule import lr_at
 from domainfm.utils import pick_device
 
@@ -318,6 +319,42 @@ def train(
             lock.release_all()
 
 
+def _compute_record(clock: tuple[float, float, int], step: int, device, world_size: int) -> dict:
+    """What the training of this process has cost up to ``step`` (wall and process CPU seconds)."""
+    wall0, cpu0, start = clock
+    wall = time.perf_counter() - wall0
+    return {
+        "device": device.type,
+        "processes": world_size,
+        "steps": step - start,
+        "wall_seconds": round(wall, 2),
+        "cpu_seconds": round(time.process_time() - cpu0, 2),
+        "gpu_seconds": round(wall * world_size, 2) if device.type == "cuda" else 0.0,
+        **({"resumed_at": start} if start else {}),
+    }
+
+
+def _after_learning_check(learning, module, outputs, tcfg, card, ctx, device) -> None:
+    """Decide whether the run learns (the objective's own signal when it has one, else the loss), record it
+    in the card; a run not learning (on any rank) stops, or warns when told to go on."""
+    verdict = module.learning_verdict(outputs) if hasattr(module, "learning_verdict") else None
+    hint = GENERIC_HINT
+    if verdict is not None:
+        learning.record["flat"], hint = verdict
+        learning.record["signal"] = "objective"
+    flat = ctx.any_true(bool(learning.record["flat"]), device)
+    learning.record["flat"] = flat
+    card["learning"] = learning.record
+    if not flat:
+        return
+    message = learning.message(hint)
+    if tcfg.stop_if_not_learning:
+        raise NotLearningError(message)
+    if ctx.is_main:
+        log.warning(message)
+        print(f"domainfm: warning: {message}", file=sys.stderr, flush=True)
+
+
 def _train_locked(
     module,
     dataset,
@@ -434,14 +471,19 @@ def _train_locked(
             f"add data (more files, tiles or chips per item) or raise train.batch_size",
         )
     micro = start_step * accum
+    learning = LearningCheck(total, tcfg.warmup_steps, tcfg.flat_tolerance, start=start_step)
+    card["learning"] = learning.record
 
     logger = MetricsLogger(run_dir, tcfg.tensorboard, ctx.is_main, start_step)
     progress = None
     if tcfg.progress and ctx.is_main:
         progress = tqdm(total=total, initial=start_step, desc="train", dynamic_ncols=True, leave=True)
 
+    clock = (time.perf_counter(), time.process_time(), start_step)
+
     def save(step: int) -> Path | None:
         """Write a checkpoint from rank 0; under FSDP every rank calls it (the full tensors are gathered)."""
+        card["compute"] = _compute_record(clock, step, device, ctx.world_size)
         tensors = fsdp.full_state(module) if use_fsdp else dict(module.state_dict())
         if ema is not None:
             tensors.update({f"ema.{n}": fsdp.full_tensor(t) for n, t in ema.items()})
@@ -525,6 +567,8 @@ def _train_locked(
             step += 1
             if hasattr(module, "on_step_end"):
                 module.on_step_end(step, total)
+            if learning.update(step, loss_sum) is not None:
+                _after_learning_check(learning, user_module, outputs, tcfg, card, ctx, device)
             if ema is not None:
                 with torch.no_grad():
                     named = dict(module.named_parameters())

@@ -5,7 +5,10 @@
 * 3D crop: without ``crop_size`` and with ``data.img_size`` left at the 2D default 224, the crop is
   96^3 voxels (common practice for 3D ViT/UNETR pretraining), never larger than the largest volume
   needs at the target spacing (rounded up to a multiple of the patch size).
-* Modality: for ``modality: ct`` on NIfTI files whose intensities do not look like Hounsfield units
+* A MedMNIST ``.npz`` whose images are ``N x H x W`` (or RGB ``N x H x W x 3``) is 2D too.
+* Modality: 2D images read in 2D with ``modality`` left at its default ``ct`` are X-rays or
+  photographs stored in 8/16-bit grey levels, not Hounsfield units: they get ``modality: xray``
+  (min-max to [0, 1]). For ``modality: ct`` on NIfTI files whose intensities do not look like Hounsfield units
   (no air near -1000), a warning says so: CT windowing is never applied to non-CT data silently.
 
 Example:
@@ -22,7 +25,8 @@ import nibabel as nib
 import numpy as np
 
 from domainfm.decisions import decide  # noqa: F401  (re-exported for the medical domain)
-from domainfm.medical.io import IMAGE_2D_SUFFIXES, is_dicom_file, is_nifti
+from domainfm.errors import DataError
+from domainfm.medical.io import IMAGE_2D_SUFFIXES, NpzStore, is_dicom_file, is_nifti
 
 DEFAULT_3D_CROP = 96
 
@@ -49,7 +53,9 @@ def only_2d_images(path: str | Path | None) -> bool:
     if path is None:
         return False
     path = Path(path)
-    if not path.exists() or path.suffix.lower() in (".csv", ".json", ".npz"):
+    if path.is_file() and path.suffix.lower() == ".npz":
+        return _npz_is_2d(path)
+    if not path.exists() or path.suffix.lower() in (".csv", ".json"):
         return False
     files = _files(path)
     images = [p for p in files if p.suffix.lower() in IMAGE_2D_SUFFIXES]
@@ -57,6 +63,17 @@ def only_2d_images(path: str | Path | None) -> bool:
     dicom_dirs = {p.parent for p in files if is_dicom_file(p)}
     multi_slice = any(sum(1 for p in files if p.parent == d and is_dicom_file(p)) > 1 for d in dicom_dirs)
     return bool(images) and not volumes and not multi_slice
+
+
+def _npz_is_2d(path: Path) -> bool:
+    """A MedMNIST ``.npz`` of ``N x H x W`` (or ``N x H x W x 3``) images, not ``N x D x H x W`` volumes."""
+    try:
+        store = NpzStore(path)
+        split = "train" if "train" in store.splits() else (store.splits() or [None])[0]
+        shape = store.images(split).shape if split else ()
+    except DataError:
+        return False
+    return len(shape) == 3 or (len(shape) == 4 and shape[-1] in (3, 4))
 
 
 def _nifti_shapes(items: list[dict]) -> list[tuple[list[int], list[float]]]:

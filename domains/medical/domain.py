@@ -51,6 +51,7 @@ from domainfm.medical.sources import discover, holdout, is_decathlon
 from domainfm.medical.synthetic import write_example
 from domainfm.medical.transforms import build_transforms, domain_errors, intensity_transforms, normalization_record
 from domainfm.medical.views import multicrop_for
+from domainfm.recipes import DataFacts
 
 
 def mask_values(items: list[dict], spatial_dims: int) -> list[int]:
@@ -68,6 +69,7 @@ def mask_values(items: list[dict], spatial_dims: int) -> list[int]:
     return sorted(found)
 
 
+_XRAY_TEXT = "{path}: 2D grey-level images, not Hounsfield units: modality xray (min-max to [0, 1]; --modality sets it)"
 SEG_3D_BATCH = 2  # 3D segmentation fine-tuning batch when train.batch_size is left at its default
 _NPZ_SPLIT = {"pretrain": "train", "train": "train", "val": "val", "test": "test", "embed": "test"}
 
@@ -117,6 +119,7 @@ class MedicalDomain(Domain):
         self._crops: dict[tuple, tuple[list[int], str]] = {}
         self._ct_like: dict[str, bool | None] = {}
         self._batch_text: str | None = None
+        self._xray: set[str] = set()
 
     # ---------------------------------------------------------------------------------------- data
     def options(self, cfg) -> MedicalOptions:
@@ -126,6 +129,11 @@ class MedicalDomain(Domain):
         if opts.spatial_dims == 3 and not opts.sequences and only_2d_images(cfg.data.path):
             decide("spatial_dims", f"{cfg.data.path} holds 2D images only: reading them in 2D (spatial_dims 2)")
             opts = normalized(dataclasses.replace(opts, spatial_dims=2, target_spacing=None, crop_size=None))
+            if opts.modality == "ct" and not cfg.is_set("data.options.modality"):
+                decide("modality", _XRAY_TEXT.format(path=cfg.data.path))
+                cfg.data.options["modality"] = "xray"  # in the config, so that the card's config reads the same
+                self._xray.add(str(cfg.data.path))
+                opts = dataclasses.replace(opts, modality="xray")
         return opts
 
     def crop_size(self, cfg) -> list[int]:
@@ -157,6 +165,8 @@ class MedicalDomain(Domain):
         out = []
         if opts.spatial_dims == 2 and cfg.options.spatial_dims == 3:
             out.append(f"{cfg.data.path} holds 2D images only: read in 2D")
+            if str(cfg.data.path) in self._xray:
+                out.append(_XRAY_TEXT.format(path=cfg.data.path))
         if opts.spatial_dims == 3 and not opts.crop_size and cfg.data.img_size == 224 and cfg.data.path is not None:
             self.crop_size(cfg)
             out.append(self._crops[(str(cfg.data.path), str(opts.target_spacing), str(cfg.model.patch_size))][1])
@@ -179,6 +189,22 @@ class MedicalDomain(Domain):
                     )
                 )
         return out
+
+    def data_facts(self, cfg) -> DataFacts:
+        """Recipe facts from the file headers: a 2D image's own size (read from the first item; ``data.img_size``
+        resizes it), or the 3D training crop (the volumes' size at the target spacing, capped at 96^3)."""
+        opts = self.options(cfg)
+        items = self.items(cfg, "pretrain")[0]
+        if not items:
+            raise DataError(cfg.data.path, "no scans found for pretraining")
+        channels = len(opts.sequences) if opts.sequences else cfg.data.in_chans
+        if opts.spatial_dims == 3:
+            return DataFacts(3, tuple(self.crop_size(cfg)), channels or 1, len(items), what="volume crops")
+        first = items[0][opts.image_key] if opts.image_key in items[0] else items[0]["image"]
+        image = read_image(first, spatial_dims=2)
+        if image.ndim == 3:  # RGB channels last: the first two axes are the image
+            return DataFacts(2, tuple(image.shape[:2]), int(image.shape[2]), len(items), resizable=True)
+        return DataFacts(2, tuple(int(s) for s in image.shape[-2:]), channels or 1, len(items), resizable=True)
 
     def items(self, cfg, split: str) -> tuple[list[dict], list[str] | None]:
         """Item dicts and class names for ``split`` (``pretrain``, ``train``, ``val``, ``test``, ``embed``)."""

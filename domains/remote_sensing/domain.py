@@ -35,6 +35,7 @@ from domainfm.data.augment import default_augment
 from domainfm.decisions import decide
 from domainfm.domain import Domain, DomainExample
 from domainfm.errors import ConfigError, DataError
+from domainfm.recipes import DataFacts
 from domainfm.runconfig import config_from_card
 
 from .datasets import RasterChipDataset, discover_items, split_items
@@ -276,6 +277,22 @@ class RemoteSensingDomain(Domain):
             ds.classes = parse_band_list(opts.classes)
         ds.stats = self._resolve_stats(cfg, ds, split)
         return ds
+
+    def data_facts(self, cfg) -> DataFacts:
+        """Recipe facts from the scenes' grids (the first 32 read): the smallest scene side decides the chip
+        size (``data.img_size``); bands come from the sensor, so the patch embed takes any band set."""
+        opts = self._opts(cfg)
+        sensors = list(self.sensors_and_bands(cfg))
+        items, _, _ = discover_items(cfg.data.path, sensors, opts.layout, opts.sensors_file, opts.label_sep)
+        if not items:
+            raise DataError(cfg.data.path, "no scenes or tiles found for pretraining")
+        bands = self.sensors_and_bands(cfg)
+        grids = [
+            Scene(it.path, it.sensor, bands.get(it.sensor), opts.resolution, opts.resampling, opts.sensors_file).grid
+            for it in items[:32]
+        ]
+        side = min(min(g.height, g.width) for g in grids)
+        return DataFacts(2, (side, side), None, len(items), resizable=opts.chip_size is None, what="scenes")
 
     def _resolve_stats(self, cfg, ds: RasterChipDataset, split: str) -> dict | None:
         opts = self._opts(cfg)
