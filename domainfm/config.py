@@ -198,6 +198,23 @@ class Config:
         """
         return any(k == key or k.startswith(key + ".") for k in self.explicit)
 
+    def explicit_dict(self) -> dict:
+        """The config as the user gave it: a nested dict of the :attr:`explicit` keys only (what a recipe
+        resolves again, e.g. for another step count).
+
+        Example:
+            >>> parse_config({"train": {"steps": 5}, "objective": {"name": "dino"}}).explicit_dict()
+            {'objective': {'name': 'dino'}, 'train': {'steps': 5}}
+        """
+        full, out = self.to_dict(), {}
+        for key in sorted(self.explicit):
+            parts = key.split(".")
+            value: Any = full
+            for part in parts:
+                value = value.get(part) if isinstance(value, dict) else None
+            _set_nested(out, parts, _deepcopy(value))
+        return out
+
     def bind_options(self, options: Any) -> Config:
         """Bind the domain's typed options (done by :func:`domainfm.load_config`): ``data.options`` becomes
         their values, and :attr:`options` reads ``data.options`` through their class from then on."""

@@ -47,7 +47,7 @@ def run_pretraining(args, npz: Path) -> dict[str, list[Path]]:
     budget: dict[int, float] = {}
     for i, objective in enumerate(args.objectives):
         ckpts[objective] = []
-        for seed in range(args.pretrain_seeds):
+        for seed in args.seed_list:
             run = args.out / f"{objective.replace('+', '_')}-seed{seed}"
             done = list_checkpoints(run) if run.is_dir() else []
             if args.eval_only or (done and load_card(done[-1]).get("compute", {}).get("steps")):
@@ -113,11 +113,15 @@ def main(argv=None) -> int:
     p.add_argument("--objectives", default="dino,mae", help="the first sets the CPU budget of the others")
     p.add_argument("--steps", type=int, default=1600)
     p.add_argument("--pretrain-seeds", type=int, default=2)
+    p.add_argument("--only-seed", type=int, default=None, help="pretrain this seed only (run seeds in parallel)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads of this process")
+    p.add_argument("--device", default=None, help="evaluation device (cuda: encoders and baseline on the GPU)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--fractions", default="0.01,0.1,1")
     p.add_argument("--protocols", default="linear,finetune")
     p.add_argument("--no-equal-cpu", dest="equal_cpu", action="store_false", help="same steps for every objective")
     p.add_argument("--eval-only", action="store_true", help="reuse the pretrained checkpoints in --out")
+    p.add_argument("--pretrain-only", action="store_true", help="stop after pretraining (evaluate elsewhere)")
     p.add_argument("--quick", action="store_true", help="smoke run: 40 steps, 1 seed, small caps")
     args = p.parse_args(argv)
     args.objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
@@ -125,6 +129,11 @@ def main(argv=None) -> int:
     if args.quick:
         args.steps, args.pretrain_seeds, args.seeds = 40, 1, 1
         caps = {"max_train": 200, "max_test": 100, "supervised_kwargs": {"max_epochs": 2}}
+    args.seed_list = [args.only_seed] if args.only_seed is not None else list(range(args.pretrain_seeds))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     npz = args.npz.resolve()
     if not npz.is_file():
         print(f"{npz}: PneumoniaMNIST not found (set DOMAINFM_DATA)", file=sys.stderr)
@@ -133,6 +142,8 @@ def main(argv=None) -> int:
     from domainfm.eval import evaluate
 
     ckpts = run_pretraining(args, npz)
+    if args.pretrain_only:
+        return 0
     results, compute = {}, {}
     for objective in args.objectives:
         started = time.perf_counter()
@@ -146,6 +157,7 @@ def main(argv=None) -> int:
             out=args.out / f"eval-{objective.replace('+', '_')}",
             cache_dir=args.out / "cache",  # the supervised runs are trained once, for every objective
             n_boot=200 if args.quick else 1000,
+            device=args.device,
             **caps,
         )
         compute[objective] = results[objective].meta["compute"]
@@ -153,7 +165,8 @@ def main(argv=None) -> int:
     text = print_tables(results)
     summary = {"objectives": args.objectives, "checkpoints": {k: [str(c) for c in v] for k, v in ckpts.items()}}
     summary.update(compute=compute, tables=text)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    name = "summary-" + "-".join(o.replace("+", "_") for o in args.objectives) + ".json"
+    (args.out / name).write_text(json.dumps(summary, indent=2, default=str))
     print(json.dumps(compute, indent=2, default=str))
     return 0
 

@@ -398,7 +398,15 @@ def evaluate(
     sup = None
     if "supervised" in baselines:
         sup = SupervisedRuns(
-            train_ds, test_ds, task, data_name, max_train, max_test, supervised_kwargs, cache=cache, data_id=data_id
+            train_ds,
+            test_ds,
+            task,
+            data_name,
+            max_train,
+            max_test,
+            {**({"device": device} if device is not None else {}), **(supervised_kwargs or {})},
+            cache=cache,
+            data_id=data_id,
         )
 
     records: list[dict] = []
