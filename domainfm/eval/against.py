@@ -20,11 +20,13 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 
 import numpy as np
 
+from domainfm.errors import ConfigError
 from domainfm.eval.embeddings import EmbeddingCache, cache_key
 from domainfm.eval.finetune import dataset_tensors
 from domainfm.eval.metrics import bootstrap_ci
@@ -41,6 +43,18 @@ def paired_gains(y_true, probas: list, baselines: dict[str, list], n_boot: int, 
         for metric, s in stats.items():
             out.setdefault(metric, {})[name] = {"gain": s["gain"], "low": s["gain_low"], "high": s["gain_high"]}
     return out
+
+
+def _checked(kwargs: dict) -> dict:
+    """The trainer's keyword options; an unknown one is a one-line ConfigError listing those it takes."""
+    params = inspect.signature(supervised_classifier).parameters.values()
+    known = sorted(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"supervised_kwargs: unknown key {unknown[0]} (the supervised baseline takes {', '.join(known)})"
+        )
+    return dict(kwargs)
 
 
 class SupervisedRuns:
@@ -72,7 +86,7 @@ class SupervisedRuns:
         self.task, self.source = task, source
         self._datasets, self._caps = (train_ds, test_ds), (max_train, max_test)
         self._tensors = None
-        self.kwargs = dict(kwargs or {})
+        self.kwargs = _checked(kwargs or {})
         self.cache, self.data_id = cache or EmbeddingCache(None), data_id or {}
         self.runs: dict[tuple[float, int], tuple[np.ndarray, dict]] = {}
 

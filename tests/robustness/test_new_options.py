@@ -36,3 +36,39 @@ def test_bad_cpu_budget_is_refused_before_any_timing_run(tmp_path):
     with pytest.raises(ConfigError, match="cpu_seconds must be > 0"):
         domainfm.steps_for_cpu_budget(cfg, cpu_seconds=-5)
     assert not (tmp_path / "run").exists()
+
+
+def test_bad_flat_tolerance_is_one_line_naming_the_key(tmp_path, capsys):
+    cfg = tiny_config(tmp_path / "run", train={"steps": 2})
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    code, err = run_cli(["pretrain", path, "--set", "train.flat_tolerance=2"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "train.flat_tolerance", "[0, 1)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_supervised_baseline_options_and_checkpoint_lists_are_checked_before_training(tmp_path):
+    ckpt = domainfm.pretrain(tiny_config(tmp_path / "run", train={"steps": 2}))
+    with pytest.raises(ConfigError, match="supervised_kwargs: unknown key epochs .*max_epochs"):
+        domainfm.evaluate(
+            ckpt,
+            protocol="knn",
+            fractions=(1.0,),
+            seeds=1,
+            baseline="supervised",
+            supervised_kwargs={"epochs": 3},
+            out=tmp_path / "eval",
+        )
+    assert not (tmp_path / "eval").exists()
+    with pytest.raises(ConfigError, match="empty list"):
+        domainfm.evaluate([], protocol="knn")
+
+
+def test_recipe_facts_of_an_unreadable_first_image_name_the_file(tmp_path):
+    folder = tmp_path / "xrays"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not a png")
+    with pytest.raises(domainfm.errors.DataError, match="a.png"):
+        domainfm.pretrain({"domain": "medical", "out": str(tmp_path / "run"), "data": {"path": str(folder)}})
+    assert not (tmp_path / "run").exists()
