@@ -16,7 +16,13 @@
    data) is ignored. Each seed trains the probe on a seeded stratified ``--fraction`` of the
    train-block pixels. mIoU (over the 5 classes) and pixel accuracy get bootstrap 95% intervals that
    resample test blocks and seeds (``domainfm.eval.bootstrap_ci``), also for the paired gain.
-   A linear probe on the raw NDVI values of the same dates is reported as a reference.
+   A linear probe on the raw NDVI values of the same dates is reported as a reference, and a
+   supervised baseline: a MONAI U-Net trained from scratch (``domainfm.eval.supervised``) on 20 px tiles
+   of the same dates' NDVI with exactly the train-block pixels each probe seed sees, predicted over
+   the scene; every encoder's gain over it is paired on the same test blocks and seeds.
+4. ``--defaults``: pretraining gets only the data (folder, sensor description), the objective and
+   ``--steps``; the recipe (``domainfm.recipes``) chooses chip and patch size, model, learning rate and
+   the objective's settings from the scenes.
 
 Usage:
     nice -n 5 .venv/bin/python scripts/rs_slovenia_ssl.py --out runs/rs_slovenia --steps 300 --threads 1
@@ -50,6 +56,7 @@ from domainfm.eval import (
     stratified_fraction,
 )
 from domainfm.eval.evaluate import RANDOM_SEED, random_like
+from domainfm.eval.supervised import supervised_segmenter
 from domainfm.remote_sensing.demo import clear_dates, load_slovenia, write_slovenia_dates
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +72,22 @@ OBJECTIVES = {
 }
 
 
+def default_config(data: dict, out: Path, name: str, args) -> dict:
+    """What a user gives: the data (folder and its sensor description), the objective and the steps."""
+    options = {"sensor": data["sensor"], "bands": ["NDVI"], "sensors_file": data["sensors_file"]}
+    return {
+        "domain": "remote_sensing",
+        "out": str(out),
+        "data": {"path": str(data["folder"]), "options": options},
+        "objective": {"name": name},
+        "train": {"steps": args.steps, "seed": 0, "progress": False, "tensorboard": False, "threads": args.threads},
+    }
+
+
 def pretrain_config(data: dict, out: Path, name: str, args) -> dict:
     """The ``domainfm.pretrain`` config of one objective (model and budget shared by all objectives)."""
+    if args.defaults:
+        return default_config(data, out, name, args)
     objective = dict(OBJECTIVES[name])
     if name == "dino":
         objective["teacher_temp_warmup_steps"] = max(1, int(0.3 * args.steps))
@@ -141,6 +162,37 @@ def probe_maps(feats: np.ndarray, y: np.ndarray, test: np.ndarray, k: int, args)
     return maps
 
 
+def _tiles(x: torch.Tensor, target: np.ndarray, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``side`` px tiles of the scene (``C x H x W``) and of its training target; tiles without a label dropped."""
+    h, w = target.shape
+    xs, ms = [], []
+    for i in range(0, h - side + 1, side):
+        for j in range(0, w - side + 1, side):
+            m = target[i : i + side, j : j + side]
+            if (m >= 0).any():
+                xs.append(x[:, i : i + side, j : j + side])
+                ms.append(torch.from_numpy(m.copy()))
+    return torch.stack(xs), torch.stack(ms)
+
+
+def supervised_maps(ndvi: np.ndarray, y: np.ndarray, test: np.ndarray, k: int, args) -> list[np.ndarray]:
+    """Per seed, a U-Net trained from scratch on the train-block pixels that seed's probes see (20 px tiles of
+    the ``dates x H x W`` NDVI stack), its prediction over the scene (-1 outside the test blocks)."""
+    x = torch.from_numpy(np.ascontiguousarray(ndvi, dtype=np.float32))
+    flat_y, flat_test = y.ravel(), test.ravel()
+    tr = np.flatnonzero((flat_y >= 0) & ~flat_test)
+    maps = []
+    for seed in range(args.seeds):
+        idx = tr[stratified_fraction(flat_y[tr], args.fraction, seed=seed, source="LULC train blocks")]
+        target = np.full(flat_y.shape, -1, np.int64)
+        target[idx] = flat_y[idx]
+        tiles, masks = _tiles(x, target.reshape(y.shape), 20)
+        pred, info = supervised_segmenter(tiles, masks, x[None], k, seed=seed, **args.supervised)
+        maps.append(np.where(test & (y >= 0), pred[0], -1))
+        args.supervised_info.append(info)
+    return maps
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -166,11 +218,16 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="smoke run: 2 steps on 4 dates, tiny model, 1 seed")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    p.add_argument(
+        "--defaults", action="store_true", help="pretrain with the data-derived recipe (data, objective, steps)"
+    )
     args = p.parse_args(argv)
     args.Cs = (0.01, 0.1, 1.0, 10.0)
+    args.supervised, args.supervised_info = {}, []
     if args.quick:
         args.steps, args.batch_size, args.depth, args.embed_dim, args.seeds = 2, 4, 1, 32, 1
         args.eval_dates, args.n_boot, args.Cs, args.chip, args.patch = 2, 50, (1.0,), 16, 8
+        args.supervised = {"max_epochs": 2}
     if args.threads:
         torch.set_num_threads(args.threads)
     src = args.data
@@ -217,6 +274,9 @@ def main(argv=None) -> int:
     maps = {name: probe_maps(pixel_features(m, eval_paths), y, test, k, args) for name, m in encoders.items()}
     ndvi = np.stack([arrays["ndvi"][i].ravel() for i in eval_idx], 1)  # fully clear dates: no nodata
     maps["ndvi_only"] = probe_maps(ndvi, y, test, k, args)
+    t_sup = time.perf_counter()
+    maps["supervised"] = supervised_maps(np.stack([arrays["ndvi"][i] for i in eval_idx]), y, test, k, args)
+    sup_seconds = round(time.perf_counter() - t_sup, 1)
 
     # bootstrap units: the test blocks (train-block pixels are -1 in the target and never scored)
     y_test = np.where(test, y, -1)
@@ -233,7 +293,7 @@ def main(argv=None) -> int:
             "pixel_accuracy": pixel_accuracy(t, pr),
         }
 
-    base = blocks(maps["random"])
+    base, sup = blocks(maps["random"]), blocks(maps["supervised"])
     rows = []
     for name, pm in maps.items():
         st = bootstrap_ci(
@@ -242,9 +302,15 @@ def main(argv=None) -> int:
             metric_fn=metric_fn,
             n_boot=args.n_boot,
             seed=1234,
-            baseline_probas=None if name == "random" else base,
+            baseline_probas=None if name in ("random", "supervised") else base,
         )
-        rows.append({"encoder": name, **{m: st[m] for m in ("miou", "pixel_accuracy")}})
+        row = {"encoder": name, **{m: st[m] for m in ("miou", "pixel_accuracy")}}
+        if name not in ("random", "supervised", "ndvi_only"):
+            vs = bootstrap_ci(
+                units, blocks(pm), metric_fn=metric_fn, n_boot=args.n_boot, seed=1234, baseline_probas=sup
+            )
+            row["vs_supervised"] = {m: {k_: vs[m][k_] for k_ in ("gain", "gain_low", "gain_high")} for m in vs}
+        rows.append(row)
     counts = np.bincount(y_test[y_test >= 0], minlength=k)
     summary = {
         "data": str(src),
@@ -259,6 +325,13 @@ def main(argv=None) -> int:
         "checkpoints": {n: str(c) for n, c in ckpts.items()},
         "pretrain_budget": budget,
         "eval_seconds": round(time.perf_counter() - t1, 1),
+        "supervised": {
+            "arch": args.supervised_info[0]["arch"],
+            "params": args.supervised_info[0]["params"],
+            "seconds": sup_seconds,
+            "cpu_seconds": round(sum(i["cpu_seconds"] for i in args.supervised_info), 1),
+            "mean_epochs": float(np.mean([i["epochs"] for i in args.supervised_info])),
+        },
         "total_seconds": round(time.perf_counter() - t_all, 1),
         "results": rows,
     }
@@ -276,15 +349,20 @@ def _ci(st: dict, key: str = "mean", lo: str = "ci_low", hi: str = "ci_high") ->
 def markdown(summary: dict) -> str:
     """The results table (mean [95% CI]; gains paired with the random-init encoder)."""
     lines = [
-        "| encoder | pretrain CPU s | mIoU | gain mIoU | pixel acc | gain pixel acc |",
-        "|---|---|---|---|---|---|",
+        "| encoder | pretrain CPU s | mIoU | gain mIoU vs random | gain mIoU vs supervised | pixel acc | "
+        "gain pixel acc vs random |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in summary["results"]:
         cpu = (summary["pretrain_budget"].get(r["encoder"]) or {}).get("cpu_s", "-")
+        if r["encoder"] == "supervised":
+            cpu = f"(trains {summary['supervised']['cpu_seconds']} CPU s)"
         m, a = r["miou"], r["pixel_accuracy"]
         gm = _ci(m, "gain", "gain_low", "gain_high") if "gain" in m else "-"
         ga = _ci(a, "gain", "gain_low", "gain_high") if "gain" in a else "-"
-        lines.append(f"| {r['encoder']} | {cpu} | {_ci(m)} | {gm} | {_ci(a)} | {ga} |")
+        vs = r.get("vs_supervised", {}).get("miou")
+        gs = _ci(vs, "gain", "gain_low", "gain_high") if vs else "-"
+        lines.append(f"| {r['encoder']} | {cpu} | {_ci(m)} | {gm} | {gs} | {_ci(a)} | {ga} |")
     lines.append(
         f"\nsplit: {summary['split']}; evaluation dates {', '.join(summary['eval_dates'])}; "
         f"majority-class test pixel accuracy {summary['majority_class_test_accuracy']:.3f}"

@@ -52,14 +52,15 @@ def test_quick_run_writes_dates_pretrains_and_reports_gains(tmp_path):
     assert set(res["pretrain_budget"]) == {"dino", "mae"}
     assert all(b["cpu_s"] > 0 for b in res["pretrain_budget"].values())
     rows = {r["encoder"]: r for r in res["results"]}
-    assert set(rows) == {"random", "dino", "mae", "ndvi_only"}
+    assert set(rows) == {"random", "dino", "mae", "ndvi_only", "supervised"}
+    assert res["supervised"]["arch"] == "monai-unet" and set(rows["dino"]["vs_supervised"]) >= {"miou"}
     for name, r in rows.items():
         for metric in ("miou", "pixel_accuracy"):
             st = r[metric]
             assert 0.0 <= st["ci_low"] <= st["ci_high"] <= 1.0 and 0.0 <= st["mean"] <= 1.0
-            # gains are paired with the random-init encoder (its own row has none)
-            assert ("gain" in st) == (name != "random")
-            if name != "random":
+            # gains are paired with the random-init encoder (its own row and the supervised one have none)
+            assert ("gain" in st) == (name not in ("random", "supervised"))
+            if name not in ("random", "supervised"):
                 assert st["gain_low"] <= st["gain_high"] and math.isfinite(st["gain"])
     assert "| dino |" in (tmp_path / "results.md").read_text()
     assert sorted((p.name, p.stat().st_mtime_ns) for p in SLOVENIA.rglob("*")) == before  # shared data untouched
