@@ -20,10 +20,13 @@ items of each label fraction and seed and scores its test predictions like the e
   padded as unlabelled), the same geometry on image and mask. Early stopping: a seeded validation
   part (``val_fraction``; stratified by class for classification, random for segmentation) of the
   training items, its loss measured after every epoch, the best weights kept in memory and
-  restored; training stops after ``patience`` epochs without improvement, never before
-  ``MIN_STEPS`` optimisation steps. Fewer than ``MIN_VALIDATION_ITEMS`` items (or no class that
-  can spare one): no validation part, a fixed ``min(max_epochs, ceil(MIN_STEPS / steps per
-  epoch))`` epochs on all of them (``info["validation"]`` says which). Everything is seeded by
+  restored; training stops after ``patience`` epochs without improvement. The default budget
+  (``max_epochs=None``) is 60 epochs but at least ``DEFAULT_MIN_STEPS`` (500) optimisation steps,
+  with a patience of at least ``PATIENCE_STEPS`` (100) steps and no stop before 500 steps: a 1%
+  label set (one step an epoch) trains to convergence too. A given ``max_epochs`` is a hard cap
+  and early stopping waits ``MIN_STEPS`` (30) steps. Fewer than ``MIN_VALIDATION_ITEMS`` items
+  (or no class that can spare one): no validation part, a fixed number of epochs for that many
+  steps (``info["validation"]`` says which). Everything is seeded by
   ``seed`` (same seed, same result on CPU); the caller's global RNG is left as it was.
 
 The test images reach the network only after training, in :func:`_predict`: the training helpers
@@ -40,6 +43,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -57,7 +61,10 @@ from domainfm.heads.task import IGNORE_INDEX, soft_dice_loss
 from domainfm.train.engine import default_param_groups
 
 SMALL_INPUT = 64  # shorter spatial side below which ResNet-18 gets the 3x3 stride-1 stem, no max-pool
-MIN_STEPS = 30  # early stopping never stops before this many steps; tiny sets train about this many
+MIN_STEPS = 30  # with max_epochs given, early stopping never stops before this many steps
+DEFAULT_EPOCHS = 60  # max_epochs=None: 60 epochs, and at least DEFAULT_MIN_STEPS steps on tiny label sets
+DEFAULT_MIN_STEPS = 500  # max_epochs=None: no early stop before this many steps (1% labels: 1 step an epoch)
+PATIENCE_STEPS = 100  # max_epochs=None: patience is at least this many steps
 MIN_VALIDATION_ITEMS = 4  # fewer training items: no validation part, a fixed number of epochs
 UNET_CHANNELS = (16, 32, 64, 128)
 MEDICAL_EXTRA = "pip install 'domainfm[medical]'"
@@ -67,7 +74,7 @@ WHAT = "supervised baseline"
 @dataclass
 class _Options:
     seed: int
-    max_epochs: int
+    max_epochs: int | None
     patience: int
     val_fraction: float
     batch_size: int
@@ -76,6 +83,7 @@ class _Options:
     augment: bool
     eval_batch_size: int
     device: torch.device
+    min_steps: int = MIN_STEPS
 
 
 @dataclass
@@ -94,7 +102,7 @@ def supervised_classifier(
     num_classes: int,
     *,
     seed: int = 0,
-    max_epochs: int = 60,
+    max_epochs: int | None = None,
     patience: int = 8,
     val_fraction: float = 0.2,
     batch_size: int = 64,
@@ -149,7 +157,7 @@ def supervised_segmenter(
     num_classes: int,
     *,
     seed: int = 0,
-    max_epochs: int = 60,
+    max_epochs: int | None = None,
     patience: int = 8,
     val_fraction: float = 0.2,
     batch_size: int = 16,
@@ -231,7 +239,7 @@ def _options(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return _Options(
         seed=int(seed),
-        max_epochs=_positive(max_epochs, "max_epochs"),
+        max_epochs=None if max_epochs is None else _positive(max_epochs, "max_epochs"),
         patience=_positive(patience, "patience"),
         val_fraction=float(val_fraction),
         batch_size=_positive(batch_size, "batch_size"),
@@ -509,11 +517,26 @@ class _Best:
             model.load_state_dict(self.state)
 
 
+def _step_budget(opts: _Options, n_fit: int) -> _Options:
+    """``max_epochs=None``: ``DEFAULT_EPOCHS`` epochs but at least ``DEFAULT_MIN_STEPS`` steps, patience at least
+    ``PATIENCE_STEPS`` steps, no early stop before ``DEFAULT_MIN_STEPS``: a label set of 20 items (one step an
+    epoch) trains as many steps as a large one needs to converge, not 60."""
+    if opts.max_epochs is not None:
+        return opts
+    per_epoch = len(_batch_sizes(n_fit, opts.batch_size))
+    return dataclasses.replace(
+        opts,
+        max_epochs=max(DEFAULT_EPOCHS, math.ceil(DEFAULT_MIN_STEPS / per_epoch)),
+        patience=max(opts.patience, math.ceil(PATIENCE_STEPS / per_epoch)),
+        min_steps=DEFAULT_MIN_STEPS,
+    )
+
+
 def _epoch_cap(n_fit: int, n_val: int, opts: _Options) -> int:
-    """``max_epochs``; without a validation part for want of items, enough epochs for ``MIN_STEPS`` steps."""
+    """``max_epochs``; without a validation part for want of items, enough epochs for ``min_steps`` steps."""
     if n_val or opts.val_fraction <= 0:
         return opts.max_epochs
-    return min(opts.max_epochs, math.ceil(MIN_STEPS / len(_batch_sizes(n_fit, opts.batch_size))))
+    return min(opts.max_epochs, math.ceil(opts.min_steps / len(_batch_sizes(n_fit, opts.batch_size))))
 
 
 def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> float:
@@ -547,7 +570,7 @@ def _fit(
             step += 1
         if val_loss is not None:
             best.update(val_loss(), epoch, model)
-            if epoch - best.epoch >= opts.patience and step >= MIN_STEPS:
+            if epoch - best.epoch >= opts.patience and step >= opts.min_steps:
                 break
     best.restore(model)
     model.eval()
@@ -587,6 +610,7 @@ def _train(model, x, target, loss_fn, fit: np.ndarray, val: np.ndarray, opts: _O
     def val_loss() -> float:
         return _mean_loss(model, norm, x, target, val_idx, loss_fn, opts)
 
+    opts = _step_budget(opts, fit.size)
     cap = _epoch_cap(fit.size, val.size, opts)
     return norm, _fit(model, step_loss, val_loss if val.size else None, fit.size, cap, opts)
 

@@ -12,7 +12,15 @@ from torch import nn
 from domainfm.errors import DataError, DomainFMError
 from domainfm.eval import supervised
 from domainfm.eval.finetune import finetune_segmenter
-from domainfm.eval.supervised import MEDICAL_EXTRA, MIN_STEPS, _classifier_net, _fit, _options, _unet
+from domainfm.eval.supervised import (
+    DEFAULT_MIN_STEPS,
+    MEDICAL_EXTRA,
+    MIN_STEPS,
+    _classifier_net,
+    _fit,
+    _options,
+    _unet,
+)
 from domainfm.heads import ProgressiveUpsampleHead
 from domainfm.models import build_encoder
 
@@ -166,10 +174,13 @@ def test_early_stopping_in_a_real_run():
 def test_tiny_training_sets_train_fixed_epochs_without_validation():
     pytest.importorskip("monai", reason=NO_MONAI)
     xtr, mtr = _threshold(3, (8, 8), seed=0)
-    pred, info = supervised_segmenter(xtr, mtr, xtr, 2)
+    pred, info = supervised_segmenter(xtr, mtr, xtr, 2, max_epochs=100)
     assert pred.shape == (3, 8, 8)
     assert (info["n_fit"], info["n_val"], info["val_loss"]) == (3, 0, None)
     assert info["validation"].startswith("none") and info["epochs"] == info["best_epoch"] == info["steps"] == MIN_STEPS
+    # the default budget trains a tiny set as many steps as a large one needs (500), not 60 epochs of one step
+    _, info = supervised_segmenter(xtr, mtr, xtr, 2)
+    assert info["steps"] == DEFAULT_MIN_STEPS
     # one item of each class cannot spare any for validation either; a single item still trains
     x1, y1 = _bright(4, 1, (8, 8), seed=0)
     _, info = supervised_classifier(x1, [0, 1, 2, 3], x1, 4, max_epochs=1)
