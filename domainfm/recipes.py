@@ -169,9 +169,18 @@ def _train_rules(cfg: Config, updates: dict[str, Any]) -> Iterator[Decision]:
         yield Decision("train.warmup_steps", warm, f"{steps} steps: learning-rate warmup over the first 10%")
 
 
+def _input_side(cfg: Config, facts: DataFacts, updates: dict[str, Any]) -> int:
+    """The shorter side of the model input: the decided or given ``data.img_size`` when it resizes the data
+    (2D images, remote-sensing chips), else the data's own size."""
+    if not facts.resizable:
+        return facts.side
+    img = updates.get("data.img_size", cfg.data.img_size)
+    return int(min(img)) if isinstance(img, list) else int(img)
+
+
 def _dino_rules(cfg: Config, facts: DataFacts, device: str, updates: dict[str, Any]) -> Iterator[Decision]:
     """Head, temperatures, crops and their warmup of self-distillation (dino, mae+dino)."""
-    steps, small = cfg.train.steps, facts.side <= SMALL_IMAGE
+    steps, small = cfg.train.steps, _input_side(cfg, facts, updates) <= SMALL_IMAGE
     short = steps < SHORT_RUN or facts.items < 10_000
     if not cfg.is_set("model.class_token"):
         yield Decision("model.class_token", True, "self-distillation reads the class token")
@@ -197,8 +206,8 @@ def _dino_rules(cfg: Config, facts: DataFacts, device: str, updates: dict[str, A
 
 def _crop_rules(cfg: Config, facts: DataFacts, device: str, updates: dict[str, Any]) -> Iterator[Decision]:
     """Multi-crop sizes and counts from the input and patch size."""
-    img = updates.get("data.img_size", cfg.data.img_size)
-    size = list(facts.size) if not facts.resizable else ([img] * facts.spatial_dims if isinstance(img, int) else img)
+    side = _input_side(cfg, facts, updates)
+    size = list(facts.size) if not facts.resizable else [side] * facts.spatial_dims
     patch = updates.get("model.patch_size", cfg.model.patch_size)
     patch = patch if isinstance(patch, int) else min(patch)
     local = max(2 * patch, int(round(min(size) * 96 / 224 / patch)) * patch)
@@ -206,7 +215,7 @@ def _crop_rules(cfg: Config, facts: DataFacts, device: str, updates: dict[str, A
         yield Decision("objective.local_crop_size", local, f"{min(size)} px input: {local} px local crops (96/224)")
     n_local = 4 if device != "cuda" else 6
     yield Decision("objective.local_crops", n_local, f"{'GPU' if device == 'cuda' else 'CPU'}: {n_local} local crops")
-    if facts.side <= SMALL_IMAGE:
+    if _input_side(cfg, facts, updates) <= SMALL_IMAGE:
         yield Decision("objective.global_crop_scale", [0.4, 1.0], "small images: global crops keep 40-100%")
         yield Decision("objective.local_crop_scale", [0.1, 0.4], "small images: local crops keep 10-40%")
 

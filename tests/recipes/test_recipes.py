@@ -128,3 +128,11 @@ def test_cli_prints_each_decision_once(tmp_path, capsys):
     assert run(args) == 0
     err = capsys.readouterr().err
     assert err.count("recipe: model.patch_size=4") == 1 and "recipe: data.img_size=28" in err
+
+
+def test_remote_sensing_small_chips_of_large_scenes_get_the_small_image_settings():
+    cfg = parse_config({"objective": {"name": "dino"}, "train": {"steps": 300}})
+    scenes = DataFacts(2, (100, 100), None, 68, resizable=True, what="scenes")
+    decided = _decided(resolve_recipe(cfg, scenes, "cpu"))
+    assert decided["data.img_size"] == 32 and decided["objective.head_bn"] is True
+    assert decided["objective.local_crop_scale"] == [0.1, 0.4] and decided["objective.local_crop_size"] == 12
