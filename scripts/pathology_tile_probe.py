@@ -72,7 +72,7 @@ def supervised_loo(x: torch.Tensor, y: np.ndarray) -> tuple[np.ndarray, dict]:
     k, scores, infos = int(y.max()) + 1, np.zeros((y.size, int(y.max()) + 1)), []
     for i in range(y.size):
         rest = np.arange(y.size) != i
-        tile_scores, info = supervised_classifier(x[rest], y[rest], x[i : i + 1], k, seed=0, device="cpu")
+        tile_scores, info = supervised_classifier(x[rest], y[rest], x[i : i + 1], k, seed=0)
         scores[i] = tile_scores[0]
         infos.append(info)
     cost = {"arch": infos[0]["arch"], "params": infos[0]["params"]}
