@@ -160,7 +160,7 @@ def _width(cfg: Config, updates: dict[str, Any]) -> int:
 def _train_rules(cfg: Config, updates: dict[str, Any]) -> Iterator[Decision]:
     """Learning rate from the encoder width, warmup from the step count."""
     steps = cfg.train.steps
-    if not cfg.is_set("train.lr"):
+    if not cfg.is_set("train.lr") and not cfg.is_set("model.init"):  # continual pretraining keeps the gentle default
         width = _width(cfg, updates)
         lr = 1e-3 if width <= 192 else 5e-4 if width <= 384 else 2.5e-4
         yield Decision("train.lr", lr, f"encoder width {width}: peak learning rate {lr:g} (AdamW, cosine)")

@@ -56,6 +56,7 @@ def test_device_and_item_count_choose_the_model_and_an_init_fixes_it():
     cont = parse_config({"objective": {"name": "mae"}, "model": {"init": "runs/imported"}})
     decided = _decided(resolve_recipe(cont, XRAYS, "cpu"))
     assert not any(k.startswith("model.") for k in decided)  # the imported encoder's shape and patch stay
+    assert "train.lr" not in decided  # continual pretraining keeps the gentle default learning rate
 
 
 def test_large_2d_images_are_resized_to_224_with_16px_patches_and_a_cpu_mae_decoder():
