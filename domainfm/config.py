@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import types
@@ -302,7 +303,9 @@ def build_dataclass(cls, data: Any, key: str, source: str):
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{key}." if key else ""
-        raise ConfigError(f"{source}: unknown key {where}{unknown[0]!s} (known: {', '.join(sorted(names))})")
+        close = difflib.get_close_matches(str(unknown[0]), sorted(names), n=1)
+        hint = f"did you mean {where}{close[0]}? " if close else ""
+        raise ConfigError(f"{source}: unknown key {where}{unknown[0]!s} ({hint}known: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], f"{key}.{k}" if key else k, source) for k, v in data.items()}
     return cls(**kwargs)
 

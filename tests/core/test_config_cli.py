@@ -25,7 +25,7 @@ def _cli(*args, timeout=300):
 def test_config_errors_name_the_key_and_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("domain: synthetic\ntrain:\n  stepz: 10\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key train.stepz"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key train.stepz \(did you mean train.steps\?"):
         load_config(bad)
     bad.write_text("domain: synthetic\ntrain:\n  steps: ten\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: train.steps must be an integer, got 'ten'"):
