@@ -20,9 +20,18 @@ from domainfm.api import (
     load_config,
     predict,
     pretrain,
+    reconstruction,
     steps_for_cpu_budget,
 )
-from domainfm.errors import CheckpointError, ConfigError, DataError, DomainFMError, NonFiniteLossError, UnsupportedError
+from domainfm.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DomainFMError,
+    NonFiniteLossError,
+    NotLearningError,
+    UnsupportedError,
+)
 from domainfm.models.encoder import build_encoder
 
 __version__ = "0.1.0"
@@ -37,6 +46,7 @@ __all__ = [
     "demo",
     "import_weights",
     "steps_for_cpu_budget",
+    "reconstruction",
     "build_encoder",
     "load_config",
     "Config",
@@ -47,5 +57,6 @@ __all__ = [
     "DataError",
     "CheckpointError",
     "NonFiniteLossError",
+    "NotLearningError",
     "UnsupportedError",
 ]

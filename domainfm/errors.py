@@ -37,3 +37,7 @@ class NonFiniteLossError(DomainFMError):
 
 class UnsupportedError(DomainFMError, NotImplementedError):
     """A domain plugin does not offer this operation (e.g. ``predict`` for the synthetic domain)."""
+
+
+class NotLearningError(DomainFMError):
+    """The training loss (or, for self-distillation, the teacher) did not move from its start past warmup."""

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import math
 
-from domainfm.errors import DomainFMError
+from domainfm.errors import NotLearningError
+
+__all__ = ["GENERIC_HINT", "LearningCheck", "NotLearningError"]
 
 #: runs shorter than this are not checked (too few steps to tell a trend from noise)
 MIN_STEPS = 30
-
-
-class NotLearningError(DomainFMError):
-    """The training loss did not move from its starting value past warmup."""
 
 
 class LearningCheck:

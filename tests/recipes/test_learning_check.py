@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import domainfm
+from domainfm import NotLearningError
 from domainfm.config import ObjectiveConfig
 from domainfm.models import build_encoder
 from domainfm.ssl import build_objective
 from domainfm.train.checkpoint import list_checkpoints
-from domainfm.train.learning import LearningCheck, NotLearningError
+from domainfm.train.learning import LearningCheck
 from tests.conftest import tiny_config
 
 
