@@ -51,7 +51,7 @@ from torch import nn
 from domainfm.config import build_dataclass
 from domainfm.data.augment import default_augment
 from domainfm.data.multicrop import multicrop_from_config
-from domainfm.errors import ConfigError, UnsupportedError
+from domainfm.errors import ConfigError, DataError, UnsupportedError
 from domainfm.heads import default_head
 from domainfm.inference import write_embeddings
 from domainfm.io_safety import check_output
@@ -209,7 +209,7 @@ class Domain:
         that can say it more cheaply (from file headers) or that resizes overrides it."""
         dataset = self.dataset(cfg, "pretrain")
         if len(dataset) == 0:
-            raise ConfigError(f"{cfg.data.path}: no samples found for pretraining")
+            raise DataError(cfg.data.path, "no samples found for pretraining")
         return facts_from_dataset(dataset)
 
     def augment(self, cfg: Config) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:

@@ -144,7 +144,9 @@ def pretrain(
     if in_memory is not None and len(in_memory) == 0:
         raise DataError("data", "no samples found for pretraining")
     recipe = _recipe(cfg, domain, in_memory)
-    dataset = in_memory if in_memory is not None else _dataset(domain, cfg, "pretrain")
+    dataset = in_memory if in_memory is not None else _recipe_dataset(recipe)
+    if dataset is None:
+        dataset = _dataset(domain, cfg, "pretrain")
     if len(dataset) == 0:
         raise DataError(cfg.data.path, "no samples found for pretraining")
     torch.manual_seed(cfg.train.seed)  # the same config gives the same initial weights
@@ -186,6 +188,14 @@ def _recipe(cfg: Config, domain, dataset=None) -> Recipe:
     recipe = resolve_recipe(cfg, facts, "cuda" if device == "cuda" else "cpu")
     apply_recipe(cfg, recipe, quiet=not (_is_main() and cfg.train.progress))
     return recipe
+
+
+def _recipe_dataset(recipe: Recipe):
+    """The dataset the recipe's facts were read from, when the recipe changed nothing that shapes it (no
+    ``data.*`` decision): the pretraining data is then not built twice."""
+    if recipe.facts.dataset is None or any(d.key.startswith("data.") for d in recipe.decisions):
+        return None
+    return recipe.facts.dataset
 
 
 #: step counts that are a proportion of ``train.steps`` (rescaled by :func:`steps_for_cpu_budget`)

@@ -36,6 +36,8 @@ from typing import Any
 from domainfm.config import Config
 from domainfm.decisions import decide
 from domainfm.errors import ConfigError
+from domainfm.models import encoder as _encoder_sizes  # noqa: F401  (registers vit-tiny, vit-small, ...)
+from domainfm.registry import get_encoder_arch
 
 #: images whose shorter side is at most this many pixels get the small-image settings
 SMALL_IMAGE = 64
@@ -60,6 +62,8 @@ class DataFacts:
         resizable: whether ``data.img_size`` sets the model input (2D images are resized, chips cut to it);
             ``False`` when the domain fixes the input size itself (3D crops, pathology tiles, arrays).
         what: how the data is described in the printed decisions (``"28x28 px images"``).
+        dataset: the pretraining dataset the facts were read from, when one was built (not part of the
+            facts: the pipeline reuses it when the recipe changes nothing of ``data``).
     """
 
     spatial_dims: int
@@ -68,6 +72,7 @@ class DataFacts:
     items: int
     resizable: bool = False
     what: str = "images"
+    dataset: Any = field(default=None, repr=False, compare=False)
 
     @property
     def side(self) -> int:
@@ -97,8 +102,9 @@ class Recipe:
 
     def to_card(self) -> dict:
         """JSON for the checkpoint card (``card["recipe"]``)."""
+        facts = {f.name: getattr(self.facts, f.name) for f in dataclasses.fields(self.facts) if f.name != "dataset"}
         return {
-            "facts": dataclasses.asdict(self.facts),
+            "facts": {**facts, "size": list(self.facts.size)},
             "device": self.device,
             "decisions": [dataclasses.asdict(d) for d in self.decisions],
         }
@@ -152,9 +158,9 @@ def _model_rules(cfg: Config, facts: DataFacts, device: str) -> Iterator[Decisio
 
 
 def _width(cfg: Config, updates: dict[str, Any]) -> int:
-    widths = {"vit-tiny": 192, "vit-small": 384, "vit-base": 768, "vit-large": 1024}
+    """The encoder width: ``model.embed_dim``, else the registered size of ``model.name``."""
     dim = updates.get("model.embed_dim", cfg.model.embed_dim)
-    return int(dim or widths.get(updates.get("model.name", cfg.model.name), 192))
+    return int(dim or get_encoder_arch(updates.get("model.name", cfg.model.name))()["embed_dim"])
 
 
 def _train_rules(cfg: Config, updates: dict[str, Any]) -> Iterator[Decision]:
@@ -268,7 +274,7 @@ def apply_recipe(cfg: Config, recipe: Recipe, quiet: bool = False) -> Config:
 
 
 def facts_from_dataset(dataset, resizable: bool = False, what: str = "images") -> DataFacts:
-    """:class:`DataFacts` read off a built dataset (its first sample and its length).
+    """:class:`DataFacts` read off a built dataset (its first sample and its length); the dataset rides along.
 
     Example:
         >>> import torch
@@ -283,4 +289,5 @@ def facts_from_dataset(dataset, resizable: bool = False, what: str = "images") -
         items=len(dataset),
         resizable=resizable,
         what=what,
+        dataset=dataset,
     )

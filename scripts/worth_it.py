@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+from domainfm.demo import sample_data
+
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("DOMAINFM_DATA", ROOT.parent / "shared" / "data"))
 
 
 def pretrain_config(npz: Path, out: Path, objective: str, steps: int, seed: int) -> dict:
@@ -108,7 +108,7 @@ def print_tables(results: dict, metric: str = "auroc") -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--npz", type=Path, default=DATA / "medical" / "pneumoniamnist.npz")
+    p.add_argument("--npz", type=Path, default=sample_data("medical", "pneumoniamnist.npz"))
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "worth_it")
     p.add_argument("--objectives", default="dino,mae", help="the first sets the CPU budget of the others")
     p.add_argument("--steps", type=int, default=1600)
@@ -134,10 +134,12 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    npz = args.npz.resolve()
-    if not npz.is_file():
-        print(f"{npz}: PneumoniaMNIST not found (set DOMAINFM_DATA)", file=sys.stderr)
+    if args.npz is None or not args.npz.is_file():
+        print(
+            f"{args.npz or 'medical/pneumoniamnist.npz'}: PneumoniaMNIST not found (set DOMAINFM_DATA)", file=sys.stderr
+        )
         return 2
+    npz = args.npz.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     from domainfm.eval import evaluate
 

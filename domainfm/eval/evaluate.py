@@ -641,18 +641,17 @@ def _supervised_records(sup, n_boot, num_classes, task, background) -> list[dict
     truth, records = sup.test_targets(), []
     for frac in sup.fractions():
         probas = sup.probas(frac)
-        n_train = sup.runs[(frac, 0)][1].get("n_fit", 0) + sup.runs[(frac, 0)][1].get("n_val", 0)
+        infos = [info for (f, _), (_, info) in sup.runs.items() if f == frac]
+        n_train = infos[0].get("n_fit", 0) + infos[0].get("n_val", 0)
         if task == "segmentation":
-            records += _segmentation_records(
+            recs = _segmentation_records(
                 "supervised", "supervised", frac, n_train, truth, probas, {}, n_boot, None, num_classes, background
             )
         else:
-            records += _summarise(
-                "supervised", "supervised", frac, None, n_train, truth, probas, {}, n_boot, 1234, None
-            )
-
-    for r in records:
-        r["steps"] = int(np.mean([i.get("steps", 0) for f, i in sup.runs.values()]))
+            recs = _summarise("supervised", "supervised", frac, None, n_train, truth, probas, {}, n_boot, 1234, None)
+        for r in recs:
+            r["steps"] = int(np.mean([i.get("steps", 0) for i in infos]))  # this fraction's runs
+        records += recs
     return records
 
 
