@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from domainfm.data.sample import make_sample
+from domainfm.decisions import decide
 from domainfm.errors import DataError
 
 SCHEMA = (
@@ -172,6 +173,22 @@ class AdaptedDataset(Dataset):
         if not bool(torch.isfinite(sample["image"]).all()):
             raise DataError(sample["meta"].get("path"), f"sample {index} of {self.source} has NaN/inf values")
         return sample
+
+
+def dims_decision(source: str, shape: tuple[int, ...], dims: int) -> str:
+    """The text of the 2D/3D decision for data whose first image (channels first) has ``shape``.
+
+    Example:
+        >>> dims_decision("array", (1, 28, 28), 2)
+        'array: 2D images (1 channel(s) of 28 x 28, read from the data; spatial_dims=3 reads volumes)'
+    """
+    size = f"{shape[0]} channel(s) of {' x '.join(map(str, shape[1:]))}, read from the data"
+    if dims == 3:
+        return f"{source}: 3D volumes ({size}; spatial_dims=2 reads images)"
+    text = f"{source}: 2D images ({size}; spatial_dims=3 reads volumes)"
+    if shape[0] > 16 and shape[0] >= min(shape[1:]) / 4:
+        text += f"; {shape[0]} channels: if the second axis is depth, pass spatial_dims=3"
+    return text
 
 
 def _sample_from(item: Any, index: int, source: str, spatial_dims: int | None) -> dict:
@@ -351,7 +368,7 @@ def adapt(
         and labels is not None
     ):
         n, read, dims = _from_array(data, labels, spatial_dims, channels_last)
-        return AdaptedDataset(n, read, "array", dims, info, classes, stats_samples)
+        return _with_dims_decision(AdaptedDataset(n, read, "array", dims, info, classes, stats_samples), spatial_dims)
     if labels is not None:
         raise DataError(name, "labels= goes with an array of images; a dataset brings its labels in its items")
     kind = _torchgeo_kind(data)
@@ -377,7 +394,17 @@ def adapt(
     def read_item(i: int) -> dict:
         return _sample_from(data[i], i, name, spatial_dims)
 
-    return AdaptedDataset(len(data), read_item, name, spatial_dims, info, classes, stats_samples)
+    return _with_dims_decision(
+        AdaptedDataset(len(data), read_item, name, spatial_dims, info, classes, stats_samples), spatial_dims
+    )
+
+
+def _with_dims_decision(ds: AdaptedDataset, given: int | None) -> AdaptedDataset:
+    """Print and record (``profile["decisions"]``) the 2D/3D reading when ``spatial_dims`` was not given."""
+    if given is None:
+        shape = (ds.profile["channels"], *ds.profile["size"])
+        ds.profile["decisions"] = [decide("spatial_dims", dims_decision(ds.source, shape, ds.profile["spatial_dims"]))]
+    return ds
 
 
 def check_scale(x: torch.Tensor, trained_range: Sequence[float] | None, source: str = "input") -> torch.Tensor:

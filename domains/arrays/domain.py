@@ -32,6 +32,7 @@ from domainfm.runconfig import config_from_card
 
 _PROFILE_KEYS = (
     "source",
+    "decisions",
     "spatial_dims",
     "channels",
     "size",
@@ -124,6 +125,27 @@ class ArraysDomain(Domain):
     def preprocessing(self, cfg, dataset=None) -> dict:
         ds = dataset if dataset is not None else self.dataset(cfg, "pretrain")
         return self.profile_record(ds, self.options(cfg).normalize)
+
+    def export_input(self, card: dict) -> dict:
+        """An exported model takes the arrays as given in training (same value range); the card's per-channel
+        mean/std are applied inside the graph."""
+        rec = card["preprocessing"]
+        channels = int(rec["channels"])
+        norm = bool(rec.get("normalize", True))
+        names = list(rec.get("band_names") or []) or [f"channel{i}" for i in range(channels)]
+        return {
+            "channels": names,
+            "pixels": f"values as in the training arrays (range {rec.get('range')})",
+            "window": list(rec.get("size") or []),
+            "normalization": {
+                "mean": [float(v) for v in rec["mean"]] if norm else [0.0] * channels,
+                "std": [float(v) for v in rec["std"]] if norm else [1.0] * channels,
+                "clip": None,
+                "nan_to_zero": False,
+                "text": "per-channel (x - mean) / std" if norm else "none",
+            },
+            "wavelengths_um": rec.get("wavelengths"),
+        }
 
     def preprocessor(self, card: dict):
         rec = card["preprocessing"]

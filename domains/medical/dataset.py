@@ -5,13 +5,14 @@ Example:
     >>> from domainfm.medical.options import MedicalOptions
     >>> from domainfm.medical.synthetic import write_ct_nifti_folder
     >>> ct = write_ct_nifti_folder(tempfile.mkdtemp(), n=1, shape=(20, 20, 12))[0]
-    >>> ds = MedicalDataset([{"image": str(ct), "id": "ct_0"}], MedicalOptions(), crop=[16, 16, 16])
+    >>> ds = MedicalDataset([{"image": str(ct), "id": "ct_0"}], MedicalOptions(modality="ct"), crop=[16, 16, 16])
     >>> ds[0]["image"].shape
     torch.Size([1, 16, 16, 16])
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from domainfm.data.rng import EpochAware, item_numpy_rng
 from domainfm.data.sample import check_sample
 from domainfm.errors import DataError
 from domainfm.medical.io import read_image
+from domainfm.medical.modality import infer_modality
 from domainfm.medical.options import MedicalOptions
 from domainfm.medical.transforms import apply_random, build_transforms, domain_errors, fixed_crop_size, random_crop
 
@@ -37,7 +39,8 @@ class MedicalDataset(EpochAware, torch.utils.data.Dataset):
 
     Args:
         items: MONAI-style dicts ``{"image": path | [paths], "label"?, "mask"?, "id"}``.
-        opts: :class:`MedicalOptions` (normalized).
+        opts: :class:`MedicalOptions` (normalized); ``modality: auto`` is inferred from ``items``
+            (:func:`~domainfm.medical.modality.infer_modality`).
         crop: model input size (spatial).
         stage: ``pretrain``/``train``/``val``/``test`` (see :func:`build_transforms`).
         cache: ``none``, ``memory`` (MONAI ``CacheDataset``) or ``disk`` (MONAI ``PersistentDataset``).
@@ -62,6 +65,9 @@ class MedicalDataset(EpochAware, torch.utils.data.Dataset):
         if not items:
             raise DataError(None, "no scans to build a dataset from")
         self.items = [dict(it) for it in items]
+        if opts.modality == "auto":
+            modality, _ = infer_modality(self.items, opts.spatial_dims, "the dataset's scans", opts.image_key)
+            opts = dataclasses.replace(opts, modality=modality)
         self.opts = opts
         self.crop = list(crop)
         self.stage = stage

@@ -6,10 +6,11 @@
   96^3 voxels (common practice for 3D ViT/UNETR pretraining), never larger than the largest volume
   needs at the target spacing (rounded up to a multiple of the patch size).
 * A MedMNIST ``.npz`` whose images are ``N x H x W`` (or RGB ``N x H x W x 3``) is 2D too.
-* Modality: 2D images read in 2D with ``modality`` left at its default ``ct`` are X-rays or
-  photographs stored in 8/16-bit grey levels, not Hounsfield units: they get ``modality: xray``
-  (min-max to [0, 1]). For ``modality: ct`` on NIfTI files whose intensities do not look like Hounsfield units
-  (no air near -1000), a warning says so: CT windowing is never applied to non-CT data silently.
+* An ``.npy`` of ``N x H x W`` images is 2D too; ``spatial_dims: 3`` set on an ``.npz``/``.npy`` stack of
+  slices reads it as one volume.
+* Modality (``modality: auto``, the default) is inferred from the headers and intensities of a sample of
+  the scans (:mod:`domainfm.medical.modality`): a CT window is never applied to data that does not look like
+  CT unless the config asks for it, and then a warning says so.
 
 Example:
     >>> decide("example", "3D crop 96x96x96 (the 3D default)", quiet=True)
@@ -53,7 +54,7 @@ def only_2d_images(path: str | Path | None) -> bool:
     if path is None:
         return False
     path = Path(path)
-    if path.is_file() and path.suffix.lower() == ".npz":
+    if path.is_file() and path.suffix.lower() in (".npz", ".npy"):
         return _npz_is_2d(path)
     if not path.exists() or path.suffix.lower() in (".csv", ".json"):
         return False
@@ -82,6 +83,9 @@ def _nifti_shapes(items: list[dict]) -> list[tuple[list[int], list[float]]]:
     for it in items[:64]:
         src = it.get("image")
         src = src[0] if isinstance(src, list) else src
+        if src is not None and "::" in str(src):
+            out += _npz_shape(str(src))
+            continue
         if src is None or not is_nifti(src):
             continue
         try:
@@ -93,6 +97,18 @@ def _nifti_shapes(items: list[dict]) -> list[tuple[list[int], list[float]]]:
         if len(shape) == 3:
             out.append((shape, zooms))
     return out
+
+
+def _npz_shape(src: str) -> list[tuple[list[int], list[float]]]:
+    """The volume shape of ``file.npz::split[i]`` (or ``[:]``, a stack read as one volume), unit spacing."""
+    file, rest = src.split("::", 1)
+    split, idx = rest.rstrip("]").split("[")
+    try:
+        images = NpzStore(file).images(split)
+    except DataError:
+        return []
+    shape = list(images.shape if idx == ":" else images.shape[1:])
+    return [(shape, [1.0, 1.0, 1.0])] if len(shape) == 3 else []
 
 
 def default_crop(items: list[dict], target_spacing: list[float] | None, patch) -> tuple[list[int], str]:

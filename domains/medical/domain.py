@@ -43,9 +43,11 @@ from domainfm.errors import ConfigError, DataError
 from domainfm.medical.dataset import MedicalDataset
 from domainfm.medical.defaults import decide, default_crop, looks_like_ct, only_2d_images
 from domainfm.medical.demo import run_demo
+from domainfm.medical.deploy import export_input
 from domainfm.medical.heads import build_head
 from domainfm.medical.inference import embed_scans, evaluate_segmentation, predict_scan
-from domainfm.medical.io import read_image, write_nifti
+from domainfm.medical.io import NpzStore, read_image, write_nifti
+from domainfm.medical.modality import infer_modality, is_2d_only
 from domainfm.medical.options import MedicalOptions, normalized, options_from_card
 from domainfm.medical.sources import discover, holdout, is_decathlon
 from domainfm.medical.synthetic import write_example
@@ -69,9 +71,15 @@ def mask_values(items: list[dict], spatial_dims: int) -> list[int]:
     return sorted(found)
 
 
-_XRAY_TEXT = "{path}: 2D grey-level images, not Hounsfield units: modality xray (min-max to [0, 1]; --modality sets it)"
 SEG_3D_BATCH = 2  # 3D segmentation fine-tuning batch when train.batch_size is left at its default
 _NPZ_SPLIT = {"pretrain": "train", "train": "train", "val": "val", "test": "test", "embed": "test"}
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _img_size(cfg, spatial_dims: int) -> list[int]:
@@ -119,22 +127,61 @@ class MedicalDomain(Domain):
         self._crops: dict[tuple, tuple[list[int], str]] = {}
         self._ct_like: dict[str, bool | None] = {}
         self._batch_text: str | None = None
-        self._xray: set[str] = set()
+        self._dims: dict[tuple, bool] = {}
+        self._modality: dict[tuple, tuple[str, str]] = {}
+        self._inferred: dict[str, str] = {}
 
     # ---------------------------------------------------------------------------------------- data
     def options(self, cfg) -> MedicalOptions:
-        """``cfg.options`` validated, with comma-string lists parsed; a data path of 2D images only
-        (PNG/JPEG, single DICOM files) is read in 2D (a decision printed once, recorded in the card)."""
+        """``cfg.options`` validated, with comma-string lists parsed, the dimensionality read from the data
+        (:meth:`_read_options`) and ``modality: auto`` resolved from the scans (:mod:`.modality`); each
+        decision printed once and recorded in the card."""
+        opts = self._read_options(cfg)
+        if opts.modality != "auto":
+            return opts
+        if cfg.data.path is None:
+            raise ConfigError(
+                "data.options.modality is auto but there is no data.path to infer it from; set ct, mri, pet or xray"
+            )
+        path = Path(cfg.data.path)
+        key = (str(path), opts.spatial_dims, opts.image_key, str(opts.sequences), _mtime(path))
+        if key not in self._modality:
+            items = self._items(cfg, opts, "pretrain")[0]
+            self._modality[key] = infer_modality(items, opts.spatial_dims, cfg.data.path, opts.image_key)
+        modality, text = self._modality[key]
+        self._inferred[str(path)] = decide("modality", text)
+        cfg.data.options["modality"] = modality  # the card's config (and a fine-tune from it) reads the same
+        return normalized(dataclasses.replace(opts, modality=modality))
+
+    def _read_options(self, cfg) -> MedicalOptions:
+        """The options with the dimensionality decided: 2D images only (PNG/JPEG, single DICOM files, a
+        manifest listing them, an ``.npz``/``.npy`` of ``N x H x W`` images) are read in 2D unless
+        ``data.options.spatial_dims: 3`` declares an ``.npz`` stack one volume."""
         opts = normalized(cfg.options)
-        if opts.spatial_dims == 3 and not opts.sequences and only_2d_images(cfg.data.path):
+        if opts.spatial_dims == 3 and not opts.sequences and self._only_2d(cfg, opts):
             decide("spatial_dims", f"{cfg.data.path} holds 2D images only: reading them in 2D (spatial_dims 2)")
             opts = normalized(dataclasses.replace(opts, spatial_dims=2, target_spacing=None, crop_size=None))
-            if opts.modality == "ct" and not cfg.is_set("data.options.modality"):
-                decide("modality", _XRAY_TEXT.format(path=cfg.data.path))
-                cfg.data.options["modality"] = "xray"  # in the config, so that the card's config reads the same
-                self._xray.add(str(cfg.data.path))
-                opts = dataclasses.replace(opts, modality="xray")
         return opts
+
+    def _only_2d(self, cfg, opts) -> bool:
+        path = cfg.data.path
+        if path is None:
+            return False
+        path = Path(path)
+        declared_volume = path.suffix.lower() in (".npz", ".npy") and cfg.is_set("data.options.spatial_dims")
+        if declared_volume or not path.exists():
+            return False
+        key = (str(path), opts.image_key, _mtime(path))
+        if key not in self._dims:
+            if path.is_file() and path.suffix.lower() in (".csv", ".json"):
+                try:
+                    items = discover(path, opts, "training")[0]
+                except DataError:
+                    items = []
+                self._dims[key] = is_2d_only([it.get(opts.image_key, it.get("image")) for it in items])
+            else:
+                self._dims[key] = only_2d_images(path)
+        return self._dims[key]
 
     def crop_size(self, cfg) -> list[int]:
         """Model input size: ``options.crop_size``, else ``data.img_size``; in 3D with ``img_size`` left
@@ -165,30 +212,34 @@ class MedicalDomain(Domain):
         out = []
         if opts.spatial_dims == 2 and cfg.options.spatial_dims == 3:
             out.append(f"{cfg.data.path} holds 2D images only: read in 2D")
-            if str(cfg.data.path) in self._xray:
-                out.append(_XRAY_TEXT.format(path=cfg.data.path))
+        elif opts.spatial_dims == 3 and not cfg.is_set("data.options.spatial_dims") and cfg.data.path is not None:
+            out.append(decide("spatial_dims", f"{cfg.data.path}: 3D volumes (spatial_dims 3)"))
+        if str(cfg.data.path) in self._inferred and not cfg.is_set("data.options.modality"):
+            out.append(self._inferred[str(cfg.data.path)])
         if opts.spatial_dims == 3 and not opts.crop_size and cfg.data.img_size == 224 and cfg.data.path is not None:
             self.crop_size(cfg)
             out.append(self._crops[(str(cfg.data.path), str(opts.target_spacing), str(cfg.model.patch_size))][1])
         if self._batch_text and cfg.finetune.task == "segmentation" and cfg.train.batch_size == SEG_3D_BATCH:
             out.append(self._batch_text)
-        if opts.modality == "ct" and opts.spatial_dims == 3 and cfg.data.path is not None:
-            key = str(cfg.data.path)
-            if key not in self._ct_like:
-                try:
-                    self._ct_like[key] = looks_like_ct(self.items(cfg, "pretrain")[0])
-                except DataError:
-                    self._ct_like[key] = None
-            if self._ct_like[key] is False:
-                out.append(
-                    decide(
-                        "modality",
-                        f"warning: modality is ct (the default) but the volumes of {key} have "
-                        "no air near -1000 HU, so they do not look like CT; the CT window would "
-                        "clip them: pass --modality mri (or declare ct on purpose)",
-                    )
-                )
+        declared_ct = opts.modality == "ct" and cfg.is_set("data.options.modality")
+        if declared_ct and opts.spatial_dims == 3 and cfg.data.path is not None:
+            out += self._ct_warning(cfg)
         return out
+
+    def _ct_warning(self, cfg) -> list[str]:
+        key = str(cfg.data.path)
+        if key not in self._ct_like:
+            try:
+                self._ct_like[key] = looks_like_ct(self.items(cfg, "pretrain")[0])
+            except DataError:
+                self._ct_like[key] = None
+        if self._ct_like[key] is not False:
+            return []
+        text = (
+            f"warning: modality is ct (set in the config) but the volumes of {key} have no air near -1000 HU, "
+            "so they do not look like CT; the CT window will clip them (data.options.modality: auto infers it)"
+        )
+        return [decide("modality", text)]
 
     def data_facts(self, cfg) -> DataFacts:
         """Recipe facts from the file headers: a 2D image's own size (read from the first item; ``data.img_size``
@@ -208,14 +259,16 @@ class MedicalDomain(Domain):
 
     def items(self, cfg, split: str) -> tuple[list[dict], list[str] | None]:
         """Item dicts and class names for ``split`` (``pretrain``, ``train``, ``val``, ``test``, ``embed``)."""
-        opts = self.options(cfg)
+        return self._items(cfg, self._read_options(cfg), split)
+
+    def _items(self, cfg, opts: MedicalOptions, split: str) -> tuple[list[dict], list[str] | None]:
         if cfg.data.path is None:
             raise ConfigError("data.path is required for the medical domain (a folder, a manifest, a .npz or a scan)")
         path = Path(cfg.data.path)
         if split in ("val", "test") and cfg.data.val_path:
             return discover(cfg.data.val_path, opts, "validation" if split == "val" else "test")
-        if path.suffix.lower() == ".npz":
-            return discover(path, opts, _NPZ_SPLIT.get(split, "train"))
+        if path.suffix.lower() in (".npz", ".npy"):
+            return self._array_items(path, opts, split, cfg)
         if path.is_file() and is_decathlon(path):
             data = json.loads(path.read_text())
             if split in ("val", "test") and data.get("validation"):
@@ -230,6 +283,17 @@ class MedicalDomain(Domain):
                 classes = [labels[k] for k in sorted(labels, key=lambda k: int(k))]
             return items, classes
         items, classes = discover(path, opts, "training")
+        if split in ("train", "val", "test"):
+            items = holdout(items, split, cfg.data.val_fraction, cfg.train.seed)
+        return items, classes
+
+    @staticmethod
+    def _array_items(path: Path, opts: MedicalOptions, split: str, cfg) -> tuple[list[dict], list[str] | None]:
+        """Items of an ``.npz``/``.npy``: its own split, or a held-out share of ``train`` when it has none."""
+        wanted = _NPZ_SPLIT.get(split, "train")
+        if wanted in NpzStore(path).splits():
+            return discover(path, opts, wanted)
+        items, classes = discover(path, opts, "train")
         if split in ("train", "val", "test"):
             items = holdout(items, split, cfg.data.val_fraction, cfg.train.seed)
         return items, classes
@@ -452,6 +516,11 @@ class MedicalDomain(Domain):
             "predict",
         )
         return predict_scan(model, input_path, out_path, **options)
+
+    def export_input(self, card: dict) -> dict:
+        """An exported model takes the scan on the card's grid in Hounsfield units for CT (the window is done
+        inside the graph); see :mod:`domainfm.medical.deploy`."""
+        return export_input(card)
 
     def embed(self, model, data, out, **kwargs) -> Path:
         """One embedding per scan (mean over sliding windows for volumes) into ``.npz`` or ``.h5``."""

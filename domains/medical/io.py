@@ -332,8 +332,11 @@ class NpzStore:
         key = str(self.path.resolve())
         if key not in self._cache:
             try:
-                with np.load(self.path, allow_pickle=False) as z:
-                    self._cache[key] = {k: z[k] for k in z.files}
+                if self.path.suffix.lower() == ".npy":  # one array of images: the train split
+                    self._cache[key] = {"train_images": np.load(self.path, mmap_mode="r", allow_pickle=False)}
+                else:
+                    with np.load(self.path, allow_pickle=False) as z:
+                        self._cache[key] = {k: z[k] for k in z.files}
             except Exception as exc:
                 raise DataError(self.path, f"cannot read .npz ({type(exc).__name__}: {exc})") from None
         self.arrays = self._cache[key]
@@ -352,11 +355,14 @@ class NpzStore:
         return None if lab is None else np.asarray(lab).reshape(len(lab), -1)
 
 
-def read_npz_item(path: str | Path, split: str, index: int):
-    """One image of a MedMNIST ``.npz`` as a MetaTensor (2D ``H x W``, 3D ``D x H x W`` or RGB channels last)."""
-    arr = np.asarray(NpzStore(path).images(split)[index], dtype=np.float32)
+def read_npz_item(path: str | Path, split: str, index: int | str):
+    """One image of a MedMNIST ``.npz`` (or an ``.npy``) as a MetaTensor (2D ``H x W``, 3D ``D x H x W`` or
+    RGB channels last); ``index`` ``":"`` reads a stack of ``N x H x W`` slices as one volume."""
+    images = NpzStore(path).images(split)
+    whole = str(index) == ":"
+    arr = np.asarray(images if whole else images[int(index)], dtype=np.float32)
     channel_dim: Any = "no_channel"
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4:
+    if not whole and arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4:
         channel_dim = -1  # RGB 2D image
     return _meta_tensor(arr, np.eye(4), f"{path}::{split}[{index}]", channel_dim)
 
@@ -379,10 +385,10 @@ def read_image(path: str | Path, check_finite: bool = True, spatial_dims: int | 
         (28, 28)
     """
     text = str(path)
-    if "::" in text and text.split("::")[0].endswith(".npz"):
+    if "::" in text and text.split("::")[0].endswith((".npz", ".npy")):
         file, rest = text.split("::", 1)
         split, idx = rest.rstrip("]").split("[")
-        return read_npz_item(file, split, int(idx))
+        return read_npz_item(file, split, idx)
     path = Path(path)
     if not path.exists():
         raise DataError(path, "file does not exist")

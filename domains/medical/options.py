@@ -25,7 +25,7 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "mediastinum": (50.0, 350.0),
 }
 
-MODALITIES = ("ct", "mri", "xray")
+MODALITIES = ("auto", "ct", "mri", "pet", "xray")
 
 
 @dataclass
@@ -34,7 +34,10 @@ class MedicalOptions:
 
     Attributes:
         spatial_dims: 3 for CT/MRI volumes, 2 for X-rays / single slices.
-        modality: ``ct`` (HU window), ``mri`` (percentile clip + z-score) or ``xray`` (min-max to [0, 1]).
+        modality: ``auto`` (the default: inferred from the scans' headers and intensities, see
+            :mod:`domainfm.medical.modality`), ``ct`` (HU window), ``mri`` (percentile clip + z-score),
+            ``pet`` (SUV-like: divided by the mean foreground uptake, clipped at 20) or ``xray``
+            (min-max to [0, 1]).
         window: CT window preset (``soft_tissue``, ``lung``, ``bone``, ``brain``, ``abdomen``,
             ``mediastinum``); ignored when ``window_range`` is given.
         window_range: explicit CT window ``[min_hu, max_hu]`` (list or ``"-1000,400"``).
@@ -55,7 +58,7 @@ class MedicalOptions:
     """
 
     spatial_dims: int = 3
-    modality: str = "ct"
+    modality: str = "auto"
     window: str = "soft_tissue"
     window_range: list[float] | str | None = None
     target_spacing: list[float] | str | None = None
@@ -122,7 +125,7 @@ def validate(opts: MedicalOptions) -> MedicalOptions:
         raise ConfigError(f"data.options.spatial_dims must be 2 or 3, got {opts.spatial_dims}")
     if opts.modality not in MODALITIES:
         raise ConfigError(f"data.options.modality must be one of {', '.join(MODALITIES)}, got {opts.modality!r}")
-    if opts.modality == "ct":
+    if opts.modality in ("ct", "auto"):
         resolve_window(opts)
     as_list(opts.percentiles, float, 2, "percentiles")
     as_list(opts.pos_neg, float, 2, "pos_neg")

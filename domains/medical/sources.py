@@ -188,6 +188,27 @@ def is_decathlon(path: Path) -> bool:
     return isinstance(data, dict) and "training" in data
 
 
+def _from_arrays(path: Path, spatial_dims: int, section: str) -> tuple[list[dict], list[str] | None]:
+    """Items ``file.npz::split[i]`` of a MedMNIST ``.npz`` (or an ``.npy``: its ``train`` split); a declared
+    3D read of an ``N x H x W`` stack is one volume ``file.npz::split[:]``."""
+    store = NpzStore(path)
+    split = {"training": "train", "validation": "val"}.get(section, section)
+    if spatial_dims == 3 and is_slice_stack(store.images(split)):
+        return [{"image": f"{path}::{split}[:]", "id": f"{path.stem}_{split}"}], None
+    labels = store.labels(split)
+    single = labels is not None and labels.shape[1] == 1
+    items = []
+    for i in range(len(store.images(split))):
+        item = {"image": f"{path}::{split}[{i}]", "id": f"{split}_{i}"}
+        if single:
+            item["label"] = int(labels[i, 0])
+        items.append(item)
+    classes = None
+    if single and "train" in store.splits():
+        classes = [str(c) for c in range(int(np.max(store.labels("train"))) + 1)]
+    return items, classes
+
+
 def discover(path: str | Path, opts, section: str = "training") -> tuple[list[dict], list[str] | None]:
     """List the items at ``path`` and the class names (if labels come from folders or a manifest).
 
@@ -199,25 +220,8 @@ def discover(path: str | Path, opts, section: str = "training") -> tuple[list[di
     if not path.exists():
         raise DataError(path, "does not exist")
     if path.is_file():
-        if path.suffix.lower() == ".npz":
-            store = NpzStore(path)
-            split = {"training": "train", "validation": "val"}.get(section, section)
-            n = len(store.images(split))
-            labels = store.labels(split)
-            items = []
-            for i in range(n):
-                item = {"image": f"{path}::{split}[{i}]", "id": f"{split}_{i}"}
-                if labels is not None and labels.shape[1] == 1:
-                    item["label"] = int(labels[i, 0])
-                items.append(item)
-            classes = None
-            if labels is not None and labels.shape[1] == 1:
-                classes = (
-                    [str(c) for c in range(int(np.max(store.labels("train"))) + 1)]
-                    if "train" in store.splits()
-                    else None
-                )
-            return items, classes
+        if path.suffix.lower() in (".npz", ".npy"):
+            return _from_arrays(path, spatial_dims, section)
         if path.suffix.lower() == ".json" and is_decathlon(path):
             items = read_decathlon(path, opts, section)
             if not items:
@@ -227,7 +231,7 @@ def discover(path: str | Path, opts, section: str = "training") -> tuple[list[di
             return read_manifest(path, opts)
         if _is_scan_file(path):
             return [{"image": str(path), "id": scan_id(path)}], None
-        raise DataError(path, "not a scan, a manifest (.csv/.json) or a MedMNIST .npz")
+        raise DataError(path, "not a scan, a manifest (.csv/.json), a MedMNIST .npz or an .npy of images")
     # a folder
     if not any(p for p in path.iterdir() if not p.name.startswith(".")):
         raise DataError(path, "empty folder: no scans found")
@@ -268,6 +272,16 @@ def discover(path: str | Path, opts, section: str = "training") -> tuple[list[di
         seqs = [s for s in opts.sequences]
         return [{"image": g, "id": scan_id(g[0]).rsplit("_", 1)[0]} for g in _group_sequences(scans, seqs, path)], None
     return [{"image": s, "id": scan_id(s)} for s in scans], None
+
+
+def is_slice_stack(images: np.ndarray) -> bool:
+    """True for ``N x H x W`` grey images (2D items, or one volume when declared 3D), not RGB or volumes.
+
+    Example:
+        >>> is_slice_stack(np.zeros((4, 28, 28))), is_slice_stack(np.zeros((4, 28, 28, 3)))
+        (True, False)
+    """
+    return images.ndim == 3
 
 
 def holdout(items: list[dict], split: str, fraction: float, seed: int) -> list[dict]:

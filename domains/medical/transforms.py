@@ -1,4 +1,4 @@
-"""MONAI dictionary-transform recipes for CT, MRI and X-ray, and the loader transform feeding them.
+"""MONAI dictionary-transform recipes for CT, MRI, PET and X-ray, and the loader transform feeding them.
 
 The pipeline is split in two:
 
@@ -10,7 +10,7 @@ The pipeline is split in two:
 
 Example:
     >>> from domainfm.medical.options import MedicalOptions
-    >>> det, rand = build_transforms(MedicalOptions(), crop=[32, 32, 32], stage="pretrain")
+    >>> det, rand = build_transforms(MedicalOptions(modality="ct"), crop=[32, 32, 32], stage="pretrain")
     >>> [type(t).__name__ for t in det.transforms][:3]
     ['LoadScand', 'EnsureChannelFirstd', 'Orientationd']
 """
@@ -26,11 +26,12 @@ import torch
 from monai import transforms as mt
 from monai.transforms import MapTransform
 
-from domainfm.errors import DataError, DomainFMError
+from domainfm.errors import ConfigError, DataError, DomainFMError
 from domainfm.medical.io import check_mask_geometry, read_image, read_multisequence
 from domainfm.medical.options import MedicalOptions, resolve_window
 
 ORIENTATION_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+PET_SUV_CLIP = 20.0  # SUV-like values above this (bladder, brain at high uptake) are clipped
 
 
 def find_domain_error(exc: BaseException) -> DomainFMError | None:
@@ -161,9 +162,49 @@ def _plain(x) -> torch.Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
+class SuvLikeScaled(mt.MapTransform):
+    """PET to SUV-like units: each channel divided by its mean foreground uptake (voxels above 5% of the
+    99.9th percentile, a proxy for injected dose per body weight, which files rarely carry), clipped to
+    ``[0, clip]``.
+
+    Example:
+        >>> x = torch.tensor([[[0.0, 0.0], [2.0, 6.0]]])
+        >>> SuvLikeScaled("image")({"image": x})["image"].tolist()
+        [[[0.0, 0.0], [0.5, 1.5]]]
+    """
+
+    def __init__(self, keys, clip: float = PET_SUV_CLIP, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.clip = float(clip)
+
+    @staticmethod
+    def uptake(x: torch.Tensor) -> torch.Tensor:
+        """The mean foreground uptake of each channel of ``C x ...`` (the SUV-like reference)."""
+        refs = []
+        for ch in _plain(x).float().reshape(x.shape[0], -1):
+            top = torch.quantile(ch[:: max(1, ch.numel() // 1_000_000)], 0.999)
+            fg = ch[ch > 0.05 * top]
+            refs.append(fg.mean() if fg.numel() else torch.tensor(1.0))
+        return torch.clamp(torch.stack(refs), min=1e-6)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key] if torch.is_tensor(d[key]) else torch.as_tensor(np.asarray(d[key]))
+            x = x.float()
+            ref = self.uptake(x).reshape(-1, *([1] * (x.ndim - 1)))
+            d[key] = (x / ref).clamp(0.0, self.clip)
+        return d
+
+
 def intensity_transforms(opts: MedicalOptions, keys=("image",)) -> list:
     """The intensity recipe of ``opts.modality``: CT window -> [0, 1]; MRI percentile clip + z-score;
-    X-ray per-image min-max to [0, 1]."""
+    PET SUV-like scaling (:class:`SuvLikeScaled`); X-ray per-image min-max to [0, 1]."""
+    if opts.modality == "auto":
+        raise ConfigError(
+            "data.options.modality is auto: the medical domain resolves it from the data "
+            "(domain.options(cfg)); building transforms directly needs ct, mri, pet or xray"
+        )
     if opts.modality == "ct":
         lo, hi = resolve_window(opts)
         return [mt.ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)]
@@ -173,6 +214,8 @@ def intensity_transforms(opts: MedicalOptions, keys=("image",)) -> list:
             mt.ClipIntensityPercentilesd(keys, lower=lo, upper=hi, channel_wise=True),
             mt.NormalizeIntensityd(keys, nonzero=True, channel_wise=True),
         ]
+    if opts.modality == "pet":
+        return [SuvLikeScaled(keys)]
     return [mt.ScaleIntensityd(keys, minv=0.0, maxv=1.0)]
 
 
@@ -194,6 +237,12 @@ def normalization_record(opts: MedicalOptions) -> dict:
             "percentiles": list(opts.percentiles),
             "nonzero": True,
             "channel_wise": True,
+        }
+    if opts.modality == "pet":
+        return {
+            "kind": "suv_like",
+            "reference": "mean of voxels above 5% of the 99.9th percentile",
+            "clip": [0.0, PET_SUV_CLIP],
         }
     return {"kind": "minmax", "output_range": [0.0, 1.0]}
 

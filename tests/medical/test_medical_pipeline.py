@@ -72,7 +72,7 @@ def test_mri_percentile_zscore(tmp_path):
 
 def test_sources_manifest_classes_decathlon(tmp_path):
     imgs = write_ct_nifti_folder(tmp_path / "scans", n=4, shape=(12, 12, 8))
-    opts = normalized(MedicalOptions())
+    opts = normalized(MedicalOptions(modality="ct"))
     # CSV manifest with string labels
     with open(tmp_path / "m.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -128,7 +128,7 @@ def test_multisequence_folder_grouping(tmp_path):
 def test_random_crops_reproducible_from_seed_epoch_index(tmp_path):
     for i in range(2):
         write_nifti_pair(tmp_path, f"c{i}", shape=(30, 28, 24), seed=i)
-    opts = normalized(MedicalOptions())
+    opts = normalized(MedicalOptions(modality="ct"))
     items = [
         {"image": str(tmp_path / "images" / f"c{i}.nii.gz"), "mask": str(tmp_path / "masks" / f"c{i}.nii.gz")}
         for i in range(2)
@@ -142,7 +142,9 @@ def test_random_crops_reproducible_from_seed_epoch_index(tmp_path):
     b.set_epoch(1)
     assert torch.equal(a[1]["image"], b[1]["image"])
     # label-aware crops: with pos:neg = 1:0 every crop contains foreground
-    fg = MedicalDataset(items, normalized(MedicalOptions(pos_neg=[1, 0])), [8, 8, 8], stage="train", seed=0)
+    fg = MedicalDataset(
+        items, normalized(MedicalOptions(modality="ct", pos_neg=[1, 0])), [8, 8, 8], stage="train", seed=0
+    )
     for epoch in range(4):
         fg.set_epoch(epoch)
         assert int(fg[0]["mask"].sum()) > 0

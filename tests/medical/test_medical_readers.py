@@ -131,7 +131,7 @@ def test_empty_folder_and_missing_file(tmp_path):
     from domainfm.medical.sources import discover
 
     (tmp_path / "empty").mkdir()
-    opts = normalized(MedicalOptions())
+    opts = normalized(MedicalOptions(modality="ct"))
     with pytest.raises(DataError) as info:
         discover(tmp_path / "empty", opts)
     assert "empty folder" in _one_line(info.value, "empty")

@@ -128,7 +128,7 @@ def test_dangling_symlinks_are_counted(tmp_path, caplog):
     assert len(items) == 2 and "1 dangling symlink" in caplog.text and "gone.png" in caplog.text
 
 
-def test_3d_defaults_crop_and_non_ct_warning(tmp_path, capsys):
+def test_3d_defaults_crop_inferred_mri_and_non_ct_warning_when_ct_is_asked(tmp_path, capsys):
     rng = np.random.default_rng(0)
     for i in range(2):  # MRI-like intensities: no air at -1000
         (tmp_path / "mri").mkdir(exist_ok=True)
@@ -147,4 +147,12 @@ def test_3d_defaults_crop_and_non_ct_warning(tmp_path, capsys):
     err = capsys.readouterr().err
     pre = load_card(tmp_path / "run")["preprocessing"]
     assert pre["crop_size"] == [40, 40, 24]  # 96^3 capped by the volumes, in patch multiples
-    assert any("do not look like CT" in d for d in pre["decisions"]) and "do not look like CT" in err
+    assert pre["modality"] == "mri" and pre["normalization"]["kind"] == "percentile_clip_zscore"  # inferred
+    assert any("modality mri" in d for d in pre["decisions"]) and "modality mri" in err
+    cfg["data"]["options"] = {"modality": "ct"}  # asked for: the CT window, with a warning
+    domainfm.pretrain(cfg, exist_ok="overwrite")
+    pre = load_card(tmp_path / "run")["preprocessing"]
+    assert pre["normalization"]["kind"] == "ct_window"
+    assert (
+        any("do not look like CT" in d for d in pre["decisions"]) and "do not look like CT" in capsys.readouterr().err
+    )

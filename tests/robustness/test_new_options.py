@@ -72,3 +72,31 @@ def test_recipe_facts_of_an_unreadable_first_image_name_the_file(tmp_path):
     with pytest.raises(domainfm.errors.DataError, match="a.png"):
         domainfm.pretrain({"domain": "medical", "out": str(tmp_path / "run"), "data": {"path": str(folder)}})
     assert not (tmp_path / "run").exists()
+
+
+def test_mixed_modality_folder_is_one_line_naming_the_files_and_writes_nothing(tmp_path, capsys):
+    import nibabel as nib
+    import numpy as np
+
+    from domainfm.medical.synthetic import make_phantom
+    from tests.robustness.conftest import digest
+
+    data = tmp_path / "scans"
+    data.mkdir()
+    ct, _ = make_phantom((16, 16, 8))
+    mri = np.where(ct > -500, 600.0, 0.0).astype(np.float32)
+    nib.save(nib.Nifti1Image(ct, np.eye(4)), str(data / "ct_case.nii.gz"))
+    nib.save(nib.Nifti1Image(mri, np.eye(4)), str(data / "mr_case.nii.gz"))
+    before = digest(data)
+    code, err = run_cli(["pretrain", "--domain", "medical", "--data", data, "--out", tmp_path / "run"], capsys)
+    assert code != 0
+    assert_one_line_error(err, "mixes modalities", "ct_case.nii.gz", "mr_case.nii.gz", "data.options.modality")
+    assert digest(data) == before and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_bad_modality_is_one_line_listing_the_choices(tmp_path, capsys):
+    code, err = run_cli(
+        ["pretrain", "--domain", "medical", "--data", tmp_path, "--modality", "pett", "--out", tmp_path / "run"], capsys
+    )
+    assert code != 0
+    assert_one_line_error(err, "modality", "auto", "pet", "xray")
