@@ -250,79 +250,109 @@ def bootstrap_ci(
     y_true = np.asarray(y_true)
     if metric_fn is None:  # class labels: one per item
         y_true = y_true.astype(np.int64).ravel()
-    n = y_true.shape[0]  # items (images) are what the bootstrap resamples
-    s = len(probas)
-    if s == 0:
+    _check_scores(y_true.shape[0], probas, baseline_probas)
+    rng = np.random.default_rng(seed)
+    if metric_fn is None:
+        k = int(num_classes or np.asarray(probas[0]).shape[1])
+        draws = _fast_bootstrap(y_true, probas, baseline_probas, k, n_boot, rng)
+    else:
+        draws = _generic_bootstrap(y_true, probas, baseline_probas, metric_fn, n_boot, rng)
+    return _intervals(*draws, alpha)
+
+
+def _check_scores(n: int, probas: list, baseline_probas: list | None) -> None:
+    if len(probas) == 0:
         raise DomainFMError("bootstrap_ci: no predictions to summarise")
     for p in list(probas) + list(baseline_probas or []):
         if np.asarray(p).shape[0] != n:
             raise DomainFMError(f"bootstrap_ci: scores for {np.asarray(p).shape[0]} items but {n} labels")
-    rng = np.random.default_rng(seed)
-    if metric_fn is None:
-        k = int(num_classes or np.asarray(probas[0]).shape[1])
-        fast = [_WeightedClassification(y_true, np.asarray(p, dtype=np.float64), k) for p in probas]
-        fast_b = [_WeightedClassification(y_true, np.asarray(p, dtype=np.float64), k) for p in (baseline_probas or [])]
-        ones = np.ones((1, n))
-        per_seed = [{m: float(v[0]) for m, v in f.batch(ones).items()} for f in fast]
-        base_per_seed = [{m: float(v[0]) for m, v in f.batch(ones).items()} for f in fast_b] if fast_b else None
-        names = list(per_seed[0])
-        boots = {m: [] for m in names}
-        gains = {m: [] for m in names}
-        chunk = max(1, min(n_boot, int(2e7 // max(n, 1))))
-        done = 0
-        while done < n_boot:
-            b = min(chunk, n_boot - done)
-            done += b
-            idx = rng.integers(0, n, (b, n))
-            seeds = rng.integers(0, s, (b, s))
-            w = np.zeros((b, n))
-            np.add.at(w, (np.repeat(np.arange(b), n), idx.ravel()), 1.0)
-            cols = np.arange(b)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices -> NaN, dropped below
-                per = [f.batch(w) for f in fast]
-                vals = {m: np.nanmean(np.stack([per[j][m] for j in range(s)])[seeds.T, cols], 0) for m in names}
-                for m in names:
-                    boots[m].extend(vals[m].tolist())
-                if fast_b:
-                    perb = [f.batch(w) for f in fast_b]
-                    bseeds = seeds % len(fast_b)
-                    for m in names:
-                        bv = np.nanmean(np.stack([perb[j][m] for j in range(len(fast_b))])[bseeds.T, cols], 0)
-                        gains[m].extend((vals[m] - bv).tolist())
-    else:
-        per_seed = [metric_fn(y_true, p) for p in probas]
-        base_per_seed = [metric_fn(y_true, p) for p in baseline_probas] if baseline_probas is not None else None
-        names = list(per_seed[0])
-        boots = {m: [] for m in names}
-        gains = {m: [] for m in names}
-        for _ in range(n_boot):
-            idx = rng.integers(0, n, n)
-            seeds = rng.integers(0, s, s)
-            yb = y_true[idx]
-            cache = {j: metric_fn(yb, probas[j][idx]) for j in set(seeds.tolist())}
-            vals = {m: _nanmean([cache[j][m] for j in seeds]) for m in names}
+
+
+def _seed_means(per: list[dict], names: list[str], seeds: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
+    """Per resample (column), the metric averaged over the seeds drawn for it (``seeds``: b x s)."""
+    return {m: np.nanmean(np.stack([per[j][m] for j in range(len(per))])[seeds.T, cols], 0) for m in names}
+
+
+def _resample_weights(rng, n: int, b: int) -> np.ndarray:
+    """``b x n`` counts of each item in ``b`` resamples of ``n`` items with replacement."""
+    idx = rng.integers(0, n, (b, n))
+    w = np.zeros((b, n))
+    np.add.at(w, (np.repeat(np.arange(b), n), idx.ravel()), 1.0)
+    return w
+
+
+def _fast_bootstrap(y_true, probas, baseline_probas, k: int, n_boot: int, rng) -> tuple:
+    """Classification metrics of weighted resamples, many at once (exact, see :class:`_WeightedClassification`)."""
+    n, s = y_true.shape[0], len(probas)
+    fast = [_WeightedClassification(y_true, np.asarray(p, dtype=np.float64), k) for p in probas]
+    fast_b = [_WeightedClassification(y_true, np.asarray(p, dtype=np.float64), k) for p in (baseline_probas or [])]
+    ones = np.ones((1, n))
+    per_seed = [{m: float(v[0]) for m, v in f.batch(ones).items()} for f in fast]
+    base_per_seed = [{m: float(v[0]) for m, v in f.batch(ones).items()} for f in fast_b] if fast_b else None
+    names = list(per_seed[0])
+    boots: dict[str, list] = {m: [] for m in names}
+    gains: dict[str, list] = {m: [] for m in names}
+    chunk = max(1, min(n_boot, int(2e7 // max(n, 1))))
+    done = 0
+    while done < n_boot:
+        b = min(chunk, n_boot - done)
+        done += b
+        w = _resample_weights(rng, n, b)  # drawn before the seeds: the order of the random draws is fixed
+        seeds = rng.integers(0, s, (b, s))
+        cols = np.arange(b)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices -> NaN, dropped below
+            vals = _seed_means([f.batch(w) for f in fast], names, seeds, cols)
             for m in names:
-                boots[m].append(vals[m])
-            if base_per_seed is not None:
-                bseeds = seeds % len(baseline_probas)
-                bcache = {j: metric_fn(yb, baseline_probas[j][idx]) for j in set(bseeds.tolist())}
+                boots[m].extend(vals[m].tolist())
+            if fast_b:
+                base = _seed_means([f.batch(w) for f in fast_b], names, seeds % len(fast_b), cols)
                 for m in names:
-                    gains[m].append(vals[m] - _nanmean([bcache[j][m] for j in bseeds]))
+                    gains[m].extend((vals[m] - base[m]).tolist())
+    return names, per_seed, base_per_seed, boots, gains
+
+
+def _generic_bootstrap(y_true, probas, baseline_probas, metric_fn, n_boot: int, rng) -> tuple:
+    """Any ``metric_fn(y_true, proba)``, one resample at a time."""
+    n, s = y_true.shape[0], len(probas)
+    per_seed = [metric_fn(y_true, p) for p in probas]
+    base_per_seed = [metric_fn(y_true, p) for p in baseline_probas] if baseline_probas is not None else None
+    names = list(per_seed[0])
+    boots: dict[str, list] = {m: [] for m in names}
+    gains: dict[str, list] = {m: [] for m in names}
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        seeds = rng.integers(0, s, s)
+        yb = y_true[idx]
+        cache = {j: metric_fn(yb, probas[j][idx]) for j in set(seeds.tolist())}
+        vals = {m: _nanmean([cache[j][m] for j in seeds]) for m in names}
+        for m in names:
+            boots[m].append(vals[m])
+        if base_per_seed is not None:
+            bseeds = seeds % len(baseline_probas)
+            bcache = {j: metric_fn(yb, baseline_probas[j][idx]) for j in set(bseeds.tolist())}
+            for m in names:
+                gains[m].append(vals[m] - _nanmean([bcache[j][m] for j in bseeds]))
+    return names, per_seed, base_per_seed, boots, gains
+
+
+def _percentiles(values: list, q: list[float]) -> tuple[float, float]:
+    a = np.array(values, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    lo, hi = np.percentile(a, q) if a.size else (np.nan, np.nan)
+    return float(lo), float(hi)
+
+
+def _intervals(names, per_seed, base_per_seed, boots, gains, alpha: float) -> dict:
+    """Means over seeds with percentile intervals of the resamples (and of the paired gains)."""
     q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
     out = {}
     for m in names:
         vals = [d[m] for d in per_seed]
-        bs = np.array(boots[m], dtype=np.float64)
-        bs = bs[np.isfinite(bs)]
-        lo, hi = np.percentile(bs, q) if bs.size else (np.nan, np.nan)
-        rec = {"mean": _nanmean(vals), "ci_low": float(lo), "ci_high": float(hi), "per_seed": [float(v) for v in vals]}
+        lo, hi = _percentiles(boots[m], q)
+        rec = {"mean": _nanmean(vals), "ci_low": lo, "ci_high": hi, "per_seed": [float(v) for v in vals]}
         if base_per_seed is not None:
-            g = np.array(gains[m], dtype=np.float64)
-            g = g[np.isfinite(g)]
-            glo, ghi = np.percentile(g, q) if g.size else (np.nan, np.nan)
-            rec.update(
-                gain=rec["mean"] - _nanmean([d[m] for d in base_per_seed]), gain_low=float(glo), gain_high=float(ghi)
-            )
+            glo, ghi = _percentiles(gains[m], q)
+            rec.update(gain=rec["mean"] - _nanmean([d[m] for d in base_per_seed]), gain_low=glo, gain_high=ghi)
         out[m] = rec
     return out

@@ -216,62 +216,76 @@ def discover(path: str | Path, opts, section: str = "training") -> tuple[list[di
     Raises :class:`DataError` naming ``path`` when nothing usable is there (e.g. an empty folder).
     """
     path = Path(path)
-    spatial_dims = int(opts.spatial_dims)
     if not path.exists():
         raise DataError(path, "does not exist")
     if path.is_file():
-        if path.suffix.lower() in (".npz", ".npy"):
-            return _from_arrays(path, spatial_dims, section)
-        if path.suffix.lower() == ".json" and is_decathlon(path):
-            items = read_decathlon(path, opts, section)
-            if not items:
-                raise DataError(path, f"Decathlon datalist has no {section!r} entries")
-            return items, None
-        if path.suffix.lower() in (".csv", ".json"):
-            return read_manifest(path, opts)
-        if _is_scan_file(path):
-            return [{"image": str(path), "id": scan_id(path)}], None
-        raise DataError(path, "not a scan, a manifest (.csv/.json), a MedMNIST .npz or an .npy of images")
-    # a folder
+        return _from_file(path, opts, section)
     if not any(p for p in path.iterdir() if not p.name.startswith(".")):
         raise DataError(path, "empty folder: no scans found")
+    spatial_dims = int(opts.spatial_dims)
     for img_dir, lab_dir in IMAGE_PAIR_DIRS:
         if (path / img_dir).is_dir() and (path / lab_dir).is_dir():
-            images = _scans_in(path / img_dir, spatial_dims)
-            masks = {scan_id(m): m for m in _scans_in(path / lab_dir, spatial_dims)}
-            items = []
-            for im in images:
-                sid = scan_id(im)
-                if sid not in masks:
-                    raise DataError(im, f"no mask named {sid}* in {path / lab_dir}")
-                items.append({"image": im, "mask": masks[sid], "id": sid})
-            if not items:
-                raise DataError(path / img_dir, "empty folder: no scans found")
-            return items, None
+            return _image_mask_pairs(path / img_dir, path / lab_dir, spatial_dims), None
     scans = _scans_in(path, spatial_dims)
     subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and str(p) not in scans)
-    if not scans and subdirs:  # class subfolders
-        items, classes = [], []
-        for sub in subdirs:
-            sub_scans = _scans_in(sub, spatial_dims)
-            if not sub_scans:
-                continue
-            classes.append(sub.name)
-            for s in sub_scans:
-                items.append({"image": s, "label": len(classes) - 1, "id": f"{sub.name}/{scan_id(s)}"})
-        if not items:
-            raise DataError(path, "empty folder: no scans found in its class subfolders")
+    if not scans and subdirs:
         if opts.sequences:
             raise DataError(path, "multi-sequence scans need a flat folder or a manifest, not class subfolders")
-        return items, classes
+        return _class_subfolders(path, subdirs, spatial_dims)
     if not scans:
         raise DataError(
             path, "empty folder: no scans found (looked for .nii/.nii.gz, DICOM series folders, .dcm, .png)"
         )
     if opts.sequences:
-        seqs = [s for s in opts.sequences]
+        seqs = list(opts.sequences)
         return [{"image": g, "id": scan_id(g[0]).rsplit("_", 1)[0]} for g in _group_sequences(scans, seqs, path)], None
     return [{"image": s, "id": scan_id(s)} for s in scans], None
+
+
+def _from_file(path: Path, opts, section: str) -> tuple[list[dict], list[str] | None]:
+    """Items of a file: an ``.npz``/``.npy``, a Decathlon datalist, a CSV/JSON manifest or one scan."""
+    suffix = path.suffix.lower()
+    if suffix in (".npz", ".npy"):
+        return _from_arrays(path, int(opts.spatial_dims), section)
+    if suffix == ".json" and is_decathlon(path):
+        items = read_decathlon(path, opts, section)
+        if not items:
+            raise DataError(path, f"Decathlon datalist has no {section!r} entries")
+        return items, None
+    if suffix in (".csv", ".json"):
+        return read_manifest(path, opts)
+    if _is_scan_file(path):
+        return [{"image": str(path), "id": scan_id(path)}], None
+    raise DataError(path, "not a scan, a manifest (.csv/.json), a MedMNIST .npz or an .npy of images")
+
+
+def _image_mask_pairs(img_dir: Path, lab_dir: Path, spatial_dims: int) -> list[dict]:
+    """Segmentation pairs of ``imagesTr``/``labelsTr`` (or ``images``/``masks``) matched by scan id."""
+    masks = {scan_id(m): m for m in _scans_in(lab_dir, spatial_dims)}
+    items = []
+    for im in _scans_in(img_dir, spatial_dims):
+        sid = scan_id(im)
+        if sid not in masks:
+            raise DataError(im, f"no mask named {sid}* in {lab_dir}")
+        items.append({"image": im, "mask": masks[sid], "id": sid})
+    if not items:
+        raise DataError(img_dir, "empty folder: no scans found")
+    return items
+
+
+def _class_subfolders(path: Path, subdirs: list[Path], spatial_dims: int) -> tuple[list[dict], list[str]]:
+    """Labelled items of class sub-folders (the class names are the folder names that hold scans)."""
+    items, classes = [], []
+    for sub in subdirs:
+        sub_scans = _scans_in(sub, spatial_dims)
+        if not sub_scans:
+            continue
+        classes.append(sub.name)
+        for s in sub_scans:
+            items.append({"image": s, "label": len(classes) - 1, "id": f"{sub.name}/{scan_id(s)}"})
+    if not items:
+        raise DataError(path, "empty folder: no scans found in its class subfolders")
+    return items, classes
 
 
 def is_slice_stack(images: np.ndarray) -> bool:
