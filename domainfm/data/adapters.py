@@ -191,34 +191,40 @@ def dims_decision(source: str, shape: tuple[int, ...], dims: int) -> str:
     return text
 
 
-def _sample_from(item: Any, index: int, source: str, spatial_dims: int | None) -> dict:
-    """One item of a dataset (tensor, tuple, dict) as a sample dict; raw values, float32."""
+def _unpack(item: Any, index: int, source: str) -> tuple[Any, Any, Any, dict]:
+    """``(image, label, mask, meta)`` of a dataset item: a dict (MONAI/TorchGeo keys), a tuple or an image."""
     meta: dict[str, Any] = {"path": f"{source}[{index}]", "index": index}
-    label = mask = None
-    if isinstance(item, dict):
-        image = next((item[k] for k in IMAGE_KEYS if k in item), None)
-        if image is None:
-            raise DataError(source, f"item {index} is a dict with keys {sorted(map(str, item))} and no image; {SCHEMA}")
-        label = next((item[k] for k in LABEL_KEYS if k in item), None)
-        mask = next((item[k] for k in MASK_KEYS if k in item), None)
-        for key in ("crs", "bounds", "bbox", "path", "filename", "id"):
-            if key in item:
-                meta["path" if key in ("filename", "path") else key] = _jsonable(item[key])
-        if isinstance(item.get("meta"), dict):
-            meta.update({k: _jsonable(v) for k, v in item["meta"].items()})
-    elif isinstance(item, (tuple, list)) and len(item) >= 1 and not np.isscalar(item[0]):
-        image = item[0]
-        if len(item) > 1:
-            label = item[1]
-    else:
-        image = item
-    image_meta = getattr(image, "meta", None)  # MONAI MetaTensor: spacing and source file
-    if isinstance(image_meta, dict):
-        if image_meta.get("pixdim") is not None:
-            pix = _to_tensor(image_meta["pixdim"]).tolist()
-            meta["spacing"] = [float(v) for v in pix[1:4]] if len(pix) >= 4 else [float(v) for v in pix]
-        if image_meta.get("filename_or_obj"):
-            meta["path"] = str(image_meta["filename_or_obj"])
+    if isinstance(item, (tuple, list)) and len(item) >= 1 and not np.isscalar(item[0]):
+        return item[0], (item[1] if len(item) > 1 else None), None, meta
+    if not isinstance(item, dict):
+        return item, None, None, meta
+    image = next((item[k] for k in IMAGE_KEYS if k in item), None)
+    if image is None:
+        raise DataError(source, f"item {index} is a dict with keys {sorted(map(str, item))} and no image; {SCHEMA}")
+    for key in ("crs", "bounds", "bbox", "path", "filename", "id"):
+        if key in item:
+            meta["path" if key in ("filename", "path") else key] = _jsonable(item[key])
+    if isinstance(item.get("meta"), dict):
+        meta.update({k: _jsonable(v) for k, v in item["meta"].items()})
+    label = next((item[k] for k in LABEL_KEYS if k in item), None)
+    mask = next((item[k] for k in MASK_KEYS if k in item), None)
+    return image, label, mask, meta
+
+
+def _metatensor_meta(image: Any, meta: dict) -> None:
+    """Spacing and source file of a MONAI ``MetaTensor`` into ``meta``."""
+    image_meta = getattr(image, "meta", None)
+    if not isinstance(image_meta, dict):
+        return
+    if image_meta.get("pixdim") is not None:
+        pix = _to_tensor(image_meta["pixdim"]).tolist()
+        meta["spacing"] = [float(v) for v in pix[1:4]] if len(pix) >= 4 else [float(v) for v in pix]
+    if image_meta.get("filename_or_obj"):
+        meta["path"] = str(image_meta["filename_or_obj"])
+
+
+def _pixels(image: Any, index: int, source: str, spatial_dims: int | None) -> torch.Tensor:
+    """The image as a tensor with its channel axis (added to an ``H x W`` image or a ``spatial_dims`` array)."""
     if isinstance(image, (str, os.PathLike)):
         raise DataError(
             str(image),
@@ -229,13 +235,18 @@ def _sample_from(item: Any, index: int, source: str, spatial_dims: int | None) -
         t = _to_tensor(image)
     except (TypeError, ValueError, RuntimeError):
         raise DataError(source, f"item {index} holds a {type(image).__name__}, not an image; {SCHEMA}") from None
-    dtype = str(t.dtype)
-    if spatial_dims is not None and t.ndim == spatial_dims:
+    if t.ndim == (spatial_dims or 2):
         t = t[None]
-    elif spatial_dims is None and t.ndim == 2:
-        t = t[None]
+    return t
+
+
+def _sample_from(item: Any, index: int, source: str, spatial_dims: int | None) -> dict:
+    """One item of a dataset (tensor, tuple, dict) as a sample dict; raw values, float32."""
+    image, label, mask, meta = _unpack(item, index, source)
+    _metatensor_meta(image, meta)
+    t = _pixels(image, index, source, spatial_dims)
     sample = make_sample(t.float(), **meta)
-    sample["dtype"] = dtype
+    sample["dtype"] = str(t.dtype)
     if label is not None:
         lt = _to_tensor(label)
         if lt.ndim >= 2 and tuple(lt.shape[-(t.ndim - 1) :]) == tuple(t.shape[1:]):
