@@ -93,6 +93,35 @@ def _img_size(cfg, spatial_dims: int) -> list[int]:
     return [int(size)] * spatial_dims
 
 
+def _task_items(items: list[dict], classes, split: str, task: str, where) -> tuple[list[dict], list[str] | None]:
+    """The items with what ``task`` needs (masks or labels; neither to pretrain or embed), checked."""
+    if split in ("pretrain", "embed"):
+        return [{k: v for k, v in it.items() if k not in ("mask", "label")} for it in items], None
+    if task == "segmentation":
+        if not all("mask" in it for it in items):
+            raise DataError(
+                where,
+                "segmentation needs masks: a 'mask' column in the manifest, "
+                "imagesTr/labelsTr (or images/masks) folders, or Decathlon 'label' entries",
+            )
+        return [{k: v for k, v in it.items() if k != "label"} for it in items], classes
+    if not all("label" in it for it in items):
+        raise DataError(
+            where,
+            f"{task} needs labels: class subfolders, a 'label' column in the manifest, "
+            "or a MedMNIST .npz with *_labels",
+        )
+    return [{k: v for k, v in it.items() if k != "mask"} for it in items], classes
+
+
+def _cache_dir(cfg, opts: MedicalOptions, crop: list[int], stage: str) -> Path | None:
+    """The disk-cache folder of this preprocessing (``data.cache: disk``), keyed by options, crop and stage."""
+    if cfg.data.cache != "disk":
+        return None
+    recipe = json.dumps({"opts": dataclasses.asdict(opts), "crop": crop, "stage": stage}, sort_keys=True)
+    return Path(opts.cache_dir or Path(cfg.out) / "cache") / hashlib.md5(recipe.encode()).hexdigest()[:12]
+
+
 class MedicalDomain(Domain):
     """NIfTI / DICOM / PNG / MedMNIST readers, MONAI preprocessing, UNETR head, NIfTI writer.
 
@@ -316,25 +345,7 @@ class MedicalDomain(Domain):
         items, classes = self.items(cfg, split)
         where = cfg.data.val_path if split in ("val", "test") and cfg.data.val_path else cfg.data.path
         task = cfg.finetune.task
-        if split in ("pretrain", "embed"):
-            items = [{k: v for k, v in it.items() if k not in ("mask", "label")} for it in items]
-            classes = None
-        elif task == "segmentation":
-            if not all("mask" in it for it in items):
-                raise DataError(
-                    where,
-                    "segmentation needs masks: a 'mask' column in the manifest, "
-                    "imagesTr/labelsTr (or images/masks) folders, or Decathlon 'label' entries",
-                )
-            items = [{k: v for k, v in it.items() if k != "label"} for it in items]
-        else:
-            if not all("label" in it for it in items):
-                raise DataError(
-                    where,
-                    f"{task} needs labels: class subfolders, a 'label' column in the manifest, "
-                    "or a MedMNIST .npz with *_labels",
-                )
-            items = [{k: v for k, v in it.items() if k != "mask"} for it in items]
+        items, classes = _task_items(items, classes, split, task, where)
         if split == "train" and task == "segmentation" and opts.spatial_dims == 3 and cfg.train.batch_size == 64:
             # train.batch_size left at the 2D default: a 3D UNETR step decodes every crop at full resolution
             cfg.train.batch_size = SEG_3D_BATCH
@@ -344,19 +355,13 @@ class MedicalDomain(Domain):
                 "for 2D; UNETR practice for 96^3 crops; set --batch-size to change it)",
             )
         stage = "test" if split == "embed" else split
-        cache_dir = None
-        if cfg.data.cache == "disk":
-            key = hashlib.md5(
-                json.dumps({"opts": dataclasses.asdict(opts), "crop": crop, "stage": stage}, sort_keys=True).encode()
-            ).hexdigest()[:12]
-            cache_dir = Path(opts.cache_dir or Path(cfg.out) / "cache") / key
         ds = MedicalDataset(
             items,
             opts,
             crop,
             stage=stage,
             cache=cfg.data.cache,
-            cache_dir=cache_dir,
+            cache_dir=_cache_dir(cfg, opts, crop, stage),
             seed=cfg.train.seed,
             classes=classes,
             num_workers=cfg.data.num_workers,
