@@ -149,17 +149,10 @@ def run_mil(
         raise DataError(labels_csv, f"MIL needs at least two classes, found only {classes}")
     splits = assign_splits(rows, val_fraction, seed)
     data = [load_slide_features(r["features"]) for r in rows]
-    dims = {d["features"].shape[1] for d in data}
-    if len(dims) != 1:
-        raise DataError(
-            features_dir,
-            f"feature files have different dimensions {sorted(dims)}; embed all slides with the same checkpoint",
-        )
-    in_dim = dims.pop()
+    in_dim = _feature_dim(data, features_dir)
     bags = [torch.from_numpy(d["features"]).float() for d in data]
     y = np.array([classes.index(r["label"]) for r in rows])
-    tr = [i for i, s in enumerate(splits) if s == "train"]
-    if not tr:
+    if "train" not in splits:
         raise DataError(labels_csv, "no slide in the train split")
     models = {
         "abmil": GatedABMIL(in_dim, len(classes), hidden_dim=hidden_dim, attn_dim=max(8, hidden_dim // 2)),
@@ -168,20 +161,13 @@ def run_mil(
     metrics: dict = {
         "classes": classes,
         "n_slides": len(rows),
-        "n_train": len(tr),
+        "n_train": splits.count("train"),
         "n_val": sum(s != "train" for s in splits),
     }
-    results = {}
-    for name, model in models.items():
-        torch.manual_seed(seed)
-        history = train_mil(model, [bags[i] for i in tr], y[tr].tolist(), epochs=epochs, lr=lr, seed=seed)
-        probs, attns = predict_bags(model, bags)
-        results[name] = (probs, attns)
-        metrics[name] = {"final_train_loss": history[-1] if history else None}
-        for split in ("train", "val", "test"):
-            idx = [i for i, s in enumerate(splits) if s == split]
-            if idx:
-                metrics[name][split] = classification_metrics(y[idx], probs[idx])
+    results = {
+        name: _fit(model, bags, y, splits, epochs, lr, seed, metrics.setdefault(name, {}))
+        for name, model in models.items()
+    }
     out_dir = Path(out_dir)
     tensors = {k: v for k, v in (encoder_tensors or {}).items() if k.startswith("encoder.")}
     tensors.update({f"head.{k}": v for k, v in models["abmil"].state_dict().items()})
@@ -203,7 +189,42 @@ def run_mil(
     ckpt = save_checkpoint(out_dir, int(epochs), tensors, card)
     (ckpt / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    with open(ckpt / "predictions.csv", "w", newline="") as f:
+    _write_predictions(ckpt / "predictions.csv", rows, splits, classes, results)
+    if heatmaps:
+        attentions = results["abmil"][1]
+        _write_heatmaps(ckpt / "heatmaps", rows, data, bags, models["abmil"], attentions, classes, thumbnail_size)
+    if verbose:
+        _print_summary(metrics, list(models), ckpt)
+    return ckpt
+
+
+def _feature_dim(data: list[dict], features_dir) -> int:
+    dims = {d["features"].shape[1] for d in data}
+    if len(dims) != 1:
+        raise DataError(
+            features_dir,
+            f"feature files have different dimensions {sorted(dims)}; embed all slides with the same checkpoint",
+        )
+    return dims.pop()
+
+
+def _fit(model, bags, y, splits: list[str], epochs: int, lr: float, seed: int, metrics: dict) -> tuple:
+    """Train one MIL model on the train bags; its per-split metrics go into ``metrics``; returns
+    ``(probabilities, attentions)`` of every bag."""
+    tr = [i for i, s in enumerate(splits) if s == "train"]
+    torch.manual_seed(seed)
+    history = train_mil(model, [bags[i] for i in tr], y[tr].tolist(), epochs=epochs, lr=lr, seed=seed)
+    probs, attns = predict_bags(model, bags)
+    metrics["final_train_loss"] = history[-1] if history else None
+    for split in ("train", "val", "test"):
+        idx = [i for i, s in enumerate(splits) if s == split]
+        if idx:
+            metrics[split] = classification_metrics(y[idx], probs[idx])
+    return probs, attns
+
+
+def _write_predictions(path: Path, rows: list[dict], splits: list[str], classes: list[str], results: dict) -> None:
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
             [
@@ -229,44 +250,38 @@ def run_mil(
                     *[f"{p:.4f}" for p in pm],
                 ]
             )
-    if heatmaps:
-        hm_dir = ckpt / "heatmaps"
-        abmil = models["abmil"]
-        for i, (r, d) in enumerate(zip(rows, data)):
-            attn = results["abmil"][1][i]
-            with torch.no_grad():
-                inst = abmil.classifier(abmil.fc(bags[i]))  # per-tile class logits
-            name = Path(r["slide"]).name
-            cols = {"attention": attn, "attention_rank": rank_normalize(attn)}
-            cols.update({f"tile_logit_{c}": inst[:, k].numpy() for k, c in enumerate(classes)})
-            write_tile_scores(hm_dir / f"{name}.tiles.csv", d["coords"], int(d["attrs"]["size0"]), cols)
-            slide = Path(str(d["attrs"].get("slide", "")))
-            if slide.is_file():
-                write_heatmap(
-                    slide,
-                    d["coords"],
-                    int(d["attrs"]["size0"]),
-                    attn,
-                    hm_dir / f"{name}.png",
-                    thumbnail_size=thumbnail_size,
-                )
-            else:
-                warnings.warn(f"{slide}: slide file not found; heatmap skipped (tile scores CSV written)", stacklevel=2)
-    if verbose:
-        for name in models:
-            m = metrics[name].get("val") or metrics[name].get("train")
-            split = "val" if metrics[name].get("val") else "train"
-            print(
-                f"MIL {name:5s}: {split} accuracy {m['accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}, "
-                f"AUC {m['auc'] if m['auc'] is None else round(m['auc'], 3)}"
-            )
-        print(f"MIL checkpoint: {ckpt}")
-    return ckpt
+
+
+def _write_heatmaps(hm_dir: Path, rows, data, bags, abmil, attentions, classes, thumbnail_size: int) -> None:
+    """Per slide: tile scores (attention, its rank, per-tile class logits) and an attention heatmap."""
+    for i, (r, d) in enumerate(zip(rows, data)):
+        attn = attentions[i]
+        with torch.no_grad():
+            inst = abmil.classifier(abmil.fc(bags[i]))  # per-tile class logits
+        name = Path(r["slide"]).name
+        cols = {"attention": attn, "attention_rank": rank_normalize(attn)}
+        cols.update({f"tile_logit_{c}": inst[:, k].numpy() for k, c in enumerate(classes)})
+        write_tile_scores(hm_dir / f"{name}.tiles.csv", d["coords"], int(d["attrs"]["size0"]), cols)
+        slide = Path(str(d["attrs"].get("slide", "")))
+        if slide.is_file():
+            size0 = int(d["attrs"]["size0"])
+            write_heatmap(slide, d["coords"], size0, attn, hm_dir / f"{name}.png", thumbnail_size=thumbnail_size)
+        else:
+            warnings.warn(f"{slide}: slide file not found; heatmap skipped (tile scores CSV written)", stacklevel=2)
+
+
+def _print_summary(metrics: dict, names: list[str], ckpt: Path) -> None:
+    for name in names:
+        m = metrics[name].get("val") or metrics[name].get("train")
+        split = "val" if metrics[name].get("val") else "train"
+        print(
+            f"MIL {name:5s}: {split} accuracy {m['accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}, "
+            f"AUC {m['auc'] if m['auc'] is None else round(m['auc'], 3)}"
+        )
+    print(f"MIL checkpoint: {ckpt}")
 
 
 def require_labels(labels) -> Path:
     if not labels:
-        raise ConfigError(
-            "task mil needs a labels CSV with columns slide,label: pass --labels slides.csv (Options field `labels`)"
-        )
+        raise ConfigError('task mil needs a labels CSV with columns slide,label: pass labels="slides.csv"')
     return Path(labels)
