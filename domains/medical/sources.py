@@ -95,27 +95,38 @@ def _labels_to_index(raw: list[Any], where: Path) -> tuple[list[int], list[str]]
         return [mapping[v] for v in vals], classes
 
 
+def _record_image(rec: dict, row: int, base: Path, where: Path, opts) -> Any:
+    """The image of one manifest row: its sequence columns (a list) or its image column (a path or list)."""
+    if opts.sequences:
+        missing = [q for q in opts.sequences if not rec.get(q)]
+        if missing:
+            raise DataError(where, f"row {row}: missing sequence column(s) {missing}")
+        return [_resolve(base, rec[q]) for q in opts.sequences]
+    value = rec.get(opts.image_key)
+    if value in (None, ""):
+        raise DataError(where, f"row {row}: no {opts.image_key!r} value (columns: {', '.join(rec)})")
+    return [_resolve(base, v) for v in value] if isinstance(value, list) else _resolve(base, value)
+
+
+def _check_listed_files(items: list[dict], where: Path) -> None:
+    for item in items:
+        for p in item["image"] if isinstance(item["image"], list) else [item["image"]]:
+            if not Path(p).exists():
+                raise DataError(p, f"listed in {where} but does not exist")
+        if "mask" in item and not Path(item["mask"]).exists():
+            raise DataError(item["mask"], f"mask listed in {where} does not exist")
+
+
 def _from_records(records: list[dict], base: Path, where: Path, opts) -> tuple[list[dict], list[str] | None]:
-    seqs = opts.sequences
     items: list[dict] = []
     raw_labels = []
     for i, rec in enumerate(records):
-        if seqs:
-            missing = [q for q in seqs if not rec.get(q)]
-            if missing:
-                raise DataError(where, f"row {i + 1}: missing sequence column(s) {missing}")
-            image: Any = [_resolve(base, rec[q]) for q in seqs]
-        else:
-            value = rec.get(opts.image_key)
-            if value in (None, ""):
-                raise DataError(where, f"row {i + 1}: no {opts.image_key!r} value (columns: {', '.join(rec)})")
-            image = [_resolve(base, v) for v in value] if isinstance(value, list) else _resolve(base, value)
+        image = _record_image(rec, i + 1, base, where, opts)
         item = {"image": image, "id": scan_id(image[0] if isinstance(image, list) else image)}
         if rec.get(opts.mask_key) not in (None, ""):
             item["mask"] = _resolve(base, rec[opts.mask_key])
         if rec.get(opts.label_key) not in (None, ""):
             raw_labels.append(rec[opts.label_key])
-            item["_has_label"] = True
         items.append(item)
     classes = None
     if raw_labels:
@@ -124,14 +135,7 @@ def _from_records(records: list[dict], base: Path, where: Path, opts) -> tuple[l
         idx, classes = _labels_to_index(raw_labels, where)
         for item, lab in zip(items, idx):
             item["label"] = lab
-    for item in items:
-        item.pop("_has_label", None)
-    for item in items:
-        for p in item["image"] if isinstance(item["image"], list) else [item["image"]]:
-            if not Path(p).exists():
-                raise DataError(p, f"listed in {where} but does not exist")
-        if "mask" in item and not Path(item["mask"]).exists():
-            raise DataError(item["mask"], f"mask listed in {where} does not exist")
+    _check_listed_files(items, where)
     return items, classes
 
 
