@@ -162,6 +162,73 @@ def _dicom_pixels(ds, path) -> np.ndarray:
     return arr
 
 
+def _series_slices(folder: Path) -> list[tuple[Path, Any]]:
+    """The ``(file, dataset)`` of each slice of the one series in ``folder`` (refusing mixes and single slices)."""
+    if not folder.is_dir():
+        raise DataError(folder, "DICOM series folder does not exist")
+    files = dicom_files(folder)
+    if not files:
+        raise DataError(folder, "empty folder: no DICOM files found")
+    slices = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(str(f))
+        except Exception as exc:
+            raise DataError(f, f"cannot read DICOM ({type(exc).__name__}: {exc})") from None
+        slices.append((f, ds))
+    series = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in slices}
+    if len(series) > 1:
+        raise DataError(folder, f"folder mixes {len(series)} DICOM series; put one series per folder")
+    if len(slices) == 1:
+        f, ds = slices[0]
+        if _dicom_pixels(ds, f).ndim == 3:  # multi-frame
+            raise DataError(f, "multi-frame DICOM volumes are not supported; export one file per slice")
+        raise DataError(folder, "DICOM series has a single slice; configure spatial_dims: 2 to read it as a 2D image")
+    return slices
+
+
+def _ordered_slices(slices: list[tuple[Path, Any]], iop: np.ndarray) -> list[tuple]:
+    """``(position along the normal, ImagePositionPatient, file, dataset)`` per slice, sorted by position;
+    slices of another orientation or size are refused."""
+    normal = np.cross(iop[:3], iop[3:])
+    rows, cols = int(slices[0][1].Rows), int(slices[0][1].Columns)
+    entries = []
+    for f, ds in slices:
+        ipp = np.asarray([float(v) for v in _ds_float(ds, "ImagePositionPatient", f)], dtype=np.float64)
+        o = np.asarray([float(v) for v in _ds_float(ds, "ImageOrientationPatient", f)], dtype=np.float64)
+        if not np.allclose(o, iop, atol=1e-3):
+            raise DataError(f, "ImageOrientationPatient differs from the other slices of the series")
+        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+            raise DataError(f, f"slice size {int(ds.Rows)}x{int(ds.Columns)} differs from {rows}x{cols}")
+        entries.append((float(ipp @ normal), ipp, f, ds))
+    entries.sort(key=lambda e: e[0])
+    return entries
+
+
+def _check_slice_steps(entries: list[tuple], folder: Path, thickness: float, tolerance: float) -> None:
+    """Duplicated positions and gaps over ``1 + tolerance`` slice steps (missing slices) name their files."""
+    pos = np.asarray([e[0] for e in entries])
+    steps = np.diff(pos)
+    for i, step in enumerate(steps):
+        if abs(step) < 1e-3 * max(1.0, thickness):
+            raise DataError(
+                entries[i + 1][2],
+                f"duplicated slice: same ImagePositionPatient as {entries[i][2].name} "
+                f"(position {pos[i]:.3f} mm along the slice normal)",
+            )
+    step = float(np.min(steps))
+    gaps = np.nonzero(steps > step * (1.0 + tolerance))[0]
+    if len(gaps):
+        i = int(gaps[0])
+        n_missing = int(round(steps[i] / step)) - 1
+        raise DataError(
+            folder,
+            f"DICOM series has missing slices: a gap of {steps[i]:.2f} mm between "
+            f"{entries[i][2].name} and {entries[i + 1][2].name} (slice step {step:.2f} mm, "
+            f"about {max(n_missing, 1)} slice(s) missing)",
+        )
+
+
 def read_dicom_series(folder: str | Path, check_finite: bool = True, tolerance: float = 0.2):
     """Read a folder holding ONE DICOM series as a 3D float32 MetaTensor (values in HU for CT).
 
@@ -181,64 +248,12 @@ def read_dicom_series(folder: str | Path, check_finite: bool = True, tolerance: 
     """
 
     folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(folder, "DICOM series folder does not exist")
-    files = dicom_files(folder)
-    if not files:
-        raise DataError(folder, "empty folder: no DICOM files found")
-    slices = []
-    for f in files:
-        try:
-            ds = pydicom.dcmread(str(f))
-        except Exception as exc:
-            raise DataError(f, f"cannot read DICOM ({type(exc).__name__}: {exc})") from None
-        slices.append((f, ds))
-    series = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in slices}
-    if len(series) > 1:
-        raise DataError(folder, f"folder mixes {len(series)} DICOM series; put one series per folder")
-    if len(slices) == 1:
-        f, ds = slices[0]
-        arr = _dicom_pixels(ds, f)
-        if arr.ndim == 3:  # multi-frame
-            raise DataError(f, "multi-frame DICOM volumes are not supported; export one file per slice")
-        raise DataError(folder, "DICOM series has a single slice; configure spatial_dims: 2 to read it as a 2D image")
+    slices = _series_slices(folder)
     f0, ds0 = slices[0]
     iop = np.asarray([float(v) for v in _ds_float(ds0, "ImageOrientationPatient", f0)], dtype=np.float64)
     row_cos, col_cos = iop[:3], iop[3:]
-    normal = np.cross(row_cos, col_cos)
-    entries = []
-    for f, ds in slices:
-        ipp = np.asarray([float(v) for v in _ds_float(ds, "ImagePositionPatient", f)], dtype=np.float64)
-        o = np.asarray([float(v) for v in _ds_float(ds, "ImageOrientationPatient", f)], dtype=np.float64)
-        if not np.allclose(o, iop, atol=1e-3):
-            raise DataError(f, "ImageOrientationPatient differs from the other slices of the series")
-        if (int(ds.Rows), int(ds.Columns)) != (int(ds0.Rows), int(ds0.Columns)):
-            raise DataError(
-                f, f"slice size {int(ds.Rows)}x{int(ds.Columns)} differs from {int(ds0.Rows)}x{int(ds0.Columns)}"
-            )
-        entries.append((float(ipp @ normal), ipp, f, ds))
-    entries.sort(key=lambda e: e[0])
-    pos = np.asarray([e[0] for e in entries])
-    steps = np.diff(pos)
-    thickness = float(getattr(ds0, "SliceThickness", 0) or 0)
-    for i, step in enumerate(steps):
-        if abs(step) < 1e-3 * max(1.0, thickness):
-            raise DataError(
-                entries[i + 1][2],
-                f"duplicated slice: same ImagePositionPatient as {entries[i][2].name} "
-                f"(position {pos[i]:.3f} mm along the slice normal)",
-            )
-    step = float(np.min(steps))
-    gaps = np.nonzero(steps > step * (1.0 + tolerance))[0]
-    if len(gaps):
-        i = int(gaps[0])
-        n_missing = int(round(steps[i] / step)) - 1
-        raise DataError(
-            folder,
-            f"DICOM series has missing slices: a gap of {steps[i]:.2f} mm between "
-            f"{entries[i][2].name} and {entries[i + 1][2].name} (slice step {step:.2f} mm, "
-            f"about {max(n_missing, 1)} slice(s) missing)",
-        )
+    entries = _ordered_slices(slices, iop)
+    _check_slice_steps(entries, folder, float(getattr(ds0, "SliceThickness", 0) or 0), tolerance)
     px = [float(v) for v in _ds_float(ds0, "PixelSpacing", f0)]  # [row spacing, column spacing]
     vol = np.stack([_dicom_pixels(e[3], e[2]).T for e in entries], axis=-1)  # (cols, rows, slices)
     if check_finite:
