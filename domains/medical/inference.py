@@ -324,6 +324,51 @@ def evaluate_segmentation(model, data, overlap: float | None = None) -> dict:
 
 
 @torch.no_grad()
+def _embed_items(data, opts) -> tuple[list[dict], list[str] | None]:
+    """The items to embed, and for a MedMNIST-style ``.npz`` every split it holds (the ``splits`` column)."""
+    if not str(data).endswith(".npz"):
+        return discover(data, opts, "training")[0], None
+    try:
+        with np.load(data, allow_pickle=False) as z:
+            names = [s for s in ("train", "val", "test") if f"{s}_images" in z.files]
+    except (OSError, ValueError) as exc:
+        raise DataError(data, f"unreadable .npz ({exc})") from None
+    if not names:
+        raise DataError(data, "no train_images/val_images/test_images arrays to embed")
+    items, splits = [], []
+    for name in names:
+        part, _ = discover(data, opts, name)
+        items += part
+        splits += [name] * len(part)
+    return items, splits
+
+
+def _embed_features(model, items: list[dict], opts, crop, overlap: float, batch_size: int) -> list[torch.Tensor]:
+    """Embeddings of ``items``: 2D images in batches at the model size, volumes as the mean of sliding windows."""
+    prep = model.preprocess
+    dev = _model_device(model)
+    model.eval()
+    feats = []
+    if opts.spatial_dims == 2:
+        for i in range(0, len(items), batch_size):
+            chunk = items[i : i + batch_size]
+            xs = torch.stack(
+                [prep(it["image"] if not isinstance(it["image"], list) else it["image"][0]) for it in chunk]
+            )
+            feats.append(model.embed(xs.to(dev)).float().cpu())
+        return feats
+    for it in items:
+        src = it["image"]
+        if isinstance(src, list):
+            det, _ = build_transforms(opts, crop, "inference")
+            with domain_errors():
+                x = det({"image": src})["image"].as_tensor().float()
+        else:
+            x = prep(src)
+        feats.append(window_embedding(model, x, crop, overlap)[None])
+    return feats
+
+
 def embed_scans(model, data, out, batch_size: int = 64, overlap: float | None = None) -> Path:
     """One embedding per scan of ``data`` (folder, manifest, Decathlon JSON, ``.npz`` or one scan).
 
@@ -350,43 +395,9 @@ def embed_scans(model, data, out, batch_size: int = 64, overlap: float | None = 
     if out.suffix.lower() not in (".h5", ".hdf5", ".npz"):
         out = out.with_suffix(".npz")
     check_output(out, [data], what="embed --out")  # before embedding every scan
-    splits = None
-    if str(data).endswith(".npz"):  # MedMNIST-style: every split it holds, with a `splits` column
-        try:
-            with np.load(data, allow_pickle=False) as z:
-                names = [s for s in ("train", "val", "test") if f"{s}_images" in z.files]
-        except (OSError, ValueError) as exc:
-            raise DataError(data, f"unreadable .npz ({exc})") from None
-        if not names:
-            raise DataError(data, "no train_images/val_images/test_images arrays to embed")
-        items, splits = [], []
-        for name in names:
-            part, _ = discover(data, opts, name)
-            items += part
-            splits += [name] * len(part)
-    else:
-        items, _ = discover(data, opts, "training")
-    prep = model.preprocess
-    dev = _model_device(model)
-    model.eval()
-    feats, ids, paths, labels = [], [], [], []
-    if opts.spatial_dims == 2:
-        for i in range(0, len(items), batch_size):
-            chunk = items[i : i + batch_size]
-            xs = torch.stack(
-                [prep(it["image"] if not isinstance(it["image"], list) else it["image"][0]) for it in chunk]
-            )
-            feats.append(model.embed(xs.to(dev)).float().cpu())
-    else:
-        for it in items:
-            src = it["image"]
-            if isinstance(src, list):
-                det, _ = build_transforms(opts, crop, "inference")
-                with domain_errors():
-                    x = det({"image": src})["image"].as_tensor().float()
-            else:
-                x = prep(src)
-            feats.append(window_embedding(model, x, crop, overlap)[None])
+    items, splits = _embed_items(data, opts)
+    feats = _embed_features(model, items, opts, crop, overlap, batch_size)
+    ids, paths, labels = [], [], []
     for it in items:
         ids.append(str(it.get("id")))
         paths.append(str(it["image"][0] if isinstance(it["image"], list) else it["image"]))
