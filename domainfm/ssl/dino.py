@@ -163,6 +163,24 @@ def ibot_masks(batch: int, n_tokens: int, ratio: tuple[float, float], device) ->
     return ranks < n_mask
 
 
+def cross_view_entropy(t_probs, s_logp) -> torch.Tensor:
+    """Mean cross-entropy of every student crop against every teacher crop but its own.
+
+    Example:
+        >>> p = torch.full((2, 4), 0.25)
+        >>> round(float(cross_view_entropy([p, p], [p.log(), p.log()])), 4)   # log 4
+        1.3863
+    """
+    total, terms = 0.0, 0
+    for ti, tp in enumerate(t_probs):
+        for si, sl in enumerate(s_logp):
+            if si == ti:  # a crop is never its own target
+                continue
+            total = total + (-(tp * sl).sum(dim=-1)).mean()
+            terms += 1
+    return total / max(terms, 1)
+
+
 class DINO(nn.Module):
     """DINO / iBOT / DINOv2-style self-distillation around ``encoder`` (the student)."""
 
@@ -259,6 +277,28 @@ class DINO(nn.Module):
         buf.mul_(self.center_momentum).add_(mean, alpha=1 - self.center_momentum)
 
     # ---- losses --------------------------------------------------------------------------------
+    def _ibot_term(self, s_feats: list[dict], masks: list[torch.Tensor], t_patch_logits, temp: float) -> torch.Tensor:
+        """iBOT: the student's masked patch tokens predict the teacher's (each image weighted equally);
+        updates the patch centre."""
+        s_patch = torch.cat([f["tokens"] for f in s_feats])
+        m = torch.cat(masks)
+        t_patch = self._teacher_targets(t_patch_logits[m], self.patch_center, temp)
+        s_patch_logp = F.log_softmax(self.head(s_patch[m]) / self.student_temp, dim=-1)
+        per_token = -(t_patch * s_patch_logp).sum(dim=-1)
+        weight = (1.0 / m.sum(dim=1).clamp_min(1).float())[:, None].expand_as(m)[m]
+        ibot = (per_token * weight).sum() / m.shape[0]
+        self._update_center("patch_center", t_patch_logits.flatten(0, -2))
+        return ibot
+
+    @torch.no_grad()
+    def _teacher_stats(self, t_probs, temp: float) -> dict:
+        """Teacher entropy and mutual information (the collapse signal), averaged over ranks."""
+        probs = torch.cat(t_probs)
+        ent = -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean()
+        stats = teacher_collapse_metrics(all_reduce_mean(probs.mean(0)), all_reduce_mean(ent))
+        self._last_mi = stats["teacher_mi"]
+        return {**stats, "teacher_temp": torch.tensor(temp)}
+
     def dino_terms(self, views: list[torch.Tensor], wavelengths=None) -> dict:
         """Losses and statistics of one multi-crop batch (the ``dino`` part of ``mae+dino`` too)."""
         if not views or len(views) < self.n_global or len(views) < 2:
@@ -289,38 +329,18 @@ class DINO(nn.Module):
         ]
         s_pooled = [f["pooled"] for f in s_feats] + [self.encoder.embed(v, wavelengths=wavelengths) for v in locals_]
         s_logp = F.log_softmax(self.head(torch.cat(s_pooled)) / self.student_temp, dim=-1).chunk(len(views))
-        dino, terms = 0.0, 0
-        for ti, tp in enumerate(t_probs):
-            for si, sl in enumerate(s_logp):
-                if si == ti:  # a crop is never its own target
-                    continue
-                dino = dino + (-(tp * sl).sum(dim=-1)).mean()
-                terms += 1
-        dino = dino / max(terms, 1)
+        dino = cross_view_entropy(t_probs, s_logp)
         loss = self.dino_weight * dino
         out = {"dino_loss": dino.detach()}
         if use_ibot:
-            s_patch = torch.cat([f["tokens"] for f in s_feats])
-            m = torch.cat(masks)
-            t_patch = self._teacher_targets(t_patch_logits[m], self.patch_center, temp)
-            s_patch_logp = F.log_softmax(self.head(s_patch[m]) / self.student_temp, dim=-1)
-            per_token = -(t_patch * s_patch_logp).sum(dim=-1)
-            weight = (1.0 / m.sum(dim=1).clamp_min(1).float())[:, None].expand_as(m)[m]
-            ibot = (per_token * weight).sum() / m.shape[0]
+            ibot = self._ibot_term(s_feats, masks, t_patch_logits, temp)
             loss = loss + self.ibot_weight * ibot
             out["ibot_loss"] = ibot.detach()
-            self._update_center("patch_center", t_patch_logits.flatten(0, -2))
         if self.koleo_weight > 0:
             koleo = sum(koleo_loss(p) for p in s_pooled[: self.n_global]) / self.n_global
             loss = loss + self.koleo_weight * koleo
             out["koleo_loss"] = koleo.detach()
-        with torch.no_grad():
-            probs = torch.cat(t_probs)
-            ent = -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean()
-            stats = teacher_collapse_metrics(all_reduce_mean(probs.mean(0)), all_reduce_mean(ent))
-            self._last_mi = stats["teacher_mi"]
-            out.update(stats)
-            out["teacher_temp"] = torch.tensor(temp)
+        out.update(self._teacher_stats(t_probs, temp))
         self._update_center("center", t_logits)
         out["loss"] = loss
         out["embeddings"] = s_pooled[0].detach()
