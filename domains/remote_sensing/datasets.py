@@ -44,7 +44,7 @@ from domainfm.data.sample import make_sample
 from domainfm.errors import ConfigError, DataError
 from domainfm.inference import window_starts
 
-from .io import MaskRaster, Scene, is_raster_name, open_raster
+from .io import MaskRaster, Scene, is_raster_name, open_raster, raster_values
 from .sensors import _norm, get_sensor
 from .stats import BandStats, normalize, stats_arrays
 
@@ -112,7 +112,7 @@ def _class_items(folder: Path, sensor: str) -> tuple[list[Item], list[str]]:
     return items, classes
 
 
-def _manifest_items(csv_path: Path, sensors: list[str], sep: str, sensors_file=None) -> tuple[list[Item], list[str]]:
+def _manifest_rows(csv_path: Path) -> list[dict]:
     try:
         with open(csv_path, newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -120,43 +120,56 @@ def _manifest_items(csv_path: Path, sensors: list[str], sep: str, sensors_file=N
         raise DataError(csv_path, f"cannot read the manifest CSV ({exc})") from None
     if not rows or "image" not in rows[0]:
         raise DataError(csv_path, "manifest needs an 'image' column (and optional label, mask, sensor, split)")
+    return rows
+
+
+def _row_sensor(row: dict, line: int, sensors: list[str], csv_path: Path, sensors_file) -> str:
+    """The configured sensor a manifest row names (its ``sensor`` column, an alias, or the first sensor)."""
+    known = {_norm(s): s for s in sensors}
+    sensor = (row.get("sensor") or "").strip() or sensors[0]
+    if _norm(sensor) not in known:
+        try:
+            sensor = get_sensor(sensor, sensors_file).name
+        except ConfigError:
+            raise DataError(csv_path, f"line {line}: unknown sensor {sensor!r}") from None
+    if _norm(sensor) not in known:
+        raise DataError(csv_path, f"line {line}: sensor {sensor!r} is not among the configured sensors {sensors}")
+    return known[_norm(sensor)]
+
+
+def _index_labels(items: list[Item], raw_labels: list[list[str] | None]) -> list[str]:
+    """Class names of the manifest's labels (numbers in numeric order first) set on ``items`` as indices
+    (a list of indices where any row has several labels)."""
+    if not any(r is not None for r in raw_labels):
+        return []
+    classes = sorted(
+        {t for r in raw_labels if r for t in r},
+        key=lambda t: (not t.lstrip("-").isdigit(), int(t) if t.lstrip("-").isdigit() else 0, t),
+    )
+    multi = any(r is not None and len(r) > 1 for r in raw_labels)
+    index = {c: i for i, c in enumerate(classes)}
+    for it, r in zip(items, raw_labels):
+        if r is not None:
+            it.label = [index[t] for t in r] if multi else index[r[0]]
+    return classes
+
+
+def _manifest_items(csv_path: Path, sensors: list[str], sep: str, sensors_file=None) -> tuple[list[Item], list[str]]:
     base = csv_path.parent
     raw_labels: list[list[str] | None] = []
     items = []
-    known = {_norm(s): s for s in sensors}
-    for n, row in enumerate(rows, start=2):
+    for n, row in enumerate(_manifest_rows(csv_path), start=2):
         img = (row.get("image") or "").strip()
         if not img:
             raise DataError(csv_path, f"line {n}: empty image path")
         p = Path(img) if Path(img).is_absolute() else base / img
-        sensor = (row.get("sensor") or "").strip() or sensors[0]
-        if _norm(sensor) not in known:
-            try:
-                sensor = get_sensor(sensor, sensors_file).name
-            except ConfigError:
-                raise DataError(csv_path, f"line {n}: unknown sensor {sensor!r}") from None
-        if _norm(sensor) not in known:
-            raise DataError(csv_path, f"line {n}: sensor {sensor!r} is not among the configured sensors {sensors}")
-        sensor = known[_norm(sensor)]
+        sensor = _row_sensor(row, n, sensors, csv_path, sensors_file)
         mask = (row.get("mask") or "").strip()
         m = None if not mask else (Path(mask) if Path(mask).is_absolute() else base / mask)
         lab = (row.get("label") or "").strip()
         raw_labels.append([t.strip() for t in lab.split(sep) if t.strip()] if lab else None)
         items.append(Item(p, sensor, mask=m, split=(row.get("split") or "").strip().lower() or None))
-    classes: list[str] = []
-    if any(r is not None for r in raw_labels):
-        names = sorted(
-            {t for r in raw_labels if r for t in r},
-            key=lambda t: (not t.lstrip("-").isdigit(), int(t) if t.lstrip("-").isdigit() else 0, t),
-        )
-        classes = names
-        multi = any(r is not None and len(r) > 1 for r in raw_labels)
-        index = {c: i for i, c in enumerate(classes)}
-        for it, r in zip(items, raw_labels):
-            if r is None:
-                continue
-            it.label = [index[t] for t in r] if multi else index[r[0]]
-    return items, classes
+    return items, _index_labels(items, raw_labels)
 
 
 def discover_items(
@@ -180,26 +193,35 @@ def discover_items(
             return [Item(path, sensors[0])], [], "scenes"
         raise DataError(path, "data path is neither a raster, a folder nor a .csv manifest")
     if len(sensors) > 1:
-        items, classes, kinds = [], [], set()
-        subs = {_norm(p.name): p for p in path.iterdir() if p.is_dir()}
-        for s in sensors:
-            sensor = get_sensor(s, sensors_file)
-            names = [sensor.name, *sensor.aliases, s]
-            sub = next((subs[_norm(n)] for n in names if _norm(n) in subs), None)
-            if sub is None:
-                raise DataError(
-                    path,
-                    f"with several sensors the folder needs one sub-folder per sensor; "
-                    f"none named {s!r} (found: {', '.join(sorted(p.name for p in subs.values()))})",
-                )
-            its, cls, kind = discover_items(sub, [s], layout, sensors_file, label_sep)
-            if cls and classes and cls != classes:
-                raise DataError(sub, f"class folders {cls} differ from {classes} of the other sensors")
-            classes = cls or classes
-            items += its
-            kinds.add(kind)
-        return items, classes, kinds.pop() if len(kinds) == 1 else "scenes"
-    sensor = sensors[0]
+        return _sensor_folders(path, sensors, layout, sensors_file, label_sep)
+    return _folder_items(path, sensors[0], layout, sensors_file)
+
+
+def _sensor_folders(path: Path, sensors: list[str], layout: str, sensors_file, label_sep: str):
+    """Several sensors: one sub-folder per sensor (its name or an alias), each discovered on its own."""
+    items, classes, kinds = [], [], set()
+    subs = {_norm(p.name): p for p in path.iterdir() if p.is_dir()}
+    for s in sensors:
+        sensor = get_sensor(s, sensors_file)
+        names = [sensor.name, *sensor.aliases, s]
+        sub = next((subs[_norm(n)] for n in names if _norm(n) in subs), None)
+        if sub is None:
+            raise DataError(
+                path,
+                f"with several sensors the folder needs one sub-folder per sensor; "
+                f"none named {s!r} (found: {', '.join(sorted(p.name for p in subs.values()))})",
+            )
+        its, cls, kind = discover_items(sub, [s], layout, sensors_file, label_sep)
+        if cls and classes and cls != classes:
+            raise DataError(sub, f"class folders {cls} differ from {classes} of the other sensors")
+        classes = cls or classes
+        items += its
+        kinds.add(kind)
+    return items, classes, kinds.pop() if len(kinds) == 1 else "scenes"
+
+
+def _folder_items(path: Path, sensor: str, layout: str, sensors_file) -> tuple[list[Item], list[str], str]:
+    """One sensor's folder: scenes (rasters or per-band folders), else class sub-folders of tiles."""
     if layout == "classes":
         items, classes = _class_items(path, sensor)
         return items, classes, "classes"
@@ -223,6 +245,15 @@ def _stable_fraction(key: str, seed: int) -> float:
     return int(h[:8], 16) / 0xFFFFFFFF
 
 
+def _given_split(items: list[Item], split: str) -> list[Item]:
+    """The items a ``split`` column puts in ``split`` (``test`` falls back to the validation rows)."""
+    want = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}[split]
+    chosen = [it for it in items if it.split in want]
+    if not chosen and split == "test":
+        chosen = [it for it in items if it.split in ("val", "valid", "validation")]
+    return chosen
+
+
 def split_items(items: list[Item], split: str, val_fraction: float, seed: int = 0) -> list[Item]:
     """Items of ``split`` (``pretrain``: all but explicit test rows; ``train``/``val``/``test``).
 
@@ -232,11 +263,7 @@ def split_items(items: list[Item], split: str, val_fraction: float, seed: int = 
     if split == "pretrain":
         return [it for it in items if it.split != "test"]
     if any(it.split for it in items):
-        want = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}[split]
-        chosen = [it for it in items if it.split in want]
-        if not chosen and split == "test":
-            chosen = [it for it in items if it.split in ("val", "valid", "validation")]
-        return chosen
+        return _given_split(items, split)
     if split == "test":
         split = "val"
     if len(items) < 4:
@@ -356,6 +383,19 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
             )
             self._scenes[k] = sc
         return sc
+
+    def label_values(self) -> list[int]:
+        """Every label id of the data, from the label rasters themselves (read block by block, nodata left
+        out) or the items' class labels, not from sampled chips: the class map built from it holds a class
+        that only a few pixels carry (:func:`domainfm.classmap.resolve_classes`)."""
+        masks = list(dict.fromkeys(str(it.mask) for it in self.items if it.mask is not None))
+        if masks:
+            return sorted({v for path in masks for v in raster_values(path)})
+        found: set[int] = set()
+        for it in self.items:
+            if it.label is not None:
+                found.update(int(v) for v in (it.label if isinstance(it.label, list) else [it.label]))
+        return sorted(found)
 
     def mask_raster(self, k: int) -> MaskRaster | None:
         it = self.items[k]
