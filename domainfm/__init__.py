@@ -14,10 +14,12 @@ from domainfm.api import (
     demo,
     embed,
     evaluate,
+    export,
     finetune,
     import_weights,
     load,
     load_config,
+    load_exported,
     predict,
     pretrain,
     reconstruction,
@@ -31,6 +33,7 @@ from domainfm.errors import (
     NonFiniteLossError,
     NotLearningError,
     UnsupportedError,
+    debug,
 )
 from domainfm.models.encoder import build_encoder
 
@@ -42,6 +45,8 @@ __all__ = [
     "load",
     "embed",
     "predict",
+    "export",
+    "load_exported",
     "evaluate",
     "demo",
     "import_weights",
@@ -52,6 +57,7 @@ __all__ = [
     "Config",
     "FoundationModel",
     "config_from_card",
+    "debug",
     "DomainFMError",
     "ConfigError",
     "DataError",

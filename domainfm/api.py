@@ -1,4 +1,4 @@
-"""The notebook surface, re-exported: ``pretrain``, ``finetune``, ``load``, ``embed``, ``predict``,
+"""The notebook surface, re-exported: ``pretrain``, ``finetune``, ``load``, ``embed``, ``predict``, ``export``,
 ``evaluate``, ``demo`` and the config helpers.
 
 Example:
@@ -14,6 +14,8 @@ Example:
 
 from domainfm.config import Config, parse_config, save_config
 from domainfm.demo import run_demo as demo
+from domainfm.deploy import export
+from domainfm.exported import ExportedModel, load_exported
 from domainfm.model import FoundationModel, build_card, load
 from domainfm.pipelines import (
     embed,
@@ -34,6 +36,9 @@ __all__ = [
     "load",
     "embed",
     "predict",
+    "export",
+    "load_exported",
+    "ExportedModel",
     "evaluate",
     "evaluate_task",
     "reconstruction",

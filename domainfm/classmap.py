@@ -141,8 +141,9 @@ def resolve_classes(
 
     Classification labels are already indices into ``dataset.classes``; segmentation masks hold ids
     (negative = unlabelled), mapped to contiguous indices by the returned :class:`ClassMap`.
-    ``num_classes`` (``--num-classes``) and ``names`` (``--classes``, or names the data declares) are
-    checked against the labels; a disagreement is a :class:`ConfigError` that shows both.
+    ``num_classes`` (``finetune.num_classes``) and ``names`` (``data.options.classes``, or names the data
+    declares) are checked against the labels; a disagreement is a :class:`ConfigError` that shows both.
+    ``where`` names the data in messages (data held in memory has no path: "the training data").
 
     Example:
         >>> import torch
@@ -151,11 +152,14 @@ def resolve_classes(
         >>> n, cm.ids, names
         (6, [0, 1, 2, 3, 4, 8], ['background', 'label_1', 'label_2', 'label_3', 'label_4', 'label_8'])
     """
+    where = where if where is not None else "the training data"
     if task == "multilabel":
         first = dataset[0]
         n = int(torch.as_tensor(first["label"]).numel())
         if num_classes and num_classes != n:
-            raise ConfigError(f"num_classes={num_classes} but the multi-label vectors of {where} have {n} entries")
+            raise ConfigError(
+                f"finetune.num_classes={num_classes} but the multi-label vectors of {where} have {n} entries"
+            )
         return n, list(getattr(dataset, "classes", None) or []) or None, None
     found = [v for v in _values_of(dataset, task) if v >= 0]
     if not found:
@@ -168,20 +172,20 @@ def resolve_classes(
             raise ConfigError(f"{where}: labels {found} do not fit the classes {declared}")
         if num_classes and num_classes != len(ids):
             raise ConfigError(
-                f"--num-classes {num_classes} disagrees with the labels of {where}: "
-                f"{len(ids)} classes {declared or ids}; drop --num-classes or fix the labels"
+                f"finetune.num_classes={num_classes} disagrees with the labels of {where}: "
+                f"{len(ids)} classes {declared or ids}; drop finetune.num_classes or fix the labels"
             )
         missing = [declared[i] if declared else i for i in ids if i not in found]
         if missing:
             log.warning("%s: classes %s have no training sample", where, missing)
         return len(ids), declared, None
-    # segmentation: the ids found in the masks, or 0..n-1 when --num-classes covers them all
+    # segmentation: the ids found in the masks, or 0..n-1 when finetune.num_classes covers them all
     by_id = getattr(dataset, "class_names_by_id", None) or {}
     if num_classes:
         if max(found) >= num_classes:
             raise ConfigError(
-                f"--num-classes {num_classes} disagrees with the masks of {where}: they hold label ids "
-                f"{found} (expected ids in 0..{num_classes - 1}); drop --num-classes to use "
+                f"finetune.num_classes={num_classes} disagrees with the masks of {where}: they hold label ids "
+                f"{found} (expected ids in 0..{num_classes - 1}); drop finetune.num_classes to use "
                 f"{len(found)} classes mapped from these ids"
             )
         ids = list(range(num_classes))
@@ -190,7 +194,7 @@ def resolve_classes(
     if declared is not None and not by_id:  # names by id (e.g. a Decathlon ``labels`` map) name the ids directly
         if len(declared) != len(ids):
             raise ConfigError(
-                f"--classes names {len(declared)} classes {declared} but the masks of {where} hold "
+                f"data.options.classes names {len(declared)} classes {declared} but the masks of {where} hold "
                 f"{len(ids)} label ids {ids}; give one name per id"
             )
         out_names = declared

@@ -1,4 +1,4 @@
-"""``domainfm pretrain|finetune|embed|predict|evaluate|info|demo|list``: a thin layer over :mod:`domainfm.api`.
+"""``domainfm pretrain|finetune|embed|predict|evaluate|info|export|demo|list``: a thin layer over :mod:`domainfm.api`.
 
 Domain options become flags: a field ``target_mpp`` of the domain's ``Options`` is ``--target-mpp``.
 Errors the user can fix print one line (``error: ...``) and exit with status 2; no traceback.
@@ -24,7 +24,8 @@ from domainfm import api
 from domainfm.config import parse_option_flags
 from domainfm.errors import ConfigError, DomainFMError
 from domainfm.eval import add_evaluate_arguments, run_evaluate_from_args
-from domainfm.registry import get_domain, list_domains, list_encoders, list_heads, list_objectives
+from domainfm.exported import describe, is_exported, read_card
+from domainfm.registry import get_domain, list_domains, list_encoders, list_heads, list_objectives, loaded_domains
 from domainfm.train.checkpoint import load_card, resolve_checkpoint
 
 
@@ -63,6 +64,10 @@ def _common_train_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _exist_ok_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exist-ok", action="store_true", help="replace an existing output (atomically)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="domainfm",
@@ -96,19 +101,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="output file (.npz/.h5) or folder (per-slide files)")
     p.add_argument("--batch-size", type=int)
+    _exist_ok_flag(p)
+    p.add_argument("--resume", action="store_true", help="keep the finished files of a folder of slide features")
 
     p = sub.add_parser("predict", help="predict on a whole file and write it back in its own format")
     p.add_argument("checkpoint")
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, help="where the domain's predict takes one (e.g. pathology tiles)")
+    _exist_ok_flag(p)
 
     p = sub.add_parser("evaluate", help="probe/fine-tune a checkpoint vs a random-init baseline at label fractions")
     p.add_argument("checkpoint")
     add_evaluate_arguments(p)
 
-    p = sub.add_parser("info", help="print a checkpoint's card")
+    p = sub.add_parser("info", help="print a checkpoint's card (or an exported model's: .onnx, .pt2)")
     p.add_argument("checkpoint")
+
+    p = sub.add_parser("export", help="export a checkpoint for deployment (ONNX or torch.export .pt2, card inside)")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="the exported file (.onnx or .pt2)")
+    p.add_argument("--format", help="onnx | pt2 (default: from --out's suffix)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--fp16", action="store_true", help="half-precision network (the measured difference is printed)")
+    _exist_ok_flag(p)
 
     p = sub.add_parser("demo", help="end-to-end demo on sample data (pretrain, probe, fine-tune)")
     p.add_argument("--domain", default="synthetic")
@@ -124,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag)
     p.add_argument("--img-size", type=int)
     p.add_argument("--patch-depth", type=int, help="3D targets: depth of a patch (the 2D kernel is spread over it)")
+    _exist_ok_flag(p)
 
     sub.add_parser("list", help="list encoders, objectives, heads, domains and each domain's flags")
     return parser
@@ -177,7 +194,7 @@ def _domain_of(args) -> str:
                 raw = {}
             return raw.get("domain", "synthetic") if isinstance(raw, dict) else "synthetic"
         return "synthetic"
-    return load_card(args.checkpoint)["domain"]
+    return (read_card(args.checkpoint) if is_exported(args.checkpoint) else load_card(args.checkpoint))["domain"]
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -216,9 +233,9 @@ def run(argv: list[str] | None = None) -> int:
         )
         return 0
     if args.command == "info":
-        print(f"# {resolve_checkpoint(args.checkpoint)}")
-        print(json.dumps(load_card(args.checkpoint), indent=2))
-        return 0
+        return _info(args.checkpoint)
+    if args.command == "export":
+        return _export(args, rest)
     if args.command == "demo":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -242,13 +259,15 @@ def run(argv: list[str] | None = None) -> int:
         )
         options.update({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
         print(
-            f"checkpoint: {api.import_weights(args.src, domain=args.domain, out=args.out, arch=args.arch, **options)}"
+            "checkpoint: "
+            + str(api.import_weights(args.src, args.domain, args.out, args.arch, exist_ok=args.exist_ok, **options))
         )
         return 0
     domain_name = _domain_of(args)
     domain = get_domain(domain_name)
     options_cls = {"embed": domain.EmbedOptions, "predict": domain.PredictOptions}.get(args.command, domain.Options)
     if args.command in ("embed", "predict"):
+        domain.check_offered(args.command)  # before its flags: an operation not offered says so
         _refuse_data_options(rest, options_cls, args.command)
     owner = (
         f"domain {domain_name!r}"
@@ -278,13 +297,38 @@ def run(argv: list[str] | None = None) -> int:
         model = api.load(args.checkpoint)
         if args.batch_size:
             options["batch_size"] = args.batch_size
-        out = api.embed(model, args.data, args.out, **options)  # e.g. --mpp for slides that lack it
+        exist_ok = "resume" if args.resume else args.exist_ok
+        out = api.embed(model, args.data, args.out, exist_ok=exist_ok, **options)  # e.g. --mpp for slides
         print(f"embeddings: {out}")
     elif args.command == "predict":
         if args.batch_size:
             options["batch_size"] = args.batch_size
-        out = api.predict(args.checkpoint, args.input, args.out, **options)
+        out = api.predict(args.checkpoint, args.input, args.out, exist_ok=args.exist_ok, **options)
         print(f"prediction: {out}")
+    return 0
+
+
+def _info(path: str) -> int:
+    """The card of a checkpoint, or of an exported file (``.onnx``/``.pt2``) after what it takes and gives."""
+    if is_exported(path):
+        card = read_card(path)
+        print("\n".join(f"# {line}" for line in [str(path), *describe(card)]))
+    else:
+        print(f"# {resolve_checkpoint(path)}")
+        card = load_card(path)
+    print(json.dumps(card, indent=2))
+    return 0
+
+
+def _export(args, rest: list[str]) -> int:
+    if rest:
+        raise ConfigError(f"export takes --out, --format, --opset, --fp16 and --exist-ok; got {' '.join(rest)}")
+    out = api.export(
+        args.checkpoint, args.out, format=args.format, opset=args.opset, fp16=args.fp16, exist_ok=args.exist_ok
+    )
+    parity = read_card(out)["export"]["parity"]
+    precision = "fp16" if args.fp16 else "fp32"
+    print(f"exported: {out} (max abs diff to the checkpoint {parity['max_abs_diff']:.2e}, {precision})")
     return 0
 
 
@@ -313,7 +357,58 @@ _CLI_WORDS = (
     (re.compile(r"resume=True"), "--resume"),
     (re.compile(r"\bor another out\b"), "or another --out"),
     (re.compile(r"domainfm\.finetune\(checkpoint, task=\.\.\.\)"), "domainfm finetune CHECKPOINT --task ..."),
+    (re.compile(r"pass exist_ok=True to replace it"), "pass --exist-ok to replace it"),
+    (re.compile(r'exist_ok="resume" to keep what it holds'), "--resume to keep what it holds"),
+    (
+        re.compile(r"for a fine-tuned checkpoint call model = domainfm\.load\(checkpoint\).*? for features"),
+        "use `domainfm embed CHECKPOINT --data DATA --out FILE` for features, or load a fine-tuned checkpoint "
+        "in Python (domainfm.load) to run it on arrays",
+    ),
+    (re.compile(r"domainfm\.embed\(checkpoint, data\)"), "domainfm embed CHECKPOINT --data DATA --out FILE"),
+    (re.compile(r" \(data\.options\.\w+ when training\)"), ""),  # the flag is the same for every command
+    (re.compile(r"\bfinetune\.num_classes=(\d+)"), r"--num-classes \1"),
+    (re.compile(r"\bfinetune\.num_classes\b"), "--num-classes"),
+    (re.compile(r"\bdata\.path\b"), "--data"),
+    (re.compile(r"(?:(?<=: )|\b(?:embed|predict) )out (?=is |holds |would )"), "--out "),
+    (re.compile(r"\b([Cc]hoose )?another out\b"), r"\1another --out"),
 )
+#: a config key of the domain's options is its flag: data.options.min_tissue -> --min-tissue
+_DATA_OPTION = re.compile(r"\bdata\.options\.([a-z][a-z0-9_]*)")
+#: a keyword argument named in a message (mpp=VALUE, task="mil", labels=) is the flag of the same name
+_KEYWORD = re.compile(r"""(?<![\w.\-\[`'"])([a-z][a-z0-9_]*)=("[^"]*"|'[^']*'|\.\.\.|[^\s,;)]+)?""")
+
+
+def _known_flags() -> set[str]:
+    """Every flag of every command, and of the domains loaded so far (their options)."""
+    flags: set[str] = set()
+    parsers = [build_parser()]
+    while parsers:
+        parser = parsers.pop()
+        for action in parser._actions:
+            flags.update(s for s in action.option_strings if s.startswith("--"))
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    for domain in loaded_domains():
+        for options_cls in (domain.Options, domain.EmbedOptions, domain.PredictOptions):
+            flags.update(_flags(options_cls))
+    return flags
+
+
+def _flag_words(message: str) -> str:
+    """Python keyword and option names in a message -> the CLI flags of the same names."""
+    message = _DATA_OPTION.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)
+    if "=" not in message:
+        return message
+    known = _known_flags()
+
+    def flag(m: re.Match) -> str:
+        name = "--" + m.group(1).replace("_", "-")
+        if name not in known:
+            return m.group(0)
+        value = (m.group(2) or "").strip("\"'")
+        return name if value in ("", "True") else f"{name} {value}"
+
+    return _KEYWORD.sub(flag, message)
 
 
 def cli_words(message: str) -> str:
@@ -323,10 +418,14 @@ def cli_words(message: str) -> str:
         >>> cli_words('runs/x already holds checkpoints; pass exist_ok="resume" to continue that run, '
         ...           'exist_ok="overwrite" to start it again, or another out')
         'runs/x already holds checkpoints; pass --resume to continue that run, or another --out'
+        >>> cli_words("pred.tif already exists; pass exist_ok=True to replace it, or another out")
+        'pred.tif already exists; pass --exist-ok to replace it, or another --out'
+        >>> cli_words('lower data.options.min_tissue, or pass task="mil" with labels="slides.csv" and arch=...')
+        'lower --min-tissue, or pass --task mil with --labels slides.csv and --arch ...'
     """
     for pattern, words in _CLI_WORDS:
         message = pattern.sub(words, message)
-    return message
+    return _flag_words(message)
 
 
 def main(argv: list[str] | None = None) -> None:

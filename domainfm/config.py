@@ -25,7 +25,7 @@ from typing import Any, Union
 
 import yaml
 
-from domainfm.errors import ConfigError
+from domainfm.errors import ConfigError, did_you_mean
 from domainfm.utils import parse_list
 
 
@@ -367,7 +367,10 @@ def parse_config(
     if not 0.0 <= cfg.objective.mask_ratio < 1.0:
         raise ConfigError(f"{name}: objective.mask_ratio must be in [0, 1), got {cfg.objective.mask_ratio}")
     if cfg.data.cache not in ("none", "memory", "disk"):
-        raise ConfigError(f"{name}: data.cache must be none, memory or disk, got {cfg.data.cache!r}")
+        raise ConfigError(
+            f"{name}: data.cache must be none, memory or disk, got {cfg.data.cache!r}"
+            + did_you_mean(cfg.data.cache, ("none", "memory", "disk"))
+        )
     if cfg.train.steps < 1 or cfg.train.batch_size < 1 or cfg.train.accum_steps < 1:
         raise ConfigError(f"{name}: train.steps, train.batch_size and train.accum_steps must be >= 1")
     _check_ranges(cfg, name)
@@ -443,8 +446,14 @@ def _check_ranges(cfg: Config, name: str) -> None:
         (t.clip_grad is None or t.clip_grad > 0, f"train.clip_grad must be > 0 or null, got {t.clip_grad}"),
         (t.threads is None or t.threads >= 1, f"train.threads must be >= 1, got {t.threads}"),
         (t.log_every >= 1 and t.ckpt_every >= 1, "train.log_every and train.ckpt_every must be >= 1"),
-        (t.amp in ("auto", "bf16", "fp32"), f"train.amp must be auto, bf16 or fp32, got {t.amp!r}"),
-        (t.strategy in ("ddp", "fsdp"), f"train.strategy must be ddp or fsdp, got {t.strategy!r}"),
+        (
+            t.amp in ("auto", "bf16", "fp32"),
+            f"train.amp must be auto, bf16 or fp32, got {t.amp!r}" + did_you_mean(t.amp, ("auto", "bf16", "fp32")),
+        ),
+        (
+            t.strategy in ("ddp", "fsdp"),
+            f"train.strategy must be ddp or fsdp, got {t.strategy!r}" + did_you_mean(t.strategy, ("ddp", "fsdp")),
+        ),
         (0 <= t.flat_tolerance < 1, f"train.flat_tolerance must be in [0, 1), got {t.flat_tolerance}"),
         (cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}"),
         (0 <= cfg.model.drop_path_rate < 1, f"model.drop_path_rate must be in [0, 1), got {cfg.model.drop_path_rate}"),
@@ -524,8 +533,10 @@ def parse_option_flags(args: list[str], options_cls: type, owner: str) -> dict:
         name, eq, inline = token[2:].partition("=")
         key = name.replace("-", "_")
         if key not in fields:
-            known = ", ".join("--" + f.replace("_", "-") for f in fields) or "none"
-            raise ConfigError(f"unknown option --{name} for {owner} (its options: {known})")
+            flags = ["--" + f.replace("_", "-") for f in fields]
+            close = difflib.get_close_matches("--" + name, flags, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"unknown option --{name} for {owner} ({hint}its options: {', '.join(flags) or 'none'})")
         if eq:
             raw = inline
         elif i + 1 < len(args) and not args[i + 1].startswith("--"):

@@ -1,5 +1,6 @@
 """How the kit's objects show themselves in a notebook: short text ``__repr__`` and small HTML tables
-(``_repr_html_``), and the batch-aware preprocessing wrapper a loaded model uses.
+(``_repr_html_``), progress bars that leave their final state as text, and the batch-aware
+preprocessing wrapper a loaded model uses.
 
 Example:
     >>> print(html_table([("domain", "synthetic"), ("stage", "pretrain")], title="FoundationModel"))
@@ -8,16 +9,22 @@ Example:
     >>> pre = batched_preprocessor(lambda x: torch.as_tensor(x, dtype=torch.float32), spatial_dims=2)
     >>> pre(torch.zeros(1, 8, 8).numpy()).shape, pre(torch.zeros(5, 1, 8, 8).numpy()).shape
     (torch.Size([1, 8, 8]), torch.Size([5, 1, 8, 8]))
+    >>> bar = progress_bar(total=2, desc="train", disable=True)
+    >>> finish_progress(bar)
 """
 
 from __future__ import annotations
 
 import html
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
+from domainfm.utils import crs_text
 
 
 def html_table(rows: Iterable[tuple[str, Any]], title: str = "") -> str:
@@ -28,6 +35,22 @@ def html_table(rows: Iterable[tuple[str, Any]], title: str = "") -> str:
         for k, v in rows
     )
     return f"<div><b>{html.escape(title)}</b><table>{cells}</table></div>"
+
+
+def progress_bar(**kwargs) -> tqdm:
+    """A ``tqdm.auto`` bar (``total``, ``desc``... as tqdm takes them): text in a terminal, a widget in a
+    notebook. End it with :func:`finish_progress`, so that a saved notebook keeps its final state."""
+    return tqdm(**kwargs)
+
+
+def finish_progress(bar: tqdm, file=None) -> None:
+    """Close ``bar``; a notebook widget (which a saved or exported notebook does not keep) also prints its
+    final state as one line of text (to ``file``, default stdout)."""
+    widget = any(c.__module__ == "tqdm.notebook" for c in type(bar).__mro__)  # tqdm.auto's bar in a kernel
+    final = str(bar) if widget and not bar.disable and bar.n else None
+    bar.close()  # (closing disables the bar: its state is read before)
+    if final is not None:
+        print(final, file=file or sys.stdout)
 
 
 def batched_preprocessor(
@@ -69,7 +92,9 @@ def model_rows(model) -> list[tuple[str, Any]]:
         f"patch {_dims(enc.get('patch_size', '?'))} ({enc.get('patch_embed', '?')})"
     )
     skip = {"channels", "mean", "std", "stats", "classes", "sensors"}
-    prep = ", ".join(f"{k}={_short(v)}" for k, v in pre.items() if k not in skip and v is not None)
+    prep = ", ".join(
+        f"{k}={crs_text(v) if k == 'crs' else _short(v)}" for k, v in pre.items() if k not in skip and v is not None
+    )
     rows = [
         ("domain", card.get("domain")),
         ("stage", card.get("stage")),

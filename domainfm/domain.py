@@ -33,8 +33,8 @@ Example (a complete plugin over in-memory images; the contract test runs it like
     ...         return {"size": self.options(cfg).size}
     ...     def preprocessor(self, card):
     ...         return lambda x: torch.as_tensor(x, dtype=torch.float32).reshape(1, card["preprocessing"]["size"], -1)
-    >>> Squares().spatial_dims(None), Squares().needs_data_path
-    (2, True)
+    >>> Squares().spatial_dims(None), Squares().needs_data_path, Squares().offers("predict")
+    (2, True, False)
 """
 
 from __future__ import annotations
@@ -60,6 +60,17 @@ from domainfm.runconfig import config_from_card
 
 if TYPE_CHECKING:
     from domainfm.config import Config
+
+
+#: the operations a domain may leave out, and what to call instead (said by the "not offered" error)
+OPTIONAL_OPERATIONS = {
+    "predict": (
+        "for a fine-tuned checkpoint call model = domainfm.load(checkpoint) and model(x) (or model.logits(x)) "
+        "on a batch, or domainfm.embed(checkpoint, data) for features"
+    ),
+    "demo": "see the domain's docs page for a worked example",
+    "finetune_task": "fine-tune with one of the core tasks (classification, multilabel, segmentation)",
+}
 
 
 @dataclass
@@ -150,6 +161,19 @@ class Domain:
     def __repr__(self) -> str:
         return f"<domain {self.name!r} ({type(self).__module__}.{type(self).__name__})>"
 
+    def offers(self, operation: str) -> bool:
+        """Whether this domain offers an optional operation (``predict``, ``demo``, ``finetune_task``): it
+        does when its class overrides the core's "not offered" default."""
+        if operation not in OPTIONAL_OPERATIONS:
+            return True
+        return getattr(type(self), operation) is not getattr(Domain, operation)
+
+    def check_offered(self, operation: str) -> None:
+        """The one "not offered" error (:class:`~domainfm.errors.UnsupportedError`, saying what to call
+        instead), raised before any option of the operation is looked at."""
+        if not self.offers(operation):
+            raise UnsupportedError(f"domain {self.name!r} does not offer {operation}; {OPTIONAL_OPERATIONS[operation]}")
+
     # ---- required ---------------------------------------------------------------------------
     def dataset(self, cfg: Config, split: str) -> torch.utils.data.Dataset:
         """A Dataset of samples (see :mod:`domainfm.data.sample`) for ``split``.
@@ -226,6 +250,30 @@ class Domain:
         the source geometry), merged into the card's ``val_metrics``; ``{}`` when there are none."""
         return {}
 
+    def export_input(self, card: dict) -> dict:
+        """What an exported model (ONNX, ``torch.export``; see :mod:`domainfm.deploy`) is fed, for its metadata.
+
+        Keys: ``channels`` (names, in input order), ``pixels`` (what the input values are, in words),
+        ``window`` (the sliding-window / tile size in model pixels), ``normalization`` and any geometry a
+        consumer needs (``spacing_mm``, ``orientation``, ``mpp``, ``bands``, ``wavelengths_um``...).
+        ``normalization`` is a per-channel ``(x - mean) / std`` the graph applies itself, then an optional
+        ``clip`` to ``[lo, hi]`` and, with ``nan_to_zero``, 0 where a pixel is NaN (nodata); ``None`` when the
+        preprocessing is no such per-pixel map (e.g. per-image statistics): the graph then takes model-ready
+        input, and the card's record says how to make it. The default knows only what every card holds.
+
+        Example:
+            >>> Domain().export_input({"encoder": {"in_chans": 2, "img_size": [16, 16]}})["channels"]
+            ['channel0', 'channel1']
+        """
+        enc = card.get("encoder") or {}
+        count = (card.get("preprocessing") or {}).get("channels") or enc.get("in_chans") or 1
+        return {
+            "channels": [f"channel{i}" for i in range(int(count))],
+            "pixels": "what the domain's preprocessing gives (model-ready)",
+            "window": list(enc.get("img_size") or []),
+            "normalization": None,
+        }
+
     def embed(self, model, data: str | Path, out: str | Path, **options) -> Path:
         """One embedding per sample of ``data`` written to ``out`` (``.npz`` or ``.h5``)."""
         options = accept_options(options, {"batch_size": "batch_size"}, "embed")
@@ -240,10 +288,12 @@ class Domain:
 
     def predict(self, model, input_path: str | Path, out_path: str | Path, **options) -> Path:
         """Whole-file inference (sliding window / tiles) written in the domain's own format."""
-        raise UnsupportedError(f"domain {self.name!r} does not support predict")
+        self.check_offered("predict")
+        raise UnsupportedError(f"domain {self.name!r} does not offer predict")
 
     def demo(self, out_dir: Path, quick: bool = False) -> dict:
         """Run the domain's end-to-end demo on real or generated data; return the figures."""
+        self.check_offered("demo")
         raise UnsupportedError(f"domain {self.name!r} has no demo")
 
     def example(self, folder: Path) -> DomainExample:

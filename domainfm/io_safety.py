@@ -3,6 +3,11 @@
 * :func:`check_output` — before any expensive work, refuse an output path that is (or would replace)
   one of the inputs (same resolved path or same inode), that sits under a file, or whose folder is
   not writable; one-line :class:`~domainfm.errors.DataError` naming the path.
+* :func:`check_exists` — the one ``exist_ok`` rule of every writer (``import_weights``, ``embed``,
+  ``predict``, ``evaluate``'s ``out``, the export): an existing output is refused in one line that names it
+  and says "pass exist_ok=True to replace it"; with ``exist_ok=True`` it is replaced atomically by the
+  writer, but never when it is, or holds, an input or a checkpoint. :func:`exist_ok_policy` applies the
+  same rule to the file names a domain's writer derives from ``out`` (through :func:`check_output`).
 * :func:`atomic_output` — write to a temporary name in the same folder and rename at the end, so an
   interrupted writer never leaves a file that looks complete; write errors (disk full, permissions)
   become one line.
@@ -24,12 +29,19 @@ Example:
     ...     _ = tmp.write_text("done")
     >>> (d / "out.txt").read_text(), sorted(p.name for p in d.iterdir() if ".tmp" in p.name)
     ('done', [])
+    >>> check_exists(d / "out.txt", exist_ok=False)
+    Traceback (most recent call last):
+    ...
+    domainfm.errors.ConfigError: .../out.txt already exists; pass exist_ok=True to replace it, or another out (...)
+    >>> check_exists(d / "out.txt", exist_ok=True), check_exists(d / "new.txt")
+    (True, False)
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import contextvars
 import errno
 import json
 import logging
@@ -48,6 +60,13 @@ log = logging.getLogger("domainfm")
 
 LOCK_NAME = ".domainfm.lock"
 _TMP_PREFIXES = (".tmp-", ".old-")
+
+#: the words every writer's ``exist_ok`` takes: False/"error" refuses an existing output, True/"overwrite"
+#: replaces it, "resume" keeps what a resumable output (a run folder, a folder of slide features) holds
+EXIST_OK_WORDS = {False: "error", True: "overwrite", "error": "error", "overwrite": "overwrite", "resume": "resume"}
+#: how a refused output says what to do (the CLI says ``--exist-ok``)
+REPLACE_HINT = "pass exist_ok=True to replace it"
+_POLICY: contextvars.ContextVar[tuple[str, tuple] | None] = contextvars.ContextVar("domainfm_exist_ok", default=None)
 
 
 def _suffixes(name: str) -> str:
@@ -108,7 +127,7 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def check_writable_folder(folder: str | Path, what: str = "--out", report: str | Path | None = None) -> Path:
+def check_writable_folder(folder: str | Path, what: str = "out", report: str | Path | None = None) -> Path:
     """Make sure ``folder`` exists (creating it) and is writable; a one-line error otherwise.
 
     Example:
@@ -137,15 +156,167 @@ def check_writable_folder(folder: str | Path, what: str = "--out", report: str |
     return folder
 
 
+def exist_ok_mode(exist_ok: bool | str, resumable: bool = False) -> str:
+    """``"error"``, ``"overwrite"`` or ``"resume"`` for an ``exist_ok`` argument (``True``/``False`` or
+    those words); ``"resume"`` only where the output can be resumed.
+
+    Example:
+        >>> exist_ok_mode(False), exist_ok_mode(True), exist_ok_mode("resume", resumable=True)
+        ('error', 'overwrite', 'resume')
+    """
+    mode = EXIST_OK_WORDS.get(exist_ok) if isinstance(exist_ok, (bool, str)) else None
+    if mode is None or (mode == "resume" and not resumable):
+        words = "True or False" + (' (or "resume")' if resumable else "")
+        raise ConfigError(f"exist_ok must be {words}, got {exist_ok!r}")
+    return mode
+
+
+def has_output(path: str | Path) -> bool:
+    """Whether ``path`` holds something a writer would replace: a file (or link), or a non-empty folder.
+
+    Example:
+        >>> import tempfile
+        >>> has_output(tempfile.mkdtemp()), has_output("/nonexistent/x")
+        (False, False)
+    """
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        return any(path.iterdir())
+    return path.exists() or path.is_symlink()
+
+
+#: the files of a checkpoint folder (what a writer never replaces)
+CHECKPOINT_FILES = ("model.safetensors", "card.json", "trainer_state.safetensors", "trainer_state.json")
+
+
+def checkpoint_around(path: str | Path) -> Path | None:
+    """The checkpoint folder ``path`` is, holds (a run folder's ``ckpt-*``) or is a file of, or ``None``:
+    what a writer never replaces.
+
+    Example:
+        >>> import tempfile
+        >>> run = Path(tempfile.mkdtemp()); (run / "ckpt-0000002").mkdir()
+        >>> for name in ("card.json", "model.safetensors"):
+        ...     _ = (run / "ckpt-0000002" / name).write_text("{}")
+        >>> checkpoint_around(run).name, checkpoint_around(run / "ckpt-0000002" / "card.json").name
+        ('ckpt-0000002', 'ckpt-0000002')
+        >>> checkpoint_around(run / "embeddings.npz") is None
+        True
+    """
+    path = Path(path)
+
+    def is_ckpt(p: Path) -> bool:
+        return (p / "card.json").is_file() and (p / "model.safetensors").is_file()
+
+    if is_ckpt(path):
+        return path
+    if path.name in CHECKPOINT_FILES and is_ckpt(path.parent):
+        return path.parent
+    if path.is_dir() and not path.is_symlink():
+        found = sorted(p for p in path.glob("ckpt-*") if is_ckpt(p))
+        if found:
+            return found[-1]
+    return None
+
+
+def refuse_replacing(
+    out: str | Path, inputs: Iterable[str | Path | None] = (), what: str = "out", checkpoint_ok: bool = False
+) -> None:
+    """Refuse (one-line :class:`DataError`) to replace ``out`` when it is, or holds, one of ``inputs`` or a
+    checkpoint (``checkpoint_ok``: the writer itself writes checkpoints and decides)."""
+    out = Path(out)
+    for src in inputs:
+        if not isinstance(src, (str, Path)):  # None, or data held in memory
+            continue
+        if same_file(out, src) or (out.is_dir() and _inside(Path(src), out)):
+            raise DataError(out, f"{what} holds the input {src}; replacing it would destroy it. Choose another {what}")
+    ckpt = None if checkpoint_ok else checkpoint_around(out)
+    if ckpt is not None:
+        raise DataError(
+            out, f"{what} is or holds the checkpoint {ckpt}, which is never replaced; choose another {what}"
+        )
+
+
+def check_exists(
+    out: str | Path,
+    exist_ok: bool | str = False,
+    inputs: Iterable[str | Path | None] = (),
+    what: str = "out",
+    resumable: bool = False,
+    checkpoint_ok: bool = False,
+) -> bool:
+    """The one ``exist_ok`` rule of every writer, checked before any work; return whether ``out`` holds an
+    output now (one the writer replaces or, with ``exist_ok="resume"``, continues).
+
+    ``exist_ok=False`` (``"error"``) refuses an existing output (a file, or a non-empty folder; an empty
+    folder is no output) with a one-line :class:`ConfigError` naming it; ``exist_ok=True``
+    (``"overwrite"``) lets the writer replace it atomically, unless it is or holds one of ``inputs`` or a
+    checkpoint (:func:`refuse_replacing`); ``"resume"`` is for ``resumable`` outputs only.
+    """
+    mode = exist_ok_mode(exist_ok, resumable)
+    out = Path(out)
+    if not has_output(out):
+        return False
+    if mode == "error":
+        keep = ', exist_ok="resume" to keep what it holds' if resumable else ""
+        raise ConfigError(f"{out} already exists; {REPLACE_HINT}{keep}, or another {what} (nothing was overwritten)")
+    refuse_replacing(out, inputs, what, checkpoint_ok=checkpoint_ok or mode == "resume")
+    return True
+
+
+@contextlib.contextmanager
+def exist_ok_policy(exist_ok: bool | str, inputs: Iterable[str | Path | None] = ()) -> Iterator[str]:
+    """Within the block, every :func:`check_output` (each file a domain's writer is about to write) applies
+    :func:`check_exists` with this ``exist_ok`` and these ``inputs`` (e.g. the checkpoint): how the API's
+    ``exist_ok`` reaches the file names a domain derives from ``out``. Yields the mode.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp()); _ = (d / "pred.tif").write_text("old")
+        >>> with exist_ok_policy(False):
+        ...     try:
+        ...         check_output(d / "pred.tif")
+        ...     except ConfigError:
+        ...         print("refused")
+        refused
+        >>> check_output(d / "pred.tif").name   # outside the block: the writer's own rules only
+        'pred.tif'
+    """
+    mode = exist_ok_mode(exist_ok, resumable=True)
+    token = _POLICY.set((mode, tuple(i for i in inputs if i is not None)))
+    try:
+        yield mode
+    finally:
+        _POLICY.reset(token)
+
+
+def existing_output(out: str | Path, inputs: Iterable[str | Path | None] = (), resumable: bool = False) -> str | None:
+    """Under :func:`exist_ok_policy`: ``None`` when ``out`` holds nothing, else the mode that lets it be
+    written (``"overwrite"`` or ``"resume"``; refused otherwise). Outside: ``None`` (no policy)."""
+    policy = _POLICY.get()
+    if policy is None:
+        return None
+    mode, extra = policy
+    if mode == "resume" and not resumable:
+        mode = "error"  # only a resumable output is continued; any other is refused as with exist_ok=False
+    return mode if check_exists(out, mode, [*inputs, *extra], resumable=resumable) else None
+
+
 def check_output(
-    out: str | Path, inputs: Iterable[str | Path | None] = (), what: str = "--out", folder: bool = False
+    out: str | Path,
+    inputs: Iterable[str | Path | None] = (),
+    what: str = "out",
+    folder: bool = False,
+    resumable: bool = False,
 ) -> Path:
     """Check an output path before expensive work; return it.
 
     Refused (one-line :class:`DataError`): ``out`` is one of ``inputs`` (resolved path or inode), an
     existing folder where a file is written (``folder=False``) or a file where a folder is written
     (``folder=True``), under a file, or not writable. With ``folder=True`` nothing in ``inputs`` may
-    lie inside ``out``'s files either (checked by the writer per file).
+    lie inside ``out``'s files either (checked by the writer per file). Under :func:`exist_ok_policy`
+    an existing output is also refused unless ``exist_ok`` allows it (``resumable``: a folder a writer
+    continues, such as slide features).
     """
     out = Path(out)
     for src in inputs:
@@ -164,10 +335,11 @@ def check_output(
         if out.is_dir():
             raise DataError(out, f"{what} is an existing folder, but a file is written here; give a file name")
         check_writable_folder(out.parent, what, report=out)
+    existing_output(out, inputs, resumable)
     return out
 
 
-def refuse_input_overwrite(out: str | Path, inputs: Iterable[str | Path | None], what: str = "--out") -> None:
+def refuse_input_overwrite(out: str | Path, inputs: Iterable[str | Path | None], what: str = "out") -> None:
     """Refuse to write ``out`` when it is one of ``inputs`` (used for every file a writer produces).
 
     Example:
@@ -266,7 +438,7 @@ class RunLock:
         if RunLock._held.get(key):
             RunLock._held[key] += 1
             return self
-        check_writable_folder(self.run_dir, "--out")
+        check_writable_folder(self.run_dir, "out")
         me = f"{os.getpid()} {socket.gethostname()}\n"
         for _ in range(3):
             try:
@@ -282,7 +454,7 @@ class RunLock:
                 where = f" on {host}" if host and host != socket.gethostname() else ""
                 raise ConfigError(
                     f"{self.run_dir} is in use by another domainfm process (pid {pid}{where}); wait for "
-                    f"it to finish, stop it, or choose another --out (lock file {self.path})"
+                    f"it to finish, stop it, or choose another out (lock file {self.path})"
                 ) from None
             except OSError as exc:
                 raise DataError(self.run_dir, f"cannot create the run lock: {os_error_text(exc)}") from None

@@ -225,7 +225,7 @@ def check_step_memory(
             f"train: one step at input {shape}, batch {batch_size} needs about {est['total'] / GB:.1f} GB "
             f"(activations {max(0, act) / GB:.1f} GB, weights+grads+AdamW "
             f"{(est['params'] + est['grads'] + est['optimizer']) / GB:.2f} GB) but only {free / GB:.1f} GB is {what}; "
-            f"fix: a smaller input (e.g. {half}: --crop-size or data.img_size), a smaller train.batch_size"
+            f"fix: a smaller input (e.g. {half}: data.options.crop_size or data.img_size), a smaller train.batch_size"
             f"{'' if grad_checkpointing else ', or train.grad_checkpointing=true'} (skip this check: "
             f"train.memory_check=false)"
         )

@@ -107,7 +107,7 @@ class FoundationModel(nn.Module):
         """Head output for a batch (a fine-tuned checkpoint is needed)."""
         if self.head is None:
             raise CheckpointError(
-                f"{self.path}: this checkpoint has no head (it was not fine-tuned); "
+                f"{self.path or 'this model'}: this checkpoint has no head (it was not fine-tuned); "
                 "fine-tune it first: domainfm.finetune(checkpoint, task=...)"
             )
         feats = self.features(x, wavelengths, layers=getattr(self.head, "layers", None))

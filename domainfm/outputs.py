@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from domainfm.errors import DataError
+from domainfm.utils import crs_text
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Prediction:
     def _rows(self) -> list[tuple[str, Any]]:
         rows = [("array", f"{self.array.dtype} {tuple(self.array.shape)}")]
         for key, value in self.geometry.items():
-            text = f"{len(value)} tiles" if key == "coords" else str(value)
+            text = f"{len(value)} tiles" if key == "coords" else crs_text(value) if key == "crs" else str(value)
             rows.append((key, text if len(text) < 80 else text[:77] + "..."))
         rows.extend((k, v) for k, v in self.extra.items() if isinstance(v, (int, float, str)))
         return rows
@@ -106,7 +107,7 @@ def read_prediction(path: str | Path) -> Prediction:
         with rasterio.open(path) as src:
             arr = src.read()
             geo = {
-                "crs": str(src.crs) if src.crs else None,
+                "crs": crs_text(src.crs, short=False) if src.crs else None,
                 "transform": tuple(src.transform)[:6],
                 "nodata": src.nodata,
             }

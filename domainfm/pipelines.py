@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -33,9 +34,10 @@ from domainfm.domain import operation_options
 from domainfm.errors import ConfigError, DataError, UnsupportedError
 from domainfm.eval import evaluate as _evaluate
 from domainfm.eval.online import OnlineKNNProbe
+from domainfm.exported import ExportedModel, is_exported, load_exported
 from domainfm.heads.task import TaskModel
 from domainfm.inference import batches_by_band_set, embed_samples
-from domainfm.io_safety import lock_run, write_arrays_atomic, write_json_atomic
+from domainfm.io_safety import check_exists, exist_ok_policy, lock_run, write_arrays_atomic, write_json_atomic
 from domainfm.model import FoundationModel, build_card, load
 from domainfm.models.encoder import build_encoder
 from domainfm.models.lora import apply_lora
@@ -208,14 +210,72 @@ SCHEDULE_KEYS = (
 )
 
 
+#: a step's CPU cost is trusted once the timed steps add up to this many CPU seconds, and to at least
+#: ``NOISE_FACTOR`` times the resolution of ``time.process_time`` (:func:`steps_for_cpu_budget`)
+MIN_MEASURED_CPU_S = 0.2
+NOISE_FACTOR = 50
+#: the longest probe run :func:`steps_for_cpu_budget` makes before it says it cannot measure
+MAX_PROBE_STEPS = 640
+
+
+def _cpu_now() -> float:
+    """The CPU seconds this process has used (``time.process_time``; the tests give a fake clock here)."""
+    return time.process_time()
+
+
+def _timed_steps(base: dict, steps: int, folder: str, data) -> list[float]:
+    """CPU seconds of each step but the first (which carries the one-off setup) of a ``steps``-step probe run
+    of the config ``base`` in ``folder``."""
+    marks: list[float] = []
+
+    def mark(step: int, encoder) -> dict:
+        marks.append(_cpu_now())
+        return {}
+
+    probe = json.loads(json.dumps(base))
+    probe["out"] = folder
+    probe["train"].update(steps=steps, ckpt_every=steps, log_every=steps, probe_every=0, progress=False)
+    pretrain(probe, data=data, exist_ok="overwrite", callbacks=[mark])
+    return [b - a for a, b in zip(marks, marks[1:])]
+
+
+def _step_cost(base: dict, probe_steps: int, data) -> tuple[float, float]:
+    """``(mean, fastest)`` CPU seconds of one step, from probe runs made longer until the timed steps add up
+    to more than the timer's noise (:data:`MIN_MEASURED_CPU_S`); a one-line :class:`ConfigError` when even
+    :data:`MAX_PROBE_STEPS` steps do not."""
+    resolution = time.get_clock_info("process_time").resolution
+    floor = max(NOISE_FACTOR * resolution, MIN_MEASURED_CPU_S)
+    steps = max(1, int(probe_steps))
+    with tempfile.TemporaryDirectory(prefix="domainfm-budget-") as tmp:
+        while True:
+            times = _timed_steps(base, steps + 1, os.path.join(tmp, "probe"), data)
+            total = sum(times)
+            if times and total >= floor:
+                break
+            if steps >= MAX_PROBE_STEPS:
+                raise ConfigError(
+                    f"steps_for_cpu_budget: cannot measure a step's CPU time: {len(times)} timed steps took "
+                    f"{total:.3g} CPU s, under the {floor:.3g} s the timer needs (time.process_time resolution "
+                    f"{resolution:g} s); give a larger model, batch or data, or time the run yourself"
+                )
+            grow = math.ceil(1.5 * steps * floor / total) if total > 0 else 4 * steps
+            steps = min(MAX_PROBE_STEPS, max(2 * steps, grow))
+    positive = [t for t in times if t > 0]
+    mean = total / len(times)
+    return mean, min(positive) if positive else mean
+
+
 def steps_for_cpu_budget(config, cpu_seconds: float, probe_steps: int = 20, *, data=None) -> dict:
     """The pretraining config (a dict) whose ``train.steps`` cost ``cpu_seconds`` of CPU time on this machine.
 
     Comparing objectives fairly means the same compute, not the same step count: a ``dino`` step with
-    multi-crop views costs several ``mae`` steps. The CPU seconds of one step are timed on two short
-    runs of the same model, objective, data and batch (``probe_steps + 2`` and 2 steps, in a temporary
-    folder; their difference removes the one-off setup; when load makes it vanish, the long run's cost per
-    step, an upper bound, is used, so the budget is never overrun). The probes and the returned config keep
+    multi-crop views costs several ``mae`` steps. The CPU seconds of each step are timed in a probe run of the
+    same model, objective, data and batch (``probe_steps + 1`` steps in a temporary folder; the first step,
+    which carries the one-off setup, is not counted). A probe whose timed steps add up to less than the
+    timer's noise (:data:`MIN_MEASURED_CPU_S`, and 50x the resolution of ``time.process_time``) is run again
+    longer; when even :data:`MAX_PROBE_STEPS` steps are too fast to time, a one-line :class:`ConfigError`
+    says so. The steps returned are the budget over the mean step cost, never more than the budget allows
+    at the fastest step seen (a budget below one step is refused). The probes and the returned config keep
     only the keys the user set, so the data-derived recipe (:mod:`domainfm.recipes`) resolves the real run
     for its own step count; step counts the user set (``warmup_steps``, ``log_every``, ``ckpt_every``,
     ``probe_every``, a dino teacher-temperature warmup) keep their proportions of the run.
@@ -225,7 +285,7 @@ def steps_for_cpu_budget(config, cpu_seconds: float, probe_steps: int = 20, *, d
         >>> cfg = {"domain": "synthetic", "out": tempfile.mkdtemp(), "data": {"img_size": 16},
         ...        "model": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
         ...        "train": {"steps": 2, "batch_size": 4, "progress": False, "tensorboard": False}}
-        >>> budget = steps_for_cpu_budget(cfg, cpu_seconds=0.5, probe_steps=2)
+        >>> budget = steps_for_cpu_budget(cfg, cpu_seconds=60, probe_steps=2)   # the steps depend on this machine
         >>> budget["train"]["steps"] >= 1, budget["model"]["depth"], "lr" in budget["train"]   # what the user set
         (True, 1, False)
     """
@@ -235,23 +295,12 @@ def steps_for_cpu_budget(config, cpu_seconds: float, probe_steps: int = 20, *, d
     base = loaded.explicit_dict()
     base.setdefault("train", {})
     base_steps = int(loaded.train.steps)
-
-    def cost(steps: int, folder: str) -> float:
-        probe = json.loads(json.dumps(base))
-        probe["out"] = folder
-        probe["train"].update(steps=steps, ckpt_every=steps, log_every=steps, probe_every=0, progress=False)
-        started = time.process_time()
-        pretrain(probe, data=data, exist_ok="overwrite")
-        return time.process_time() - started
-
-    with tempfile.TemporaryDirectory(prefix="domainfm-budget-") as tmp:
-        long = cost(probe_steps + 2, os.path.join(tmp, "long"))
-        per_step = (long - cost(2, os.path.join(tmp, "short"))) / probe_steps
-    if per_step <= 0:  # the machine's load hid the difference: the long run's average is an upper bound
-        per_step = long / (probe_steps + 2)
-    if per_step <= 0:
-        raise ConfigError(f"steps_for_cpu_budget: could not time a step (raise probe_steps, now {probe_steps})")
-    steps = max(1, int(float(cpu_seconds) / per_step))
+    mean, fastest = _step_cost(base, probe_steps, data)
+    steps = min(int(float(cpu_seconds) / mean + 1e-9), int(float(cpu_seconds) / fastest + 1e-9))  # 1e-9: rounding
+    if steps < 1:
+        raise ConfigError(
+            f"cpu_seconds={cpu_seconds} buys no step: one step costs {mean:.3g} CPU s here; give at least that"
+        )
     out = json.loads(json.dumps(base))
     scale = steps / max(1, base_steps)
     for section, key in SCHEDULE_KEYS:
@@ -522,11 +571,23 @@ def evaluate_task(model: nn.Module, dataset, task: str, num_classes: int, batch_
     return {"accuracy": float((p == y).float().mean()), "balanced_accuracy": float(np.mean(recalls))}
 
 
-def _resolve_model(model_or_path) -> FoundationModel:
-    return model_or_path if isinstance(model_or_path, FoundationModel) else load(model_or_path)
+def _resolve_model(model_or_path) -> FoundationModel | ExportedModel:
+    """A loaded model as is; an exported file (``.onnx``/``.pt2``) through its runtime; a checkpoint loaded."""
+    if isinstance(model_or_path, (FoundationModel, ExportedModel)):
+        return model_or_path
+    return load_exported(model_or_path) if is_exported(model_or_path) else load(model_or_path)
 
 
-def embed(checkpoint, data, out: str | Path | None = None, *, labels=None, sampler=None, **options):
+def embed(
+    checkpoint,
+    data,
+    out: str | Path | None = None,
+    *,
+    labels=None,
+    sampler=None,
+    exist_ok: bool | str = False,
+    **options,
+):
     """Embed every file/sample of ``data`` with a checkpoint.
 
     ``data`` is a path (the domain reads it) or data held in memory (see :func:`pretrain`; for a
@@ -534,11 +595,16 @@ def embed(checkpoint, data, out: str | Path | None = None, *, labels=None, sampl
     embeddings are written (the domain decides the layout) and the path is returned; without it they are
     returned: a pandas DataFrame (``id``, ``label``/``split``/coordinates when known, ``z0..``) when pandas
     is installed, else a dict of arrays. ``options`` are the domain's ``EmbedOptions`` (e.g.
-    ``batch_size``; ``mpp`` for slides that lack it).
+    ``batch_size``; ``mpp`` for slides that lack it). An existing ``out`` is refused unless ``exist_ok=True``
+    (replaced atomically; ``"resume"`` keeps the finished files of a folder of slide features); see
+    :func:`domainfm.io_safety.check_exists`.
     """
     model = _resolve_model(checkpoint)
     domain = model.domain
     opts = operation_options(domain.EmbedOptions, options, "embed")
+    inputs = [getattr(model, "path", None), None if is_in_memory(data) else data]
+    if out is not None:  # before any work; only a folder (of slide features) can be resumed
+        check_exists(out, exist_ok, inputs, resumable=Path(out).is_dir())
     if is_in_memory(data):
         cfg = config_from_card(model.card, check_paths=False)
         arrays = embed_samples(
@@ -548,7 +614,8 @@ def embed(checkpoint, data, out: str | Path | None = None, *, labels=None, sampl
         )
         return write_arrays_atomic(Path(out), arrays) if out is not None else embeddings_frame(arrays)
     if out is not None:
-        return domain.embed(model, data, out, **opts)
+        with exist_ok_policy(exist_ok, inputs):  # the same rule for the files the domain writes
+            return domain.embed(model, data, out, **opts)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             written = domain.embed(model, data, Path(tmp) / "embeddings.npz", **opts)
@@ -557,19 +624,22 @@ def embed(checkpoint, data, out: str | Path | None = None, *, labels=None, sampl
         return embeddings_frame(read_embeddings(written))
 
 
-def predict(checkpoint, input: str | Path, out: str | Path | None = None, **options):
+def predict(checkpoint, input: str | Path, out: str | Path | None = None, *, exist_ok: bool = False, **options):
     """Predict on a whole file (volume, scene, slide) in the domain's format.
 
     With ``out`` the prediction is written and its path returned; without it a
     :class:`~domainfm.outputs.Prediction` is returned (the array and its geometry: affine, CRS +
     transform, or the tile coordinates) and nothing is left on disk. ``options`` are the domain's
-    ``PredictOptions`` (e.g. ``save_probabilities`` for medical scans).
+    ``PredictOptions`` (e.g. ``save_probabilities`` for medical scans). An existing output is refused
+    unless ``exist_ok=True`` (replaced atomically); see :func:`domainfm.io_safety.check_exists`.
     """
     model = _resolve_model(checkpoint)
     domain = model.domain
+    domain.check_offered("predict")  # before its options: a domain without predict says so, and what to call
     opts = operation_options(domain.PredictOptions, options, "predict")
     if out is not None:
-        return domain.predict(model, input, out, **opts)
+        with exist_ok_policy(exist_ok, [getattr(model, "path", None)]):
+            return domain.predict(model, input, out, **opts)
     with tempfile.TemporaryDirectory() as tmp:
         name = Path(input).name
         written = domain.predict(model, input, Path(tmp) / name, **opts)

@@ -9,10 +9,10 @@ Example:
     >>> import domainfm.models  # registers the built-in encoder sizes and patch embeds
     >>> "vit-tiny" in list_encoders(), "2d" in list_patch_embeds()
     (True, True)
-    >>> get_encoder_arch("vit-huge")
+    >>> get_encoder_arch("vit-smal")
     Traceback (most recent call last):
     ...
-    domainfm.errors.ConfigError: unknown encoder 'vit-huge'; choose one of: vit-base, vit-large, vit-small, vit-tiny
+    domainfm.errors.ConfigError: unknown encoder 'vit-smal' (did you mean 'vit-small'?); choose one of: vit-base, ...
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
-from domainfm.errors import ConfigError
+from domainfm.errors import ConfigError, unknown_choice
 
 DOMAIN_ENTRY_POINT_GROUP = "domainfm.domains"
 
@@ -45,7 +45,7 @@ def _register(kind: str, name: str) -> Callable:
 def _lookup(kind: str, name: str):
     table = _TABLES[kind]
     if name not in table:
-        raise ConfigError(f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(table))}")
+        raise ConfigError(unknown_choice(kind, name, table))
     return table[name]
 
 
@@ -111,6 +111,11 @@ def list_domains() -> list[str]:
     return sorted(set(_domain_entry_points()) | set(_DOMAIN_CLASSES))
 
 
+def loaded_domains() -> list[Any]:
+    """The domain plugins loaded in this process so far (asking loads no entry point)."""
+    return list(_DOMAIN_INSTANCES.values())
+
+
 def add_domain(name: str, cls: Any) -> None:
     """Make a domain class available under ``name`` without an entry point (tests, notebooks).
 
@@ -127,7 +132,7 @@ def get_domain(name: str):
     if name not in _DOMAIN_CLASSES:
         ep = _domain_entry_points().get(name)
         if ep is None:
-            raise ConfigError(f"unknown domain {name!r}; installed domains: {', '.join(list_domains())}")
+            raise ConfigError(unknown_choice("domain", name, list_domains(), "installed domains"))
         try:
             _DOMAIN_CLASSES[name] = ep.load()
         except Exception as exc:  # a broken or half-installed plugin must not break the others

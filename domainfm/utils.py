@@ -1,4 +1,4 @@
-"""Small mechanisms every layer uses: device lookup and list-option parsing.
+"""Small mechanisms every layer uses: device lookup, list-option parsing and how a CRS is named.
 
 Nothing here imports the kit beyond :mod:`domainfm.errors`.
 
@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -43,3 +44,36 @@ def parse_list(value: Any, item: Callable[[Any], Any] | None = None) -> list:
     else:
         values = [value]
     return [item(v) for v in values] if item else values
+
+
+_WKT_EPSG = re.compile(r'(?:AUTHORITY|ID)\[\s*"EPSG"\s*,\s*"?(\d+)"?\s*\]\s*\]\s*$')
+
+
+def crs_text(crs: Any, short: bool = True) -> str | None:
+    """How a CRS is shown and recorded: ``EPSG:n`` when it has an EPSG code (a rasterio/pyproj CRS, an ``EPSG:n``
+    string or a WKT that names one), else its text (shortened to 60 characters when ``short``); ``None`` stays
+    ``None``.
+
+    Example:
+        >>> crs_text("EPSG:32633"), crs_text(None)
+        ('EPSG:32633', None)
+        >>> crs_text('PROJCS["WGS 84 / UTM zone 33N",GEOGCS["WGS 84"],AUTHORITY["EPSG","32633"]]')
+        'EPSG:32633'
+        >>> crs_text('PROJCRS["WGS 84 / UTM zone 33N",BASEGEOGCRS["WGS 84"],ID["EPSG",32633]]')
+        'EPSG:32633'
+    """
+    if crs is None:
+        return None
+    to_epsg = getattr(crs, "to_epsg", None)
+    if callable(to_epsg):
+        try:
+            code = to_epsg()
+        except Exception:  # a CRS object that cannot say: shown as its text
+            code = None
+        if code:
+            return f"EPSG:{code}"
+    text = str(crs)
+    code = _WKT_EPSG.search(text)  # the CRS's own authority closes a WKT (WKT1 AUTHORITY, WKT2 ID)
+    if code and text.lstrip()[:1].isalpha():
+        return f"EPSG:{code.group(1)}"
+    return text if len(text) <= 60 or not short else text[:57] + "..."

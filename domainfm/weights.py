@@ -53,7 +53,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from domainfm.errors import CheckpointError, ConfigError
-from domainfm.io_safety import write_json_atomic
+from domainfm.io_safety import check_exists, write_json_atomic
 from domainfm.models.encoder import build_encoder
 from domainfm.models.pos_embed import resample_pos_embed
 from domainfm.registry import get_domain, get_encoder_arch, list_encoders
@@ -318,7 +318,7 @@ def find_state_dict(obj, key: str | None = None) -> tuple[dict[str, torch.Tensor
                     continue
     raise CheckpointError(
         "no state dict found in the weights file (looked at the top level and under "
-        f"{'/'.join(NESTED_KEYS)}); pass key=... (--key) to name it"
+        f"{'/'.join(NESTED_KEYS)}); pass key=... to name it"
     )
 
 
@@ -541,8 +541,8 @@ def source_channel_names(in_chans: int, source_bands=None, hf_config: dict | Non
         if in_chans == 1:
             return ["grey"], "default for 1-channel weights"
         raise ConfigError(
-            f"the weights take {in_chans} input channels: name them with source_bands= "
-            "(--source-bands B01,B02,...) so they can be mapped by name"
+            f"the weights take {in_chans} input channels: name them with source_bands=B01,B02,... "
+            "so they can be mapped by name"
         )
     if len(given) != in_chans:
         raise ConfigError(
@@ -817,7 +817,13 @@ def convert(
 
 
 def import_weights(
-    src: str | Path, domain: str = "synthetic", out: str | Path = "imported", arch: str | None = None, **options
+    src: str | Path,
+    domain: str = "synthetic",
+    out: str | Path = "imported",
+    arch: str | None = None,
+    *,
+    exist_ok: bool = False,
+    **options,
 ) -> Path:
     """Convert a local ViT checkpoint into a domainfm checkpoint folder; return its path.
 
@@ -825,7 +831,9 @@ def import_weights(
         src: a ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` file, or a folder with ``config.json`` and
             ``model.safetensors`` or ``pytorch_model.bin``. Pickles holding anything but tensors are refused.
         domain: the domain the checkpoint is for (its preprocessing and channels).
-        out: the checkpoint folder to create (must not exist; nothing is written there on failure).
+        out: the checkpoint folder to create (nothing is written there on failure).
+        exist_ok: an existing ``out`` is refused (``False``) or replaced atomically by the new checkpoint
+            (``True``; only an imported checkpoint, never a trained one or a folder holding ``src``).
         arch: a timm model name overriding what is read from the keys (number of heads, image size).
         **options: ``source_bands`` (source channel names; RGB by default for 3 channels),
             ``source_wavelengths`` (µm, for the wavelength patch embed), ``target_bands``, ``img_size``,
@@ -838,8 +846,7 @@ def import_weights(
     """
     src_path = Path(src)
     out = Path(out)
-    if out.exists():
-        raise ConfigError(f"{out} already exists; choose a new out folder (nothing was overwritten)")
+    _check_import_out(out, exist_ok, src_path)
     imp = {k: options.pop(k) for k in list(options) if k in IMPORT_OPTIONS}
     obj, info = read_weights(src_path)
     sd, where = find_state_dict(obj, imp.get("key"))
@@ -914,8 +921,29 @@ def import_weights(
         **decisions,
     }
     card = _card(cfg, dom, encoder, provenance)
-    _write_checkpoint(out, encoder, card)
+    _write_checkpoint(out, encoder, card, replace=exist_ok)
     return out
+
+
+def _check_import_out(out: Path, exist_ok: bool, src: Path) -> None:
+    """The writers' ``exist_ok`` rule (:func:`~domainfm.io_safety.check_exists`); what ``exist_ok=True`` may
+    replace is a file or an imported checkpoint, never a trained checkpoint."""
+    if not check_exists(out, exist_ok, [src], checkpoint_ok=True):
+        return
+    card = out / "card.json"
+    stage = None
+    if card.is_file():
+        try:
+            stage = json.loads(card.read_text()).get("stage")
+        except (OSError, ValueError):
+            stage = "unreadable"
+    if not out.is_dir() or any(out.glob("ckpt-*")) or (card.is_file() and stage != "import"):
+        raise ConfigError(
+            f"{out} is not a checkpoint written by import_weights (it is a file, a run folder or a trained "
+            "checkpoint), so it is never replaced; choose another out"
+        )
+    if not card.is_file() and any(out.iterdir()):
+        raise ConfigError(f"{out} holds files other than a checkpoint, so it is never replaced; choose another out")
 
 
 def _card(cfg, domain, encoder, provenance: dict) -> dict:
@@ -938,8 +966,9 @@ def _card(cfg, domain, encoder, provenance: dict) -> dict:
     }
 
 
-def _write_checkpoint(out: Path, encoder, card: dict) -> None:
-    """``model.safetensors`` + ``card.json`` written in a temporary sibling folder, renamed into place at the end."""
+def _write_checkpoint(out: Path, encoder, card: dict, replace: bool = False) -> None:
+    """``model.safetensors`` + ``card.json`` written in a temporary sibling folder, renamed into place at the end
+    (``replace``: an existing ``out`` is swapped out and removed only once the new one is in place)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -948,9 +977,13 @@ def _write_checkpoint(out: Path, encoder, card: dict) -> None:
         tensors = unique_tensors({f"encoder.{k}": v for k, v in encoder.state_dict().items()})
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": card["format"]})
         write_json_atomic(tmp / "card.json", card)
-        if out.exists():
+        old = out.with_name(f".old-{out.name}-{os.getpid()}")
+        if out.exists() and replace:
+            os.replace(out, old)
+        elif out.exists() and any(out.iterdir()):
             raise ConfigError(f"{out} appeared while importing; nothing was overwritten")
         os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -981,7 +1014,7 @@ def init_encoder(cfg, built, init: str | Path):
         a, b = new.get(key), enc_cfg.get(key)
         if key == "patch_size" and a is not None and b is not None and len(a) != len(b):
             diffs.append(
-                f"model.patch_size (config {a}, init {b}: 2D vs 3D; inflate with import-weights --spatial-dims 3)"
+                f"model.patch_size (config {a}, init {b}: 2D vs 3D; inflate with spatial_dims=3 when importing)"
             )
         elif a != b:
             diffs.append(f"{'model.' + key if key not in ('in_chans',) else 'data.in_chans'} (config {a}, init {b})")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = ["core", "medical", "remote_sensing", "pathology", "evaluation"]
+PAGES = ["core", "medical", "remote_sensing", "pathology", "evaluation", "deploy"]
 BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 
 

@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 from domainfm.data.sample import make_sample
 from domainfm.decisions import decide
 from domainfm.errors import DataError
+from domainfm.utils import crs_text
 
 SCHEMA = (
     "give a path, an array or tensor N x C x H x W (with labels=), or a Dataset yielding C x H x W tensors, "
@@ -391,7 +392,7 @@ def adapt(
                 "RandomGeoSampler(dataset, size=64, length=100) or GridGeoSampler)",
             )
         queries = list(sampler)
-        info.update({"crs": str(data.crs), "res": _jsonable(getattr(data, "res", None))})
+        info.update({"crs": crs_text(data.crs, short=False), "res": _jsonable(getattr(data, "res", None))})
 
         def read_geo(i: int) -> dict:
             return _sample_from(data[queries[i]], i, name, 2)

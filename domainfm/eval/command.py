@@ -43,6 +43,7 @@ def add_evaluate_arguments(parser) -> None:
         "(supervised: a network trained from scratch on the same labels)",
     )
     parser.add_argument("--out", default=None, help="output folder for report.json, report.md, plots")
+    parser.add_argument("--exist-ok", action="store_true", help="replace a report already in --out")
     parser.add_argument(
         "--test-split", default="test", help="split to score on (test; val for an in-distribution check)"
     )
@@ -123,6 +124,7 @@ def evaluate_from_args(args, rest=()) -> EvalResult:
         finetune_kwargs=ft,
         test_split=getattr(args, "test_split", "test"),
         pool=getattr(args, "pool", None),
+        exist_ok=bool(getattr(args, "exist_ok", False)),
     )
     print(render_markdown(result))
     if result.paths:

@@ -33,7 +33,7 @@ import torch
 
 from domainfm.config import Config
 from domainfm.data.splits import holdout_mask
-from domainfm.errors import CheckpointError, ConfigError, DataError, DomainFMError
+from domainfm.errors import CheckpointError, ConfigError, DataError, DomainFMError, did_you_mean, unknown_choice
 from domainfm.eval.against import SupervisedRuns, paired_gains
 from domainfm.eval.embeddings import EmbeddingCache, cache_key, embed_dataset, fingerprint_path
 from domainfm.eval.finetune import dataset_tensors, finetune_classifier, finetune_segmenter
@@ -42,6 +42,7 @@ from domainfm.eval.protocols import DEFAULT_CS, fewshot_probe, knn_probe, linear
 from domainfm.eval.report import EvalResult, write_report
 from domainfm.eval.splits import check_labels, check_pair, random_fraction, stratified_fraction, stratified_split
 from domainfm.heads import default_head
+from domainfm.io_safety import check_exists
 from domainfm.model import load
 from domainfm.models.encoder import GLOBAL_POOLS, build_encoder
 from domainfm.registry import get_domain
@@ -65,7 +66,7 @@ def parse_protocols(protocol: str | Sequence[str]) -> list[str]:
     items = parse_list(protocol)
     bad = [p for p in items if p not in PROTOCOLS]
     if bad or not items:
-        raise ConfigError(f"unknown protocol {bad[0] if bad else protocol!r}; choose from {', '.join(PROTOCOLS)}")
+        raise ConfigError(unknown_choice("protocol", bad[0] if bad else protocol, PROTOCOLS, "choose from"))
     return list(dict.fromkeys(items))
 
 
@@ -269,6 +270,7 @@ def evaluate(
     datasets: tuple | None = None,
     pool: str | None = None,
     supervised_kwargs: dict | None = None,
+    exist_ok: bool = False,
 ) -> EvalResult:
     """Evaluate a pretrained checkpoint against a random-init encoder of the same shape.
 
@@ -288,6 +290,8 @@ def evaluate(
             ``supervised``. Every other encoder's record carries ``vs``: its gain over each baseline with a
             paired bootstrap interval (``gain``/``gain_low``/``gain_high`` repeat the one over random).
         out: folder for ``report.json``, ``report.md``, plots and the embedding cache.
+        exist_ok: a report already in ``out`` is refused (``False``) or replaced file by file, atomically
+            (``True``); the embedding cache there is reused either way.
         overrides: ``key=value`` config overrides (e.g. ``data.options.xxx=...``).
         k: neighbours of the kNN probe. Cs: the linear probe's C sweep.
         n_boot: bootstrap resamples. cache_dir: embedding cache folder (default ``out/embeddings``).
@@ -307,10 +311,11 @@ def evaluate(
     """
     t0 = time.perf_counter()
     if int(k) < 1:
-        raise ConfigError(f"k (kNN neighbours, --k) must be >= 1, got {k}")
+        raise ConfigError(f"k (kNN neighbours) must be >= 1, got {k}")
     if pool is not None and pool not in GLOBAL_POOLS:
         raise ConfigError(
-            f"pool (one model.global_pool for every encoder; --pool): one of {GLOBAL_POOLS}, got {pool!r}"
+            f"pool (one model.global_pool for every encoder): one of {GLOBAL_POOLS}, got {pool!r}"
+            + did_you_mean(pool, GLOBAL_POOLS)
         )
     protocols = parse_protocols(protocol)
     fracs = parse_fractions(fractions)
@@ -318,6 +323,7 @@ def evaluate(
     if n_seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
     checkpoint, replicas = _pretraining_seeds(checkpoint)
+    _check_report_out(out, exist_ok, [data, checkpoint])  # before any work
     model = _load_model(checkpoint, device)
     card = getattr(model, "card", None) or {}
     if datasets is not None:
@@ -343,7 +349,7 @@ def evaluate(
         if frozen:
             raise ConfigError(
                 f"protocol {frozen[0]!r} needs class labels but {data_name} is a segmentation dataset "
-                "(finetune.task=segmentation); use --protocol finetune or lora"
+                "(finetune.task=segmentation); use protocol=finetune or protocol=lora"
             )
         if "mask" not in first:
             raise DataError(data_name, "finetune.task is segmentation but the samples have no 'mask'")
@@ -552,6 +558,13 @@ def evaluate(
     if out is not None:
         write_report(result, out, plots=plots)
     return result
+
+
+def _check_report_out(out, exist_ok: bool, inputs: list) -> None:
+    """An earlier report in ``out`` (its ``report.json``) is replaced only with ``exist_ok=True``
+    (:func:`~domainfm.io_safety.check_exists`); the embedding cache beside it is kept and reused."""
+    if out is not None:
+        check_exists(Path(out) / "report.json", exist_ok, inputs)
 
 
 def _pretraining_seeds(checkpoint) -> tuple[Any, list]:

@@ -20,6 +20,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from domainfm.io_safety import atomic_output
+from domainfm.viz import new_figure, save_figure
+
 METRIC_NAMES = {
     "accuracy": "Accuracy",
     "balanced_accuracy": "Balanced acc.",
@@ -86,13 +89,15 @@ class EvalResult(list):
 
     def plot(self, protocol: str | None = None, path: str | Path | None = None):
         """A matplotlib Figure of one protocol (default the first): metric vs labelled fraction or shots,
-        one line per encoder, 95% intervals; written to ``path`` only when given.
+        one line per encoder, 95% intervals; it shows itself in a notebook (see :func:`domainfm.viz.new_figure`)
+        and is written to ``path`` only when given.
 
         Example:
             >>> rec = {"encoder": "pretrained", "protocol": "knn", "fraction": 0.1, "shots": None, "n_train": 10,
             ...        "metric": "accuracy", "mean": 0.9, "ci_low": 0.85, "ci_high": 0.95, "per_seed": [0.9]}
-            >>> type(EvalResult([rec]).plot()).__name__
-            'Figure'
+            >>> fig = EvalResult([rec]).plot()
+            >>> type(fig).__name__, fig._repr_png_()[:4]
+            ('Figure', b'\\x89PNG')
         """
         protocols = list(dict.fromkeys(r["protocol"] for r in self))
         if not protocols:
@@ -100,11 +105,7 @@ class EvalResult(list):
         protocol = protocol or protocols[0]
         if protocol not in protocols:
             raise KeyError(f"no protocol {protocol!r} in this result (it has: {', '.join(protocols)})")
-        fig = protocol_figure([r for r in self if r["protocol"] == protocol], protocol)
-        if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path)
-        return fig
+        return save_figure(protocol_figure([r for r in self if r["protocol"] == protocol], protocol), path)
 
     def get(self, encoder: str, protocol: str, metric: str, fraction=None, shots=None) -> dict:
         """The one record matching the arguments (``KeyError`` if none)."""
@@ -283,12 +284,10 @@ def worth_it(result: EvalResult) -> list[str]:
 def protocol_figure(rows: list[dict], protocol: str):
     """A matplotlib Figure for one protocol's records: one panel per metric, metric vs label fraction
     (log x) or shots, 95% interval bars, one line per encoder (no pyplot state, no window)."""
-    from matplotlib.figure import Figure  # heavy import, only when a plot is asked for
-
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     ncol = min(2, len(metrics))
     nrow = (len(metrics) + ncol - 1) // ncol
-    fig = Figure(figsize=(4.6 * ncol, 3.4 * nrow), dpi=100)
+    fig = new_figure(figsize=(4.6 * ncol, 3.4 * nrow), dpi=100)
     axes = fig.subplots(nrow, ncol, squeeze=False)
     fewshot = rows[0].get("shots") is not None
     encoders = list(dict.fromkeys(r["encoder"] for r in rows))
@@ -328,7 +327,8 @@ def plot_result(result: EvalResult, out_dir: str | Path) -> list[Path]:
     paths = []
     for protocol in dict.fromkeys(r["protocol"] for r in result):
         path = out_dir / f"{protocol}.png"
-        protocol_figure([r for r in result if r["protocol"] == protocol], protocol).savefig(path)
+        with atomic_output(path) as tmp:
+            protocol_figure([r for r in result if r["protocol"] == protocol], protocol).savefig(tmp)
         paths.append(path)
     return paths
 
@@ -338,7 +338,8 @@ def _finite(*values) -> bool:
 
 
 def write_report(result: EvalResult, out: str | Path, plots: bool = True) -> dict[str, Path]:
-    """Write ``report.json`` (meta + records), ``report.md`` and the plots under ``out``.
+    """Write ``report.json`` (meta + records), ``report.md`` and the plots under ``out``, each atomically
+    (an earlier report is replaced file by file, never left half-written).
 
     Example:
         >>> import tempfile
@@ -352,9 +353,11 @@ def write_report(result: EvalResult, out: str | Path, plots: bool = True) -> dic
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     paths["json"] = out / "report.json"
-    paths["json"].write_text(json.dumps(_json_safe({"meta": result.meta, "records": list(result)}), indent=2))
+    with atomic_output(paths["json"]) as tmp:
+        tmp.write_text(json.dumps(_json_safe({"meta": result.meta, "records": list(result)}), indent=2))
     paths["markdown"] = out / "report.md"
-    paths["markdown"].write_text(render_markdown(result))
+    with atomic_output(paths["markdown"]) as tmp:
+        tmp.write_text(render_markdown(result))
     if plots:
         for p in plot_result(result, out):
             paths[f"plot:{p.stem}"] = p

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from domainfm.errors import ConfigError
+from domainfm.errors import ConfigError, unknown_choice
 from domainfm.train.engine import default_param_groups
 from domainfm.train.layer_decay import param_groups_layer_decay
 
@@ -60,7 +60,7 @@ class TaskModel(nn.Module):
     ):
         super().__init__()
         if task not in TASKS:
-            raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+            raise ConfigError(unknown_choice("task", task, TASKS))
         self.encoder, self.head, self.task = encoder, head, task
         self.layer_decay = layer_decay
         self.register_buffer("class_weights", class_weights, persistent=False)

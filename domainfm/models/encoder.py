@@ -20,7 +20,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from domainfm.errors import ConfigError, DataError
+from domainfm.errors import ConfigError, DataError, did_you_mean
 from domainfm.models.patch_embed import _tuple, build_patch_embed, gather_tokens
 from domainfm.models.pos_embed import resample_pos_embed, sincos_pos_embed
 from domainfm.registry import get_encoder_arch, register_encoder
@@ -348,7 +348,10 @@ def check_global_pool(global_pool: str, class_token: bool) -> None:
         model.global_pool='token+avg' needs a class token (model.cla
     """
     if global_pool not in GLOBAL_POOLS:
-        raise ConfigError(f"model.global_pool must be one of {', '.join(GLOBAL_POOLS)}; got {global_pool!r}")
+        raise ConfigError(
+            f"model.global_pool must be one of {', '.join(GLOBAL_POOLS)}; got {global_pool!r}"
+            + did_you_mean(global_pool, GLOBAL_POOLS)
+        )
     if "token" in global_pool and not class_token:
         raise ConfigError(
             f"model.global_pool={global_pool!r} needs a class token (model.class_token: true); "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from domainfm.data.multicrop import MultiCropDataset, RandomResizedCropDataset, check_multicrop, multicrop_from_config
 from domainfm.data.views import ViewsDataset
-from domainfm.errors import ConfigError
+from domainfm.errors import ConfigError, did_you_mean
 from domainfm.registry import get_objective, list_objectives, register_objective
 from domainfm.ssl.combined import MAEContrastive
 from domainfm.ssl.contrastive import Contrastive
@@ -59,7 +59,10 @@ def _build_both(encoder, cfg):
 def check_objective(cfg) -> None:
     """A one-line ConfigError naming ``objective.name`` when no objective of that name is registered."""
     if cfg.name not in list_objectives():
-        raise ConfigError(f"objective.name must be one of {', '.join(list_objectives())}, got {cfg.name!r}")
+        raise ConfigError(
+            f"objective.name must be one of {', '.join(list_objectives())}, got {cfg.name!r}"
+            + did_you_mean(cfg.name, list_objectives())
+        )
 
 
 def _dino_kwargs(cfg) -> dict:

@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from domainfm.errors import ConfigError, DomainFMError
+from domainfm.errors import ConfigError, DomainFMError, did_you_mean
 from domainfm.ssl.mae import MAE
 from domainfm.ssl.monitor import teacher_collapse_metrics
 
@@ -211,7 +211,10 @@ class DINO(nn.Module):
     ):
         super().__init__()
         if centering not in ("center", "sinkhorn"):
-            raise ConfigError(f"objective.centering must be center or sinkhorn, got {centering!r}")
+            raise ConfigError(
+                f"objective.centering must be center or sinkhorn, got {centering!r}"
+                + did_you_mean(centering, ("center", "sinkhorn"))
+            )
         if n_global < 1:
             raise ConfigError(
                 f"objective.global_crops must be >= 1 (the teacher sees the global crops), got {n_global}"

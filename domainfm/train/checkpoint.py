@@ -203,8 +203,8 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> None:
     existing = list_checkpoints(run_dir)
     if not resume and existing:
         raise ConfigError(
-            f"{run_dir} already holds checkpoints (last: {existing[-1].name}); pass --resume to continue "
-            "that run, or choose a new --out (nothing was overwritten)"
+            f"{run_dir} already holds checkpoints (last: {existing[-1].name}); pass resume=True to continue "
+            "that run, or another out (nothing was overwritten)"
         )
 
 

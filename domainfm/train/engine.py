@@ -33,12 +33,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from domainfm.config import TrainConfig
 from domainfm.data.sample import collate_samples
 from domainfm.data.sampling import epoch_batches, set_epoch
 from domainfm.decisions import decide
+from domainfm.display import finish_progress, progress_bar
 from domainfm.errors import CheckpointError, DataError, NonFiniteLossError
 from domainfm.io_safety import RunLock, clean_stale_tmp
 from domainfm.memory import check_step_memory, enable_grad_checkpointing
@@ -477,7 +477,7 @@ def _train_locked(
     logger = MetricsLogger(run_dir, tcfg.tensorboard, ctx.is_main, start_step)
     progress = None
     if tcfg.progress and ctx.is_main:
-        progress = tqdm(total=total, initial=start_step, desc="train", dynamic_ncols=True, leave=True)
+        progress = progress_bar(total=total, initial=start_step, desc="train", dynamic_ncols=True, leave=True)
 
     clock = (time.perf_counter(), time.process_time(), start_step)
 
@@ -619,7 +619,7 @@ def _train_locked(
     finally:
         stop.__exit__()
         if progress is not None:
-            progress.close()
+            finish_progress(progress)  # a notebook keeps the bar's final state as text
         logger.close()
         ctx.close()
     if last_ckpt is None:

@@ -28,6 +28,7 @@ from domainfm.data.adapters import AdaptedDataset, adapt, check_scale
 from domainfm.domain import Domain, DomainExample, accept_options
 from domainfm.errors import ConfigError, DataError
 from domainfm.inference import write_embeddings
+from domainfm.io_safety import check_output
 from domainfm.runconfig import config_from_card
 
 _PROFILE_KEYS = (
@@ -172,6 +173,7 @@ class ArraysDomain(Domain):
     def embed(self, model, data, out, **options):
         """Embeddings of a ``.npy``/``.npz`` file, normalised with the checkpoint's statistics."""
         options = accept_options(options, {"batch_size": "batch_size"}, "embed")
+        out = check_output(out, [data], what="embed out")  # before computing anything
         cfg = config_from_card(model.card, data=data)
         x, y = read_array_file(data)
         ds = self.prepare(adapt(x, y, spatial_dims=model.card["preprocessing"]["spatial_dims"]), cfg, model.card)

@@ -34,25 +34,33 @@ def _normalization(norm: dict, channels: int) -> dict | None:
     }
 
 
-def export_input(card: dict) -> dict:
-    """The input record of an exported medical model (see :meth:`domainfm.domain.Domain.export_input`)."""
-    pre = card.get("preprocessing") or {}
-    enc = card.get("encoder") or {}
-    channels = int(enc.get("in_chans") or pre.get("in_chans") or 1)
-    names = list(pre.get("sequences") or []) or (
-        ["intensity"] if channels == 1 else [f"channel{i}" for i in range(channels)]
-    )
-    norm = _normalization(pre.get("normalization") or {}, channels)
-    dims = int(pre.get("spatial_dims") or len(enc.get("img_size") or [0, 0, 0]))
+def _channel_names(pre: dict, channels: int) -> list[str]:
+    if pre.get("sequences"):
+        return list(pre["sequences"])
+    return ["intensity"] if channels == 1 else [f"channel{i}" for i in range(channels)]
+
+
+def _pixels_text(pre: dict, dims: int, inside: bool) -> str:
+    """What the input values are, in words: units and the grid they are on."""
     steps = [f"reoriented to {pre['orientation']}"] if dims == 3 and pre.get("orientation") else []
     spacing = pre.get("target_spacing")
     steps.append(f"resampled to {spacing} mm" if spacing else "on the file's own voxel grid")
     if dims == 2 and (pre.get("options") or {}).get("resize_2d", True):
         steps.append("resized to the model size")
-    units = "Hounsfield units" if norm else "intensities normalised as `recipe` says"
+    units = "Hounsfield units" if inside else "intensities normalised as `recipe` says"
+    return f"{units}, {', '.join(steps)}"
+
+
+def export_input(card: dict) -> dict:
+    """The input record of an exported medical model (see :meth:`domainfm.domain.Domain.export_input`)."""
+    pre = card.get("preprocessing") or {}
+    enc = card.get("encoder") or {}
+    channels = int(enc.get("in_chans") or pre.get("in_chans") or 1)
+    norm = _normalization(pre.get("normalization") or {}, channels)
+    dims = int(pre.get("spatial_dims") or len(enc.get("img_size") or [0, 0, 0]))
     return {
-        "channels": names,
-        "pixels": f"{units}, {', '.join(steps)}",
+        "channels": _channel_names(pre, channels),
+        "pixels": _pixels_text(pre, dims, norm is not None),
         "window": list(pre.get("crop_size") or enc.get("img_size") or []),
         "overlap": (pre.get("options") or {}).get("sw_overlap", 0.25),
         "normalization": norm,

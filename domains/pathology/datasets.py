@@ -67,7 +67,7 @@ def list_slides(source: str | Path, mpp: float | None = None) -> list[SlideRecor
     """Slides of a file, a folder (slide suffixes, non-recursive) or a manifest CSV.
 
     A manifest has a ``slide`` (or ``path``) column, and optional ``mpp`` and ``label`` columns;
-    relative paths are relative to the CSV. ``mpp`` (e.g. ``--mpp``) applies to slides whose row
+    relative paths are relative to the CSV. ``mpp`` (``data.options.mpp``) applies to slides whose row
     gives none.
 
     Example:
@@ -282,7 +282,7 @@ class SlideTileDataset(Dataset, EpochAware):
             raise DataError(
                 records[0].path if len(records) == 1 else Path(records[0].path).parent,
                 f"no tissue tiles in any of {len(records)} slide(s) (all skipped: no tissue found); "
-                "lower --min-tissue or check the slides",
+                "lower data.options.min_tissue or check the slides",
             )
         self.index = np.concatenate(index, 0).astype(np.int64)
         self.cache = ReaderCache(max_open)

@@ -119,10 +119,8 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
     labels_csv.write_text("slide,label\n" + "".join(f"{s},{lab}\n" for s, lab in labels_rows))
     if real:
         slide_path = (SHARED / REAL_SLIDE).resolve()
-        try:
-            slide_mpp(open_slide(slide_path), slide_path)
-        except domainfm.DataError as exc:
-            fig["mpp_check"] = str(exc)
+        if slide_mpp(open_slide(slide_path), slide_path) is None:
+            fig["mpp_check"] = f"{slide_path}: no microns-per-pixel in the slide; {ASSUMED_MPP} µm/px is assumed"
         manifest = out_dir / "slides.csv"
         manifest.write_text(f"slide,mpp\n{slide_path},{ASSUMED_MPP}\n")
         fig["assumed_mpp"] = ASSUMED_MPP

@@ -36,7 +36,7 @@ import domainfm
 from domainfm.data.splits import holdout_split
 from domainfm.domain import Domain, DomainExample, accept_options
 from domainfm.errors import ConfigError, DataError
-from domainfm.io_safety import check_output
+from domainfm.io_safety import check_output, existing_output
 from domainfm.train.checkpoint import load_tensors
 from domainfm.utils import parse_list
 
@@ -222,8 +222,8 @@ class PathologyDomain(Domain):
             named = [s.label for s in slides if s.label]
             if len(named) != len(slides):
                 raise ConfigError(
-                    f"{path}: slides carry no tile labels; for slide labels use --task mil --labels "
-                    "slides.csv, for tile classification point data.path at a folder <class>/*.png"
+                    f'{path}: slides carry no tile labels; for slide labels use task="mil" with labels="slides.csv", '
+                    "for tile classification point data.path at a folder <class>/*.png"
                 )
             classes = sorted(set(named))
             labels = {c: i for i, c in enumerate(classes)}
@@ -293,6 +293,31 @@ class PathologyDomain(Domain):
             "stain_augment": bool(opts.stain_augment),
             "hed_sigma": float(opts.hed_sigma),
             "tissue_detection": "otsu(saturation)+closing+small-object removal on a thumbnail",
+        }
+
+    def export_input(self, card: dict) -> dict:
+        """An exported model takes RGB tiles in 0..255 at the card's input MPP; the mean/std normalisation is
+        done inside the graph (a Macenko reference, when the card has one, is applied before)."""
+        pre = card.get("preprocessing") or {}
+        mean = [255.0 * float(v) for v in pre.get("mean", IMAGENET_MEAN)]
+        std = [255.0 * float(v) for v in pre.get("std", IMAGENET_STD)]
+        size = int(pre.get("img_size", pre.get("tile_size", 224)))
+        stain = ", Macenko-normalised to the card's reference first" if pre.get("macenko") else ""
+        return {
+            "channels": ["R", "G", "B"],
+            "pixels": f"RGB values 0..255 of a {size} px tile at {pre.get('input_mpp')} µm/px{stain}",
+            "window": [size, size],
+            "normalization": {
+                "mean": mean,
+                "std": std,
+                "clip": None,
+                "nan_to_zero": False,
+                "text": "x / 255, then (x - mean) / std per channel",
+            },
+            "mpp": pre.get("input_mpp"),
+            "target_mpp": pre.get("target_mpp"),
+            "tile_size": pre.get("tile_size"),
+            "macenko": pre.get("macenko"),
         }
 
     def preprocessor(self, card: dict) -> Callable[[Any], torch.Tensor]:
@@ -388,9 +413,10 @@ class PathologyDomain(Domain):
         if is_tile_folder(data):  # a folder of tile images: one embedding per tile, in one file
             out = Path(out)
             target = out if out.suffix in (".npz", ".h5", ".hdf5") else out / "embeddings.npz"
-            check_output(target, [data], what="embed --out")
+            check_output(target, [data], what="embed out")
             return super().embed(model, data, target, batch_size=int(kwargs.get("batch_size") or 32))
-        check_output(out, [data], what="embed --out", folder=True)  # before embedding any slide
+        check_output(out, [data], what="embed out", folder=True, resumable=True)  # before embedding any slide
+        replace = existing_output(out, [data], resumable=True) == "overwrite"  # exist_ok=True: every slide again
         pre = dict((getattr(model, "card", None) or {}).get("preprocessing") or {})
         for key in ("target_mpp", "tile_size"):
             if kwargs.get(key) is not None and kwargs[key] != pre.get(key):
@@ -415,7 +441,7 @@ class PathologyDomain(Domain):
             batch_size=int(kwargs.get("batch_size") or 64),
             num_workers=int(kwargs.get("num_workers") or 0),
             coords_dir=kwargs.get("coords_dir"),
-            overwrite=bool(kwargs.get("overwrite", False)),
+            overwrite=bool(kwargs.get("overwrite", False)) or replace,
         )
         return Path(out)
 

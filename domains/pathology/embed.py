@@ -195,7 +195,7 @@ def embed_slides(
     summary["seconds"] = round(time.time() - t0, 2)
     if verbose:
         msg = (
-            f"embedded {summary['done']} slide(s) ({summary['tiles']} tiles) into {out}; "
+            f"embedded {summary['done']} slide(s) ({summary['tiles']} tiles); "
             f"{summary['skipped']} already done, {summary['no_tissue']} skipped with no tissue"
         )
         print(msg)

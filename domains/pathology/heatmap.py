@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from domainfm.io_safety import atomic_output
+from domainfm.viz import new_figure, save_figure
 
 from .slide import open_slide, thumbnail_rgb
 
@@ -147,13 +148,12 @@ def heatmap_figure(
     title: str | None = None,
     path: str | Path | None = None,
 ):
-    """The heatmap of one slide as a matplotlib Figure (for a notebook); written to ``path`` only when given.
+    """The heatmap of one slide as a matplotlib Figure that shows itself in a notebook (see
+    :func:`domainfm.viz.new_figure`); written to ``path`` only when given.
 
     Example:
         >>> fig = heatmap_figure("slide.tif", grid.coords, grid.size0, attention)  # doctest: +SKIP
     """
-    from matplotlib.figure import Figure  # heavy import, only when a figure is asked for
-
     slide = open_slide(slide_path)
     try:
         thumb = thumbnail_rgb(slide, thumbnail_size)
@@ -161,11 +161,9 @@ def heatmap_figure(
     finally:
         slide.close()
     img = heatmap_image(thumb, size, coords, size0, scores, alpha, cmap, normalize)
-    fig = Figure(figsize=(6, 6 * img.height / max(img.width, 1)), dpi=100)
+    fig = new_figure(figsize=(6, 6 * img.height / max(img.width, 1)), dpi=100)
     ax = fig.subplots()
     ax.imshow(np.asarray(img))
     ax.set_title(title or f"{Path(slide_path).name}: {len(coords)} tiles ({normalize} scores)")
     ax.axis("off")
-    if path is not None:
-        fig.savefig(path)
-    return fig
+    return save_figure(fig, path)

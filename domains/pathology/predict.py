@@ -40,9 +40,9 @@ def predict_slide(
     task = card.get("task")
     if getattr(model, "head", None) is None or task not in ("mil", "classification"):
         raise CheckpointError(
-            f"{getattr(model, 'path', '')}: slide prediction needs a checkpoint fine-tuned with "
-            "--task mil (or a tile classifier); this one has task "
-            f"{task!r}. Use `domainfm embed` for features"
+            f"{getattr(model, 'path', None) or 'this model'}: slide prediction needs a checkpoint fine-tuned with "
+            'task="mil" (or a tile classifier); this one has task '
+            f"{task!r}. Use domainfm.embed(checkpoint, data) for features"
         )
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".png":

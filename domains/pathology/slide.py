@@ -38,8 +38,8 @@ MPP_RANGE = (0.05, 50.0)
 MAX_PLAIN_PIXELS = 400_000_000
 
 MPP_HINT = (
-    "pass the scan resolution with --mpp VALUE (Options field `mpp`, e.g. 0.25 for 40x, "
-    "0.5 for 20x) or an `mpp` column in the manifest CSV"
+    "give the scan resolution (µm/px, e.g. 0.25 for 40x, 0.5 for 20x): pass mpp=VALUE (data.options.mpp when "
+    "training) or an `mpp` column in the manifest CSV"
 )
 
 
@@ -185,11 +185,13 @@ def _mpp_from_tiff_tags(path: Path) -> float | None:
         return None
 
 
-def slide_mpp(slide, path: str | Path, override: float | None = None) -> float:
-    """The slide's level-0 microns per pixel: ``override`` if given, else read from the file.
+def slide_mpp(slide, path: str | Path, override: float | None = None, require: bool = False) -> float | None:
+    """The slide's level-0 microns per pixel: ``override`` if given, else read from the file; ``None`` when
+    the file carries none (``require=True``: a one-line error instead).
 
     Raises:
-        DataError: no MPP in the file and no override; the message says to pass ``--mpp``.
+        DataError: an implausible override, or (``require``) no MPP in the file and no override; the message
+            says to pass ``mpp=``.
 
     Example:
         >>> slide_mpp(None, "x.svs", override=0.5)
@@ -202,7 +204,7 @@ def slide_mpp(slide, path: str | Path, override: float | None = None) -> float:
     mpp = mpp_from_properties(slide.properties) if slide is not None else None
     if mpp is None:
         mpp = _mpp_from_tiff_tags(Path(path))
-    if mpp is None:
+    if mpp is None and require:
         raise DataError(
             path,
             "no microns-per-pixel in the slide (openslide.mpp-x, aperio.MPP and TIFF "

@@ -138,7 +138,7 @@ def tile_geometry(slide, path, mpp: float, target_mpp: float, tile_size: int) ->
             path,
             f"tile size {tile_size} px at {target_mpp} µm/px covers {size0}x{size0} level-0 "
             f"pixels ({size0 * mpp:.0f} µm), larger than the slide ({w}x{h} px at {mpp:g} µm/px); "
-            "use a smaller --tile-size or --target-mpp",
+            "use a smaller tile_size= or target_mpp=",
         )
     level = int(slide.get_best_level_for_downsample(max(downsample, 1.0)))
     read_size = max(1, int(round(size0 / slide.level_downsamples[level])))
@@ -166,7 +166,7 @@ def tile_slide(
     if own:
         slide = open_slide(path)
     try:
-        mpp0 = slide_mpp(slide, path, mpp)
+        mpp0 = slide_mpp(slide, path, mpp, require=True)
         size0, level, read_size = tile_geometry(slide, path, mpp0, target_mpp, tile_size)
         if target_mpp < mpp0 * 0.9:
             warnings.warn(
@@ -214,7 +214,7 @@ def tile_slide(
         raise NoTissueError(
             path,
             f"no tissue found: none of {len(coords)} tiles has >= {min_tissue:.0%} tissue "
-            f"(max {float(frac.max()) if len(frac) else 0:.0%}); lower --min-tissue or check the slide",
+            f"(max {float(frac.max()) if len(frac) else 0:.0%}); lower min_tissue= or check the slide",
         )
     return grid
 
@@ -327,7 +327,7 @@ def cached_tile_grid(
         if grid is not None:
             if len(grid) == 0:
                 raise NoTissueError(
-                    path, f"no tissue found (cached in {csv_path}); lower --min-tissue or check the slide"
+                    path, f"no tissue found (cached in {csv_path}); lower min_tissue= or check the slide"
                 )
             return grid
     try:

@@ -41,7 +41,7 @@ from rasterio.windows import Window
 
 from domainfm.data.rng import EpochAware, item_numpy_rng
 from domainfm.data.sample import make_sample
-from domainfm.errors import ConfigError, DataError
+from domainfm.errors import ConfigError, DataError, did_you_mean
 from domainfm.inference import window_starts
 
 from .io import MaskRaster, Scene, is_raster_name, open_raster, raster_values
@@ -184,7 +184,10 @@ def discover_items(
     if not path.exists():
         raise DataError(path, "data path does not exist")
     if layout not in ("auto", "scenes", "classes", "manifest"):
-        raise ConfigError(f"layout must be auto, scenes, classes or manifest, got {layout!r}")
+        raise ConfigError(
+            f"layout must be auto, scenes, classes or manifest, got {layout!r}"
+            + did_you_mean(layout, ("auto", "scenes", "classes", "manifest"))
+        )
     if path.is_file() and (layout == "manifest" or path.suffix.lower() == ".csv"):
         items, classes = _manifest_items(path, sensors, label_sep, sensors_file)
         return items, classes, "manifest"
@@ -325,7 +328,10 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
         if not items:
             raise DataError(None, "no scenes or tiles to sample from")
         if sampling not in ("random", "grid", "whole"):
-            raise ConfigError(f"sampling must be random, grid or whole, got {sampling!r}")
+            raise ConfigError(
+                f"sampling must be random, grid or whole, got {sampling!r}"
+                + did_you_mean(sampling, ("random", "grid", "whole"))
+            )
         self.items = items
         self.bands = bands
         self.chip_size = int(chip_size)

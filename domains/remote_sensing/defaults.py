@@ -42,7 +42,7 @@ def infer_sensor(path: str | Path) -> tuple[str, list[str], str]:
         raise DataError(
             path,
             "empty: no rasters found (.tif/.tiff/.jp2/.vrt) to read the bands from; "
-            "give scenes, or declare --sensor (e.g. sentinel2, landsat8, naip) and --bands",
+            "give scenes, or declare data.options.sensor (e.g. sentinel2, landsat8, naip) and data.options.bands",
         )
     src = open_raster(first)
     descriptions = [d or "" for d in (src.descriptions or ())]
@@ -51,7 +51,8 @@ def infer_sensor(path: str | Path) -> tuple[str, list[str], str]:
         raise DataError(
             first,
             f"has {src.count} band(s) without descriptions and data.options.sensor is not set, "
-            f"so nothing identifies the bands; declare --sensor ({known}) and --bands in file order",
+            f"so nothing identifies the bands; declare data.options.sensor ({known}) and data.options.bands "
+            "in file order",
         )
     # among the sensors that name every band: most exact band names, then the fewest bands
     # ("B02" is Sentinel-2's name and a Landsat alias; Sentinel-2 L2A before L1C, which adds B10)
@@ -65,13 +66,13 @@ def infer_sensor(path: str | Path) -> tuple[str, list[str], str]:
         name, bands = min(matches)[3:]
         text = (
             f"no sensor declared: {first.name} describes its {len(bands)} bands as {', '.join(bands)}, "
-            f"read as sensor {name} (set --sensor to override)"
+            f"read as sensor {name} (set data.options.sensor to override)"
         )
         return name, bands, text
     raise DataError(
         first,
         f"band descriptions {descriptions} match no known sensor and data.options.sensor is not "
-        f"set; declare --sensor ({known}) or a sensors file (--sensors-file)",
+        f"set; declare data.options.sensor ({known}) or a sensors file (data.options.sensors_file)",
     )
 
 
@@ -92,7 +93,11 @@ def sensor_from_band_names(bands: list[str]) -> tuple[str, list[str], str]:
     if not matches:
         raise ConfigError(
             f"data.options.bands {bands} are not all bands of one known sensor and data.options.sensor "
-            f"is not set; declare --sensor ({', '.join(sorted(BUILTIN_SENSORS))})"
+            f"is not set; declare data.options.sensor ({', '.join(sorted(BUILTIN_SENSORS))})"
         )
     name, found = min(matches)[3:]
-    return name, found, f"no sensor declared: bands {', '.join(bands)} read as sensor {name} (set --sensor to override)"
+    return (
+        name,
+        found,
+        f"no sensor declared: bands {', '.join(bands)} read as sensor {name} (set data.options.sensor to override)",
+    )

@@ -235,7 +235,7 @@ class RemoteSensingDomain(Domain):
         if labelled and task in ("classification", "multilabel") and not any(it.label is not None for it in items):
             raise DataError(path, f"task {task} needs labels: class sub-folders or a manifest 'label' column")
         if labelled and task == "classification" and any(isinstance(it.label, list) for it in items):
-            raise DataError(path, "the labels name several classes per image: use --task multilabel")
+            raise DataError(path, 'the labels name several classes per image: use task="multilabel"')
         if labelled and task == "segmentation" and not any(it.mask is not None for it in items):
             raise DataError(
                 path, "task segmentation needs masks: a manifest with a 'mask' column (rasters on the image grids)"
@@ -465,6 +465,40 @@ class RemoteSensingDomain(Domain):
 
         return preprocess
 
+    def export_input(self, card: dict) -> dict:
+        """An exported model takes the card's first sensor's bands as read (scale/offset applied, nodata as NaN);
+        the per-band statistics are applied inside the graph (wavelengths are fixed at export).
+
+        Example:
+            >>> # get_domain("remote_sensing").export_input(card)["bands"] -> ['B02', 'B03', 'B04', 'B08']
+        """
+        pre = self.effective_preprocessing(card)
+        if not pre.get("sensors"):
+            raise DataError(None, "checkpoint card has no remote-sensing preprocessing record")
+        sensor, bands = card_sensor(pre, None)
+        stats = (pre.get("stats") or {}).get(sensor.name)
+        mean, std = stats_arrays(stats, bands) if stats else (np.zeros(len(bands)), np.ones(len(bands)))
+        chip, img = int(pre.get("chip_size") or pre["img_size"]), int(pre.get("img_size") or 0)
+        resized = f", chips of {chip} px resized to {img} px" if img and img != chip else ""
+        return {
+            "channels": list(bands),
+            "pixels": f"{sensor.name} band values as read (file scale/offset applied), nodata as NaN{resized}",
+            "window": [img or chip] * 2,
+            "overlap": pre.get("predict_overlap", 0.25),
+            "normalization": {
+                "mean": [float(v) for v in mean],
+                "std": [float(v) for v in std],
+                "clip": None,
+                "nan_to_zero": True,
+                "text": "per-band (x - mean) / std; NaN (nodata) -> 0",
+            },
+            "sensor": sensor.name,
+            "bands": list(bands),
+            "wavelengths_um": [float(v) for v in pre.get("wavelengths") or []],
+            "resolution": pre.get("resolution"),
+            "chip_size": chip,
+        }
+
     # ---- downstream -------------------------------------------------------------------------------
     def head(self, task: str, encoder: nn.Module, num_classes: int, cfg) -> nn.Module:
         """UPerNet-style decoder on 4 intermediate layers (segmentation) or a pooled head (classification)."""
@@ -513,14 +547,12 @@ class RemoteSensingDomain(Domain):
         """
         if kwargs:
             raise ConfigError(
-                f"predict takes --sensor, --probabilities, --predict-overlap, --predict-batch-size and "
-                f"--max-pixels; "
-                f"got {', '.join('--' + k.replace('_', '-') for k in kwargs)} (preprocessing comes "
-                "from the checkpoint card)"
+                "predict takes sensor, probabilities, predict_overlap, predict_batch_size and max_pixels; "
+                f"got {', '.join(kwargs)} (preprocessing comes from the checkpoint card)"
             )
         if isinstance(sensor, list):
             if len(sensor) != 1:
-                raise ConfigError(f"predict: give one sensor (--sensor), got {sensor}")
+                raise ConfigError(f'predict: give one sensor (sensor="name"), got {sensor}')
             sensor = sensor[0]
         return predict_scene(
             model,

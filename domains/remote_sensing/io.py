@@ -32,7 +32,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window, from_bounds
 
-from domainfm.errors import ConfigError, DataError
+from domainfm.errors import ConfigError, DataError, did_you_mean
 
 from .sensors import Band, Sensor, _norm, get_sensor
 
@@ -182,7 +182,7 @@ def _match_descriptions(path: Path, descriptions: list[str], bands: list[Band]) 
         raise DataError(
             path,
             f"band descriptions {shown} do not match the requested band(s) "
-            f"{', '.join(missing)}; check --bands or the file",
+            f"{', '.join(missing)}; check data.options.bands or the file",
         )
     return out
 
@@ -300,7 +300,10 @@ class Scene:
         self.sensor = get_sensor(sensor, sensors_file)
         self.bands = self.sensor.select(bands)
         if resampling not in _RESAMPLING:
-            raise ConfigError(f"resampling must be one of {', '.join(_RESAMPLING)}, got {resampling!r}")
+            raise ConfigError(
+                f"resampling must be one of {', '.join(_RESAMPLING)}, got {resampling!r}"
+                + did_you_mean(resampling, _RESAMPLING)
+            )
         self.resampling = _RESAMPLING[resampling]
         if self.path.is_dir():
             self.sources = match_folder_bands(self.path, self.sensor, self.bands)
@@ -481,6 +484,31 @@ class MaskRaster:
         out = vals[0].astype(np.int64)
         out[~ok[0]] = self.ignore_index
         return out
+
+
+def raster_values(path: str | Path, band: int = 1) -> list[int]:
+    """Every value of a label raster's ``band`` except its nodata, read block by block (never the whole
+    raster in memory at once): the class ids a class map is built from.
+
+    Example:
+        >>> import tempfile
+        >>> from domainfm.remote_sensing.synthetic import write_mask, write_scene
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> path, _ = write_scene(folder / "scene.tif", "sentinel2", ["B02"], size=(16, 16))
+        >>> labels = np.zeros((16, 16), np.int64); labels[15, 15] = 8    # one pixel of a rare class
+        >>> raster_values(write_mask(folder / "mask.tif", labels, path))
+        [0, 8]
+    """
+    src = open_raster(path)
+    found: set[int] = set()
+    try:
+        for _, window in src.block_windows(band):
+            block = src.read(band, window=window, masked=True)
+            values = np.unique(np.ma.compressed(block))
+            found.update(int(v) for v in values if np.isfinite(v))
+    except (RasterioIOError, RasterioError) as exc:
+        raise DataError(path, f"cannot read the label raster ({str(exc).splitlines()[0][:120]})") from None
+    return sorted(found)
 
 
 def write_geotiff(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +37,9 @@ import rasterio
 import torch
 import torch.nn.functional as F
 from rasterio.windows import Window
-from tqdm.auto import tqdm
 
 from domainfm.classmap import ClassMap, output_dtype
+from domainfm.display import finish_progress, progress_bar
 from domainfm.errors import CheckpointError, DataError
 from domainfm.inference import gaussian_importance, window_starts
 from domainfm.io_safety import check_output, refuse_input_overwrite, temp_name
@@ -103,7 +104,7 @@ def predict_scene(
             input_path,
             f"scene is {scene.width}x{scene.height} px ({scene.width * scene.height:,} > the "
             f"guard {guard:,}); cut it into tiles, or raise the guard on purpose "
-            "(--max-pixels N)",
+            "(max_pixels=N)",
         )
     class_map = ClassMap.from_card(card)
     stats = (pre.get("stats") or {}).get(sensor_obj.name)
@@ -130,7 +131,7 @@ def predict_scene(
     num_classes = None
     tmp_path = temp_name(out_path)
     # tiles done / total with rate and ETA on stderr; by default only once a scene has taken 5 s
-    meter = tqdm(
+    meter = progress_bar(
         total=len(rows) * len(cols),
         desc=f"predict {Path(input_path).name}",
         unit="tile",
@@ -243,7 +244,7 @@ def predict_scene(
             dst.close()
         if tmp_path.exists():
             tmp_path.unlink()
-        meter.close()
+        finish_progress(meter, file=sys.stderr)
     if n_skipped:
         log.warning("%s: skipped %d of %d all-nodata tiles", input_path, n_skipped, n_tiles)
     return out_path

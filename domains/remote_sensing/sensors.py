@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from domainfm.errors import ConfigError
+from domainfm.errors import ConfigError, did_you_mean, unknown_choice
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,8 @@ class Sensor:
             if key in b.keys():
                 return b
         raise ConfigError(
-            f"unknown band {name!r} for sensor {self.name!r}; its bands are: {', '.join(self.band_names)}"
+            f"unknown band {name!r} for sensor {self.name!r}{did_you_mean(name, self.band_names)}; "
+            f"its bands are: {', '.join(self.band_names)}"
         )
 
     def index(self, name: str) -> int:
@@ -276,7 +277,7 @@ def get_sensor(name: str | Sensor, sensors_file: str | Path | None = None) -> Se
         if key == _norm(sensor.name) or key in {_norm(a) for a in sensor.aliases}:
             return sensor
     raise ConfigError(
-        f"unknown sensor {name!r}; known sensors: {', '.join(sorted(table))}"
+        unknown_choice("sensor", name, table, "known sensors")
         + ("" if sensors_file else " (add your own with sensors_file: my_sensors.yaml)")
     )
 

@@ -116,7 +116,7 @@ class SyntheticDomain(Domain):
         if cfg.data.path is not None and split != "embed":  # generated shapes: --data would be ignored silently
             raise ConfigError(
                 f"data.path {cfg.data.path}: the synthetic domain generates its own shapes and reads no "
-                "files; drop --data, or pretrain with the domain of your files (--domain medical, ...)"
+                'files; drop data.path, or pretrain with the domain of your files (domain="medical", ...)'
             )
         if opt.channels < 1 or opt.num_samples < 1 or opt.spatial_dims not in (2, 3):
             raise ConfigError(

@@ -86,8 +86,10 @@ def test_cli_pretrain_info_finetune_embed(tmp_path, capsys):
     )
     capsys.readouterr()
     with pytest.raises(SystemExit):  # an operation the domain does not offer: one line, no traceback
-        main(["predict", str(tmp_path / "pt"), "--input", "x.png", "--out", "y.png"])
-    assert capsys.readouterr().err.strip() == "error: domain 'synthetic' does not support predict"
+        main(["predict", str(tmp_path / "pt"), "--input", "x.png", "--out", "y.png", "--overlap", "0.5"])
+    err = capsys.readouterr().err.strip()  # said before its flags are looked at, with what to use instead
+    assert err.startswith("error: domain 'synthetic' does not offer predict; use `domainfm embed CHECKPOINT")
+    assert "\n" not in err and "overlap" not in err
     with pytest.raises(SystemExit):
         main(["finetune", str(tmp_path / "pt"), "--task", "segmentation", "--steps", "1", "--out", str(tmp_path / "x")])
     assert "the segmentation task needs a 'mask' for every sample" in capsys.readouterr().err

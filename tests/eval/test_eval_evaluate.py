@@ -80,7 +80,10 @@ def test_frozen_protocols_write_report_with_gain_and_reuse_cached_embeddings(ckp
         import matplotlib.image
 
         assert matplotlib.image.imread(png).shape[0] > 200
-    # a rerun reuses the embeddings and gives the same numbers
+    # a rerun into the same out is refused unless asked; then it replaces the report, reuses the embeddings
+    # and gives the same numbers
+    with pytest.raises(ConfigError, match="report.json already exists; pass exist_ok=True"):
+        evaluate(ckpt, protocol="knn", out=out)
     again = evaluate(
         ckpt,
         protocol="linear,knn,fewshot",
@@ -93,6 +96,7 @@ def test_frozen_protocols_write_report_with_gain_and_reuse_cached_embeddings(ckp
         k=5,
         Cs=(0.1, 1.0),
         plots=False,
+        exist_ok=True,
     )
     assert again.meta["cache"]["hits"] == 4 and again.meta["cache"]["misses"] == 0
     assert [r["mean"] for r in again] == [r["mean"] for r in res]

@@ -15,6 +15,7 @@ from PIL import Image
 
 import domainfm
 from domainfm.cli import main
+from domainfm.errors import ConfigError
 from domainfm.pathology.embed import load_slide_features
 from domainfm.pathology.mil import GatedABMIL
 from domainfm.pathology.synthetic import synthetic_he_image
@@ -28,7 +29,7 @@ def _quiet():
         yield
 
 
-def test_api_pretrain_embed_mil_predict(pretrained, slide_dir, labels_csv, tmp_path):
+def test_api_pretrain_embed_mil_predict(pretrained, slide_dir, labels_csv, tmp_path, capsys):
     card = domainfm.load(pretrained).card
     pre = card["preprocessing"]
     assert card["domain"] == "pathology" and card["encoder"]["in_chans"] == 3
@@ -59,13 +60,26 @@ def test_api_pretrain_embed_mil_predict(pretrained, slide_dir, labels_csv, tmp_p
     t = transform_from_preprocessing(pre)(np.asarray(grid.read(open_slide(slide_dir / "s0.tif"), 2)))
     np.testing.assert_allclose(model.embed(t[None])[0].numpy(), f0["features"][2], atol=1e-4)
 
-    # resumable: a rerun skips finished slides; a removed file is redone alone
+    # resumable: a rerun with exist_ok="resume" skips finished slides; a removed file is redone alone
     stamps = {p.name: p.stat().st_mtime_ns for p in feats.glob("*.h5")}
     (feats / "s3.tif.h5").unlink()
+    with pytest.raises(ConfigError, match='already exists; pass exist_ok=True to replace it, exist_ok="resume"'):
+        domainfm.embed(model, slide_dir, feats)  # a rerun by mistake touches nothing
+    assert not (feats / "s3.tif.h5").exists()
     with _quiet():
-        domainfm.embed(model, slide_dir, feats)
+        domainfm.embed(model, slide_dir, feats, exist_ok="resume")
     after = {p.name: p.stat().st_mtime_ns for p in feats.glob("*.h5")}
     assert all(after[n] == stamps[n] for n in stamps if n != "s3.tif.h5") and "s3.tif.h5" in after
+    with _quiet():  # exist_ok=True: every slide embedded again, each file replaced atomically
+        domainfm.embed(model, slide_dir, feats, exist_ok=True)
+    again = {p.name: p.stat().st_mtime_ns for p in feats.glob("*.h5")}
+    assert all(again[n] != after[n] for n in after) and not list(feats.glob(".tmp-*"))
+    # without out: the embeddings come back, and no (deleted) temporary folder is named
+    capsys.readouterr()
+    frame = domainfm.embed(model, slide_dir)
+    assert len(frame) == sum(len(load_slide_features(p)["coords"]) for p in feats.glob("*.h5"))
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("embedded")]
+    assert said and "/" not in said[0] and " into " not in said[0], said
 
     with _quiet():
         mil = domainfm.finetune(

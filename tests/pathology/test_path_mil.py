@@ -111,5 +111,5 @@ def test_labels_csv_naming_a_missing_slide(tmp_path):
     bad.write_text("name,y\na,1\n")
     with pytest.raises(DataError, match=r"bad\.csv: labels CSV needs columns 'slide' and 'label'"):
         read_labels(bad)
-    with pytest.raises(ConfigError, match="--labels"):
+    with pytest.raises(ConfigError, match='pass labels="slides.csv"'):
         require_labels(None)

@@ -37,13 +37,18 @@ def test_mpp_from_vendor_keys_and_resolution_tags():
     assert mpp_from_properties({}) is None
 
 
-def test_slide_without_mpp_needs_override(tmp_path):
+def test_slide_without_mpp_is_none_unless_required(tmp_path):
+    from domainfm.cli import cli_words
+
     path = write_pyramidal_tiff(tmp_path / "nompp.tif", synthetic_he_image(512, 512, 1), mpp=None)
     slide = open_slide(path)
+    assert slide_mpp(slide, path) is None
     with pytest.raises(DataError) as exc:
-        slide_mpp(slide, path)
+        slide_mpp(slide, path, require=True)
     msg = str(exc.value)
-    assert "nompp.tif" in msg and "--mpp" in msg and "manifest" in msg and "\n" not in msg
+    assert "nompp.tif" in msg and "mpp=VALUE" in msg and "manifest" in msg and "\n" not in msg
+    assert "--" not in msg  # Python words; the CLI says the same in flags
+    assert "--mpp VALUE" in cli_words(msg)
     assert slide_mpp(slide, path, override=0.5) == 0.5
 
 
@@ -51,8 +56,9 @@ def test_real_tcga_slide_has_no_mpp(shared_file):
     path = shared_file("tcga-cr-7395-01a-01-ts1.svs")
     slide = open_slide(path)
     assert slide.level_count == 2 and slide.dimensions == (4443, 3567)
-    with pytest.raises(DataError, match=r"tcga-cr-7395-01a-01-ts1\.svs: no microns-per-pixel.*--mpp"):
-        slide_mpp(slide, path)
+    assert slide_mpp(slide, path) is None
+    with pytest.raises(DataError, match=r"tcga-cr-7395-01a-01-ts1\.svs: no microns-per-pixel.*mpp=VALUE"):
+        slide_mpp(slide, path, require=True)
     assert slide_mpp(slide, path, override=0.25) == 0.25
 
 

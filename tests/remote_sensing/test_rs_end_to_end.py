@@ -138,7 +138,7 @@ def test_multilabel_manifest_and_embed_cli(pretrained, tmp_path, capsys):
     tiles = write_tiles(tmp_path / "t", "sentinel2", BANDS, classes=("a", "b", "c"), per_class=3, size=32)
     rows = ["image,label"] + [f"{c}/{c}_{j}.tif,{c};{'abc'[('abc'.index(c) + 1) % 3]}" for c in "abc" for j in range(3)]
     (tiles / "ml.csv").write_text("\n".join(rows) + "\n")
-    with pytest.raises(DataError, match="use --task multilabel"):
+    with pytest.raises(DataError, match='use task="multilabel"'):
         domainfm.finetune(
             pretrained, task="classification", data=tiles / "ml.csv", out=tmp_path / "x", overrides=["train.steps=1"]
         )

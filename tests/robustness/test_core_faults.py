@@ -27,7 +27,8 @@ def _config_file(tmp_path, **train) -> str:
 
 
 def test_second_process_refused_naming_the_holder(tmp_path, capsys):
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # alive for as long as the test may take (it is killed at the end), whatever the machine's load
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     try:
         run = tmp_path / "run"
         run.mkdir()
@@ -152,9 +153,13 @@ def test_sigint_saves_a_checkpoint_and_prints_the_resume_command(tmp_path):
     metrics = tmp_path / "run" / "metrics.csv"
     import time
 
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") > 8):
+    def logged() -> bool:
+        return metrics.exists() and metrics.read_text().count("\n") > 8
+
+    deadline = time.monotonic() + 600  # a guard against a hung run, not a speed requirement
+    while not logged() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
+    assert logged(), "the run logged no steps (it ended or hung before the interrupt could be sent)"
     proc.send_signal(2)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -13,7 +13,7 @@ import rasterio
 import domainfm
 import domainfm.medical.io as mio
 from domainfm.classmap import cap_indices
-from domainfm.errors import DataError
+from domainfm.errors import ConfigError, DataError
 from domainfm.medical.synthetic import write_nifti_pair
 from domainfm.remote_sensing.predict import predict_scene
 from domainfm.remote_sensing.synthetic import write_scene
@@ -104,6 +104,24 @@ def test_medical_predict_never_replaces_the_input(sparse_seg, tmp_path, capsys, 
     assert code == 2
     assert_one_line_error(err, str(out))
     assert digest(src) == before
+
+
+def test_predict_refuses_an_existing_output_and_replaces_it_when_asked(sparse_seg, tmp_path, capsys):
+    root, seg = sparse_seg
+    scan = root / "data" / "images" / "c0.nii.gz"
+    out = domainfm.predict(seg, scan, tmp_path / "pred")  # the domain names the file: pred.nii.gz
+    assert out == tmp_path / "pred.nii.gz"
+    out.write_bytes(b"an earlier prediction")
+    for given in ("pred", "pred.nii.gz"):  # the rule reaches the file name the domain derives from out
+        with pytest.raises(ConfigError, match=r"pred\.nii\.gz already exists; pass exist_ok=True to replace it"):
+            domainfm.predict(seg, scan, tmp_path / given)
+    code, err = run_cli(["predict", seg, "--input", scan, "--out", out], capsys)
+    assert code == 2
+    assert_one_line_error(err, str(out), "pass --exist-ok to replace it")
+    assert out.read_bytes() == b"an earlier prediction"
+    code, _ = run_cli(["predict", seg, "--input", scan, "--out", out, "--exist-ok"], capsys)
+    assert code == 0 and nib.load(out).shape == nib.load(scan).shape
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.nii.gz"]  # replaced atomically, nothing left over
 
 
 def test_interrupted_medical_predict_leaves_no_output(sparse_seg, tmp_path, monkeypatch):

@@ -19,8 +19,8 @@ def _masks(*values):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"num_classes": 2}, r"--num-classes 2 disagrees .* \[0, 1, 5\]"),
-        ({"names": ["bg", "a"]}, r"--classes names 2 classes \['bg', 'a'\] .* \[0, 1, 5\]"),
+        ({"num_classes": 2}, r"finetune.num_classes=2 disagrees .* \[0, 1, 5\]"),
+        ({"names": ["bg", "a"]}, r"data.options.classes names 2 classes \['bg', 'a'\] .* \[0, 1, 5\]"),
     ],
 )
 def test_segmentation_class_count_disagreement_shows_both(kwargs, match):
@@ -35,7 +35,7 @@ def test_declared_num_classes_covering_the_ids_is_kept():
 
 def test_classification_labels_beyond_num_classes_are_refused():
     ds = [{"label": 0}, {"label": 3}]
-    with pytest.raises(ConfigError, match="--num-classes 2 disagrees"):
+    with pytest.raises(ConfigError, match="finetune.num_classes=2 disagrees"):
         resolve_classes(ds, "classification", num_classes=2, where="d")
 
 
@@ -59,3 +59,12 @@ def test_damaged_card_is_one_line(tmp_path, capsys):
     code, err = run_cli(["info", ckpt], capsys)
     assert code == 2
     assert_one_line_error(err, "card.json")
+
+
+def test_data_held_in_memory_is_named_in_words_never_as_none(caplog):
+    ds = [{"label": 0}, {"label": 2}]  # class 1 has no training sample; the data has no path
+    with caplog.at_level("WARNING", logger="domainfm"):
+        resolve_classes(ds, "classification")
+    assert [r.getMessage() for r in caplog.records] == ["the training data: classes [1] have no training sample"]
+    with pytest.raises(ConfigError, match="^finetune.num_classes=2 disagrees with the labels of the training data"):
+        resolve_classes(ds, "classification", num_classes=2)

@@ -90,7 +90,7 @@ def test_mixed_modality_folder_is_one_line_naming_the_files_and_writes_nothing(t
     before = digest(data)
     code, err = run_cli(["pretrain", "--domain", "medical", "--data", data, "--out", tmp_path / "run"], capsys)
     assert code != 0
-    assert_one_line_error(err, "mixes modalities", "ct_case.nii.gz", "mr_case.nii.gz", "data.options.modality")
+    assert_one_line_error(err, "mixes modalities", "ct_case.nii.gz", "mr_case.nii.gz", "--modality")  # CLI words
     assert digest(data) == before and not (tmp_path / "run" / "checkpoints").exists()
 
 

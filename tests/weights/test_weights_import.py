@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import save_file
 
 import domainfm
+from domainfm.cli import main as cli_main
 from domainfm.cli import run as cli_run
-from domainfm.errors import CheckpointError, ConfigError
+from domainfm.errors import CheckpointError, ConfigError, DataError
 from domainfm.models.pos_embed import resample_pos_embed
 from domainfm.weights import import_weights
 
@@ -323,8 +324,35 @@ def test_unmatched_keys_and_existing_out_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="not understood .*blocks.0.attn.q_norm.weight"):
         import_weights(tmp_path / "w.safetensors", domain="synthetic", out=tmp_path / "ckpt")
     (tmp_path / "taken").mkdir()
-    with pytest.raises(ConfigError, match="already exists"):
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="already exists; pass exist_ok=True to replace it"):
         import_weights(tmp_path / "w.safetensors", domain="synthetic", out=tmp_path / "taken")
+    with pytest.raises(ConfigError, match="never replaced"):  # a folder that is not an imported checkpoint
+        import_weights(tmp_path / "w.safetensors", domain="synthetic", out=tmp_path / "taken", exist_ok=True)
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+
+def test_exist_ok_replaces_an_imported_checkpoint_but_never_a_trained_one_or_the_source(tmp_path, capsys):
+    from tests.conftest import tiny_config
+
+    src = _save("safetensors", _state(_timm("vit_small_patch16_224", img_size=32)), tmp_path / "src")
+    out = import_weights(src, domain="synthetic", out=tmp_path / "imported", img_size=32)
+    first = (out / "card.json").read_text()
+    with pytest.raises(SystemExit):
+        cli_main(["import-weights", str(src), "--domain", "synthetic", "--out", str(out), "--img-size", "32"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out) in err and "pass --exist-ok to replace it" in err
+    (out / "stale.txt").write_text("from before")  # what the replaced checkpoint held is gone, atomically
+    again = import_weights(src, domain="synthetic", out=out, img_size=32, exist_ok=True)
+    assert again == out and domainfm.load(out).card["stage"] == json.loads(first)["stage"] == "import"
+    assert sorted(p.name for p in out.iterdir()) == ["card.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imported", "src"]  # no temporary left behind
+    trained = domainfm.pretrain(tiny_config(tmp_path / "run", train={"steps": 1}))
+    for taken in (trained, trained.parent):
+        with pytest.raises(ConfigError, match="never replaced"):
+            import_weights(src, domain="synthetic", out=taken, img_size=32, exist_ok=True)
+    with pytest.raises(DataError, match="holds the input"):
+        import_weights(src, domain="synthetic", out=src.parent, img_size=32, exist_ok=True)
 
 
 def _to_hf_names(sd: dict) -> dict:
