@@ -369,259 +369,351 @@ def _train_locked(
     device: torch.device,
     ctx: DistContext,
 ) -> Path:
-    use_bf16 = (tcfg.amp == "bf16") or (tcfg.amp == "auto" and device.type == "cuda")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    use_fsdp = tcfg.strategy == "fsdp" and ctx.enabled
-    if tcfg.strategy == "fsdp" and not ctx.enabled and ctx.is_main:
-        decide("strategy", "train.strategy fsdp in one process (not under torchrun): plain training, nothing sharded")
-    if not use_fsdp:
-        module.to(device)
+    run = _Run(
+        module=module,
+        dataset=dataset,
+        tcfg=tcfg,
+        run_dir=run_dir,
+        card=card,
+        device=device,
+        ctx=ctx,
+        encoder_attr=encoder_attr,
+    )
+    run.prepare(resume)
+    return run.loop(collate_fn=collate_fn, num_workers=num_workers, callbacks=tuple(callbacks), resume=resume)
 
-    start_step = 0
-    check_run_dir(run_dir, resume)
-    last = None
-    if resume:
+
+class _Batches:
+    """The micro-batches of the run in order: epoch by epoch (reshuffled per epoch from the seed), resuming
+    in the middle of an epoch by skipping the batches already seen."""
+
+    def __init__(self, dataset, tcfg, ctx: DistContext, device, collate_fn, num_workers: int, per_epoch: int):
+        self.dataset, self.tcfg, self.ctx, self.device = dataset, tcfg, ctx, device
+        self.collate_fn, self.num_workers, self.per_epoch = collate_fn, num_workers, per_epoch
+        self.epoch = -1
+        self.iterator = None
+
+    def next(self, micro: int) -> dict:
+        """The batch of micro-step ``micro`` (counted from the start of the run)."""
+        want_epoch, skip = divmod(micro, self.per_epoch)
+        if want_epoch != self.epoch or self.iterator is None:
+            self.epoch = want_epoch
+            self.iterator = iter(self._loader(skip))
+        batch = next(self.iterator)
+        if (micro + 1) % self.per_epoch == 0:
+            self.iterator = None
+        return batch
+
+    def _loader(self, skip: int) -> DataLoader:
+        tcfg, ctx = self.tcfg, self.ctx
+        set_epoch(self.dataset, self.epoch)
+        batches = epoch_batches(self.dataset, self.epoch, tcfg.batch_size, tcfg.seed, ctx.rank, ctx.world_size)
+        return DataLoader(
+            self.dataset,
+            batch_sampler=_ListBatchSampler(batches[skip:]),
+            collate_fn=self.collate_fn,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(tcfg.seed * 7919 + self.epoch),
+        )
+
+
+class _Run:
+    """One training run, step by step: :meth:`prepare` (precision, resume, optimiser, the first batches'
+    checks), then :meth:`loop` (each optimiser step: micro-batches, update, learning check, EMA, callbacks,
+    log, checkpoint)."""
+
+    def __init__(self, *, module, dataset, tcfg, run_dir: Path, card: dict, device, ctx: DistContext, encoder_attr):
+        self.user_module = self.module = module
+        self.dataset, self.tcfg, self.run_dir, self.card = dataset, tcfg, run_dir, card
+        self.device, self.ctx, self.encoder_attr = device, ctx, encoder_attr
+        self.start_step = 0
+        self.last: Path | None = None
+        self.ema: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------------------------------ prepare
+    def prepare(self, resume: bool) -> None:
+        self._precision()
+        if not self.use_fsdp:
+            self.module.to(self.device)
+        check_run_dir(self.run_dir, resume)
+        weights = self._resume_weights() if resume else None
+        if self.use_fsdp:  # the rest trains a sharded copy; user_module gets its weights at the end
+            self.module = fsdp.shard_copy(self.user_module, self.device, self.ctx.world_size, self.use_bf16)
+        if self.tcfg.grad_checkpointing:
+            enable_grad_checkpointing(getattr(self.module, self.encoder_attr, self.module))
+        self._optimizer()
+        if self.tcfg.ema > 0:
+            self.ema = {n: p.detach().clone() for n, p in self.module.named_parameters() if p.requires_grad}
+        if resume:
+            self._resume_trainer_state(weights)
+        self.model_for_step = self._step_model()
+        self.per_epoch = self._check_first_batches()
+
+    def _precision(self) -> None:
+        tcfg, device, ctx = self.tcfg, self.device, self.ctx
+        self.use_bf16 = (tcfg.amp == "bf16") or (tcfg.amp == "auto" and device.type == "cuda")
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.use_fsdp = tcfg.strategy == "fsdp" and ctx.enabled
+        if tcfg.strategy == "fsdp" and not ctx.enabled and ctx.is_main:
+            decide(
+                "strategy", "train.strategy fsdp in one process (not under torchrun): plain training, nothing sharded"
+            )
+
+    def _resume_weights(self) -> dict:
+        """The newest intact checkpoint's weights, loaded into the module (a damaged newest one falls back,
+        with a warning); its trainer state is read by :meth:`_resume_trainer_state`."""
+        run_dir = self.run_dir
         ckpts = list_checkpoints(run_dir)
         if not ckpts:
             raise CheckpointError(f"resume: no checkpoint in {run_dir} to resume from")
         if not (ckpts[-1] / "trainer_state.safetensors").is_file():
             raise CheckpointError(f"{ckpts[-1]}: has no trainer state, cannot resume exactly")
-        last = latest_intact(run_dir, need_trainer_state=True)  # a damaged newest one falls back, with a warning
-        if last is None:
+        self.last = latest_intact(run_dir, need_trainer_state=True)
+        if self.last is None:
             raise CheckpointError(f"resume: every checkpoint in {run_dir} is damaged; start a new run")
-        weights = load_tensors(last)
-        load_module_state(module, {k: v for k, v in weights.items() if not k.startswith("ema.")})
+        weights = load_tensors(self.last)
+        load_module_state(self.module, {k: v for k, v in weights.items() if not k.startswith("ema.")})
+        return weights
 
-    user_module = module
-    if use_fsdp:  # the rest of the engine trains a sharded copy; user_module gets its weights at the end
-        module = fsdp.shard_copy(user_module, device, ctx.world_size, use_bf16)
-    if tcfg.grad_checkpointing:
-        enable_grad_checkpointing(getattr(module, encoder_attr, module))
+    def _optimizer(self) -> None:
+        tcfg, user_module = self.tcfg, self.user_module
+        groups = (
+            user_module.param_groups(tcfg.weight_decay)
+            if hasattr(user_module, "param_groups")
+            else default_param_groups(user_module, tcfg.weight_decay)
+        )
+        if self.use_fsdp:  # the caller's grouping (it may close over the caller's module), on the sharded copy
+            groups = fsdp.same_params(groups, user_module, self.module)
+        for g in groups:
+            g.setdefault("lr_scale", 1.0)
+        opt_kwargs = adamw_kwargs(self.device)  # fused AdamW on CUDA and CPU
+        self.optimizer = torch.optim.AdamW(groups, lr=tcfg.lr, betas=(0.9, 0.95), **opt_kwargs)
+        self.trainable = [p for g in groups for p in g["params"]]
 
-    groups = (
-        user_module.param_groups(tcfg.weight_decay)
-        if hasattr(user_module, "param_groups")
-        else default_param_groups(user_module, tcfg.weight_decay)
-    )
-    if use_fsdp:  # the caller's grouping (it may hold a closure over the caller's module), on the sharded copy
-        groups = fsdp.same_params(groups, user_module, module)
-    for g in groups:
-        g.setdefault("lr_scale", 1.0)
-    opt_kwargs = adamw_kwargs(device)  # fused AdamW on CUDA and CPU
-    optimizer = torch.optim.AdamW(groups, lr=tcfg.lr, betas=(0.9, 0.95), **opt_kwargs)
-    trainable = [p for g in groups for p in g["params"]]
-
-    ema: dict[str, torch.Tensor] | None = None
-    if tcfg.ema > 0:
-        ema = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
-
-    if resume:
-        ttensors = load_tensors(last, "trainer_state.safetensors")
-        tmeta = json.loads((last / "trainer_state.json").read_text())
+    def _resume_trainer_state(self, weights: dict) -> None:
+        """Optimiser, RNG, EMA and step of the checkpoint resumed from."""
+        ttensors = load_tensors(self.last, "trainer_state.safetensors")
+        tmeta = json.loads((self.last / "trainer_state.json").read_text())
         osd = _optimizer_state_dict(ttensors, tmeta.get("optimizer", {}))
-        if use_fsdp:
-            fsdp.load_full_optimizer_state(module, optimizer, osd)
+        if self.use_fsdp:
+            fsdp.load_full_optimizer_state(self.module, self.optimizer, osd)
         else:
-            optimizer.load_state_dict(osd)
+            self.optimizer.load_state_dict(osd)
         _set_rng_state(ttensors, tmeta.get("rng", {}))
-        if ema is not None:
-            for n in ema:
+        if self.ema is not None:
+            for n in self.ema:
                 if f"ema.{n}" in weights:
-                    fsdp.copy_full_into(ema[n], weights[f"ema.{n}"])
-        start_step = int(tmeta["step"])
-        if ctx.is_main:
-            log.info("resumed from %s at step %d", last, start_step)
+                    fsdp.copy_full_into(self.ema[n], weights[f"ema.{n}"])
+        self.start_step = int(tmeta["step"])
+        if self.ctx.is_main:
+            log.info("resumed from %s at step %d", self.last, self.start_step)
 
-    model_for_step = module
-    if ctx.enabled and not use_fsdp:
-        ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
-        model_for_step = nn.parallel.DistributedDataParallel(module, **ddp_kwargs)
-    if tcfg.compile:
-        model_for_step = torch.compile(model_for_step)
+    def _step_model(self):
+        """What a step calls: the module, under DDP when distributed (FSDP shards it itself), compiled on request."""
+        model = self.module
+        if self.ctx.enabled and not self.use_fsdp:
+            ddp_kwargs = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
+            model = nn.parallel.DistributedDataParallel(self.module, **ddp_kwargs)
+        return torch.compile(model) if self.tcfg.compile else model
 
-    accum = tcfg.accum_steps
-    total = tcfg.steps
-    probe = dataset[0]  # fail early, with the file named, if the very first sample is bad
-    batches0 = epoch_batches(dataset, 0, tcfg.batch_size, tcfg.seed, ctx.rank, ctx.world_size)
-    if use_fsdp and ctx.is_main and tcfg.memory_check:
-        log.info("step memory check skipped under train.strategy fsdp (the estimate assumes unsharded weights)")
-    if ctx.is_main and tcfg.memory_check and batches0 and not use_fsdp:  # the real batch: small datasets give fewer
-        check_step_memory(
-            module,
-            probe,
-            max(len(b) for b in batches0),
-            device,
-            use_bf16=use_bf16,
-            grad_checkpointing=tcfg.grad_checkpointing,
-        )
-    del probe
-    per_epoch = len(batches0)
-    if per_epoch == 0:
-        raise CheckpointError(f"the dataset has {len(dataset)} samples: too few for one batch per rank")
-    need = _min_batch(module)
-    smallest = min(len(b) for b in batches0)
-    if smallest < need:
-        where = card.get("data", {}).get("path") if isinstance(card.get("data"), dict) else None
-        raise DataError(
-            where,
-            f"a training batch would hold {smallest} sample(s) (the data gives {len(dataset)}), but "
-            f"this model needs >= {need} per batch (batch-norm statistics / contrastive negatives); "
-            f"add data (more files, tiles or chips per item) or raise train.batch_size",
-        )
-    micro = start_step * accum
-    learning = LearningCheck(total, tcfg.warmup_steps, tcfg.flat_tolerance, start=start_step)
-    card["learning"] = learning.record
+    def _check_first_batches(self) -> int:
+        """Batches per epoch, after the checks that fail early: the first sample (named if bad), the step's
+        memory at the real batch size, and batches large enough for the model (batch norm, negatives)."""
+        tcfg, ctx, dataset = self.tcfg, self.ctx, self.dataset
+        probe = dataset[0]  # fail early, with the file named, if the very first sample is bad
+        batches0 = epoch_batches(dataset, 0, tcfg.batch_size, tcfg.seed, ctx.rank, ctx.world_size)
+        if self.use_fsdp and ctx.is_main and tcfg.memory_check:
+            log.info("step memory check skipped under train.strategy fsdp (the estimate assumes unsharded weights)")
+        if ctx.is_main and tcfg.memory_check and batches0 and not self.use_fsdp:  # small datasets give fewer
+            check_step_memory(
+                self.module,
+                probe,
+                max(len(b) for b in batches0),
+                self.device,
+                use_bf16=self.use_bf16,
+                grad_checkpointing=tcfg.grad_checkpointing,
+            )
+        if not batches0:
+            raise CheckpointError(f"the dataset has {len(dataset)} samples: too few for one batch per rank")
+        need = _min_batch(self.module)
+        smallest = min(len(b) for b in batches0)
+        if smallest < need:
+            where = self.card.get("data", {}).get("path") if isinstance(self.card.get("data"), dict) else None
+            raise DataError(
+                where,
+                f"a training batch would hold {smallest} sample(s) (the data gives {len(dataset)}), but "
+                f"this model needs >= {need} per batch (batch-norm statistics / contrastive negatives); "
+                f"add data (more files, tiles or chips per item) or raise train.batch_size",
+            )
+        return len(batches0)
 
-    logger = MetricsLogger(run_dir, tcfg.tensorboard, ctx.is_main, start_step)
-    progress = None
-    if tcfg.progress and ctx.is_main:
-        progress = progress_bar(total=total, initial=start_step, desc="train", dynamic_ncols=True, leave=True)
+    # ------------------------------------------------------------------------------------------ loop
+    def loop(self, *, collate_fn, num_workers: int, callbacks: tuple, resume: bool) -> Path:
+        tcfg, ctx = self.tcfg, self.ctx
+        self.learning = LearningCheck(tcfg.steps, tcfg.warmup_steps, tcfg.flat_tolerance, start=self.start_step)
+        self.card["learning"] = self.learning.record
+        self.logger = MetricsLogger(self.run_dir, tcfg.tensorboard, ctx.is_main, self.start_step)
+        self.progress = None
+        if tcfg.progress and ctx.is_main:
+            self.progress = progress_bar(
+                total=tcfg.steps, initial=self.start_step, desc="train", dynamic_ncols=True, leave=True
+            )
+        self.clock = (time.perf_counter(), time.process_time(), self.start_step)
+        self.last_ckpt = self.last if (resume and ctx.is_main) else None
+        self.batches = _Batches(self.dataset, tcfg, ctx, self.device, collate_fn, num_workers, self.per_epoch)
+        self.micro = self.start_step * tcfg.accum_steps
+        self.t_last, self.seen = time.perf_counter(), 0
+        step = self.start_step
+        self.module.train()
+        stop = _StopRequest()
+        try:
+            stop.__enter__()
+            while step < tcfg.steps:
+                step = self._optimizer_step(step, callbacks)
+                stopping = ctx.any_true(stop.signal is not None, self.device)
+                self._maybe_save(step, stopping)
+                if stopping:
+                    self._interrupted(step)
+            if self.use_fsdp:
+                fsdp.copy_back(self.module, self.user_module, self.device)
+        finally:
+            stop.__exit__()
+            if self.progress is not None:
+                finish_progress(self.progress)  # a notebook keeps the bar's final state as text
+            self.logger.close()
+            ctx.close()
+        return self.last_ckpt if self.last_ckpt is not None else list_checkpoints(self.run_dir)[-1]
 
-    clock = (time.perf_counter(), time.process_time(), start_step)
+    def _optimizer_step(self, step: int, callbacks: tuple) -> int:
+        """One optimiser step (its micro-batches, clipping, update), then what follows it; returns the new step."""
+        tcfg = self.tcfg
+        lr = lr_at(step, tcfg.lr, tcfg.steps, tcfg.warmup_steps, tcfg.min_lr)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        outputs: dict = {}
+        loss_sum = 0.0
+        for k in range(tcfg.accum_steps):
+            outputs, value = self._micro_step(step, k)
+            loss_sum += value / tcfg.accum_steps
+        grad_norm = float("nan")
+        if tcfg.clip_grad:
+            grad_norm = float(fsdp.full_tensor(torch.nn.utils.clip_grad_norm_(self.trainable, tcfg.clip_grad)))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if hasattr(self.module, "on_step_end"):
+            self.module.on_step_end(step, tcfg.steps)
+        if self.learning.update(step, loss_sum) is not None:
+            _after_learning_check(self.learning, self.user_module, outputs, tcfg, self.card, self.ctx, self.device)
+        self._update_ema()
+        extra = self._callbacks(step, callbacks)
+        if self.ctx.is_main and (step % tcfg.log_every == 0 or step == tcfg.steps or extra):
+            self._log(step, {"loss": loss_sum, "lr": lr, "grad_norm": grad_norm}, outputs, extra)
+        if self.progress is not None:
+            self.progress.update(1)
+        return step
 
-    def save(step: int) -> Path | None:
+    def _micro_step(self, step: int, k: int) -> tuple[dict, float]:
+        """Forward and backward of micro-batch ``k`` of ``step``; a non-finite loss stops the run, naming
+        the last good checkpoint."""
+        tcfg, ctx, accum = self.tcfg, self.ctx, self.tcfg.accum_steps
+        batch = self.batches.next(self.micro)
+        self.micro += 1
+        _check_finite(batch)
+        batch = _to_device(batch, self.device)
+        # randomness inside the step (masking, dropout) is a function of the step alone: exact resume
+        torch.manual_seed(tcfg.seed * 1_000_003 + (step * accum + k) * 7919 + ctx.rank)
+        fsdp.set_grad_sync(self.module, k == accum - 1)  # FSDP2's no_sync (the context below is DDP's)
+        ddp_sync = k == accum - 1 or not ctx.enabled or self.use_fsdp
+        sync = contextlib.nullcontext() if ddp_sync else self.model_for_step.no_sync()
+        with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            outputs = self.model_for_step(batch)
+            loss = outputs["loss"] / accum
+        value = float(loss.detach()) * accum
+        if ctx.any_true(not math.isfinite(value), self.device):
+            where = (
+                f"; the last good checkpoint is {self.last_ckpt}"
+                if self.last_ckpt
+                else "; no checkpoint was written yet"
+            )
+            raise NonFiniteLossError(
+                f"loss became {value} at step {step + 1}{where} "
+                f"(try a lower train.lr, train.clip_grad, or check the data for NaNs)"
+            )
+        loss.backward()
+        self.seen += _batch_size(batch) * ctx.world_size
+        return outputs, value
+
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        with torch.no_grad():
+            named = dict(self.module.named_parameters())
+            for n, t in self.ema.items():
+                t.mul_(self.tcfg.ema).add_(named[n].detach(), alpha=1 - self.tcfg.ema)
+
+    def _callbacks(self, step: int, callbacks: tuple) -> dict[str, float]:
+        extra: dict[str, float] = {}
+        encoder = getattr(self.module, self.encoder_attr, self.module)
+        with fsdp.gathered(self.module, bool(callbacks)):  # FSDP: whole weights for the encoder calls of a probe
+            for cb in callbacks:
+                extra.update(cb(step, encoder) or {})
+        return extra
+
+    def _log(self, step: int, metrics: dict, outputs: dict, extra: dict) -> None:
+        """The step's metrics (loss, lr, gradient norm, throughput, the objective's scalars, collapse
+        statistics of its embeddings, callbacks) to CSV/TensorBoard and the progress bar."""
+        now = time.perf_counter()
+        metrics["samples_per_s"] = self.seen / max(now - self.t_last, 1e-9)
+        for key, val in outputs.items():
+            if key != "loss" and isinstance(val, torch.Tensor) and val.ndim == 0:
+                metrics[key] = float(val)
+        if isinstance(outputs.get("embeddings"), torch.Tensor) and outputs["embeddings"].shape[0] > 1:
+            metrics.update(collapse_metrics(outputs["embeddings"]))
+        metrics.update(extra)
+        self.logger.log(step, metrics)
+        self.t_last, self.seen = now, 0
+        if self.progress is not None:
+            self.progress.set_postfix({k: f"{metrics[k]:.4g}" for k in ("loss", "embed_std") if k in metrics})
+
+    def _maybe_save(self, step: int, stopping: bool) -> None:
+        if step % self.tcfg.ckpt_every == 0 or step == self.tcfg.steps or stopping:
+            if self.ctx.is_main or self.use_fsdp:
+                saved = self._save(step)
+                self.last_ckpt = saved if self.ctx.is_main else self.last_ckpt
+            self.ctx.barrier()
+
+    def _save(self, step: int) -> Path | None:
         """Write a checkpoint from rank 0; under FSDP every rank calls it (the full tensors are gathered)."""
-        card["compute"] = _compute_record(clock, step, device, ctx.world_size)
-        tensors = fsdp.full_state(module) if use_fsdp else dict(module.state_dict())
-        if ema is not None:
-            tensors.update({f"ema.{n}": fsdp.full_tensor(t) for n, t in ema.items()})
-        osd = fsdp.full_optimizer_state(module, optimizer) if use_fsdp else optimizer.state_dict()
+        module, ctx = self.module, self.ctx
+        self.card["compute"] = _compute_record(self.clock, step, self.device, ctx.world_size)
+        tensors = fsdp.full_state(module) if self.use_fsdp else dict(module.state_dict())
+        if self.ema is not None:
+            tensors.update({f"ema.{n}": fsdp.full_tensor(t) for n, t in self.ema.items()})
+        osd = fsdp.full_optimizer_state(module, self.optimizer) if self.use_fsdp else self.optimizer.state_dict()
         if not ctx.is_main:
             return None
         otensors, ometa = _optimizer_state(osd)
         rtensors, rmeta = _rng_state()
         return save_checkpoint(
-            run_dir,
+            self.run_dir,
             step,
             tensors,
-            {**card, "ema": ema is not None},
+            {**self.card, "ema": self.ema is not None},
             {**otensors, **rtensors},
             {"step": step, "optimizer": ometa, "rng": rmeta},
-            keep_last=tcfg.keep_last,
+            keep_last=self.tcfg.keep_last,
         )
 
-    last_ckpt = last if (resume and ctx.is_main) else None
-    step = start_step
-    module.train()
-    t_last, seen = time.perf_counter(), 0
-    loader_iter = None
-    epoch = -1
-    stop = _StopRequest()
-    try:
-        stop.__enter__()
-        while step < total:
-            lr = lr_at(step, tcfg.lr, total, tcfg.warmup_steps, tcfg.min_lr)
-            for g in optimizer.param_groups:
-                g["lr"] = lr * g.get("lr_scale", 1.0)
-            outputs = {}
-            loss_sum = 0.0
-            for k in range(accum):
-                want_epoch, skip = divmod(micro, per_epoch)
-                if want_epoch != epoch or loader_iter is None:
-                    epoch = want_epoch
-                    set_epoch(dataset, epoch)
-                    batches = epoch_batches(dataset, epoch, tcfg.batch_size, tcfg.seed, ctx.rank, ctx.world_size)
-                    loader = DataLoader(
-                        dataset,
-                        batch_sampler=_ListBatchSampler(batches[skip:]),
-                        collate_fn=collate_fn,
-                        num_workers=num_workers,
-                        pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(tcfg.seed * 7919 + epoch),
-                    )
-                    loader_iter = iter(loader)
-                batch = next(loader_iter)
-                micro += 1
-                if micro % per_epoch == 0:
-                    loader_iter = None
-                _check_finite(batch)
-                batch = _to_device(batch, device)
-                # randomness inside the step (masking, dropout) is a function of the step alone: exact resume
-                torch.manual_seed(tcfg.seed * 1_000_003 + (step * accum + k) * 7919 + ctx.rank)
-                fsdp.set_grad_sync(module, k == accum - 1)  # FSDP2's no_sync (the context below is DDP's)
-                ddp_sync = k == accum - 1 or not ctx.enabled or use_fsdp
-                sync = contextlib.nullcontext() if ddp_sync else model_for_step.no_sync()
-                with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    outputs = model_for_step(batch)
-                    loss = outputs["loss"] / accum
-                value = float(loss.detach()) * accum
-                if ctx.any_true(not math.isfinite(value), device):
-                    where = (
-                        f"; the last good checkpoint is {last_ckpt}" if last_ckpt else "; no checkpoint was written yet"
-                    )
-                    raise NonFiniteLossError(
-                        f"loss became {value} at step {step + 1}{where} "
-                        f"(try a lower train.lr, train.clip_grad, or check the data for NaNs)"
-                    )
-                loss.backward()
-                loss_sum += value / accum
-                seen += _batch_size(batch) * ctx.world_size
-            if tcfg.clip_grad:
-                grad_norm = float(fsdp.full_tensor(torch.nn.utils.clip_grad_norm_(trainable, tcfg.clip_grad)))
-            else:
-                grad_norm = float("nan")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if hasattr(module, "on_step_end"):
-                module.on_step_end(step, total)
-            if learning.update(step, loss_sum) is not None:
-                _after_learning_check(learning, user_module, outputs, tcfg, card, ctx, device)
-            if ema is not None:
-                with torch.no_grad():
-                    named = dict(module.named_parameters())
-                    for n, t in ema.items():
-                        t.mul_(tcfg.ema).add_(named[n].detach(), alpha=1 - tcfg.ema)
-            extra: dict[str, float] = {}
-            encoder = getattr(module, encoder_attr, module)
-            with fsdp.gathered(module, bool(callbacks)):  # FSDP: whole weights for the encoder calls of a probe
-                for cb in callbacks:
-                    extra.update(cb(step, encoder) or {})
-            if ctx.is_main and (step % tcfg.log_every == 0 or step == total or extra):
-                now = time.perf_counter()
-                metrics = {
-                    "loss": loss_sum,
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "samples_per_s": seen / max(now - t_last, 1e-9),
-                }
-                for key, val in outputs.items():
-                    if key != "loss" and isinstance(val, torch.Tensor) and val.ndim == 0:
-                        metrics[key] = float(val)
-                if isinstance(outputs.get("embeddings"), torch.Tensor) and outputs["embeddings"].shape[0] > 1:
-                    metrics.update(collapse_metrics(outputs["embeddings"]))
-                metrics.update(extra)
-                logger.log(step, metrics)
-                t_last, seen = now, 0
-                if progress is not None:
-                    progress.set_postfix({k: f"{metrics[k]:.4g}" for k in ("loss", "embed_std") if k in metrics})
-            if progress is not None:
-                progress.update(1)
-            stopping = ctx.any_true(stop.signal is not None, device)
-            if step % tcfg.ckpt_every == 0 or step == total or stopping:
-                if ctx.is_main or use_fsdp:
-                    saved = save(step)
-                    last_ckpt = saved if ctx.is_main else last_ckpt
-                ctx.barrier()
-            if stopping:
-                if ctx.is_main:
-                    print(
-                        f"interrupted at step {step} of {total}: checkpoint saved to {last_ckpt}\n"
-                        f"resume with: {resume_command(card, run_dir)}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                raise KeyboardInterrupt
-        if use_fsdp:
-            fsdp.copy_back(module, user_module, device)
-    finally:
-        stop.__exit__()
-        if progress is not None:
-            finish_progress(progress)  # a notebook keeps the bar's final state as text
-        logger.close()
-        ctx.close()
-    if last_ckpt is None:
-        last_ckpt = list_checkpoints(run_dir)[-1]
-    return last_ckpt
+    def _interrupted(self, step: int) -> None:
+        if self.ctx.is_main:
+            print(
+                f"interrupted at step {step} of {self.tcfg.steps}: checkpoint saved to {self.last_ckpt}\n"
+                f"resume with: {resume_command(self.card, self.run_dir)}",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise KeyboardInterrupt
