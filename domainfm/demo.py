@@ -25,7 +25,7 @@ from pathlib import Path
 from domainfm.domain import DomainExample
 from domainfm.errors import ConfigError
 from domainfm.eval.embeddings import embed_dataset
-from domainfm.eval.evaluate import random_like
+from domainfm.eval.encoders import random_like
 from domainfm.eval.protocols import knn_probe, linear_probe
 from domainfm.model import load
 from domainfm.pipelines import finetune, pretrain

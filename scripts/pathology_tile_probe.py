@@ -31,7 +31,7 @@ import torch
 import domainfm
 from domainfm.demo import sample_data
 from domainfm.eval import bootstrap_ci, leave_one_out_probe
-from domainfm.eval.evaluate import random_like, with_pool
+from domainfm.eval.encoders import random_like, with_pool
 from domainfm.eval.supervised import supervised_classifier
 from domainfm.pathology.datasets import TileFolderDataset, TileTransform
 from domainfm.pathology.demo import ASSUMED_MPP, REAL_SLIDE, _tile_label

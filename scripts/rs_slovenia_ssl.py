@@ -8,7 +8,7 @@
    a sample, random 32 px chips, the same optimizer steps and images per step for every objective;
    CPU seconds (``time.process_time``) and wall seconds are recorded for each.
 3. Scores land-cover segmentation with frozen encoders against the same architecture at random init
-   (``domainfm.eval.evaluate.random_like``, init seed 0): each encoder's final patch tokens on
+   (``domainfm.eval.encoders.random_like``, init seed 0): each encoder's final patch tokens on
    ``--eval-dates`` fully clear dates (evenly spread over the series) are upsampled bilinearly to the
    pixel grid and concatenated per pixel; a per-pixel linear probe (``domainfm.eval.linear_probe``)
    is trained on the train blocks of a ``--block`` px checkerboard split of the one labelled scene and
@@ -55,7 +55,7 @@ from domainfm.eval import (
     segmentation_metrics,
     stratified_fraction,
 )
-from domainfm.eval.evaluate import RANDOM_SEED, random_like
+from domainfm.eval.encoders import RANDOM_SEED, random_like
 from domainfm.eval.supervised import supervised_segmenter
 from domainfm.remote_sensing.demo import clear_dates, load_slovenia, write_slovenia_dates
 

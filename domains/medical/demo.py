@@ -26,7 +26,7 @@ import torch
 import domainfm
 from domainfm.demo import loss_trend, sample_data
 from domainfm.eval.embeddings import embed_dataset
-from domainfm.eval.evaluate import random_like
+from domainfm.eval.encoders import random_like
 from domainfm.eval.metrics import classification_metrics
 from domainfm.eval.protocols import linear_probe as fit_linear_probe
 from domainfm.medical.synthetic import make_phantom
