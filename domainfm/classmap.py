@@ -154,32 +154,64 @@ def resolve_classes(
     """
     where = where if where is not None else "the training data"
     if task == "multilabel":
-        first = dataset[0]
-        n = int(torch.as_tensor(first["label"]).numel())
-        if num_classes and num_classes != n:
-            raise ConfigError(
-                f"finetune.num_classes={num_classes} but the multi-label vectors of {where} have {n} entries"
-            )
-        return n, list(getattr(dataset, "classes", None) or []) or None, None
-    found = [v for v in _values_of(dataset, task) if v >= 0]
-    if not found:
-        raise DataError(where, f"no {'mask values' if task == 'segmentation' else 'labels'} found (all unlabelled)")
-    declared = list(names) if names else None
+        return _multilabel_classes(dataset, num_classes, where)
+    values = _values_of(dataset, task)
     if task != "segmentation":
-        declared = declared or list(getattr(dataset, "classes", None) or []) or None
-        ids = list(range(len(declared))) if declared else list(range(max(found) + 1))
-        if max(found) >= len(ids):
-            raise ConfigError(f"{where}: labels {found} do not fit the classes {declared}")
-        if num_classes and num_classes != len(ids):
-            raise ConfigError(
-                f"finetune.num_classes={num_classes} disagrees with the labels of {where}: "
-                f"{len(ids)} classes {declared or ids}; drop finetune.num_classes or fix the labels"
-            )
-        missing = [declared[i] if declared else i for i in ids if i not in found]
-        if missing:
-            log.warning("%s: classes %s have no training sample", where, missing)
-        return len(ids), declared, None
-    # segmentation: the ids found in the masks, or 0..n-1 when finetune.num_classes covers them all
+        return _label_classes(dataset, values, num_classes, names, where)
+    found = [v for v in values if v >= 0]
+    if not found:
+        raise DataError(where, "no mask values found (all unlabelled)")
+    return _mask_classes(dataset, found, num_classes, names, where)
+
+
+#: classification labels with more than this many absent ids below their maximum are mapped like mask ids
+SPARSE_LABEL_GAP = 16
+
+
+def _multilabel_classes(dataset, num_classes: int | None, where) -> tuple[int, list[str] | None, None]:
+    n = int(torch.as_tensor(dataset[0]["label"]).numel())
+    if num_classes and num_classes != n:
+        raise ConfigError(f"finetune.num_classes={num_classes} but the multi-label vectors of {where} have {n} entries")
+    return n, list(getattr(dataset, "classes", None) or []) or None, None
+
+
+def _label_classes(
+    dataset, found: list[int], num_classes, names, where
+) -> tuple[int, list[str] | None, ClassMap | None]:
+    """Classification: labels index the declared class names, or are ids ``0..max``; sparse ids (more than
+    :data:`SPARSE_LABEL_GAP` absent below the largest) get a :class:`ClassMap`, never a head of absent classes."""
+    negative = [v for v in found if v < 0]
+    if negative:
+        raise DataError(where, f"negative class labels {negative[:5]}: classification labels are class ids >= 0")
+    if not found:
+        raise DataError(where, "no labels found (all unlabelled)")
+    declared = (list(names) if names else None) or list(getattr(dataset, "classes", None) or []) or None
+    if declared is None and max(found) + 1 - len(found) > SPARSE_LABEL_GAP:
+        return _sparse_label_classes(found, num_classes, where)
+    ids = list(range(len(declared))) if declared else list(range(max(found) + 1))
+    if max(found) >= len(ids):
+        raise ConfigError(f"{where}: labels {found} do not fit the classes {declared}")
+    if num_classes and num_classes != len(ids):
+        raise ConfigError(
+            f"finetune.num_classes={num_classes} disagrees with the labels of {where}: "
+            f"{len(ids)} classes {declared or ids}; drop finetune.num_classes or fix the labels"
+        )
+    missing = [declared[i] if declared else i for i in ids if i not in found]
+    if missing:
+        log.warning("%s: classes %s have no training sample", where, missing)
+    return len(ids), declared, None
+
+
+def _sparse_label_classes(found: list[int], num_classes, where) -> tuple[int, list[str], ClassMap]:
+    log.warning("%s: label ids %s are sparse: mapped to %d classes", where, found[:8], len(found))
+    if num_classes and num_classes != len(found):
+        raise ConfigError(f"finetune.num_classes={num_classes} disagrees with the {len(found)} label ids of {where}")
+    return len(found), [str(v) for v in found], ClassMap(found, [str(v) for v in found])
+
+
+def _mask_classes(dataset, found: list[int], num_classes, names, where) -> tuple[int, list[str], ClassMap]:
+    """Segmentation: the ids found in the masks, or ``0..n-1`` when ``finetune.num_classes`` covers them all."""
+    declared = list(names) if names else None
     by_id = getattr(dataset, "class_names_by_id", None) or {}
     if num_classes:
         if max(found) >= num_classes:

@@ -21,10 +21,11 @@ from pathlib import Path
 import yaml
 
 from domainfm import api
-from domainfm.config import parse_option_flags
+from domainfm.config import load_yaml_file, parse_option_flags
 from domainfm.errors import ConfigError, DomainFMError
 from domainfm.eval import add_evaluate_arguments, run_evaluate_from_args
 from domainfm.exported import describe, is_exported, read_card
+from domainfm.model import check_card
 from domainfm.registry import get_domain, list_domains, list_encoders, list_heads, list_objectives, loaded_domains
 from domainfm.train.checkpoint import load_card, resolve_checkpoint
 
@@ -203,8 +204,15 @@ def run(argv: list[str] | None = None) -> int:
     # `domainfm pretrain CONFIG.yaml ...`: the config may come right after the command
     i = next((k for k, a in enumerate(argv) if not a.startswith("-")), None)
     if i is not None and argv[i] == "pretrain" and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+        if any(a == "--config" or a.startswith("--config=") for a in argv):
+            raise ConfigError(f"pretrain got the config twice ({argv[i + 1]} and --config); give it once, either way")
         argv[i + 1 : i + 2] = ["--config", argv[i + 1]]
     args, rest = parser.parse_known_args(argv)
+    if getattr(args, "resume", False) and getattr(args, "init", None):
+        raise ConfigError(
+            "--resume continues the run in --out from its own checkpoint; --init starts a new run from another "
+            "checkpoint's encoder: give one of them"
+        )
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -314,8 +322,10 @@ def _info(path: str) -> int:
         card = read_card(path)
         print("\n".join(f"# {line}" for line in [str(path), *describe(card)]))
     else:
-        print(f"# {resolve_checkpoint(path)}")
-        card = load_card(path)
+        ckpt = resolve_checkpoint(path)
+        card = load_card(ckpt)
+        check_card(card, ckpt)  # a bogus domain or encoder section is one line, not a card printed as fine
+        print(f"# {ckpt}")
     print(json.dumps(card, indent=2))
     return 0
 
@@ -338,7 +348,7 @@ def _merge_config_file(path: str | None, updates: dict) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
-    raw = yaml.safe_load(p.read_text()) or {}
+    raw = load_yaml_file(p)
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: the top level must be a mapping")
     for k, v in updates.items():

@@ -234,60 +234,77 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"{source}: {key} must not be null")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key, source)
-            except ConfigError as exc:
-                errors.append(exc)
-        names = " or ".join(_type_name(a) for a in args if a is not type(None))
-        raise ConfigError(f"{source}: {key} must be {names}, got {value!r}")
+        return _coerce_union(value, typing.get_args(tp), key, source)
     if origin in (list, tuple):
-        (inner,) = typing.get_args(tp)[:1] or (Any,)
-        if isinstance(value, str) and "," in value:  # "a,b,c" from a flag or a YAML scalar
-            value = [yaml.safe_load(v) for v in parse_list(value)]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
-        return [_coerce(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        return _coerce_list(value, (typing.get_args(tp)[:1] or (Any,))[0], key, source)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
         return dict(value)
     if dataclasses.is_dataclass(tp):
         return build_dataclass(tp, value, key, source)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+    scalar = _SCALARS.get(tp)
+    return scalar(value, key, source) if scalar is not None else value
+
+
+def _coerce_union(value: Any, args: tuple, key: str, source: str) -> Any:
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{source}: {key} must not be null")
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, key, source)
+        except ConfigError:
+            continue
+    names = " or ".join(_type_name(a) for a in args if a is not type(None))
+    raise ConfigError(f"{source}: {key} must be {names}, got {value!r}")
+
+
+def _coerce_list(value: Any, inner: Any, key: str, source: str) -> list:
+    if isinstance(value, str) and "," in value:  # "a,b,c" from a flag or a YAML scalar
+        value = [yaml.safe_load(v) for v in parse_list(value)]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+    return [_coerce(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value)]
+
+
+def _as_bool(value: Any, key: str, source: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+
+
+def _as_int(value: Any, key: str, source: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+
+
+def _as_float(value: Any, key: str, source: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string
+        try:
             return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, Path):
-            return str(value)
-        raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
-    return value
+        except ValueError:
+            pass
+    raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+
+
+def _as_str(value: Any, key: str, source: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+
+
+_SCALARS = {bool: _as_bool, int: _as_int, float: _as_float, str: _as_str}
 
 
 def build_dataclass(cls, data: Any, key: str, source: str):
@@ -398,6 +415,51 @@ def _explicit_keys(source: Any, raw: dict, updates: dict | None, overrides) -> f
     return frozenset(keys)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise ConfigError(
+                    f"{self.name}: line {key_node.start_mark.line + 1}: key {key!r} is given twice (first on line "
+                    f"{seen[key] + 1}); YAML would keep the last one silently: remove one"
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_file(path: str | Path):
+    """The content of a YAML config file: invalid YAML and duplicate keys are one line naming the line.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "c.yaml"
+        >>> _ = f.write_text("train: {steps: 2}\\ntrain: {steps: 3}\\n")
+        >>> load_yaml_file(f)
+        Traceback (most recent call last):
+        ...
+        domainfm.errors.ConfigError: .../c.yaml: line 2: key 'train' is given twice (first on line 1); ...
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(path)
+    try:
+        return loader.get_single_data() or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    finally:
+        loader.dispose()
+
+
 def read_config_file(path: str | Path) -> dict:
     """The mapping a YAML config file sets (only its own keys), with relative ``data.path`` and
     ``data.val_path`` resolved against the file's folder.
@@ -412,12 +474,7 @@ def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    raw = load_yaml_file(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (domain, data, model, ...)")
     if isinstance(raw.get("data"), dict):
@@ -432,6 +489,10 @@ def _relative_to(base_dir: Path, value: str) -> str:
     """``value`` resolved against ``base_dir``, as an absolute path (so a saved copy of the config,
     e.g. a run's ``config.yaml``, still points at the same data)."""
     return os.path.normpath((base_dir / value).resolve())
+
+
+#: the largest side of a model input (data.img_size, a card's encoder.img_size): 16384 px
+MAX_SIDE = 16384
 
 
 def _check_ranges(cfg: Config, name: str) -> None:
@@ -455,13 +516,11 @@ def _check_ranges(cfg: Config, name: str) -> None:
             f"train.strategy must be ddp or fsdp, got {t.strategy!r}" + did_you_mean(t.strategy, ("ddp", "fsdp")),
         ),
         (0 <= t.flat_tolerance < 1, f"train.flat_tolerance must be in [0, 1), got {t.flat_tolerance}"),
+        (0 < t.layer_decay <= 1, f"train.layer_decay must be in (0, 1], got {t.layer_decay}"),
         (cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}"),
         (0 <= cfg.model.drop_path_rate < 1, f"model.drop_path_rate must be in [0, 1), got {cfg.model.drop_path_rate}"),
         (0 < cfg.data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}"),
-        (
-            not ("contrastive" in cfg.objective.name and t.batch_size < 2),
-            f"{cfg.objective.name} needs train.batch_size >= 2 (other samples are the negatives), got {t.batch_size}",
-        ),
+        (cfg.finetune.lora_rank >= 0, f"finetune.lora_rank must be >= 1 (0: no LoRA), got {cfg.finetune.lora_rank}"),
     ]
     sizes = cfg.data.img_size if isinstance(cfg.data.img_size, list) else [cfg.data.img_size]
     patches = cfg.model.patch_size if isinstance(cfg.model.patch_size, list) else [cfg.model.patch_size]
@@ -469,6 +528,13 @@ def _check_ranges(cfg: Config, name: str) -> None:
         (
             all(s >= 1 for s in sizes) and all(p >= 1 for p in patches),
             f"data.img_size {cfg.data.img_size} and model.patch_size {cfg.model.patch_size} must be positive",
+        )
+    )
+    checks.append(
+        (
+            all(s <= MAX_SIDE for s in sizes),
+            f"data.img_size {cfg.data.img_size} is over {MAX_SIDE} pixels a side (the model's input, not the "
+            "file's size: larger images are cut into crops, chips or tiles); give a smaller data.img_size",
         )
     )
     for ok, message in checks:

@@ -91,7 +91,7 @@ def model_rows(model) -> list[tuple[str, Any]]:
         f"{pre.get('channels', enc.get('in_chans', '?'))} ch, {_dims(enc.get('img_size', '?'))} px, "
         f"patch {_dims(enc.get('patch_size', '?'))} ({enc.get('patch_embed', '?')})"
     )
-    skip = {"channels", "mean", "std", "stats", "classes", "sensors"}
+    skip = {"channels", "mean", "std", "stats", "classes", "sensors", "geometry"}
     prep = ", ".join(
         f"{k}={crs_text(v) if k == 'crs' else _short(v)}" for k, v in pre.items() if k not in skip and v is not None
     )
@@ -102,6 +102,9 @@ def model_rows(model) -> list[tuple[str, Any]]:
         ("inputs", inputs),
         ("preprocessing", prep or "-"),
     ]
+    geometry = pre.get("geometry")
+    if isinstance(geometry, dict):  # data held in memory with a file geometry: whose files the model predicts on
+        rows.append(("geometry", f"{geometry.get('domain')} {geometry.get('kind')}, from {geometry.get('from')}"))
     if card.get("task"):
         rows.append(
             (

@@ -6,8 +6,10 @@ nothing else of the plugin.
 
 Required: :meth:`Domain.dataset`, :meth:`Domain.encoder_kwargs`, :meth:`Domain.preprocessing`,
 :meth:`Domain.preprocessor`. Everything else has a core default. An operation a domain does not offer
-(``predict``, ``demo``, a custom fine-tuning task) raises :class:`~domainfm.errors.UnsupportedError`:
-that is the one convention for "not offered".
+(``predict``, ``predict_as``, ``demo``, a custom fine-tuning task) raises
+:class:`~domainfm.errors.UnsupportedError`: that is the one convention for "not offered". ``predict_as``
+is how a model trained on objects held in memory (the ``arrays`` domain) predicts on a file domain's
+files: the file domain's readers, sliding windows and writers, the model's own normalisation.
 
 The samples a dataset yields follow :mod:`domainfm.data.sample` (``image``, ``meta``, optional
 ``label``/``mask``/``wavelengths``). A dataset may also carry: ``classes`` / ``mask_classes`` (label
@@ -70,6 +72,7 @@ OPTIONAL_OPERATIONS = {
     ),
     "demo": "see the domain's docs page for a worked example",
     "finetune_task": "fine-tune with one of the core tasks (classification, multilabel, segmentation)",
+    "predict_as": "predict on arrays shaped like the training data: domainfm.predict(model, x)",
 }
 
 
@@ -290,6 +293,33 @@ class Domain:
         """Whole-file inference (sliding window / tiles) written in the domain's own format."""
         self.check_offered("predict")
         raise UnsupportedError(f"domain {self.name!r} does not offer predict")
+
+    def predict_as(
+        self,
+        model,
+        input: Any,
+        out_path: str | Path,
+        geometry: dict,
+        normalise: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        overlap: float | None = None,
+        batch_size: int | None = None,
+        probabilities: bool = False,
+    ) -> Path:
+        """Predict, in this domain's format, for a model that another domain trained (the ``arrays`` domain's
+        models of data held in memory) on objects carrying this domain's geometry.
+
+        ``geometry`` is the record that domain's card holds (``preprocessing["geometry"]``: ``domain`` is this
+        one's name, ``kind``, ``from`` (the training data, in words), and the facts the data carried: spacing
+        and affine, CRS and resolution, MPP...). ``input`` is a file this domain reads, or an object of the kind
+        the model was trained on (e.g. a MONAI ``MetaTensor``, a TorchGeo sample dict). This domain reads it,
+        puts it on the training grid, hands each raw ``C x (D x) H x W`` window (or the whole input) to
+        ``normalise`` (the model's own preprocessing, in place of this domain's recipe), runs its sliding
+        windows and writes the prediction in the input's geometry. An input this domain cannot take is a
+        one-line error naming it and the training data. Returns the written path (its suffix added).
+        """
+        self.check_offered("predict_as")
+        raise UnsupportedError(f"domain {self.name!r} does not offer predict_as")
 
     def demo(self, out_dir: Path, quick: bool = False) -> dict:
         """Run the domain's end-to-end demo on real or generated data; return the figures."""

@@ -6,15 +6,12 @@ Example:
     [0, 3, 6]
     >>> window_starts(3, 4, 2)
     [0]
-    >>> [tuple((s.start, s.stop) for s in w) for w in window_grid((6, 5), (4, 4), overlap=0.5)]
-    [((0, 4), (0, 4)), ((0, 4), (1, 5)), ((2, 6), (0, 4)), ((2, 6), (1, 5))]
     >>> w = gaussian_importance((5, 5)); w.shape, float(w.max()), bool(w[2, 2] > w[0, 0])
     ((5, 5), 1.0, True)
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -38,17 +35,6 @@ def window_starts(size: int, window: int, step: int, lo: int = 0, hi: int | None
     if starts[-1] != hi - window:
         starts.append(hi - window)
     return starts
-
-
-def window_grid(shape: Sequence[int], window: Sequence[int], overlap: float = 0.0) -> list[tuple[slice, ...]]:
-    """Slices of N-D windows covering ``shape`` with fractional ``overlap`` in ``[0, 1)``."""
-    if not 0.0 <= overlap < 1.0:
-        raise DataError(None, f"overlap must be in [0, 1), got {overlap}")
-    per_axis = [
-        [slice(s, s + w) for s in window_starts(n, w, max(1, int(round(w * (1 - overlap)))))]
-        for n, w in zip(shape, window)
-    ]
-    return list(itertools.product(*per_axis))
 
 
 def gaussian_importance(window: Sequence[int], sigma_scale: float = 0.125, floor: float = 1e-3) -> np.ndarray:

@@ -48,6 +48,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -255,6 +256,10 @@ def check_exists(
     """
     mode = exist_ok_mode(exist_ok, resumable)
     out = Path(out)
+    for src in inputs:
+        check_regular(src if isinstance(src, (str, Path)) else None)
+    if not checkpoint_ok:
+        check_not_in_checkpoint(out, what)
     if not has_output(out):
         return False
     if mode == "error":
@@ -302,6 +307,65 @@ def existing_output(out: str | Path, inputs: Iterable[str | Path | None] = (), r
     return mode if check_exists(out, mode, [*inputs, *extra], resumable=resumable) else None
 
 
+def special_file(path: str | Path) -> str | None:
+    """What ``path`` is when it exists but is neither a regular file nor a folder (reading a FIFO waits
+    forever), or ``None``.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp()); os.mkfifo(d / "scan.nii.gz")
+        >>> special_file(d / "scan.nii.gz"), special_file(d)
+        ('a FIFO (named pipe)', None)
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    return "a socket" if stat.S_ISSOCK(mode) else "a device or other special file"
+
+
+def check_regular(path: str | Path | None, what: str = "input") -> None:
+    """Refuse (one-line :class:`DataError`) an input that is a FIFO, socket or device, before it is read."""
+    if not isinstance(path, (str, Path)):
+        return
+    kind = special_file(path)
+    if kind:
+        raise DataError(path, f"{what} is {kind}, not a regular file or folder; reading it would wait forever")
+
+
+def check_not_in_checkpoint(out: str | Path, what: str = "out") -> None:
+    """Refuse an output inside a checkpoint folder or named like a checkpoint's own file (``card.json``...)."""
+    out = Path(out)
+    if out.name in CHECKPOINT_FILES:
+        raise DataError(out, f"{what} is named like a checkpoint's own file ({out.name}); choose another name")
+    for parent in list(out.parents)[:3]:
+        if (parent / "card.json").is_file() and (parent / "model.safetensors").is_file():
+            raise DataError(out, f"{what} lies inside the checkpoint {parent}, which is never changed; choose another")
+
+
+#: what embeddings are written as (a name without a suffix is a folder: one file per slide)
+EMBED_SUFFIXES = (".npz", ".h5", ".hdf5")
+
+
+def check_embed_suffix(out: str | Path) -> None:
+    """Refuse an embeddings output whose suffix no reader takes (``emb.txt`` would be an npz named .txt).
+
+    Example:
+        >>> check_embed_suffix("emb.npz"), check_embed_suffix("features")
+        (None, None)
+    """
+    out = Path(out)
+    if out.suffix and out.suffix.lower() not in EMBED_SUFFIXES and not out.is_dir():
+        raise ConfigError(
+            f"{out}: embeddings are written as {', '.join(EMBED_SUFFIXES)} (or into a folder for slides); "
+            "name the output file with one of those suffixes"
+        )
+
+
 def check_output(
     out: str | Path,
     inputs: Iterable[str | Path | None] = (),
@@ -323,10 +387,12 @@ def check_output(
         if src is None:
             continue
         src = Path(src)
+        check_regular(src)  # a FIFO would hang the reader
         if same_file(out, src):
             raise DataError(
                 out, f"{what} is the input {src}; writing there would destroy it. Choose another output path"
             )
+    check_not_in_checkpoint(out, what)
     if folder:
         if out.exists() and not out.is_dir():
             raise DataError(out, f"{what} is a file, but a folder is needed; choose another path")
@@ -534,9 +600,10 @@ def clean_stale_tmp(run_dir: str | Path) -> list[str]:
     return removed
 
 
-def report_dangling(folder: str | Path, recursive: bool = False) -> list[Path]:
-    """Warn (once per call) about symlinks in ``folder`` whose target is gone, which data discovery
-    skips; return them, so nothing is skipped without a word.
+def report_dangling(folder: str | Path, recursive: bool = False, suffixes: Iterable[str] = ()) -> list[Path]:
+    """Warn (once per call) about what data discovery skips in ``folder``: symlinks whose target is gone,
+    FIFOs/sockets/devices, and (with ``suffixes``) folders named like data files; return them, so nothing is
+    skipped without a word.
 
     Example:
         >>> import tempfile
@@ -547,12 +614,25 @@ def report_dangling(folder: str | Path, recursive: bool = False) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    entries = folder.rglob("*") if recursive else folder.iterdir()
+    entries = list(folder.rglob("*") if recursive else folder.iterdir())
     dangling = sorted(p for p in entries if p.is_symlink() and not p.exists())
-    if dangling:
-        shown = ", ".join(p.name for p in dangling[:5]) + (" ..." if len(dangling) > 5 else "")
-        log.warning("%s: skipped %d dangling symlink(s) whose target is missing: %s", folder, len(dangling), shown)
-    return dangling
+    special = sorted(p for p in entries if special_file(p))
+    odd_dirs = sorted(p for p in entries if suffixes and p.is_dir() and p.name.lower().endswith(tuple(suffixes)))
+    groups = (
+        (dangling, "dangling symlink(s) whose target is missing"),
+        (special, "FIFO(s) or other special file(s), not regular files"),
+        (odd_dirs, "folder(s) named like data files"),
+    )
+    for group, kind in groups:
+        key = (str(folder), kind, tuple(p.name for p in group))
+        if group and key not in _REPORTED:  # discovery runs more than once per command: say it once
+            _REPORTED.add(key)
+            shown = ", ".join(p.name for p in group[:5]) + (" ..." if len(group) > 5 else "")
+            log.warning("%s: skipped %d %s: %s", folder, len(group), kind, shown)
+    return dangling + special + odd_dirs
+
+
+_REPORTED: set[tuple] = set()
 
 
 def _json_default(obj: Any) -> Any:

@@ -23,10 +23,10 @@ from torch import nn
 
 from domainfm.config import Config
 from domainfm.display import batched_preprocessor, model_summary, model_summary_html
-from domainfm.errors import CheckpointError
-from domainfm.models.encoder import build_encoder
+from domainfm.errors import CheckpointError, ConfigError, DataError, unknown_choice
+from domainfm.models.encoder import build_encoder, shape_problem
 from domainfm.models.lora import apply_lora, merge_lora
-from domainfm.registry import get_domain
+from domainfm.registry import get_domain, list_domains
 from domainfm.runconfig import config_from_card
 from domainfm.train.checkpoint import load_card, load_module_state, load_tensors, resolve_checkpoint
 
@@ -77,6 +77,12 @@ class FoundationModel(nn.Module):
         if not isinstance(x, torch.Tensor):
             x = self.preprocess(x)
             x = x[None] if x.ndim == self.spatial_dims + 1 else x
+        elif not x.is_floating_point():  # a tensor is taken as model-ready: raw integer pixels are not
+            raise DataError(
+                None,
+                f"a torch.{str(x.dtype).replace('torch.', '')} tensor is not model-ready input (tensors are taken as "
+                "preprocessed floats); pass the numpy array to apply the card's preprocessing, or model.preprocess(x)",
+            )
         return x.to(next(self.encoder.parameters()).device)
 
     def __repr__(self) -> str:
@@ -101,6 +107,9 @@ class FoundationModel(nn.Module):
         array, path or list goes through the card's preprocessing first (see :attr:`preprocess`)."""
         x = self._ready(x)
         self.encoder.check_input(x)
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise DataError(None, f"the input holds {bad} NaN/inf values; the embeddings would be NaN: clean the input")
         return self.encoder.embed(x, wavelengths=self._wavelengths(wavelengths))
 
     def logits(self, x: torch.Tensor, wavelengths=None) -> torch.Tensor:
@@ -138,6 +147,43 @@ def build_card(cfg: Config, domain, encoder, dataset, stage: str) -> dict:
     }
 
 
+def check_card(card: dict, ckpt: str | Path) -> None:
+    """A card ``load`` and ``info`` can trust: a known domain and a complete, sane encoder section (checked
+    before anything is allocated); one-line :class:`CheckpointError` naming the key otherwise."""
+    where = f"{ckpt}/card.json"
+    domain = card.get("domain")
+    if not isinstance(domain, str) or domain not in list_domains():
+        raise CheckpointError(
+            f"{where}: domain: "
+            + unknown_choice("domain", domain, list_domains(), "installed domains")
+            + " (install the plugin the checkpoint was made with, or the card was edited)"
+        )
+    enc = card.get("encoder")
+    if not isinstance(enc, dict):
+        raise CheckpointError(f"{where}: the encoder section is missing; this is not a complete domainfm card")
+    arch = {"depth": None, "embed_dim": None, "num_heads": None, "patch_size": None, "img_size": None}
+    arch.update({k: enc.get(k) for k in arch if k in enc})
+    if any(v is None for v in arch.values()):
+        missing = ", ".join(f"encoder.{k}" for k, v in arch.items() if v is None)
+        raise CheckpointError(f"{where}: {missing} missing; this is not a complete domainfm card")
+    problem = shape_problem(**arch, in_chans=enc.get("in_chans"))
+    if problem:
+        raise CheckpointError(f"{where}: encoder.{problem} (the card was edited or damaged)")
+
+
+def card_weights_mismatch(enc: dict, tensors: dict[str, torch.Tensor], prefix: str) -> str | None:
+    """The card's ``embed_dim``/``in_chans`` against the shapes of the weights, in the card's words."""
+    norm = tensors.get(prefix + "norm.weight")
+    if norm is not None and norm.ndim == 1 and int(norm.shape[0]) != enc.get("embed_dim"):
+        return f"encoder.embed_dim is {enc.get('embed_dim')} but the weights are {int(norm.shape[0])} wide"
+    proj = tensors.get(prefix + "patch_embed.proj.weight")
+    chans = enc.get("in_chans")
+    if enc.get("patch_embed") in ("2d", "3d") and proj is not None and proj.ndim >= 4 and chans is not None:
+        if int(proj.shape[1]) != chans:
+            return f"encoder.in_chans is {chans} but the weights take {int(proj.shape[1])} channel(s)"
+    return None
+
+
 def load(path: str | Path, device: str | torch.device = "cpu") -> FoundationModel:
     """Rebuild a model (encoder, head if fine-tuned, preprocessing) from a checkpoint or run folder.
 
@@ -157,15 +203,19 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> FoundationMode
     ckpt = resolve_checkpoint(path)
     card = load_card(ckpt)
     tensors = load_tensors(ckpt)
+    check_card(card, ckpt)
     domain = get_domain(card["domain"])  # imports the plugin, which may register its own patch embed
     try:
         encoder = build_encoder(**card["encoder"])
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{ckpt}/card.json: the encoder description is incomplete ({exc})") from None
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise CheckpointError(f"{ckpt}/card.json: the encoder description is not valid ({exc})") from None
     lora = card.get("lora")
     if lora:
         apply_lora(encoder, rank=lora["rank"], alpha=lora["alpha"])
     prefix = "ema.encoder." if card.get("ema") and any(k.startswith("ema.encoder.") for k in tensors) else "encoder."
+    mismatch = card_weights_mismatch(card["encoder"], tensors, prefix)
+    if mismatch:
+        raise CheckpointError(f"{ckpt}/card.json: {mismatch}; the card was edited or belongs to other weights")
     load_module_state(encoder, tensors, prefix=prefix)
     if lora:
         merge_lora(encoder)

@@ -98,7 +98,8 @@ def read_embeddings(path: str | Path) -> dict[str, np.ndarray]:
 
 def read_prediction(path: str | Path) -> Prediction:
     """What a domain's ``predict`` wrote, back in memory with its geometry (GeoTIFF: CRS + transform;
-    NIfTI: affine; PNG heatmap: the tile coordinates and scores written next to it)."""
+    NIfTI: affine; PNG heatmap: the tile coordinates and scores written next to it; JSON of a whole-file
+    classification: the class probabilities, the class in ``extra``; ``.npz``: its first array)."""
     path = Path(path)
     name = path.name.lower()
     if name.endswith((".tif", ".tiff")):
@@ -135,6 +136,14 @@ def read_prediction(path: str | Path) -> Prediction:
         for pj in path.parent.glob("*.prediction.json"):
             extra.update(json.loads(pj.read_text()))
         return Prediction(arr, geo, extra)
+    if name.endswith(".json"):  # a whole-file class prediction: probabilities, and the class in ``extra``
+        record = json.loads(path.read_text())
+        probs = record.get("probabilities")
+        return Prediction(
+            np.asarray(probs if probs is not None else []),
+            {},
+            {k: v for k, v in record.items() if k != "probabilities"},
+        )
     if name.endswith(".npz"):
         arrays = read_embeddings(path)
         key = next(iter(arrays))

@@ -33,11 +33,20 @@ from domainfm.data.sample import collate_samples
 from domainfm.domain import operation_options
 from domainfm.errors import ConfigError, DataError, UnsupportedError
 from domainfm.eval import evaluate as _evaluate
+from domainfm.eval.metrics import segmentation_scores
 from domainfm.eval.online import OnlineKNNProbe
 from domainfm.exported import ExportedModel, is_exported, load_exported
 from domainfm.heads.task import TaskModel
 from domainfm.inference import batches_by_band_set, embed_samples
-from domainfm.io_safety import check_exists, exist_ok_policy, lock_run, write_arrays_atomic, write_json_atomic
+from domainfm.io_safety import (
+    check_embed_suffix,
+    check_exists,
+    check_regular,
+    exist_ok_policy,
+    lock_run,
+    write_arrays_atomic,
+    write_json_atomic,
+)
 from domainfm.model import FoundationModel, build_card, load
 from domainfm.models.encoder import build_encoder
 from domainfm.models.lora import apply_lora
@@ -55,10 +64,10 @@ from domainfm.train.checkpoint import (
     resolve_checkpoint,
 )
 from domainfm.train.engine import train
+from domainfm.train.init import init_from_config
 from domainfm.train.rundir import prepare_run_dir, run_summary
 from domainfm.utils import pick_device
 from domainfm.viz import reconstruction_figure, save_reconstruction_png
-from domainfm.weights import init_from_config, set_layer_decay
 
 log = logging.getLogger("domainfm")
 
@@ -140,7 +149,7 @@ def pretrain(
     """
     updates = _data_updates(data)
     cfg = load_config(config, overrides=list(overrides), updates=updates)
-    check_objective(cfg.objective)
+    check_objective(cfg.objective, cfg.train.batch_size)
     domain = get_domain(cfg.domain)
     in_memory = _dataset(domain, cfg, "pretrain", data, labels, sampler) if is_in_memory(data) else None
     if in_memory is not None and len(in_memory) == 0:
@@ -155,7 +164,6 @@ def pretrain(
     encoder = _encoder_for(cfg, domain, dataset)
     encoder, init_record = init_from_config(cfg, encoder)  # model.init: start from a checkpoint's encoder
     objective = build_objective(encoder, cfg.objective)
-    set_layer_decay(objective, cfg.train.layer_decay)  # train.layer_decay < 1: LLRD over the encoder
     card = {**build_card(cfg, domain, encoder, dataset, "pretrain"), **({"init": init_record} if init_record else {})}
     card["recipe"] = recipe.to_card()
     if is_in_memory(data):
@@ -432,17 +440,7 @@ def finetune(
         labels = None
     base_ckpt = resolve_checkpoint(checkpoint)
     card = load_card(base_ckpt)
-    updates: dict = {}
-    if config is not None:
-        extra = read_config_file(config) if not isinstance(config, dict) else config  # only the keys it sets
-        updates.update(extra)
-    if task:
-        updates.setdefault("finetune", {})["task"] = task
-    if out is not None:
-        updates["out"] = str(out)
-    elif "out" not in updates:
-        updates["out"] = str(Path(card["config"]["out"]).with_name(Path(card["config"]["out"]).name + "-finetune"))
-    cfg = config_from_card(card, data=None if memory else data, overrides=overrides, updates=updates)
+    cfg = _finetune_config(card, task, None if memory else data, config, overrides, out)
     domain = get_domain(cfg.domain)
     run_dir = Path(cfg.out)
     resume = prepare_run_dir(run_dir, exist_ok, resume, main=_is_main())
@@ -454,21 +452,9 @@ def finetune(
             f"(domain {cfg.domain!r} takes extra arguments only for {list(domain.custom_tasks) or 'no task'})"
         )
     task = cfg.finetune.task
-    base = load(base_ckpt)
-    encoder = base.encoder.train()
+    encoder = load(base_ckpt).encoder.train()
     train_set = _dataset(domain, cfg, "train", data, labels, sampler, card)
-    if len(train_set) == 0:
-        raise DataError(cfg.data.path, "no labelled samples found for fine-tuning")
-    first = train_set[0]
-    needed = "mask" if task == "segmentation" else "label"
-    if needed not in first:
-        where = (first.get("meta") or {}).get("path") or cfg.data.path
-        raise DataError(
-            where,
-            f"the {task} task needs a '{needed}' for every sample, and this data has none "
-            f"(give labelled data: class subfolders or a manifest with a "
-            f"{'mask' if needed == 'mask' else 'label'} column)",
-        )
+    _check_task_targets(train_set, task, cfg.data.path)
     names = (getattr(train_set, "mask_classes", None) if task == "segmentation" else None) or getattr(
         train_set, "classes", None
     )
@@ -476,14 +462,7 @@ def finetune(
     train_set = map_labels(train_set, class_map, task)  # sparse label ids -> contiguous training indices
     if task == "classification" and num_classes < 2:
         raise DataError(cfg.data.path, f"classification needs at least 2 classes, found {num_classes}")
-    torch.manual_seed(cfg.train.seed)
-    head = domain.head(task, encoder, num_classes, cfg)
-    if cfg.finetune.lora_rank:
-        apply_lora(encoder, rank=cfg.finetune.lora_rank, alpha=cfg.finetune.lora_alpha)
-    elif cfg.finetune.freeze_encoder:
-        for p in encoder.parameters():
-            p.requires_grad_(False)
-    model = TaskModel(encoder, head, task, layer_decay=cfg.finetune.layer_decay)
+    model = _task_model(domain, encoder, task, num_classes, cfg)
     card_ft = {
         **card,
         "stage": "finetune",
@@ -506,62 +485,111 @@ def finetune(
     if _is_main() and cfg.train.progress:
         print(run_summary("finetune", run_dir, ckpt, time.perf_counter() - started))
     if _is_main():
-        try:
-            if memory and val_data is None:
-                raise DataError(None, "no val_data given")
-            val_set = (
-                _dataset(domain, cfg, "val", val_data, val_labels, None, card) if memory else domain.dataset(cfg, "val")
-            )
-        except (NotImplementedError, DataError) as exc:
-            log.info("no validation split (%s)", exc)
-            val_set = None
-        metrics = {}
+        val_set = _validation_set(domain, cfg, card, memory, val_data, val_labels)
         val_set = map_labels(val_set, class_map, task, strict=False)
-        if val_set is not None and len(val_set):
-            metrics = evaluate_task(model, val_set, task, num_classes, cfg.train.batch_size)
-        extra = {} if memory else domain.validate(load(ckpt), cfg)
-        if extra:
-            metrics.update({k: v for k, v in extra.items() if isinstance(v, (int, float))})
-        if metrics:
-            (run_dir / "val_metrics.json").write_text(json.dumps(metrics, indent=2))
-            card_path = ckpt / "card.json"
-            write_json_atomic(card_path, {**json.loads(card_path.read_text()), "val_metrics": metrics})
-            print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        _validate_finetuned(model, ckpt, domain, cfg, val_set, num_classes, memory)
     return ckpt
 
 
+def _finetune_config(card: dict, task, data, config, overrides, out) -> Config:
+    """The fine-tuning config: the card's pretraining config with ``config``'s keys, the task and the out
+    folder (default: the pretraining folder's name + ``-finetune``) applied."""
+    updates: dict = {}
+    if config is not None:
+        updates.update(read_config_file(config) if not isinstance(config, dict) else config)  # only the keys it sets
+    if task:
+        updates.setdefault("finetune", {})["task"] = task
+    if out is not None:
+        updates["out"] = str(out)
+    elif "out" not in updates:
+        updates["out"] = str(Path(card["config"]["out"]).with_name(Path(card["config"]["out"]).name + "-finetune"))
+    return config_from_card(card, data=data, overrides=overrides, updates=updates)
+
+
+def _check_task_targets(train_set, task: str, path) -> None:
+    """The training data has samples, each with what ``task`` learns from (a mask or a label)."""
+    if len(train_set) == 0:
+        raise DataError(path, "no labelled samples found for fine-tuning")
+    first = train_set[0]
+    needed = "mask" if task == "segmentation" else "label"
+    if needed not in first:
+        where = (first.get("meta") or {}).get("path") or path
+        raise DataError(
+            where,
+            f"the {task} task needs a '{needed}' for every sample, and this data has none "
+            f"(give labelled data: class subfolders or a manifest with a "
+            f"{'mask' if needed == 'mask' else 'label'} column)",
+        )
+
+
+def _task_model(domain, encoder, task: str, num_classes: int, cfg) -> TaskModel:
+    """The encoder with the domain's head for ``task``; LoRA adapters or a frozen encoder when configured."""
+    torch.manual_seed(cfg.train.seed)
+    head = domain.head(task, encoder, num_classes, cfg)
+    if cfg.finetune.lora_rank:
+        apply_lora(encoder, rank=cfg.finetune.lora_rank, alpha=cfg.finetune.lora_alpha)
+    elif cfg.finetune.freeze_encoder:
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+    return TaskModel(encoder, head, task, layer_decay=cfg.finetune.layer_decay)
+
+
+def _validation_set(domain, cfg, card: dict, memory: bool, val_data, val_labels):
+    """The validation split (``val_data`` for data held in memory), or ``None`` when there is none."""
+    try:
+        if memory and val_data is None:
+            raise DataError(None, "no val_data given")
+        return _dataset(domain, cfg, "val", val_data, val_labels, None, card) if memory else domain.dataset(cfg, "val")
+    except (NotImplementedError, DataError) as exc:
+        log.info("no validation split (%s)", exc)
+        return None
+
+
+def _validate_finetuned(model, ckpt: Path, domain, cfg, val_set, num_classes: int, memory: bool) -> None:
+    """Validation metrics of the fine-tuned model (and the domain's own, e.g. whole-scan Dice), printed and
+    written to ``val_metrics.json`` and the checkpoint's card."""
+    metrics = {}
+    if val_set is not None and len(val_set):
+        background = cfg.finetune.background
+        metrics = evaluate_task(model, val_set, cfg.finetune.task, num_classes, cfg.train.batch_size, background)
+    extra = {} if memory else domain.validate(load(ckpt), cfg)
+    metrics.update({k: v for k, v in extra.items() if isinstance(v, (int, float))})
+    if metrics:
+        (Path(cfg.out) / "val_metrics.json").write_text(json.dumps(metrics, indent=2))
+        card_path = ckpt / "card.json"
+        write_json_atomic(card_path, {**json.loads(card_path.read_text()), "val_metrics": metrics})
+        print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+
 @torch.no_grad()
-def evaluate_task(model: nn.Module, dataset, task: str, num_classes: int, batch_size: int = 16) -> dict[str, float]:
-    """Accuracy / balanced accuracy (classification) or Dice / IoU over foreground classes
-    (segmentation; mask pixels < 0 are unlabelled and not counted)."""
+def evaluate_task(
+    model: nn.Module, dataset, task: str, num_classes: int, batch_size: int = 16, background: bool = True
+) -> dict[str, float]:
+    """Accuracy / balanced accuracy (classification) or Dice / IoU (segmentation: over the classes present,
+    class 0 left out when ``background``, i.e. ``finetune.background``; mask pixels < 0 are unlabelled and
+    not counted; :func:`domainfm.eval.metrics.segmentation_scores`)."""
     was = model.training
     model.eval()
     device = next(model.parameters()).device
     preds, targets = [], []
-    inter = torch.zeros(num_classes)
-    union = torch.zeros(num_classes)
-    sums = torch.zeros(num_classes)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     for batch in batches_by_band_set(dataset, batch_size):
         logits = model.logits(batch["image"].to(device), wavelengths=batch.get("wavelengths")).float().cpu()
         if task == "segmentation":
             y = batch["mask"].long()
             y = y[:, 0] if y.ndim == logits.ndim else y
-            p = logits.argmax(1)
             valid = y >= 0
-            for c in range(num_classes):
-                pc, yc = (p == c) & valid, y == c
-                inter[c] += (pc & yc).sum()
-                union[c] += (pc | yc).sum()
-                sums[c] += pc.sum() + yc.sum()
+            pairs = y[valid] * num_classes + logits.argmax(1)[valid]
+            confusion += np.bincount(pairs.numpy(), minlength=num_classes * num_classes).reshape(confusion.shape)
         else:
             preds.append(logits)
             targets.append(batch["label"])
     model.train(was)
     if task == "segmentation":
-        fg = [c for c in range(1, num_classes) if sums[c] > 0] or [0]
-        dice = torch.stack([2 * inter[c] / sums[c].clamp_min(1) for c in fg]).mean()
-        iou = torch.stack([inter[c] / union[c].clamp_min(1) for c in fg]).mean()
-        return {"dice": float(dice), "miou": float(iou)}
+        scores = segmentation_scores(confusion, ignore_background=background)
+        if not np.isfinite(scores["dice"]):  # no foreground anywhere: the background's own scores
+            scores = segmentation_scores(confusion, ignore_background=False)
+        return scores
     logits, y = torch.cat(preds), torch.cat(targets)
     if task == "multilabel":
         return {"accuracy": float(((logits > 0).float() == y.float()).float().mean())}
@@ -603,7 +631,9 @@ def embed(
     domain = model.domain
     opts = operation_options(domain.EmbedOptions, options, "embed")
     inputs = [getattr(model, "path", None), None if is_in_memory(data) else data]
+    check_regular(inputs[1], "data")  # a FIFO would make the reader wait forever
     if out is not None:  # before any work; only a folder (of slide features) can be resumed
+        check_embed_suffix(out)
         check_exists(out, exist_ok, inputs, resumable=Path(out).is_dir())
     if is_in_memory(data):
         cfg = config_from_card(model.card, check_paths=False)
@@ -624,7 +654,7 @@ def embed(
         return embeddings_frame(read_embeddings(written))
 
 
-def predict(checkpoint, input: str | Path, out: str | Path | None = None, *, exist_ok: bool = False, **options):
+def predict(checkpoint, input, out: str | Path | None = None, *, exist_ok: bool = False, **options):
     """Predict on a whole file (volume, scene, slide) in the domain's format.
 
     With ``out`` the prediction is written and its path returned; without it a
@@ -632,6 +662,11 @@ def predict(checkpoint, input: str | Path, out: str | Path | None = None, *, exi
     transform, or the tile coordinates) and nothing is left on disk. ``options`` are the domain's
     ``PredictOptions`` (e.g. ``save_probabilities`` for medical scans). An existing output is refused
     unless ``exist_ok=True`` (replaced atomically); see :func:`domainfm.io_safety.check_exists`.
+
+    A model trained on data held in memory (the ``arrays`` domain) also takes objects: an array or tensor
+    shaped like its training data (label maps or class probabilities back), and, when its card records a
+    file geometry, that domain's files and objects (a NIfTI or MONAI ``MetaTensor``, a GeoTIFF or TorchGeo
+    sample dict, a slide); see :meth:`domainfm.arrays.ArraysDomain.predict`.
     """
     model = _resolve_model(checkpoint)
     domain = model.domain
@@ -641,7 +676,7 @@ def predict(checkpoint, input: str | Path, out: str | Path | None = None, *, exi
         with exist_ok_policy(exist_ok, [getattr(model, "path", None)]):
             return domain.predict(model, input, out, **opts)
     with tempfile.TemporaryDirectory() as tmp:
-        name = Path(input).name
+        name = "prediction" if is_in_memory(input) else Path(input).name  # the domain adds its suffix
         written = domain.predict(model, input, Path(tmp) / name, **opts)
         return read_prediction(written)
 

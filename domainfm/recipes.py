@@ -33,11 +33,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from domainfm import ssl as _objectives  # noqa: F401  (registers mae, contrastive, dino, ...)
 from domainfm.config import Config
 from domainfm.decisions import decide
 from domainfm.errors import ConfigError
 from domainfm.models import encoder as _encoder_sizes  # noqa: F401  (registers vit-tiny, vit-small, ...)
-from domainfm.registry import get_encoder_arch
+from domainfm.registry import get_encoder_arch, objective_spec
 
 #: images whose shorter side is at most this many pixels get the small-image settings
 SMALL_IMAGE = 64
@@ -228,14 +229,14 @@ def _crop_rules(cfg: Config, facts: DataFacts, device: str, updates: dict[str, A
 
 def _objective_rules(cfg: Config, facts: DataFacts, device: str, updates: dict[str, Any]) -> Iterator[Decision]:
     """The objective's own settings; decoder and projector sized like the CPU model when it is used."""
-    name = cfg.objective.name
-    if "dino" in name.split("+"):
+    parts = objective_spec(cfg.objective.name).parts
+    if "dino" in parts:
         yield from _dino_rules(cfg, facts, device, updates)
     small_model = _width(cfg, updates) <= CPU_MODEL["embed_dim"]
-    if "mae" in name.split("+") and small_model:
+    if "mae" in parts and small_model:
         why = "a small encoder: a one-block MAE decoder of width 64"
         yield from (Decision(f"objective.{k}", v, why) for k, v in (("decoder_dim", 64), ("decoder_depth", 1)))
-    if "contrastive" in name.split("+") and small_model:
+    if "contrastive" in parts and small_model:
         why = "a small encoder: a 512-128 projector"
         yield from (Decision(f"objective.{k}", v, why) for k, v in (("proj_hidden_dim", 512), ("proj_dim", 128)))
 

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -54,9 +55,50 @@ def register_encoder(name: str):
     return _register("encoder", name)
 
 
-def register_objective(name: str):
-    """Decorator: register a pretraining objective factory ``fn(encoder, cfg) -> nn.Module``."""
-    return _register("objective", name)
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """What an objective needs from the data and the run, declared where it registers.
+
+    ``views``: ``"none"`` (the images themselves), ``"pair"`` (two augmented views, the domain's ``augment``)
+    or ``"multicrop"`` (global and local crops, the domain's ``multicrop``). ``min_batch``: samples a batch
+    needs (2 when the other samples are the negatives). ``parts``: the objectives it combines (its own name
+    when it is one).
+    """
+
+    name: str
+    build: Callable
+    views: str = "none"
+    min_batch: int = 1
+    parts: tuple[str, ...] = ()
+
+
+_OBJECTIVES: dict[str, ObjectiveSpec] = {}
+
+
+def register_objective(name: str, *, views: str = "none", min_batch: int = 1, parts: tuple[str, ...] = ()):
+    """Decorator: register a pretraining objective factory ``fn(encoder, cfg) -> nn.Module`` with what it needs
+    (:class:`ObjectiveSpec`).
+
+    Example:
+        >>> objective_spec("dino").views, objective_spec("mae+contrastive").parts   # doctest: +SKIP
+        ('multicrop', ('mae', 'contrastive'))
+    """
+    if views not in ("none", "pair", "multicrop"):
+        raise ValueError(f"objective {name!r}: views must be none, pair or multicrop, got {views!r}")
+    register = _register("objective", name)
+
+    def deco(fn):
+        register(fn)
+        _OBJECTIVES[name] = ObjectiveSpec(name, fn, views, int(min_batch), tuple(parts) or (name,))
+        return fn
+
+    return deco
+
+
+def objective_spec(name: str) -> ObjectiveSpec:
+    """The :class:`ObjectiveSpec` of a registered objective (a one-line error with the closest name otherwise)."""
+    _lookup("objective", name)
+    return _OBJECTIVES[name]
 
 
 def register_head(name: str):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from domainfm.config import Config, build_dataclass, parse_config
 from domainfm.errors import ConfigError
+from domainfm.io_safety import check_regular
 from domainfm.registry import get_domain
 
 
@@ -36,6 +37,7 @@ def bind_domain(cfg: Config, check_paths: bool = True) -> Config:
             value = getattr(cfg.data, key)
             if value is not None and not Path(value).exists():
                 raise ConfigError(f"{name}: data.{key} {value} does not exist")
+            check_regular(value, f"data.{key}")  # a FIFO would make the reader wait forever
         if cfg.data.path is None and domain.needs_data_path:
             raise ConfigError(f"{name}: data.path is required for domain {cfg.domain!r} (a folder or a manifest CSV)")
     return cfg

@@ -6,8 +6,8 @@ or sample dicts (MONAI's dictionary datasets included: a ``MetaTensor`` gives it
 ``GeoDataset`` with a sampler (CRS and resolution from the dataset) or a TorchGeo ``NonGeoDataset``
 (band names and classes from the dataset). The result is an :class:`AdaptedDataset` whose
 ``profile`` holds what a checkpoint card needs: channels, spatial size, value range and per-channel
-normalisation statistics (computed), band names, wavelengths, CRS, resolution, spacing, MPP (taken
-from the object where it carries them).
+normalisation statistics (computed), band names, wavelengths, CRS, resolution, spacing, a MONAI
+``MetaTensor``'s affine, MPP (taken from the object where it carries them).
 
 Example:
     >>> import numpy as np
@@ -128,7 +128,7 @@ class AdaptedDataset(Dataset):
             "dtype": str(first.get("dtype", image.dtype)),
             **{k: v for k, v in (info or {}).items() if v is not None},
         }
-        for key in ("spacing", "mpp", "crs", "res"):
+        for key in ("spacing", "affine", "mpp", "crs", "res"):
             if key not in self.profile and first["meta"].get(key) is not None:
                 self.profile[key] = first["meta"][key]
         self.profile.update(self._statistics(stats_samples))
@@ -213,13 +213,17 @@ def _unpack(item: Any, index: int, source: str) -> tuple[Any, Any, Any, dict]:
 
 
 def _metatensor_meta(image: Any, meta: dict) -> None:
-    """Spacing and source file of a MONAI ``MetaTensor`` into ``meta``."""
+    """Spacing, affine (voxel to world, as the MetaTensor holds it after the user's transforms) and source
+    file of a MONAI ``MetaTensor`` into ``meta``."""
     image_meta = getattr(image, "meta", None)
     if not isinstance(image_meta, dict):
         return
     if image_meta.get("pixdim") is not None:
         pix = _to_tensor(image_meta["pixdim"]).tolist()
         meta["spacing"] = [float(v) for v in pix[1:4]] if len(pix) >= 4 else [float(v) for v in pix]
+    affine = getattr(image, "affine", None)
+    if isinstance(affine, torch.Tensor) and affine.ndim == 2 and affine.shape[0] == affine.shape[1]:
+        meta["affine"] = [[float(v) for v in row] for row in affine.tolist()]
     if image_meta.get("filename_or_obj"):
         meta["path"] = str(image_meta["filename_or_obj"])
 

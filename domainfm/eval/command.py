@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from domainfm.config import parse_option_flags
+from domainfm.errors import ConfigError, unknown_choice
 from domainfm.eval.evaluate import evaluate
 from domainfm.eval.report import EvalResult, render_markdown
 from domainfm.models.encoder import GLOBAL_POOLS
@@ -86,6 +87,34 @@ def _option_overrides(checkpoint, rest) -> list[str]:
     return [f"data.options.{key}={json.dumps(value)}" for key, value in options.items()]
 
 
+#: the splits a domain scores on (Domain.dataset): anything else would fall back to a split of train
+TEST_SPLITS = ("test", "val")
+
+
+def check_evaluate_args(args) -> None:
+    """Flag values evaluate cannot use, refused in one line naming the flag before any data is read.
+
+    Example:
+        >>> import argparse
+        >>> check_evaluate_args(argparse.Namespace(n_boot=-5))
+        Traceback (most recent call last):
+        ...
+        domainfm.errors.ConfigError: --n-boot must be >= 1, got -5
+    """
+    minimum = {"n_boot": 1, "k": 1, "seeds": 1, "episodes": 1, "batch_size": 1, "max_train": 1, "max_test": 1}
+    minimum.update({"epochs": 1, "lora_rank": 1})
+    for key, low in minimum.items():
+        value = getattr(args, key, None)
+        if value is not None and value < low:
+            raise ConfigError(f"--{key.replace('_', '-')} must be >= {low}, got {value}")
+    split = getattr(args, "test_split", "test")
+    if split not in TEST_SPLITS:
+        raise ConfigError("--test-split: " + unknown_choice("split", split, TEST_SPLITS))
+    shots = parse_list(str(getattr(args, "shots", "1,5,10")), int)
+    if any(s < 1 for s in shots):
+        raise ConfigError(f"--shots must be >= 1 per class, got {getattr(args, 'shots', None)}")
+
+
 def evaluate_from_args(args, rest=()) -> EvalResult:
     """Run :func:`evaluate` from parsed :func:`add_evaluate_arguments` args; print the markdown report.
 
@@ -101,6 +130,7 @@ def evaluate_from_args(args, rest=()) -> EvalResult:
         )
         if v is not None
     }
+    check_evaluate_args(args)
     shots = parse_list(str(getattr(args, "shots", "1,5,10")), int)
     overrides = list(getattr(args, "overrides", None) or getattr(args, "sets", None) or [])
     overrides += _option_overrides(args.checkpoint, rest)

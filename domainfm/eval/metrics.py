@@ -115,8 +115,18 @@ def segmentation_metrics(target, pred, num_classes: int, ignore_background: bool
     if t.shape != p.shape:
         raise DomainFMError(f"segmentation_metrics: prediction with {p.size} pixels for a target with {t.size}")
     labelled = t >= 0
-    t, p = t[labelled], p[labelled]
-    cm = _confusion(t, p, num_classes)
+    return segmentation_scores(_confusion(t[labelled], p[labelled], num_classes), ignore_background)
+
+
+def segmentation_scores(cm: np.ndarray, ignore_background: bool = True) -> dict[str, float]:
+    """Mean Dice and IoU from a ``K x K`` confusion matrix (rows: target, columns: prediction), over the
+    classes present in either (class 0 left out when ``ignore_background``); NaN when none is.
+
+    Example:
+        >>> segmentation_scores(np.array([[1, 1], [0, 2]]))
+        {'dice': 0.8, 'miou': 0.6666666666666666}
+    """
+    num_classes = cm.shape[0]
     tp = np.diag(cm).astype(np.float64)
     fp = cm.sum(0) - tp
     fn = cm.sum(1) - tp

@@ -58,7 +58,7 @@ from torch import nn
 
 from domainfm.errors import DataError, DomainFMError
 from domainfm.heads.task import IGNORE_INDEX, soft_dice_loss
-from domainfm.train.engine import default_param_groups
+from domainfm.train.layer_decay import default_param_groups
 
 SMALL_INPUT = 64  # shorter spatial side below which ResNet-18 gets the 3x3 stride-1 stem, no max-pool
 MIN_STEPS = 30  # with max_epochs given, early stopping never stops before this many steps

@@ -13,7 +13,7 @@ from __future__ import annotations
 from domainfm.heads.classification import LinearHead
 from domainfm.heads.segmentation import ProgressiveUpsampleHead
 from domainfm.heads.task import TaskModel
-from domainfm.registry import register_head
+from domainfm.registry import get_head, register_head
 
 
 @register_head("linear")
@@ -28,12 +28,15 @@ def _upsample(encoder, num_classes: int, **kw):
     return ProgressiveUpsampleHead(encoder.embed_dim, num_classes, encoder.spatial_dims, layers=layers, **kw)
 
 
+#: the registered head the core uses for each task (a domain's ``head`` hook may choose another)
+DEFAULT_HEADS = {"classification": "linear", "multilabel": "linear", "segmentation": "upsample-seg"}
+
+
 def default_head(task: str, encoder, num_classes: int, cfg):
-    """The core's default head for a task: linear for (multi-label) classification, upsampling for segmentation."""
+    """The core's default head for a task, looked up in the head registry (:data:`DEFAULT_HEADS`): linear for
+    (multi-label) classification, upsampling for segmentation; ``finetune.head_options`` go to it."""
     opts = dict(cfg.finetune.head_options or {})
-    if task == "segmentation":
-        return _upsample(encoder, num_classes, **opts)
-    return _linear(encoder, num_classes, **opts)
+    return get_head(DEFAULT_HEADS.get(task, "linear"))(encoder, num_classes, **opts)
 
 
 __all__ = ["LinearHead", "ProgressiveUpsampleHead", "TaskModel", "default_head"]

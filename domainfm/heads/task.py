@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from domainfm.errors import ConfigError, unknown_choice
-from domainfm.train.engine import default_param_groups
-from domainfm.train.layer_decay import param_groups_layer_decay
+from domainfm.train.layer_decay import default_param_groups, param_groups_layer_decay
 
 TASKS = ("classification", "multilabel", "segmentation")
 

@@ -20,6 +20,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from domainfm.config import MAX_SIDE
 from domainfm.errors import ConfigError, DataError, did_you_mean
 from domainfm.models.patch_embed import _tuple, build_patch_embed, gather_tokens
 from domainfm.models.pos_embed import resample_pos_embed, sincos_pos_embed
@@ -89,17 +90,26 @@ class ViTEncoder(nn.Module):
         wavelength_table: int = 0,
     ):
         super().__init__()
+        problem = shape_problem(depth, embed_dim, num_heads, patch_size, img_size, in_chans)
+        if problem:
+            raise ConfigError(f"model.{problem}")
         if num_registers < 0:
             raise ConfigError(f"model.num_registers must be >= 0, got {num_registers}")
         global_pool = global_pool or ("token" if class_token else "avg")
         check_global_pool(global_pool, class_token)
         if pos_embed_type not in ("sincos", "learned"):
             raise ConfigError(f"pos_embed_type must be 'sincos' or 'learned', got {pos_embed_type!r}")
-        self.patch_embed = build_patch_embed(
-            patch_embed, embed_dim, patch_size, in_chans, wavelength_table=wavelength_table
-        )
-        self.spatial_dims = self.patch_embed.spatial_dims
-        self.img_size = _tuple(img_size, self.spatial_dims)
+        try:
+            self.patch_embed = build_patch_embed(
+                patch_embed, embed_dim, patch_size, in_chans, wavelength_table=wavelength_table
+            )
+            self.spatial_dims = self.patch_embed.spatial_dims
+            self.img_size = _tuple(img_size, self.spatial_dims)
+        except ValueError as exc:  # e.g. a 3-value patch size for a 2D patch embed
+            raise ConfigError(
+                f"model.patch_size {patch_size} / data.img_size {img_size} do not fit the {patch_embed} patch embed "
+                f"({exc}); give one value or one per spatial axis"
+            ) from None
         bad = [s for s, p in zip(self.img_size, self.patch_embed.patch_size) if s % p]
         if bad:
             raise ConfigError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_embed.patch_size}")
@@ -335,6 +345,42 @@ class ViTEncoder(nn.Module):
 
 
 GLOBAL_POOLS = ("token", "avg", "token+avg")
+
+
+#: bounds of an encoder's shape: past them a config or a tampered card would reach the allocator
+MAX_DEPTH, MAX_EMBED_DIM = 1024, 65536
+
+
+def _ints(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def shape_problem(depth, embed_dim, num_heads, patch_size, img_size, in_chans=None) -> str | None:
+    """What is wrong with an encoder's shape (``"depth must be ..."``, the key first), or ``None``: checked
+    before anything is allocated, for a config (``model.*``) and for a checkpoint card (``encoder.*``).
+
+    Example:
+        >>> shape_problem(12, 192, 3, 16, 224), shape_problem(10**12, 192, 3, 16, 224)
+        (None, 'depth must be an integer in [1, 1024], got 1000000000000')
+    """
+
+    def bad_int(v, lo, hi) -> bool:
+        return isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi
+
+    checks = (
+        ("depth", depth, 1, MAX_DEPTH),
+        ("embed_dim", embed_dim, 1, MAX_EMBED_DIM),
+        ("num_heads", num_heads, 1, MAX_EMBED_DIM),
+    )
+    for key, value, lo, hi in checks:
+        if bad_int(value, lo, hi):
+            return f"{key} must be an integer in [{lo}, {hi}], got {value!r}"
+    if in_chans is not None and bad_int(in_chans, 1, 4096):
+        return f"in_chans must be an integer in [1, 4096], got {in_chans!r}"
+    for key, value in (("patch_size", patch_size), ("img_size", img_size)):
+        if any(bad_int(v, 1, MAX_SIDE) for v in _ints(value)):
+            return f"{key} must be integers in [1, {MAX_SIDE}], got {value!r}"
+    return None
 
 
 def check_global_pool(global_pool: str, class_token: bool) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from domainfm.data.multicrop import MultiCropDataset, RandomResizedCropDataset, check_multicrop, multicrop_from_config
 from domainfm.data.views import ViewsDataset
 from domainfm.errors import ConfigError, did_you_mean
-from domainfm.registry import get_objective, list_objectives, register_objective
+from domainfm.registry import get_objective, list_objectives, objective_spec, register_objective
 from domainfm.ssl.combined import MAEContrastive
 from domainfm.ssl.contrastive import Contrastive
 from domainfm.ssl.dino import DINO, MAEDINO, CollapseError
@@ -46,22 +46,28 @@ def _build_mae(encoder, cfg):
     return MAE(encoder, **_mae_kwargs(cfg))
 
 
-@register_objective("contrastive")
+@register_objective("contrastive", views="pair", min_batch=2)
 def _build_contrastive(encoder, cfg):
     return Contrastive(encoder, **_contrastive_kwargs(cfg))
 
 
-@register_objective("mae+contrastive")
+@register_objective("mae+contrastive", views="pair", min_batch=2, parts=("mae", "contrastive"))
 def _build_both(encoder, cfg):
     return MAEContrastive(encoder, cfg.mae_weight, cfg.contrastive_weight, _mae_kwargs(cfg), _contrastive_kwargs(cfg))
 
 
-def check_objective(cfg) -> None:
-    """A one-line ConfigError naming ``objective.name`` when no objective of that name is registered."""
+def check_objective(cfg, batch_size: int | None = None) -> None:
+    """A one-line ConfigError naming ``objective.name`` when no objective of that name is registered, or
+    ``train.batch_size`` when it is below what the objective needs (contrastive negatives)."""
     if cfg.name not in list_objectives():
         raise ConfigError(
             f"objective.name must be one of {', '.join(list_objectives())}, got {cfg.name!r}"
             + did_you_mean(cfg.name, list_objectives())
+        )
+    need = objective_spec(cfg.name).min_batch
+    if batch_size is not None and batch_size < need:
+        raise ConfigError(
+            f"{cfg.name} needs train.batch_size >= {need} (other samples are the negatives), got {batch_size}"
         )
 
 
@@ -91,12 +97,12 @@ def _dino_kwargs(cfg) -> dict:
     }
 
 
-@register_objective("dino")
+@register_objective("dino", views="multicrop")
 def _build_dino(encoder, cfg):
     return DINO(encoder, **_dino_kwargs(cfg))
 
 
-@register_objective("mae+dino")
+@register_objective("mae+dino", views="multicrop", parts=("mae", "dino"))
 def _build_mae_dino(encoder, cfg):
     return MAEDINO(encoder, cfg.mae_weight, _mae_kwargs(cfg), _dino_kwargs(cfg))
 
@@ -108,8 +114,14 @@ def build_objective(encoder, cfg):
 
 
 def needs_views(name: str) -> bool:
-    """Whether an objective consumes augmented views (two for contrastive, multi-crop for dino)."""
-    return "contrastive" in name or "dino" in name
+    """Whether an objective consumes augmented views (two for contrastive, multi-crop for dino), as it
+    registered (:class:`~domainfm.registry.ObjectiveSpec`).
+
+    Example:
+        >>> needs_views("dino"), needs_views("mae")
+        (True, False)
+    """
+    return objective_spec(name).views != "none"
 
 
 def pretrain_views(dataset, domain, cfg):
@@ -127,8 +139,8 @@ def pretrain_views(dataset, domain, cfg):
         >>> [tuple(v.shape) for v in ds[0]["views"]]
         [(1, 32, 32), (1, 32, 32), (1, 16, 16), (1, 16, 16)]
     """
-    name = cfg.objective.name
-    if "dino" in name:
+    views = objective_spec(cfg.objective.name).views
+    if views == "multicrop":
         kw = domain.encoder_kwargs(cfg, dataset)
         dims = 3 if kw.get("patch_embed") == "3d" else 2
         img = kw["img_size"] if isinstance(kw["img_size"], (list, tuple)) else [kw["img_size"]] * dims
@@ -137,7 +149,7 @@ def pretrain_views(dataset, domain, cfg):
         hook = getattr(domain, "multicrop", None)
         crops = hook(cfg, img, local) if hook is not None else multicrop_from_config(cfg.objective, dims, img, local)
         return MultiCropDataset(dataset, crops, seed=cfg.train.seed)
-    if "contrastive" in name:
+    if views == "pair":
         return ViewsDataset(dataset, domain.augment(cfg), seed=cfg.train.seed)
     if cfg.objective.mae_crop_scale:
         return RandomResizedCropDataset(dataset, cfg.objective.mae_crop_scale, seed=cfg.train.seed)

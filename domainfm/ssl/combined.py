@@ -22,6 +22,8 @@ from domainfm.ssl.mae import MAE
 class MAEContrastive(nn.Module):
     """``loss = mae_weight * MAE(view 1) + contrastive_weight * InfoNCE(view 1, view 2)``."""
 
+    min_batch = 2  # the other samples of the batch are the negatives (read by the training engine)
+
     def __init__(
         self,
         encoder: nn.Module,

@@ -60,6 +60,8 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tens
 class Contrastive(nn.Module):
     """MoCo v3: encoder + projector + predictor against a momentum encoder + projector."""
 
+    min_batch = 2  # the other samples of the batch are the negatives (read by the training engine)
+
     def __init__(
         self,
         encoder: nn.Module,

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata as md
 import json
 import logging
@@ -98,6 +99,7 @@ def save_checkpoint(
         card = {**card, "format": FORMAT, "step": int(step)}
         card.setdefault("versions", software_versions())
         save_file(unique_tensors(tensors), str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        card["weights_sha256"] = file_sha256(tmp / "model.safetensors")  # a bit flip is found on load
         write_json_atomic(tmp / "card.json", card)
         if trainer_tensors is not None or trainer_json is not None:
             save_file(unique_tensors(trainer_tensors or {}), str(tmp / "trainer_state.safetensors"))
@@ -175,7 +177,41 @@ def checkpoint_problem(ckpt: str | Path, need_trainer_state: bool = False) -> st
             json.loads((ckpt / "trainer_state.json").read_text())
         except (OSError, ValueError):
             return "trainer_state.json is missing or damaged"
+    if _sha_mismatch(ckpt):
+        return "model.safetensors does not match the sha256 recorded in card.json (changed on disk)"
     return None
+
+
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, computed once per (path, size, mtime) in a process."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def _incomplete_entries(run_dir: Path) -> list[tuple[Path, str]]:
+    """``ckpt-*`` entries of a run that are no complete checkpoint (a dangling link, missing files)."""
+    if not run_dir.is_dir():
+        return []
+    out = []
+    for p in sorted(run_dir.iterdir()):
+        if not p.name.startswith(_CKPT_PREFIX):
+            continue
+        if p.is_symlink() and not p.exists():
+            out.append((p, "a dangling symlink"))
+        elif p.is_dir() and not ((p / "card.json").is_file() and (p / "model.safetensors").is_file()):
+            out.append((p, "card.json or model.safetensors is missing"))
+    return out
 
 
 def latest_intact(run_dir: str | Path, need_trainer_state: bool = False) -> Path | None:
@@ -189,13 +225,19 @@ def latest_intact(run_dir: str | Path, need_trainer_state: bool = False) -> Path
         >>> latest_intact(run) == a
         True
     """
+    damaged = list(_incomplete_entries(Path(run_dir)))
+    found = None
     for ckpt in reversed(list_checkpoints(run_dir)):
         problem = checkpoint_problem(ckpt, need_trainer_state)
         if problem is None:
-            return ckpt
-        msg = f"checkpoint {ckpt} is damaged ({problem}); falling back to the one before it"
-        log.warning(msg)
-    return None
+            found = ckpt
+            break
+        damaged.append((ckpt, problem))
+    for ckpt, problem in sorted(damaged):
+        if found is None or ckpt.name > found.name:  # only newer ones were passed over
+            fallback = f"falling back to {found}" if found is not None else "no intact checkpoint is left"
+            log.warning("checkpoint %s is damaged (%s); %s", ckpt, problem, fallback)
+    return found
 
 
 def check_run_dir(run_dir: str | Path, resume: bool) -> None:
@@ -218,13 +260,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
             raise CheckpointError(f"{path}: card.json is there but model.safetensors is missing")
         return path
     pointer = path / "latest.json"
-    if pointer.is_file():
-        try:
-            name = json.loads(pointer.read_text())["checkpoint"]
-            if (path / name / "card.json").is_file() and checkpoint_problem(path / name) is None:
-                return path / name
-        except (ValueError, KeyError, TypeError):
-            pass
+    if pointer.is_file() or pointer.is_symlink():
+        named = _latest_pointer(pointer)
+        if named is not None:
+            return named
     for folder in (path, path / "checkpoints"):  # a finetune or pretrain run may keep them one level down
         if list_checkpoints(folder):
             found = latest_intact(folder)
@@ -232,6 +271,28 @@ def resolve_checkpoint(path: str | Path) -> Path:
                 raise CheckpointError(f"{folder}: every checkpoint is damaged (see the warnings); nothing to load")
             return found
     raise CheckpointError(f"{path}: not a checkpoint (no card.json + model.safetensors) and no checkpoint inside")
+
+
+def _latest_pointer(pointer: Path) -> Path | None:
+    """The intact checkpoint ``latest.json`` names, or ``None`` (a damaged pointer or checkpoint is warned
+    about; the newest intact checkpoint is then used, and named by :func:`latest_intact`)."""
+    try:
+        name = json.loads(pointer.read_text())["checkpoint"]
+        ckpt = pointer.parent / str(name)
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("%s is damaged (not a pointer to a checkpoint); using the newest intact checkpoint", pointer)
+        return None
+    newer = [c for c in list_checkpoints(pointer.parent) if c.name > ckpt.name]
+    if newer:  # the pointer was not updated (a failed write): the newest checkpoint is the run's last
+        log.warning("%s names %s but %s is newer; using the newest intact checkpoint", pointer, ckpt.name, newer[-1])
+        return None
+    if any(p.name > ckpt.name for p, _ in _incomplete_entries(pointer.parent)):
+        return None  # a newer broken entry (a dangling link): named with its fallback by latest_intact
+    if (ckpt / "card.json").is_file() and checkpoint_problem(ckpt) is None:
+        return ckpt
+    if not ckpt.exists() and not ckpt.is_symlink():
+        log.warning("%s names %s, which is missing; using the newest intact checkpoint", pointer, ckpt)
+    return None  # a damaged one is named with its fallback by latest_intact
 
 
 def load_card(path: str | Path) -> dict:
@@ -253,9 +314,24 @@ def load_tensors(path: str | Path, name: str = "model.safetensors") -> dict[str,
     if not file.is_file():
         raise CheckpointError(f"{file}: missing")
     try:
-        return load_file(str(file))
+        tensors = load_file(str(file))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{file}: unreadable safetensors file ({exc})") from None
+    if name == "model.safetensors" and _sha_mismatch(ckpt):
+        raise CheckpointError(
+            f"{file}: damaged (it does not match the sha256 recorded in card.json); load the run folder to fall back "
+            "to an intact checkpoint"
+        )
+    return tensors
+
+
+def _sha_mismatch(ckpt: Path) -> bool:
+    """Whether ``model.safetensors`` differs from the sha256 its card records (cards without one pass)."""
+    try:
+        recorded = json.loads((ckpt / "card.json").read_text()).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(recorded, str) and file_sha256(ckpt / "model.safetensors") != recorded
 
 
 def load_module_state(

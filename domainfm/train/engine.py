@@ -7,7 +7,8 @@ A non-finite loss stops the run with a message naming the step and the last good
 
 The trained ``module`` is any ``nn.Module`` whose ``forward(batch)`` returns a dict with ``loss``
 (plus optional scalar metrics and ``embeddings`` for the collapse monitor). It may define
-``on_step_end(step, total_steps)`` (e.g. a momentum update) and ``param_groups(weight_decay)``.
+``on_step_end(step, total_steps)`` (e.g. a momentum update), ``param_groups(weight_decay)`` and
+``min_batch`` (samples a batch needs, e.g. 2 when the other samples are a contrastive loss's negatives).
 
 Example:
     >>> # train(objective, dataset, cfg.train, "runs/x", card)   -> Path of the last checkpoint
@@ -53,25 +54,12 @@ from domainfm.train.checkpoint import (
     save_checkpoint,
 )
 from domainfm.train.distributed import DistContext, adamw_kwargs
+from domainfm.train.layer_decay import pretraining_groups
 from domainfm.train.learning import GENERIC_HINT, LearningCheck, NotLearningError
 from domainfm.train.schedule import lr_at
 from domainfm.utils import pick_device
 
 log = logging.getLogger("domainfm.train")
-
-
-def default_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases, norms, tokens, learned positions and other 1-D parameters."""
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim <= 1 or name.endswith(".bias") or "token" in name or "pos_embed" in name
-        (no_decay if skip else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return [g for g in groups if g["params"]]
 
 
 class _ListBatchSampler:
@@ -263,15 +251,14 @@ def resume_command(card: dict, run_dir: Path) -> str:
 
 def _min_batch(module: nn.Module) -> int:
     """Samples a training batch needs: 2 with a 1-D batch norm in training mode (one value per channel
-    has no variance) or a contrastive loss (the other samples are the negatives), else 1.
+    has no variance), at least the module's own ``min_batch`` (2 for a contrastive loss), else 1.
 
     Example:
         >>> _min_batch(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))), _min_batch(nn.Linear(2, 2))
         (2, 1)
     """
     bn = any(isinstance(m, nn.BatchNorm1d) and m.training for m in module.modules())
-    contrastive = "contrastive" in type(module).__name__.lower() or hasattr(module, "temperature")
-    return 2 if bn or contrastive else 1
+    return max(2 if bn else 1, int(getattr(module, "min_batch", 1)))
 
 
 def _batch_size(batch: dict) -> int:
@@ -480,11 +467,7 @@ class _Run:
 
     def _optimizer(self) -> None:
         tcfg, user_module = self.tcfg, self.user_module
-        groups = (
-            user_module.param_groups(tcfg.weight_decay)
-            if hasattr(user_module, "param_groups")
-            else default_param_groups(user_module, tcfg.weight_decay)
-        )
+        groups = pretraining_groups(user_module, tcfg.weight_decay, tcfg.layer_decay)
         if self.use_fsdp:  # the caller's grouping (it may close over the caller's module), on the sharded copy
             groups = fsdp.same_params(groups, user_module, self.module)
         for g in groups:

@@ -34,7 +34,44 @@ _EMBED_NAMES = (
     "channel_embed",
     "spectral",
 )
-_NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token")
+
+
+def skips_weight_decay(name: str, param, extra: Iterable[str] = ()) -> bool:
+    """The one no-weight-decay rule: biases, norms and other 1-D parameters, tokens and position embeddings
+    (and names containing any of ``extra``).
+
+    Example:
+        >>> import torch
+        >>> skips_weight_decay("blocks.0.norm1.weight", torch.ones(4))
+        True
+        >>> skips_weight_decay("head.weight", torch.ones(2, 4))
+        False
+    """
+    return (
+        param.ndim <= 1
+        or name.endswith(".bias")
+        or "token" in name
+        or "pos_embed" in name
+        or any(k in name for k in extra)
+    )
+
+
+def default_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups without layer decay: :func:`skips_weight_decay` parameters get no weight decay.
+
+    Example:
+        >>> import torch
+        >>> [g["weight_decay"] for g in default_param_groups(torch.nn.Linear(2, 2), 0.05)]
+        [0.05, 0.0]
+    """
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (no_decay if skips_weight_decay(name, p) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
 
 
 def _count_blocks(model: nn.Module) -> int:
@@ -95,7 +132,7 @@ def param_groups_layer_decay(
         if not p.requires_grad:
             continue
         lid = layer_id(name, depth)
-        no_decay = p.ndim <= 1 or name.endswith(".bias") or any(k in name for k in _NO_DECAY_NAMES + extra)
+        no_decay = skips_weight_decay(name, p, extra)
         key = (lid, no_decay)
         if key not in groups:
             scale = layer_decay ** (num_layers - 1 - lid)
@@ -110,3 +147,43 @@ def param_groups_layer_decay(
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
     return [groups[k] for k in sorted(groups)]
+
+
+def layer_decay_groups(objective, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW groups for pretraining with layer-wise LR decay over ``objective.encoder`` only.
+
+    Encoder block ``i`` gets ``lr_scale = layer_decay ** (depth - i)``, its token maker ``layer_decay **
+    (depth + 1)``; everything else (final norm, decoder, projector heads) learns at the full rate.
+
+    Example:
+        >>> import torch
+        >>> from domainfm.models import build_encoder
+        >>> enc = build_encoder("vit-tiny", in_chans=1, img_size=16, patch_size=8, depth=2, embed_dim=32,
+        ...                     num_heads=2)
+        >>> obj = torch.nn.Module(); obj.encoder = enc; obj.decoder = torch.nn.Linear(32, 4)
+        >>> sorted({round(g["lr_scale"], 3) for g in layer_decay_groups(obj, 0.05, 0.5)})
+        [0.125, 0.25, 0.5, 1.0]
+    """
+    depth = len(objective.encoder.blocks)
+    groups: dict[tuple, dict] = {}
+    for name, p in objective.named_parameters():
+        if not p.requires_grad:
+            continue
+        lid = layer_id(name[len("encoder.") :], depth) if name.startswith("encoder.") else depth + 1
+        no_decay = skips_weight_decay(name, p)
+        key = (lid, no_decay)
+        if key not in groups:
+            scale = layer_decay ** (depth + 1 - lid)
+            groups[key] = {"params": [], "lr_scale": scale, "weight_decay": 0.0 if no_decay else weight_decay}
+        groups[key]["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def pretraining_groups(objective, weight_decay: float, layer_decay: float) -> list[dict]:
+    """The AdamW groups of a pretraining objective: its own ``param_groups`` when it defines them, layer-wise
+    LR decay over ``objective.encoder`` when ``train.layer_decay`` < 1, else :func:`default_param_groups`."""
+    if hasattr(objective, "param_groups"):
+        return objective.param_groups(weight_decay)
+    if float(layer_decay) < 1.0 and hasattr(objective, "encoder"):
+        return layer_decay_groups(objective, weight_decay, float(layer_decay))
+    return default_param_groups(objective, weight_decay)

@@ -8,9 +8,9 @@ Example:
     'medical'
 """
 
-from domainfm.medical.domain import MedicalDomain
-from domainfm.medical.io import read_dicom_series, read_image, read_nifti, write_nifti
-from domainfm.medical.options import WINDOW_PRESETS, MedicalOptions
+from .domain import MedicalDomain
+from .io import read_dicom_series, read_image, read_nifti, write_nifti
+from .options import WINDOW_PRESETS, MedicalOptions
 
 __all__ = [
     "MedicalDomain",

@@ -24,10 +24,11 @@ from monai import data as mdata
 from domainfm.data.rng import EpochAware, item_numpy_rng
 from domainfm.data.sample import check_sample
 from domainfm.errors import DataError
-from domainfm.medical.io import read_image
-from domainfm.medical.modality import infer_modality
-from domainfm.medical.options import MedicalOptions
-from domainfm.medical.transforms import apply_random, build_transforms, domain_errors, fixed_crop_size, random_crop
+
+from .io import read_image
+from .modality import infer_modality
+from .options import MedicalOptions
+from .transforms import apply_random, build_transforms, domain_errors, fixed_crop_size, random_crop
 
 
 def _hash_item(item: dict) -> bytes:

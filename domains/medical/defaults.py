@@ -27,7 +27,8 @@ import numpy as np
 
 from domainfm.decisions import decide  # noqa: F401  (re-exported for the medical domain)
 from domainfm.errors import DataError
-from domainfm.medical.io import IMAGE_2D_SUFFIXES, NpzStore, is_dicom_file, is_nifti
+
+from .io import IMAGE_2D_SUFFIXES, NpzStore, is_dicom_file, is_nifti
 
 DEFAULT_3D_CROP = 96
 

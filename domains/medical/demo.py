@@ -29,9 +29,10 @@ from domainfm.eval.embeddings import embed_dataset
 from domainfm.eval.encoders import random_like
 from domainfm.eval.metrics import classification_metrics
 from domainfm.eval.protocols import linear_probe as fit_linear_probe
-from domainfm.medical.synthetic import make_phantom
 from domainfm.registry import get_domain
 from domainfm.runconfig import config_from_card
+
+from .synthetic import make_phantom
 
 
 def find_pneumoniamnist() -> Path | None:

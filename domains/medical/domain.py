@@ -40,20 +40,27 @@ import torch
 from domainfm.data.augment import default_augment
 from domainfm.domain import Domain, DomainExample, accept_options
 from domainfm.errors import ConfigError, DataError
-from domainfm.medical.dataset import MedicalDataset
-from domainfm.medical.defaults import decide, default_crop, looks_like_ct, only_2d_images
-from domainfm.medical.demo import run_demo
-from domainfm.medical.deploy import export_input
-from domainfm.medical.heads import build_head
-from domainfm.medical.inference import embed_scans, evaluate_segmentation, predict_scan
-from domainfm.medical.io import NpzStore, read_image, write_nifti
-from domainfm.medical.modality import infer_modality, is_2d_only
-from domainfm.medical.options import MedicalOptions, normalized, options_from_card
-from domainfm.medical.sources import discover, holdout, is_decathlon
-from domainfm.medical.synthetic import write_example
-from domainfm.medical.transforms import build_transforms, domain_errors, intensity_transforms, normalization_record
-from domainfm.medical.views import multicrop_for
 from domainfm.recipes import DataFacts
+
+from .dataset import MedicalDataset
+from .defaults import decide, default_crop, looks_like_ct, only_2d_images
+from .demo import run_demo
+from .deploy import export_input
+from .heads import build_head
+from .inference import (
+    embed_scans,
+    evaluate_segmentation,
+    predict_scan,
+    scan_input,
+    setup_from_geometry,
+)
+from .io import NpzStore, read_image, write_nifti
+from .modality import infer_modality, is_2d_only
+from .options import MedicalOptions, normalized, options_from_card
+from .sources import discover, holdout, is_decathlon
+from .synthetic import write_example
+from .transforms import build_transforms, domain_errors, intensity_transforms, normalization_record
+from .views import multicrop_for
 
 
 def mask_values(items: list[dict], spatial_dims: int) -> list[int]:
@@ -521,6 +528,26 @@ class MedicalDomain(Domain):
             "predict",
         )
         return predict_scan(model, input_path, out_path, **options)
+
+    def predict_as(
+        self,
+        model,
+        input,
+        out_path,
+        geometry: dict,
+        normalise,
+        *,
+        overlap: float | None = None,
+        batch_size: int | None = None,
+        probabilities: bool = False,
+    ) -> Path:
+        """Prediction for a model trained on MONAI volumes held in memory (an ``arrays`` card with a medical
+        ``geometry``): a NIfTI/DICOM scan or a ``MetaTensor`` is put on the training samples' orientation and
+        spacing, normalised by the model's own statistics, predicted by sliding windows and written as NIfTI
+        with the input's affine (classification: JSON); see :func:`.inference.predict_scan`."""
+        setup = setup_from_geometry(model.card, geometry, normalise)
+        with scan_input(input, geometry) as path:
+            return predict_scan(model, path, out_path, overlap, batch_size, probabilities, setup=setup)
 
     def export_input(self, card: dict) -> dict:
         """An exported model takes the scan on the card's grid in Hounsfield units for CT (the window is done

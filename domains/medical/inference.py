@@ -18,8 +18,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -30,10 +34,11 @@ from PIL import Image
 from domainfm.classmap import ClassMap, output_dtype
 from domainfm.errors import DataError
 from domainfm.io_safety import atomic_output, check_output, write_arrays_atomic
-from domainfm.medical.io import is_nifti, read_image, write_nifti
-from domainfm.medical.options import options_from_card
-from domainfm.medical.sources import discover
-from domainfm.medical.transforms import build_transforms, domain_errors
+
+from .io import IMAGE_2D_SUFFIXES, is_dicom_file, is_nifti, read_image, write_nifti
+from .options import MedicalOptions, normalized, options_from_card
+from .sources import discover
+from .transforms import ORIENTATION_LABELS, build_transforms, domain_errors
 
 
 def _model_device(model) -> torch.device:
@@ -44,6 +49,51 @@ def _card_setup(model):
     opts = options_from_card(model.card)
     crop = list((model.card.get("preprocessing") or {}).get("crop_size") or model.card["encoder"]["img_size"])
     return opts, crop
+
+
+@dataclass
+class ScanSetup:
+    """How a scan is read for a model: the medical options (geometry and intensity recipe), the sliding
+    window (the training crop) and, for a model with a normalisation of its own (trained on MONAI volumes
+    held in memory, see :func:`setup_from_geometry`), that normalisation in place of the recipe."""
+
+    opts: MedicalOptions
+    crop: list[int]
+    normalise: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def scan_setup(model) -> ScanSetup:
+    """The :class:`ScanSetup` a medical checkpoint's card records."""
+    return ScanSetup(*_card_setup(model))
+
+
+def setup_from_geometry(card: dict, geometry: dict, normalise: Callable[[torch.Tensor], torch.Tensor]) -> ScanSetup:
+    """The :class:`ScanSetup` of a model trained on volumes held in memory (an ``arrays`` card whose
+    ``geometry`` is medical): the orientation of the first training sample's affine and its spacing
+    (volumes), the training size as the window, and the model's own ``normalise``.
+
+    Example:
+        >>> g = {"domain": "medical", "spatial_dims": 3, "spacing": [1.5, 1.5, 2.0],
+        ...      "affine": [[-1.5, 0, 0, 0], [0, 1.5, 0, 0], [0, 0, 2.0, 0], [0, 0, 0, 1]]}
+        >>> s = setup_from_geometry({"encoder": {"img_size": 16}}, g, lambda x: x)
+        >>> s.opts.orientation, s.opts.target_spacing, s.crop
+        ('LAS', [1.5, 1.5, 2.0], [16, 16, 16])
+    """
+    dims = int(geometry.get("spatial_dims") or 3)
+    spacing, affine = geometry.get("spacing"), geometry.get("affine")
+    orientation = ""
+    if dims == 3 and affine is not None and np.asarray(affine).shape == (4, 4):
+        orientation = "".join(nib.aff2axcodes(np.asarray(affine, dtype=np.float64), labels=ORIENTATION_LABELS))
+    opts = normalized(
+        MedicalOptions(
+            spatial_dims=dims,
+            orientation=orientation,
+            target_spacing=[float(v) for v in spacing[:dims]] if dims == 3 and spacing and len(spacing) >= 3 else None,
+        )
+    )
+    size = card["encoder"]["img_size"]
+    crop = [int(size)] * dims if isinstance(size, (int, float)) else [int(v) for v in size]
+    return ScanSetup(opts, crop, normalise)
 
 
 def _windows(shape, roi, overlap: float):
@@ -88,18 +138,75 @@ def window_embedding(model, image: torch.Tensor, roi, overlap: float = 0.25, bat
     return torch.cat(out).mean(0)
 
 
-def _prepare(model, input_path):
-    opts, crop = _card_setup(model)
-    det, _ = build_transforms(opts, crop, "inference")
+def _takes(path: Path, dims: int) -> bool:
+    """Whether the medical readers take ``path`` as a scan of ``dims`` spatial dimensions."""
+    if path.is_dir() or is_nifti(path) or is_dicom_file(path):
+        return True
+    return dims == 2 and path.suffix.lower() in IMAGE_2D_SUFFIXES
+
+
+def _as_4x4(affine) -> np.ndarray:
+    """A MetaTensor's affine as NIfTI's 4 x 4 (a 2D image's 3 x 3 gets an identity depth axis)."""
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape == (3, 3):
+        a = np.array([[a[0, 0], a[0, 1], 0, a[0, 2]], [a[1, 0], a[1, 1], 0, a[1, 2]], [0, 0, 1, 0], [0, 0, 0, 1]])
+    return a
+
+
+@contextlib.contextmanager
+def scan_input(input, geometry: dict) -> Iterator[Path]:
+    """A path the medical readers take for ``input``, a model trained on ``geometry["from"]``'s data.
+
+    A NIfTI/DICOM file or a DICOM folder (2D models: also PNG/JPEG/TIFF images) is used as is; a MONAI
+    ``MetaTensor`` (``C x (D x) H x W``, or a dict holding it under ``image``) is written to a temporary
+    NIfTI with its affine, so it is read, predicted and written back like a file. Anything else is a
+    one-line :class:`DataError` naming the input and the training data.
+    """
+    dims = int(geometry.get("spatial_dims") or 3)
+    image = input.get("image") if isinstance(input, dict) else input
+    trained = f"this model was trained on {geometry.get('from') or 'MONAI volumes'}"
+    if isinstance(image, (str, Path)):
+        if not _takes(Path(image), dims):
+            kinds = "NIfTI/DICOM volumes" if dims == 3 else "NIfTI/DICOM/PNG images"
+            raise DataError(
+                image,
+                f"is not a medical scan the model takes; {trained}, so it predicts on {kinds} "
+                "(.nii, .nii.gz, .dcm, a DICOM folder) and MONAI MetaTensors",
+            )
+        yield Path(image)
+        return
+    affine = getattr(image, "affine", None)
+    if not isinstance(image, torch.Tensor) or affine is None or image.ndim != dims + 1:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(input).__name__
+        raise DataError(
+            None,
+            f"cannot predict on {shape}: {trained}; give a NIfTI/DICOM file, or a MONAI MetaTensor "
+            f"C x {'D x ' if dims == 3 else ''}H x W with its affine (e.g. from LoadImaged)",
+        )
+    arr = image.detach().cpu().as_subclass(torch.Tensor).numpy()
+    data = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
+    with tempfile.TemporaryDirectory(prefix="domainfm-scan-") as tmp:
+        yield write_nifti(data, _as_4x4(affine.detach().cpu().numpy()), Path(tmp) / "input.nii.gz")
+
+
+def _prepare(model, input_path, setup: ScanSetup | None = None):
+    """``(setup, deterministic transforms, MetaTensor for the inversion, model-ready C x ... tensor)``."""
+    setup = setup or scan_setup(model)
+    det, _ = build_transforms(setup.opts, setup.crop, "inference", intensity=setup.normalise is None)
     with domain_errors():
         data = det({"image": str(input_path)})
     img = data["image"]
-    if not bool(torch.isfinite(img.as_tensor()).all()):
+    x = img.as_tensor().float()
+    if setup.normalise is not None:
+        x = setup.normalise(x)
+    if not bool(torch.isfinite(x).all()):
         raise DataError(input_path, "preprocessed scan has NaN/inf values")
-    return opts, crop, det, img
+    return setup, det, img, x
 
 
-def segment_scan(model, input_path, overlap: float | None = None, sw_batch_size: int | None = None):
+def segment_scan(
+    model, input_path, overlap: float | None = None, sw_batch_size: int | None = None, setup: ScanSetup | None = None
+):
     """Class probabilities of a whole scan on its ORIGINAL voxel grid: ``(K x *shape tensor, meta)``.
 
     Sliding-window inference (MONAI, Gaussian blending) on the preprocessed volume, softmax, then
@@ -119,20 +226,21 @@ def segment_scan(model, input_path, overlap: float | None = None, sw_batch_size:
     from monai.data import MetaTensor  # heavy import (MONAI), loaded on first use
     from monai.inferers import sliding_window_inference  # heavy import (MONAI), loaded on first use
 
-    opts, crop, det, img = _prepare(model, input_path)
+    setup, det, img, x = _prepare(model, input_path, setup)
+    opts, crop = setup.opts, setup.crop
     overlap = opts.sw_overlap if overlap is None else overlap
     sw_batch_size = sw_batch_size or opts.sw_batch_size
     was = model.training
     model.eval()
     dev = _model_device(model)
-    n_windows = len(_windows(_pad_to(img.as_tensor()[:1], list(crop)).shape[1:], list(crop), overlap))
+    n_windows = len(_windows(_pad_to(x[:1], list(crop)).shape[1:], list(crop), overlap))
     # on a GPU, windows are blended there in buffered slabs and the whole-scan output accumulates in RAM
     # (MONAI buffer_steps), so device memory grows with neither the volume nor the class count
     buffered = {"sw_device": dev, "device": torch.device("cpu"), "buffer_steps": 1} if dev.type == "cuda" else {}
     try:
         with torch.no_grad():
             logits = sliding_window_inference(
-                img.as_tensor().float()[None].to(dev),
+                x[None].to(dev),
                 roi_size=list(crop),
                 sw_batch_size=sw_batch_size,
                 predictor=model.logits,
@@ -160,14 +268,17 @@ def segment_scan(model, input_path, overlap: float | None = None, sw_batch_size:
     return probs_orig, dict(img.meta)
 
 
-def classify_scan(model, input_path, overlap: float | None = None, sw_batch_size: int | None = None) -> dict:
+def classify_scan(
+    model, input_path, overlap: float | None = None, sw_batch_size: int | None = None, setup: ScanSetup | None = None
+) -> dict:
     """Class probabilities of a whole scan (logits averaged over sliding windows of the model size)."""
-    opts, crop, _, img = _prepare(model, input_path)
+    setup, _, _, x = _prepare(model, input_path, setup)
+    opts, crop = setup.opts, setup.crop
     overlap = opts.sw_overlap if overlap is None else overlap
     sw_batch_size = sw_batch_size or opts.sw_batch_size
     dev = _model_device(model)
     task = model.card.get("task")
-    xp = _pad_to(img.as_tensor().float(), list(crop))
+    xp = _pad_to(x, list(crop))
     slices = _windows(xp.shape[1:], list(crop), overlap)
     was = model.training
     model.eval()
@@ -205,13 +316,15 @@ def predict_scan(
     overlap: float | None = None,
     sw_batch_size: int | None = None,
     save_probabilities: bool = False,
+    setup: ScanSetup | None = None,
 ) -> Path:
     """Predict a whole scan and write it in the ORIGINAL geometry (shape, affine, orientation).
 
     Segmentation checkpoints: :func:`segment_scan`, argmax, written as NIfTI with the input's affine
     and header (DICOM series: the series' RAS affine; PNG input with a ``.png`` output: a PNG mask).
     Classification checkpoints: :func:`classify_scan`, written as JSON
-    ``{"path", "classes", "probabilities", "prediction"}``.
+    ``{"path", "classes", "probabilities", "prediction"}``. ``setup``: how the scan is read (default: the
+    card's medical recipe; :func:`setup_from_geometry` for a model trained on volumes held in memory).
 
     Example:
         >>> import tempfile, warnings
@@ -224,7 +337,8 @@ def predict_scan(
     """
     out_path = Path(out_path)
     src = str(input_path)
-    opts, _ = _card_setup(model)
+    setup = setup or scan_setup(model)
+    opts = setup.opts
     task = model.card.get("task")
     if task in ("classification", "multilabel"):
         final = out_path if out_path.suffix.lower() == ".json" else Path(str(out_path) + ".json")
@@ -234,11 +348,11 @@ def predict_scan(
         final = out_path if is_nifti(out_path) else Path(str(out_path) + ".nii.gz")
     check_output(final, [input_path])  # before any work: never the input, a writable place
     if task in ("classification", "multilabel"):
-        res = classify_scan(model, input_path, overlap, sw_batch_size)
+        res = classify_scan(model, input_path, overlap, sw_batch_size, setup)
         with atomic_output(final, [input_path]) as tmp:
             tmp.write_text(json.dumps(res, indent=2))
         return final
-    probs, meta = segment_scan(model, input_path, overlap, sw_batch_size)
+    probs, meta = segment_scan(model, input_path, overlap, sw_batch_size, setup)
     class_map = ClassMap.from_card(model.card)  # contiguous indices back to the label ids of the training masks
     index = probs.argmax(0).numpy()
     ids = class_map.ids if class_map else list(range(probs.shape[0]))

@@ -40,7 +40,8 @@ import numpy as np
 import pydicom
 
 from domainfm.errors import DataError
-from domainfm.medical.io import IMAGE_2D_SUFFIXES, dicom_files, is_dicom_file, is_nifti, read_npz_item
+
+from .io import IMAGE_2D_SUFFIXES, dicom_files, is_dicom_file, is_nifti, read_npz_item
 
 #: DICOM ``Modality`` codes and the preprocessing they get
 DICOM_MODALITIES = {"CT": "ct", "MR": "mri", "PT": "pet", "NM": "pet", "CR": "xray", "DX": "xray", "MG": "xray"}

@@ -26,6 +26,7 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 }
 
 MODALITIES = ("auto", "ct", "mri", "pet", "xray")
+MAX_CROP = 1024  # voxels a side of a training crop (a 1024^3 crop is already about 4 GB of float32)
 
 
 @dataclass
@@ -127,10 +128,16 @@ def validate(opts: MedicalOptions) -> MedicalOptions:
         raise ConfigError(f"data.options.modality must be one of {', '.join(MODALITIES)}, got {opts.modality!r}")
     if opts.modality in ("ct", "auto"):
         resolve_window(opts)
-    as_list(opts.percentiles, float, 2, "percentiles")
+    lo, hi = as_list(opts.percentiles, float, 2, "percentiles")
+    if not 0.0 <= lo < hi <= 100.0:
+        raise ConfigError(f"data.options.percentiles must be [low, high] with 0 <= low < high <= 100, got {[lo, hi]}")
     as_list(opts.pos_neg, float, 2, "pos_neg")
-    as_list(opts.target_spacing, float, opts.spatial_dims, "target_spacing")
-    as_list(opts.crop_size, int, opts.spatial_dims, "crop_size")
+    spacing = as_list(opts.target_spacing, float, opts.spatial_dims, "target_spacing")
+    if spacing is not None and not all(v > 0 for v in spacing):
+        raise ConfigError(f"data.options.target_spacing must be positive millimetres per axis, got {spacing}")
+    crop = as_list(opts.crop_size, int, opts.spatial_dims, "crop_size")
+    if crop is not None and not all(1 <= c <= MAX_CROP for c in crop):
+        raise ConfigError(f"data.options.crop_size must be 1..{MAX_CROP} voxels per axis, got {crop}")
     return opts
 
 

@@ -24,7 +24,8 @@ import numpy as np
 from domainfm.data.splits import holdout_split
 from domainfm.errors import DataError
 from domainfm.io_safety import report_dangling
-from domainfm.medical.io import IMAGE_2D_SUFFIXES, NpzStore, dicom_files, is_dicom_file, is_nifti, scan_id
+
+from .io import IMAGE_2D_SUFFIXES, NpzStore, dicom_files, is_dicom_file, is_nifti, scan_id
 
 IMAGE_PAIR_DIRS = (("imagesTr", "labelsTr"), ("images", "masks"), ("images", "labels"))
 
@@ -42,7 +43,8 @@ def _scans_in(folder: Path, spatial_dims: int) -> list[str]:
 
     A folder whose own files are DICOM is one series (3D) or, in 2D, a set of DICOM images.
     """
-    report_dangling(folder)  # skipped files are counted and named, never dropped silently
+    # skipped entries (dangling links, FIFOs, folders named like scans) are counted and named, never dropped
+    report_dangling(folder, suffixes=(".nii", ".nii.gz", *IMAGE_2D_SUFFIXES))
     files = sorted(p for p in folder.iterdir() if _is_scan_file(p))
     dcm = [p for p in files if is_dicom_file(p)]
     if dcm and spatial_dims == 3:

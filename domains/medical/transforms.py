@@ -27,8 +27,9 @@ from monai import transforms as mt
 from monai.transforms import MapTransform
 
 from domainfm.errors import ConfigError, DataError, DomainFMError
-from domainfm.medical.io import check_mask_geometry, read_image, read_multisequence
-from domainfm.medical.options import MedicalOptions, resolve_window
+
+from .io import check_mask_geometry, read_image, read_multisequence
+from .options import MedicalOptions, resolve_window
 
 ORIENTATION_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 PET_SUV_CLIP = 20.0  # SUV-like values above this (bladder, brain at high uptake) are clipped
@@ -259,12 +260,16 @@ def geometry_transforms(opts: MedicalOptions, keys: Sequence[str]) -> list:
     return out
 
 
-def build_transforms(opts: MedicalOptions, crop: Sequence[int], stage: str, with_mask: bool = False):
+def build_transforms(
+    opts: MedicalOptions, crop: Sequence[int], stage: str, with_mask: bool = False, intensity: bool = True
+):
     """``(deterministic Compose, random transform or None)`` for ``stage``.
 
     ``stage`` is ``pretrain`` (random crops), ``train`` (random crops; positive/negative crops
     around the mask when ``with_mask``), ``val``/``test`` (centre crop, or a fixed pos/neg crop
     for masks), or ``inference`` (whole scan, no crop, output kept as MetaTensor for inversion).
+    ``intensity=False`` leaves the intensities as read (a model with a normalisation of its own, e.g.
+    one trained on MONAI volumes held in memory, applies it after the geometry).
     """
     keys = ["image", "mask"] if with_mask else ["image"]
     crop = list(crop)
@@ -272,7 +277,7 @@ def build_transforms(opts: MedicalOptions, crop: Sequence[int], stage: str, with
     det += geometry_transforms(opts, keys)
     if opts.foreground_crop and opts.modality == "mri":
         det.append(mt.CropForegroundd(keys, source_key="image", allow_smaller=True, allow_missing_keys=True))
-    det += intensity_transforms(opts)
+    det += intensity_transforms(opts) if intensity else []
     if opts.foreground_crop and opts.modality != "mri":
         det.append(mt.CropForegroundd(keys, source_key="image", allow_smaller=True, allow_missing_keys=True))
     modes = ["bilinear" if k == "image" else "nearest" for k in keys]

@@ -43,6 +43,7 @@ from domainfm.data.rng import EpochAware, item_generator
 from domainfm.data.sample import collate_samples, make_sample
 from domainfm.data.splits import holdout_split
 from domainfm.errors import DataError
+from domainfm.io_safety import report_dangling
 
 from .regions import ReaderCache
 from .slide import SLIDE_SUFFIXES
@@ -81,6 +82,7 @@ def list_slides(source: str | Path, mpp: float | None = None) -> list[SlideRecor
     if not source.exists():
         raise DataError(source, "does not exist (expected a slide, a folder of slides or a manifest CSV)")
     if source.is_dir():
+        report_dangling(source, suffixes=SLIDE_SUFFIXES)  # a FIFO or a folder named .svs is named, not dropped
         files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
         if not files:
             raise DataError(source, f"no slide files ({', '.join(SLIDE_SUFFIXES)}) in this folder")

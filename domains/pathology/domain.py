@@ -54,7 +54,7 @@ from .embed import embed_slides, find_feature_files, transform_from_preprocessin
 from .heatmap import write_heatmap, write_tile_scores
 from .mil import GatedABMIL
 from .mil_task import require_labels, run_mil
-from .predict import predict_slide
+from .predict import NormalisedTiles, predict_slide, slide_record
 from .slide import SLIDE_SUFFIXES
 from .stain import MacenkoNormalizer, hed_jitter
 from .synthetic import write_example
@@ -111,6 +111,8 @@ def _floats3(value, name: str) -> list[float]:
         ) from None
     if len(out) != 3:
         raise ConfigError(f"data.options.{name} must be three numbers (one per RGB channel), got {out}")
+    if name == "std" and not all(v > 0 for v in out):
+        raise ConfigError(f"data.options.std must be three positive numbers (it divides the pixels), got {out}")
     return out
 
 
@@ -452,6 +454,34 @@ class PathologyDomain(Domain):
             kwargs, {"mpp": "mpp", "batch_size": "batch_size", "min_tissue": "min_tissue"}, "predict"
         )
         return predict_slide(model, input_path, out_path, **options)
+
+    def predict_as(
+        self,
+        model,
+        input,
+        out_path,
+        geometry: dict,
+        normalise,
+        *,
+        overlap: float | None = None,
+        batch_size: int | None = None,
+        probabilities: bool = False,
+    ) -> Path:
+        """Prediction for a tile classifier trained on tiles held in memory with an MPP (an ``arrays`` card with
+        a pathology ``geometry``): the slide's tissue tiles at the training MPP and size, normalised by the
+        model's own statistics, scored, and written as heatmap PNG + tile CSV + JSON (see
+        :func:`.predict.predict_slide`)."""
+        if not isinstance(input, (str, Path)):
+            raise DataError(
+                None,
+                f"cannot predict on a {type(input).__name__}: this model was trained on {geometry.get('from')}; "
+                "give a slide file, or tiles as an array",
+            )
+        record = slide_record(input, geometry, model.card)
+        transform = NormalisedTiles(record["img_size"], normalise)
+        return predict_slide(
+            model, input, out_path, batch_size=batch_size or 64, preprocessing=record, transform=transform
+        )
 
     def write(self, prediction, sample: dict, path) -> Path:
         """Write tile scores of one slide (``prediction``: N scores; ``sample``: coords, size0, path) as

@@ -18,24 +18,67 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from domainfm.errors import CheckpointError
+from domainfm.errors import CheckpointError, DataError
 from domainfm.io_safety import atomic_output, check_output
 
-from .datasets import SlideRecord, SlideTileDataset
+from .datasets import SlideRecord, SlideTileDataset, TileTransform
 from .embed import _model_device, _stack_images, transform_from_preprocessing
 from .heatmap import rank_normalize, write_heatmap, write_tile_scores
+from .slide import SLIDE_SUFFIXES
+
+
+class NormalisedTiles(TileTransform):
+    """Tiles for a model with a normalisation of its own (trained on tiles held in memory, the ``arrays``
+    domain): the RGB tile, resized to the model size, as raw ``3 x S x S`` values (0..255) through ``normalise``.
+
+    Example:
+        >>> t = NormalisedTiles(8, lambda x: x / 255)
+        >>> float(t(np.full((16, 16, 3), 255, np.uint8)).max())
+        1.0
+    """
+
+    def __init__(self, size: int, normalise: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__(size)
+        self.normalise = normalise
+
+    def normalize_into(self, rgb: np.ndarray, out: torch.Tensor) -> torch.Tensor:
+        raw = torch.from_numpy(np.ascontiguousarray(np.asarray(rgb)[..., :3])).permute(2, 0, 1).float()
+        return out.copy_(self.normalise(raw))
+
+
+def slide_record(slide_path, geometry: dict, card: dict) -> dict:
+    """The tiling record :func:`predict_slide` reads, for a model trained on tiles held in memory (an ``arrays``
+    card whose ``geometry`` is pathology): tiles of the training size at the training MPP."""
+    if not str(slide_path).lower().endswith(SLIDE_SUFFIXES):
+        raise DataError(
+            slide_path,
+            f"is not a slide the model takes; this model was trained on {geometry.get('from')}, so it predicts "
+            f"on whole-slide images ({', '.join(SLIDE_SUFFIXES[:5])}...)",
+        )
+    size = int(min((card.get("preprocessing") or {})["size"]))
+    return {"target_mpp": float(geometry["mpp"]), "tile_size": size, "img_size": size, "min_tissue": 0.5}
 
 
 def predict_slide(
-    model, slide_path, out_path, mpp: float | None = None, batch_size: int = 64, min_tissue: float | None = None
+    model,
+    slide_path,
+    out_path,
+    mpp: float | None = None,
+    batch_size: int = 64,
+    min_tissue: float | None = None,
+    preprocessing: dict | None = None,
+    transform: TileTransform | None = None,
 ) -> Path:
     """Predict one slide; write ``out_path`` (PNG heatmap; a folder if it has no ``.png`` suffix),
-    ``<stem>.tiles.csv`` and ``<stem>.prediction.json``. Returns the PNG path."""
+    ``<stem>.tiles.csv`` and ``<stem>.prediction.json``. Returns the PNG path. ``preprocessing`` and
+    ``transform``: the tiling record and tile transform (default: the card's; :func:`slide_record` and
+    :class:`NormalisedTiles` for a model trained on tiles held in memory)."""
     card = model.card
     task = card.get("task")
     if getattr(model, "head", None) is None or task not in ("mil", "classification"):
@@ -51,8 +94,8 @@ def predict_slide(
     outputs = [out_path, stem.with_suffix(".tiles.csv"), stem.with_suffix(".prediction.json")]
     for out in outputs:  # before reading a tile: never the slide, a writable place
         check_output(out, [slide_path])
-    pre = dict(card.get("preprocessing") or {})
-    transform = transform_from_preprocessing(pre)
+    pre = dict(card.get("preprocessing") or {}) if preprocessing is None else preprocessing
+    transform = transform or transform_from_preprocessing(pre)
     ds = SlideTileDataset(
         [SlideRecord(str(slide_path), mpp)],
         float(pre.get("target_mpp", 0.5)),

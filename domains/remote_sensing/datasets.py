@@ -43,8 +43,9 @@ from domainfm.data.rng import EpochAware, item_numpy_rng
 from domainfm.data.sample import make_sample
 from domainfm.errors import ConfigError, DataError, did_you_mean
 from domainfm.inference import window_starts
+from domainfm.io_safety import report_dangling
 
-from .io import MaskRaster, Scene, is_raster_name, open_raster, raster_values
+from .io import RASTER_SUFFIXES, MaskRaster, Scene, is_raster_name, open_raster, raster_values
 from .sensors import _norm, get_sensor
 from .stats import BandStats, normalize, stats_arrays
 
@@ -69,6 +70,7 @@ class Item:
 
 # ---- discovery ----------------------------------------------------------------------------------
 def _raster_files(folder: Path) -> list[Path]:
+    report_dangling(folder, suffixes=RASTER_SUFFIXES)  # skipped entries are named, never dropped silently
     return sorted(p for p in folder.iterdir() if p.is_file() and is_raster_name(p) and not p.name.startswith("."))
 
 
@@ -462,10 +464,6 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
             n = len(batches) // world_size
             batches = batches[rank::world_size][:n]
         return batches
-
-    def batch_sampler_factory(self, batch_size: int, seed: int = 0, epoch: int = 0) -> list[list[int]]:
-        """``epoch_batches`` as a ``batch_sampler`` for a plain ``DataLoader``."""
-        return self.epoch_batches(epoch, batch_size, seed)
 
     # -- reading
     def _window_for(self, k: int, rng: np.random.Generator) -> Window:

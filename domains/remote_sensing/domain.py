@@ -43,7 +43,7 @@ from .defaults import infer_sensor, sensor_from_band_names
 from .demo import run_demo
 from .heads import build_head
 from .io import Grid, Scene, write_geotiff
-from .predict import predict_scene
+from .predict import predict_scene, scene_input, scene_record
 from .sensors import card_sensor, get_sensor, parse_band_list, sensor_to_dict
 from .stats import normalize, stats_arrays
 from .synthetic import write_example
@@ -104,6 +104,21 @@ class RemoteSensingOptions:
     probabilities: bool = False
     classes: list[str] | str | None = None
     max_pixels: int | None = None
+
+    def __post_init__(self):
+        checks = (
+            (self.chip_size is None or self.chip_size >= 1, "chip_size", "a positive number of pixels"),
+            (self.chips_per_scene >= 1, "chips_per_scene", ">= 1"),
+            (self.grid_overlap >= 0, "grid_overlap", ">= 0 pixels"),
+            (0.0 <= self.min_valid <= 1.0, "min_valid", "a fraction in [0, 1]"),
+            (self.stats_chips >= 1, "stats_chips", ">= 1"),
+            (0.0 <= self.predict_overlap < 1.0, "predict_overlap", "a fraction in [0, 1)"),
+            (self.predict_batch_size >= 1, "predict_batch_size", ">= 1"),
+            (self.resolution is None or self.resolution > 0, "resolution", "a positive pixel size"),
+        )
+        for ok, key, what in checks:
+            if not ok:
+                raise ConfigError(f"data.options.{key} must be {what}, got {getattr(self, key)!r}")
 
 
 def _sensor_list(opts: RemoteSensingOptions) -> list[str]:
@@ -565,6 +580,36 @@ class RemoteSensingDomain(Domain):
             batch_size=predict_batch_size,
             max_pixels=max_pixels,
         )
+
+    def predict_as(
+        self,
+        model,
+        input,
+        out_path,
+        geometry: dict,
+        normalise,
+        *,
+        overlap: float | None = None,
+        batch_size: int | None = None,
+        probabilities: bool = False,
+    ) -> Path:
+        """Prediction for a model trained on a TorchGeo dataset held in memory (an ``arrays`` card with a
+        remote-sensing ``geometry``): a GeoTIFF scene or a TorchGeo sample dict is read in the training bands
+        and resolution, normalised by the model's own statistics, predicted by overlapping windows and written
+        as a GeoTIFF with the input's CRS and transform (see :func:`.predict.predict_scene`)."""
+        out = Path(out_path)
+        out = out if out.suffix.lower() in (".tif", ".tiff") else Path(str(out) + ".tif")
+        with scene_input(input, geometry) as path:
+            return predict_scene(
+                model,
+                path,
+                out,
+                scene_record(path, geometry, model.card),
+                probabilities=bool(probabilities),
+                overlap=overlap,
+                batch_size=batch_size,
+                normalise=normalise,
+            )
 
     def example(self, folder: Path) -> DomainExample:
         """Small real files and a tiny recipe (see :func:`.synthetic.write_example`)."""

@@ -27,25 +27,30 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import torch
 import torch.nn.functional as F
+from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from domainfm.classmap import ClassMap, output_dtype
 from domainfm.display import finish_progress, progress_bar
 from domainfm.errors import CheckpointError, DataError
 from domainfm.inference import gaussian_importance, window_starts
-from domainfm.io_safety import check_output, refuse_input_overwrite, temp_name
+from domainfm.io_safety import check_output, os_error_text, refuse_input_overwrite, temp_name
 
-from .io import Scene
-from .sensors import card_sensor
+from .geotiff import array_to_geotiff
+from .io import Scene, crs_equal, is_raster_name, open_raster
+from .sensors import Band, Sensor, card_sensor, sensor_to_dict
 from .stats import normalize, stats_arrays
 
 log = logging.getLogger("domainfm.remote_sensing")
@@ -72,6 +77,7 @@ def predict_scene(
     device=None,
     max_pixels: int | None = None,
     progress: bool | None = None,
+    normalise: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Path:
     """Predict every pixel of ``input_path`` with ``model`` (a loaded fine-tuned model) into ``out_path``.
 
@@ -85,7 +91,9 @@ def predict_scene(
 
     The output is written under a temporary name and renamed when complete (an interrupted predict
     leaves nothing that looks valid); it may never be the input. Scenes over ``max_pixels`` are refused
-    (raise the guard on purpose); progress (tiles done / total, ETA) goes to stderr.
+    (raise the guard on purpose); progress (tiles done / total, ETA) goes to stderr. ``normalise``: the
+    model's own normalisation of a raw ``C x h x w`` tile, in place of the record's band statistics (a model
+    trained on a TorchGeo dataset held in memory; see :func:`scene_record`).
     """
     card = getattr(model, "card", None) or {}
     pre = dict(card.get("preprocessing") or {}) if preprocessing is None else preprocessing
@@ -109,6 +117,7 @@ def predict_scene(
     class_map = ClassMap.from_card(card)
     stats = (pre.get("stats") or {}).get(sensor_obj.name)
     mean_std = stats_arrays(stats, bands, f" of sensor {sensor_obj.name} in the card") if stats else None
+    prepare = _tile_normaliser(mean_std, normalise)
     chip = int(pre.get("chip_size") or pre.get("img_size"))
     img = int(pre.get("img_size") or chip)
     ov = float(pre.get("predict_overlap", 0.25) if overlap is None else overlap)
@@ -155,9 +164,7 @@ def predict_scene(
                 if not valid.any():
                     n_skipped += 1
                     continue
-                if mean_std is not None:
-                    data = normalize(data, valid, *mean_std)
-                tiles.append((c, data, valid))
+                tiles.append((c, prepare(data, valid), valid))
             if acc is not None and r > top:  # shift the strip so it starts at this tile row
                 shift = r - top
                 acc = np.concatenate([acc[:, shift:], np.zeros_like(acc[:, :shift])], 1)
@@ -239,6 +246,8 @@ def predict_scene(
         raise DataError(
             out_path, f"cannot write ({str(exc).splitlines()[0][:120]}); disk full or not writable?"
         ) from None
+    except OSError as exc:  # disk full, permissions: nothing carries the output's name
+        raise DataError(out_path, f"cannot write: {os_error_text(exc)}; the output was not written") from None
     finally:
         if dst is not None and not dst.closed:
             dst.close()
@@ -248,6 +257,128 @@ def predict_scene(
     if n_skipped:
         log.warning("%s: skipped %d of %d all-nodata tiles", input_path, n_skipped, n_tiles)
     return out_path
+
+
+def _tile_normaliser(mean_std, normalise) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``(data, valid) -> data`` for one tile: the model's own ``normalise`` when given, else the card's band
+    statistics, else the values as read; pixels without data stay 0."""
+    if normalise is not None:
+
+        def own(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+            x = normalise(torch.from_numpy(data)).numpy()
+            return np.where(valid[None], x, 0.0).astype(np.float32)
+
+        return own
+    if mean_std is not None:
+        return lambda data, valid: normalize(data, valid, *mean_std)
+    return lambda data, valid: data
+
+
+def _sample_bounds(bounds) -> tuple[float, float, float, float]:
+    """``(left, bottom, right, top)`` of a TorchGeo sample's ``bounds``: x, y (and time) slices since TorchGeo
+    0.8, a ``BoundingBox`` (``minx``...) before."""
+    if hasattr(bounds, "minx"):
+        return float(bounds.minx), float(bounds.miny), float(bounds.maxx), float(bounds.maxy)
+    if isinstance(bounds, (tuple, list)) and len(bounds) >= 2 and all(isinstance(b, slice) for b in bounds[:2]):
+        x, y = bounds[0], bounds[1]
+        return float(x.start), float(y.start), float(x.stop), float(y.stop)
+    raise DataError(None, f"cannot read the sample's bounds {bounds!r}: give TorchGeo's (x, y slices or a BoundingBox)")
+
+
+@contextlib.contextmanager
+def scene_input(input, geometry: dict) -> Iterator[Path]:
+    """A scene path for ``input``, for a model trained on ``geometry["from"]``'s data (a TorchGeo dataset held
+    in memory): a raster file or folder as is; a TorchGeo sample dict (``image`` ``C x H x W``, ``crs``,
+    ``bounds``) written to a temporary GeoTIFF on its grid, so it is read, predicted and written back like a
+    file. Anything else is a one-line :class:`DataError` naming the input and the training data."""
+    trained = f"this model was trained on {geometry.get('from') or 'a TorchGeo dataset'}"
+    if isinstance(input, (str, Path)):
+        path = Path(input)
+        if not (path.is_dir() or is_raster_name(path)):
+            raise DataError(
+                path,
+                f"is not a raster scene the model takes; {trained}, so it predicts on GeoTIFF scenes "
+                "(.tif, .tiff, .jp2, .vrt) and TorchGeo sample dicts (image, crs, bounds)",
+            )
+        yield path
+        return
+    image = input.get("image") if isinstance(input, dict) else None
+    if image is None or input.get("crs") is None or input.get("bounds") is None or np.ndim(image) != 3:
+        what = f"a dict with keys {sorted(map(str, input))}" if isinstance(input, dict) else f"a {type(input).__name__}"
+        raise DataError(
+            None,
+            f"cannot predict on {what}: {trained}; give a GeoTIFF, or a TorchGeo sample dict with image "
+            "(C x H x W), crs and bounds",
+        )
+    pixels = torch.as_tensor(image).detach().cpu().as_subclass(torch.Tensor).float().numpy()
+    crs = input["crs"].to_wkt() if hasattr(input["crs"], "to_wkt") else input["crs"]
+    with tempfile.TemporaryDirectory(prefix="domainfm-scene-") as tmp:
+        yield array_to_geotiff(
+            Path(tmp) / "sample.tif",
+            pixels,
+            crs,
+            _sample_bounds(input["bounds"]),
+            band_names=geometry.get("band_names"),
+        )
+
+
+def _band_names(path: Path, geometry: dict, channels: int) -> list[str]:
+    """The training bands' names; without them, the file's own band descriptions (or ``band1``...), which
+    TorchGeo would have read in file order."""
+    if geometry.get("band_names"):
+        return [str(b) for b in geometry["band_names"]]
+    if path.is_dir():
+        raise DataError(path, "is a folder of band files, and the training dataset named no bands; give one raster")
+    src = open_raster(path)
+    if src.count != channels:
+        raise DataError(path, f"has {src.count} band(s); this model was trained on {channels} ({geometry.get('from')})")
+    descriptions = list(src.descriptions or ())
+    if all(descriptions) and len(set(descriptions)) == len(descriptions):
+        return [str(d) for d in descriptions]
+    return [f"band{i + 1}" for i in range(channels)]
+
+
+def scene_record(path: str | Path, geometry: dict, card: dict) -> dict:
+    """The preprocessing record :func:`predict_scene` reads, for a model trained on a TorchGeo dataset held in
+    memory (an ``arrays`` card whose ``geometry`` is remote sensing): the training bands (by the dataset's band
+    names, else in file order), read at the training resolution when the scene shares the training CRS, in
+    chips of the training size; no band statistics (the model's own normalisation goes to ``normalise``).
+
+    Example:
+        >>> import tempfile
+        >>> from domainfm.remote_sensing.synthetic import write_scene
+        >>> path, _ = write_scene(Path(tempfile.mkdtemp()) / "s.tif", "sentinel2", ["B02", "B03"], size=(16, 16))
+        >>> g = {"domain": "remote_sensing", "crs": "EPSG:32633", "res": [10.0, 10.0], "band_names": ["B02", "B03"]}
+        >>> rec = scene_record(path, g, {"preprocessing": {"channels": 2, "size": [8, 8]}})
+        >>> rec["bands"], rec["chip_size"], rec["resolution"]
+        ({'training_bands': ['B02', 'B03']}, 8, 10.0)
+    """
+    path = Path(path)
+    pre = card.get("preprocessing") or {}
+    names = _band_names(path, geometry, int(pre["channels"]))
+    res = geometry.get("res")
+    gsd = float(res[0] if isinstance(res, (list, tuple)) else res) if res else 0.0
+    wavelengths = geometry.get("wavelengths") or [0.0] * len(names)
+    sensor = Sensor(
+        "training_bands",
+        tuple(Band(n, float(w), gsd) for n, w in zip(names, wavelengths)),
+        f"the bands of {geometry.get('from')}",
+    )
+    first = path if path.is_file() else next(p for p in sorted(path.iterdir()) if is_raster_name(p))
+    same_crs = geometry.get("crs") is not None and crs_equal(
+        open_raster(first).crs, CRS.from_user_input(geometry["crs"])
+    )
+    size = int(min(pre["size"]))
+    return {
+        "sensors": {sensor.name: sensor_to_dict(sensor)},
+        "bands": {sensor.name: names},
+        "stats": None,
+        "img_size": size,
+        "chip_size": size,
+        "resolution": gsd if same_crs and gsd > 0 else None,
+        "resampling": "bilinear",
+        "predict_overlap": 0.25,
+    }
 
 
 def _write_rows(dst, acc, wsum, valid, row0: int, probabilities: bool, ids: list[int], nodata: int) -> None:

@@ -89,9 +89,12 @@ def run_shapes_demo(out_dir: Path, quick: bool = False) -> dict:
         }
     )
     gain = figures["linear_probe_acc_pretrained"] - figures["linear_probe_acc_random_init"]
+    knn_gain = figures["knn_acc_pretrained"] - figures["knn_acc_random_init"]
     print(
         f"[demo] loss {first:.3f} -> {last:.3f}; linear probe accuracy {figures['linear_probe_acc_pretrained']:.3f} "
         f"(pretrained) vs {figures['linear_probe_acc_random_init']:.3f} (random init), gain {gain:+.3f}; "
-        f"fine-tuned val accuracy {figures.get('finetune_val_accuracy', float('nan')):.3f}"
+        f"kNN accuracy {figures['knn_acc_pretrained']:.3f} vs {figures['knn_acc_random_init']:.3f}, "
+        f"gain {knn_gain:+.3f}; fine-tuned val accuracy {figures.get('finetune_val_accuracy', float('nan')):.3f} "
+        f"({figures['seconds']:.0f} s)"
     )
     return figures

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from domainfm.models import build_encoder
-from domainfm.train.engine import default_param_groups
+from domainfm.train.layer_decay import default_param_groups
 
 
 def test_learned_positions_tokens_norms_and_biases_get_no_weight_decay():

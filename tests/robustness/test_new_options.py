@@ -100,3 +100,23 @@ def test_bad_modality_is_one_line_listing_the_choices(tmp_path, capsys):
     )
     assert code != 0
     assert_one_line_error(err, "modality", "auto", "pet", "xray")
+
+
+@pytest.mark.parametrize(
+    "domain, flags, key",
+    [
+        ("medical", ["--percentiles", "99,1"], "percentiles"),
+        ("medical", ["--target-spacing", "0,0,0"], "target_spacing"),
+        ("medical", ["--crop-size", "100000"], "crop_size"),
+        ("remote_sensing", ["--chip-size", "0"], "chip_size"),
+        ("remote_sensing", ["--min-valid", "2"], "min_valid"),
+        ("pathology", ["--std", "0,0,0"], "std"),
+    ],
+)
+def test_out_of_range_domain_options_are_one_line_naming_the_option(tmp_path, capsys, domain, flags, key):
+    data = tmp_path / "data"
+    data.mkdir()
+    code, err = run_cli(["pretrain", "--domain", domain, "--data", data, "--out", tmp_path / "run", *flags], capsys)
+    assert code != 0
+    assert_one_line_error(err, key.replace("_", "-"))
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*.safetensors"))
