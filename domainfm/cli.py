@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -388,8 +389,23 @@ _DATA_OPTION = re.compile(r"\bdata\.options\.([a-z][a-z0-9_]*)")
 _KEYWORD = re.compile(r"""(?<![\w.\-\[`'"])([a-z][a-z0-9_]*)=("[^"]*"|'[^']*'|\.\.\.|[^\s,;)]+)?""")
 
 
+def _installed_domains() -> list:
+    """The installed domains (loaded on first use; a plugin that cannot be imported is left out here)."""
+    out = list(loaded_domains())
+    for name in list_domains():
+        try:
+            domain = get_domain(name)
+        except DomainFMError:
+            continue
+        if domain not in out:
+            out.append(domain)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
 def _known_flags() -> set[str]:
-    """Every flag of every command, and of the domains loaded so far (their options)."""
+    """Every flag of every command, and of every installed domain (their options; an error message is
+    translated whichever domain raised it, loaded or not)."""
     flags: set[str] = set()
     parsers = [build_parser()]
     while parsers:
@@ -398,7 +414,7 @@ def _known_flags() -> set[str]:
             flags.update(s for s in action.option_strings if s.startswith("--"))
             if isinstance(action, argparse._SubParsersAction):
                 parsers.extend(action.choices.values())
-    for domain in loaded_domains():
+    for domain in _installed_domains():
         for options_cls in (domain.Options, domain.EmbedOptions, domain.PredictOptions):
             flags.update(_flags(options_cls))
     return flags

@@ -168,6 +168,8 @@ def read_weights(src: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
                 f"{path}: a weights folder needs model.safetensors or pytorch_model.bin "
                 "(with config.json, Hugging Face style)"
             )
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the weights file is empty (0 bytes): its download or copy did not finish")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         try:
@@ -184,6 +186,21 @@ def read_weights(src: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             "or a folder with config.json + model.safetensors or pytorch_model.bin)"
         )
     return obj, {"file": path, "format": fmt, "config": config}
+
+
+def holds_tensors(obj, depth: int = 0) -> bool:
+    """Whether a weights file's contents hold any tensor (at the top level or nested in dicts/lists).
+
+    Example:
+        >>> holds_tensors({"model": {}}), holds_tensors({"model": {"w": torch.zeros(1)}})
+        (False, True)
+    """
+    if isinstance(obj, torch.Tensor):
+        return True
+    if depth > 8:
+        return False
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    return any(holds_tensors(v, depth + 1) for v in values)
 
 
 def _is_state(obj) -> bool:

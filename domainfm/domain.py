@@ -223,6 +223,18 @@ class Domain:
         except ConfigError:
             return build_dataclass(self.Options, cfg.data.options, "data.options", cfg.source)
 
+    def memory_preprocessing(self, card: dict, dataset: Any) -> dict:
+        """The preprocessing record of a model fine-tuned from ``card`` on data held in memory (``dataset``, as
+        adapted with that card's preprocessing): by default the parent's record, which the data was prepared
+        with. A domain whose record also holds what the data carries (the ``arrays`` domain's file geometry)
+        completes it from ``dataset``.
+
+        Example:
+            >>> Domain().memory_preprocessing({"preprocessing": {"kind": "arrays"}}, None)
+            {'kind': 'arrays'}
+        """
+        return card["preprocessing"]
+
     def spatial_dims(self, cfg: Config) -> int:
         """2 or 3: the dimensionality of this config's images (default: 3 for a ``3d`` patch embed)."""
         if cfg is None:

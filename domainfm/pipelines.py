@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -28,7 +29,7 @@ from torch import nn
 
 from domainfm.classmap import map_labels, resolve_classes
 from domainfm.config import Config, read_config_file, save_config
-from domainfm.data.adapters import adapt, describe, is_in_memory
+from domainfm.data.adapters import SCHEMA, adapt, describe, is_in_memory
 from domainfm.data.sample import collate_samples
 from domainfm.domain import operation_options
 from domainfm.errors import ConfigError, DataError, UnsupportedError
@@ -111,8 +112,9 @@ def _dataset(domain, cfg: Config, split: str, data=None, labels=None, sampler=No
                 "a path brings its own labels"
             )
         return domain.dataset(cfg, split)
-    spatial = (card or {}).get("preprocessing", {}).get("spatial_dims") if card else None
-    ds = adapt(data, labels, sampler=sampler, spatial_dims=spatial)
+    options = cfg.data.options or {}  # the arrays domain's axis settings apply to data held in memory too
+    spatial = ((card or {}).get("preprocessing") or {}).get("spatial_dims") or options.get("spatial_dims")
+    ds = adapt(data, labels, sampler=sampler, spatial_dims=spatial, channels_last=options.get("channels_last"))
     prepare = getattr(domain, "prepare", None)
     return prepare(ds, cfg, card) if prepare is not None else ds
 
@@ -455,6 +457,9 @@ def finetune(
     encoder = load(base_ckpt).encoder.train()
     train_set = _dataset(domain, cfg, "train", data, labels, sampler, card)
     _check_task_targets(train_set, task, cfg.data.path)
+    val_memory = _memory_validation_set(domain, cfg, card, encoder, memory, val_data, val_labels)
+    if memory:
+        _check_input_channels(encoder, train_set, "data")
     names = (getattr(train_set, "mask_classes", None) if task == "segmentation" else None) or getattr(
         train_set, "classes", None
     )
@@ -473,7 +478,9 @@ def finetune(
         "parent": str(base_ckpt),
         "config": cfg.to_dict(),
         "ema": False,
-        "preprocessing": card["preprocessing"] if memory else domain.preprocessing(cfg, train_set),
+        "preprocessing": domain.memory_preprocessing(card, train_set)
+        if memory
+        else domain.preprocessing(cfg, train_set),
         "lora": {"rank": cfg.finetune.lora_rank, "alpha": cfg.finetune.lora_alpha} if cfg.finetune.lora_rank else None,
         "data": {"path": cfg.data.path, "num_samples": len(train_set)},
     }
@@ -485,7 +492,7 @@ def finetune(
     if _is_main() and cfg.train.progress:
         print(run_summary("finetune", run_dir, ckpt, time.perf_counter() - started))
     if _is_main():
-        val_set = _validation_set(domain, cfg, card, memory, val_data, val_labels)
+        val_set = val_memory if memory else _validation_set(domain, cfg)
         val_set = map_labels(val_set, class_map, task, strict=False)
         _validate_finetuned(model, ckpt, domain, cfg, val_set, num_classes, memory)
     return ckpt
@@ -534,15 +541,53 @@ def _task_model(domain, encoder, task: str, num_classes: int, cfg) -> TaskModel:
     return TaskModel(encoder, head, task, layer_decay=cfg.finetune.layer_decay)
 
 
-def _validation_set(domain, cfg, card: dict, memory: bool, val_data, val_labels):
-    """The validation split (``val_data`` for data held in memory), or ``None`` when there is none."""
+def _validation_set(domain, cfg):
+    """The domain's validation split, or ``None`` when there is none."""
     try:
-        if memory and val_data is None:
-            raise DataError(None, "no val_data given")
-        return _dataset(domain, cfg, "val", val_data, val_labels, None, card) if memory else domain.dataset(cfg, "val")
+        return domain.dataset(cfg, "val")
     except (NotImplementedError, DataError) as exc:
         log.info("no validation split (%s)", exc)
         return None
+
+
+_ARGUMENT = re.compile(r"(?<![\w.])(data|labels)=")
+
+
+def _memory_validation_set(domain, cfg, card: dict, encoder, memory: bool, val_data, val_labels):
+    """``val_data`` (with ``val_labels``) held in memory as the validation set of data held in memory, checked
+    before any training (a problem names ``val_data``/``val_labels``); ``None`` when none is given."""
+    if val_data is None and val_labels is None:
+        return None
+    if not (memory and is_in_memory(val_data)):
+        raise ConfigError(
+            "val_data= (with val_labels=) is a validation set held in memory, for data= held in memory; "
+            "data read from a path brings its own validation split"
+        )
+    try:
+        val_set = _dataset(domain, cfg, "val", val_data, val_labels, None, card)
+        _check_input_channels(encoder, val_set, "val_data")
+        needed = "mask" if cfg.finetune.task == "segmentation" else "label"
+        if len(val_set) and needed not in val_set[0]:
+            raise DataError(None, f"the {cfg.finetune.task} task needs a {needed} per image: pass val_labels=")
+    except DataError as exc:
+        text = _ARGUMENT.sub(r"val_\1=", str(exc))
+        raise DataError(None, text if text.startswith("val_") else f"val_data: {text}") from None
+    return val_set
+
+
+def _check_input_channels(encoder, dataset, arg: str) -> None:
+    """The first sample of ``dataset`` (the ``arg`` argument) has the channel count a fixed-channel encoder
+    takes; told before any training rather than at the first batch."""
+    expected = getattr(encoder.patch_embed, "in_chans", None)
+    if expected is None or len(dataset) == 0:  # a wavelength patch embed takes any channel count
+        return
+    got = int(dataset[0]["image"].shape[0])
+    if got != int(expected):
+        raise DataError(
+            None,
+            f"{arg}: the model expects {expected} input channels, got {got}; "
+            f"give images with the {expected} channel(s) of the data it was pretrained on",
+        )
 
 
 def _validate_finetuned(model, ckpt: Path, domain, cfg, val_set, num_classes: int, memory: bool) -> None:
@@ -627,6 +672,8 @@ def embed(
     (replaced atomically; ``"resume"`` keeps the finished files of a folder of slide features); see
     :func:`domainfm.io_safety.check_exists`.
     """
+    if data is None:
+        raise DataError(None, f"data= is None: embed needs the data to embed; {SCHEMA}")
     model = _resolve_model(checkpoint)
     domain = model.domain
     opts = operation_options(domain.EmbedOptions, options, "embed")

@@ -57,6 +57,7 @@ from domainfm.convert import (
     convert,
     detect_layout,
     find_state_dict,
+    holds_tensors,
     read_weights,
     strip_prefix,
 )
@@ -251,7 +252,16 @@ def import_weights(
         if imp.get(key) is not None and (isinstance(imp[key], bool) or not 1 <= int(imp[key]) <= MAX_SIDE):
             raise ConfigError(f"{key} must be an integer in [1, {MAX_SIDE}], got {imp[key]!r}")
     obj, info = read_weights(src_path)
-    sd, where = find_state_dict(obj, imp.get("key"))
+    if not holds_tensors(obj):
+        raise CheckpointError(
+            f"{info['file']}: the weights file is empty: it holds no tensors "
+            f"({'an empty dict' if isinstance(obj, dict) and not obj else f'a {type(obj).__name__} without tensors'}); "
+            "save the model's state dict into it"
+        )
+    try:
+        sd, where = find_state_dict(obj, imp.get("key"))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{info['file']}: {exc}") from None
     sd, prefix, outside = strip_prefix(sd)
     nonfinite = [
         k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())

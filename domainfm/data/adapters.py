@@ -48,6 +48,9 @@ SCHEMA = (
 IMAGE_KEYS = ("image", "img", "x", "input", "data", "pixel_values")
 LABEL_KEYS = ("label", "labels", "y", "target", "class")
 MASK_KEYS = ("mask", "seg", "segmentation", "label_mask")
+LABELS_SCHEMA = (
+    "give one integer class id (0..K-1), multi-hot vector or mask of integer ids (the images' H x W) per image"
+)
 
 
 def is_in_memory(data: Any) -> bool:
@@ -64,6 +67,46 @@ def _to_tensor(x: Any) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.as_subclass(torch.Tensor) if type(x) is not torch.Tensor else x  # a MONAI MetaTensor: plain
     return torch.as_tensor(np.asarray(x))
+
+
+def _argument_tensor(x: Any, arg: str, expected: str) -> torch.Tensor:
+    """The ``data=`` or ``labels=`` argument (``arg``) as a tensor; text, Python objects, ragged lists and
+    NaN/inf labels refused in one line saying what is ``expected``.
+
+    Example:
+        >>> _argument_tensor(["cat", "dog"], "labels", LABELS_SCHEMA)
+        Traceback (most recent call last):
+        ...
+        domainfm.errors.DataError: labels= holds text ('cat', 'dog'); give one integer class id (0..K-1), ...
+    """
+    if isinstance(x, torch.Tensor):
+        t = _to_tensor(x)
+    else:
+        try:
+            a = np.asarray(x)
+        except ValueError:  # a list of arrays of different shapes
+            raise DataError(None, f"{arg}= holds items of different shapes; {expected}") from None
+        if a.dtype.kind in "USO":
+            raise DataError(None, _not_numbers(a, arg, expected))
+        t = torch.as_tensor(a)
+    if arg == "labels" and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).reshape(len(t), -1).any(1).nonzero()[0]) if t.ndim else 0
+        raise DataError(None, f"labels= holds NaN/inf (label {bad}); {expected}")
+    return t
+
+
+def _not_numbers(a: np.ndarray, arg: str, expected: str) -> str:
+    """Why an array of text or Python objects is no ``data=``/``labels=``."""
+    if a.dtype.kind in "US" and arg == "labels":
+        names = [repr(str(v)) for v in np.unique(a)]
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        return (
+            f"labels= holds text ({shown}); {expected}: "
+            "np.unique(labels, return_inverse=True)[1] turns names into ids (in sorted order)"
+        )
+    hint = ": e.g. images of different shapes" if arg == "data" else ""
+    what = "text" if a.dtype.kind in "US" else f"Python objects (dtype object{hint})"
+    return f"{arg}= is an array of {what}; {expected}"
 
 
 def _jsonable(value: Any) -> Any:
@@ -245,6 +288,18 @@ def _pixels(image: Any, index: int, source: str, spatial_dims: int | None) -> to
     return t
 
 
+def _item_label(label: Any, index: int, source: str) -> torch.Tensor:
+    """The label of item ``index`` as a tensor; text, objects and NaN refused naming the item."""
+    try:
+        lt = _to_tensor(label)
+    except (TypeError, ValueError, RuntimeError):
+        lt = None
+    if lt is None or (lt.is_floating_point() and not bool(torch.isfinite(lt).all())):
+        shown = repr(label) if isinstance(label, (str, float, int)) else type(label).__name__
+        raise DataError(source, f"item {index} has the label {shown}; {LABELS_SCHEMA}")
+    return lt
+
+
 def _sample_from(item: Any, index: int, source: str, spatial_dims: int | None) -> dict:
     """One item of a dataset (tensor, tuple, dict) as a sample dict; raw values, float32."""
     image, label, mask, meta = _unpack(item, index, source)
@@ -253,7 +308,7 @@ def _sample_from(item: Any, index: int, source: str, spatial_dims: int | None) -
     sample = make_sample(t.float(), **meta)
     sample["dtype"] = str(t.dtype)
     if label is not None:
-        lt = _to_tensor(label)
+        lt = _item_label(label, index, source)
         if lt.ndim >= 2 and tuple(lt.shape[-(t.ndim - 1) :]) == tuple(t.shape[1:]):
             mask = lt if mask is None else mask
         else:
@@ -265,28 +320,58 @@ def _sample_from(item: Any, index: int, source: str, spatial_dims: int | None) -
     return sample
 
 
+def _channels_last(t: torch.Tensor, spatial_dims: int | None, channels_last: bool | None) -> bool:
+    """Whether to read the array ``t`` channels last: as given, or read from its shape with a warning. An
+    array whose last axis is small (<= 4) and smaller than the others, read as it stands, is said so with
+    the keyword that reads it the other way."""
+    shape = tuple(t.shape)
+    if channels_last and t.ndim != 4:
+        raise DataError(
+            None,
+            f"channels_last=True reads an N x H x W x C array; data= has shape {shape} "
+            f"({'x[None] makes one H x W x C image a stack of one' if t.ndim == 3 else 'give N x H x W x C'})",
+        )
+    if channels_last is not None or spatial_dims == 3 or t.ndim not in (3, 4):
+        return bool(channels_last)
+    if t.ndim == 4 and shape[-1] <= 16 < shape[1] and shape[-1] < shape[2]:
+        warnings.warn(
+            f"reading the array of shape {shape} as N x H x W x C (channels last); "
+            "pass channels_last=False (data.options.channels_last=false in a config) to read it as N x C x H x W",
+            stacklevel=4,
+        )
+        return True
+    if shape[-1] <= 4 and shape[-1] < min(shape[:-1] if t.ndim == 3 else shape[1:-1]):
+        read = f"{shape[0]} images of {shape[1]} x {shape[2]} (N x H x W)"
+        other = "if it is one H x W x C image, pass x[None] with channels_last=True (data.options.channels_last=true)"
+        if t.ndim == 4:
+            read = f"N x C x H x W: {shape[1]} channels of {shape[2]} x {shape[3]}"
+            other = "if its last axis holds the channels, pass channels_last=True (data.options.channels_last=true)"
+        warnings.warn(f"reading the array of shape {shape} as {read}; {other}", stacklevel=4)
+    return False
+
+
+def _check_labels(y: torch.Tensor, images: torch.Tensor, spatial_dims: int) -> None:
+    """One label (class id or multi-hot vector) or one mask of the images' size per image of ``images``."""
+    if len(y) != len(images):
+        raise DataError("labels", f"{len(y)} labels for {len(images)} images; give one label (or mask) per image")
+    size = tuple(images.shape[2:])
+    if y.ndim >= 3 and tuple(y.shape[-spatial_dims:]) != size:
+        raise DataError(
+            None,
+            f"labels= has shape {tuple(y.shape)}: each image's label is {' x '.join(map(str, y.shape[1:]))}, "
+            f"not a mask of the images' {' x '.join(map(str, size))}; {LABELS_SCHEMA}",
+        )
+
+
 def _from_array(x: Any, labels: Any, spatial_dims: int | None, channels_last: bool | None):
-    t = _to_tensor(x)
+    t = _argument_tensor(x, "data", SCHEMA)
     if t.ndim not in (3, 4, 5):
         raise DataError(
             "array",
             f"an array of shape {tuple(t.shape)} is not a stack of images "
             "(N x H x W, N x C x H x W or N x C x D x H x W); add the sample axis N",
         )
-    if (
-        channels_last is None
-        and t.ndim == 4
-        and spatial_dims != 3
-        and t.shape[-1] <= 16 < t.shape[1]
-        and t.shape[-1] < t.shape[2]
-    ):
-        warnings.warn(
-            f"reading the array of shape {tuple(t.shape)} as N x H x W x C (channels last); "
-            "pass channels_last=False to read it as N x C x H x W",
-            stacklevel=3,
-        )
-        channels_last = True
-    if channels_last:
+    if _channels_last(t, spatial_dims, channels_last):
         t = torch.movedim(t, -1, 1)
     if spatial_dims is None:
         spatial_dims = 2 if t.ndim in (3, 4) else 3
@@ -298,9 +383,9 @@ def _from_array(x: Any, labels: Any, spatial_dims: int | None, channels_last: bo
             f"shape {tuple(t.shape)} does not fit {spatial_dims}D images "
             f"(N x C x {'D x ' if spatial_dims == 3 else ''}H x W)",
         )
-    y = None if labels is None else _to_tensor(labels)
-    if y is not None and len(y) != len(t):
-        raise DataError("labels", f"{len(y)} labels for {len(t)} images; give one label (or mask) per image")
+    y = None if labels is None else _argument_tensor(labels, "labels", LABELS_SCHEMA)
+    if y is not None:
+        _check_labels(y, t, spatial_dims)
     dtype = str(t.dtype)
 
     def read(i: int) -> dict:
@@ -369,6 +454,8 @@ def adapt(
     """
     if isinstance(data, AdaptedDataset):
         return data
+    if data is None:
+        raise DataError(None, f"data= is None; {SCHEMA}")
     if not is_in_memory(data):
         raise DataError(str(data), f"is a path; read it with the domain (data.path), or {SCHEMA}")
     name = type(data).__name__

@@ -192,6 +192,22 @@ class ArraysDomain(Domain):
             rec["geometry"] = geometry
         return rec
 
+    def memory_preprocessing(self, card: dict, dataset: AdaptedDataset) -> dict:
+        """The parent card's record, with the file geometry of the fine-tuning data (:func:`geometry_record`)
+        when the parent's data carried none, so a model fine-tuned on e.g. MONAI volumes predicts on files.
+
+        Example:
+            >>> ds = adapt(np.zeros((2, 1, 8, 8)))
+            >>> ds.profile["spacing"] = [0.5, 0.5]
+            >>> ArraysDomain().memory_preprocessing({"preprocessing": {"kind": "arrays"}}, ds)["geometry"]["domain"]
+            'medical'
+        """
+        rec = dict(card["preprocessing"])
+        geometry = geometry_record(dataset.profile) if rec.get("geometry") is None else None
+        if geometry is not None:
+            rec["geometry"] = geometry
+        return rec
+
     def encoder_kwargs(self, cfg, dataset=None) -> dict:
         prof = (dataset if dataset is not None else self.dataset(cfg, "pretrain")).profile
         kind = cfg.model.patch_embed or (

@@ -63,8 +63,12 @@ from .transforms import build_transforms, domain_errors, intensity_transforms, n
 from .views import multicrop_for
 
 
-def mask_values(items: list[dict], spatial_dims: int) -> list[int]:
-    """The label ids present in the masks of ``items`` (each mask read whole, once).
+def mask_values(
+    items: list[dict], spatial_dims: int, names_by_id: dict | None = None, named_in: str = "dataset.json"
+) -> list[int]:
+    """The label ids present in the masks of ``items`` (each mask read whole, once). With ``names_by_id`` (a
+    Decathlon ``labels`` map, from ``named_in``) a mask holding an id it does not name is refused, naming the
+    mask file and the ids.
 
     Example:
         >>> mask_values([], 3)
@@ -74,8 +78,32 @@ def mask_values(items: list[dict], spatial_dims: int) -> list[int]:
     for it in items:
         if "mask" in it:
             arr = read_image(it["mask"], spatial_dims=spatial_dims).as_tensor()
-            found.update(int(v) for v in torch.unique(arr.round().long()).tolist())
+            ids = {int(v) for v in torch.unique(arr.round().long()).tolist()}
+            _check_named(ids, names_by_id, it["mask"], named_in)
+            found.update(ids)
     return sorted(found)
+
+
+def _check_named(ids: set[int], names_by_id: dict | None, mask: str, named_in: str) -> None:
+    """Every id >= 0 of a mask is named by a labels map ``{"0": "background", ...}`` (when one is given).
+
+    Example:
+        >>> _check_named({0, 5}, {"0": "background", "1": "tumour"}, "m.nii.gz", "dataset.json")
+        Traceback (most recent call last):
+        ...
+        domainfm.errors.DataError: m.nii.gz: holds label ids [5] that the labels of dataset.json do not name ...
+    """
+    keys = [str(k) for k in (names_by_id or {})]
+    if not keys or not all(k.lstrip("-").isdigit() for k in keys):  # no map, or one by name (nnU-Net v2)
+        return
+    unnamed = sorted(v for v in ids if v >= 0 and str(v) not in keys)
+    if unnamed:
+        named = ", ".join(f"{k}: {names_by_id[k]}" for k in sorted(keys, key=int))
+        raise DataError(
+            mask,
+            f"holds label ids {unnamed} that the labels of {named_in} do not name ({named}); "
+            "fix the mask or name every id in the labels map",
+        )
 
 
 SEG_3D_BATCH = 2  # 3D segmentation fine-tuning batch when train.batch_size is left at its default
@@ -378,7 +406,9 @@ class MedicalDomain(Domain):
             # from the masks (domainfm.classmap), so sparse ids are never padded into absent classes
             ds.class_names_by_id = self._label_names(cfg)
             ds.mask_classes = [ds.class_names_by_id[k] for k in sorted(ds.class_names_by_id, key=int)] or None
-            ds.label_values = functools.partial(mask_values, ds.items, opts.spatial_dims)
+            ds.label_values = functools.partial(
+                mask_values, ds.items, opts.spatial_dims, ds.class_names_by_id, str(cfg.data.path)
+            )
             ds.classes = None
         return ds
 

@@ -131,11 +131,15 @@ def read_nifti(path: str | Path, check_finite: bool = True):
             data = data[..., 0]
         else:
             channel_dim = -1
-    elif data.ndim == 5 and data.shape[3] == 1:  # NIfTI intent vectors X Y Z 1 C
-        data = data[:, :, :, 0, :]
-        channel_dim = -1
+    elif data.ndim > 4 and all(n == 1 for n in data.shape[3:]):  # trailing unit axes: one 3D volume
+        data = data.reshape(data.shape[:3])
     elif data.ndim not in (2, 3):
-        raise DataError(path, f"unsupported NIfTI shape {data.shape}")
+        raise DataError(
+            path,
+            f"is a {data.ndim}D NIfTI of shape {tuple(data.shape)}; NIfTI files are read as 2D (X x Y), 3D "
+            "(X x Y x Z) or 4D (X x Y x Z x C, channels last): save it as one of those (e.g. one file per "
+            "volume) or leave it out of the data folder",
+        )
     return _meta_tensor(data, affine, str(path), channel_dim, original_file_affine=affine.copy())
 
 
@@ -175,10 +179,17 @@ def _series_slices(folder: Path) -> list[tuple[Path, Any]]:
             ds = pydicom.dcmread(str(f))
         except Exception as exc:
             raise DataError(f, f"cannot read DICOM ({type(exc).__name__}: {exc})") from None
+        if "PixelData" not in ds:  # cut short before its pixels (they come last)
+            raise DataError(f, "is truncated or incomplete: this DICOM slice has no pixel data; replace or remove it")
         slices.append((f, ds))
-    series = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in slices}
+    series: dict[str, Path] = {}
+    for f, ds in slices:
+        series.setdefault(str(getattr(ds, "SeriesInstanceUID", "")), f)
     if len(series) > 1:
-        raise DataError(folder, f"folder mixes {len(series)} DICOM series; put one series per folder")
+        firsts = ", ".join(p.name for p in series.values())
+        raise DataError(
+            folder, f"folder mixes {len(series)} DICOM series (first slices: {firsts}); put one series per folder"
+        )
     if len(slices) == 1:
         f, ds = slices[0]
         if _dicom_pixels(ds, f).ndim == 3:  # multi-frame

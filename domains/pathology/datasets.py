@@ -281,8 +281,12 @@ class SlideTileDataset(Dataset, EpochAware):
                 stacklevel=2,
             )
         if not self.grids:
+            if len(self.skipped) == 1:  # one slide: its own reason (e.g. a plain image, not a slide scan)
+                raise DataError(
+                    self.skipped[0][0], self.skipped[0][1].replace("min_tissue=", "data.options.min_tissue")
+                )
             raise DataError(
-                records[0].path if len(records) == 1 else Path(records[0].path).parent,
+                Path(records[0].path).parent,
                 f"no tissue tiles in any of {len(records)} slide(s) (all skipped: no tissue found); "
                 "lower data.options.min_tissue or check the slides",
             )

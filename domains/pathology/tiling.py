@@ -188,6 +188,7 @@ def tile_slide(
         if own:
             slide.close()
     keep = frac >= min_tissue
+    plain = bool(getattr(slide, "_domainfm_plain", False))  # opened whole by Pillow: no slide pyramid
     params = {
         "target_mpp": float(target_mpp),
         "tile_size": int(tile_size),
@@ -211,10 +212,13 @@ def tile_slide(
         params,
     )
     if len(grid) == 0:
+        what = "a plain (non-pyramidal) image, not a whole-slide scan, with " if plain else ""
         raise NoTissueError(
             path,
-            f"no tissue found: none of {len(coords)} tiles has >= {min_tissue:.0%} tissue "
-            f"(max {float(frac.max()) if len(frac) else 0:.0%}); lower min_tissue= or check the slide",
+            f"{what}no tissue found at {target_mpp:g} µm/px: none of {len(coords)} tiles has >= {min_tissue:.0%} "
+            f"tissue (max {float(frac.max()) if len(frac) else 0:.0%}); "
+            f"{'give a slide scan (.svs, .ndpi, pyramidal TIFF...)' if plain else 'check the slide'} "
+            "or lower min_tissue=",
         )
     return grid
 

@@ -284,6 +284,36 @@ def split_items(items: list[Item], split: str, val_fraction: float, seed: int = 
 
 
 # ---- the dataset ----------------------------------------------------------------------------------
+def _no_valid_data(items: list[Item]) -> str:
+    """The one line for data in which no scene has a valid pixel, naming the scenes."""
+    names = ", ".join(str(it.path) for it in items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+    return f"no scene has valid data (all nodata or cloud): {names}"
+
+
+def _check_named_ids(by_mask: dict[str, set[int]], found: list[int], names: list[str]) -> None:
+    """The mask ids (background 0 always a class) are no more than the class names given, one per id in id
+    order; a mask holding an id past the names is refused, naming it and the ids.
+
+    Example:
+        >>> _check_named_ids({"a.tif": {0, 1}, "b.tif": {0, 7}}, [0, 1, 7], ["bg", "forest"])
+        Traceback (most recent call last):
+        ...
+        domainfm.errors.DataError: b.tif: holds label ids [7] past the 2 classes data.options.classes names ...
+    """
+    ids = sorted(set(found) | {0})
+    unnamed = ids[len(names) :]
+    if not unnamed:
+        return
+    path = next(p for p, values in by_mask.items() if values & set(unnamed))
+    held = sorted(by_mask[path] & set(unnamed))
+    named = ", ".join(f"{i}: {n}" for i, n in zip(ids, names))
+    raise DataError(
+        path,
+        f"holds label ids {held} past the {len(names)} classes data.options.classes names ({named}; the masks "
+        f"hold ids {ids}); give one class name per id, or fix the mask",
+    )
+
+
 class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
     """Chips (or whole tiles) of rasters as samples: normalised image, wavelengths, label/mask, meta.
 
@@ -346,6 +376,7 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
         self.epoch = 0
         self.min_valid = float(min_valid)
         self.classes = list(classes or [])
+        self.mask_classes: list[str] | None = None  # segmentation class names by id order (data.options.classes)
         self.multilabel = multilabel
         self.ignore_index = ignore_index
         self.resolution = resolution
@@ -365,11 +396,16 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
         if sampling == "grid":
             step = max(1, self.chip_size - self.grid_overlap)
             for k, _it in enumerate(items):
+                self._check_empty(k)  # a scene without a valid pixel is left out (one warning), never read chip by chip
+                if k in self.empty_scenes:
+                    continue
                 sc = self.scene(k)
                 r0, r1 = self._row_range(k)
                 rows = window_starts(sc.height, self.chip_size, step, r0, r1)
                 cols = window_starts(sc.width, self.chip_size, step)
                 self._grid += [(k, r, c) for r in rows for c in cols]
+            if not self._grid:
+                raise DataError(None, _no_valid_data(items))
 
     # -- structure
     @property
@@ -398,7 +434,12 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
         that only a few pixels carry (:func:`domainfm.classmap.resolve_classes`)."""
         masks = list(dict.fromkeys(str(it.mask) for it in self.items if it.mask is not None))
         if masks:
-            return sorted({v for path in masks for v in raster_values(path)})
+            by_mask = {path: set(raster_values(path)) for path in masks}
+            found = sorted(set().union(*by_mask.values()))
+            if self.mask_classes:  # unlabelled pixels (ignore_index, negative ids) need no name
+                by_id = {p: {v for v in values if v >= 0 and v != self.ignore_index} for p, values in by_mask.items()}
+                _check_named_ids(by_id, sorted(set().union(*by_id.values())), self.mask_classes)
+            return found
         found: set[int] = set()
         for it in self.items:
             if it.label is not None:
@@ -560,19 +601,17 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
             raise IndexError(i)
         rng = item_numpy_rng(self.seed, self.epoch, i)
         if self.sampling == "grid":
-            for t in range(len(self._grid)):
-                k, r, c = self._grid[(i + t) % len(self._grid)]
-                s = self._read(k, Window(c, r, self.chip_size, self.chip_size))
-                if s is not None:
-                    return s
-            raise DataError(self.items[0].path, "every grid chip of every scene is nodata")
+            return self._grid_sample(i)
         if self.sampling == "whole":
             for t in range(len(self.items)):
                 k = (i + t) % len(self.items)
+                if k in self.empty_scenes:
+                    continue
                 s = self._read(k, None)
                 if s is not None:
                     return s
-            raise DataError(self.items[0].path, "every tile is nodata")
+                self._check_empty(k)
+            raise DataError(self.items[0].path, "every tile is nodata (all nodata or cloud, or under min_valid)")
         k0 = self.item_of(i)
         order = [k0] + [k for k in range(len(self.items)) if k != k0 and self.items[k].sensor == self.items[k0].sensor]
         for k in order:
@@ -587,6 +626,16 @@ class RasterChipDataset(torch.utils.data.Dataset, EpochAware):
             self.items[k0].path,
             f"no chip with valid data found in {self.max_tries} random tries per scene; is the scene all nodata?",
         )
+
+    def _grid_sample(self, i: int) -> dict:
+        """Grid chip ``i``, or the next one with valid data (scenes without any were left out of the grid)."""
+        n = len(self._grid)
+        for t in range(n):
+            k, r, c = self._grid[(i + t) % n]
+            s = self._read(k, Window(c, r, self.chip_size, self.chip_size))
+            if s is not None:
+                return s
+        raise DataError(None, _no_valid_data(self.items) + " (or under min_valid)")
 
     # -- statistics
     def compute_stats(self, max_chips: int = 64, seed: int = 0) -> dict[str, dict[str, list[float]]]:

@@ -289,7 +289,7 @@ class RemoteSensingDomain(Domain):
         )
         ds.kind = kind
         if task == "segmentation" and opts.classes:
-            ds.classes = parse_band_list(opts.classes)
+            ds.classes = ds.mask_classes = parse_band_list(opts.classes)
         ds.stats = self._resolve_stats(cfg, ds, split)
         return ds
 

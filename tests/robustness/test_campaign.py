@@ -10,7 +10,9 @@ import json
 import logging
 import os
 import shutil
+import warnings
 
+import nibabel as nib
 import numpy as np
 import pytest
 import timm
@@ -23,12 +25,18 @@ import domainfm
 import domainfm.io_safety as io_safety
 import domainfm.remote_sensing.predict as rs_predict
 import domainfm.weights as weights_mod
+from domainfm.data.adapters import adapt
 from domainfm.errors import CheckpointError, ConfigError, DataError
+from domainfm.medical.io import read_image
 from domainfm.medical.options import MedicalOptions, normalized
 from domainfm.medical.sources import discover
+from domainfm.medical.synthetic import make_phantom, write_dicom_series, write_nifti_pair
+from domainfm.medical.transforms import LoadScand
 from domainfm.pathology.datasets import list_slides
-from domainfm.remote_sensing.datasets import _raster_files
-from domainfm.remote_sensing.synthetic import write_scene
+from domainfm.registry import get_domain
+from domainfm.remote_sensing.datasets import Item, RasterChipDataset, _raster_files
+from domainfm.remote_sensing.synthetic import write_mask, write_scene
+from domainfm.runconfig import load_config
 from domainfm.train.checkpoint import list_checkpoints
 from tests.conftest import TINY_MODEL, tiny_config
 from tests.remote_sensing.test_rs_predict_heads import PixelModel, _card
@@ -368,3 +376,194 @@ def test_model_embed_refuses_raw_integer_tensors_and_nan_input(arrays_ckpt):
         model.embed(np.full((2, 1, 16, 16), np.nan, np.float32))
     _one_line(exc.value, "NaN")
     assert torch.isfinite(model.embed(X[:2])).all()  # numpy in: the card's preprocessing, finite embeddings
+
+
+# ---- data held in memory: labels and arrays that are no class ids or images (issue 19 item 8, part 2) ------
+
+
+@pytest.mark.parametrize(
+    "data, labels, names",
+    [
+        (X, np.array(list("abababababab")), ["labels=", "text", "'a', 'b'", "integer class id"]),
+        (X, np.array([0, 1, np.nan] * 4), ["labels=", "NaN", "label 2", "integer class id"]),
+        (X, np.zeros((12, 5, 5)), ["labels=", "(12, 5, 5)", "not a mask of the images' 16 x 16"]),
+        (np.empty((12, 1, 16, 16), object), [0, 1] * 6, ["data=", "Python objects", "N x C x H x W"]),
+        (None, None, ["data=", "None", "N x C x H x W"]),
+    ],
+)
+def test_labels_and_arrays_held_in_memory_are_refused_naming_the_argument(arrays_ckpt, data, labels, names):
+    with pytest.raises(DataError) as exc:
+        domainfm.embed(arrays_ckpt[0], data, labels=labels)
+    _one_line(exc.value, *names)
+
+
+def test_an_array_read_with_a_small_last_axis_suggests_channels_last():
+    for shape, read in [((4, 32, 3), "4 images of 32 x 3"), ((4, 8, 8, 3), "8 channels of 8 x 3")]:
+        with pytest.warns(UserWarning, match="channels_last=True") as record:
+            ds = adapt(np.random.default_rng(0).uniform(0, 1, shape))
+        assert read in str(record[0].message)
+        assert ds.profile["channels"] == (1 if len(shape) == 3 else 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # read channels last as told: no warning
+        assert adapt(np.zeros((4, 8, 8, 3)), channels_last=True).profile["channels"] == 3
+    with pytest.raises(DataError) as exc:
+        adapt(np.zeros((4, 32, 3)), channels_last=True)
+    _one_line(exc.value, "channels_last=True", "(4, 32, 3)", "x[None]")
+
+
+def test_val_data_of_another_channel_count_is_named_before_training(arrays_ckpt, tmp_path):
+    ckpt, _ = arrays_ckpt
+    for val, val_labels, names in [
+        (np.zeros((4, 3, 16, 16), np.uint8), [0, 1, 0, 1], ["val_data", "expects 1 input channels, got 3"]),
+        (X[:4], ["a", "b", "a", "b"], ["val_labels=", "text"]),
+        (X[:4], None, ["val_data", "val_labels="]),
+    ]:
+        with pytest.raises(DataError) as exc:
+            domainfm.finetune(
+                ckpt,
+                task="classification",
+                data=X,
+                labels=[0, 1] * 6,
+                val_data=val,
+                val_labels=val_labels,
+                out=tmp_path / "ft",
+                overrides=["train.steps=1"],
+            )
+        _one_line(exc.value, *names)
+        assert not list_checkpoints(tmp_path / "ft")  # refused before any training
+
+
+def test_finetuning_on_data_with_a_geometry_records_it_in_the_card(arrays_ckpt, tmp_path):
+    class Images(torch.utils.data.Dataset):  # a dataset carrying its pixel spacing (as MONAI data does)
+        spacing = [0.8, 0.8]
+
+        def __len__(self):
+            return 12
+
+        def __getitem__(self, i):
+            return torch.from_numpy(X[i]).float(), i % 2
+
+    assert "geometry" not in domainfm.load(arrays_ckpt[0]).card["preprocessing"]
+    ft = domainfm.finetune(
+        arrays_ckpt[0], task="classification", data=Images(), out=tmp_path / "ft", overrides=["train.steps=1"]
+    )
+    geometry = domainfm.load(ft).card["preprocessing"]["geometry"]
+    assert geometry["domain"] == "medical" and geometry["spacing"] == [0.8, 0.8]
+
+
+# ---- files the domains refuse, naming the file (issue 19 item 8, part 2) ---------------------------------
+
+
+def test_a_5d_nifti_in_a_data_folder_is_named_with_the_dimensionalities_read(tmp_path):
+    five = tmp_path / "five.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 1, 2), np.float32), np.eye(4)), str(five))
+    with pytest.raises(DataError) as exc:
+        LoadScand(spatial_dims=3)({"image": str(five)})
+    _one_line(exc.value, str(five), "5D", "(8, 8, 8, 1, 2)", "2D", "3D", "4D")
+    unit = tmp_path / "unit.nii.gz"  # trailing unit axes: one volume
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 1, 1), np.float32), np.eye(4)), str(unit))
+    assert tuple(read_image(unit).shape) == (8, 8, 8)
+
+
+def test_mask_ids_outside_the_named_classes_name_the_mask(tmp_path):
+    for i in range(3):
+        _, mask = write_nifti_pair(tmp_path / "dec", f"case{i}", shape=(12, 12, 8), seed=i)
+        m = nib.load(mask)
+        data = np.asarray(m.dataobj).copy()
+        data[0, 0, 0] = 5
+        nib.save(nib.Nifti1Image(data, m.affine), str(mask))
+    dl = {
+        "labels": {"0": "background", "1": "lesion"},
+        "training": [{"image": f"images/case{i}.nii.gz", "label": f"masks/case{i}.nii.gz"} for i in range(3)],
+    }
+    (tmp_path / "dec" / "dataset.json").write_text(json.dumps(dl))
+    cfg = load_config(
+        {
+            "domain": "medical",
+            "out": str(tmp_path / "run"),
+            "finetune": {"task": "segmentation"},
+            "data": {"path": str(tmp_path / "dec" / "dataset.json"), "img_size": 16},
+        }
+    )
+    with pytest.raises(DataError) as exc:
+        get_domain("medical").dataset(cfg, "train").label_values()
+    _one_line(exc.value, "masks/case", "[5]", "dataset.json", "0: background, 1: lesion")
+    bands = ["B02", "B03", "B04", "B08"]
+    path, labels = write_scene(tmp_path / "s.tif", "sentinel2", bands, size=(32, 32), num_classes=3)
+    labels = labels.copy()
+    labels[:4, :4] = 7
+    mask = write_mask(tmp_path / "s_mask.tif", labels, path)
+    ds = RasterChipDataset([Item(path, "sentinel2", mask=mask)], {"sentinel2": bands}, 16)
+    ds.mask_classes = ["a", "b", "c"]  # data.options.classes=a,b,c
+    with pytest.raises(DataError) as exc:
+        ds.label_values()
+    _one_line(exc.value, str(mask), "[7]", "data.options.classes", "0: a, 1: b, 2: c")
+
+
+def test_an_all_nodata_scene_beside_good_ones_is_left_out_once(tmp_path, caplog):
+    bands = ["B02", "B03", "B04", "B08"]
+    good, _ = write_scene(tmp_path / "good.tif", "sentinel2", bands, size=(32, 32))
+    empty, _ = write_scene(tmp_path / "empty.tif", "sentinel2", bands, size=(256, 256), nodata_rect=(0, 256, 0, 256))
+    items = [Item(empty, "sentinel2"), Item(good, "sentinel2")]
+    with caplog.at_level(logging.WARNING):
+        grid = RasterChipDataset(items, {"sentinel2": bands}, 16, sampling="grid")
+        assert len(grid) == 4 and all(grid[i]["meta"]["path"] == str(good) for i in range(len(grid)))
+        chips = RasterChipDataset(items, {"sentinel2": bands}, 16, chips_per_scene=8)
+        assert all(chips[i]["meta"]["path"] == str(good) for i in range(len(chips)))
+    left_out = [r for r in caplog.records if "empty.tif holds no valid pixel" in r.getMessage()]
+    assert len(left_out) == 2  # once per dataset, naming it
+    assert sum("skipped" in r.getMessage() for r in caplog.records) <= 5  # bounded: 1, 2, 4, 8, 16 chips
+    for sampling in ("grid", "random"):
+        with pytest.raises(DataError) as exc:
+            RasterChipDataset([Item(empty, "sentinel2")], {"sentinel2": bands}, 16, sampling=sampling)[0]
+        _one_line(exc.value, "empty.tif", "nodata")
+
+
+def test_a_truncated_dicom_slice_is_named_not_a_mix_of_series(tmp_path):
+    vol, _ = make_phantom((12, 12, 8))
+    write_dicom_series(tmp_path / "series", vol)
+    cut = sorted((tmp_path / "series").iterdir())[3]
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    with pytest.raises(DataError) as exc:
+        read_image(tmp_path / "series")
+    _one_line(exc.value, str(cut), "truncated")
+    assert "mixes" not in str(exc.value)
+
+
+def test_a_plain_tiff_without_tissue_says_it_is_no_slide(tmp_path, capsys):
+    plain = tmp_path / "plain.tif"
+    Image.fromarray(np.full((512, 512, 3), 240, np.uint8)).save(plain)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code, err = run_cli(
+            [
+                "pretrain",
+                "--domain",
+                "pathology",
+                "--data",
+                plain,
+                "--out",
+                tmp_path / "run",
+                "--steps",
+                "1",
+                "--mpp",
+                "0.5",
+            ],
+            capsys,
+        )
+    assert code == 2
+    assert_one_line_error(err, str(plain), "not a whole-slide scan", "no tissue", "0.5 µm/px")
+
+
+def test_an_empty_weights_file_says_it_is_empty(tmp_path, capsys):
+    for name, write in [
+        ("zero.pth", lambda p: p.write_bytes(b"")),
+        ("none.safetensors", lambda p: save_file({}, str(p))),
+        ("nested.pth", lambda p: torch.save({"model": {}}, p)),
+    ]:
+        src = tmp_path / name
+        write(src)
+        code, err = run_cli(["import-weights", src, "--domain", "synthetic", "--out", tmp_path / "imp"], capsys)
+        assert code == 2
+        assert_one_line_error(err, str(src), "empty")
+    assert not (tmp_path / "imp").exists()
