@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from domainfm.train.checkpoint import list_checkpoints, load_card
-from tests.helpers import TINY_MODEL_FLAGS
+from tests.helpers import TINY_MODEL_FLAGS, free_port
 
 
 def test_two_process_gloo_ddp(tmp_path):
@@ -20,7 +20,7 @@ def test_two_process_gloo_ddp(tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29517",
+        str(free_port()),
         "-m",
         "domainfm.cli",
         "pretrain",

@@ -25,6 +25,7 @@ import domainfm
 from domainfm.errors import ConfigError
 from domainfm.train.checkpoint import list_checkpoints
 from tests.conftest import ROOT, tiny_config
+from tests.helpers import free_port
 
 STEPS, CRASH_AT, CKPT_EVERY, LR = 4, 3, 2, 1e-3
 # Max |DDP - FSDP| over all weights. DDP and FSDP sum the same 2 gradients: without clipping the weights
@@ -96,7 +97,7 @@ def runs(tmp_path_factory) -> Path:
         pytest.skip("this torch build has no torch.distributed gloo backend")
     out = tmp_path_factory.mktemp("fsdp")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1"]
-    cmd += ["--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:29523", "--rdzv_id", "test_fsdp"]
+    cmd += ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"localhost:{free_port()}", "--rdzv_id", "test_fsdp"]
     cmd += ["-m", "tests.core.test_fsdp", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     logs = [out / f"node{n}.log" for n in range(2)]

@@ -19,7 +19,7 @@ from domainfm.runconfig import load_config
 from domainfm.ssl import DINO, CollapseError, build_objective, pretrain_views
 from domainfm.train.checkpoint import list_checkpoints
 from tests.conftest import tiny_config
-from tests.helpers import TINY_MODEL_FLAGS
+from tests.helpers import TINY_MODEL_FLAGS, free_port
 
 DINO_SMALL = {
     "name": "dino",
@@ -135,7 +135,7 @@ def test_two_process_gloo_ddp_dino(tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29533",
+        str(free_port()),
         "-m",
         "domainfm.cli",
         "pretrain",
