@@ -199,15 +199,19 @@ def _domain_of(args) -> str:
     return (read_card(args.checkpoint) if is_exported(args.checkpoint) else load_card(args.checkpoint))["domain"]
 
 
-def run(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # `domainfm pretrain CONFIG.yaml ...`: the config may come right after the command
+def _config_after_command(argv: list[str]) -> list[str]:
+    """``domainfm pretrain CONFIG.yaml ...``: the config may come right after the command (as ``--config``)."""
     i = next((k for k, a in enumerate(argv) if not a.startswith("-")), None)
     if i is not None and argv[i] == "pretrain" and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
         if any(a == "--config" or a.startswith("--config=") for a in argv):
             raise ConfigError(f"pretrain got the config twice ({argv[i + 1]} and --config); give it once, either way")
         argv[i + 1 : i + 2] = ["--config", argv[i + 1]]
+    return argv
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = _config_after_command(list(sys.argv[1:] if argv is None else argv))
     args, rest = parser.parse_known_args(argv)
     if getattr(args, "resume", False) and getattr(args, "init", None):
         raise ConfigError(
@@ -217,61 +221,60 @@ def run(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if args.command == "demo" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    handler = _COMMANDS.get(args.command, _domain_command)
+    return int(handler(args, rest) or 0)
 
-    if args.command == "list":
-        flags, operation_flags = {}, {}
-        for name in list_domains():
-            try:
-                plugin = get_domain(name)
-                flags[name] = _flags(plugin.Options)
-                operation_flags[name] = {"embed": _flags(plugin.EmbedOptions), "predict": _flags(plugin.PredictOptions)}
-            except (ConfigError, TypeError) as exc:  # a broken plugin is listed with its problem
-                flags[name] = [f"unavailable: {exc}"]
-        print(
-            json.dumps(
-                {
-                    "encoders": list_encoders(),
-                    "objectives": list_objectives(),
-                    "heads": list_heads(),
-                    "domains": list_domains(),
-                    "domain_flags": flags,
-                    "operation_flags": operation_flags,
-                },
-                indent=2,
-            )
-        )
-        return 0
-    if args.command == "info":
-        return _info(args.checkpoint)
-    if args.command == "export":
-        return _export(args, rest)
-    if args.command == "demo":
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        figures = api.demo(args.domain, args.out, quick=args.quick)
-        print(json.dumps(figures, indent=2, default=str))
-        return 0
-    if args.command == "evaluate":
-        return int(run_evaluate_from_args(args, rest) or 0)
 
-    if args.command == "import-weights":
-        options = parse_option_flags(rest, get_domain(args.domain).Options, f"domain {args.domain!r}") if rest else {}
-        keys = (
-            "source_bands",
-            "source_wavelengths",
-            "target_bands",
-            "global_pool",
-            "key",
-            "img_size",
-            "patch_depth",
-            "patch_embed",
-        )
-        options.update({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
-        print(
-            "checkpoint: "
-            + str(api.import_weights(args.src, args.domain, args.out, args.arch, exist_ok=args.exist_ok, **options))
-        )
-        return 0
+def _list(args, rest) -> int:
+    flags, operation_flags = {}, {}
+    for name in list_domains():
+        try:
+            plugin = get_domain(name)
+            flags[name] = _flags(plugin.Options)
+            operation_flags[name] = {"embed": _flags(plugin.EmbedOptions), "predict": _flags(plugin.PredictOptions)}
+        except (ConfigError, TypeError) as exc:  # a broken plugin is listed with its problem
+            flags[name] = [f"unavailable: {exc}"]
+    listing = {
+        "encoders": list_encoders(),
+        "objectives": list_objectives(),
+        "heads": list_heads(),
+        "domains": list_domains(),
+        "domain_flags": flags,
+        "operation_flags": operation_flags,
+    }
+    print(json.dumps(listing, indent=2))
+    return 0
+
+
+def _demo(args, rest) -> int:
+    print(json.dumps(api.demo(args.domain, args.out, quick=args.quick), indent=2, default=str))
+    return 0
+
+
+_IMPORT_KEYS = (
+    "source_bands",
+    "source_wavelengths",
+    "target_bands",
+    "global_pool",
+    "key",
+    "img_size",
+    "patch_depth",
+    "patch_embed",
+)
+
+
+def _import_weights(args, rest) -> int:
+    options = parse_option_flags(rest, get_domain(args.domain).Options, f"domain {args.domain!r}") if rest else {}
+    options.update({k: getattr(args, k) for k in _IMPORT_KEYS if getattr(args, k) is not None})
+    ckpt = api.import_weights(args.src, args.domain, args.out, args.arch, exist_ok=args.exist_ok, **options)
+    print(f"checkpoint: {ckpt}")
+    return 0
+
+
+def _domain_command(args, rest) -> int:
+    """pretrain, finetune, embed and predict: the domain's flags parsed, then the command run."""
     domain_name = _domain_of(args)
     domain = get_domain(domain_name)
     options_cls = {"embed": domain.EmbedOptions, "predict": domain.PredictOptions}.get(args.command, domain.Options)
@@ -284,37 +287,37 @@ def run(argv: list[str] | None = None) -> int:
         else f"{args.command} of domain {domain_name!r}"
     )
     options = parse_option_flags(rest, options_cls, owner) if rest else {}
-    if args.command == "pretrain":
-        updates = _updates_from_args(args, options)
-        cfg = api.load_config(_pretrain_config(args), overrides=args.sets, updates=updates)
-        ckpt = api.pretrain(cfg, resume=args.resume)
-        print(f"checkpoint: {ckpt}")
-    elif args.command == "finetune":
-        updates = _updates_from_args(args, options)
-        data = updates.get("data", {}).pop("path", None)
-        extra = {"labels": args.labels} if args.labels else {}
-        ckpt = api.finetune(
-            args.checkpoint,
-            data=data,
-            config=_merge_config_file(args.config, updates),
-            overrides=args.sets,
-            resume=args.resume,
-            **extra,
-        )
-        print(f"checkpoint: {ckpt}")
-    elif args.command == "embed":
-        model = api.load(args.checkpoint)
-        if args.batch_size:
-            options["batch_size"] = args.batch_size
-        exist_ok = "resume" if args.resume else args.exist_ok
-        out = api.embed(model, args.data, args.out, exist_ok=exist_ok, **options)  # e.g. --mpp for slides
-        print(f"embeddings: {out}")
-    elif args.command == "predict":
-        if args.batch_size:
-            options["batch_size"] = args.batch_size
-        out = api.predict(args.checkpoint, args.input, args.out, exist_ok=args.exist_ok, **options)
-        print(f"prediction: {out}")
+    if args.command in ("embed", "predict") and args.batch_size:
+        options["batch_size"] = args.batch_size
+    label, result = _RUNS[args.command](args, options)
+    print(f"{label}: {result}")
     return 0
+
+
+def _run_pretrain(args, options) -> tuple[str, Path]:
+    cfg = api.load_config(_pretrain_config(args), overrides=args.sets, updates=_updates_from_args(args, options))
+    return "checkpoint", api.pretrain(cfg, resume=args.resume)
+
+
+def _run_finetune(args, options) -> tuple[str, Path]:
+    updates = _updates_from_args(args, options)
+    data = updates.get("data", {}).pop("path", None)
+    extra = {"labels": args.labels} if args.labels else {}
+    config = _merge_config_file(args.config, updates)
+    ckpt = api.finetune(args.checkpoint, data=data, config=config, overrides=args.sets, resume=args.resume, **extra)
+    return "checkpoint", ckpt
+
+
+def _run_embed(args, options) -> tuple[str, Path]:
+    exist_ok = "resume" if args.resume else args.exist_ok
+    return "embeddings", api.embed(api.load(args.checkpoint), args.data, args.out, exist_ok=exist_ok, **options)
+
+
+def _run_predict(args, options) -> tuple[str, Path]:
+    return "prediction", api.predict(args.checkpoint, args.input, args.out, exist_ok=args.exist_ok, **options)
+
+
+_RUNS = {"pretrain": _run_pretrain, "finetune": _run_finetune, "embed": _run_embed, "predict": _run_predict}
 
 
 def _info(path: str) -> int:
@@ -452,6 +455,16 @@ def cli_words(message: str) -> str:
     for pattern, words in _CLI_WORDS:
         message = pattern.sub(words, message)
     return _flag_words(message)
+
+
+_COMMANDS = {
+    "list": _list,
+    "info": lambda args, rest: _info(args.checkpoint),
+    "export": _export,
+    "demo": _demo,
+    "evaluate": run_evaluate_from_args,
+    "import-weights": _import_weights,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -394,6 +394,73 @@ def config_for(
     return domain, cfg, kw
 
 
+def _fold_prefix_positions(sd: dict, src: dict, state: dict) -> tuple[torch.Tensor, str]:
+    """Class and register tokens into ``state`` with their prefix positions folded in (exactly equivalent:
+    the tokens are constants); returns the patch positions and the decision text."""
+    E = src["embed_dim"]
+    pos = sd["pos_embed"].reshape(-1, E).float()
+    n_pre = src["pos_has_prefix"]
+    prefix_pos, patch_pos = pos[:n_pre], pos[n_pre:]
+    prefix = []
+    if src["class_token"]:
+        prefix.append(("cls_token", sd["cls_token"].reshape(1, 1, E).float()))
+    if src["num_registers"]:
+        prefix.append(("reg_token", sd["reg_token"].reshape(1, -1, E).float()))
+    row = 0
+    for name, t in prefix:
+        n = t.shape[1]
+        take = prefix_pos[row : row + n]
+        if len(take):
+            t = t.clone()
+            t[0, : len(take)] += take
+        row += n
+        state[name] = t
+    text = (
+        f"{n_pre} prefix position(s) folded into the class/register tokens"
+        if n_pre
+        else "no prefix positions (timm no_embed_class)"
+    )
+    return patch_pos, text
+
+
+def _source_wavelengths(source_names: list[str], source_wavelengths) -> list[float]:
+    """One wavelength (µm) per source channel: given, or known from the channel names."""
+    wls = as_name_list(source_wavelengths)
+    if wls is None:
+        missing = [n for n in source_names if not any(x in BAND_WAVELENGTHS for x in channel_name_set(n))]
+        if missing:
+            raise ConfigError(
+                f"no known wavelength for source channel(s) {', '.join(missing)}: pass "
+                "source_wavelengths= (µm, one per source channel)"
+            )
+        wls = [
+            next(BAND_WAVELENGTHS[x] for x in sorted(channel_name_set(n)) if x in BAND_WAVELENGTHS)
+            for n in source_names
+        ]
+    wls = [float(x) for x in wls]
+    if len(wls) != len(source_names):
+        raise ConfigError(f"source_wavelengths gives {len(wls)} values for {len(source_names)} source channels")
+    return wls
+
+
+def _wavelength_table(state: dict, w, b, source_names: list[str], source_wavelengths) -> list[dict]:
+    """The wavelength patch embed's kernel table from the source kernels (generated residual zero at import)."""
+    wls = _source_wavelengths(source_names, source_wavelengths)
+    state["patch_embed.table_wavelengths"] = torch.tensor(wls)
+    state["patch_embed.table_kernels"] = w.transpose(0, 1).contiguous()
+    state["patch_embed.bias"] = b
+    state["patch_embed.weight_gen.out.weight"] = torch.zeros_like(state["patch_embed.weight_gen.out.weight"])
+    state["patch_embed.weight_gen.out.bias"] = torch.zeros_like(state["patch_embed.weight_gen.out.bias"])
+    return [
+        {
+            "target": "any band",
+            "rule": "kernel table by wavelength (linear in log-wavelength "
+            "between entries, nearest outside) + generated residual (zero at import)",
+            "table": dict(zip(source_names, wls)),
+        }
+    ]
+
+
 def convert(
     sd: dict[str, torch.Tensor],
     src: dict,
@@ -433,29 +500,7 @@ def convert(
         )
     state = {k: v for k, v in enc.state_dict().items() if k.startswith("patch_embed.weight_gen.")}
     E = src["embed_dim"]
-    # prefix tokens, with their positions folded in (exactly equivalent: the tokens are constants)
-    pos = sd["pos_embed"].reshape(-1, E).float()
-    n_pre = src["pos_has_prefix"]
-    prefix_pos, patch_pos = pos[:n_pre], pos[n_pre:]
-    prefix = []
-    if src["class_token"]:
-        prefix.append(("cls_token", sd["cls_token"].reshape(1, 1, E).float()))
-    if src["num_registers"]:
-        prefix.append(("reg_token", sd["reg_token"].reshape(1, -1, E).float()))
-    row = 0
-    for name, t in prefix:
-        n = t.shape[1]
-        take = prefix_pos[row : row + n]
-        if len(take):
-            t = t.clone()
-            t[0, : len(take)] += take
-        row += n
-        state[name] = t
-    decisions["prefix_positions"] = (
-        f"{n_pre} prefix position(s) folded into the class/register tokens"
-        if n_pre
-        else "no prefix positions (timm no_embed_class)"
-    )
+    patch_pos, decisions["prefix_positions"] = _fold_prefix_positions(sd, src, state)
     state["pos_embed"] = positions_for(patch_pos, src["grid"], enc.grid)[None]
     decisions["pos_embed"] = (
         f"learned {src['grid']} -> {list(enc.grid)}"
@@ -471,34 +516,7 @@ def convert(
     b = sd.get("patch_embed.proj.bias")
     b = torch.zeros(E) if b is None else b.float()
     if kind == "wavelength":
-        wls = as_name_list(source_wavelengths)
-        if wls is None:
-            missing = [n for n in source_names if not any(x in BAND_WAVELENGTHS for x in channel_name_set(n))]
-            if missing:
-                raise ConfigError(
-                    f"no known wavelength for source channel(s) {', '.join(missing)}: pass "
-                    "source_wavelengths= (µm, one per source channel)"
-                )
-            wls = [
-                next(BAND_WAVELENGTHS[x] for x in sorted(channel_name_set(n)) if x in BAND_WAVELENGTHS)
-                for n in source_names
-            ]
-        wls = [float(x) for x in wls]
-        if len(wls) != len(source_names):
-            raise ConfigError(f"source_wavelengths gives {len(wls)} values for {len(source_names)} source channels")
-        state["patch_embed.table_wavelengths"] = torch.tensor(wls)
-        state["patch_embed.table_kernels"] = w.transpose(0, 1).contiguous()
-        state["patch_embed.bias"] = b
-        state["patch_embed.weight_gen.out.weight"] = torch.zeros_like(state["patch_embed.weight_gen.out.weight"])
-        state["patch_embed.weight_gen.out.bias"] = torch.zeros_like(state["patch_embed.weight_gen.out.bias"])
-        decisions["channels"] = [
-            {
-                "target": "any band",
-                "rule": "kernel table by wavelength (linear in log-wavelength "
-                "between entries, nearest outside) + generated residual (zero at import)",
-                "table": dict(zip(source_names, wls)),
-            }
-        ]
+        decisions["channels"] = _wavelength_table(state, w, b, source_names, source_wavelengths)
     else:
         mapped, decisions["channels"] = map_channels(w, source_names, target_names)
         if kind == "3d":

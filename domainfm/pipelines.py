@@ -460,13 +460,8 @@ def finetune(
     val_memory = _memory_validation_set(domain, cfg, card, encoder, memory, val_data, val_labels)
     if memory:
         _check_input_channels(encoder, train_set, "data")
-    names = (getattr(train_set, "mask_classes", None) if task == "segmentation" else None) or getattr(
-        train_set, "classes", None
-    )
-    num_classes, classes, class_map = resolve_classes(train_set, task, cfg.finetune.num_classes, names, cfg.data.path)
+    num_classes, classes, class_map = _task_classes(train_set, task, cfg)
     train_set = map_labels(train_set, class_map, task)  # sparse label ids -> contiguous training indices
-    if task == "classification" and num_classes < 2:
-        raise DataError(cfg.data.path, f"classification needs at least 2 classes, found {num_classes}")
     model = _task_model(domain, encoder, task, num_classes, cfg)
     card_ft = {
         **card,
@@ -482,10 +477,8 @@ def finetune(
         if memory
         else domain.preprocessing(cfg, train_set),
         "lora": {"rank": cfg.finetune.lora_rank, "alpha": cfg.finetune.lora_alpha} if cfg.finetune.lora_rank else None,
-        "data": {"path": cfg.data.path, "num_samples": len(train_set)},
+        "data": _data_record(cfg, train_set, memory),
     }
-    if memory:
-        card_ft["data"]["source"] = describe(train_set.profile) if hasattr(train_set, "profile") else None
     _start_run_dir(run_dir, cfg, resume)
     started = time.perf_counter()
     ckpt = train(model, train_set, cfg.train, run_dir, card_ft, resume=resume, num_workers=cfg.data.num_workers)
@@ -496,6 +489,25 @@ def finetune(
         val_set = map_labels(val_set, class_map, task, strict=False)
         _validate_finetuned(model, ckpt, domain, cfg, val_set, num_classes, memory)
     return ckpt
+
+
+def _task_classes(train_set, task: str, cfg) -> tuple:
+    """``(num_classes, class names, class map)`` of the training data (:func:`resolve_classes`), checked."""
+    names = (getattr(train_set, "mask_classes", None) if task == "segmentation" else None) or getattr(
+        train_set, "classes", None
+    )
+    num_classes, classes, class_map = resolve_classes(train_set, task, cfg.finetune.num_classes, names, cfg.data.path)
+    if task == "classification" and num_classes < 2:
+        raise DataError(cfg.data.path, f"classification needs at least 2 classes, found {num_classes}")
+    return num_classes, classes, class_map
+
+
+def _data_record(cfg, train_set, memory: bool) -> dict:
+    """The card's ``data``: the path and sample count, and for data held in memory what it was."""
+    record = {"path": cfg.data.path, "num_samples": len(train_set)}
+    if memory:
+        record["source"] = describe(train_set.profile) if hasattr(train_set, "profile") else None
+    return record
 
 
 def _finetune_config(card: dict, task, data, config, overrides, out) -> Config:

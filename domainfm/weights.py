@@ -128,6 +128,33 @@ def _timm_arch_info(arch: str) -> dict:
     }
 
 
+def _square_grid(n_pos: int, class_token: bool, regs: int) -> tuple[list[int] | None, int]:
+    """The square patch grid of ``n_pos`` positions after 0, 1 (class token) or 1 + registers prefix positions."""
+    for prefix in (0, int(class_token), int(class_token) + regs):
+        side = math.isqrt(max(n_pos - prefix, 0))
+        if side * side == n_pos - prefix and side > 0:
+            return [side, side], prefix
+    return None, 0
+
+
+def _arch_grid(img_size, patch_size, n_pos: int, class_token: bool, regs: int) -> tuple[list[int] | None, int]:
+    """The grid a timm arch's image size gives, when the positions fit it (else ``(None, prefix)``)."""
+    g = [s // p for s, p in zip(img_size, patch_size)]
+    prefix = n_pos - math.prod(g)
+    return (g if prefix in (0, int(class_token), int(class_token) + regs) else None), prefix
+
+
+def _heads(embed_dim: int, arch: str | None, hf: dict) -> tuple[int, str, str | None]:
+    """``(heads, where the number came from, arch)``: a Hugging Face config's, else head_dim 64."""
+    heads_from = "head_dim 64 (ViT convention; pass arch= to set it)"
+    num_heads = {1280: 16, 1536: 24}.get(embed_dim, max(1, embed_dim // 64))
+    if arch is None and isinstance(hf.get("architecture"), str):
+        arch, heads_from = hf["architecture"], "config.json architecture"
+    if isinstance(hf.get("num_attention_heads"), int):
+        num_heads, heads_from = hf["num_attention_heads"], "config.json num_attention_heads"
+    return num_heads, heads_from, arch
+
+
 def describe_source(
     sd: dict[str, torch.Tensor], layout: str, arch: str | None = None, hf_config: dict | None = None
 ) -> dict:
@@ -153,12 +180,7 @@ def describe_source(
             f"position ViTs are not supported; known layouts: {'; '.join(KNOWN_LAYOUTS)}"
         )
     n_pos = int(sd["pos_embed"].shape[1])
-    grid, pos_prefix = None, 0
-    for prefix in (0, int(class_token), int(class_token) + regs):
-        side = math.isqrt(max(n_pos - prefix, 0))
-        if side * side == n_pos - prefix and side > 0:
-            grid, pos_prefix = [side, side], prefix
-            break
+    grid, pos_prefix = _square_grid(n_pos, class_token, regs)
     info = {
         "layout": layout,
         "embed_dim": embed_dim,
@@ -172,14 +194,7 @@ def describe_source(
         "layer_scale": "blocks.0.ls1.gamma" in sd,
         "patch_bias": "patch_embed.proj.bias" in sd,
     }
-    heads_from = "head_dim 64 (ViT convention; pass arch= to set it)"
-    num_heads = {1280: 16, 1536: 24}.get(embed_dim, max(1, embed_dim // 64))
-    hf = hf_config or {}
-    if arch is None and isinstance(hf.get("architecture"), str):
-        arch = hf["architecture"]
-        heads_from = "config.json architecture"
-    if isinstance(hf.get("num_attention_heads"), int):
-        num_heads, heads_from = hf["num_attention_heads"], "config.json num_attention_heads"
+    num_heads, heads_from, arch = _heads(embed_dim, arch, hf_config or {})
     if arch:
         a = _timm_arch_info(arch)
         if a["embed_dim"] != embed_dim:  # depth comes from the keys (a truncated model keeps its arch's heads)
@@ -187,9 +202,7 @@ def describe_source(
         num_heads, heads_from = a["num_heads"], f"timm arch {arch}"
         info["global_pool"] = a["global_pool"] if class_token else "avg"
         if grid is None and a["img_size"]:
-            g = [s // p for s, p in zip(a["img_size"], info["patch_size"])]
-            pos_prefix = n_pos - math.prod(g)
-            grid = g if pos_prefix in (0, int(class_token), int(class_token) + regs) else None
+            grid, pos_prefix = _arch_grid(a["img_size"], info["patch_size"], n_pos, class_token, regs)
     if grid is None:
         raise CheckpointError(
             f"pos_embed has {n_pos} positions: not a square grid (with 0, 1 or {1 + regs} prefix "
@@ -197,20 +210,10 @@ def describe_source(
         )
     if embed_dim % num_heads:
         raise ConfigError(f"embed_dim {embed_dim} is not divisible by {num_heads} heads ({heads_from}); pass arch=")
-    info.update(
-        {
-            "grid": grid,
-            "pos_has_prefix": pos_prefix,
-            "num_heads": int(num_heads),
-            "num_heads_from": heads_from,
-            "arch": arch,
-        }
-    )
+    info.update({"grid": grid, "pos_has_prefix": pos_prefix, "num_heads": int(num_heads), "num_heads_from": heads_from})
+    info["arch"] = arch
     info.setdefault("global_pool", "token" if class_token else "avg")
     return info
-
-
-# ---- channels ------------------------------------------------------------------------------------------
 
 
 # ---- the import ----------------------------------------------------------------------------------------
@@ -247,30 +250,9 @@ def import_weights(
     src_path = Path(src)
     out = Path(out)
     _check_import_out(out, exist_ok, src_path)
-    imp = {k: options.pop(k) for k in list(options) if k in IMPORT_OPTIONS}
-    for key in ("patch_depth", "img_size"):
-        if imp.get(key) is not None and (isinstance(imp[key], bool) or not 1 <= int(imp[key]) <= MAX_SIDE):
-            raise ConfigError(f"{key} must be an integer in [1, {MAX_SIDE}], got {imp[key]!r}")
+    imp = _import_options(options)
     obj, info = read_weights(src_path)
-    if not holds_tensors(obj):
-        raise CheckpointError(
-            f"{info['file']}: the weights file is empty: it holds no tensors "
-            f"({'an empty dict' if isinstance(obj, dict) and not obj else f'a {type(obj).__name__} without tensors'}); "
-            "save the model's state dict into it"
-        )
-    try:
-        sd, where = find_state_dict(obj, imp.get("key"))
-    except CheckpointError as exc:
-        raise CheckpointError(f"{info['file']}: {exc}") from None
-    sd, prefix, outside = strip_prefix(sd)
-    nonfinite = [
-        k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
-    ]
-    if nonfinite:
-        raise CheckpointError(
-            f"{info['file']}: {len(nonfinite)} tensor(s) hold NaN or inf values (first: {nonfinite[0]}); "
-            "the weights are damaged or were saved from a diverged run"
-        )
+    sd, where, prefix, outside = _checked_state(obj, info, imp.get("key"))
     layout = detect_layout(sd)
     sd, dropped = canonical_state(sd, layout)
     source = describe_source(sd, layout, arch, info["config"])
@@ -278,22 +260,7 @@ def import_weights(
         if imp["global_pool"] == "token" and not source["class_token"]:
             raise ConfigError("global_pool='token' needs a class token, and the weights have none")
         source["global_pool"] = imp["global_pool"]
-    used = {
-        "patch_embed.proj.weight",
-        "patch_embed.proj.bias",
-        "cls_token",
-        "reg_token",
-        "pos_embed",
-        "norm.weight",
-        "norm.bias",
-    }
-    used |= {f"blocks.{i}.{p}" for i in range(source["depth"]) for p in _BLOCK_PARTS}
-    unmatched = sorted(k for k in sd if k not in used)
-    if unmatched:
-        raise CheckpointError(
-            f"{info['file']}: {len(unmatched)} keys of the {layout} layout are not understood "
-            f"(first: {', '.join(unmatched[:5])}); known layouts: {'; '.join(KNOWN_LAYOUTS)}"
-        )
+    _check_understood(sd, source, layout, info["file"])
     source_names, names_from = source_channel_names(source["in_chans"], imp.get("source_bands"), info["config"])
     dom, cfg, kw = config_for(
         domain, source, out, options, imp.get("img_size"), imp.get("patch_depth"), imp.get("patch_embed")
@@ -316,33 +283,80 @@ def import_weights(
         "num_dropped_keys": len(dropped),
         "layout": layout,
         "arch": source["arch"],
-        "detected": {
-            k: source[k]
-            for k in (
-                "embed_dim",
-                "depth",
-                "num_heads",
-                "num_heads_from",
-                "patch_size",
-                "in_chans",
-                "grid",
-                "class_token",
-                "num_registers",
-                "layer_scale",
-                "qkv_bias",
-                "mlp_ratio",
-                "global_pool",
-            )
-        },
+        "detected": {k: source[k] for k in _DETECTED},
         "source_channels": source_names,
         "source_channels_from": names_from,
         "target_channels": [t[0] for t in target_names] if kw["patch_embed"] != "wavelength" else "any",
         "pooling": source["global_pool"],
         **decisions,
     }
-    card = _card(cfg, dom, encoder, provenance)
-    _write_checkpoint(out, encoder, card, replace=exist_ok)
+    _write_checkpoint(out, encoder, _card(cfg, dom, encoder, provenance), replace=exist_ok)
     return out
+
+
+#: what the card's ``import.detected`` records of the source architecture
+_DETECTED = (
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "num_heads_from",
+    "patch_size",
+    "in_chans",
+    "grid",
+    "class_token",
+    "num_registers",
+    "layer_scale",
+    "qkv_bias",
+    "mlp_ratio",
+    "global_pool",
+)
+_USED_KEYS = ("patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "reg_token", "pos_embed")
+
+
+def _import_options(options: dict) -> dict:
+    """The import's own options, popped from ``options`` (the rest are the domain's), sizes checked."""
+    imp = {k: options.pop(k) for k in list(options) if k in IMPORT_OPTIONS}
+    for key in ("patch_depth", "img_size"):
+        if imp.get(key) is not None and (isinstance(imp[key], bool) or not 1 <= int(imp[key]) <= MAX_SIDE):
+            raise ConfigError(f"{key} must be an integer in [1, {MAX_SIDE}], got {imp[key]!r}")
+    return imp
+
+
+def _checked_state(obj, info: dict, key) -> tuple[dict, str, str, list]:
+    """The encoder's state dict found in ``obj`` with its prefix stripped; an empty file or NaN weights are
+    refused naming the file. Returns ``(state dict, where it was nested, prefix, keys outside the prefix)``."""
+    if not holds_tensors(obj):
+        what = "an empty dict" if isinstance(obj, dict) and not obj else f"a {type(obj).__name__} without tensors"
+        raise CheckpointError(
+            f"{info['file']}: the weights file is empty: it holds no tensors ({what}); "
+            "save the model's state dict into it"
+        )
+    try:
+        sd, where = find_state_dict(obj, key)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{info['file']}: {exc}") from None
+    sd, prefix, outside = strip_prefix(sd)
+    nonfinite = [
+        k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if nonfinite:
+        raise CheckpointError(
+            f"{info['file']}: {len(nonfinite)} tensor(s) hold NaN or inf values (first: {nonfinite[0]}); "
+            "the weights are damaged or were saved from a diverged run"
+        )
+    return sd, where, prefix, outside
+
+
+def _check_understood(sd: dict, source: dict, layout: str, file) -> None:
+    """Every key of the canonical state dict is one the encoder uses (else one line naming the first ones)."""
+    used = set(_USED_KEYS) | {"norm.weight", "norm.bias"}
+    used |= {f"blocks.{i}.{p}" for i in range(source["depth"]) for p in _BLOCK_PARTS}
+    unmatched = sorted(k for k in sd if k not in used)
+    if unmatched:
+        raise CheckpointError(
+            f"{file}: {len(unmatched)} keys of the {layout} layout are not understood "
+            f"(first: {', '.join(unmatched[:5])}); known layouts: {'; '.join(KNOWN_LAYOUTS)}"
+        )
 
 
 def _check_import_out(out: Path, exist_ok: bool, src: Path) -> None:

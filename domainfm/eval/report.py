@@ -281,6 +281,32 @@ def worth_it(result: EvalResult) -> list[str]:
     return out
 
 
+def _interval_bars(pts: list[dict]) -> list[list[float]]:
+    """Lower and upper error-bar lengths of the 95% intervals (0 where an end is not finite)."""
+    lo = [max(0.0, r["mean"] - r["ci_low"]) if _finite(r["ci_low"], r["mean"]) else 0.0 for r in pts]
+    hi = [max(0.0, r["ci_high"] - r["mean"]) if _finite(r["ci_high"], r["mean"]) else 0.0 for r in pts]
+    return [lo, hi]
+
+
+def _metric_panel(ax, rows: list[dict], metric: str, encoders: list[str], fewshot: bool) -> None:
+    """One metric vs label fraction (log x) or shots, one line per encoder, side by side."""
+    ticks = set()
+    for e, enc in enumerate(encoders):
+        pts = sorted((r for r in rows if r["encoder"] == enc), key=lambda r: r["shots"] if fewshot else r["fraction"])
+        xs = [r["shots"] if fewshot else 100 * r["fraction"] for r in pts]
+        ticks.update(xs)
+        shift = 1.0 + 0.04 * (e - (len(encoders) - 1) / 2)  # side by side, intervals readable
+        ys = [r["mean"] for r in pts]
+        ax.errorbar([x * shift for x in xs], ys, yerr=_interval_bars(pts), marker="o", capsize=3, label=enc)
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(ticks))
+    ax.set_xticklabels([f"{t:g}" if fewshot else f"{t:g}%" for t in sorted(ticks)])
+    ax.minorticks_off()
+    ax.set_xlabel("shots per class" if fewshot else "labelled fraction")
+    ax.set_ylabel(METRIC_NAMES.get(metric, metric))
+    ax.grid(alpha=0.3)
+
+
 def protocol_figure(rows: list[dict], protocol: str):
     """A matplotlib Figure for one protocol's records: one panel per metric, metric vs label fraction
     (log x) or shots, 95% interval bars, one line per encoder (no pyplot state, no window)."""
@@ -292,26 +318,7 @@ def protocol_figure(rows: list[dict], protocol: str):
     fewshot = rows[0].get("shots") is not None
     encoders = list(dict.fromkeys(r["encoder"] for r in rows))
     for ax, metric in zip(axes.ravel(), metrics):
-        ticks = set()
-        for e, enc in enumerate(encoders):
-            pts = sorted(
-                (r for r in rows if r["encoder"] == enc and r["metric"] == metric),
-                key=lambda r: r["shots"] if fewshot else r["fraction"],
-            )
-            xs = [r["shots"] if fewshot else 100 * r["fraction"] for r in pts]
-            ticks.update(xs)
-            shift = 1.0 + 0.04 * (e - (len(encoders) - 1) / 2)  # side by side, intervals readable
-            ys = [r["mean"] for r in pts]
-            lo = [max(0.0, r["mean"] - r["ci_low"]) if _finite(r["ci_low"], r["mean"]) else 0.0 for r in pts]
-            hi = [max(0.0, r["ci_high"] - r["mean"]) if _finite(r["ci_high"], r["mean"]) else 0.0 for r in pts]
-            ax.errorbar([x * shift for x in xs], ys, yerr=[lo, hi], marker="o", capsize=3, label=enc)
-        ax.set_xscale("log")
-        ax.set_xticks(sorted(ticks))
-        ax.set_xticklabels([f"{t:g}" if fewshot else f"{t:g}%" for t in sorted(ticks)])
-        ax.minorticks_off()
-        ax.set_xlabel("shots per class" if fewshot else "labelled fraction")
-        ax.set_ylabel(METRIC_NAMES.get(metric, metric))
-        ax.grid(alpha=0.3)
+        _metric_panel(ax, [r for r in rows if r["metric"] == metric], metric, encoders, fewshot)
     for ax in axes.ravel()[len(metrics) :]:
         ax.axis("off")
     axes.ravel()[0].legend()

@@ -47,6 +47,18 @@ def vit_large() -> dict:
     return {"embed_dim": 1024, "depth": 24, "num_heads": 16}
 
 
+def _checked_tokens(class_token: bool, num_registers: int, global_pool: str | None, pos_embed_type: str) -> str:
+    """The pooling (default: the class token when there is one, else the patch mean), with the token and
+    position options checked."""
+    if num_registers < 0:
+        raise ConfigError(f"model.num_registers must be >= 0, got {num_registers}")
+    global_pool = global_pool or ("token" if class_token else "avg")
+    check_global_pool(global_pool, class_token)
+    if pos_embed_type not in ("sincos", "learned"):
+        raise ConfigError(f"pos_embed_type must be 'sincos' or 'learned', got {pos_embed_type!r}")
+    return global_pool
+
+
 class ViTEncoder(nn.Module):
     """A ViT over the tokens of any patch embed (2D, 3D, wavelength), masking-aware.
 
@@ -93,26 +105,8 @@ class ViTEncoder(nn.Module):
         problem = shape_problem(depth, embed_dim, num_heads, patch_size, img_size, in_chans)
         if problem:
             raise ConfigError(f"model.{problem}")
-        if num_registers < 0:
-            raise ConfigError(f"model.num_registers must be >= 0, got {num_registers}")
-        global_pool = global_pool or ("token" if class_token else "avg")
-        check_global_pool(global_pool, class_token)
-        if pos_embed_type not in ("sincos", "learned"):
-            raise ConfigError(f"pos_embed_type must be 'sincos' or 'learned', got {pos_embed_type!r}")
-        try:
-            self.patch_embed = build_patch_embed(
-                patch_embed, embed_dim, patch_size, in_chans, wavelength_table=wavelength_table
-            )
-            self.spatial_dims = self.patch_embed.spatial_dims
-            self.img_size = _tuple(img_size, self.spatial_dims)
-        except ValueError as exc:  # e.g. a 3-value patch size for a 2D patch embed
-            raise ConfigError(
-                f"model.patch_size {patch_size} / data.img_size {img_size} do not fit the {patch_embed} patch embed "
-                f"({exc}); give one value or one per spatial axis"
-            ) from None
-        bad = [s for s, p in zip(self.img_size, self.patch_embed.patch_size) if s % p]
-        if bad:
-            raise ConfigError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_embed.patch_size}")
+        global_pool = _checked_tokens(class_token, num_registers, global_pool, pos_embed_type)
+        self._set_patch_embed(patch_embed, embed_dim, patch_size, in_chans, img_size, wavelength_table)
         if embed_dim % num_heads:
             raise ConfigError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.grid = tuple(s // p for s, p in zip(self.img_size, self.patch_embed.patch_size))
@@ -173,6 +167,22 @@ class ViTEncoder(nn.Module):
         for prefix in (self.cls_token, self.reg_token):
             if prefix is not None:
                 nn.init.normal_(prefix, std=1e-6)
+
+    def _set_patch_embed(self, kind, embed_dim, patch_size, in_chans, img_size, wavelength_table) -> None:
+        """The patch embed, the spatial dims and the image size, checked to fit each other."""
+        try:
+            self.patch_embed = build_patch_embed(
+                kind, embed_dim, patch_size, in_chans, wavelength_table=wavelength_table
+            )
+            self.spatial_dims = self.patch_embed.spatial_dims
+            self.img_size = _tuple(img_size, self.spatial_dims)
+        except ValueError as exc:  # e.g. a 3-value patch size for a 2D patch embed
+            raise ConfigError(
+                f"model.patch_size {patch_size} / data.img_size {img_size} do not fit the {kind} patch embed "
+                f"({exc}); give one value or one per spatial axis"
+            ) from None
+        if any(s % p for s, p in zip(self.img_size, self.patch_embed.patch_size)):
+            raise ConfigError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_embed.patch_size}")
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

@@ -19,6 +19,26 @@ from domainfm.train.checkpoint import file_sha256, load_card, load_module_state,
 _ARCH_KEYS = ("patch_embed", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")
 
 
+def _arch_differences(cfg, new: dict, init: dict) -> list[str]:
+    """The architecture keys where the config's encoder (``new``) differs from the init's; depth, width and
+    heads count only when the config sets them."""
+    diffs = []
+    for key in _ARCH_KEYS:
+        if key in ("embed_dim", "depth", "num_heads") and getattr(cfg.model, key) is None:
+            continue  # not set in the config: the init decides
+        a, b = new.get(key), init.get(key)
+        if key == "patch_size" and a is not None and b is not None and len(a) != len(b):
+            diffs.append(
+                f"model.patch_size (config {a}, init {b}: 2D vs 3D; inflate with spatial_dims=3 when importing)"
+            )
+        elif a != b:
+            diffs.append(f"{'model.' + key if key not in ('in_chans',) else 'data.in_chans'} (config {a}, init {b})")
+    for key in ("class_token", "num_registers"):
+        if new.get(key) and new.get(key) != init.get(key):
+            diffs.append(f"model.{key} (config {new.get(key)}, init {init.get(key)})")
+    return diffs
+
+
 def init_encoder(cfg, built, init: str | Path):
     """The encoder a pretraining run starts from when ``model.init`` names a checkpoint (imported or trained).
 
@@ -33,20 +53,7 @@ def init_encoder(cfg, built, init: str | Path):
     if not enc_cfg:
         raise CheckpointError(f"{ckpt}/card.json: no encoder description; model.init needs a domainfm checkpoint")
     new = dict(built.config)
-    diffs = []
-    for key in _ARCH_KEYS:
-        if key in ("embed_dim", "depth", "num_heads") and getattr(cfg.model, key) is None:
-            continue  # not set in the config: the init decides
-        a, b = new.get(key), enc_cfg.get(key)
-        if key == "patch_size" and a is not None and b is not None and len(a) != len(b):
-            diffs.append(
-                f"model.patch_size (config {a}, init {b}: 2D vs 3D; inflate with spatial_dims=3 when importing)"
-            )
-        elif a != b:
-            diffs.append(f"{'model.' + key if key not in ('in_chans',) else 'data.in_chans'} (config {a}, init {b})")
-    for key in ("class_token", "num_registers"):
-        if new.get(key) and new.get(key) != enc_cfg.get(key):
-            diffs.append(f"model.{key} (config {new.get(key)}, init {enc_cfg.get(key)})")
+    diffs = _arch_differences(cfg, new, enc_cfg)
     if diffs:
         raise ConfigError(f"model.init {ckpt}: its encoder differs from the config in {'; '.join(diffs)}")
     enc_cfg["img_size"] = new["img_size"]
