@@ -328,7 +328,15 @@ def section_sliding_window(s: Suite) -> None:
     enc = build_encoder(
         "vit-base", patch_embed="3d", in_chans=1, img_size=roi, patch_size=16 if not s.dry else 8, **cfg
     )
-    head = UNETRHead(enc.embed_dim, 2, 3, enc.config["patch_size"], 1, enc.depth, feature_size=16 if not s.dry else 4)
+    head = UNETRHead(
+        enc.embed_dim,
+        2,
+        spatial_dims=3,
+        patch_size=enc.config["patch_size"],
+        in_chans=1,
+        depth=enc.depth,
+        feature_size=16 if not s.dry else 4,
+    )
     enc, head = enc.to(s.device).eval(), head.to(s.device).eval()
 
     def predictor(x):

@@ -164,9 +164,9 @@ def main(argv=None) -> dict:
         ]
     ds = SlideTileDataset(
         records,
-        args.target_mpp,
-        args.tile_size,
-        args.tile_size,
+        target_mpp=args.target_mpp,
+        tile_size=args.tile_size,
+        out_size=args.tile_size,
         min_tissue=0.25,
         coords_dir=tmp / "tiles",
         transform=TileTransform(args.tile_size),

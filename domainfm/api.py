@@ -12,11 +12,12 @@ Example:
     torch.Size([2, 32])
 """
 
+from domainfm.card import Card, build_card
 from domainfm.config import Config, parse_config, save_config
 from domainfm.demo import run_demo as demo
 from domainfm.deploy import export
 from domainfm.exported import ExportedModel, load_exported
-from domainfm.model import FoundationModel, build_card, load
+from domainfm.model import FoundationModel, load
 from domainfm.pipelines import (
     embed,
     evaluate,
@@ -50,6 +51,7 @@ __all__ = [
     "save_config",
     "config_from_card",
     "build_card",
+    "Card",
     "Config",
     "FoundationModel",
 ]

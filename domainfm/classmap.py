@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from domainfm.contract import dataset_attribute, dataset_method
 from domainfm.errors import ConfigError, DataError
 
 log = logging.getLogger("domainfm")
@@ -120,9 +121,9 @@ def output_dtype(ids: Sequence[int], nodata: int | None = None) -> np.dtype:
 def _values_of(dataset, task: str) -> list[int]:
     """Label ids present in a dataset: ``dataset.label_values()`` when it has one (domains scan
     their label files whole), else a pass over its samples."""
-    own = getattr(dataset, "label_values", None)
-    ignore = getattr(dataset, "ignore_index", None)
-    if callable(own):
+    own = dataset_method(dataset, "label_values")
+    ignore = dataset_attribute(dataset, "ignore_index")
+    if own is not None:
         return sorted({int(v) for v in own()} - {ignore})
     found: set[int] = set()
     for i in range(len(dataset)):
@@ -172,7 +173,7 @@ def _multilabel_classes(dataset, num_classes: int | None, where) -> tuple[int, l
     n = int(torch.as_tensor(dataset[0]["label"]).numel())
     if num_classes and num_classes != n:
         raise ConfigError(f"finetune.num_classes={num_classes} but the multi-label vectors of {where} have {n} entries")
-    return n, list(getattr(dataset, "classes", None) or []) or None, None
+    return n, list(dataset_attribute(dataset, "classes") or []) or None, None
 
 
 def _label_classes(
@@ -185,7 +186,7 @@ def _label_classes(
         raise DataError(where, f"negative class labels {negative[:5]}: classification labels are class ids >= 0")
     if not found:
         raise DataError(where, "no labels found (all unlabelled)")
-    declared = (list(names) if names else None) or list(getattr(dataset, "classes", None) or []) or None
+    declared = (list(names) if names else None) or list(dataset_attribute(dataset, "classes") or []) or None
     if declared is None and max(found) + 1 - len(found) > SPARSE_LABEL_GAP:
         return _sparse_label_classes(found, num_classes, where)
     ids = list(range(len(declared))) if declared else list(range(max(found) + 1))
@@ -212,7 +213,7 @@ def _sparse_label_classes(found: list[int], num_classes, where) -> tuple[int, li
 def _mask_classes(dataset, found: list[int], num_classes, names, where) -> tuple[int, list[str], ClassMap]:
     """Segmentation: the ids found in the masks, or ``0..n-1`` when ``finetune.num_classes`` covers them all."""
     declared = list(names) if names else None
-    by_id = getattr(dataset, "class_names_by_id", None) or {}
+    by_id = dataset_attribute(dataset, "class_names_by_id") or {}
     if num_classes:
         if max(found) >= num_classes:
             raise ConfigError(
@@ -325,12 +326,12 @@ def stratified_indices(labels: Iterable[Any], n: int, seed: int = 0) -> list[int
 def cheap_labels(dataset) -> list | None:
     """Labels of a dataset read without loading its images (``items`` dicts or objects with a
     ``label``, or ``files`` of ``(path, label)``), or ``None`` when it does not say."""
-    items = getattr(dataset, "items", None)
+    items = dataset_attribute(dataset, "items")
     if isinstance(items, (list, tuple)) and len(items) == len(dataset):
         labels = [it.get("label") if isinstance(it, dict) else getattr(it, "label", None) for it in items]
         if all(lab is not None for lab in labels):
             return [tuple(lab) if isinstance(lab, list) else lab for lab in labels]
-    files = getattr(dataset, "files", None)
+    files = dataset_attribute(dataset, "files")
     if isinstance(files, (list, tuple)) and len(files) == len(dataset) and files and isinstance(files[0], tuple):
         return [f[1] for f in files]
     return None

@@ -28,6 +28,7 @@ from domainfm.eval import add_evaluate_arguments, run_evaluate_from_args
 from domainfm.exported import describe, is_exported, read_card
 from domainfm.model import check_card
 from domainfm.registry import get_domain, list_domains, list_encoders, list_heads, list_objectives, loaded_domains
+from domainfm.store import StoreError, prepare
 from domainfm.train.checkpoint import load_card, resolve_checkpoint
 
 
@@ -144,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-depth", type=int, help="3D targets: depth of a patch (the 2D kernel is spread over it)")
     _exist_ok_flag(p)
 
+    p = sub.add_parser("prepare", help="preprocess a dataset once into a chunked zarr store that training streams")
+    p.add_argument("--domain", required=True, help="medical | remote_sensing | pathology")
+    p.add_argument("--data", required=True, help="what pretrain --data reads: a folder, a manifest, slides, scenes")
+    p.add_argument("--out", required=True, help="the store folder (a second run prepares only new or changed files)")
+    p.add_argument("--workers", type=int, help="processes (default: the CPU count)")
+    p.add_argument("--img-size", type=int, help="data.img_size (the model input the domain sizes samples to)")
+
     sub.add_parser("list", help="list encoders, objectives, heads, domains and each domain's flags")
     return parser
 
@@ -248,6 +256,15 @@ def _list(args, rest) -> int:
     return 0
 
 
+def _prepare(args, rest) -> int:
+    """``domainfm prepare``: the domain's flags are its data options; failed sources are one error line."""
+    options = parse_option_flags(rest, get_domain(args.domain).Options, f"domain {args.domain!r}") if rest else {}
+    report = prepare(args.domain, args.data, args.out, workers=args.workers, options=options, img_size=args.img_size)
+    if report.failed:
+        raise StoreError(args.out, report.failure_text())
+    return 0
+
+
 def _demo(args, rest) -> int:
     print(json.dumps(api.demo(args.domain, args.out, quick=args.quick), indent=2, default=str))
     return 0
@@ -330,6 +347,7 @@ def _info(path: str) -> int:
         card = load_card(ckpt)
         check_card(card, ckpt)  # a bogus domain or encoder section is one line, not a card printed as fine
         print(f"# {ckpt}")
+        card = card.to_dict()
     print(json.dumps(card, indent=2))
     return 0
 
@@ -464,6 +482,7 @@ _COMMANDS = {
     "demo": _demo,
     "evaluate": run_evaluate_from_args,
     "import-weights": _import_weights,
+    "prepare": _prepare,
 }
 
 

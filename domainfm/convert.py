@@ -24,7 +24,7 @@ from domainfm.errors import CheckpointError, ConfigError
 from domainfm.models.channels import BAND_WAVELENGTHS, as_name_list, channel_name_set, map_channels
 from domainfm.models.encoder import build_encoder
 from domainfm.models.pos_embed import resample_pos_embed
-from domainfm.registry import get_domain, get_encoder_arch, list_encoders
+from domainfm.registry import get_domain, get_encoder_arch, list_encoders, patch_embed_spatial_dims
 from domainfm.runconfig import load_config
 from domainfm.train.checkpoint import load_module_state
 
@@ -384,7 +384,7 @@ def config_for(
     }
     cfg = load_config(raw, check_paths=False)
     kw = domain.encoder_kwargs(cfg, None)
-    if kw.get("patch_embed") == "3d":
+    if patch_embed_spatial_dims(kw.get("patch_embed")) == 3:
         pd = int(patch_depth or ph)
         raw["model"]["patch_size"] = [pd, ph, pw]
         if isinstance(size, int):
@@ -519,7 +519,7 @@ def convert(
         decisions["channels"] = _wavelength_table(state, w, b, source_names, source_wavelengths)
     else:
         mapped, decisions["channels"] = map_channels(w, source_names, target_names)
-        if kind == "3d":
+        if enc.patch_embed.spatial_dims == 3:
             pd = enc.patch_embed.patch_size[0]
             mapped = inflate_kernel(mapped, pd)
             decisions["inflation"] = f"2D kernel / {pd} repeated over {pd} depth slices"

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime as _dt
 import hashlib
 import io
-import json
 import logging
 import math
 from pathlib import Path
@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from domainfm.card import Card
 from domainfm.errors import ConfigError, UnsupportedError
 from domainfm.exported import CARD_KEY, SUFFIXES, export_format, onnx_module, onnxruntime_module
 from domainfm.io_safety import atomic_output, check_exists, check_output, same_file
@@ -157,7 +158,7 @@ def _check_out(out: Path, ckpt: Path, fmt: str, exist_ok: bool) -> Path:
 
 def _model_for_export(ckpt: Path) -> FoundationModel:
     model = load(ckpt)
-    task = model.card.get("task")
+    task = model.card.task
     if task and task not in TASKS:
         raise UnsupportedError(
             f"{ckpt}: task {task!r} is not exported (encoders and {', '.join(TASKS)} models are); "
@@ -301,7 +302,8 @@ def _parity(model, graph, run, channels: int, size, dynamic: bool, patch) -> dic
 
 # ---- the record ---------------------------------------------------------------------------------------
 def _output_record(model: FoundationModel, spatial_dims: int) -> dict:
-    task = model.card.get("task")
+    card = model.card
+    task = card.task
     grid = " x ".join(["D", "H", "W"][-spatial_dims:])
     if task is None:
         return {"name": "embedding", "kind": "embedding", "layout": "B x E", "size": model.encoder.pooled_dim}
@@ -311,9 +313,9 @@ def _output_record(model: FoundationModel, spatial_dims: int) -> dict:
         "kind": "logits",
         "layout": layout,
         "task": task,
-        "num_classes": model.card.get("num_classes"),
-        "classes": model.card.get("classes"),
-        "class_map": model.card.get("class_map"),
+        "num_classes": card.num_classes,
+        "classes": card.classes,
+        "class_map": card.class_map,
         "activation": "sigmoid per class" if task == "multilabel" else "softmax over K",
     }
 
@@ -375,8 +377,8 @@ def _opset_of(onnx_program) -> int | None:
     return next((int(o.version) for o in onnx_program.model_proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def _write(fmt: str, tmp: Path, program, onnx_program, card: dict) -> None:
-    text = json.dumps(card, default=str)
+def _write(fmt: str, tmp: Path, program, onnx_program, card: Card) -> None:
+    text = card.to_json(indent=None)
     if fmt == "pt2":
         torch.export.save(program, str(tmp), extra_files={CARD_KEY: text})
         return
@@ -445,7 +447,7 @@ def export(
     record["tolerance"] = parity["max_abs_diff"]
     _report_parity(out, record)
     with atomic_output(out, [ckpt / "model.safetensors", ckpt / "card.json"]) as tmp:
-        _write(fmt, tmp, program, onnx_program, {**model.card, "export": record})
+        _write(fmt, tmp, program, onnx_program, dataclasses.replace(model.card, export=record))
     return out
 
 

@@ -12,10 +12,12 @@ is how a model trained on objects held in memory (the ``arrays`` domain) predict
 files: the file domain's readers, sliding windows and writers, the model's own normalisation.
 
 The samples a dataset yields follow :mod:`domainfm.data.sample` (``image``, ``meta``, optional
-``label``/``mask``/``wavelengths``). A dataset may also carry: ``classes`` / ``mask_classes`` (label
-names, background first for masks), ``epoch_batches(epoch, batch_size, seed, rank, world_size)`` to
-group samples itself and ``set_epoch(epoch)`` for per-epoch randomness (see
-:mod:`domainfm.data.sampling`). A head may carry ``layers`` (the encoder blocks it reads).
+``label``/``mask``/``wavelengths``). The optional attributes a dataset may carry and the core reads
+(``classes`` / ``mask_classes``, ``label_values()``, ``ignore_index``, ``items``/``files``,
+``epoch_batches(epoch, batch_size, seed, rank, world_size)``, ``set_epoch(epoch)``, ``bands``,
+``wavelengths``, ``spacing``, ``mpp``...) are declared once, in :data:`domainfm.contract.DATASET_ATTRIBUTES`,
+and read through :func:`domainfm.contract.dataset_attribute`. A head may carry ``layers`` (the encoder blocks
+it reads).
 
 Example (a complete plugin over in-memory images; the contract test runs it like the shipped ones):
     >>> import torch
@@ -57,7 +59,8 @@ from domainfm.errors import ConfigError, DataError, UnsupportedError
 from domainfm.heads import default_head
 from domainfm.inference import write_embeddings
 from domainfm.io_safety import check_output
-from domainfm.recipes import DataFacts, facts_from_dataset
+from domainfm.recipes import DataFacts, Decision, facts_from_dataset
+from domainfm.registry import patch_embed_spatial_dims
 from domainfm.runconfig import config_from_card
 
 if TYPE_CHECKING:
@@ -190,11 +193,23 @@ class Domain:
         raise UnsupportedError(f"domain {self.name!r} does not provide datasets")
 
     def multicrop(self, cfg: Config, img_size: list[int], local_size: list[int]):
-        """Multi-crop views for self-distillation (``dino``): ``fn(image, generator) -> [crops]``.
+        """Multi-crop views for an objective on multi-crop views (``dino``): ``fn(image, generator) -> [crops]``,
+        with the counts and scales of ``cfg.objective`` (:class:`~domainfm.ssl.dino.MultiCropOptions`).
 
         Override with crops and intensity changes that fit the domain's physics (see domains/*/views.py).
         """
         return multicrop_from_config(cfg.objective, len(img_size), img_size, local_size)
+
+    def prepare_in_memory(self, ds: Any, cfg: Config, card: dict | None = None) -> Any:
+        """Data held in memory (adapted by :func:`domainfm.data.adapters.adapt`) made ready for this domain's
+        model: normalised with ``card``'s statistics (fine-tuning, embedding from a checkpoint) or the data's own
+        (pretraining). The default returns ``ds`` as it is.
+
+        Example:
+            >>> Domain().prepare_in_memory([1, 2], cfg=None)
+            [1, 2]
+        """
+        return ds
 
     def encoder_kwargs(self, cfg: Config, dataset: Any | None = None) -> dict:
         """Keyword arguments of :func:`domainfm.build_encoder` that fit this data: at least
@@ -223,6 +238,18 @@ class Domain:
         except ConfigError:
             return build_dataclass(self.Options, cfg.data.options, "data.options", cfg.source)
 
+    def settle(self, cfg: Config, stage: str) -> list[Decision]:
+        """Settings a ``stage`` run (``"pretrain"``, ``"finetune"``) takes from this domain's data, decided
+        before any dataset is built: :class:`~domainfm.recipes.Decision` s (dotted key, value, why) that the
+        core sets on ``cfg`` (:func:`domainfm.rundata.settle`). ``cfg`` is only read here, and ``dataset``
+        never changes it. The default decides nothing.
+
+        Example:
+            >>> Domain().settle(None, "finetune")
+            []
+        """
+        return []
+
     def memory_preprocessing(self, card: dict, dataset: Any) -> dict:
         """The preprocessing record of a model fine-tuned from ``card`` on data held in memory (``dataset``, as
         adapted with that card's preprocessing): by default the parent's record, which the data was prepared
@@ -236,10 +263,11 @@ class Domain:
         return card["preprocessing"]
 
     def spatial_dims(self, cfg: Config) -> int:
-        """2 or 3: the dimensionality of this config's images (default: 3 for a ``3d`` patch embed)."""
+        """2 or 3: the dimensionality of this config's images (default: that of the patch embed
+        :meth:`encoder_kwargs` names, as it registered)."""
         if cfg is None:
             return 2
-        return 3 if self.encoder_kwargs(cfg).get("patch_embed") == "3d" else 2
+        return patch_embed_spatial_dims(self.encoder_kwargs(cfg).get("patch_embed"))
 
     def data_facts(self, cfg: Config) -> DataFacts:
         """What a data-derived recipe (:mod:`domainfm.recipes`) needs to know of ``cfg``'s pretraining

@@ -22,9 +22,8 @@ Example:
 
 from __future__ import annotations
 
-import json
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from domainfm.card import Card
 from domainfm.display import batched_preprocessor
 from domainfm.errors import CheckpointError, DataError, UnsupportedError
 from domainfm.registry import get_domain
@@ -79,16 +79,16 @@ def onnxruntime_module():
     return onnxruntime
 
 
-def _card_json(path: Path, text: str | None) -> dict:
+def _card_json(path: Path, text: str | None) -> Card:
     if text is None:
         raise CheckpointError(
             f"{path}: carries no domainfm card (metadata key {CARD_KEY}); export it with `domainfm export`"
         )
     try:
-        card = json.loads(text)
+        card = Card.from_json(text)
     except ValueError as exc:
         raise CheckpointError(f"{path}: its {CARD_KEY} metadata is not valid JSON ({exc})") from None
-    if not isinstance(card, dict) or not isinstance(card.get("export"), dict):
+    if not isinstance(card.export, dict):
         raise CheckpointError(f"{path}: its {CARD_KEY} metadata has no export record; export it again")
     return card
 
@@ -112,10 +112,16 @@ def _pt2_card_text(path: Path) -> str | None:
 
 
 def read_card(path: str | Path) -> dict:
-    """The card an exported file carries (with its ``export`` record), read without running anything.
+    """The card an exported file carries (with its ``export`` record) as its JSON object, read without running
+    anything (:func:`exported_card` gives it typed).
 
     Raises a one-line :class:`CheckpointError` for a missing, damaged or foreign file.
     """
+    return exported_card(path).to_dict()
+
+
+def exported_card(path: str | Path) -> Card:
+    """The :class:`~domainfm.card.Card` an exported file carries; see :func:`read_card`."""
     path = Path(path)
     fmt = export_format(path)
     if fmt is None:
@@ -129,9 +135,10 @@ def _dims(values) -> str:
     return "x".join(str(v) for v in values)
 
 
-def describe(card: dict) -> list[str]:
+def describe(card: Card | Mapping) -> list[str]:
     """A few lines saying how to feed an exported model and what it gives (``domainfm info`` prints them)."""
-    exp = card["export"]
+    card = card if isinstance(card, Card) else Card.from_dict(card)
+    exp = card.export
     inp, out, norm = exp.get("input") or {}, exp.get("output") or {}, exp.get("normalization") or {}
     size = (
         f"any size in multiples of {_dims(inp.get('multiple_of') or [])}"
@@ -141,7 +148,7 @@ def describe(card: dict) -> list[str]:
     precision = "fp16" if exp.get("fp16") else "fp32"
     parity = (exp.get("parity") or {}).get("max_abs_diff")
     lines = [
-        f"{card.get('domain')} {exp.get('format')} export ({precision}): input pixels {inp.get('layout')} "
+        f"{card.domain} {exp.get('format')} export ({precision}): input pixels {inp.get('layout')} "
         f"{inp.get('shape')}, {size}, channels {inp.get('channels')}",
         "normalisation: "
         + (f"inside the graph ({norm.get('text')})" if norm.get("inside") else f"NOT inside: {norm.get('recipe')}"),
@@ -209,11 +216,12 @@ class ExportedModel(nn.Module):
     wavelengths) and run the graph on the pixels they stand for; :meth:`run` takes pixels directly.
     """
 
-    def __init__(self, path: Path, card: dict, runner: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, path: Path, card: Card | dict, runner: Callable[[torch.Tensor], torch.Tensor]):
         super().__init__()
+        card = card if isinstance(card, Card) else Card.from_dict(card)
         self.path, self.card, self._runner = Path(path), card, runner
-        self.export = card["export"]
-        self.head = _ExportedHead(card["task"]) if card.get("task") else None
+        self.export = card.export
+        self.head = _ExportedHead(card.task) if card.task else None
         # the domains' predict functions find the device from a parameter; an exported model runs on the CPU
         self._device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
         self._preprocess: Callable | None = None
@@ -227,7 +235,7 @@ class ExportedModel(nn.Module):
 
     @property
     def domain(self):
-        return get_domain(self.card["domain"])
+        return get_domain(self.card.domain)
 
     @property
     def spatial_dims(self) -> int:
@@ -325,7 +333,7 @@ def load_exported(path: str | Path, providers=None, threads: int | None = None) 
     """An exported file (``.onnx`` through onnxruntime, ``.pt2`` through ``torch.export.load``) as an
     :class:`ExportedModel`; ``providers`` are onnxruntime's (default the CPU), ``threads`` its intra-op threads."""
     path = Path(path)
-    card = read_card(path)
+    card = exported_card(path)
     if export_format(path) == "onnx":
         runner = _OnnxRunner(path, providers, threads)
     else:

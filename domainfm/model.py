@@ -1,5 +1,6 @@
 """A loaded model that carries its card and the exact preprocessing: :class:`FoundationModel`,
-:func:`load`, and the card every checkpoint writes (:func:`build_card`).
+:func:`load`, and the checks a card on disk passes before anything is built (:func:`check_card`). The card
+itself (:class:`~domainfm.card.Card`, :func:`build_card`) lives in :mod:`domainfm.card`.
 
 Example:
     >>> import torch
@@ -12,23 +13,23 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from domainfm.config import Config
+from domainfm.card import Card, build_card
 from domainfm.display import batched_preprocessor, model_summary, model_summary_html
 from domainfm.errors import CheckpointError, ConfigError, DataError, unknown_choice
 from domainfm.models.encoder import build_encoder, shape_problem
 from domainfm.models.lora import apply_lora, merge_lora
 from domainfm.registry import get_domain, list_domains
 from domainfm.runconfig import config_from_card
-from domainfm.train.checkpoint import load_card, load_module_state, load_tensors, resolve_checkpoint
+from domainfm.train.checkpoint import load_module_state, load_tensors, resolve_checkpoint
+
+__all__ = ["FoundationModel", "load", "check_card", "card_weights_mismatch", "build_card", "Card"]
 
 
 class FoundationModel(nn.Module):
@@ -44,14 +45,17 @@ class FoundationModel(nn.Module):
         (torch.Size([1, 16, 16]), torch.Size([1, 32]))
     """
 
-    def __init__(self, encoder: nn.Module, card: dict, head: nn.Module | None = None, path: Path | None = None):
+    def __init__(
+        self, encoder: nn.Module, card: Card | Mapping, head: nn.Module | None = None, path: Path | None = None
+    ):
         super().__init__()
-        self.encoder, self.head, self.card, self.path = encoder, head, card, path
+        self.encoder, self.head, self.path = encoder, head, path
+        self.card = card if isinstance(card, Card) else Card.from_dict(card)
         self._preprocess: Callable | None = None
 
     @property
     def domain(self):
-        return get_domain(self.card["domain"])
+        return get_domain(self.card.domain)
 
     @property
     def preprocess(self) -> Callable[[Any], torch.Tensor]:
@@ -59,17 +63,15 @@ class FoundationModel(nn.Module):
         model-ready ``C x (D x) H x W`` tensor; a batch (an ``N x C x ...`` array or a list of inputs)
         gives ``N x C x ...``."""
         if self._preprocess is None:
-            channels = (self.card.get("preprocessing") or {}).get("channels") or self.card.get("encoder", {}).get(
-                "in_chans"
-            )
+            channels = (self.card.preprocessing or {}).get("channels") or (self.card.encoder or {}).get("in_chans")
             self._preprocess = batched_preprocessor(self.domain.preprocessor(self.card), self.spatial_dims, channels)
         return self._preprocess
 
     @property
     def spatial_dims(self) -> int:
         """2 or 3, from the card (or the patch embed)."""
-        dims = (self.card.get("preprocessing") or {}).get("spatial_dims")
-        return int(dims) if dims else (3 if getattr(self.encoder.patch_embed, "kind", "") == "3d" else 2)
+        dims = (self.card.preprocessing or {}).get("spatial_dims")
+        return int(dims) if dims else int(self.encoder.patch_embed.spatial_dims)
 
     def _ready(self, x) -> torch.Tensor:
         """A model-ready batch on the model's device: tensors are taken as preprocessed, anything else
@@ -93,7 +95,7 @@ class FoundationModel(nn.Module):
 
     def _wavelengths(self, wavelengths):
         if wavelengths is None and self.encoder.patch_embed.kind == "wavelength":
-            wavelengths = (self.card.get("preprocessing") or {}).get("wavelengths")
+            wavelengths = (self.card.preprocessing or {}).get("wavelengths")
         return wavelengths
 
     def features(self, x: torch.Tensor, wavelengths=None, layers=None) -> dict:
@@ -130,35 +132,19 @@ class FoundationModel(nn.Module):
         )
 
 
-def build_card(cfg: Config, domain, encoder, dataset, stage: str) -> dict:
-    """The self-description a checkpoint carries: domain, encoder, objective, preprocessing, config, data."""
-    return {
-        "domain": cfg.domain,
-        "stage": stage,
-        "encoder": encoder.config,
-        "objective": dataclasses.asdict(cfg.objective),
-        "preprocessing": domain.preprocessing(cfg, dataset),
-        "config": cfg.to_dict(),
-        "data": {"path": cfg.data.path, "num_samples": len(dataset)},
-        "task": None,
-        "num_classes": None,
-        "classes": None,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def check_card(card: dict, ckpt: str | Path) -> None:
+def check_card(card: Card | Mapping, ckpt: str | Path) -> None:
     """A card ``load`` and ``info`` can trust: a known domain and a complete, sane encoder section (checked
     before anything is allocated); one-line :class:`CheckpointError` naming the key otherwise."""
+    card = card if isinstance(card, Card) else Card.from_dict(card)
     where = f"{ckpt}/card.json"
-    domain = card.get("domain")
+    domain = card.domain
     if not isinstance(domain, str) or domain not in list_domains():
         raise CheckpointError(
             f"{where}: domain: "
             + unknown_choice("domain", domain, list_domains(), "installed domains")
             + " (install the plugin the checkpoint was made with, or the card was edited)"
         )
-    enc = card.get("encoder")
+    enc = card.encoder
     if not isinstance(enc, dict):
         raise CheckpointError(f"{where}: the encoder section is missing; this is not a complete domainfm card")
     arch = {"depth": None, "embed_dim": None, "num_heads": None, "patch_size": None, "img_size": None}
@@ -201,28 +187,27 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> FoundationMode
         ('ckpt-0000002', 'pretrain')
     """
     ckpt = resolve_checkpoint(path)
-    card = load_card(ckpt)
+    card = Card.read(ckpt)
     tensors = load_tensors(ckpt)
     check_card(card, ckpt)
-    domain = get_domain(card["domain"])  # imports the plugin, which may register its own patch embed
+    domain = get_domain(card.domain)  # imports the plugin, which may register its own patch embed
     try:
-        encoder = build_encoder(**card["encoder"])
+        encoder = build_encoder(**card.encoder)
     except (KeyError, TypeError, ConfigError) as exc:
         raise CheckpointError(f"{ckpt}/card.json: the encoder description is not valid ({exc})") from None
-    lora = card.get("lora")
-    if lora:
-        apply_lora(encoder, rank=lora["rank"], alpha=lora["alpha"])
-    prefix = "ema.encoder." if card.get("ema") and any(k.startswith("ema.encoder.") for k in tensors) else "encoder."
-    mismatch = card_weights_mismatch(card["encoder"], tensors, prefix)
+    if card.lora:
+        apply_lora(encoder, rank=card.lora["rank"], alpha=card.lora["alpha"])
+    prefix = "ema.encoder." if card.ema and any(k.startswith("ema.encoder.") for k in tensors) else "encoder."
+    mismatch = card_weights_mismatch(card.encoder, tensors, prefix)
     if mismatch:
         raise CheckpointError(f"{ckpt}/card.json: {mismatch}; the card was edited or belongs to other weights")
     load_module_state(encoder, tensors, prefix=prefix)
-    if lora:
+    if card.lora:
         merge_lora(encoder)
     head = None
-    if card.get("task"):
+    if card.task:
         cfg = config_from_card(card, check_paths=False)
-        head = domain.head(card["task"], encoder, int(card["num_classes"]), cfg)
+        head = domain.head(card.task, encoder, int(card.num_classes), cfg)
         hprefix = "ema.head." if prefix.startswith("ema.") else "head."
         load_module_state(head, tensors, prefix=hprefix)
     model = FoundationModel(encoder, card, head, ckpt).to(device)

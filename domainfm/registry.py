@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -62,7 +62,8 @@ class ObjectiveSpec:
     ``views``: ``"none"`` (the images themselves), ``"pair"`` (two augmented views, the domain's ``augment``)
     or ``"multicrop"`` (global and local crops, the domain's ``multicrop``). ``min_batch``: samples a batch
     needs (2 when the other samples are the negatives). ``parts``: the objectives it combines (its own name
-    when it is one).
+    when it is one). ``options``: the dataclass of its own settings (the ``objective`` section of a config
+    beside ``name``; :class:`domainfm.config.ObjectiveConfig` types and checks it), ``None`` when it has none.
     """
 
     name: str
@@ -70,26 +71,33 @@ class ObjectiveSpec:
     views: str = "none"
     min_batch: int = 1
     parts: tuple[str, ...] = ()
+    options: type | None = None
 
 
 _OBJECTIVES: dict[str, ObjectiveSpec] = {}
 
 
-def register_objective(name: str, *, views: str = "none", min_batch: int = 1, parts: tuple[str, ...] = ()):
+def register_objective(
+    name: str, *, views: str = "none", min_batch: int = 1, parts: tuple[str, ...] = (), options: type | None = None
+):
     """Decorator: register a pretraining objective factory ``fn(encoder, cfg) -> nn.Module`` with what it needs
-    (:class:`ObjectiveSpec`).
+    (:class:`ObjectiveSpec`); ``cfg`` is the typed ``objective`` section (its ``options`` fields and ``name``).
 
     Example:
-        >>> objective_spec("dino").views, objective_spec("mae+contrastive").parts   # doctest: +SKIP
-        ('multicrop', ('mae', 'contrastive'))
+        >>> import domainfm.ssl  # registers the built-in objectives
+        >>> spec = objective_spec("mae+dino")
+        >>> spec.views, spec.parts, spec.options.__name__
+        ('multicrop', ('mae', 'dino'), 'MAEDINOOptions')
     """
     if views not in ("none", "pair", "multicrop"):
         raise ValueError(f"objective {name!r}: views must be none, pair or multicrop, got {views!r}")
+    if options is not None and not is_dataclass(options):
+        raise ValueError(f"objective {name!r}: options must be a dataclass, got {options!r}")
     register = _register("objective", name)
 
     def deco(fn):
         register(fn)
-        _OBJECTIVES[name] = ObjectiveSpec(name, fn, views, int(min_batch), tuple(parts) or (name,))
+        _OBJECTIVES[name] = ObjectiveSpec(name, fn, views, int(min_batch), tuple(parts) or (name,), options)
         return fn
 
     return deco
@@ -101,15 +109,47 @@ def objective_spec(name: str) -> ObjectiveSpec:
     return _OBJECTIVES[name]
 
 
+def objective_specs() -> list[ObjectiveSpec]:
+    """Every registered :class:`ObjectiveSpec`, by name."""
+    return [_OBJECTIVES[name] for name in sorted(_OBJECTIVES)]
+
+
 def register_head(name: str):
     """Decorator: register a downstream head factory."""
     return _register("head", name)
 
 
-def register_patch_embed(name: str):
-    """Decorator: register a patch embed class ``cls(embed_dim, patch_size, in_chans)``; a plugin can
-    bring its own token maker this way without touching the core."""
-    return _register("patch embed", name)
+_PATCH_EMBED_DIMS: dict[str, int] = {}
+
+
+def register_patch_embed(name: str, *, spatial_dims: int = 2):
+    """Decorator: register a patch embed class ``cls(embed_dim, patch_size, in_chans)`` and the number of
+    spatial axes of its input (2: ``B x C x H x W``, 3: ``B x C x D x H x W``); a plugin can bring its own
+    token maker this way without touching the core."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"patch embed {name!r}: spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    register = _register("patch embed", name)
+
+    def deco(fn):
+        register(fn)
+        _PATCH_EMBED_DIMS[name] = spatial_dims
+        return fn
+
+    return deco
+
+
+def patch_embed_spatial_dims(name: str | None) -> int:
+    """2 or 3: the spatial axes of the input of the patch embed ``name`` as it registered (``None``: the
+    default ``2d``).
+
+    Example:
+        >>> import domainfm.models  # registers the built-in patch embeds
+        >>> patch_embed_spatial_dims("3d"), patch_embed_spatial_dims("wavelength"), patch_embed_spatial_dims(None)
+        (3, 2, 2)
+    """
+    name = name or "2d"
+    _lookup("patch embed", name)
+    return _PATCH_EMBED_DIMS[name]
 
 
 def get_encoder_arch(name: str):

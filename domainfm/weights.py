@@ -36,8 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
 import json
 import math
 import os
@@ -49,6 +47,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+from domainfm.card import build_card
 from domainfm.config import MAX_SIDE
 from domainfm.convert import (
     KNOWN_LAYOUTS,
@@ -381,23 +380,9 @@ def _check_import_out(out: Path, exist_ok: bool, src: Path) -> None:
 
 
 def _card(cfg, domain, encoder, provenance: dict) -> dict:
-    return {
-        "domain": cfg.domain,
-        "stage": "import",
-        "encoder": encoder.config,
-        "objective": dataclasses.asdict(cfg.objective),
-        "preprocessing": domain.preprocessing(cfg, None),
-        "config": cfg.to_dict(),
-        "data": {"path": None, "num_samples": 0},
-        "task": None,
-        "num_classes": None,
-        "classes": None,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "format": FORMAT,
-        "step": 0,
-        "versions": software_versions(),
-        "import": provenance,
-    }
+    """The card of an imported encoder: the one card builder's sections, the import's provenance, step 0."""
+    card = build_card(cfg, domain, encoder, None, "import", **{"import": provenance})
+    return {**card.to_dict(), "format": FORMAT, "step": 0, "versions": software_versions()}
 
 
 def _write_checkpoint(out: Path, encoder, card: dict, replace: bool = False) -> None:

@@ -151,7 +151,7 @@ def main() -> int:
         model = domainfm.load(domainfm.pretrain(cfg, exist_ok="overwrite"))
         cpu_s, wall_s = time.process_time() - c0, time.perf_counter() - t0
         pre = model.card["preprocessing"]
-        tiles = TileFolderDataset(tile_root, "all", transform=TileTransform(64, pre["mean"], pre["std"]))
+        tiles = TileFolderDataset(tile_root, "all", transform=TileTransform(64, mean=pre["mean"], std=pre["std"]))
         x = torch.stack([tiles[i]["image"] for i in range(len(tiles))])
         y = np.array([tiles[i]["label"] for i in range(len(tiles))])
         if supervised is None:  # the same tiles and normalisation for every objective: trained once

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = ["core", "medical", "remote_sensing", "pathology", "evaluation", "deploy"]
+PAGES = ["core", "medical", "remote_sensing", "pathology", "evaluation", "deploy", "store"]
 BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 
 
@@ -39,7 +39,7 @@ def test_page_runs(page, tmp_path, monkeypatch):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                exec(compile(code, f"{path}:{line}", "exec"), namespace)
+                exec(compile(code, f"{path}:{line}", "exec", dont_inherit=True), namespace)
             except Exception as exc:  # name the page and block, keep the traceback
                 raise AssertionError(
                     f"docs/{page}.md, ```python block at line {line}: {type(exc).__name__}: {exc}"

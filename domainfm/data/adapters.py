@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from domainfm.contract import dataset_attribute, dataset_method
 from domainfm.data.sample import make_sample
 from domainfm.decisions import decide
 from domainfm.errors import DataError
@@ -417,11 +418,11 @@ def _torchgeo_kind(data: Any) -> str | None:
 def _dataset_info(data: Any) -> dict:
     """Metadata a dataset object carries (band names, wavelengths, spacing, MPP)."""
     info: dict[str, Any] = {}
-    bands = getattr(data, "bands", None) or getattr(data, "band_names", None)
+    bands = dataset_attribute(data, "bands") or dataset_attribute(data, "band_names")
     if bands and all(isinstance(b, str) for b in bands):
         info["band_names"] = list(bands)
     for key in ("wavelengths", "spacing", "mpp"):
-        value = getattr(data, key, None)
+        value = dataset_attribute(data, key)
         if value is not None and not callable(value):
             info[key] = _jsonable(value)
     return info
@@ -462,7 +463,7 @@ def adapt(
     info = _dataset_info(data)
     if wavelengths is not None:
         info["wavelengths"] = [float(w) for w in wavelengths]
-    classes = classes if classes is not None else getattr(data, "classes", None)
+    classes = classes if classes is not None else dataset_attribute(data, "classes")
     if isinstance(data, (np.ndarray, torch.Tensor)) or (
         isinstance(data, (list, tuple))
         and data
@@ -497,9 +498,18 @@ def adapt(
     def read_item(i: int) -> dict:
         return _sample_from(data[i], i, name, spatial_dims)
 
-    return _with_dims_decision(
-        AdaptedDataset(len(data), read_item, name, spatial_dims, info, classes, stats_samples), spatial_dims
-    )
+    adapted = AdaptedDataset(len(data), read_item, name, spatial_dims, info, classes, stats_samples)
+    return _with_dims_decision(_with_epoch_hooks(adapted, data), spatial_dims)
+
+
+def _with_epoch_hooks(ds: AdaptedDataset, wrapped) -> AdaptedDataset:
+    """Keep the per-epoch hooks (``set_epoch``, ``epoch_batches``) of the dataset ``ds`` wraps, so a
+    dataset that draws new crops each epoch (e.g. a prepared store) still does when handed over as ``data=``."""
+    for hook in ("set_epoch", "epoch_batches"):
+        method = dataset_method(wrapped, hook)
+        if method is not None:
+            setattr(ds, hook, method)
+    return ds
 
 
 def _with_dims_decision(ds: AdaptedDataset, given: int | None) -> AdaptedDataset:

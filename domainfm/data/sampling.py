@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from domainfm.contract import dataset_method
+
 
 def default_epoch_batches(
     n: int,
@@ -45,14 +47,14 @@ def epoch_batches(
     dataset, epoch: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
 ) -> list[list[int]]:
     """The dataset's own grouping if it has one, else :func:`default_epoch_batches`."""
-    own = getattr(dataset, "epoch_batches", None)
-    if callable(own):
+    own = dataset_method(dataset, "epoch_batches")
+    if own is not None:
         return own(epoch=epoch, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
     return default_epoch_batches(len(dataset), epoch, batch_size, seed, rank, world_size)
 
 
 def set_epoch(dataset, epoch: int) -> None:
     """Tell a dataset (and datasets it wraps) which epoch it is, for per-item randomness."""
-    fn = getattr(dataset, "set_epoch", None)
-    if callable(fn):
+    fn = dataset_method(dataset, "set_epoch")
+    if fn is not None:
         fn(epoch)

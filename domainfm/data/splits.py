@@ -6,10 +6,13 @@ Example:
     >>> m = holdout_mask(7, 0.5, seed=1, labels=["a", "a", "a", "a", "b", "b", "c"])
     >>> int(m[:4].sum()), int(m[4:6].sum()), bool(m[6])   # per class; a class of one stays in training
     (2, 1, False)
+    >>> hash_holdout(["a.tif", "b.tif", "c.tif", "d.tif"], 0.25, seed=0)   # by name: stable as items come and go
+    [False, False, False, True]
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -52,3 +55,39 @@ def holdout_split(items: list, split: str, fraction: float, seed: int = 0, label
         return list(items)
     held = holdout_mask(len(items), fraction, seed, labels)
     return [it for it, h in zip(items, held) if h == (split in ("val", "test"))]
+
+
+def hash_fraction(key: str, seed: int = 0) -> float:
+    """A number in ``[0, 1]`` fixed by ``key`` and ``seed`` alone: the first 32 bits of
+    ``sha1(f"{seed}:{key}")`` over ``2**32 - 1``.
+
+    Example:
+        >>> round(hash_fraction("scene0.tif", 0), 6)
+        0.623927
+    """
+    digest = hashlib.sha1(f"{seed}:{key}".encode()).hexdigest()
+    return int(digest[:8], 16) / 0xFFFFFFFF
+
+
+def hash_holdout(keys: Sequence[str], fraction: float, seed: int = 0) -> list[bool]:
+    """Which of ``keys`` are held out for validation, each decided by a stable hash of the key itself
+    (:func:`hash_fraction` below ``fraction``), not by its position: adding or removing items never moves
+    the others between train and validation, and the same key is held out on every machine.
+
+    With two keys or more, at least one is held out and one kept (the last key is held out when the hashes
+    hold none, the first kept when they hold all); a single key is kept, and ``fraction <= 0`` holds nothing.
+
+    Example:
+        >>> keys = [f"scene{i}.tif" for i in range(10)]
+        >>> held = hash_holdout(keys, 0.3, seed=1)
+        >>> held == hash_holdout(keys, 0.3, seed=1), held[:4] == hash_holdout(keys[:4], 0.3, seed=1)
+        (True, True)
+    """
+    if fraction <= 0:
+        return [False] * len(keys)
+    held = [hash_fraction(str(k), seed) < fraction for k in keys]
+    if held and not any(held):
+        held[-1] = True
+    if held and all(held):
+        held[0] = False
+    return held

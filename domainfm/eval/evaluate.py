@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from domainfm.card import Card
 from domainfm.data.splits import holdout_mask
 from domainfm.errors import CheckpointError, ConfigError, DataError, DomainFMError, did_you_mean, unknown_choice
 from domainfm.eval.against import SupervisedRuns
@@ -116,13 +117,14 @@ def _baselines(baseline) -> list[str]:
 # checkpoint / data plumbing
 
 
-def build_config(card: dict, data=None, overrides: Sequence[str] = ()):
+def build_config(card: Card | Mapping, data=None, overrides: Sequence[str] = ()):
     """The run config for evaluating a checkpoint on ``data``: the card's config (or a bare one of the
     card's domain) with ``data`` and ``overrides`` applied."""
-    if card.get("config"):
+    card = card if isinstance(card, Card) else Card.from_dict(card)
+    if card.config:
         return config_from_card(card, data=data, overrides=list(overrides))
     updates = {"data": {"path": str(data)}} if data is not None else None
-    return load_config({"domain": card.get("domain", "synthetic")}, overrides=list(overrides), updates=updates)
+    return load_config({"domain": card.domain or "synthetic"}, overrides=list(overrides), updates=updates)
 
 
 def load_splits(cfg, seed: int = 0, test_split: str = "test"):
@@ -290,7 +292,7 @@ class _Evaluation:
 
     def __init__(self, settings: EvalSettings, model, checkpoint, device):
         self.s, self.model, self.checkpoint, self.device = settings, model, checkpoint, device
-        self.card = getattr(model, "card", None) or {}
+        self.card = _card_of(model)
         self.n_test = None
         self.num_classes = None
         self.seconds: dict[str, float] = {}
@@ -302,7 +304,7 @@ class _Evaluation:
         self.given = datasets is not None
         if self.given:
             self.train_ds, self.test_ds = datasets
-            self.cfg, self.split_name, self.domain_name = None, "given", card.get("domain")
+            self.cfg, self.split_name, self.domain_name = None, "given", card.domain
         else:
             self.cfg = build_config(card, data, overrides)
             self.domain_name = self.cfg.domain
@@ -312,7 +314,7 @@ class _Evaluation:
         if len(self.train_ds) == 0:
             raise DataError(self.data_name, "the training split is empty")
         first = self.train_ds[0]
-        if card.get("encoder"):
+        if card.encoder:
             check_card_matches(card, first, self.checkpoint, self.data_name)
         self.task = self._task(first)
         self.background = self.cfg.finetune.background if self.cfg is not None else True
@@ -344,13 +346,13 @@ class _Evaluation:
         self.baselines, self.replicas = baselines, replicas
         self.encoders: dict[str, Any] = {"pretrained": model}
         self.enc_ids: dict[str, Any] = {
-            "pretrained": {"ckpt": fingerprint_path(weights_file(self.checkpoint)), "card": card.get("encoder")}
+            "pretrained": {"ckpt": fingerprint_path(weights_file(self.checkpoint)), "card": card.encoder}
         }
         for i, other_ckpt in enumerate(replicas, start=1):
             self.encoders[f"pretrained#{i}"] = replica(other_ckpt, card, self.device or encoder_device(model))
             self.enc_ids[f"pretrained#{i}"] = {
                 "ckpt": fingerprint_path(weights_file(other_ckpt)),
-                "card": card.get("encoder"),
+                "card": card.encoder,
             }
         for b in baselines:
             if b == "random":
@@ -364,23 +366,23 @@ class _Evaluation:
             self.enc_ids[name]["pool"] = self.pools[name]
 
     def _add_random(self) -> None:
-        if not self.card.get("encoder"):
+        if not self.card.encoder:
             raise CheckpointError(
                 f"checkpoint {self.checkpoint} has no encoder in its card: cannot build a random baseline"
             )
         self.encoders["random"] = random_like(self.model, self.card)
-        self.enc_ids["random"] = {"random": self.card["encoder"], "seed": RANDOM_SEED}
+        self.enc_ids["random"] = {"random": self.card.encoder, "seed": RANDOM_SEED}
 
     def _add_checkpoint(self, path) -> None:
         other = load_model(path, self.device or encoder_device(self.model))
-        other_card = getattr(other, "card", {}) or {}
-        if other_card.get("encoder"):
+        other_card = _card_of(other)
+        if other_card.encoder:
             check_card_matches(other_card, self.train_ds[0], path, self.data_name)
         name = Path(path).name or str(path)
         if name in self.encoders:
             name = str(path)
         self.encoders[name] = other
-        self.enc_ids[name] = {"ckpt": fingerprint_path(weights_file(path)), "card": other_card.get("encoder")}
+        self.enc_ids[name] = {"ckpt": fingerprint_path(weights_file(path)), "card": other_card.encoder}
 
     # ------------------------------------------------------------------------------------------ runs
     def prepare_runs(self, cache_folder, overrides, supervised_kwargs: dict | None) -> None:
@@ -560,6 +562,12 @@ class _Evaluation:
         }
 
 
+def _card_of(model) -> Card:
+    """The card of a loaded model (an empty one for a model in hand without a card)."""
+    card = getattr(model, "card", None)
+    return card if isinstance(card, Card) else Card.from_dict(card if isinstance(card, Mapping) else None)
+
+
 def _check_report_out(out, exist_ok: bool, inputs: list) -> None:
     """An earlier report in ``out`` (its ``report.json``) is replaced only with ``exist_ok=True``
     (:func:`~domainfm.io_safety.check_exists`); the embedding cache beside it is kept and reused."""
@@ -567,13 +575,13 @@ def _check_report_out(out, exist_ok: bool, inputs: list) -> None:
         check_exists(Path(out) / "report.json", exist_ok, inputs)
 
 
-def _compute(card: dict, model, seconds: dict[str, float], sup) -> dict:
+def _compute(card: Card, model, seconds: dict[str, float], sup) -> dict:
     """What each side of the comparison cost: pretraining (from the card), adaptation per protocol (every
     encoder together, the supervised baseline left out), and the supervised baseline's training."""
     enc = encoder_of(model)
     params = sum(p.numel() for p in enc.parameters()) if isinstance(enc, torch.nn.Module) else None
     return {
-        "pretraining": card.get("compute"),
+        "pretraining": card.compute,
         "encoder_params": params,
         "adaptation_seconds": seconds,
         "supervised": sup.compute() if sup is not None else None,

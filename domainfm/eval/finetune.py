@@ -1,8 +1,8 @@
 """Supervised adaptation protocols on images: full fine-tuning with layer-wise LR decay, and LoRA.
 
-A small, plain training loop (AdamW, warmup + cosine, no augmentation) that fits a linear head on
-the mean-pooled tokens of a copy of the encoder, fast enough on CPU for tiny encoders and small
-label fractions. ``mode="full"`` trains everything with :func:`param_groups_layer_decay`;
+The trainer's plain loop (:mod:`domainfm.train.loop`; AdamW, warmup + cosine, no augmentation) fits
+a linear head on the mean-pooled tokens of a copy of the encoder, fast enough on CPU for tiny encoders
+and small label fractions. ``mode="full"`` trains everything with :func:`param_groups_layer_decay`;
 ``mode="lora"`` wraps the attention projections with :func:`apply_lora` and trains the adapters
 and the head only.
 
@@ -32,6 +32,8 @@ from domainfm.eval.embeddings import pooled_features
 from domainfm.heads.task import TaskModel
 from domainfm.models.lora import apply_lora, lora_parameter_count
 from domainfm.train.layer_decay import param_groups_layer_decay
+from domainfm.train.loop import Stepper, fit
+from domainfm.train.schedule import lr_at
 
 
 class PooledClassifier(nn.Module):
@@ -115,6 +117,23 @@ def _prepare(encoder: nn.Module, mode: str, lora_rank: int, lora_alpha: float) -
     return enc
 
 
+class _Shuffled:
+    """Batches of ``bs`` indices out of ``n``, drawn from one generator: a fresh permutation whenever the
+    current one has fewer than ``bs`` left."""
+
+    def __init__(self, n: int, bs: int, seed: int):
+        self.n, self.bs = n, bs
+        self.gen = torch.Generator().manual_seed(int(seed))
+        self.order, self.pos = torch.randperm(n, generator=self.gen), 0
+
+    def __call__(self, step: int, k: int) -> torch.Tensor:
+        if self.pos + self.bs > self.n:
+            self.order, self.pos = torch.randperm(self.n, generator=self.gen), 0
+        idx = self.order[self.pos : self.pos + self.bs]
+        self.pos += self.bs
+        return idx
+
+
 def _fit(
     model: nn.Module,
     loss_of,
@@ -131,8 +150,8 @@ def _fit(
     max_steps,
     seed,
 ) -> tuple[int, float, float]:
-    """AdamW (+ layer-wise decay for ``full``), warmup + cosine; ``loss_of(idx)`` gives the batch loss."""
-    gen = torch.Generator().manual_seed(int(seed))
+    """AdamW (+ layer-wise decay for ``full``), warmup + cosine, clipping at 1, through the trainer's loop
+    (:func:`domainfm.train.loop.fit`); ``loss_of(idx)`` gives the batch loss."""
     if mode == "lora":
         lr = 3e-3 if lr is None else lr
         groups = param_groups_layer_decay(model, lr, weight_decay, 1.0)
@@ -141,38 +160,29 @@ def _fit(
         groups = param_groups_layer_decay(model, lr, weight_decay, layer_decay)
     for g in groups:
         g.pop("names", None)
+        g["lr_scale"] = g["lr"]  # the group's peak rate; the schedule below is its fraction, 0 to 1
     opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
     bs = min(batch_size, n)
     if steps is None:
         steps = int(min(max(epochs * math.ceil(n / bs), min_steps), max_steps))
     warmup = max(1, int(warmup_frac * steps))
-    model.train()
-    order = torch.randperm(n, generator=gen)
-    pos = 0
-    last = float("nan")
-    params = [p for g in groups for p in g["params"]]
-    for step in range(steps):
-        scale = (
-            (step + 1) / warmup
-            if step < warmup
-            else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-        )
-        for g in opt.param_groups:
-            g["lr"] = lr * g["lr_scale"] * scale
-        if pos + bs > n:
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos : pos + bs]
-        pos += bs
-        loss = loss_of(idx)
-        if not torch.isfinite(loss):
-            raise DomainFMError(f"fine-tuning diverged (loss {float(loss)}) at step {step}; lower the lr (now {lr})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        last = float(loss.detach())
+
+    def diverged(step: int, value: float) -> None:
+        if not math.isfinite(value):
+            raise DomainFMError(f"fine-tuning diverged (loss {value}) at step {step}; lower the lr (now {lr})")
+
+    stepper = Stepper(
+        model,
+        lambda idx: {"loss": loss_of(idx)},
+        opt,
+        lambda step: lr_at(step, 1.0, steps, warmup),
+        steps,
+        clip_grad=1.0,
+        check_loss=diverged,
+    )
+    result = fit(stepper, _Shuffled(n, bs, seed))
     model.eval()
-    return steps, last, lr
+    return steps, (result.loss if result is not None else float("nan")), lr
 
 
 def _info(model: nn.Module, encoder: nn.Module, steps: int, last: float, lr: float) -> dict[str, Any]:

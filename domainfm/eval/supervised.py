@@ -4,6 +4,8 @@ What a researcher would do without a pretrained encoder, so a report can show wh
 over it: ``evaluate(..., baseline=("random", "supervised"))`` trains it on exactly the training
 items of each label fraction and seed and scores its test predictions like the encoder's.
 
+The networks, losses and augmentation are in :mod:`domainfm.eval.baseline_nets`; this module is the protocol.
+
 - Classification: ResNet-18. 2D: timm ``resnet18`` (``pretrained=False``, ``in_chans=C``); 3D:
   MONAI ``resnet18(spatial_dims=3)``. Sized to the input: when the shorter spatial side is below
   64 (e.g. 28 px MedMNIST), the 7x7 stride-2 stem and the max-pool are replaced by a 3x3 stride-1
@@ -14,10 +16,11 @@ items of each label fraction and seed and scores its test predictions like the e
   zero-padded to a multiple of the total stride and the logits cropped back. Loss: cross-entropy
   + soft Dice over the foreground classes, mask pixels < 0 unlabelled (the loss of the fine-tune
   protocol, :func:`domainfm.heads.task.soft_dice_loss`).
-- Training: images standardised per channel with the mean/std of the fit part; AdamW, cosine LR
-  per step, batches of at least 2 items (batch norm); ``augment``: per item random flips along
-  every spatial axis and random shifts of up to 1/8 of each side (zero padding + random crop; masks
-  padded as unlabelled), the same geometry on image and mask. Early stopping: a seeded validation
+- Training: images standardised per channel with the mean/std of the fit part; AdamW (the kit's
+  optimiser step, :class:`domainfm.train.loop.Stepper`), cosine LR per step, batches of at least 2
+  items (batch norm); ``augment``: per item random flips along every spatial axis and random
+  shifts of up to 1/8 of each side (zero padding + random crop; masks padded as unlabelled), the
+  same geometry on image and mask. Early stopping: a seeded validation
   part (``val_fraction``; stratified by class for classification, random for segmentation) of the
   training items, its loss measured after every epoch, the best weights kept in memory and
   restored; training stops after ``patience`` epochs without improvement. The default budget
@@ -51,24 +54,34 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import timm
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from domainfm.errors import DataError, DomainFMError
-from domainfm.heads.task import IGNORE_INDEX, soft_dice_loss
+from domainfm.eval.baseline_nets import (  # noqa: F401  (importable here as before)
+    MEDICAL_EXTRA,
+    SMALL_INPUT,
+    UNET_CHANNELS,
+    WHAT,
+    _classification_loss,
+    _classifier_net,
+    _flip,
+    _seeded,
+    _segmentation_loss,
+    _shift,
+    _Standardize,
+    _unet,
+)
+from domainfm.heads.task import IGNORE_INDEX
+from domainfm.ramps import cosine_ramp
 from domainfm.train.layer_decay import default_param_groups
+from domainfm.train.loop import Stepper
 
-SMALL_INPUT = 64  # shorter spatial side below which ResNet-18 gets the 3x3 stride-1 stem, no max-pool
 MIN_STEPS = 30  # with max_epochs given, early stopping never stops before this many steps
 DEFAULT_EPOCHS = 60  # max_epochs=None: 60 epochs, and at least DEFAULT_MIN_STEPS steps on tiny label sets
 DEFAULT_MIN_STEPS = 500  # max_epochs=None: no early stop before this many steps (1% labels: 1 step an epoch)
 PATIENCE_STEPS = 100  # max_epochs=None: patience is at least this many steps
 MIN_VALIDATION_ITEMS = 4  # fewer training items: no validation part, a fixed number of epochs
-UNET_CHANNELS = (16, 32, 64, 128)
-MEDICAL_EXTRA = "pip install 'domainfm[medical]'"
-WHAT = "supervised baseline"
 
 
 @dataclass
@@ -362,126 +375,7 @@ def _random_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(perm[k:]), np.sort(perm[:k]), f"random {k} of {n} items"
 
 
-# ---------------------------------------------------------------- networks
-
-
-def _seeded(seed: int, build: Callable, *args):
-    """``build(*args)`` with the global RNG seeded by ``seed``, restored afterwards (the caller's is untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        return build(*args)
-
-
-def _monai_nets():
-    try:
-        from monai.networks import nets  # optional heavy dependency: the medical extra
-    except ImportError as e:
-        raise DomainFMError(f"{WHAT}: 3D classification and segmentation need MONAI ({e}); {MEDICAL_EXTRA}") from None
-    return nets
-
-
-def _classifier_net(channels: int, num_classes: int, spatial: tuple[int, ...]) -> tuple[nn.Module, str]:
-    """ResNet-18 for ``channels`` x ``spatial`` inputs and its ``arch`` name (small-input stem below 64 px)."""
-    small = min(spatial) < SMALL_INPUT
-    if len(spatial) == 3:
-        stem = {"conv1_t_size": 3, "conv1_t_stride": 1, "no_max_pool": True} if small else {"conv1_t_stride": 2}
-        net = _monai_nets().resnet18(spatial_dims=3, n_input_channels=channels, num_classes=num_classes, **stem)
-        return net, "monai-resnet18-3d"
-    net = timm.create_model("resnet18", pretrained=False, in_chans=channels, num_classes=num_classes)
-    if not small:
-        return net, "resnet18"
-    net.conv1 = nn.Conv2d(channels, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
-    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
-    net.maxpool = nn.Identity()
-    return net, "resnet18-small-input"
-
-
-class _PaddedUNet(nn.Module):
-    """A U-Net that zero-pads its input (a multiple of ``multiple``, at least ``2 * multiple`` per side) and
-    crops its logits back to the input size."""
-
-    def __init__(self, net: nn.Module, multiple: int):
-        super().__init__()
-        self.net = net
-        self.multiple = multiple
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[2:]
-        # a multiple of the total stride, and >= 2 pixels at the bottom (instance norm needs more than one)
-        pad = [max(2 * self.multiple, s + (-s) % self.multiple) - s for s in size]
-        out = self.net(F.pad(x, [v for p in reversed(pad) for v in (0, p)]))
-        return out[(slice(None), slice(None), *(slice(0, s) for s in size))]
-
-
-def _unet(channels: int, num_classes: int, spatial: tuple[int, ...]) -> nn.Module:
-    """MONAI U-Net with 1-3 levels of stride 2 (fewer for a short side), wrapped to pad and crop any input size."""
-    nets = _monai_nets()
-    levels = int(min(len(UNET_CHANNELS) - 1, max(1, math.floor(math.log2(min(spatial))) - 1)))
-    net = nets.UNet(
-        spatial_dims=len(spatial),
-        in_channels=channels,
-        out_channels=num_classes,
-        channels=UNET_CHANNELS[: levels + 1],
-        strides=(2,) * levels,
-        num_res_units=2,
-    )
-    return _PaddedUNet(net, 2**levels)
-
-
-# ---------------------------------------------------------------- training
-
-
-def _classification_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), target)
-
-
-def _segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX) + soft_dice_loss(logits, target)
-
-
-class _Standardize:
-    """Per-channel ``(x - mean) / std`` with the statistics of the images it was built on (the fit part)."""
-
-    def __init__(self, x: torch.Tensor):
-        dims = [0, *range(2, x.ndim)]
-        self.mean = x.mean(dims, keepdim=True)
-        std = x.std(dims, keepdim=True, correction=0)
-        self.std = torch.where(std > 1e-8, std, torch.ones_like(std))  # a constant channel stays centred
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
-
-
-def _per_item(mask: torch.Tensor, ndim: int) -> torch.Tensor:
-    return mask.view(-1, *([1] * (ndim - 1)))
-
-
-def _flip(x: torch.Tensor, t: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip each item along each spatial axis with probability 1/2 (a label map ``t`` with it)."""
-    spatial_target = t.ndim > 1
-    for axis in range(x.ndim - 2):
-        flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
-        x = torch.where(_per_item(flip, x.ndim), x.flip(axis + 2), x)
-        if spatial_target:
-            t = torch.where(_per_item(flip, t.ndim), t.flip(axis + 1), t)
-    return x, t
-
-
-def _shift(x: torch.Tensor, t: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shift each item by up to 1/8 of each side: zero padding + a random crop (a label map padded unlabelled)."""
-    size = x.shape[2:]
-    pads = [s // 8 for s in size]
-    if not any(pads):
-        return x, t
-    spec = [v for p in reversed(pads) for v in (p, p)]
-    xp = F.pad(x, spec)
-    tp = F.pad(t, spec, value=IGNORE_INDEX) if t.ndim > 1 else None
-    offsets = torch.stack([torch.randint(0, 2 * p + 1, (x.shape[0],), generator=gen) for p in pads], 1).tolist()
-    windows = [tuple(slice(o, o + s) for o, s in zip(offs, size)) for offs in offsets]
-    x = torch.stack([xp[(i, slice(None), *w)] for i, w in enumerate(windows)])
-    if tp is not None:
-        t = torch.stack([tp[(i, *w)] for i, w in enumerate(windows)])
-    return x, t
+# ---------------------------------------------------------------- training (networks: eval.baseline_nets)
 
 
 def _batch_sizes(n: int, batch_size: int) -> list[int]:
@@ -539,14 +433,15 @@ def _epoch_cap(n_fit: int, n_val: int, opts: _Options) -> int:
     return min(opts.max_epochs, math.ceil(opts.min_steps / len(_batch_sizes(n_fit, opts.batch_size))))
 
 
-def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> float:
-    if not torch.isfinite(loss):
-        lr = opt.param_groups[0]["lr"]
-        raise DomainFMError(f"{WHAT}: training diverged (loss {float(loss)}) at step {step}; lower the lr (now {lr:g})")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return float(loss.detach())
+def _refuse_divergence(opt: torch.optim.Optimizer) -> Callable[[int, float], None]:
+    """The loss check of the baseline's steps: a non-finite loss names the step and the learning rate."""
+
+    def check(step: int, value: float) -> None:
+        if not math.isfinite(value):
+            lr = opt.param_groups[0]["lr"]
+            raise DomainFMError(f"{WHAT}: training diverged (loss {value}) at step {step}; lower the lr (now {lr:g})")
+
+    return check
 
 
 def _fit(
@@ -560,14 +455,20 @@ def _fit(
     gen = torch.Generator().manual_seed(opts.seed)
     total = max_epochs * len(_batch_sizes(n_fit, opts.batch_size))
     opt = torch.optim.AdamW(default_param_groups(model, opts.weight_decay), lr=opts.lr)
+    stepper = Stepper(
+        model,
+        lambda positions: {"loss": step_loss(positions, gen)},
+        opt,
+        lambda step: cosine_ramp(step, total, opts.lr, 0.0),
+        total,
+        check_loss=_refuse_divergence(opt),
+    )
     best, step, last, epoch = _Best(), 0, math.nan, 0
     for epoch in range(1, max_epochs + 1):
         model.train()
         for positions in _batches(n_fit, opts.batch_size, gen):
-            for g in opt.param_groups:
-                g["lr"] = opts.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            last = _step(opt, step_loss(positions, gen), step)
-            step += 1
+            result = stepper.step(step, lambda _step, _k, batch=positions: batch)
+            step, last = result.step, result.loss
         if val_loss is not None:
             best.update(val_loss(), epoch, model)
             if epoch - best.epoch >= opts.patience and step >= opts.min_steps:

@@ -312,7 +312,7 @@ def _conv_2d(embed_dim: int, patch_size, in_chans: int | None = None, **_) -> _P
     return PatchEmbed2d(in_chans or 3, patch_size, embed_dim)
 
 
-@register_patch_embed("3d")
+@register_patch_embed("3d", spatial_dims=3)
 def _conv_3d(embed_dim: int, patch_size, in_chans: int | None = None, **_) -> _PatchEmbedBase:
     return PatchEmbed3d(in_chans or 1, patch_size, embed_dim)
 

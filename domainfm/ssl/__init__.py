@@ -11,14 +11,20 @@ Example:
 
 from __future__ import annotations
 
-from domainfm.data.multicrop import MultiCropDataset, RandomResizedCropDataset, check_multicrop, multicrop_from_config
+from domainfm.data.multicrop import MultiCropDataset, RandomResizedCropDataset, check_multicrop
 from domainfm.data.views import ViewsDataset
 from domainfm.errors import ConfigError, did_you_mean
-from domainfm.registry import get_objective, list_objectives, objective_spec, register_objective
-from domainfm.ssl.combined import MAEContrastive
-from domainfm.ssl.contrastive import Contrastive
-from domainfm.ssl.dino import DINO, MAEDINO, CollapseError
-from domainfm.ssl.mae import MAE
+from domainfm.registry import (
+    get_objective,
+    list_objectives,
+    objective_spec,
+    patch_embed_spatial_dims,
+    register_objective,
+)
+from domainfm.ssl.combined import MAEContrastive, MAEContrastiveOptions, MAEDINOOptions
+from domainfm.ssl.contrastive import Contrastive, ContrastiveOptions
+from domainfm.ssl.dino import DINO, MAEDINO, CollapseError, DINOOptions, MultiCropOptions
+from domainfm.ssl.mae import MAE, MAEOptions
 from domainfm.ssl.monitor import collapse_metrics, teacher_collapse_metrics
 
 
@@ -41,17 +47,19 @@ def _contrastive_kwargs(cfg) -> dict:
     }
 
 
-@register_objective("mae")
+@register_objective("mae", options=MAEOptions)
 def _build_mae(encoder, cfg):
     return MAE(encoder, **_mae_kwargs(cfg))
 
 
-@register_objective("contrastive", views="pair", min_batch=2)
+@register_objective("contrastive", views="pair", min_batch=2, options=ContrastiveOptions)
 def _build_contrastive(encoder, cfg):
     return Contrastive(encoder, **_contrastive_kwargs(cfg))
 
 
-@register_objective("mae+contrastive", views="pair", min_batch=2, parts=("mae", "contrastive"))
+@register_objective(
+    "mae+contrastive", views="pair", min_batch=2, parts=("mae", "contrastive"), options=MAEContrastiveOptions
+)
 def _build_both(encoder, cfg):
     return MAEContrastive(encoder, cfg.mae_weight, cfg.contrastive_weight, _mae_kwargs(cfg), _contrastive_kwargs(cfg))
 
@@ -97,12 +105,12 @@ def _dino_kwargs(cfg) -> dict:
     }
 
 
-@register_objective("dino", views="multicrop")
+@register_objective("dino", views="multicrop", options=DINOOptions)
 def _build_dino(encoder, cfg):
     return DINO(encoder, **_dino_kwargs(cfg))
 
 
-@register_objective("mae+dino", views="multicrop", parts=("mae", "dino"))
+@register_objective("mae+dino", views="multicrop", parts=("mae", "dino"), options=MAEDINOOptions)
 def _build_mae_dino(encoder, cfg):
     return MAEDINO(encoder, cfg.mae_weight, _mae_kwargs(cfg), _dino_kwargs(cfg))
 
@@ -142,13 +150,11 @@ def pretrain_views(dataset, domain, cfg):
     views = objective_spec(cfg.objective.name).views
     if views == "multicrop":
         kw = domain.encoder_kwargs(cfg, dataset)
-        dims = 3 if kw.get("patch_embed") == "3d" else 2
+        dims = patch_embed_spatial_dims(kw.get("patch_embed"))
         img = kw["img_size"] if isinstance(kw["img_size"], (list, tuple)) else [kw["img_size"]] * dims
         patch = kw["patch_size"] if isinstance(kw["patch_size"], (list, tuple)) else [kw["patch_size"]] * dims
         local = check_multicrop(cfg.objective, img, patch, cfg.train.batch_size)
-        hook = getattr(domain, "multicrop", None)
-        crops = hook(cfg, img, local) if hook is not None else multicrop_from_config(cfg.objective, dims, img, local)
-        return MultiCropDataset(dataset, crops, seed=cfg.train.seed)
+        return MultiCropDataset(dataset, domain.multicrop(cfg, img, local), seed=cfg.train.seed)
     if views == "pair":
         return ViewsDataset(dataset, domain.augment(cfg), seed=cfg.train.seed)
     if cfg.objective.mae_crop_scale:
@@ -162,6 +168,12 @@ __all__ = [
     "MAEContrastive",
     "DINO",
     "MAEDINO",
+    "MAEOptions",
+    "ContrastiveOptions",
+    "MultiCropOptions",
+    "DINOOptions",
+    "MAEContrastiveOptions",
+    "MAEDINOOptions",
     "CollapseError",
     "collapse_metrics",
     "teacher_collapse_metrics",

@@ -1,4 +1,5 @@
-"""MAE and contrastive at once, on one shared encoder, with loss weights.
+"""MAE with contrastive or self-distillation at once, on one shared encoder, with loss weights; the options
+of ``mae+contrastive`` and ``mae+dino`` (those of their parts and the weights).
 
 Example:
     >>> import torch
@@ -13,10 +14,28 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
-from domainfm.ssl.contrastive import Contrastive
-from domainfm.ssl.mae import MAE
+from domainfm.ssl.contrastive import Contrastive, ContrastiveOptions
+from domainfm.ssl.dino import DINOOptions
+from domainfm.ssl.mae import MAE, MAEOptions
+
+
+@dataclass
+class MAEContrastiveOptions(MAEOptions, ContrastiveOptions):
+    """``objective.*`` of ``mae+contrastive``: those of both parts and their loss weights."""
+
+    mae_weight: float = 1.0
+    contrastive_weight: float = 1.0
+
+
+@dataclass
+class MAEDINOOptions(MAEOptions, DINOOptions):
+    """``objective.*`` of ``mae+dino``: those of both parts and the MAE loss weight (``dino_weight`` is DINO's)."""
+
+    mae_weight: float = 1.0
 
 
 class MAEContrastive(nn.Module):

@@ -16,12 +16,14 @@ Example:
 from __future__ import annotations
 
 import copy
-import math
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from domainfm.ramps import cosine_ramp
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, last_bn: bool = True) -> nn.Sequential:
@@ -55,6 +57,16 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tens
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     labels = torch.arange(q.shape[0], device=q.device) + rank * q.shape[0]
     return F.cross_entropy(logits, labels) * (2 * temperature)
+
+
+@dataclass
+class ContrastiveOptions:
+    """``objective.*`` of ``contrastive`` (and of the objectives combining it): projector and InfoNCE."""
+
+    proj_dim: int = 256
+    proj_hidden_dim: int = 1024
+    temperature: float = 0.2
+    momentum: float = 0.99
 
 
 class Contrastive(nn.Module):
@@ -103,7 +115,7 @@ class Contrastive(nn.Module):
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Momentum update with a cosine schedule from ``momentum`` to 1 (as in MoCo v3)."""
-        self.momentum = 1.0 - (1.0 - self.base_momentum) * (math.cos(math.pi * step / max(1, total_steps)) + 1) / 2
+        self.momentum = cosine_ramp(step, total_steps, self.base_momentum, 1.0)
         for online, target in ((self.encoder, self.momentum_encoder), (self.projector, self.momentum_projector)):
             for p, q in zip(online.parameters(), target.parameters()):
                 q.mul_(self.momentum).add_(p.detach(), alpha=1.0 - self.momentum)

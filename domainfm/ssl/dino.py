@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from domainfm.errors import ConfigError, DomainFMError, did_you_mean
+from domainfm.ramps import cosine_ramp, linear_ramp
 from domainfm.ssl.mae import MAE
 from domainfm.ssl.monitor import teacher_collapse_metrics
 
@@ -181,6 +183,44 @@ def cross_view_entropy(t_probs, s_logp) -> torch.Tensor:
     return total / max(terms, 1)
 
 
+@dataclass
+class MultiCropOptions:
+    """``objective.*`` of an objective on multi-crop views (``views="multicrop"``): crop counts, scales and the
+    local crop size (pixels/voxels; ``None``: 96/224 of ``data.img_size``), read by the domain's ``multicrop``."""
+
+    global_crops: int = 2
+    local_crops: int = 6
+    global_crop_scale: list[float] = field(default_factory=lambda: [0.32, 1.0])
+    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.32])
+    local_crop_size: int | list[int] | None = None
+
+
+@dataclass
+class DINOOptions(MultiCropOptions):
+    """``objective.*`` of ``dino`` (and ``mae+dino``): head, teacher, centering, extra losses, collapse check."""
+
+    dino_weight: float = 1.0
+    prototypes: int = 4096  # weight-normalised prototypes of the DINO head
+    head_hidden_dim: int = 1024
+    head_bottleneck_dim: int = 256
+    head_layers: int = 3
+    head_bn: bool = False  # BatchNorm in the DINO head's MLP (helps short runs on homogeneous images)
+    teacher_momentum: float = 0.996  # cosine schedule from this to 1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    teacher_temp_warmup_steps: int = 0
+    student_temp: float = 0.1
+    centering: str = "center"  # center (EMA center) | sinkhorn (Sinkhorn-Knopp)
+    center_momentum: float = 0.9
+    koleo_weight: float = 0.0
+    ibot_weight: float = 0.0  # iBOT masked-patch loss
+    ibot_mask_ratio: list[float] = field(default_factory=lambda: [0.1, 0.5])
+    collapse_threshold: float = 0.01  # teacher mutual information / log(prototypes) below this = collapsed
+    collapse_patience: int = 50  # consecutive collapsed steps after the check starts
+    collapse_check_after: int | None = None  # None: after teacher_temp_warmup_steps and 10% of the steps
+    stop_on_collapse: bool = True
+
+
 class DINO(nn.Module):
     """DINO / iBOT / DINOv2-style self-distillation around ``encoder`` (the student)."""
 
@@ -259,10 +299,7 @@ class DINO(nn.Module):
     # ---- schedules -----------------------------------------------------------------------------
     def current_teacher_temp(self) -> float:
         """Linear warmup from ``warmup_teacher_temp`` to ``teacher_temp`` over ``teacher_temp_warmup_steps``."""
-        s, w = int(self.step), self.teacher_temp_warmup_steps
-        if w <= 0 or s >= w:
-            return self.teacher_temp
-        return self.warmup_teacher_temp + (self.teacher_temp - self.warmup_teacher_temp) * s / w
+        return linear_ramp(int(self.step), self.teacher_temp_warmup_steps, self.warmup_teacher_temp, self.teacher_temp)
 
     # ---- targets -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -356,7 +393,7 @@ class DINO(nn.Module):
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
         """EMA teacher update (cosine momentum from ``teacher_momentum`` to 1), then the collapse check."""
-        self.momentum = 1.0 - (1.0 - self.base_momentum) * (math.cos(math.pi * step / max(1, total_steps)) + 1) / 2
+        self.momentum = cosine_ramp(step, total_steps, self.base_momentum, 1.0)
         for online, target in ((self.encoder, self.teacher_encoder), (self.head, self.teacher_head)):
             for p, q in zip(online.parameters(), target.parameters()):
                 q.mul_(self.momentum).add_(p.detach(), alpha=1.0 - self.momentum)

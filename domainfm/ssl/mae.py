@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -21,9 +22,33 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from domainfm.errors import ConfigError
 from domainfm.models.encoder import ViTEncoder
 from domainfm.models.patch_embed import build_pixel_head, gather_tokens
 from domainfm.models.pos_embed import sincos_pos_embed
+
+
+@dataclass
+class MAEOptions:
+    """``objective.*`` of ``mae`` (and of the objectives combining it): masking and the light decoder.
+
+    Example:
+        >>> MAEOptions(mask_ratio=1.0).check()
+        Traceback (most recent call last):
+        ...
+        domainfm.errors.ConfigError: objective.mask_ratio must be in [0, 1), got 1.0
+    """
+
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+
+    def check(self) -> None:
+        """Values out of range, as one line naming the key (called when a config is read)."""
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ConfigError(f"objective.mask_ratio must be in [0, 1), got {self.mask_ratio}")
 
 
 def random_masking(

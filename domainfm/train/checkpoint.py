@@ -35,12 +35,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from domainfm.card import FORMAT, Card
 from domainfm.errors import CheckpointError, ConfigError
 from domainfm.io_safety import os_error_text, write_json_atomic
 
 log = logging.getLogger("domainfm.train")
 
-FORMAT = "domainfm-checkpoint/1"
 _CKPT_PREFIX = "ckpt-"
 
 
@@ -295,16 +295,10 @@ def _latest_pointer(pointer: Path) -> Path | None:
     return None  # a damaged one is named with its fallback by latest_intact
 
 
-def load_card(path: str | Path) -> dict:
-    """The JSON card of a checkpoint (or of a run's latest checkpoint)."""
-    ckpt = resolve_checkpoint(path)
-    try:
-        card = json.loads((ckpt / "card.json").read_text())
-    except ValueError as exc:
-        raise CheckpointError(f"{ckpt / 'card.json'}: not valid JSON ({exc})") from None
-    if card.get("format") != FORMAT:
-        raise CheckpointError(f"{ckpt}: unknown checkpoint format {card.get('format')!r} (expected {FORMAT})")
-    return card
+def load_card(path: str | Path) -> Card:
+    """The typed card of a checkpoint (or of a run's latest checkpoint), through the one reader
+    :meth:`domainfm.card.Card.read`."""
+    return Card.read(resolve_checkpoint(path))
 
 
 def load_tensors(path: str | Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:

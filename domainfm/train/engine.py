@@ -4,6 +4,9 @@ bf16 autocast on CUDA (fp32 on CPU), optional ``torch.compile``, fused AdamW (CU
 cosine schedule, gradient accumulation and clipping, optional EMA, DDP under ``torchrun`` (gloo on
 CPU), progress bar, metrics to CSV and TensorBoard, atomic checkpoints every N steps and exact resume.
 A non-finite loss stops the run with a message naming the step and the last good checkpoint.
+The optimiser step and the loop over steps are :mod:`domainfm.train.loop` (evaluation's fine-tuning
+runs the same); the engine adds the run around them: data order, resume, checkpoints, logging, learning
+checks and stop signals.
 
 The trained ``module`` is any ``nn.Module`` whose ``forward(batch)`` returns a dict with ``loss``
 (plus optional scalar metrics and ``embeddings`` for the collapse monitor). It may define
@@ -16,13 +19,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import json
 import logging
 import math
 import os
-import random
 import signal
 import sys
 import threading
@@ -30,14 +30,12 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from domainfm.config import TrainConfig
 from domainfm.data.sample import collate_samples
-from domainfm.data.sampling import epoch_batches, set_epoch
+from domainfm.data.sampling import epoch_batches
 from domainfm.decisions import decide
 from domainfm.display import finish_progress, progress_bar
 from domainfm.errors import CheckpointError, DataError, NonFiniteLossError
@@ -45,6 +43,7 @@ from domainfm.io_safety import RunLock, clean_stale_tmp
 from domainfm.memory import check_step_memory, enable_grad_checkpointing
 from domainfm.ssl.monitor import collapse_metrics
 from domainfm.train import fsdp
+from domainfm.train.batches import RunBatches, batch_size, check_finite, to_device
 from domainfm.train.checkpoint import (
     check_run_dir,
     latest_intact,
@@ -56,155 +55,13 @@ from domainfm.train.checkpoint import (
 from domainfm.train.distributed import DistContext, adamw_kwargs
 from domainfm.train.layer_decay import pretraining_groups
 from domainfm.train.learning import GENERIC_HINT, LearningCheck, NotLearningError
+from domainfm.train.loop import Stepper, StepResult, fit
+from domainfm.train.metrics_logger import MetricsLogger
 from domainfm.train.schedule import lr_at
+from domainfm.train.state import optimizer_state, optimizer_state_dict, rng_state, set_rng_state
 from domainfm.utils import pick_device
 
 log = logging.getLogger("domainfm.train")
-
-
-class _ListBatchSampler:
-    def __init__(self, batches: list[list[int]]):
-        self.batches = batches
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self):
-        return len(self.batches)
-
-
-class MetricsLogger:
-    """Appends ``step,metric,value`` rows to ``metrics.csv`` and mirrors them to TensorBoard."""
-
-    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool, start_step: int = 0):
-        self.enabled = enabled
-        self.path = run_dir / "metrics.csv"
-        self.writer = None
-        if not enabled:
-            return
-        if self.path.exists():  # a resumed run: rows logged after its checkpoint will be logged again
-            with open(self.path, newline="") as f:
-                rows = list(csv.reader(f))
-            kept = [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= start_step]
-            tmp = self.path.with_name(".metrics.csv.tmp")
-            with open(tmp, "w", newline="") as f:
-                csv.writer(f).writerows([["step", "metric", "value"], *kept])
-            os.replace(tmp, self.path)
-        new = not self.path.exists()
-        self._file = open(self.path, "a", newline="")
-        self._csv = csv.writer(self._file)
-        if new:
-            self._csv.writerow(["step", "metric", "value"])
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard may be absent
-
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:  # tensorboard not installed: CSV only
-                self.writer = None
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        for k, v in metrics.items():
-            self._csv.writerow([step, k, f"{v:.6g}"])
-            if self.writer is not None:
-                self.writer.add_scalar(k, v, step)
-        self._file.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self._file.close()
-            if self.writer is not None:
-                self.writer.close()
-
-
-def _rng_state() -> tuple[dict, dict]:
-    tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    meta = {
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-    return tensors, meta
-
-
-def _set_rng_state(tensors: dict, meta: dict) -> None:
-    if "rng.torch" in tensors:
-        torch.set_rng_state(tensors["rng.torch"])
-    if torch.cuda.is_available():
-        states = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
-        if states and len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states)
-    if "numpy" in meta:
-        n = meta["numpy"]
-        np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    if "python" in meta:
-        p = meta["python"]
-        random.setstate((p[0], tuple(p[1]), p[2]))
-
-
-def _optimizer_state(sd: dict) -> tuple[dict, dict]:
-    """Flatten ``optimizer.state_dict()`` into safetensors tensors and JSON metadata."""
-    tensors, scalars = {}, {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"optim.{idx}.{k}"] = v
-            else:
-                scalars[f"{idx}.{k}"] = v
-    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars}
-
-
-def _optimizer_state_dict(tensors: dict, meta: dict) -> dict:
-    """The ``optimizer.state_dict()`` that :func:`_optimizer_state` flattened."""
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = v
-    for key, v in meta.get("scalars", {}).items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    groups = meta["param_groups"]
-    for g in groups:
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-    return {"state": state, "param_groups": groups}
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            out[k] = v.to(device, non_blocking=True)
-        elif k == "views":
-            out[k] = [t.to(device, non_blocking=True) for t in v]
-        else:
-            out[k] = v
-    return out
-
-
-def _check_finite(batch: dict) -> None:
-    """A NaN/inf input is named by its file before it can poison the weights."""
-    for key in ("image", "views"):
-        tensors = batch.get(key)
-        tensors = [tensors] if isinstance(tensors, torch.Tensor) else (tensors or [])
-        for t in tensors:
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                bad = (~torch.isfinite(t.flatten(1))).sum(1)
-                i = int(bad.argmax())
-                path = (batch.get("meta") or [{}] * t.shape[0])[i].get("path")
-                raise DataError(
-                    path,
-                    f"input has {int(bad[i])} NaN/inf values after preprocessing "
-                    f"(fix or exclude this file, or add nodata handling in the domain options)",
-                )
 
 
 class _StopRequest:
@@ -259,10 +116,6 @@ def _min_batch(module: nn.Module) -> int:
     """
     bn = any(isinstance(m, nn.BatchNorm1d) and m.training for m in module.modules())
     return max(2 if bn else 1, int(getattr(module, "min_batch", 1)))
-
-
-def _batch_size(batch: dict) -> int:
-    return int(batch["image"].shape[0]) if "image" in batch else int(batch["views"][0].shape[0])
 
 
 def train(
@@ -370,41 +223,6 @@ def _train_locked(
     return run.loop(collate_fn=collate_fn, num_workers=num_workers, callbacks=tuple(callbacks), resume=resume)
 
 
-class _Batches:
-    """The micro-batches of the run in order: epoch by epoch (reshuffled per epoch from the seed), resuming
-    in the middle of an epoch by skipping the batches already seen."""
-
-    def __init__(self, dataset, tcfg, ctx: DistContext, device, collate_fn, num_workers: int, per_epoch: int):
-        self.dataset, self.tcfg, self.ctx, self.device = dataset, tcfg, ctx, device
-        self.collate_fn, self.num_workers, self.per_epoch = collate_fn, num_workers, per_epoch
-        self.epoch = -1
-        self.iterator = None
-
-    def next(self, micro: int) -> dict:
-        """The batch of micro-step ``micro`` (counted from the start of the run)."""
-        want_epoch, skip = divmod(micro, self.per_epoch)
-        if want_epoch != self.epoch or self.iterator is None:
-            self.epoch = want_epoch
-            self.iterator = iter(self._loader(skip))
-        batch = next(self.iterator)
-        if (micro + 1) % self.per_epoch == 0:
-            self.iterator = None
-        return batch
-
-    def _loader(self, skip: int) -> DataLoader:
-        tcfg, ctx = self.tcfg, self.ctx
-        set_epoch(self.dataset, self.epoch)
-        batches = epoch_batches(self.dataset, self.epoch, tcfg.batch_size, tcfg.seed, ctx.rank, ctx.world_size)
-        return DataLoader(
-            self.dataset,
-            batch_sampler=_ListBatchSampler(batches[skip:]),
-            collate_fn=self.collate_fn,
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(tcfg.seed * 7919 + self.epoch),
-        )
-
-
 class _Run:
     """One training run, step by step: :meth:`prepare` (precision, resume, optimiser, the first batches'
     checks), then :meth:`loop` (each optimiser step: micro-batches, update, learning check, EMA, callbacks,
@@ -480,12 +298,12 @@ class _Run:
         """Optimiser, RNG, EMA and step of the checkpoint resumed from."""
         ttensors = load_tensors(self.last, "trainer_state.safetensors")
         tmeta = json.loads((self.last / "trainer_state.json").read_text())
-        osd = _optimizer_state_dict(ttensors, tmeta.get("optimizer", {}))
+        osd = optimizer_state_dict(ttensors, tmeta.get("optimizer", {}))
         if self.use_fsdp:
             fsdp.load_full_optimizer_state(self.module, self.optimizer, osd)
         else:
             self.optimizer.load_state_dict(osd)
-        _set_rng_state(ttensors, tmeta.get("rng", {}))
+        set_rng_state(ttensors, tmeta.get("rng", {}))
         if self.ema is not None:
             for n in self.ema:
                 if f"ema.{n}" in weights:
@@ -535,6 +353,8 @@ class _Run:
 
     # ------------------------------------------------------------------------------------------ loop
     def loop(self, *, collate_fn, num_workers: int, callbacks: tuple, resume: bool) -> Path:
+        """Steps from the start (or resumed) step to ``train.steps`` through :func:`domainfm.train.loop.fit`,
+        with :meth:`_after_step` (learning check, EMA, callbacks, log, checkpoint, stop) after each."""
         tcfg, ctx = self.tcfg, self.ctx
         self.learning = LearningCheck(tcfg.steps, tcfg.warmup_steps, tcfg.flat_tolerance, start=self.start_step)
         self.card["learning"] = self.learning.record
@@ -546,77 +366,59 @@ class _Run:
             )
         self.clock = (time.perf_counter(), time.process_time(), self.start_step)
         self.last_ckpt = self.last if (resume and ctx.is_main) else None
-        self.batches = _Batches(self.dataset, tcfg, ctx, self.device, collate_fn, num_workers, self.per_epoch)
+        self.batches = RunBatches(self.dataset, tcfg, ctx, self.device, collate_fn, num_workers, self.per_epoch)
         self.micro = self.start_step * tcfg.accum_steps
         self.t_last, self.seen = time.perf_counter(), 0
-        step = self.start_step
-        self.module.train()
-        stop = _StopRequest()
+        self.callbacks = callbacks
+        self.stop = _StopRequest()
         try:
-            stop.__enter__()
-            while step < tcfg.steps:
-                step = self._optimizer_step(step, callbacks)
-                stopping = ctx.any_true(stop.signal is not None, self.device)
-                self._maybe_save(step, stopping)
-                if stopping:
-                    self._interrupted(step)
+            self.stop.__enter__()
+            fit(self._stepper(), self._batch, start=self.start_step, after_step=self._after_step)
             if self.use_fsdp:
                 fsdp.copy_back(self.module, self.user_module, self.device)
         finally:
-            stop.__exit__()
+            self.stop.__exit__()
             if self.progress is not None:
                 finish_progress(self.progress)  # a notebook keeps the bar's final state as text
             self.logger.close()
             ctx.close()
         return self.last_ckpt if self.last_ckpt is not None else list_checkpoints(self.run_dir)[-1]
 
-    def _optimizer_step(self, step: int, callbacks: tuple) -> int:
-        """One optimiser step (its micro-batches, clipping, update), then what follows it; returns the new step."""
+    def _stepper(self) -> Stepper:
+        """The optimiser step: warmup + cosine rate, micro-batches under bf16 autocast when on, DDP's
+        ``no_sync`` before the last micro-batch, clipping, update, the module's ``on_step_end``."""
         tcfg = self.tcfg
-        lr = lr_at(step, tcfg.lr, tcfg.steps, tcfg.warmup_steps, tcfg.min_lr)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr * g.get("lr_scale", 1.0)
-        outputs: dict = {}
-        loss_sum = 0.0
-        for k in range(tcfg.accum_steps):
-            outputs, value = self._micro_step(step, k)
-            loss_sum += value / tcfg.accum_steps
-        grad_norm = float("nan")
-        if tcfg.clip_grad:
-            grad_norm = float(fsdp.full_tensor(torch.nn.utils.clip_grad_norm_(self.trainable, tcfg.clip_grad)))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        step += 1
-        if hasattr(self.module, "on_step_end"):
-            self.module.on_step_end(step, tcfg.steps)
-        if self.learning.update(step, loss_sum) is not None:
-            _after_learning_check(self.learning, self.user_module, outputs, tcfg, self.card, self.ctx, self.device)
-        self._update_ema()
-        extra = self._callbacks(step, callbacks)
-        if self.ctx.is_main and (step % tcfg.log_every == 0 or step == tcfg.steps or extra):
-            self._log(step, {"loss": loss_sum, "lr": lr, "grad_norm": grad_norm}, outputs, extra)
-        if self.progress is not None:
-            self.progress.update(1)
-        return step
+        return Stepper(
+            self.module,
+            self.model_for_step,
+            self.optimizer,
+            lambda step: lr_at(step, tcfg.lr, tcfg.steps, tcfg.warmup_steps, tcfg.min_lr),
+            tcfg.steps,
+            params=self.trainable,
+            clip_grad=tcfg.clip_grad,
+            accum_steps=tcfg.accum_steps,
+            bf16=self.use_bf16,
+            device_type=self.device.type,
+            check_loss=self._check_loss,
+            skip_sync=self.ctx.enabled and not self.use_fsdp,  # FSDP2's no_sync is fsdp.set_grad_sync
+        )
 
-    def _micro_step(self, step: int, k: int) -> tuple[dict, float]:
-        """Forward and backward of micro-batch ``k`` of ``step``; a non-finite loss stops the run, naming
-        the last good checkpoint."""
+    def _batch(self, step: int, k: int) -> dict:
+        """Micro-batch ``k`` of ``step``, checked and on the device, with the step's random seed set."""
         tcfg, ctx, accum = self.tcfg, self.ctx, self.tcfg.accum_steps
         batch = self.batches.next(self.micro)
         self.micro += 1
-        _check_finite(batch)
-        batch = _to_device(batch, self.device)
+        check_finite(batch)
+        batch = to_device(batch, self.device)
         # randomness inside the step (masking, dropout) is a function of the step alone: exact resume
         torch.manual_seed(tcfg.seed * 1_000_003 + (step * accum + k) * 7919 + ctx.rank)
-        fsdp.set_grad_sync(self.module, k == accum - 1)  # FSDP2's no_sync (the context below is DDP's)
-        ddp_sync = k == accum - 1 or not ctx.enabled or self.use_fsdp
-        sync = contextlib.nullcontext() if ddp_sync else self.model_for_step.no_sync()
-        with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            outputs = self.model_for_step(batch)
-            loss = outputs["loss"] / accum
-        value = float(loss.detach()) * accum
-        if ctx.any_true(not math.isfinite(value), self.device):
+        fsdp.set_grad_sync(self.module, k == accum - 1)  # FSDP2's no_sync (DDP's is the stepper's)
+        self.seen += batch_size(batch) * ctx.world_size
+        return batch
+
+    def _check_loss(self, step: int, value: float) -> None:
+        """A non-finite loss (on any rank) stops the run, naming the last good checkpoint."""
+        if self.ctx.any_true(not math.isfinite(value), self.device):
             where = (
                 f"; the last good checkpoint is {self.last_ckpt}"
                 if self.last_ckpt
@@ -626,9 +428,23 @@ class _Run:
                 f"loss became {value} at step {step + 1}{where} "
                 f"(try a lower train.lr, train.clip_grad, or check the data for NaNs)"
             )
-        loss.backward()
-        self.seen += _batch_size(batch) * ctx.world_size
-        return outputs, value
+
+    def _after_step(self, result: StepResult) -> None:
+        """What follows an optimiser step: learning check, EMA, callbacks, log, progress, then a checkpoint
+        when due or when a stop was asked for (which then ends the run)."""
+        tcfg, step, outputs = self.tcfg, result.step, result.outputs
+        if self.learning.update(step, result.loss) is not None:
+            _after_learning_check(self.learning, self.user_module, outputs, tcfg, self.card, self.ctx, self.device)
+        self._update_ema()
+        extra = self._callbacks(step, self.callbacks)
+        if self.ctx.is_main and (step % tcfg.log_every == 0 or step == tcfg.steps or extra):
+            self._log(step, {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm}, outputs, extra)
+        if self.progress is not None:
+            self.progress.update(1)
+        stopping = self.ctx.any_true(self.stop.signal is not None, self.device)
+        self._maybe_save(step, stopping)
+        if stopping:
+            self._interrupted(step)
 
     def _update_ema(self) -> None:
         if self.ema is None:
@@ -679,8 +495,8 @@ class _Run:
         osd = fsdp.full_optimizer_state(module, self.optimizer) if self.use_fsdp else self.optimizer.state_dict()
         if not ctx.is_main:
             return None
-        otensors, ometa = _optimizer_state(osd)
-        rtensors, rmeta = _rng_state()
+        otensors, ometa = optimizer_state(osd)
+        rtensors, rmeta = rng_state()
         return save_checkpoint(
             self.run_dir,
             step,

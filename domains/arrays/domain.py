@@ -174,9 +174,9 @@ class ArraysDomain(Domain):
             keep = order[n_val:] if split == "train" else order[:n_val]
             x, y = x[np.sort(keep)], y[np.sort(keep)]
         ds = adapt(x, y, spatial_dims=opt.spatial_dims, channels_last=opt.channels_last)
-        return self.prepare(ds, cfg)
+        return self.prepare_in_memory(ds, cfg)
 
-    def prepare(self, ds: AdaptedDataset, cfg, card: dict | None = None) -> AdaptedDataset:
+    def prepare_in_memory(self, ds: AdaptedDataset, cfg, card: dict | None = None) -> AdaptedDataset:
         """Normalise ``ds`` with a card's statistics (fine-tuning, embedding) or its own (pretraining)."""
         rec = (card or {}).get("preprocessing") or self.profile_record(ds, self.options(cfg).normalize)
         if rec.get("normalize", True):
@@ -277,7 +277,9 @@ class ArraysDomain(Domain):
         out = check_output(out, [data], what="embed out")  # before computing anything
         cfg = config_from_card(model.card, data=data)
         x, y = read_array_file(data)
-        ds = self.prepare(adapt(x, y, spatial_dims=model.card["preprocessing"]["spatial_dims"]), cfg, model.card)
+        ds = self.prepare_in_memory(
+            adapt(x, y, spatial_dims=model.card["preprocessing"]["spatial_dims"]), cfg, model.card
+        )
         return write_embeddings(model, ds, out, batch_size=options.get("batch_size") or 32)
 
     # ---- predict ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Example:
     'medical'
 """
 
+from . import store as _store  # noqa: F401  (registers the medical store preparer)
 from .domain import MedicalDomain
 from .io import read_dicom_series, read_image, read_nifti, write_nifti
 from .options import WINDOW_PRESETS, MedicalOptions

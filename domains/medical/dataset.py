@@ -38,7 +38,7 @@ def _hash_item(item: dict) -> bytes:
 class MedicalDataset(EpochAware, torch.utils.data.Dataset):
     """Samples (``image`` C x (D x) H x W in [0, 1] or z-scores, optional ``label``/``mask``) from items.
 
-    Args:
+    Args (all but ``items`` and ``opts`` keyword-only):
         items: MONAI-style dicts ``{"image": path | [paths], "label"?, "mask"?, "id"}``.
         opts: :class:`MedicalOptions` (normalized); ``modality: auto`` is inferred from ``items``
             (:func:`~domainfm.medical.modality.infer_modality`).
@@ -55,6 +55,7 @@ class MedicalDataset(EpochAware, torch.utils.data.Dataset):
         self,
         items: Sequence[dict],
         opts: MedicalOptions,
+        *,
         crop: Sequence[int],
         stage: str = "pretrain",
         cache: str = "none",

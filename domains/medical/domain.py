@@ -37,10 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from domainfm.config import TrainConfig
 from domainfm.data.augment import default_augment
 from domainfm.domain import Domain, DomainExample, accept_options
 from domainfm.errors import ConfigError, DataError
-from domainfm.recipes import DataFacts
+from domainfm.recipes import DataFacts, Decision
 
 from .dataset import MedicalDataset
 from .defaults import decide, default_crop, looks_like_ct, only_2d_images
@@ -54,60 +55,21 @@ from .inference import (
     scan_input,
     setup_from_geometry,
 )
-from .io import NpzStore, read_image, write_nifti
+from .io import read_image, write_nifti
 from .modality import infer_modality, is_2d_only
 from .options import MedicalOptions, normalized, options_from_card
-from .sources import discover, holdout, is_decathlon
+from .sources import discover
+from .splits import label_names, mask_values, split_items, task_items
 from .synthetic import write_example
 from .transforms import build_transforms, domain_errors, intensity_transforms, normalization_record
 from .views import multicrop_for
 
-
-def mask_values(
-    items: list[dict], spatial_dims: int, names_by_id: dict | None = None, named_in: str = "dataset.json"
-) -> list[int]:
-    """The label ids present in the masks of ``items`` (each mask read whole, once). With ``names_by_id`` (a
-    Decathlon ``labels`` map, from ``named_in``) a mask holding an id it does not name is refused, naming the
-    mask file and the ids.
-
-    Example:
-        >>> mask_values([], 3)
-        []
-    """
-    found: set[int] = set()
-    for it in items:
-        if "mask" in it:
-            arr = read_image(it["mask"], spatial_dims=spatial_dims).as_tensor()
-            ids = {int(v) for v in torch.unique(arr.round().long()).tolist()}
-            _check_named(ids, names_by_id, it["mask"], named_in)
-            found.update(ids)
-    return sorted(found)
-
-
-def _check_named(ids: set[int], names_by_id: dict | None, mask: str, named_in: str) -> None:
-    """Every id >= 0 of a mask is named by a labels map ``{"0": "background", ...}`` (when one is given).
-
-    Example:
-        >>> _check_named({0, 5}, {"0": "background", "1": "tumour"}, "m.nii.gz", "dataset.json")
-        Traceback (most recent call last):
-        ...
-        domainfm.errors.DataError: m.nii.gz: holds label ids [5] that the labels of dataset.json do not name ...
-    """
-    keys = [str(k) for k in (names_by_id or {})]
-    if not keys or not all(k.lstrip("-").isdigit() for k in keys):  # no map, or one by name (nnU-Net v2)
-        return
-    unnamed = sorted(v for v in ids if v >= 0 and str(v) not in keys)
-    if unnamed:
-        named = ", ".join(f"{k}: {names_by_id[k]}" for k in sorted(keys, key=int))
-        raise DataError(
-            mask,
-            f"holds label ids {unnamed} that the labels of {named_in} do not name ({named}); "
-            "fix the mask or name every id in the labels map",
-        )
-
-
-SEG_3D_BATCH = 2  # 3D segmentation fine-tuning batch when train.batch_size is left at its default
-_NPZ_SPLIT = {"pretrain": "train", "train": "train", "val": "val", "test": "test", "embed": "test"}
+#: ``train.batch_size`` left at the core's default (one for 2D images) becomes :data:`SEG_3D_BATCH` for 3D
+#: segmentation fine-tuning (:meth:`MedicalDomain.settle`)
+DEFAULT_BATCH = TrainConfig().batch_size
+SEG_3D_BATCH = 2
+#: the registered patch embed of each ``spatial_dims`` (its name is what the encoder is given)
+PATCH_EMBEDS = {2: "2d", 3: "3d"}
 
 
 def _mtime(path: Path) -> int:
@@ -128,33 +90,22 @@ def _img_size(cfg, spatial_dims: int) -> list[int]:
     return [int(size)] * spatial_dims
 
 
-def _task_items(items: list[dict], classes, split: str, task: str, where) -> tuple[list[dict], list[str] | None]:
-    """The items with what ``task`` needs (masks or labels; neither to pretrain or embed), checked."""
-    if split in ("pretrain", "embed"):
-        return [{k: v for k, v in it.items() if k not in ("mask", "label")} for it in items], None
-    if task == "segmentation":
-        if not all("mask" in it for it in items):
-            raise DataError(
-                where,
-                "segmentation needs masks: a 'mask' column in the manifest, "
-                "imagesTr/labelsTr (or images/masks) folders, or Decathlon 'label' entries",
-            )
-        return [{k: v for k, v in it.items() if k != "label"} for it in items], classes
-    if not all("label" in it for it in items):
-        raise DataError(
-            where,
-            f"{task} needs labels: class subfolders, a 'label' column in the manifest, "
-            "or a MedMNIST .npz with *_labels",
-        )
-    return [{k: v for k, v in it.items() if k != "mask"} for it in items], classes
-
-
 def _cache_dir(cfg, opts: MedicalOptions, crop: list[int], stage: str) -> Path | None:
     """The disk-cache folder of this preprocessing (``data.cache: disk``), keyed by options, crop and stage."""
     if cfg.data.cache != "disk":
         return None
     recipe = json.dumps({"opts": dataclasses.asdict(opts), "crop": crop, "stage": stage}, sort_keys=True)
     return Path(opts.cache_dir or Path(cfg.out) / "cache") / hashlib.md5(recipe.encode()).hexdigest()[:12]
+
+
+def _name_mask_labels(ds: MedicalDataset, cfg, spatial_dims: int) -> None:
+    """Segmentation label names by mask id on ``ds`` (a Decathlon ``labels`` map); the ids themselves come from
+    the masks (``ds.label_values``, read by :mod:`domainfm.classmap`), so sparse ids are never padded into absent
+    classes."""
+    ds.class_names_by_id = label_names(cfg)
+    ds.mask_classes = [ds.class_names_by_id[k] for k in sorted(ds.class_names_by_id, key=int)] or None
+    ds.label_values = functools.partial(mask_values, ds.items, spatial_dims, ds.class_names_by_id, str(cfg.data.path))
+    ds.classes = None
 
 
 class MedicalDomain(Domain):
@@ -199,7 +150,8 @@ class MedicalDomain(Domain):
     def options(self, cfg) -> MedicalOptions:
         """``cfg.options`` validated, with comma-string lists parsed, the dimensionality read from the data
         (:meth:`_read_options`) and ``modality: auto`` resolved from the scans (:mod:`.modality`); each
-        decision printed once and recorded in the card."""
+        decision printed once and recorded in the card. ``cfg`` is only read (:meth:`data_facts` writes the
+        inferred modality into the pretraining config)."""
         opts = self._read_options(cfg)
         if opts.modality != "auto":
             return opts
@@ -210,11 +162,10 @@ class MedicalDomain(Domain):
         path = Path(cfg.data.path)
         key = (str(path), opts.spatial_dims, opts.image_key, str(opts.sequences), _mtime(path))
         if key not in self._modality:
-            items = self._items(cfg, opts, "pretrain")[0]
+            items = split_items(cfg, opts, "pretrain")[0]
             self._modality[key] = infer_modality(items, opts.spatial_dims, cfg.data.path, opts.image_key)
         modality, text = self._modality[key]
         self._inferred[str(path)] = decide("modality", text)
-        cfg.data.options["modality"] = modality  # the card's config (and a fine-tune from it) reads the same
         return normalized(dataclasses.replace(opts, modality=modality))
 
     def _read_options(self, cfg) -> MedicalOptions:
@@ -246,6 +197,10 @@ class MedicalDomain(Domain):
             else:
                 self._dims[key] = only_2d_images(path)
         return self._dims[key]
+
+    def spatial_dims(self, cfg) -> int:
+        """2 or 3: ``data.options.spatial_dims`` as the data settles it (2D images only are read in 2D)."""
+        return self.options(cfg).spatial_dims
 
     def crop_size(self, cfg) -> list[int]:
         """Model input size: ``options.crop_size``, else ``data.img_size``; in 3D with ``img_size`` left
@@ -307,8 +262,14 @@ class MedicalDomain(Domain):
 
     def data_facts(self, cfg) -> DataFacts:
         """Recipe facts from the file headers: a 2D image's own size (read from the first item; ``data.img_size``
-        resizes it), or the 3D training crop (the volumes' size at the target spacing, capped at 96^3)."""
+        resizes it), or the 3D training crop (the volumes' size at the target spacing, capped at 96^3).
+
+        The core asks for these before it builds any pretraining dataset, and this is where the run's config
+        takes what the data settles: ``modality: auto`` becomes the inferred modality in ``data.options``, so
+        the card's config (and a fine-tune or embedding from it) reads the same."""
         opts = self.options(cfg)
+        if cfg.data.options.get("modality") == "auto":
+            cfg.data.options["modality"] = opts.modality
         items = self.items(cfg, "pretrain")[0]
         if not items:
             raise DataError(cfg.data.path, "no scans found for pretraining")
@@ -322,48 +283,13 @@ class MedicalDomain(Domain):
         return DataFacts(2, tuple(int(s) for s in image.shape[-2:]), channels or 1, len(items), resizable=True)
 
     def items(self, cfg, split: str) -> tuple[list[dict], list[str] | None]:
-        """Item dicts and class names for ``split`` (``pretrain``, ``train``, ``val``, ``test``, ``embed``)."""
-        return self._items(cfg, self._read_options(cfg), split)
-
-    def _items(self, cfg, opts: MedicalOptions, split: str) -> tuple[list[dict], list[str] | None]:
-        if cfg.data.path is None:
-            raise ConfigError("data.path is required for the medical domain (a folder, a manifest, a .npz or a scan)")
-        path = Path(cfg.data.path)
-        if split in ("val", "test") and cfg.data.val_path:
-            return discover(cfg.data.val_path, opts, "validation" if split == "val" else "test")
-        if path.suffix.lower() in (".npz", ".npy"):
-            return self._array_items(path, opts, split, cfg)
-        if path.is_file() and is_decathlon(path):
-            data = json.loads(path.read_text())
-            if split in ("val", "test") and data.get("validation"):
-                return discover(path, opts, "validation")
-            items, classes = discover(path, opts, "training")
-            if split == "pretrain" and data.get("test"):
-                items = items + discover(path, opts, "test")[0]
-            if not data.get("validation"):
-                items = holdout(items, split, cfg.data.val_fraction, cfg.train.seed)
-            labels = data.get("labels")
-            if isinstance(labels, dict) and labels:
-                classes = [labels[k] for k in sorted(labels, key=lambda k: int(k))]
-            return items, classes
-        items, classes = discover(path, opts, "training")
-        if split in ("train", "val", "test"):
-            items = holdout(items, split, cfg.data.val_fraction, cfg.train.seed)
-        return items, classes
-
-    @staticmethod
-    def _array_items(path: Path, opts: MedicalOptions, split: str, cfg) -> tuple[list[dict], list[str] | None]:
-        """Items of an ``.npz``/``.npy``: its own split, or a held-out share of ``train`` when it has none."""
-        wanted = _NPZ_SPLIT.get(split, "train")
-        if wanted in NpzStore(path).splits():
-            return discover(path, opts, wanted)
-        items, classes = discover(path, opts, "train")
-        if split in ("train", "val", "test"):
-            items = holdout(items, split, cfg.data.val_fraction, cfg.train.seed)
-        return items, classes
+        """Item dicts and class names for ``split`` (``pretrain``, ``train``, ``val``, ``test``, ``embed``);
+        see :mod:`.splits`."""
+        return split_items(cfg, self._read_options(cfg), split)
 
     def dataset(self, cfg, split: str) -> MedicalDataset:
-        """A :class:`MedicalDataset` for ``split``; labels/masks kept according to ``finetune.task``.
+        """A :class:`MedicalDataset` for ``split``; labels/masks kept according to ``finetune.task``. ``cfg`` is
+        read, never changed: what a run takes from the data is decided before (:meth:`settle`).
 
         Example:
             >>> import tempfile
@@ -379,21 +305,12 @@ class MedicalDomain(Domain):
         crop = self.crop_size(cfg)
         items, classes = self.items(cfg, split)
         where = cfg.data.val_path if split in ("val", "test") and cfg.data.val_path else cfg.data.path
-        task = cfg.finetune.task
-        items, classes = _task_items(items, classes, split, task, where)
-        if split == "train" and task == "segmentation" and opts.spatial_dims == 3 and cfg.train.batch_size == 64:
-            # train.batch_size left at the 2D default: a 3D UNETR step decodes every crop at full resolution
-            cfg.train.batch_size = SEG_3D_BATCH
-            self._batch_text = decide(
-                "batch",
-                f"3D segmentation: train.batch_size {SEG_3D_BATCH} (the default 64 is "
-                "for 2D; UNETR practice for 96^3 crops; set --batch-size to change it)",
-            )
+        items, classes = task_items(items, classes, split, cfg.finetune.task, where)
         stage = "test" if split == "embed" else split
         ds = MedicalDataset(
             items,
             opts,
-            crop,
+            crop=crop,
             stage=stage,
             cache=cfg.data.cache,
             cache_dir=_cache_dir(cfg, opts, crop, stage),
@@ -401,25 +318,38 @@ class MedicalDomain(Domain):
             classes=classes,
             num_workers=cfg.data.num_workers,
         )
-        if task == "segmentation" and split in ("train", "val", "test"):
-            # segmentation label names by mask id (a Decathlon ``labels`` map); the ids themselves come
-            # from the masks (domainfm.classmap), so sparse ids are never padded into absent classes
-            ds.class_names_by_id = self._label_names(cfg)
-            ds.mask_classes = [ds.class_names_by_id[k] for k in sorted(ds.class_names_by_id, key=int)] or None
-            ds.label_values = functools.partial(
-                mask_values, ds.items, opts.spatial_dims, ds.class_names_by_id, str(cfg.data.path)
-            )
-            ds.classes = None
+        if cfg.finetune.task == "segmentation" and split in ("train", "val", "test"):
+            _name_mask_labels(ds, cfg, opts.spatial_dims)
         return ds
 
-    @staticmethod
-    def _label_names(cfg) -> dict[str, str]:
-        path = Path(cfg.data.path)
-        if path.is_file() and path.suffix.lower() == ".json" and is_decathlon(path):
-            labels = json.loads(path.read_text()).get("labels")
-            if isinstance(labels, dict):
-                return {str(k): str(v) for k, v in labels.items()}
-        return {}
+    def settle(self, cfg, stage: str) -> list[Decision]:
+        """What a ``stage`` run (``pretrain``, ``finetune``) takes from the data, decided before any dataset is
+        built, for the core to set on ``cfg`` (which is only read here): 3D segmentation fine-tuning with
+        ``train.batch_size`` left at the 2D default 64 trains :data:`SEG_3D_BATCH` crops a step (a 3D UNETR
+        step decodes every crop at full resolution). The decision is printed once here and recorded in the
+        card's preprocessing (:meth:`decisions`); the core sets each returned key.
+
+        Example:
+            >>> import tempfile
+            >>> from domainfm.registry import get_domain
+            >>> from domainfm.runconfig import load_config
+            >>> domain = get_domain("medical")
+            >>> example = domain.example(tempfile.mkdtemp()).config
+            >>> cfg = load_config(example, overrides=["finetune.task=segmentation", "train.batch_size=64"])
+            >>> [(d.key, d.value) for d in domain.settle(cfg, "finetune")], cfg.train.batch_size
+            ([('train.batch_size', 2)], 64)
+        """
+        opts = self.options(cfg)
+        if stage != "finetune" or cfg.finetune.task != "segmentation" or opts.spatial_dims != 3:
+            return []
+        if cfg.train.batch_size != DEFAULT_BATCH:
+            return []
+        self._batch_text = decide(
+            "batch",
+            f"3D segmentation: train.batch_size {SEG_3D_BATCH} (the default {DEFAULT_BATCH} is "
+            "for 2D; UNETR practice for 96^3 crops; set --batch-size to change it)",
+        )
+        return [Decision("train.batch_size", SEG_3D_BATCH, self._batch_text)]
 
     def augment(self, cfg):
         """Contrastive views: random resized crop, flips, intensity jitter (2D or 3D)."""
@@ -443,7 +373,7 @@ class MedicalDomain(Domain):
         if isinstance(patch, (list, tuple)) and len(patch) != opts.spatial_dims:
             raise ConfigError(f"model.patch_size {list(patch)} has {len(patch)} values for {opts.spatial_dims}D data")
         return {
-            "patch_embed": cfg.model.patch_embed or ("3d" if opts.spatial_dims == 3 else "2d"),
+            "patch_embed": cfg.model.patch_embed or PATCH_EMBEDS[opts.spatial_dims],
             "img_size": crop,
             "patch_size": patch,
             "in_chans": in_chans or 1,

@@ -86,7 +86,7 @@ class _ProjectUp(nn.Module):
 class UNETRHead(nn.Module):
     """UNETR decoder over a ViT's tokens (``head(features) -> B x K x (D x) H x W``).
 
-    Args:
+    Args (all but ``embed_dim`` and ``num_classes`` keyword-only):
         embed_dim: encoder width.
         num_classes: output channels (background included).
         spatial_dims: 2 or 3.
@@ -102,6 +102,7 @@ class UNETRHead(nn.Module):
         self,
         embed_dim: int,
         num_classes: int,
+        *,
         spatial_dims: int,
         patch_size: Sequence[int] | int,
         in_chans: int,
@@ -184,10 +185,10 @@ def build_head(task: str, encoder, num_classes: int, head_options: dict | None =
         return UNETRHead(
             encoder.embed_dim,
             num_classes,
-            encoder.spatial_dims,
-            patch,
-            encoder.config["in_chans"] or 1,
-            encoder.depth,
+            spatial_dims=encoder.spatial_dims,
+            patch_size=patch,
+            in_chans=encoder.config["in_chans"] or 1,
+            depth=encoder.depth,
             **opts,
         )
     return LinearHead(encoder.embed_dim, num_classes, **opts)

@@ -8,7 +8,7 @@ and flips along every axis; X-rays get left-right flips only (up-down is not ana
 
 Example:
     >>> import torch
-    >>> f = medical_multicrop("ct", 3, (16, 16, 16), (8, 8, 8), n_local=2)
+    >>> f = medical_multicrop("ct", 3, global_size=(16, 16, 16), local_size=(8, 8, 8), n_local=2)
     >>> [tuple(v.shape) for v in f(torch.rand(1, 16, 16, 16), torch.Generator().manual_seed(0))]
     [(1, 16, 16, 16), (1, 16, 16, 16), (1, 8, 8, 8), (1, 8, 8, 8)]
 """
@@ -52,6 +52,7 @@ def physics_jitter(modality: str) -> Callable[[torch.Tensor, torch.Generator], t
 def medical_multicrop(
     modality: str,
     spatial_dims: int,
+    *,
     global_size: Sequence[int],
     local_size: Sequence[int],
     n_global: int = 2,
@@ -59,7 +60,8 @@ def medical_multicrop(
     global_scale=(0.4, 1.0),
     local_scale=(0.05, 0.4),
 ):
-    """2 global + N local crops (2D or 3D) with :func:`physics_jitter` of ``modality``."""
+    """2 global + N local crops (2D or 3D) with :func:`physics_jitter` of ``modality`` (arguments after
+    ``spatial_dims`` are keyword-only)."""
     flips = (spatial_dims,) if modality == "xray" and spatial_dims == 2 else None
     return make_multicrop(
         spatial_dims,
@@ -80,10 +82,10 @@ def multicrop_for(cfg, opts, img_size: Sequence[int], local_size: Sequence[int])
     return medical_multicrop(
         opts.modality,
         opts.spatial_dims,
-        img_size,
-        local_size,
-        o.global_crops,
-        o.local_crops,
-        tuple(o.global_crop_scale),
-        tuple(o.local_crop_scale),
+        global_size=img_size,
+        local_size=local_size,
+        n_global=o.global_crops,
+        n_local=o.local_crops,
+        global_scale=tuple(o.global_crop_scale),
+        local_scale=tuple(o.local_crop_scale),
     )

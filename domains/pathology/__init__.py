@@ -8,6 +8,7 @@ Example:
     'pathology'
 """
 
+from . import store as _store  # noqa: F401  (registers the pathology store preparer)
 from .datasets import SlideRecord, SlideTileDataset, TileFolderDataset, TileTransform, list_slides
 from .domain import PathologyDomain, PathologyOptions, make_view_augment
 from .embed import embed_slides, load_slide_features

@@ -119,7 +119,8 @@ def _to_tensor(rgb: np.ndarray) -> torch.Tensor:
 
 class TileTransform:
     """uint8 RGB tile -> normalized ``3 x S x S`` float tensor, with optional Macenko normalization and,
-    for training, flips/rotations and HED jitter driven by a ``torch.Generator``.
+    for training, flips/rotations and HED jitter driven by a ``torch.Generator`` (all but ``size``
+    keyword-only).
 
     Example:
         >>> t = TileTransform(size=32)
@@ -130,6 +131,7 @@ class TileTransform:
     def __init__(
         self,
         size: int,
+        *,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         macenko: MacenkoNormalizer | None = None,
@@ -196,7 +198,7 @@ class TileTransform:
 class SlideTileDataset(Dataset, EpochAware):
     """Tissue tiles of many slides at one MPP (samples ``{"image", "meta", ["label"]}``).
 
-    Args:
+    Args (all but ``slides`` keyword-only):
         slides: :class:`SlideRecord` list (see :func:`list_slides`) or paths.
         target_mpp, tile_size, min_tissue, thumbnail_size: tiling (see :mod:`.tiling`).
         out_size: model input size (tiles are resized from ``tile_size``; default ``tile_size``).
@@ -222,6 +224,7 @@ class SlideTileDataset(Dataset, EpochAware):
     def __init__(
         self,
         slides: Sequence[SlideRecord | str | Path],
+        *,
         target_mpp: float = 0.5,
         tile_size: int = 224,
         out_size: int | None = None,
@@ -254,11 +257,11 @@ class SlideTileDataset(Dataset, EpochAware):
                 grid = cached_tile_grid(
                     rec.path,
                     coords_dir,
-                    target_mpp,
-                    tile_size,
-                    min_tissue,
-                    rec.mpp if rec.mpp is not None else mpp,
-                    thumbnail_size,
+                    target_mpp=target_mpp,
+                    tile_size=tile_size,
+                    min_tissue=min_tissue,
+                    mpp=rec.mpp if rec.mpp is not None else mpp,
+                    thumbnail_size=thumbnail_size,
                 )
             except NoTissueError as exc:
                 if not skip_no_tissue:
@@ -380,7 +383,8 @@ class TileFolderDataset(Dataset, EpochAware):
     """Labelled tiles from ``root/<class name>/*.png`` (or unlabelled from a flat folder).
 
     ``split`` ``"train"``/``"val"`` draws a fixed, per-class ``val_fraction`` of files (seeded);
-    ``"pretrain"`` and ``"all"`` use every file; ``"test"`` uses the validation part.
+    ``"pretrain"`` and ``"all"`` use every file; ``"test"`` uses the validation part. Arguments after
+    ``root`` and ``split`` are keyword-only.
 
     Example:
         >>> import tempfile
@@ -398,6 +402,7 @@ class TileFolderDataset(Dataset, EpochAware):
         self,
         root: str | Path,
         split: str = "all",
+        *,
         out_size: int = 224,
         transform: TileTransform | None = None,
         val_fraction: float = 0.2,

@@ -89,7 +89,6 @@ def _synthetic_tiles(root: Path, n: int = 12) -> Path:
 
 def run_demo(out_dir: Path, quick: bool = False) -> dict:
     """Run the demo into ``out_dir``; print and return its figures (see the module doc)."""
-
     t0 = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -104,12 +103,28 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
         "quick": quick,
     }
     warnings.filterwarnings("ignore", category=UserWarning, module=r"domainfm\.pathology.*")
+    synth_dir, labels_csv = _generated_slides(out_dir, quick)  # 1-2. slides and the MPP check
+    slide_path, pre_data = _slides_to_pretrain(out_dir, synth_dir, real, fig)
+    fig["slide"] = str(slide_path)
+    model = _pretrain(out_dir, pre_data, real, quick, fig)  # 3.
+    fig.update(_tile_probe(model, out_dir / "labelled_tiles", real))  # 4.
+    mil_ckpt = _slide_mil(model, synth_dir, labels_csv, out_dir, quick, fig)  # 5.
+    fig.update(_slide_heatmap(model, mil_ckpt, slide_path, real, out_dir))  # 6.
+    fig["seconds"] = round(time.time() - t0, 1)
+    torch.set_num_threads(threads)
+    (out_dir / "figures.json").write_text(json.dumps(fig, indent=2))
+    print("pathology demo:")
+    for k, v in fig.items():
+        print(f"  {k}: {v}")
+    return fig
 
-    # 1-2. slides and the MPP check
+
+def _generated_slides(out_dir: Path, quick: bool) -> tuple[Path, Path]:
+    """Steps 1-2: pyramidal TIFF slides with and without a tumour region (odd ones tumour), and their labels
+    CSV: ``(slide folder, labels CSV)``."""
     synth_dir = out_dir / "generated_slides"
-    n_synth = 6 if quick else 10
     labels_rows = []
-    for i in range(n_synth):
+    for i in range(6 if quick else 10):
         tumor = bool(i % 2)
         write_synthetic_slide(
             synth_dir / f"gen{i:02d}.tif", (768, 768) if quick else (1024, 1024), mpp=0.5, seed=i, tumor=tumor
@@ -117,20 +132,26 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
         labels_rows.append((f"gen{i:02d}.tif", "tumor" if tumor else "normal"))
     labels_csv = out_dir / "generated_labels.csv"
     labels_csv.write_text("slide,label\n" + "".join(f"{s},{lab}\n" for s, lab in labels_rows))
-    if real:
-        slide_path = (SHARED / REAL_SLIDE).resolve()
-        if slide_mpp(open_slide(slide_path), slide_path) is None:
-            fig["mpp_check"] = f"{slide_path}: no microns-per-pixel in the slide; {ASSUMED_MPP} µm/px is assumed"
-        manifest = out_dir / "slides.csv"
-        manifest.write_text(f"slide,mpp\n{slide_path},{ASSUMED_MPP}\n")
-        fig["assumed_mpp"] = ASSUMED_MPP
-        pre_data = manifest
-    else:
-        slide_path = synth_dir / "gen01.tif"
-        pre_data = synth_dir
-    # 3. pretraining on tissue tiles
-    steps, batch = (15, 16) if quick else (60, 32)
-    cfg = {
+    return synth_dir, labels_csv
+
+
+def _slides_to_pretrain(out_dir: Path, synth_dir: Path, real: bool, fig: dict) -> tuple[Path, Path]:
+    """The slide the heatmap is drawn on and the data to pretrain on: the real slide through a manifest that
+    gives its (assumed) MPP, after showing that the slide itself carries none; else the generated slides."""
+    if not real:
+        return synth_dir / "gen01.tif", synth_dir
+    slide_path = (SHARED / REAL_SLIDE).resolve()
+    if slide_mpp(open_slide(slide_path), slide_path) is None:
+        fig["mpp_check"] = f"{slide_path}: no microns-per-pixel in the slide; {ASSUMED_MPP} µm/px is assumed"
+    manifest = out_dir / "slides.csv"
+    manifest.write_text(f"slide,mpp\n{slide_path},{ASSUMED_MPP}\n")
+    fig["assumed_mpp"] = ASSUMED_MPP
+    return slide_path, manifest
+
+
+def _pretrain_config(out_dir: Path, pre_data: Path, real: bool, steps: int, batch: int) -> dict:
+    """Step 3's recipe: a small ViT, MAE + contrastive, on 64 px tissue tiles at 1 µm/px."""
+    return {
         "domain": "pathology",
         "out": str(out_dir / "pretrain"),
         "data": {
@@ -163,35 +184,46 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
             "log_every": 5,
         },
     }
-    ckpt = domainfm.pretrain(cfg)
-    model = domainfm.load(ckpt)
+
+
+def _pretrain(out_dir: Path, pre_data: Path, real: bool, quick: bool, fig: dict):
+    """Step 3: pretraining on the tissue tiles (HED stain jitter in the views); the loaded model."""
+    steps, batch = (15, 16) if quick else (60, 32)
+    ckpt = domainfm.pretrain(_pretrain_config(out_dir, pre_data, real, steps, batch))
     first, last = _last_loss(out_dir / "pretrain")
     grids = sorted((out_dir / "pretrain" / "tiles").glob("*.tiles.csv"))
-    n_tiles = sum(sum(1 for _ in open(g)) - 2 for g in grids)
     fig.update(
         {
-            "slide": str(slide_path),
             "pretrain_slides": len(grids),
-            "pretrain_tiles": n_tiles,
+            "pretrain_tiles": sum(sum(1 for _ in open(g)) - 2 for g in grids),
             "pretrain_steps": steps,
             "pretrain_loss_first": first,
             "pretrain_loss_last": last,
             "checkpoint": str(ckpt),
         }
     )
+    return domainfm.load(ckpt)
 
-    # 4. tile probe: tissue vs no-tissue, pretrained vs random init
-    tile_root = out_dir / "labelled_tiles"
-    if real:
-        for p in sorted((SHARED / "tiles").glob("*.png")):
-            lab = _tile_label(p.name)
-            if lab:
-                (tile_root / lab).mkdir(parents=True, exist_ok=True)
-                shutil.copy(p, tile_root / lab / p.name)
-    else:
-        _synthetic_tiles(tile_root)
+
+def _labelled_tiles(tile_root: Path, real: bool) -> Path:
+    """Tissue / no-tissue tiles in class folders: the real tiles (labelled by their file names) or generated."""
+    if not real:
+        return _synthetic_tiles(tile_root)
+    for p in sorted((SHARED / "tiles").glob("*.png")):
+        lab = _tile_label(p.name)
+        if lab:
+            (tile_root / lab).mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, tile_root / lab / p.name)
+    return tile_root
+
+
+def _tile_probe(model, tile_root: Path, real: bool) -> dict:
+    """Step 4: tissue vs no-tissue, leave-one-out probe on the pretrained vs a random-init encoder (and the
+    mean colour, a colour-only baseline)."""
     pre = model.card["preprocessing"]
-    tiles = TileFolderDataset(tile_root, "all", transform=TileTransform(64, pre["mean"], pre["std"]))
+    tiles = TileFolderDataset(
+        _labelled_tiles(tile_root, real), "all", transform=TileTransform(64, mean=pre["mean"], std=pre["std"])
+    )
     x = torch.stack([tiles[i]["image"] for i in range(len(tiles))])
     y = np.array([tiles[i]["label"] for i in range(len(tiles))])
     torch.manual_seed(0)
@@ -199,16 +231,20 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
     with torch.no_grad():
         f_pre = model.embed(x).numpy()
         f_rand = random_encoder.embed(x).numpy()
-    fig["probe_tiles"] = {c: int((y == i).sum()) for i, c in enumerate(tiles.classes)}
-    fig["probe_balanced_accuracy_pretrained"] = round(_probe(f_pre, y), 3)
-    fig["probe_balanced_accuracy_random_init"] = round(_probe(f_rand, y), 3)
-    fig["probe_balanced_accuracy_mean_rgb"] = round(_probe(x.mean((2, 3)).numpy(), y), 3)  # colour-only baseline
+    return {
+        "probe_tiles": {c: int((y == i).sum()) for i, c in enumerate(tiles.classes)},
+        "probe_balanced_accuracy_pretrained": round(_probe(f_pre, y), 3),
+        "probe_balanced_accuracy_random_init": round(_probe(f_rand, y), 3),
+        "probe_balanced_accuracy_mean_rgb": round(_probe(x.mean((2, 3)).numpy(), y), 3),
+    }
 
-    # 5. slide features + MIL on generated slides (labels known by construction)
-    feats = out_dir / "features"
-    embed_slides(model, synth_dir, feats, batch_size=128, verbose=False)
+
+def _slide_mil(model, synth_dir: Path, labels_csv: Path, out_dir: Path, quick: bool, fig: dict) -> Path:
+    """Step 5: slide features and MIL on the generated slides (labels known by construction): ABMIL vs mean
+    pooling; the MIL checkpoint."""
+    embed_slides(model, synth_dir, out_dir / "features", batch_size=128, verbose=False)
     mil_ckpt = run_mil(
-        feats,
+        out_dir / "features",
         labels_csv,
         out_dir / "mil",
         epochs=15 if quick else 25,
@@ -227,12 +263,17 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
         fig[f"mil_{name}_val_auc"] = None if m["auc"] is None else round(m["auc"], 3)
     fig["mil_val_slides"] = metrics["n_val"]
     fig["heatmap_generated_tumor_slide"] = str(mil_ckpt / "heatmaps" / "gen01.tif.png")
+    return mil_ckpt
 
-    # 6. the trained ABMIL over the real slide (or a generated one): heatmap + tile scores
+
+def _slide_heatmap(model, mil_ckpt: Path, slide_path: Path, real: bool, out_dir: Path) -> dict:
+    """Step 6: the trained ABMIL's attention over the real slide (or a generated one): heatmap PNG and tile
+    scores CSV. (The slide's class probability under a head trained on generated slides means nothing; only
+    the map is shown.)"""
+    feats = out_dir / "features"
     if real:
         embed_slides(model, [_record(slide_path, ASSUMED_MPP)], feats, batch_size=128, verbose=False)
     data = load_slide_features(feats / f"{Path(slide_path).name}.h5")
-
     card = json.loads((mil_ckpt / "card.json").read_text())
     head = build_mil(card["mil"]["abmil"])
     head.load_state_dict(
@@ -242,22 +283,15 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
     with torch.no_grad():
         _, attn = head(torch.from_numpy(data["features"]))
     attn = attn[0].numpy()
-    png = write_heatmap(slide_path, data["coords"], int(data["attrs"]["size0"]), attn, out_dir / "slide_attention.png")
+    size0 = int(data["attrs"]["size0"])
+    png = write_heatmap(slide_path, data["coords"], size0, attn, out_dir / "slide_attention.png")
     tiles_csv = write_tile_scores(
         out_dir / "slide_tile_scores.csv",
         data["coords"],
-        int(data["attrs"]["size0"]),
+        size0,
         {"attention": attn, "attention_rank": rank_normalize(attn)},
     )
-    # (the slide's class probability under a head trained on generated slides means nothing; only the map is shown)
-    fig.update({"slide_tiles_embedded": int(len(attn)), "slide_heatmap": str(png), "slide_tile_scores": str(tiles_csv)})
-    fig["seconds"] = round(time.time() - t0, 1)
-    torch.set_num_threads(threads)
-    (out_dir / "figures.json").write_text(json.dumps(fig, indent=2))
-    print("pathology demo:")
-    for k, v in fig.items():
-        print(f"  {k}: {v}")
-    return fig
+    return {"slide_tiles_embedded": int(len(attn)), "slide_heatmap": str(png), "slide_tile_scores": str(tiles_csv)}
 
 
 def _record(path, mpp):

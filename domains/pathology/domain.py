@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 import domainfm
@@ -43,6 +42,7 @@ from domainfm.utils import parse_list
 from .datasets import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    SlideRecord,
     SlideTileDataset,
     TileFolderDataset,
     TileTransform,
@@ -56,9 +56,9 @@ from .mil import GatedABMIL
 from .mil_task import require_labels, run_mil
 from .predict import NormalisedTiles, predict_slide, slide_record
 from .slide import SLIDE_SUFFIXES
-from .stain import MacenkoNormalizer, hed_jitter
+from .stain import MacenkoNormalizer
 from .synthetic import write_example
-from .views import multicrop_for
+from .views import make_view_augment, multicrop_for
 
 
 @dataclass
@@ -142,6 +142,62 @@ def _macenko(opts) -> MacenkoNormalizer | None:
     return norm
 
 
+def _tile_folder_dataset(cfg, split: str, path, transform: TileTransform) -> TileFolderDataset:
+    """Tiles of a folder of images: ``<class>/*.png`` with a held-out share per class (``data.val_path``: that
+    folder whole, with the training folder's classes), or a flat folder to pretrain on."""
+    if split in ("val", "test") and cfg.data.val_path:
+        classes = None
+        if cfg.data.path and is_tile_folder(cfg.data.path):
+            classes = TileFolderDataset(cfg.data.path, "all", transform=transform).classes or None
+        return TileFolderDataset(path, "all", transform=transform, classes=classes)
+    whole = split == "pretrain" or (split == "train" and cfg.data.val_path)
+    return TileFolderDataset(
+        path, "all" if whole else split, transform=transform, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed
+    )
+
+
+def _slide_labels(slides: list[SlideRecord], split: str, path) -> dict[str, int] | None:
+    """``class name -> index`` of the slides' own labels (``None`` to pretrain); a labelled split needs a label
+    on every slide."""
+    if split == "pretrain":
+        return None
+    named = [s.label for s in slides if s.label]
+    if len(named) != len(slides):
+        raise ConfigError(
+            f'{path}: slides carry no tile labels; for slide labels use task="mil" with labels="slides.csv", '
+            "for tile classification point data.path at a folder <class>/*.png"
+        )
+    return {c: i for i, c in enumerate(sorted(set(named)))}
+
+
+def _slide_dataset(cfg, split: str, path, transform: TileTransform) -> SlideTileDataset:
+    """Tissue tiles of the slides of ``path`` at the configured MPP; a labelled split takes its held-out share
+    of the slides (unless ``data.val_path`` holds the validation slides) and their labels."""
+    opts = cfg.options
+    slides = list_slides(path, opts.mpp)
+    labels = _slide_labels(slides, split, path)
+    if labels is not None and not cfg.data.val_path:
+        slides = holdout_split(slides, split, cfg.data.val_fraction, cfg.train.seed)
+    ds = SlideTileDataset(
+        slides,
+        target_mpp=opts.target_mpp,
+        tile_size=opts.tile_size,
+        out_size=_img_size(cfg),
+        min_tissue=opts.min_tissue,
+        coords_dir=opts.coords_dir or str(Path(cfg.out) / "tiles"),
+        transform=transform,
+        max_tiles_per_slide=opts.max_tiles_per_slide,
+        mpp=opts.mpp,
+        thumbnail_size=opts.thumbnail_size,
+        labels=labels,
+        max_open=opts.max_open_slides,
+        seed=cfg.train.seed,
+    )
+    if labels is not None:
+        ds.classes = list(labels)
+    return ds
+
+
 class PathologyDomain(Domain):
     """Whole-slide images (OpenSlide), MPP-aware tissue tiles, stain tools, slide embeddings and MIL.
 
@@ -189,67 +245,23 @@ class PathologyDomain(Domain):
         opts = cfg.options
         return TileTransform(
             _img_size(cfg),
-            _floats3(opts.mean, "mean"),
-            _floats3(opts.std, "std"),
+            mean=_floats3(opts.mean, "mean"),
+            std=_floats3(opts.std, "std"),
             macenko=_macenko(opts),
             train=train,
             stain_sigma=opts.hed_sigma if (train and opts.stain_augment) else 0.0,
         )
 
     def dataset(self, cfg, split: str):
-        """Tiles of slides (``SlideTileDataset``) or of a tile folder (``TileFolderDataset``)."""
-        opts = cfg.options
-        path = cfg.data.path
-        if split in ("val", "test") and cfg.data.val_path:
-            path = cfg.data.val_path
+        """Tiles of slides (``SlideTileDataset``) or of a tile folder (``TileFolderDataset``); ``cfg`` is read,
+        never changed."""
+        path = cfg.data.val_path if split in ("val", "test") and cfg.data.val_path else cfg.data.path
         if path is None:
             raise ConfigError("data.path is required for the pathology domain (slides, a manifest CSV or tiles)")
-        train = split in ("pretrain", "train")
-        transform = self.transform(cfg, train)
+        transform = self.transform(cfg, split in ("pretrain", "train"))
         if is_tile_folder(path):
-            if split in ("val", "test") and cfg.data.val_path:
-                classes = None
-                if cfg.data.path and is_tile_folder(cfg.data.path):
-                    classes = TileFolderDataset(cfg.data.path, "all", transform=transform).classes or None
-                return TileFolderDataset(path, "all", transform=transform, classes=classes)
-            sub = split if split != "pretrain" else "all"
-            if cfg.data.val_path and split == "train":
-                sub = "all"
-            return TileFolderDataset(
-                path, sub, transform=transform, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed
-            )
-        slides = list_slides(path, opts.mpp)
-        labels = None
-        if split != "pretrain":
-            named = [s.label for s in slides if s.label]
-            if len(named) != len(slides):
-                raise ConfigError(
-                    f'{path}: slides carry no tile labels; for slide labels use task="mil" with labels="slides.csv", '
-                    "for tile classification point data.path at a folder <class>/*.png"
-                )
-            classes = sorted(set(named))
-            labels = {c: i for i, c in enumerate(classes)}
-            if not cfg.data.val_path:
-                slides = holdout_split(slides, split, cfg.data.val_fraction, cfg.train.seed)
-        coords_dir = opts.coords_dir or str(Path(cfg.out) / "tiles")
-        ds = SlideTileDataset(
-            slides,
-            opts.target_mpp,
-            opts.tile_size,
-            _img_size(cfg),
-            opts.min_tissue,
-            coords_dir,
-            transform,
-            opts.max_tiles_per_slide,
-            opts.mpp,
-            opts.thumbnail_size,
-            labels,
-            opts.max_open_slides,
-            cfg.train.seed,
-        )
-        if labels is not None:
-            ds.classes = list(labels)
-        return ds
+            return _tile_folder_dataset(cfg, split, path, transform)
+        return _slide_dataset(cfg, split, path, transform)
 
     def augment(self, cfg) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
         """Contrastive views: random resized crop, flips, 90° rotations and HED stain jitter.
@@ -551,37 +563,3 @@ class TilePreprocessor:
         if rgb.ndim != 3 or rgb.shape[2] < 3:
             raise DataError(None, f"expected an H x W x 3 RGB tile, got shape {rgb.shape}")
         return self.transform(rgb)
-
-
-def make_view_augment(
-    mean: torch.Tensor, std: torch.Tensor, hed_sigma: float, crop_scale=(0.5, 1.0)
-) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
-    """View augmentation on normalized ``3 x H x W`` tiles (see :meth:`PathologyDomain.augment`).
-
-    Example:
-        >>> import torch
-        >>> aug = make_view_augment(torch.zeros(3, 1, 1), torch.ones(3, 1, 1), 0.1)
-        >>> aug(torch.rand(3, 16, 16), torch.Generator().manual_seed(0)).shape
-        torch.Size([3, 16, 16])
-    """
-
-    def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        _, h, w = x.shape
-        frac = float(crop_scale[0] + (crop_scale[1] - crop_scale[0]) * torch.rand(1, generator=g)) ** 0.5
-        ch, cw = max(1, int(round(h * frac))), max(1, int(round(w * frac)))
-        y0 = int(torch.randint(0, h - ch + 1, (1,), generator=g))
-        x0 = int(torch.randint(0, w - cw + 1, (1,), generator=g))
-        y = F.interpolate(
-            x[None, :, y0 : y0 + ch, x0 : x0 + cw].float(), size=(h, w), mode="bilinear", align_corners=False
-        )[0]
-        k = int(torch.randint(0, 4, (1,), generator=g))
-        if k:
-            y = torch.rot90(y, k, dims=(1, 2))
-        if float(torch.rand(1, generator=g)) < 0.5:
-            y = y.flip(2)
-        if hed_sigma > 0:
-            rgb = (y * std + mean).clamp(0, 1)
-            y = (hed_jitter(rgb, g, hed_sigma) - mean) / std
-        return y.contiguous()
-
-    return augment

@@ -92,8 +92,8 @@ def transform_from_preprocessing(pre: dict) -> TileTransform:
     macenko = MacenkoNormalizer.from_dict(pre["macenko"]) if pre.get("macenko") else None
     return TileTransform(
         int(pre.get("img_size", pre.get("tile_size", 224))),
-        pre.get("mean", IMAGENET_MEAN),
-        pre.get("std", IMAGENET_STD),
+        mean=pre.get("mean", IMAGENET_MEAN),
+        std=pre.get("std", IMAGENET_STD),
         macenko=macenko,
         train=False,
     )
@@ -142,12 +142,12 @@ def embed_slides(
         try:
             ds = SlideTileDataset(
                 [rec],
-                target_mpp,
-                tile_size,
-                transform.size,
-                min_tissue,
-                coords_dir,
-                transform,
+                target_mpp=target_mpp,
+                tile_size=tile_size,
+                out_size=transform.size,
+                min_tissue=min_tissue,
+                coords_dir=coords_dir,
+                transform=transform,
                 mpp=mpp,
                 thumbnail_size=thumb,
                 skip_no_tissue=False,

@@ -98,12 +98,12 @@ def predict_slide(
     transform = transform or transform_from_preprocessing(pre)
     ds = SlideTileDataset(
         [SlideRecord(str(slide_path), mpp)],
-        float(pre.get("target_mpp", 0.5)),
-        int(pre.get("tile_size", 224)),
-        transform.size,
-        float(min_tissue if min_tissue is not None else pre.get("min_tissue", 0.5)),
-        None,
-        transform,
+        target_mpp=float(pre.get("target_mpp", 0.5)),
+        tile_size=int(pre.get("tile_size", 224)),
+        out_size=transform.size,
+        min_tissue=float(min_tissue if min_tissue is not None else pre.get("min_tissue", 0.5)),
+        coords_dir=None,
+        transform=transform,
         mpp=mpp,
         thumbnail_size=int(pre.get("thumbnail_size", 1024)),
         skip_no_tissue=False,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +55,11 @@ class TileGrid:
         size read there (then resized to ``tile_size``).  coords: ``N x 2`` level-0 ``(x, y)``
         top-left corners.  tissue: ``N`` tissue fractions.  slide_size: level-0 ``(W, H)``.
         n_grid: number of grid positions before the tissue filter.
+        (All but ``path`` are keyword-only.)
     """
 
     path: str
+    _: KW_ONLY
     mpp: float
     target_mpp: float
     tile_size: int
@@ -199,17 +201,17 @@ def tile_slide(
     }
     grid = TileGrid(
         str(path),
-        float(mpp0),
-        float(target_mpp),
-        int(tile_size),
-        size0,
-        level,
-        read_size,
-        coords[keep],
-        frac[keep].astype(np.float32),
-        (int(w), int(h)),
-        int(len(coords)),
-        params,
+        mpp=float(mpp0),
+        target_mpp=float(target_mpp),
+        tile_size=int(tile_size),
+        size0=size0,
+        level=level,
+        read_size=read_size,
+        coords=coords[keep],
+        tissue=frac[keep].astype(np.float32),
+        slide_size=(int(w), int(h)),
+        n_grid=int(len(coords)),
+        params=params,
     )
     if len(grid) == 0:
         what = "a plain (non-pyramidal) image, not a whole-slide scan, with " if plain else ""
@@ -265,17 +267,17 @@ def load_grid(csv_path: str | Path) -> TileGrid:
     tissue = data[:, 2].astype(np.float32) if data.size else np.zeros((0,), np.float32)
     return TileGrid(
         header["path"],
-        header["mpp"],
-        header["target_mpp"],
-        header["tile_size"],
-        header["size0"],
-        header["level"],
-        header["read_size"],
-        coords,
-        tissue,
-        tuple(header["slide_size"]),
-        header["n_grid"],
-        header.get("params", {}),
+        mpp=header["mpp"],
+        target_mpp=header["target_mpp"],
+        tile_size=header["tile_size"],
+        size0=header["size0"],
+        level=header["level"],
+        read_size=header["read_size"],
+        coords=coords,
+        tissue=tissue,
+        slide_size=tuple(header["slide_size"]),
+        n_grid=header["n_grid"],
+        params=header.get("params", {}),
     )
 
 
@@ -339,17 +341,17 @@ def cached_tile_grid(
     except NoTissueError:
         empty = TileGrid(
             str(path),
-            0.0,
-            float(target_mpp),
-            int(tile_size),
-            0,
-            0,
-            0,
-            np.zeros((0, 2), np.int64),
-            np.zeros((0,), np.float32),
-            (0, 0),
-            0,
-            params,
+            mpp=0.0,
+            target_mpp=float(target_mpp),
+            tile_size=int(tile_size),
+            size0=0,
+            level=0,
+            read_size=0,
+            coords=np.zeros((0, 2), np.int64),
+            tissue=np.zeros((0,), np.float32),
+            slide_size=(0, 0),
+            n_grid=0,
+            params=params,
         )
         save_grid(empty, csv_path, stamp)
         raise

@@ -10,6 +10,7 @@ Example:
     ('remote_sensing', 'B4')
 """
 
+from . import store as _store  # noqa: F401  (registers the remote-sensing store preparer)
 from .datasets import Item, RasterChipDataset, discover_items, split_items
 from .domain import RemoteSensingDomain, RemoteSensingOptions
 from .geotiff import array_to_geotiff, grid_from_bounds

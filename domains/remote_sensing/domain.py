@@ -23,7 +23,6 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,12 +37,15 @@ from domainfm.errors import ConfigError, DataError
 from domainfm.recipes import DataFacts
 from domainfm.runconfig import config_from_card
 
-from .datasets import RasterChipDataset, discover_items, split_items
+from .datasets import RasterChipDataset
 from .defaults import infer_sensor, sensor_from_band_names
 from .demo import run_demo
 from .heads import build_head
 from .io import Grid, Scene, write_geotiff
-from .predict import predict_scene, scene_input, scene_record
+from .items import Item, discover_items, split_items
+from .options import RemoteSensingOptions, img_size, sensor_list
+from .predict import predict_scene
+from .sample_input import scene_input, scene_record
 from .sensors import card_sensor, get_sensor, parse_band_list, sensor_to_dict
 from .stats import normalize, stats_arrays
 from .synthetic import write_example
@@ -52,89 +54,100 @@ from .views import multicrop_for
 log = logging.getLogger("domainfm.remote_sensing")
 
 
-@dataclass
-class RemoteSensingOptions:
-    """``data.options`` of the remote-sensing domain (each is also a CLI flag: ``--chip-size 64``).
+def _bands_of(opts: RemoteSensingOptions) -> dict[str, list[str]]:
+    """``{canonical sensor name: [band names]}`` for the sensors of ``opts`` (validates names)."""
+    out = {}
+    names = sensor_list(opts)
+    for s in names:
+        sensor = get_sensor(s, opts.sensors_file)
+        req = opts.bands
+        if isinstance(req, dict):
+            req = next((v for k, v in req.items() if get_sensor(k, opts.sensors_file).name == sensor.name), None)
+        elif len(names) > 1 and req:
+            req = _bands_it_has(sensor, parse_band_list(req))
+        out[sensor.name] = [b.name for b in sensor.select(req)]
+    return out
 
-    Attributes:
-        sensor: sensor name, or several (``"sentinel2,landsat8"``: one sub-folder or manifest
-            ``sensor`` value per sensor; batches hold one sensor each). Unset: read from the band
-            descriptions of the first raster (an error when they do not identify the bands).
-        bands: band names (``"B02,B03,B04,B08"`` or a list); with several sensors a mapping
-            ``{sensor: [bands]}``; empty = all of the sensor's bands.
-        sensors_file: YAML with user-defined sensors (see :mod:`.sensors`).
-        layout: ``auto`` | ``scenes`` | ``classes`` (EuroSAT-style folders) | ``manifest`` (CSV).
-        chip_size: chip side in pixels of the scene grid (default ``data.img_size``); chips are
-            resampled to ``data.img_size`` when they differ.
-        chips_per_scene: random chips per scene per epoch.
-        sampling: ``auto`` (``whole`` for labelled tiles, else ``random``) | ``random`` | ``grid`` | ``whole``.
-        grid_overlap: overlap in pixels between grid chips.
-        resolution: target pixel size (CRS units) for multi-resolution scenes; default the finest band.
-        resampling: ``bilinear`` | ``nearest`` | ``cubic`` | ``average`` for bands read off-grid.
-        min_valid: chips with a smaller valid-pixel fraction are skipped (all-nodata always are).
-        stats: ``auto`` (computed from sampled chips of your data) | ``none`` | a JSON file |
-            ``{sensor: {band: [mean, std]}}``.
-        stats_chips: chips per sensor used to compute ``auto`` statistics.
-        label_sep: separator of several labels in a manifest's ``label`` column (multi-label).
-        ignore_index: mask value ignored by the loss (mask nodata, pixels outside the split region).
-        predict_overlap: tile overlap fraction in :meth:`RemoteSensingDomain.predict`.
-        predict_batch_size: tiles per forward pass in predict.
-        probabilities: predict writes class probabilities (float32, one band per class) instead of classes.
-        classes: names of the mask classes (segmentation; index order), e.g. ``forest,water,urban``.
-        max_pixels: predict refuses scenes larger than this (default 2e9 pixels); raise it on purpose.
-    """
 
-    sensor: str | list[str] | None = None
-    bands: list[str] | dict[str, Any] | str | None = None
-    sensors_file: str | None = None
-    layout: str = "auto"
-    chip_size: int | None = None
-    chips_per_scene: int = 16
-    sampling: str = "auto"
-    grid_overlap: int = 0
-    resolution: float | None = None
-    resampling: str = "bilinear"
-    min_valid: float = 0.0
-    stats: str | dict[str, Any] | None = "auto"
-    stats_chips: int = 32
-    label_sep: str = ";"
-    ignore_index: int = -1
-    predict_overlap: float = 0.25
-    predict_batch_size: int = 8
-    probabilities: bool = False
-    classes: list[str] | str | None = None
-    max_pixels: int | None = None
+def _bands_it_has(sensor, requested: list[str]) -> list[str]:
+    """One band list for several sensors: the bands ``sensor`` has (none at all is refused)."""
+    keep = []
+    for b in requested:
+        try:
+            keep.append(sensor.band(b).name)
+        except ConfigError:
+            pass
+    if not keep:
+        raise ConfigError(f"none of the bands {requested} exist for sensor {sensor.name!r}")
+    return keep
 
-    def __post_init__(self):
-        checks = (
-            (self.chip_size is None or self.chip_size >= 1, "chip_size", "a positive number of pixels"),
-            (self.chips_per_scene >= 1, "chips_per_scene", ">= 1"),
-            (self.grid_overlap >= 0, "grid_overlap", ">= 0 pixels"),
-            (0.0 <= self.min_valid <= 1.0, "min_valid", "a fraction in [0, 1]"),
-            (self.stats_chips >= 1, "stats_chips", ">= 1"),
-            (0.0 <= self.predict_overlap < 1.0, "predict_overlap", "a fraction in [0, 1)"),
-            (self.predict_batch_size >= 1, "predict_batch_size", ">= 1"),
-            (self.resolution is None or self.resolution > 0, "resolution", "a positive pixel size"),
+
+def _split_path(cfg, split: str):
+    """The data a split reads: ``data.val_path`` for ``val``/``test`` when given, else ``data.path``."""
+    path = cfg.data.val_path if split in ("val", "test") and cfg.data.val_path else cfg.data.path
+    if path is None:
+        raise ConfigError("data.path is required for domain 'remote_sensing'")
+    return path
+
+
+def _items_of_split(items: list[Item], split: str, cfg) -> list[Item]:
+    """The items of ``split``: every item for ``embed`` and for data a separate ``data.val_path`` splits (its
+    own ``split`` column for val/test, when it has one); else the split column or the hash holdout."""
+    if split == "embed":  # every item, deterministic chips; labels kept when there are any
+        return split_items(items, "pretrain", 0.0)
+    if cfg.data.val_path and split in ("val", "test") and any(it.split for it in items):
+        return split_items(items, split, 0.0)
+    if cfg.data.val_path and split in ("train", "val", "test"):
+        return split_items(items, "pretrain", 0.0)
+    return split_items(items, split, cfg.data.val_fraction, cfg.train.seed)
+
+
+def _check_targets(items: list[Item], task: str, path) -> None:
+    """A labelled split has what ``task`` learns from: labels (one per image for classification) or masks."""
+    if task in ("classification", "multilabel") and not any(it.label is not None for it in items):
+        raise DataError(path, f"task {task} needs labels: class sub-folders or a manifest 'label' column")
+    if task == "classification" and any(isinstance(it.label, list) for it in items):
+        raise DataError(path, 'the labels name several classes per image: use task="multilabel"')
+    if task == "segmentation" and not any(it.mask is not None for it in items):
+        raise DataError(
+            path, "task segmentation needs masks: a manifest with a 'mask' column (rasters on the image grids)"
         )
-        for ok, key, what in checks:
-            if not ok:
-                raise ConfigError(f"data.options.{key} must be {what}, got {getattr(self, key)!r}")
 
 
-def _sensor_list(opts: RemoteSensingOptions) -> list[str]:
-    names = parse_band_list(opts.sensor) if isinstance(opts.sensor, (str, list)) else []
-    if not names:
-        raise ConfigError("data.options.sensor is empty; name a sensor (e.g. sentinel2, landsat8, naip)")
-    return names
+def _keep_targets(items: list[Item], drop_labels: bool, keep_masks: bool) -> None:
+    """Clear what a split does not learn from (labels for pretraining and segmentation, masks unless
+    segmentation); ``items`` are this call's own (fresh from :func:`discover_items`)."""
+    for it in items:
+        if drop_labels or keep_masks:
+            it.label = None
+        if not keep_masks:
+            it.mask = None
 
 
-def _img_size(cfg) -> int:
-    size = cfg.data.img_size
-    if isinstance(size, (list, tuple)):
-        if len(size) != 2 or size[0] != size[1]:
-            raise ConfigError(f"data.img_size {size}: remote sensing chips are square; give one integer")
-        size = size[0]
-    return int(size)
+def _sampling(sampling: str, split: str, kind: str, items: list[Item], tile_labels: bool) -> str:
+    """``auto`` sampling: whole tiles for labelled tiles (class folders, or image labels being learnt), a grid
+    to embed scenes, random chips otherwise; any other setting as given."""
+    if sampling != "auto":
+        return sampling
+    if split == "embed":
+        return "whole" if kind == "classes" or any(it.label is not None for it in items) else "grid"
+    return "whole" if tile_labels else "random"
+
+
+def _given_stats(st) -> dict | str | None:
+    """``data.options.stats`` read: ``None`` for none, ``"auto"``, or the ``{sensor: {band: [mean, std]}}``
+    given inline or in a JSON file."""
+    if st is None or (isinstance(st, str) and st.lower() == "none"):
+        return None
+    if not isinstance(st, str) or st.lower() == "auto":
+        return st
+    p = Path(st)
+    if not p.is_file():
+        raise ConfigError(f"data.options.stats: {st} is neither auto, none nor an existing JSON file")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(p, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
 class RemoteSensingDomain(Domain):
@@ -152,24 +165,28 @@ class RemoteSensingDomain(Domain):
 
     @dataclass
     class PredictOptions:
-        """``predict`` flags: the scene's sensor (mixed-sensor models), probability bands, tiling."""
+        """``predict`` flags: the scene's sensor (mixed-sensor models), probability bands, tiling, and ``resume``
+        (an interrupted predict keeps its partial output and the next ``resume`` continues it)."""
 
         sensor: str | None = None
         probabilities: bool = False
         predict_overlap: float | None = None
         predict_batch_size: int | None = None
         max_pixels: int | None = None
+        resume: bool = False
 
     def __init__(self):
         self._stats_cache: dict[str, dict] = {}
 
     # ---- options -> sensors/bands ---------------------------------------------------------------
-    def _opts(self, cfg) -> RemoteSensingOptions:
+    def _read_opts(self, cfg) -> RemoteSensingOptions:
+        """``cfg.options`` with the sensor read from the data when none is declared (the decision printed
+        once); the config itself is left as it is."""
         opts = cfg.options
         if opts.sensor is not None:
             return opts
         if cfg.data.path is not None:
-            # no sensor declared: the file's band descriptions decide (recorded in the config -> card)
+            # no sensor declared: the file's band descriptions decide
             sensor, bands, text = infer_sensor(cfg.data.path)
         elif opts.bands and not isinstance(opts.bands, dict):
             # no file to read (e.g. importing weights): the sensor whose band names these are
@@ -177,32 +194,18 @@ class RemoteSensingDomain(Domain):
         else:
             return opts
         decide("sensor", text)
-        cfg.bind_options(dataclasses.replace(opts, sensor=sensor, bands=opts.bands or bands))
-        return cfg.options
+        return dataclasses.replace(opts, sensor=sensor, bands=opts.bands or bands)
+
+    def _opts(self, cfg) -> RemoteSensingOptions:
+        """:meth:`_read_opts`, with an inferred sensor recorded in the config (and so in the card)."""
+        opts = self._read_opts(cfg)
+        if cfg.options.sensor is None and opts.sensor is not None:
+            cfg.bind_options(opts)
+        return opts
 
     def sensors_and_bands(self, cfg) -> dict[str, list[str]]:
         """``{canonical sensor name: [band names]}`` for the configured sensors (validates names)."""
-        opts = self._opts(cfg)
-        out = {}
-        names = _sensor_list(opts)
-        for s in names:
-            sensor = get_sensor(s, opts.sensors_file)
-            req = opts.bands
-            if isinstance(req, dict):
-                req = next((v for k, v in req.items() if get_sensor(k, opts.sensors_file).name == sensor.name), None)
-            elif len(names) > 1 and req:
-                # one list for several sensors: keep the bands each sensor has
-                keep = []
-                for b in parse_band_list(req):
-                    try:
-                        keep.append(sensor.band(b).name)
-                    except ConfigError:
-                        pass
-                if not keep:
-                    raise ConfigError(f"none of the bands {parse_band_list(req)} exist for sensor {sensor.name!r}")
-                req = keep
-            out[sensor.name] = [b.name for b in sensor.select(req)]
-        return out
+        return _bands_of(self._opts(cfg))
 
     # ---- data -------------------------------------------------------------------------------------
     def dataset(self, cfg, split: str) -> RasterChipDataset:
@@ -210,7 +213,8 @@ class RemoteSensingDomain(Domain):
 
         Without a ``split`` column or ``data.val_path``, items are split by a stable hash of their
         path (``data.val_fraction``); fewer than 4 scenes are split by rows. Statistics are resolved
-        here (see :class:`RemoteSensingOptions` ``stats``) and recorded in ``data.options.stats``.
+        here (see :class:`RemoteSensingOptions` ``stats``) and kept on the dataset (``ds.stats``); the card
+        records them (:meth:`preprocessing`). The config is not changed.
 
         Example:
             >>> import tempfile
@@ -222,163 +226,117 @@ class RemoteSensingDomain(Domain):
             >>> ds[0]["image"].shape
             torch.Size([4, 32, 32])
         """
-        opts = self._opts(cfg)
-        bands = self.sensors_and_bands(cfg)
-        sensors = list(bands)
-        path = cfg.data.path
-        if split in ("val", "test") and cfg.data.val_path:
-            path = cfg.data.val_path
-        if path is None:
-            raise ConfigError("data.path is required for domain 'remote_sensing'")
-        items, classes, kind = discover_items(path, sensors, opts.layout, opts.sensors_file, opts.label_sep)
-        if split == "embed":  # every item, deterministic chips; labels kept when there are any
-            items = split_items(items, "pretrain", 0.0)
-        elif split in ("val", "test") and cfg.data.val_path:
-            items = (
-                split_items(items, "pretrain", 0.0)
-                if not any(it.split for it in items)
-                else split_items(items, split, 0.0)
-            )
-        elif split == "train" and cfg.data.val_path:
-            items = split_items(items, "pretrain", 0.0)
-        else:
-            items = split_items(items, split, cfg.data.val_fraction, cfg.train.seed)
+        opts = self._read_opts(cfg)
+        bands = _bands_of(opts)
+        path = _split_path(cfg, split)
+        items, classes, kind = discover_items(path, list(bands), opts.layout, opts.sensors_file, opts.label_sep)
+        items = _items_of_split(items, split, cfg)
         if not items:
             raise DataError(path, f"no scenes/tiles for split {split!r}")
         task = cfg.finetune.task
         labelled = split in ("train", "val", "test")
-        if labelled and task in ("classification", "multilabel") and not any(it.label is not None for it in items):
-            raise DataError(path, f"task {task} needs labels: class sub-folders or a manifest 'label' column")
-        if labelled and task == "classification" and any(isinstance(it.label, list) for it in items):
-            raise DataError(path, 'the labels name several classes per image: use task="multilabel"')
-        if labelled and task == "segmentation" and not any(it.mask is not None for it in items):
-            raise DataError(
-                path, "task segmentation needs masks: a manifest with a 'mask' column (rasters on the image grids)"
-            )
-        for it in items:
-            if split == "pretrain" or (labelled and task == "segmentation"):
-                it.label = None
-            if not (labelled and task == "segmentation"):
-                it.mask = None
-        sampling = opts.sampling
-        if sampling == "auto":
-            if split == "embed":
-                sampling = "whole" if kind == "classes" or any(it.label is not None for it in items) else "grid"
-            else:
-                sampling = "whole" if (labelled and task in ("classification", "multilabel")) else "random"
-        img = _img_size(cfg)
-        chip = opts.chip_size or img
-        multilabel = any(isinstance(it.label, list) for it in items) or (labelled and task == "multilabel")
+        if labelled:
+            _check_targets(items, task, path)
+        _keep_targets(items, drop_labels=split == "pretrain", keep_masks=labelled and task == "segmentation")
+        img = img_size(cfg)
+        tile_labels = labelled and task in ("classification", "multilabel")
         ds = RasterChipDataset(
             items,
             bands,
-            chip,
-            img,
-            sampling,
-            opts.chips_per_scene,
-            opts.grid_overlap,
-            None,
-            cfg.train.seed,
-            opts.min_valid,
-            classes,
-            multilabel,
-            opts.ignore_index,
-            opts.resolution,
-            opts.resampling,
-            opts.sensors_file,
+            opts.chip_size or img,
+            img_size=img,
+            sampling=_sampling(opts.sampling, split, kind, items, tile_labels),
+            chips_per_scene=opts.chips_per_scene,
+            grid_overlap=opts.grid_overlap,
+            seed=cfg.train.seed,
+            min_valid=opts.min_valid,
+            classes=classes,
+            multilabel=any(isinstance(it.label, list) for it in items) or (labelled and task == "multilabel"),
+            ignore_index=opts.ignore_index,
+            resolution=opts.resolution,
+            resampling=opts.resampling,
+            sensors_file=opts.sensors_file,
         )
         ds.kind = kind
         if task == "segmentation" and opts.classes:
             ds.classes = ds.mask_classes = parse_band_list(opts.classes)
-        ds.stats = self._resolve_stats(cfg, ds, split)
+        ds.stats = self._resolve_stats(cfg, opts, ds, split)
         return ds
 
     def data_facts(self, cfg) -> DataFacts:
         """Recipe facts from the scenes' grids (the first 32 read): the smallest scene side decides the chip
         size (``data.img_size``); bands come from the sensor, so the patch embed takes any band set."""
         opts = self._opts(cfg)
-        sensors = list(self.sensors_and_bands(cfg))
-        items, _, _ = discover_items(cfg.data.path, sensors, opts.layout, opts.sensors_file, opts.label_sep)
+        bands = _bands_of(opts)
+        items, _, _ = discover_items(cfg.data.path, list(bands), opts.layout, opts.sensors_file, opts.label_sep)
         if not items:
             raise DataError(cfg.data.path, "no scenes or tiles found for pretraining")
-        bands = self.sensors_and_bands(cfg)
         grids = [
-            Scene(it.path, it.sensor, bands.get(it.sensor), opts.resolution, opts.resampling, opts.sensors_file).grid
+            Scene(
+                it.path,
+                it.sensor,
+                bands.get(it.sensor),
+                resolution=opts.resolution,
+                resampling=opts.resampling,
+                sensors_file=opts.sensors_file,
+            ).grid
             for it in items[:32]
         ]
         side = min(min(g.height, g.width) for g in grids)
         return DataFacts(2, (side, side), None, len(items), resizable=opts.chip_size is None, what="scenes")
 
-    def _resolve_stats(self, cfg, ds: RasterChipDataset, split: str) -> dict | None:
-        opts = self._opts(cfg)
-        st = opts.stats
-        if st is None or (isinstance(st, str) and st.lower() == "none"):
+    def _resolve_stats(self, cfg, opts: RemoteSensingOptions, ds: RasterChipDataset, split: str) -> dict | None:
+        """The band statistics ``ds`` is normalised with: none, given (a dict or JSON file, e.g. from the
+        pretraining card), or computed from sampled chips (``auto``, and any band the given ones lack)."""
+        st = _given_stats(opts.stats)
+        if st is None:
             return None
-        if isinstance(st, str) and st.lower() != "auto":
-            p = Path(st)
-            if not p.is_file():
-                raise ConfigError(f"data.options.stats: {st} is neither auto, none nor an existing JSON file")
-            try:
-                st = json.loads(p.read_text())
-            except json.JSONDecodeError as exc:
-                raise DataError(p, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
         given = st if isinstance(st, dict) else {}
-        # statistics given (e.g. from the pretraining card) are reused; missing bands are computed
         need = {s: [b for b in bl if b not in given.get(s, {})] for s, bl in ds.bands.items()}
-        if any(need.values()):
-            key = json.dumps(
-                [
-                    str(cfg.data.path),
-                    ds.bands,
-                    ds.chip_size,
-                    opts.stats_chips,
-                    cfg.train.seed,
-                    opts.resolution,
-                    {s: sorted(given.get(s, {})) for s in ds.bands},
-                ],
-                default=str,
-            )
-            if key not in self._stats_cache:
-                src = ds if split == "pretrain" else self._stats_dataset(cfg, ds)
-                self._stats_cache[key] = src.compute_stats(opts.stats_chips, cfg.train.seed)
-                log.info("band statistics from %s: %s", cfg.data.path, self._stats_cache[key])
-            computed = self._stats_cache[key]
-            merged = {s: dict(given.get(s, {})) for s in set(given) | set(computed)}
-            for s, bl in need.items():
-                for b in bl:
-                    merged.setdefault(s, {})[b] = computed[s][b]
-            st = merged
-        # the resolved statistics travel with the config (and so into the checkpoint card)
-        cfg.data.options["stats"] = st
-        return st
-
-    def _stats_dataset(self, cfg, ds: RasterChipDataset) -> RasterChipDataset:
-        """Statistics for fine-tuning without pretraining stats: random chips of the training items."""
-        opts = self._opts(cfg)
-        items, classes, kind = discover_items(
-            cfg.data.path, list(ds.bands), opts.layout, opts.sensors_file, opts.label_sep
+        if not any(need.values()):
+            return st
+        key = json.dumps(
+            [
+                str(cfg.data.path),
+                ds.bands,
+                ds.chip_size,
+                opts.stats_chips,
+                cfg.train.seed,
+                opts.resolution,
+                {s: sorted(given.get(s, {})) for s in ds.bands},
+            ],
+            default=str,
         )
+        if key not in self._stats_cache:
+            src = ds if split == "pretrain" else self._stats_dataset(cfg, opts, ds)
+            self._stats_cache[key] = src.compute_stats(opts.stats_chips, cfg.train.seed)
+            log.info("band statistics from %s: %s", cfg.data.path, self._stats_cache[key])
+        computed = self._stats_cache[key]
+        merged = {s: dict(given.get(s, {})) for s in set(given) | set(computed)}
+        for s, bl in need.items():
+            for b in bl:
+                merged.setdefault(s, {})[b] = computed[s][b]
+        return merged
+
+    def _stats_dataset(self, cfg, opts: RemoteSensingOptions, ds: RasterChipDataset) -> RasterChipDataset:
+        """Statistics for fine-tuning without pretraining stats: random chips of the training items."""
+        items, _, _ = discover_items(cfg.data.path, list(ds.bands), opts.layout, opts.sensors_file, opts.label_sep)
         items = split_items(items, "pretrain", 0.0)
-        for it in items:
-            it.label, it.mask = None, None
-        sampling = "whole" if ds.sampling == "whole" else "random"
+        _keep_targets(items, drop_labels=True, keep_masks=False)
         return RasterChipDataset(
             items,
             ds.bands,
             ds.chip_size,
-            ds.img_size,
-            sampling,
-            max(1, opts.chips_per_scene),
-            0,
-            None,
-            cfg.train.seed,
-            opts.min_valid,
-            [],
-            False,
-            opts.ignore_index,
-            opts.resolution,
-            opts.resampling,
-            opts.sensors_file,
+            img_size=ds.img_size,
+            sampling="whole" if ds.sampling == "whole" else "random",
+            chips_per_scene=max(1, opts.chips_per_scene),
+            grid_overlap=0,
+            seed=cfg.train.seed,
+            min_valid=opts.min_valid,
+            ignore_index=opts.ignore_index,
+            resolution=opts.resolution,
+            resampling=opts.resampling,
+            sensors_file=opts.sensors_file,
         )
 
     def encoder_kwargs(self, cfg, dataset=None) -> dict:
@@ -391,7 +349,7 @@ class RemoteSensingDomain(Domain):
             raise ConfigError("model.patch_embed 2d needs the same number of bands for every sensor; use wavelength")
         return {
             "patch_embed": kind,
-            "img_size": _img_size(cfg),
+            "img_size": img_size(cfg),
             "patch_size": cfg.model.patch_size,
             "in_chans": len(next(iter(bands.values()))),
         }
@@ -405,11 +363,16 @@ class RemoteSensingDomain(Domain):
         return multicrop_for(cfg, img_size, local_size)
 
     def preprocessing(self, cfg, dataset=None) -> dict:
-        """What the card records: sensors with their bands/wavelengths, band statistics, chip size."""
+        """What the card records: sensors with their bands/wavelengths, band statistics, chip size.
+
+        The statistics ``dataset`` resolved are also recorded in the config (``data.options.stats``), so the
+        card's config, and a fine-tune started from it, normalise with the same numbers."""
         opts = self._opts(cfg)
         bands = self.sensors_and_bands(cfg)
         stats = getattr(dataset, "stats", None)
-        if stats is None and isinstance(opts.stats, dict):
+        if stats is not None:
+            cfg.data.options["stats"] = stats
+        elif isinstance(opts.stats, dict):
             stats = opts.stats
         sensors = {}
         for s, bl in bands.items():
@@ -422,8 +385,8 @@ class RemoteSensingDomain(Domain):
             "bands": bands,
             "stats": stats,
             "wavelengths": wl,
-            "img_size": _img_size(cfg),
-            "chip_size": opts.chip_size or _img_size(cfg),
+            "img_size": img_size(cfg),
+            "chip_size": opts.chip_size or img_size(cfg),
             "resolution": opts.resolution,
             "resampling": opts.resampling,
             "ignore_index": opts.ignore_index,
@@ -463,7 +426,9 @@ class RemoteSensingDomain(Domain):
             sensor_obj, bands = card_sensor(pre, sensor)
             stats = (pre.get("stats") or {}).get(sensor_obj.name)
             if isinstance(x, (str, Path)):
-                scene = Scene(x, sensor_obj, bands, pre.get("resolution"), pre.get("resampling", "bilinear"))
+                scene = Scene(
+                    x, sensor_obj, bands, resolution=pre.get("resolution"), resampling=pre.get("resampling", "bilinear")
+                )
                 data, valid = scene.read_all()
             else:
                 data = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
@@ -539,6 +504,7 @@ class RemoteSensingDomain(Domain):
         predict_overlap: float | None = None,
         predict_batch_size: int | None = None,
         max_pixels: int | None = None,
+        resume: bool = False,
         **kwargs,
     ) -> Path:
         """Tiled inference over a whole scene with overlap blending; the output GeoTIFF has the
@@ -562,7 +528,7 @@ class RemoteSensingDomain(Domain):
         """
         if kwargs:
             raise ConfigError(
-                "predict takes sensor, probabilities, predict_overlap, predict_batch_size and max_pixels; "
+                "predict takes sensor, probabilities, predict_overlap, predict_batch_size, max_pixels and resume; "
                 f"got {', '.join(kwargs)} (preprocessing comes from the checkpoint card)"
             )
         if isinstance(sensor, list):
@@ -579,6 +545,7 @@ class RemoteSensingDomain(Domain):
             overlap=predict_overlap,
             batch_size=predict_batch_size,
             max_pixels=max_pixels,
+            resume=bool(resume),
         )
 
     def predict_as(

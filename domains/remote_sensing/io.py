@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -236,34 +237,41 @@ def match_folder_bands(folder: Path, sensor: Sensor, bands: list[Band]) -> list[
     if not files:
         raise DataError(folder, "no raster files (.tif/.tiff/.jp2/.vrt) in this scene folder")
     tokens = {f: _file_band_keys(f) for f in files}
-    out = []
-    for band in bands:
-        hits = [f for f in files if tokens[f] & band.keys()]
-        if len(hits) > 1:  # prefer the file whose description agrees
-            agree = [f for f in hits if _norm((open_raster(f).descriptions or ("",))[0] or "") in band.keys()]
-            hits = agree or hits
-        if not hits:  # a multi-band file in the folder whose band descriptions name the band
-            hits = [f for f in files if any(_norm(d or "") in band.keys() for d in (open_raster(f).descriptions or ()))]
-        if not hits:
-            raise DataError(
-                folder,
-                f"no file for band {band.name} of sensor {sensor.name!r} "
-                f"(files: {', '.join(f.name for f in files[:8])}{'...' if len(files) > 8 else ''})",
-            )
-        if len(hits) > 1:
-            raise DataError(folder, f"several files match band {band.name}: {', '.join(f.name for f in hits)}")
-        f = hits[0]
-        src = open_raster(f)
-        descriptions = list(src.descriptions or ())
-        if any(descriptions):
-            (i,) = _match_descriptions(f, descriptions, [band])
-        elif src.count == 1:
-            i = 1
-        else:
-            raise DataError(f, f"has {src.count} bands and no band descriptions; cannot tell which is {band.name}")
-        nod = src.nodatavals
-        out.append(BandSource(band, f, i, *_scale_offset(src, i, band), nodata=nod[i - 1] if nod else None))
-    return out
+    return [_band_in_file(_file_of_band(folder, files, tokens, band, sensor), band) for band in bands]
+
+
+def _file_of_band(folder: Path, files: list[Path], tokens: dict[Path, set[str]], band: Band, sensor: Sensor) -> Path:
+    """The one file of ``folder`` holding ``band``: named by a file-name token (the file whose first band
+    description agrees, when several are), else the file whose band descriptions name it."""
+    hits = [f for f in files if tokens[f] & band.keys()]
+    if len(hits) > 1:  # prefer the file whose description agrees
+        agree = [f for f in hits if _norm((open_raster(f).descriptions or ("",))[0] or "") in band.keys()]
+        hits = agree or hits
+    if not hits:  # a multi-band file in the folder whose band descriptions name the band
+        hits = [f for f in files if any(_norm(d or "") in band.keys() for d in (open_raster(f).descriptions or ()))]
+    if not hits:
+        raise DataError(
+            folder,
+            f"no file for band {band.name} of sensor {sensor.name!r} "
+            f"(files: {', '.join(f.name for f in files[:8])}{'...' if len(files) > 8 else ''})",
+        )
+    if len(hits) > 1:
+        raise DataError(folder, f"several files match band {band.name}: {', '.join(f.name for f in hits)}")
+    return hits[0]
+
+
+def _band_in_file(f: Path, band: Band) -> BandSource:
+    """Where ``band`` lies in file ``f``: the band its description names, or the only band of the file."""
+    src = open_raster(f)
+    descriptions = list(src.descriptions or ())
+    if any(descriptions):
+        (i,) = _match_descriptions(f, descriptions, [band])
+    elif src.count == 1:
+        i = 1
+    else:
+        raise DataError(f, f"has {src.count} bands and no band descriptions; cannot tell which is {band.name}")
+    nod = src.nodatavals
+    return BandSource(band, f, i, *_scale_offset(src, i, band), nodata=nod[i - 1] if nod else None)
 
 
 # ---- scenes --------------------------------------------------------------------------------------
@@ -292,6 +300,7 @@ class Scene:
         path: str | Path,
         sensor: str | Sensor,
         bands=None,
+        *,
         resolution: float | None = None,
         resampling: str = "bilinear",
         sensors_file: str | None = None,
@@ -395,6 +404,17 @@ class Scene:
         data[:, ~valid] = 0.0
         return data, valid
 
+    def stored(self, window: Window) -> bool:
+        """Whether ``window`` may hold data: ``False`` only when every file of the scene is a GeoTIFF with a
+        nodata value on the scene's grid whose blocks under ``window`` were never written (a sparse file:
+        they read as nodata), so a reader may skip the window; ``True`` whenever that cannot be told."""
+        for f, chans in self._groups.items():
+            if self._file_grids[f].transform != self.grid.transform:
+                return True
+            if not _unwritten(open_raster(f), [s.index for _, s in chans], window):
+                return True
+        return False
+
     def read_all(self, max_pixels: int = 20_000_000) -> tuple[np.ndarray, np.ndarray]:
         """The whole scene (small scenes/tiles only; larger ones must be read in windows)."""
         if self.width * self.height > max_pixels:
@@ -404,6 +424,22 @@ class Scene:
                 f"(domain.predict tiles it) instead of whole",
             )
         return self.read(Window(0, 0, self.width, self.height))
+
+
+def _unwritten(src, indexes: list[int], window: Window) -> bool:
+    """``True`` when the blocks of ``src`` (a GeoTIFF with nodata) under ``window`` are absent from the file."""
+    if src.driver != "GTiff" or src.nodata is None:
+        return False
+    bh, bw = src.block_shapes[0]
+    r0, c0 = max(0, int(window.row_off)), max(0, int(window.col_off))
+    r1 = min(src.height, int(math.ceil(window.row_off + window.height)))
+    c1 = min(src.width, int(math.ceil(window.col_off + window.width)))
+    for idx in indexes:
+        for i in range(r0 // bh, (r1 - 1) // bh + 1 if r1 > r0 else 0):
+            for j in range(c0 // bw, (c1 - 1) // bw + 1 if c1 > c0 else 0):
+                if src.get_tag_item(f"BLOCK_OFFSET_{j}_{i}", "TIFF", bidx=idx):
+                    return False
+    return True
 
 
 def _bounds(grid: Grid) -> tuple[float, float, float, float]:

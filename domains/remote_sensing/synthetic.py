@@ -118,6 +118,59 @@ def write_scene(
     return path, lab
 
 
+def write_sparse_scene(
+    path: str | Path,
+    size: int,
+    sensor: str = "sentinel2",
+    bands: list[str] | None = None,
+    patches: int = 4,
+    patch: int = 256,
+    crs: str = "EPSG:32633",
+    res: float = 10.0,
+    seed: int = 0,
+) -> Path:
+    """A ``size x size`` scene that is nodata (0) but for ``patches`` squares of ``patch`` px with data,
+    written tiled (512 px blocks), compressed and sparse (absent blocks take no space): a scene far larger
+    than memory in a few megabytes, for streaming predictions.
+
+    Example:
+        >>> import tempfile
+        >>> p = write_sparse_scene(Path(tempfile.mkdtemp()) / "big.tif", 4096, bands=["B02", "B03"], patches=2)
+        >>> with rasterio.open(p) as src:
+        ...     src.shape, src.profile["tiled"], p.stat().st_size < 2_000_000
+        ((4096, 4096), True, True)
+    """
+    path = Path(path)
+    sel = get_sensor(sensor).select(bands or ["B02", "B03", "B04"])
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=len(sel),
+        dtype="uint16",
+        crs=crs,
+        transform=from_origin(500000.0, 5000000.0, res, res),
+        nodata=0,
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        BIGTIFF="IF_SAFER",
+        SPARSE_OK="TRUE",
+    ) as dst:
+        for _ in range(patches):
+            row, col = (int(v) for v in rng.integers(0, max(1, size - patch), 2))
+            data = rng.integers(100, 3000, (len(sel), patch, patch)).astype("uint16")
+            dst.write(data, window=rasterio.windows.Window(col, row, patch, patch))
+        for i, b in enumerate(sel):
+            dst.set_band_description(i + 1, b.name)
+    return path
+
+
 def write_band_folder(
     folder: str | Path,
     sensor: str = "sentinel2",

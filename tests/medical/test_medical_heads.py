@@ -47,8 +47,8 @@ def test_unetr_fake_features_2d():
 
 def test_unetr_rejects_non_power_of_two_and_missing_layers():
     with pytest.raises(ConfigError, match="power-of-two"):
-        UNETRHead(16, 2, 3, (6, 8, 8), 1, 4)
-    head = UNETRHead(16, 2, 2, 4, 1, 2, feature_size=4)
+        UNETRHead(16, 2, spatial_dims=3, patch_size=(6, 8, 8), in_chans=1, depth=4)
+    head = UNETRHead(16, 2, spatial_dims=2, patch_size=4, in_chans=1, depth=2, feature_size=4)
     with pytest.raises(ConfigError, match="did not return layers"):
         head({"tokens": torch.randn(1, 4, 16), "grid": (2, 2), "image": torch.randn(1, 1, 8, 8), "layers": []})
 

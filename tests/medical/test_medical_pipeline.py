@@ -14,6 +14,7 @@ import torch
 from domainfm.errors import ConfigError, DataError
 from domainfm.medical import MedicalDomain
 from domainfm.medical.dataset import MedicalDataset
+from domainfm.medical.domain import SEG_3D_BATCH
 from domainfm.medical.options import MedicalOptions, normalized
 from domainfm.medical.sources import discover
 from domainfm.medical.synthetic import write_ct_nifti_folder, write_nifti_pair
@@ -133,8 +134,8 @@ def test_random_crops_reproducible_from_seed_epoch_index(tmp_path):
         {"image": str(tmp_path / "images" / f"c{i}.nii.gz"), "mask": str(tmp_path / "masks" / f"c{i}.nii.gz")}
         for i in range(2)
     ]
-    a = MedicalDataset(items, opts, [16, 16, 16], stage="train", seed=3)
-    b = MedicalDataset(items, opts, [16, 16, 16], stage="train", seed=3, cache="memory")
+    a = MedicalDataset(items, opts, crop=[16, 16, 16], stage="train", seed=3)
+    b = MedicalDataset(items, opts, crop=[16, 16, 16], stage="train", seed=3, cache="memory")
     s1, s2 = a[1], b[1]
     assert torch.equal(s1["image"], s2["image"]) and torch.equal(s1["mask"], s2["mask"])
     a.set_epoch(1)
@@ -143,7 +144,7 @@ def test_random_crops_reproducible_from_seed_epoch_index(tmp_path):
     assert torch.equal(a[1]["image"], b[1]["image"])
     # label-aware crops: with pos:neg = 1:0 every crop contains foreground
     fg = MedicalDataset(
-        items, normalized(MedicalOptions(modality="ct", pos_neg=[1, 0])), [8, 8, 8], stage="train", seed=0
+        items, normalized(MedicalOptions(modality="ct", pos_neg=[1, 0])), crop=[8, 8, 8], stage="train", seed=0
     )
     for epoch in range(4):
         fg.set_epoch(epoch)
@@ -233,3 +234,21 @@ def test_2d_xray_png_class_folders(tmp_path):
     assert ds.classes == ["normal", "pneumonia"]
     kw = dom.encoder_kwargs(cfg)
     assert kw["patch_embed"] == "2d" and kw["img_size"] == [32, 32]
+
+
+def test_dataset_leaves_the_config_alone_and_settle_decides_the_3d_segmentation_batch(tmp_path):
+    domain = get_domain("medical")
+    example = domain.example(tmp_path).config
+    cfg = load_config(example, overrides=["finetune.task=segmentation", "train.batch_size=64"])
+    before = cfg.to_dict()
+    for split in ("pretrain", "train", "val"):
+        assert len(domain.dataset(cfg, split)) > 0
+    assert cfg.to_dict() == before  # modality: auto and the default batch stay as they were
+    decisions = domain.settle(cfg, "finetune")
+    assert [(d.key, d.value) for d in decisions] == [("train.batch_size", SEG_3D_BATCH)]
+    assert "3D segmentation" in decisions[0].why and cfg.to_dict() == before
+    assert domain.settle(cfg, "pretrain") == []
+    chosen = load_config(example, overrides=["finetune.task=segmentation", "train.batch_size=8"])
+    assert domain.settle(chosen, "finetune") == []
+    facts = domain.data_facts(cfg)  # before pretraining: the inferred modality goes into the config
+    assert facts.spatial_dims == 3 and cfg.data.options["modality"] == "ct"

@@ -165,11 +165,11 @@ def test_macenko_option_and_card_preprocessor_match_the_dataset(slide_dir, tmp_p
     assert x.shape == (3, 32, 32) and torch.isfinite(x).all()
     eval_ds = SlideTileDataset(
         [slide_dir / "s1.tif"],
-        1.0,
-        64,
-        32,
-        0.4,
-        transform=TileTransform(32, (0.5,) * 3, cfg.options.std, macenko=MacenkoNormalizer()),
+        target_mpp=1.0,
+        tile_size=64,
+        out_size=32,
+        min_tissue=0.4,
+        transform=TileTransform(32, mean=(0.5,) * 3, std=cfg.options.std, macenko=MacenkoNormalizer()),
     )
     # without a per-slide stain estimate the preprocessor equals the dataset transform on the same tile
     assert torch.allclose(eval_ds.transform(eval_ds.read_tile(0)), pre(eval_ds.read_tile(0)), atol=1e-5)

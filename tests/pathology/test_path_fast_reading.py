@@ -88,9 +88,9 @@ def test_batched_dataset_equals_per_tile_openslide_path(slide_dir, tmp_path, tar
         warnings.simplefilter("ignore")
         ds = SlideTileDataset(
             [slide_dir / "s0.tif", slide_dir / "s1.tif"],
-            target_mpp,
-            tile_size,
-            out_size,
+            target_mpp=target_mpp,
+            tile_size=tile_size,
+            out_size=out_size,
             min_tissue=0.3,
             read_threads=3,
         )
@@ -115,9 +115,9 @@ def test_training_transform_per_tile_in_batches(slide_dir):
         warnings.simplefilter("ignore")
         ds = SlideTileDataset(
             [slide_dir / "s2.tif"],
-            1.0,
-            64,
-            32,
+            target_mpp=1.0,
+            tile_size=64,
+            out_size=32,
             min_tissue=0.3,
             transform=TileTransform(32, train=True, stain_sigma=0.05),
         )
@@ -141,7 +141,7 @@ def test_views_wrapper_does_not_expose_the_batched_fetch(slide_dir):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = SlideTileDataset([slide_dir / "s0.tif"], 1.0, 64, 32, min_tissue=0.3)
+        ds = SlideTileDataset([slide_dir / "s0.tif"], target_mpp=1.0, tile_size=64, out_size=32, min_tissue=0.3)
     views = ViewsDataset(ds, lambda x, g: x.flip(-1), n_views=2)
     assert hasattr(ds, "__getitems__") and not hasattr(views, "__getitems__")  # else DataLoader skips the views
     batch = next(iter(torch.utils.data.DataLoader(views, batch_size=4, collate_fn=collate_samples)))

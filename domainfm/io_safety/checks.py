@@ -1,66 +1,20 @@
-"""Nothing is lost: outputs never replace inputs, run folders are locked, writes are atomic and checked.
-
-* :func:`check_output` — before any expensive work, refuse an output path that is (or would replace)
-  one of the inputs (same resolved path or same inode), that sits under a file, or whose folder is
-  not writable; one-line :class:`~domainfm.errors.DataError` naming the path.
-* :func:`check_exists` — the one ``exist_ok`` rule of every writer (``import_weights``, ``embed``,
-  ``predict``, ``evaluate``'s ``out``, the export): an existing output is refused in one line that names it
-  and says "pass exist_ok=True to replace it"; with ``exist_ok=True`` it is replaced atomically by the
-  writer, but never when it is, or holds, an input or a checkpoint. :func:`exist_ok_policy` applies the
-  same rule to the file names a domain's writer derives from ``out`` (through :func:`check_output`).
-* :func:`atomic_output` — write to a temporary name in the same folder and rename at the end, so an
-  interrupted writer never leaves a file that looks complete; write errors (disk full, permissions)
-  become one line.
-* :class:`RunLock` — a lock file with the holder's pid in a run folder; a second process is refused
-  with that pid, a lock left by a dead process is taken over.
-* :func:`clean_stale_tmp` — remove ``.tmp-*`` / ``.old-*`` leftovers of interrupted checkpoint writes.
-
-Example:
-    >>> import tempfile, os
-    >>> d = Path(tempfile.mkdtemp()); src = d / "scan.nii.gz"; _ = src.write_bytes(b"x")
-    >>> check_output(d / "pred.nii.gz", [src]).name
-    'pred.nii.gz'
-    >>> try:
-    ...     check_output(d / "scan.nii.gz", [src])
-    ... except DataError as e:
-    ...     print("refused")
-    refused
-    >>> with atomic_output(d / "out.txt") as tmp:
-    ...     _ = tmp.write_text("done")
-    >>> (d / "out.txt").read_text(), sorted(p.name for p in d.iterdir() if ".tmp" in p.name)
-    ('done', [])
-    >>> check_exists(d / "out.txt", exist_ok=False)
-    Traceback (most recent call last):
-    ...
-    domainfm.errors.ConfigError: .../out.txt already exists; pass exist_ok=True to replace it, or another out (...)
-    >>> check_exists(d / "out.txt", exist_ok=True), check_exists(d / "new.txt")
-    (True, False)
-"""
+"""Path checks before any expensive work: an output never replaces an input or a checkpoint, the one
+``exist_ok`` rule of every writer, special files (FIFOs, sockets) refused or reported, OS errors in one line."""
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import contextvars
 import errno
-import json
 import logging
 import os
-import shutil
-import socket
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from domainfm.errors import ConfigError, DataError
 
 log = logging.getLogger("domainfm")
-
-LOCK_NAME = ".domainfm.lock"
-_TMP_PREFIXES = (".tmp-", ".old-")
 
 #: the words every writer's ``exist_ok`` takes: False/"error" refuses an existing output, True/"overwrite"
 #: replaces it, "resume" keeps what a resumable output (a run folder, a folder of slide features) holds
@@ -416,190 +370,6 @@ def refuse_input_overwrite(out: str | Path, inputs: Iterable[str | Path | None],
             raise DataError(out, f"{what} would overwrite the input {src}; choose another output path")
 
 
-def temp_name(final: str | Path) -> Path:
-    """A temporary name next to ``final`` that keeps its suffix (writers pick formats by suffix).
-
-    Example:
-        >>> temp_name("/data/pred.nii.gz").name.endswith(".nii.gz")
-        True
-    """
-    final = Path(final)
-    suffix = _suffixes(final.name)
-    stem = final.name[: len(final.name) - len(suffix)] if suffix else final.name
-    return final.with_name(f".tmp-{stem}-{os.getpid()}{suffix}")
-
-
-@contextlib.contextmanager
-def atomic_output(final: str | Path, inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
-    """Yield a temporary path next to ``final``; on success rename it to ``final`` (atomic), on any
-    error (or Ctrl-C) delete it, so no half-written file ever carries the final name.
-
-    OS errors while writing (disk full, permissions) become a one-line :class:`DataError`.
-    """
-    final = Path(final)
-    refuse_input_overwrite(final, inputs)
-    tmp = temp_name(final)
-    try:
-        yield tmp
-        if not tmp.exists():
-            raise DataError(final, "the writer produced no file")
-        os.replace(tmp, final)
-    except OSError as exc:
-        _remove(tmp)
-        raise DataError(final, f"cannot write: {os_error_text(exc)}") from None
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def _remove(path: Path) -> None:
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-    except OSError:
-        pass
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-class RunLock:
-    """An exclusive lock on a run folder: ``<run>/.domainfm.lock`` holding ``pid host``.
-
-    Re-entrant within one process (the API takes it before writing ``config.yaml``, the engine
-    again around training). A lock whose process is gone (same host) is taken over with a warning.
-
-    Example:
-        >>> import tempfile
-        >>> run = Path(tempfile.mkdtemp())
-        >>> with RunLock(run):
-        ...     (run / LOCK_NAME).read_text().split()[0] == str(os.getpid())
-        True
-        >>> (run / LOCK_NAME).exists()
-        False
-    """
-
-    _held: dict[str, int] = {}  # resolved run folder -> re-entry count in this process
-
-    def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_NAME
-
-    def _key(self) -> str:
-        return str(self.run_dir.resolve())
-
-    def acquire(self) -> RunLock:
-        key = self._key()
-        if RunLock._held.get(key):
-            RunLock._held[key] += 1
-            return self
-        check_writable_folder(self.run_dir, "out")
-        me = f"{os.getpid()} {socket.gethostname()}\n"
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                pid, host = self._holder()
-                if pid == os.getpid() and host == socket.gethostname():
-                    break  # ours (e.g. taken by the API in this process before)
-                if host == socket.gethostname() and not _pid_alive(pid):
-                    log.warning("%s: taking over a stale lock of process %s (no longer running)", self.run_dir, pid)
-                    _remove(self.path)
-                    continue
-                where = f" on {host}" if host and host != socket.gethostname() else ""
-                raise ConfigError(
-                    f"{self.run_dir} is in use by another domainfm process (pid {pid}{where}); wait for "
-                    f"it to finish, stop it, or choose another out (lock file {self.path})"
-                ) from None
-            except OSError as exc:
-                raise DataError(self.run_dir, f"cannot create the run lock: {os_error_text(exc)}") from None
-            else:
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(me)
-                break
-        RunLock._held[key] = 1
-        return self
-
-    def _holder(self) -> tuple[int, str]:
-        try:
-            parts = self.path.read_text().split()
-            return int(parts[0]), (parts[1] if len(parts) > 1 else "")
-        except (OSError, ValueError, IndexError):
-            return -1, socket.gethostname()  # unreadable / half-written: treat as stale
-
-    def release(self) -> None:
-        key = self._key()
-        count = RunLock._held.get(key, 0)
-        if count > 1:
-            RunLock._held[key] = count - 1
-            return
-        RunLock._held.pop(key, None)
-        pid, _ = self._holder()
-        if pid == os.getpid():
-            _remove(self.path)
-
-    def release_all(self) -> None:
-        """Drop every re-entry of this process's lock (the end of a run)."""
-        RunLock._held[self._key()] = 1
-        self.release()
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-@atexit.register
-def _release_locks_at_exit() -> None:
-    for key in list(RunLock._held):
-        RunLock(key).release_all()
-
-
-def lock_run(run_dir: str | Path) -> RunLock:
-    """Take (or re-enter) the lock of ``run_dir`` for this process; see :class:`RunLock`.
-
-    Example:
-        >>> import tempfile
-        >>> lock = lock_run(tempfile.mkdtemp()); lock.release()
-    """
-    return RunLock(run_dir).acquire()
-
-
-def clean_stale_tmp(run_dir: str | Path) -> list[str]:
-    """Remove ``.tmp-*`` / ``.old-*`` leftovers of interrupted writes in ``run_dir`` (call with the run
-    lock held, so no live writer owns them); return their names.
-
-    Example:
-        >>> import tempfile
-        >>> run = Path(tempfile.mkdtemp()); (run / ".tmp-ckpt-0000010-123").mkdir()
-        >>> clean_stale_tmp(run)
-        ['.tmp-ckpt-0000010-123']
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    removed = []
-    for p in sorted(run_dir.iterdir()):
-        if p.name.startswith(_TMP_PREFIXES):
-            _remove(p)
-            removed.append(p.name)
-    if removed:
-        log.warning("%s: removed %d leftover(s) of interrupted writes: %s", run_dir, len(removed), ", ".join(removed))
-    return removed
-
-
 def report_dangling(folder: str | Path, recursive: bool = False, suffixes: Iterable[str] = ()) -> list[Path]:
     """Warn (once per call) about what data discovery skips in ``folder``: symlinks whose target is gone,
     FIFOs/sockets/devices, and (with ``suffixes``) folders named like data files; return them, so nothing is
@@ -633,43 +403,3 @@ def report_dangling(folder: str | Path, recursive: bool = False, suffixes: Itera
 
 
 _REPORTED: set[tuple] = set()
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON (numpy values and paths converted), atomically and synced to disk."""
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, default=_json_default)
-            f.flush()
-            os.fsync(f.fileno())
-    return path
-
-
-def write_arrays_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Write named arrays to ``.npz``, or to ``.h5``/``.hdf5`` (strings stored as bytes), atomically."""
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        if path.suffix.lower() in (".h5", ".hdf5"):
-            import h5py  # optional heavy dependency, only for HDF5 outputs
-
-            with h5py.File(tmp, "w") as f:
-                for key, value in arrays.items():
-                    value = np.asarray(value)
-                    f.create_dataset(key, data=value.astype("S") if value.dtype.kind == "U" else value)
-        else:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-    return path

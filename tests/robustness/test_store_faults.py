@@ -1,0 +1,83 @@
+"""Stores and bad input: a path that is not a store, a damaged manifest, a store of another domain, and an
+unreadable source among good ones (named in one line, the others prepared, the inputs untouched)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from domainfm.store import StoreError, open_store, prepare
+from tests.robustness.conftest import assert_one_line_error, digest, run_cli
+
+pytest.importorskip("zarr")
+
+
+def _store(tmp_path: Path, n: int = 2) -> tuple[Path, Path]:
+    from domainfm.medical.synthetic import write_ct_nifti_folder
+
+    src = write_ct_nifti_folder(tmp_path / "ct", n=n, shape=(16, 16, 8))[0].parent
+    prepare("medical", src, tmp_path / "store", workers=1, options={"modality": "ct"}, progress=False)
+    return src, tmp_path / "store"
+
+
+def _one_line(exc: BaseException, *names) -> None:
+    text = str(exc)
+    assert "\n" not in text
+    for name in names:
+        assert str(name) in text, (name, text)
+
+
+def test_a_folder_that_is_not_a_store(tmp_path, capsys):
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "scans" / "notes.txt").write_text("x")
+    with pytest.raises(StoreError) as exc:
+        open_store(tmp_path / "scans")
+    _one_line(exc.value, tmp_path / "scans", "not a domainfm store", "domainfm prepare")
+    before = digest(tmp_path / "scans")
+    code, err = run_cli(
+        ["prepare", "--domain", "medical", "--data", tmp_path / "ct", "--out", tmp_path / "scans"], capsys
+    )
+    assert code == 2
+    assert_one_line_error(err)
+    assert digest(tmp_path / "scans") == before
+
+
+def test_a_damaged_manifest(tmp_path, capsys):
+    src, store = _store(tmp_path)
+    (store / "manifest.json").write_text('{"format": "domainfm-store", "dom')
+    with pytest.raises(StoreError) as exc:
+        open_store(store)
+    _one_line(exc.value, store / "manifest.json", "damaged")
+    before = digest(src)
+    code, err = run_cli(["prepare", "--domain", "medical", "--data", src, "--out", store, "--modality", "ct"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "manifest.json", "damaged")
+    assert digest(src) == before
+
+
+def test_a_store_of_another_domain(tmp_path, capsys):
+    _, store = _store(tmp_path)
+    with pytest.raises(StoreError) as exc:
+        open_store(store, domain="pathology")
+    _one_line(exc.value, store, "holds medical data, not pathology")
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "slides" / "a.tif").write_bytes(b"not a slide")
+    code, err = run_cli(["prepare", "--domain", "pathology", "--data", tmp_path / "slides", "--out", store], capsys)
+    assert code == 2
+    assert_one_line_error(err, "holds medical data, not pathology")
+
+
+def test_an_unreadable_source_is_named_and_the_others_are_prepared(tmp_path, capsys):
+    from domainfm.medical.synthetic import write_ct_nifti_folder
+
+    src = write_ct_nifti_folder(tmp_path / "ct", n=3, shape=(16, 16, 8))[0].parent
+    (src / "broken.nii.gz").write_bytes(b"\x1f\x8b this is not a NIfTI file")
+    before = digest(src)
+    store = tmp_path / "store"
+    code, err = run_cli(["prepare", "--domain", "medical", "--data", src, "--out", store, "--modality", "ct"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "broken.nii.gz", "1 source(s) could not be prepared")
+    assert sorted(p.name for p in (store / "items").iterdir()) == ["ct_0", "ct_1", "ct_2"]
+    assert len(open_store(store)) == 3
+    assert digest(src) == before
