@@ -39,3 +39,33 @@ def test_no_function_above_complexity_20_is_enforced_by_the_lint():
     assert re.search(r"^max-complexity = 20$", text, re.M)
     exempt = set(re.findall(r'^"([^"]+)" = \[[^\]]*"C901"', text, re.M))
     assert not exempt, exempt
+
+
+MAX_MODULE_LINES = 600
+SOURCE_DIRS = ("domainfm", "domains")
+
+
+def _sources():
+    return sorted(p for d in SOURCE_DIRS for p in (ROOT / d).rglob("*.py"))
+
+
+def test_no_module_above_600_lines():
+    """A module does one job: none of the kit's or the plugins' modules is longer than 600 lines."""
+    long = {
+        str(p.relative_to(ROOT)): n for p in _sources() if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, long
+
+
+def test_objectives_and_hooks_are_chosen_through_declarations():
+    """No objective is recognised by a substring of its name (its ObjectiveSpec declares views, parts...), and
+    the core calls only the domain hooks Domain declares (no getattr on a domain)."""
+    substring = re.compile(r"""["'](mae|dino|ibot|contrastive)["'] in (name|cfg\.objective\.name|objective)""")
+    hook = re.compile(r"getattr\((self\.)?domain\b")
+    found = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for p in _sources()
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if substring.search(line) or hook.search(line)
+    ]
+    assert not found, found
