@@ -32,6 +32,7 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from domainfm.contract import dataset_attribute
 from domainfm.data.adapters import describe
 from domainfm.errors import CheckpointError
 
@@ -235,10 +236,14 @@ def _plain(value: Any) -> Any:
 
 
 def data_record(cfg, dataset, in_memory: bool = False) -> dict:
-    """The card's ``data``: the path and sample count, and for data held in memory what it was (``source``)."""
+    """The card's ``data``: the path and sample count, for data held in memory what it was (``source``), and
+    for a prepared store its record (``store``: path, sources, software versions)."""
     record = {"path": cfg.data.path, "num_samples": len(dataset) if dataset is not None else 0}
     if in_memory:
         record["source"] = describe(dataset.profile) if hasattr(dataset, "profile") else None
+    store = dataset_attribute(dataset, "store") if dataset is not None else None
+    if store is not None:
+        record["store"] = store
     return record
 
 

@@ -35,6 +35,7 @@ DATASET_ATTRIBUTES: dict[str, str] = {
     "wavelengths": "central wavelength (micrometres) per channel",
     "spacing": "voxel or pixel spacing (mm)",
     "mpp": "microns per pixel of a slide or tile dataset",
+    "store": "the record of the prepared store the samples are read from (path, sources, software): card data.store",
 }
 
 

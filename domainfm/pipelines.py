@@ -31,6 +31,7 @@ from domainfm.apply import embed, evaluate, evaluate_task, predict, reconstructi
 from domainfm.card import Card, build_card
 from domainfm.classmap import map_labels, resolve_classes
 from domainfm.config import Config, read_config_file
+from domainfm.contract import dataset_attribute
 from domainfm.data.adapters import is_in_memory
 from domainfm.errors import ConfigError, DataError
 from domainfm.heads.task import TaskModel
@@ -107,8 +108,8 @@ def pretrain(
     cfg = load_config(config, overrides=list(overrides), updates=updates)
     check_objective(cfg.objective, cfg.train.batch_size)
     domain = get_domain(cfg.domain)
-    settle(cfg, domain, "pretrain")
     data = stored_data(cfg, data)
+    settle(cfg, domain, "pretrain")
     in_memory = dataset_for(domain, cfg, "pretrain", data, labels, sampler) if is_in_memory(data) else None
     if in_memory is not None and len(in_memory) == 0:
         raise DataError("data", "no samples found for pretraining")
@@ -368,9 +369,8 @@ def finetune(
 
 def _task_classes(train_set, task: str, cfg) -> tuple:
     """``(num_classes, class names, class map)`` of the training data (:func:`resolve_classes`), checked."""
-    names = (getattr(train_set, "mask_classes", None) if task == "segmentation" else None) or getattr(
-        train_set, "classes", None
-    )
+    masks = dataset_attribute(train_set, "mask_classes") if task == "segmentation" else None
+    names = masks or dataset_attribute(train_set, "classes")
     num_classes, classes, class_map = resolve_classes(train_set, task, cfg.finetune.num_classes, names, cfg.data.path)
     if task == "classification" and num_classes < 2:
         raise DataError(cfg.data.path, f"classification needs at least 2 classes, found {num_classes}")

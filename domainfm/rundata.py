@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -68,7 +69,22 @@ def stored_data(cfg: Config, data, split: str = "pretrain"):
     if data is not None or not cfg.data.path or not is_store(cfg.data.path):
         return data
     crop = (cfg.data.options or {}).get("crop_size")
-    return open_store(cfg.data.path, split, crop, seed=cfg.train.seed, domain=cfg.domain)
+    store = open_store(cfg.data.path, split, crop, seed=cfg.train.seed, domain=cfg.domain)
+    cfg.data.options = _with_store_options(cfg, (store.info["settings"] or {}).get("options") or {})
+    return store
+
+
+def _with_store_options(cfg: Config, recorded: dict) -> dict:
+    """``data.options`` with the preprocessing options a store was prepared with (its voxels already carry
+    them, e.g. the modality inferred then); a given option that contradicts the store is one line."""
+    given = dict(cfg.data.options or {})
+    for key, value in recorded.items():
+        if key in given and given[key] not in ("auto", None) and json.dumps(given[key]) != json.dumps(value):
+            raise ConfigError(
+                f"{cfg.data.path}: prepared with data.options.{key}={value!r}, not {given[key]!r}; drop "
+                f"data.options.{key}, or prepare the store again with it"
+            )
+    return {**given, **recorded}
 
 
 def dataset_for(domain, cfg: Config, split: str, data=None, labels=None, sampler=None, card: Card | None = None):

@@ -504,11 +504,15 @@ def adapt(
 
 def _with_epoch_hooks(ds: AdaptedDataset, wrapped) -> AdaptedDataset:
     """Keep the per-epoch hooks (``set_epoch``, ``epoch_batches``) of the dataset ``ds`` wraps, so a
-    dataset that draws new crops each epoch (e.g. a prepared store) still does when handed over as ``data=``."""
+    dataset that draws new crops each epoch (e.g. a prepared store) still does when handed over as ``data=``,
+    and the record of the store it reads (``store``), which the card keeps."""
     for hook in ("set_epoch", "epoch_batches"):
         method = dataset_method(wrapped, hook)
         if method is not None:
             setattr(ds, hook, method)
+    record = dataset_attribute(wrapped, "store")
+    if record is not None:
+        ds.store = record
     return ds
 
 

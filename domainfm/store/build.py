@@ -30,6 +30,7 @@ from domainfm.io_safety import RunLock, write_json_atomic
 from domainfm.runconfig import load_config
 
 from .layout import (
+    COMPRESSION,
     FORMAT,
     FORMAT_VERSION,
     ITEMS,
@@ -39,6 +40,7 @@ from .layout import (
     ItemWriter,
     StoreError,
     append_journal,
+    compressor,
     create_root,
     file_stamp,
     item_record,
@@ -173,11 +175,13 @@ def _existing(out: Path, domain: str, settings: dict) -> dict | None:
     return manifest
 
 
-def _prepare_one(domain: str, settings: dict, source: Source, stamps: list, tmp: str) -> dict:
+def _prepare_one(
+    domain: str, settings: dict, source: Source, stamps: list, tmp: str, compression: str = COMPRESSION
+) -> dict:
     """Prepare one source into ``tmp`` (runs in a worker process): ``{key, ok, record | error}``."""
     spec = get_store_spec(domain)
     try:
-        writer = ItemWriter(tmp)
+        writer = ItemWriter(tmp, compression)
         record = spec.prepare_item(source, settings, writer)
         record = jsonable({**record, "key": source.key, "path": source.path, "stamps": stamps})
         record.setdefault("samples", 1)
@@ -210,17 +214,17 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _run(domain: str, settings: dict, todo: list, out: Path, workers: int):
+def _run(domain: str, settings: dict, todo: list, out: Path, workers: int, compression: str = COMPRESSION):
     """Yield each item's result (with its ``tmp`` folder) as it finishes, in this process or in a pool."""
     tmp = out / TMP
     tmp.mkdir(exist_ok=True)
     jobs = [(src, stamps, str(tmp / f"{src.key}.{os.getpid()}")) for src, stamps in todo]
     if workers <= 1:
         for src, stamps, folder in jobs:
-            yield {**_prepare_one(domain, settings, src, stamps, folder), "tmp": folder}
+            yield {**_prepare_one(domain, settings, src, stamps, folder, compression), "tmp": folder}
         return
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-        futures = {pool.submit(_prepare_one, domain, settings, s, st, f): f for s, st, f in jobs}
+        futures = {pool.submit(_prepare_one, domain, settings, s, st, f, compression): f for s, st, f in jobs}
         try:
             for fut in as_completed(futures):
                 yield {**fut.result(), "tmp": futures[fut]}
@@ -229,7 +233,7 @@ def _run(domain: str, settings: dict, todo: list, out: Path, workers: int):
             raise
 
 
-def _manifest(domain: str, data: Path, settings: dict, records: dict, sources, failed, summary, old) -> dict:
+def _manifest(domain: str, data: Path, settings: dict, records: dict, sources, failed, summary, old, codec) -> dict:
     order = [s.key for s in sources if s.key in records]
     order += [k for k in records if k not in set(order)]  # items of sources no longer listed are kept
     return {
@@ -238,6 +242,7 @@ def _manifest(domain: str, data: Path, settings: dict, records: dict, sources, f
         "domain": domain,
         "source": str(data.resolve()),
         "settings": settings,
+        "compression": {"codec": "blosc", "name": codec, "shuffle": "byte"},
         "summary": summary,
         "complete": not failed and len(order) >= len(sources),
         "created": (old or {}).get("created") or _now(),
@@ -249,10 +254,11 @@ def _manifest(domain: str, data: Path, settings: dict, records: dict, sources, f
     }
 
 
-def _write_manifest(out, domain, data, settings, records, sources, failed, old) -> None:
+def _write_manifest(out, domain, data, settings, records, sources, failed, old, compression=COMPRESSION) -> None:
     spec = get_store_spec(domain)
     summary = jsonable(spec.summarize(list(records.values()), settings)) if spec.summarize and records else {}
-    write_json_atomic(out / MANIFEST, _manifest(domain, data, settings, records, sources, failed, summary, old))
+    manifest = _manifest(domain, data, settings, records, sources, failed, summary, old, compression)
+    write_json_atomic(out / MANIFEST, manifest)
     (out / JOURNAL).unlink(missing_ok=True)
 
 
@@ -276,11 +282,13 @@ def prepare(
     options: dict | None = None,
     img_size: int | list[int] | None = None,
     progress: bool = True,
+    compression: str = COMPRESSION,
 ) -> PrepareReport:
     """Prepare ``data`` (what ``domainfm pretrain --data`` reads for ``domain``) into the store ``out``.
 
     ``options`` are the domain's ``data.options`` (e.g. ``{"modality": "ct", "target_spacing": [1, 1, 1]}``);
     ``img_size`` is ``data.img_size`` (the model input the domain sizes samples to, where it does).
+    ``compression``: ``lz4`` (the default: faster crops) or ``zstd`` (a smaller store), Blosc with shuffle.
     A second run prepares only sources that are new or changed, and with none says so and writes nothing.
     A source that cannot be read is named in ``report.failed``; the others are prepared.
 
@@ -298,6 +306,7 @@ def prepare(
     data, out = Path(data), Path(out)
     spec = get_store_spec(domain)
     _check_out(out, data)
+    compressor(compression)  # an unknown name is refused before any work
     section = {"path": str(data), "options": dict(options or {}), **({"img_size": img_size} if img_size else {})}
     cfg = load_config({"domain": domain, "data": section})
     settings, sources = spec.list_sources(cfg)
@@ -317,16 +326,16 @@ def prepare(
     with RunLock(out):
         create_root(out, domain)
         remove_tree(out / TMP)  # leftovers of an interrupted run: those items are redone whole
-        _write_manifest(out, domain, data, settings, records, sources, [], old)
+        _write_manifest(out, domain, data, settings, records, sources, [], old, compression)
         n = workers if workers is not None else default_workers(len(todo))
-        for result in _run(domain, settings, todo, out, max(1, min(int(n), len(todo)))):
+        for result in _run(domain, settings, todo, out, max(1, min(int(n), len(todo))), compression):
             if result["ok"]:
                 records[result["key"]] = _commit(out, result)
                 report.prepared.append(result["key"])
             else:
                 report.failed.append((result["path"], result["error"]))
                 _say(progress, f"failed: {result['error']}")
-        _write_manifest(out, domain, data, settings, records, sources, report.failed, old)
+        _write_manifest(out, domain, data, settings, records, sources, report.failed, old, compression)
         remove_tree(out / TMP)
     report.seconds = round(time.perf_counter() - started, 3)
     _say(progress, report.summary())

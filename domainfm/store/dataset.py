@@ -1,7 +1,9 @@
 """Training reads a prepared store: :func:`open_store` gives a ``torch`` Dataset of random crops.
 
 Each crop is a slice of a zarr array, so only the chunks it covers are read, never a whole volume or
-slide. Open item groups are kept in a small LRU (``max_open``), so memory does not grow with the archive.
+slide: the chunk files are read and decoded in the calling thread (:mod:`domainfm.store.chunks`), not
+through zarr's event loop. Open item groups are kept in a small LRU (``max_open``) and decoded chunks in a
+cache bounded in bytes (``cache_mb``), so memory does not grow with the archive.
 Sample ``i`` is drawn from ``(seed, epoch, i)`` (the kit's per-item streams), so it is the same whichever
 DataLoader worker or rank reads it; the engine's epoch-seeded permutation shards indices across ranks
 (:meth:`StoreDataset.epoch_batches`), and :meth:`StoreDataset.stream` gives an ``IterableDataset``
@@ -31,17 +33,46 @@ from domainfm.data.rng import EpochAware, item_numpy_rng
 from domainfm.data.sampling import default_epoch_batches
 from domainfm.data.splits import holdout_split
 
+from .chunks import ChunkCache, StoredGroup
 from .layout import ITEMS, StoreError, read_manifest
 from .spec import get_store_spec
 
 SPLITS = ("pretrain", "train", "val", "test", "all")
+#: decoded chunks kept per dataset (per DataLoader worker), in MB
+CACHE_MB = 64
 
 
-def open_item_group(folder: str | Path):
-    """Open one item's zarr group read-only (tests wrap this to count chunk reads)."""
-    import zarr  # optional heavy dependency: the `store` extra
+def store_record(path: Path, manifest: dict, n_items: int | None = None) -> dict:
+    """What a run that read the store records of it (``card.data["store"]``): the path, format, domain, item
+    and sample counts, how many sources it was prepared from, when, and the software that prepared it.
 
-    return zarr.open_group(str(folder), mode="r")
+    Example:
+        >>> m = {"format": "domainfm-store", "domain": "medical", "items": [{"path": "a"}], "samples": 1,
+        ...      "software": {"domainfm": "1.0"}, "updated": "t", "created": "t"}
+        >>> r = store_record(Path("s"), m); r["sources"], r["software"]["domainfm"], r["complete"]
+        (1, '1.0', True)
+    """
+    items = manifest.get("items") or []
+    return {
+        "path": str(path),
+        "format": manifest.get("format"),
+        "format_version": manifest.get("format_version"),
+        "domain": manifest.get("domain"),
+        "items": len(items) if n_items is None else int(n_items),
+        "sources": len({str(r.get("path")) for r in items if isinstance(r, dict)}),
+        "samples": int(manifest.get("samples") or sum(int(r.get("samples", 1)) for r in items)),
+        "complete": bool(manifest.get("complete", not manifest.get("failed"))),
+        "source": manifest.get("source"),
+        "compression": (manifest.get("compression") or {}).get("name"),
+        "created": manifest.get("created"),
+        "updated": manifest.get("updated"),
+        "software": dict(manifest.get("software") or {}),
+    }
+
+
+def open_item_group(folder: str | Path, cache: ChunkCache) -> StoredGroup:
+    """One item's arrays, read-only, decoded chunks kept in ``cache``."""
+    return StoredGroup(folder, cache)
 
 
 def shard_indices(
@@ -80,6 +111,8 @@ class StoreDataset(EpochAware, Dataset):
             (a held-out share of the items, ``val_fraction``, by the kit's split policy).
         crop: crop size (an int, or one per spatial axis); ``None``: the domain's default recorded at prepare.
         seed: base of the per-sample random streams.  max_open: item groups kept open (LRU).
+        cache_mb: decoded chunks kept (LRU, in MB, per process; 0: none), so crops that fall on chunks
+            read before decode nothing; memory stays within it whatever the archive's size.
         domain: the domain the store must hold (a store of another domain is refused in one line).
     """
 
@@ -89,9 +122,10 @@ class StoreDataset(EpochAware, Dataset):
         split: str = "pretrain",
         crop: int | Sequence[int] | None = None,
         seed: int = 0,
-        max_open: int = 8,
+        max_open: int = 256,
         val_fraction: float = 0.1,
         domain: str | None = None,
+        cache_mb: float = CACHE_MB,
     ):
         if split not in SPLITS:
             raise StoreError(path, f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -106,10 +140,14 @@ class StoreDataset(EpochAware, Dataset):
         counts = np.array([max(0, int(r.get("samples", 1))) for r in items], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.info = {"settings": manifest["settings"], "summary": manifest.get("summary") or {}}
+        self.provenance = store_record(self.path, manifest, len(items))
+        self.store = self.provenance  # what the card records (domainfm.contract's "store")
         self.crop = _crop_of(crop, manifest["settings"].get("crop"))
         self.split, self.seed, self.epoch = split, int(seed), 0
         self.max_open = max(1, int(max_open))
-        self._open: OrderedDict[str, object] = OrderedDict()
+        self.cache_mb = float(cache_mb)
+        self._open: OrderedDict[str, StoredGroup] = OrderedDict()
+        self._cache = ChunkCache(int(self.cache_mb * 2**20))
         get_store_spec(self.domain)  # the plugin is loadable here (and so in each worker)
 
     def __len__(self) -> int:
@@ -117,8 +155,33 @@ class StoreDataset(EpochAware, Dataset):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_open"] = OrderedDict()  # zarr handles are reopened in each worker
+        state["_open"] = OrderedDict()  # groups are reopened, chunks decoded again, in each worker
+        state["_cache"] = ChunkCache(int(self.cache_mb * 2**20))
         return state
+
+    def _shared(self, key: str):
+        """``key`` of the item records when every item has the same one (else ``None``)."""
+        values = [r.get(key) for r in self.records]
+        return values[0] if values and values[0] is not None and all(v == values[0] for v in values) else None
+
+    @property
+    def wavelengths(self) -> list[float] | None:
+        """Central wavelength per channel (µm) when every item has the same bands (remote sensing)."""
+        return self._shared("wavelengths")
+
+    @property
+    def band_names(self) -> list[str] | None:
+        return self._shared("bands")
+
+    @property
+    def spacing(self) -> list[float] | None:
+        """Voxel spacing (mm) shared by the items (medical)."""
+        return self._shared("spacing")
+
+    @property
+    def mpp(self) -> float | None:
+        """Microns per pixel of the stored tiles (pathology)."""
+        return self.info["settings"].get("target_mpp")
 
     def __repr__(self) -> str:
         return (
@@ -138,14 +201,14 @@ class StoreDataset(EpochAware, Dataset):
         return k, int(index - self.starts[k])
 
     def arrays(self, k: int):
-        """The zarr group of item ``k`` (opened once, kept in the LRU of ``max_open`` groups)."""
+        """The arrays of item ``k`` (opened once, kept in the LRU of ``max_open`` groups)."""
         key = self.keys[k]
         group = self._open.pop(key, None)
         if group is None:
             folder = self.path / ITEMS / key
             if not (folder / "zarr.json").is_file():
                 raise StoreError(folder, "is listed in the manifest but missing; prepare the store again")
-            group = open_item_group(folder)
+            group = open_item_group(folder, self._cache)
         self._open[key] = group
         while len(self._open) > self.max_open:
             self._open.popitem(last=False)
@@ -200,9 +263,10 @@ def open_store(
     crop: int | Sequence[int] | None = None,
     *,
     seed: int = 0,
-    max_open: int = 8,
+    max_open: int = 256,
     val_fraction: float = 0.1,
     domain: str | None = None,
+    cache_mb: float = CACHE_MB,
 ) -> StoreDataset:
     """A :class:`StoreDataset` of random crops of the store at ``path`` (``domainfm.pretrain(cfg,
     data=open_store(path))`` trains on it).
@@ -213,4 +277,6 @@ def open_store(
         ...
         domainfm.store.layout.StoreError: no/such/store: does not exist; prepare one with domainfm prepare ...
     """
-    return StoreDataset(path, split, crop, seed=seed, max_open=max_open, val_fraction=val_fraction, domain=domain)
+    return StoreDataset(
+        path, split, crop, seed=seed, max_open=max_open, val_fraction=val_fraction, domain=domain, cache_mb=cache_mb
+    )

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from domainfm.errors import DataError
+from domainfm.errors import ConfigError, DataError
 
 FORMAT = "domainfm-store"
 FORMAT_VERSION = 1
@@ -121,11 +121,20 @@ def file_stamp(path: str | Path) -> dict:
     return {"path": str(p), "size": size, "mtime_ns": mtime}
 
 
-def compressor(level: int = 3):
-    """Blosc zstd with byte shuffle, through zarr's own codec (zarr is the ``store`` extra)."""
+#: Blosc settings by name: ``lz4`` decodes about twice as fast as ``zstd`` level 3 (the crops a loader
+#: reads per second) for stores about 1.5 times as large (benchmarks/archive_scale.py, docs/store.md)
+COMPRESSIONS = {"lz4": ("lz4", 5), "zstd": ("zstd", 3)}
+COMPRESSION = "lz4"
+
+
+def compressor(name: str = COMPRESSION):
+    """Blosc (``lz4`` or ``zstd``, :data:`COMPRESSIONS`) with byte shuffle, through zarr's own codec."""
     from zarr.codecs import BloscCodec  # optional heavy dependency: the `store` extra
 
-    return BloscCodec(cname="zstd", clevel=int(level), shuffle="shuffle")
+    if name not in COMPRESSIONS:
+        raise ConfigError(f"compression: unknown {name!r}; choose one of {', '.join(COMPRESSIONS)}")
+    cname, level = COMPRESSIONS[name]
+    return BloscCodec(cname=cname, clevel=level, shuffle="shuffle")
 
 
 class ItemWriter:
@@ -140,18 +149,20 @@ class ItemWriter:
         (1, ['image', 'zarr.json'])
     """
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, compression: str = COMPRESSION):
         import zarr  # optional heavy dependency: the `store` extra
 
         self.folder = Path(folder)
+        self.compression = compression
         self.group = zarr.open_group(str(self.folder), mode="w")
 
-    def array(self, name: str, shape, dtype, chunks, level: int = 3):
+    def array(self, name: str, shape, dtype, chunks):
         """A new compressed zarr array ``name`` of this item (chunks clipped to the shape)."""
         shape = tuple(int(s) for s in shape)
         chunks = tuple(max(1, min(int(c), s)) for c, s in zip(chunks, shape))
+        codec = compressor(self.compression)
         return self.group.create_array(
-            name, shape=shape, dtype=np.dtype(dtype), chunks=chunks, compressors=compressor(level), fill_value=0
+            name, shape=shape, dtype=np.dtype(dtype), chunks=chunks, compressors=codec, fill_value=0
         )
 
     def finish(self, record: dict) -> dict:

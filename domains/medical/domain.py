@@ -123,12 +123,15 @@ class MedicalDomain(Domain):
 
     @dataclasses.dataclass
     class PredictOptions:
-        """``predict`` flags: sliding-window overlap and batch, probability maps beside the labels."""
+        """``predict`` flags: sliding-window overlap and batch, probability maps beside the labels, and the
+        memory budget above which a volume is predicted slab by slab (bytes or ``"4G"``; default half the
+        available memory)."""
 
         overlap: float | None = None
         sw_overlap: float | None = None
         sw_batch_size: int | None = None
         save_probabilities: bool = False
+        memory_budget: str | None = None
 
     @dataclasses.dataclass
     class EmbedOptions:
@@ -484,6 +487,7 @@ class MedicalDomain(Domain):
                 "sw_batch_size": "sw_batch_size",
                 "overlap": "overlap",
                 "save_probabilities": "save_probabilities",
+                "memory_budget": "memory_budget",
             },
             "predict",
         )

@@ -36,6 +36,7 @@ from domainfm.errors import DataError
 from domainfm.io_safety import atomic_output, check_output, write_arrays_atomic
 
 from .io import IMAGE_2D_SUFFIXES, is_dicom_file, is_nifti, read_image, write_nifti
+from .large_predict import predict_streaming, should_stream
 from .options import MedicalOptions, normalized, options_from_card
 from .sources import discover
 from .transforms import ORIENTATION_LABELS, build_transforms, domain_errors
@@ -317,6 +318,8 @@ def predict_scan(
     sw_batch_size: int | None = None,
     save_probabilities: bool = False,
     setup: ScanSetup | None = None,
+    memory_budget: int | str | None = None,
+    progress: bool | None = None,
 ) -> Path:
     """Predict a whole scan and write it in the ORIGINAL geometry (shape, affine, orientation).
 
@@ -325,6 +328,11 @@ def predict_scan(
     Classification checkpoints: :func:`classify_scan`, written as JSON
     ``{"path", "classes", "probabilities", "prediction"}``. ``setup``: how the scan is read (default: the
     card's medical recipe; :func:`setup_from_geometry` for a model trained on volumes held in memory).
+
+    A volume whose in-memory prediction would exceed ``memory_budget`` (bytes or ``"4G"``; default the
+    ``DOMAINFM_PREDICT_MEMORY`` environment variable, else half the available RAM) is segmented slab by slab
+    from an uncompressed ``.nii`` straight into the output file (:mod:`.large_predict`; ``progress``: windows
+    done on stderr); the result is the same up to float rounding.
 
     Example:
         >>> import tempfile, warnings
@@ -352,6 +360,8 @@ def predict_scan(
         with atomic_output(final, [input_path]) as tmp:
             tmp.write_text(json.dumps(res, indent=2))
         return final
+    if final.name.lower().endswith((".nii", ".nii.gz")) and should_stream(model, src, setup, final, memory_budget):
+        return predict_streaming(model, src, final, setup, overlap, sw_batch_size, save_probabilities, progress)
     probs, meta = segment_scan(model, input_path, overlap, sw_batch_size, setup)
     class_map = ClassMap.from_card(model.card)  # contiguous indices back to the label ids of the training masks
     index = probs.argmax(0).numpy()

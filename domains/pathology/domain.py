@@ -216,11 +216,13 @@ class PathologyDomain(Domain):
 
     @dataclass
     class PredictOptions:
-        """``predict`` flags (slide-level MIL heatmaps)."""
+        """``predict`` flags (slide-level MIL heatmaps); ``resume``: an interrupted scoring pass keeps the tiles
+        it scored and the next ``resume`` continues it."""
 
         mpp: float | None = None
         batch_size: int | None = None
         min_tissue: float | None = None
+        resume: bool = False
 
     @dataclass
     class EmbedOptions:
@@ -463,7 +465,9 @@ class PathologyDomain(Domain):
         """Slide-level prediction with a MIL checkpoint: heatmap PNG at ``out_path`` (``.png``; else a
         folder) plus ``<slide>.tiles.csv`` and ``<slide>.prediction.json`` next to it."""
         options = accept_options(
-            kwargs, {"mpp": "mpp", "batch_size": "batch_size", "min_tissue": "min_tissue"}, "predict"
+            kwargs,
+            {"mpp": "mpp", "batch_size": "batch_size", "min_tissue": "min_tissue", "resume": "resume"},
+            "predict",
         )
         return predict_slide(model, input_path, out_path, **options)
 

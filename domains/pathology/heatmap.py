@@ -1,4 +1,5 @@
-"""Slide heatmaps (tile scores over the thumbnail, PNG) and tile-score CSVs.
+"""Slide heatmaps (tile scores over the thumbnail, PNG; or every tile score at tile resolution, a tiled pyramidal
+TIFF) and tile-score CSVs.
 
 Example:
     >>> import tempfile
@@ -15,9 +16,12 @@ Example:
 from __future__ import annotations
 
 import csv
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import tifffile
 from PIL import Image
 
 from domainfm.io_safety import atomic_output
@@ -167,3 +171,120 @@ def heatmap_figure(
     ax.set_title(title or f"{Path(slide_path).name}: {len(coords)} tiles ({normalize} scores)")
     ax.axis("off")
     return save_figure(fig, path)
+
+
+#: Tile side of the pyramidal TIFF heatmap (pixels), and the side below which no smaller level is added.
+HEATMAP_TILE = 256
+
+
+def heatmap_levels(shape: tuple[int, int], tile: int = HEATMAP_TILE) -> list[tuple[int, int]]:
+    """``(height, width)`` of each level of a heatmap pyramid: halved (rounded up) until one tile holds it.
+
+    Example:
+        >>> heatmap_levels((1171, 600))
+        [(1171, 600), (586, 300), (293, 150), (147, 75)]
+    """
+    levels = [(int(shape[0]), int(shape[1]))]
+    while max(levels[-1]) > tile:
+        h, w = levels[-1]
+        levels.append((-(-h // 2), -(-w // 2)))
+    return levels
+
+
+def _level_tiles(gy: np.ndarray, gx: np.ndarray, values: np.ndarray, k: int, shape, tile: int) -> Iterator[np.ndarray]:
+    """The tiles of pyramid level ``k`` (each pixel the mean of the scores of the ``2^k x 2^k`` grid tiles under it,
+    NaN where none), row-major, built one strip of ``tile`` rows at a time from the per-tile scores (``gy``
+    sorted): memory holds one strip, never the level."""
+    lh, lw = shape
+    c = values.shape[1]
+    for r0 in range(0, lh, tile):
+        a, b = np.searchsorted(gy, [r0 << k, (r0 + tile) << k])
+        sums = np.zeros((tile, lw, c), np.float64)
+        counts = np.zeros((tile, lw), np.int64)
+        ry, rx = (gy[a:b] >> k) - r0, gx[a:b] >> k
+        np.add.at(sums, (ry, rx), values[a:b])
+        np.add.at(counts, (ry, rx), 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            strip = np.where(counts[..., None] > 0, sums / counts[..., None], np.nan).astype(np.float32)
+        pad = -(-lw // tile) * tile - lw
+        if pad:
+            strip = np.concatenate([strip, np.full((tile, pad, c), np.nan, np.float32)], 1)
+        for c0 in range(0, lw, tile):
+            block = strip[:, c0 : c0 + tile]
+            yield np.ascontiguousarray(block[..., 0] if c == 1 else block)
+
+
+def write_heatmap_tiff(
+    out_tif: str | Path,
+    coords: np.ndarray,
+    size0: int,
+    columns: dict[str, np.ndarray],
+    slide_size: tuple[int, int],
+    mpp: float | None = None,
+    metadata: dict | None = None,
+    tile: int = HEATMAP_TILE,
+) -> Path:
+    """Write every tile score of a slide as a tiled, deflate-compressed pyramidal TIFF (atomically): one pixel
+    per tile of the slide's grid (pixel ``(i, j)`` is the tile at level-0 ``(j * size0, i * size0)``), one float32
+    channel per column, NaN where no tile was scored; smaller levels (each the mean of 2 x 2 pixels) in SubIFDs.
+
+    The ImageDescription holds JSON metadata: ``channels``, the slide's level-0 ``slide_size`` ``[W, H]`` and
+    ``mpp``, ``size0`` (level-0 pixels per heatmap pixel), ``heatmap_mpp`` and anything in ``metadata``; the
+    resolution tags give the heatmap's own pixel size, so viewers overlay it on the slide at the right scale.
+    The levels are written one strip of ``tile`` rows at a time from the per-tile scores: memory holds a strip,
+    not the heatmap, whatever the slide's size.
+
+    Example:
+        >>> import tempfile
+        >>> out = write_heatmap_tiff(Path(tempfile.mkdtemp()) / "h.tif", np.array([[0, 0], [256, 128]]), 128,
+        ...                          {"p_tumor": np.array([0.25, 0.75])}, slide_size=(512, 384), mpp=0.5)
+        >>> with tifffile.TiffFile(out) as tf:
+        ...     page = tf.pages[0]
+        ...     json.loads(page.description)["size0"], page.shape, float(page.asarray()[1, 2])
+        (128, (3, 4), 0.75)
+    """
+    out_tif = Path(out_tif)
+    names = list(columns)
+    w, h = (int(v) for v in slide_size)
+    size0 = int(size0)
+    grid = (max(1, h // size0), max(1, w // size0))
+    xy = np.asarray(coords, np.int64).reshape(-1, 2)
+    gx, gy = xy[:, 0] // size0, xy[:, 1] // size0
+    order = np.lexsort((gx, gy))
+    values = np.stack([np.asarray(columns[n], np.float32).reshape(-1) for n in names], 1)[order]
+    gy, gx = gy[order], gx[order]
+    levels = heatmap_levels(grid, tile)
+    desc = {
+        "kind": "domainfm slide heatmap",
+        "channels": names,
+        "slide_size": [w, h],
+        "mpp": None if mpp is None else float(mpp),
+        "size0": size0,
+        "heatmap_mpp": None if mpp is None else float(mpp) * size0,
+        "grid": [grid[1], grid[0]],
+        "levels": [[lw, lh] for lh, lw in levels],
+        **(metadata or {}),
+    }
+    c = len(names)
+    out_tif.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out_tif) as tmp, tifffile.TiffWriter(tmp, bigtiff=grid[0] * grid[1] * c * 4 > 2**31) as tw:
+        for k, shape in enumerate(levels):
+            res = {}
+            if mpp is not None:
+                f = 1e4 / (float(mpp) * size0 * 2**k)  # heatmap pixels per centimetre
+                res = {"resolution": (f, f), "resolutionunit": "CENTIMETER"}
+            tw.write(
+                _level_tiles(gy, gx, values, k, shape, tile),
+                shape=shape if c == 1 else (*shape, c),
+                dtype=np.float32,
+                tile=(tile, tile),
+                compression="zlib",
+                photometric="minisblack",
+                planarconfig=None if c == 1 else "contig",
+                subifds=len(levels) - 1 if k == 0 else None,
+                subfiletype=1 if k else 0,
+                description=json.dumps(desc) if k == 0 else None,
+                metadata=None,
+                **res,
+            )
+    return out_tif

@@ -119,3 +119,49 @@ def test_a_bad_file_is_named_in_one_line(case):
     message = str(info.value)
     assert example.bad_file.name in message and "\n" not in message
     assert example.bad_file.read_bytes() == before
+
+
+def _store_domains() -> list:
+    """Installed domains with a registered store preparer (``domainfm prepare``)."""
+    from domainfm.store.spec import store_domains
+
+    for name in DOMAINS:
+        get_domain(name)  # a plugin registers its store preparer when it is loaded
+    return list(store_domains())
+
+
+@pytest.fixture(scope="module", params=_store_domains())
+def stored(request, tmp_path_factory):
+    """(domain name, store, manifest, checkpoint): the domain's example prepared into a store, then
+    pretrained for 2 steps from ``data.path=STORE``."""
+    pytest.importorskip("zarr")
+    from domainfm.store import prepare, read_manifest
+
+    name = request.param
+    folder = tmp_path_factory.mktemp(f"store_{name}")
+    config = get_domain(name).example(folder).config
+    data = config["data"]
+    store = folder / "store"
+    report = prepare(name, data["path"], store, workers=1, options=data.get("options"), img_size=data.get("img_size"))
+    assert report.prepared and not report.failed
+    run = {**config, "out": str(folder / "from_store"), "data": {**data, "path": str(store)}}
+    run["train"] = {**config.get("train", {}), "steps": 2}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ckpt = domainfm.pretrain(run)
+    return name, store, read_manifest(store, name), ckpt
+
+
+def test_pretrains_from_its_prepared_store(stored):
+    name, store, manifest, ckpt = stored
+    card = domainfm.load(ckpt).card
+    assert card["domain"] == name and card["data"]["path"] == str(store)
+    assert card["data"]["num_samples"] == manifest["samples"] > 0
+    assert "StoreDataset" in str(card["data"].get("source"))
+
+
+def test_the_card_records_the_store_provenance(stored):
+    _, store, manifest, ckpt = stored
+    record = domainfm.load(ckpt).card["data"]["store"]
+    assert record["path"] == str(store) and record["sources"] == len(manifest["items"])
+    assert record["software"]["domainfm"] == domainfm.__version__

@@ -81,3 +81,31 @@ def test_an_unreadable_source_is_named_and_the_others_are_prepared(tmp_path, cap
     assert sorted(p.name for p in (store / "items").iterdir()) == ["ct_0", "ct_1", "ct_2"]
     assert len(open_store(store)) == 3
     assert digest(src) == before
+
+
+def test_a_damaged_chunk_is_named_in_one_line(tmp_path):
+    _, store = _store(tmp_path, n=1)
+    chunk = next((store / "items" / "ct_0" / "image" / "c").rglob("*"))
+    while chunk.is_dir():
+        chunk = next(chunk.iterdir())
+    chunk.write_bytes(b"not a blosc frame")
+    with pytest.raises(StoreError) as exc:
+        open_store(store, crop=8, cache_mb=0)[0]
+    _one_line(exc.value, chunk, "damaged chunk", "prepare the store again")
+    (store / "items" / "ct_0" / "image" / "zarr.json").write_text("{")
+    with pytest.raises(StoreError) as exc:
+        open_store(store, crop=8)[0]
+    _one_line(exc.value, store / "items" / "ct_0" / "image" / "zarr.json", "damaged")
+
+
+def test_an_option_that_contradicts_the_store(tmp_path, capsys):
+    """Pretraining from a CT store with ``--modality mri`` is one line naming the store and the option; the
+    store is left as it was."""
+    _, store = _store(tmp_path)
+    before = digest(store)
+    code, err = run_cli(
+        ["pretrain", "--domain", "medical", "--data", store, "--out", tmp_path / "run", "--modality", "mri"], capsys
+    )
+    assert code == 2
+    assert_one_line_error(err, str(store), "modality", "prepare the store again")
+    assert digest(store) == before

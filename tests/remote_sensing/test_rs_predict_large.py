@@ -22,7 +22,7 @@ def test_sparse_scene_larger_than_memory_streams_with_bounded_memory(tmp_path):
     assert scene.stat().st_size < 20_000_000
     out = tmp_path / "pred.tif"
     figures = run_predict(scene, out, chip=64)
-    peak_gb = figures["maxrss_kb"] * 1024 / 1e9  # the child's own peak (RUSAGE_CHILDREN would be every child's)
+    peak_gb = figures["maxrss_kb"] * 1024 / 1e9  # the child's own high-water mark (VmHWM)
     assert peak_gb < PEAK_GB, f"peak RSS {peak_gb:.2f} GB"
     with rasterio.open(scene) as src, rasterio.open(out) as dst:
         assert dst.crs == src.crs and dst.transform == src.transform and dst.shape == (SIZE, SIZE)
