@@ -3,6 +3,7 @@ a crash, a second run that does nothing, crops that read only their chunks, shar
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import domainfm.store.build as store_prepare
 import domainfm.store.dataset as store_dataset
 from domainfm.store import StoreError, is_store, open_store, prepare, read_manifest, shard_indices
 from tests.conftest import tiny_config
-from tests.robustness.conftest import digest
+from tests.robustness.conftest import digest, run_cli
 
 zarr = pytest.importorskip("zarr")
 
@@ -203,3 +204,17 @@ def test_refuses_other_preprocessing_on_an_existing_store(tmp_path):
     prepare("medical", src, tmp_path / "store", workers=1, options=CT, progress=False)
     with pytest.raises(StoreError, match="other preprocessing"):
         prepare("medical", src, tmp_path / "store", workers=1, options={"modality": "ct", "window": "lung"})
+
+
+def test_the_cli_prepares_with_the_codec_asked_for(tmp_path, capsys):
+    """``domainfm prepare --compression zstd`` writes zstd chunks and the manifest says so; the crops read back."""
+    src = _ct_folder(tmp_path / "ct", n=1, shape=(16, 16, 8))
+    code, err = run_cli(
+        ["prepare", "--domain", "medical", "--data", src, "--out", tmp_path / "store", "--workers", "1"]
+        + ["--compression", "zstd", "--modality", "ct"],
+        capsys,
+    )
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    assert manifest["compression"]["name"] == "zstd"
+    assert open_store(tmp_path / "store", crop=8)[0]["image"].shape == (1, 8, 8, 8)
