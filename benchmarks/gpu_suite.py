@@ -42,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import archive_scale  # noqa: E402
 import medical_loading  # noqa: E402
 import pretrain_throughput as pt  # noqa: E402
 import rs_sampling  # noqa: E402
@@ -315,6 +316,29 @@ def section_loaders(s: Suite) -> None:
     )
 
 
+def section_store(s: Suite) -> None:
+    """Crops of a prepared store (``domainfm prepare``) against the same crops through MONAI's CacheDataset and
+    from the source NIfTI files, on one generated CT archive (the 16 cores of the GPU machine prepare it)."""
+    n, shape, crop, n_crops = (6, (24, 24, 16), [16, 16, 8], 40) if s.dry else (200, (96, 96, 64), [64, 64, 32], 2000)
+    work = Path(tempfile.mkdtemp(prefix="gpu_suite_store_"))
+    src = archive_scale.archive(work / "ct", n, shape)
+    archive_scale.WORKERS[:] = [1] if s.dry else [1, 16]
+    prepared, store = archive_scale.prepare_rows("medical", src, work, n, "volumes", {"modality": "ct"})
+    rates = {name: rate for name, rate, _, _ in archive_scale.loader_rates(src, store, crop, n_crops, work / "pc")}
+    kit = max(v for k, v in rates.items() if k.startswith("store, chunk reader"))
+    s.add(
+        "store",
+        loader="prepared store (CT crops)",
+        kit=f"domainfm store, {n} volumes",
+        kit_per_s=kit,
+        anchor="MONAI CacheDataset",
+        anchor_per_s=rates["MONAI CacheDataset"],
+        ratio=kit / rates["MONAI CacheDataset"],
+        source_files_per_s=rates["source NIfTI files"],
+        prepare=prepared[-1][-1],
+    )
+
+
 def section_sliding_window(s: Suite) -> None:
     from monai.inferers import sliding_window_inference
 
@@ -375,6 +399,7 @@ SECTIONS = [
     ("peak", section_peak),
     ("pretrain", section_pretrain),
     ("loaders", section_loaders),
+    ("store", section_store),
     ("sliding_window", section_sliding_window),
 ]
 

@@ -28,7 +28,7 @@ def test_gpu_suite_dry_runs_every_section(tmp_path):
     saved = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert saved["meta"]["dry"] and saved["meta"]["objectives"] == ["mae", "dino"]
     sections = saved["sections"]
-    assert set(sections) == {"peak", "pretrain", "loaders", "sliding_window"}
+    assert set(sections) == {"peak", "pretrain", "loaders", "store", "sliding_window"}
     assert not [r for rows in sections.values() for r in rows if "error" in r], sections
     assert "needs CUDA" in sections["peak"][0]["skipped"]
     steps = [r for r in sections["pretrain"] if "samples_per_s" in r]
@@ -37,7 +37,8 @@ def test_gpu_suite_dry_runs_every_section(tmp_path):
     } | {("dino", d, "domainfm") for d in ("2D", "3D")}
     assert all(r["samples_per_s"] > 0 for r in steps)
     assert [r["loader"] for r in sections["loaders"]] == ["WSI tiles", "medical volumes", "GeoTIFF chips"]
-    assert all(r["kit_per_s"] > 0 and r["anchor_per_s"] > 0 for r in sections["loaders"])
+    assert all(r["kit_per_s"] > 0 and r["anchor_per_s"] > 0 for r in sections["loaders"] + sections["store"])
+    assert [r["loader"] for r in sections["store"]] == ["prepared store (CT crops)"]
     assert [r["stitch_on"] for r in sections["sliding_window"]] == ["device", "host"]
     assert all(r["out_shape"] == r["volume"] for r in sections["sliding_window"])
     md = (tmp_path / "gpu_suite.md").read_text()
