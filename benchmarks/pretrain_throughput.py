@@ -1,23 +1,28 @@
 """MAE pretraining throughput: domainfm vs MONAI's MaskedAutoEncoderViT, same shapes, same run.
 
-Measures optimizer steps (forward + backward + AdamW) on random data and prints images/s (volumes/s
-in 3D) for both, their ratio, and on CUDA the model FLOP utilisation (MFU) against the bf16 matmul
-peak measured on this GPU in the same run.
+Measures optimizer steps (forward + backward + AdamW) on random data and prints, wall clock first, images/s
+(volumes/s in 3D) for both and their ratio, then CPU seconds per step; on the CPU the achieved GFLOP/s (FLOPs
+counted by ``torch.utils.flop_counter``) against this CPU's peak, on CUDA the model FLOP utilisation (MFU)
+against the bf16 matmul peak measured on this GPU in the same run.
 
     python benchmarks/pretrain_throughput.py            # vit-base/16 @ 224 (2D) and 96^3 (3D)
-    python benchmarks/pretrain_throughput.py --quick    # small shapes, runs on a laptop CPU in ~1 min
-    python benchmarks/pretrain_throughput.py --compile  # add torch.compile
-    python benchmarks/pretrain_throughput.py --quick --threads 1   # steadier on a shared, busy CPU
-    python benchmarks/pretrain_throughput.py --quick --threads 1 --clock cpu   # CPU seconds: steadier still
+    python benchmarks/pretrain_throughput.py --quick    # small shapes, runs on a laptop CPU in ~2 min
+    python benchmarks/pretrain_throughput.py --quick --modes eager,bf16,compile --check-steps 20
+    python benchmarks/pretrain_throughput.py --quick --omp-wait torch   # libgomp's default spin-wait
 
-The kit's ``dino`` objective is timed in the same run (``--no-dino`` skips it) and set against the MAE steps.
+It runs under ``OMP_WAIT_POLICY=PASSIVE`` by default (``--omp-wait``), as the kit's command line does: with
+libgomp's default spin-wait, two torch threads on two cores shared with another busy process lose 4 to 10x of
+their wall time (``benchmarks/cpu_step_profile.py`` measures it). The kit's ``dino`` objective is timed in the
+same run (``--no-dino`` skips it) and set against the MAE steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -177,6 +182,7 @@ def make_step(
         opt.zero_grad(set_to_none=True)
         if after is not None:
             after(1, 1000)
+        return loss.detach()
 
     return step
 
@@ -209,13 +215,19 @@ def build_step(
     fused: bool | None = None,
     objective: str = "mae",
     bf16: bool | None = None,
+    seed_all: bool = False,
 ):
+    """The step of ``make_step`` for ``case`` (weights and data from seed 0; with ``seed_all`` the random masks
+    too, so that two builds give the same sequence of losses)."""
     torch.manual_seed(0)
     builder = monai_mae if kind == "monai" else ours_dino if objective == "dino" else ours_mae
     model = builder(case).to(device)
     x = torch.randn((case["batch"], case["in_chans"], *([case["img_size"]] * case["dims"])), device=device)
     CASE_PATCH[0] = case["patch"]
-    return make_step(kind, model, x, device, compile_, fused, bf16)
+    step = make_step(kind, model, x, device, compile_, fused, bf16)
+    if seed_all:
+        torch.manual_seed(1)
+    return step
 
 
 def vit_base_cases(batch_2d: int, batch_3d: int) -> list[dict]:
@@ -253,148 +265,298 @@ def vit_base_cases(batch_2d: int, batch_3d: int) -> list[dict]:
     ]
 
 
+#: the ``--quick`` cases: ViT-S/8 at 64 px (2D) and 32^3 (3D), small decoders; a laptop CPU runs them in a minute
+QUICK_CASES = [
+    dict(
+        name="2D vit-s/8 @64",
+        dims=2,
+        in_chans=3,
+        img_size=64,
+        patch=8,
+        dim=384,
+        depth=6,
+        heads=6,
+        dec_dim=256,
+        dec_depth=2,
+        dec_heads=8,
+        batch=16,
+    ),
+    dict(
+        name="3D vit-s/8 @32^3",
+        dims=3,
+        in_chans=1,
+        img_size=32,
+        patch=8,
+        dim=384,
+        depth=6,
+        heads=6,
+        dec_dim=192,
+        dec_depth=2,
+        dec_heads=6,
+        batch=4,
+    ),
+]
+
+
 def time_steps(step, iters: int, device: torch.device, warmup: int = 0, clock: str = "wall") -> float:
     """Seconds per call of ``step`` over ``iters`` calls, after ``warmup`` untimed ones.
 
     ``clock="cpu"`` counts this process's CPU seconds (``time.process_time``) instead of wall time: with one
     torch thread on a shared, oversubscribed CPU it leaves out the time other processes held the core.
     """
-    now = time.process_time if clock == "cpu" and device.type == "cpu" else time.perf_counter
+    wall, cpu = time_wall_cpu(step, iters, device, warmup)
+    return cpu if clock == "cpu" and device.type == "cpu" else wall
+
+
+def time_wall_cpu(step, iters: int, device: torch.device, warmup: int = 0) -> tuple[float, float]:
+    """``(wall seconds, CPU seconds of this process)`` per call of ``step`` over ``iters`` calls."""
     for _ in range(warmup):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t = now()
+    w0, c0 = time.perf_counter(), time.process_time()
     for _ in range(iters):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (now() - t) / iters
+    return (time.perf_counter() - w0) / iters, (time.process_time() - c0) / iters
 
 
-def bench(kind: str, case: dict, device: torch.device, batch: int, iters: int, warmup: int, compile_: bool):
-    """``(samples/s, FLOP/s)`` of one implementation (FLOPs counted on CUDA only)."""
-    step = build_step(kind, dict(case, batch=batch), device, compile_)
-    dt = time_steps(step, iters, device, warmup)
-    flops = step_flops(step) if device.type == "cuda" else float("nan")
-    return batch / dt, flops / dt
+#: ``--modes``: fp32 eager, bf16 autocast, torch.compile, both
+MODES = ("eager", "bf16", "compile", "compile+bf16")
+
+#: ``--omp-wait``: the OpenMP environment the script runs under (libgomp reads it once, when torch loads it).
+#: ``passive`` is what the kit's command line sets; ``torch`` leaves libgomp's default (spin, then sleep).
+OMP_WAIT = {"passive": "PASSIVE", "torch": None}
 
 
-def main(argv=None) -> dict:
+def cpu_peak_gflops(threads: int) -> dict:
+    """Theoretical fp32 and bf16 peak GFLOP/s of ``threads`` cores of this CPU, with the assumptions stated.
+
+    Clock: ``cpu MHz`` of ``/proc/cpuinfo`` (the nominal clock; boost not counted). FLOP per cycle and core: 2 per
+    FMA x fp32 lanes x FMA pipes: AVX-512 on AMD (Zen 4) runs as two 256-bit FMA pipes, 32; AVX-512 on Intel
+    server cores has two 512-bit pipes, 64; AVX2, 32. ``avx512_bf16`` (``vdpbf16ps``: two bf16 products per fp32
+    lane) doubles it for bf16 matmuls; without it bf16 gets no gain.
+    """
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    mhz = next((float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")), float("nan"))
+    flags = next((line.split(":")[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    amd = "AuthenticAMD" in info
+    per_cycle = 64 if "avx512f" in flags and not amd else 32 if "avx2" in flags or "avx512f" in flags else 16
+    fp32 = threads * per_cycle * mhz / 1e3
+    bf16 = fp32 * (2 if "avx512_bf16" in flags else 1)
+    note = (
+        f"{threads} cores x {per_cycle} fp32 FLOP/cycle ({'AVX-512' if 'avx512f' in flags else 'AVX2'}"
+        f"{', 2x256-bit FMA pipes' if amd and 'avx512f' in flags else ''}) x {mhz / 1e3:.2f} GHz nominal"
+        f"{'; bf16 2x (avx512_bf16)' if 'avx512_bf16' in flags else ''}"
+    )
+    return {"fp32": fp32, "bf16": bf16, "note": note}
+
+
+def matmul_step(dtype: torch.dtype, n: int = 1024, count: int = 8):
+    """A step of ``count`` ``n x n`` matmuls and its FLOPs: the practical peak, timed among the other steps."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+
+    def step():
+        for _ in range(count):
+            a @ b
+
+    return step, 2.0 * n**3 * count
+
+
+def loss_drift(case: dict, mode: str, objective: str, steps: int) -> tuple[float, float]:
+    """Largest relative difference of the kit's loss between fp32 eager and ``mode`` over ``steps`` optimizer
+    steps from the same seed and data, and that of the last step."""
+    device = torch.device("cpu")
+    losses = []
+    for m in ("eager", mode):
+        step = build_step("domainfm", case, device, "compile" in m, None, objective, "bf16" in m, seed_all=True)
+        losses.append(torch.stack([step() for _ in range(steps)]).float())
+    rel = (losses[1] - losses[0]).abs() / losses[0].abs().clamp_min(1e-12)
+    return float(rel.max()), float(rel[-1])
+
+
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small shapes (CPU-friendly)")
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="same as --modes compile")
+    ap.add_argument("--bf16", action="store_true", help="same as --modes bf16 (bf16 autocast on the CPU too)")
+    ap.add_argument("--modes", default=None, help=f"comma list of {', '.join(MODES)} (default: eager)")
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every variant; best of each")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--no-dino", dest="dino", action="store_false", help="skip the dino objective's step")
-    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for every variant on CPU too")
+    ap.add_argument("--no-flops", dest="flops", action="store_false", help="skip FLOP counting")
+    ap.add_argument(
+        "--check-steps",
+        type=int,
+        default=0,
+        help="for every mode but eager: the kit's loss over this many steps against fp32 eager (20 is a fair check)",
+    )
+    ap.add_argument(
+        "--omp-wait",
+        choices=tuple(OMP_WAIT),
+        default="passive",
+        help="OpenMP wait policy: passive (the kit's command line) or torch (libgomp's default spin)",
+    )
     ap.add_argument(
         "--clock",
         choices=("wall", "cpu"),
         default="wall",
-        help="cpu: time CPU seconds of this process (steadier on a busy machine; meant for --threads 1)",
+        help="which clock ranks the repeats: wall (default) or CPU seconds of this process",
     )
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    modes = [m for m in (args.modes or "").split(",") if m]
+    modes += [m for m, on in (("bf16", args.bf16), ("compile", args.compile)) if on and m not in modes]
+    args.modes = modes or ["eager"]
+    bad = [m for m in args.modes if m not in MODES]
+    if bad:
+        ap.error(f"--modes: unknown {bad}; choose from {', '.join(MODES)}")
+    return args
+
+
+def reexec_with_omp_wait(policy: str, argv: list[str], script: str = __file__) -> None:
+    """Start ``script`` again under the OpenMP wait ``policy`` (a key of :data:`OMP_WAIT`) when the environment
+    differs: libgomp reads it once, when torch loads it, so it cannot change in a running process."""
+    want, have = OMP_WAIT[policy], os.environ.get("OMP_WAIT_POLICY")
+    if (want or None) == (have or None) or os.environ.get("_DOMAINFM_BENCH_REEXEC"):
+        return
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update({"_DOMAINFM_BENCH_REEXEC": "1", **({"OMP_WAIT_POLICY": want} if want else {})})
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, script, *argv], env)
+
+
+def cases_for(args, device: torch.device) -> tuple[list[dict], int, int]:
     if args.quick:
-        cases = [
-            dict(
-                name="2D vit-s/8 @64",
-                dims=2,
-                in_chans=3,
-                img_size=64,
-                patch=8,
-                dim=384,
-                depth=6,
-                heads=6,
-                dec_dim=256,
-                dec_depth=2,
-                dec_heads=8,
-                batch=16,
-            ),
-            dict(
-                name="3D vit-s/8 @32^3",
-                dims=3,
-                in_chans=1,
-                img_size=32,
-                patch=8,
-                dim=384,
-                depth=6,
-                heads=6,
-                dec_dim=192,
-                dec_depth=2,
-                dec_heads=6,
-                batch=4,
-            ),
-        ]
-        iters, warmup = args.iters or 5, 2
-    else:
-        cuda = device.type == "cuda"
-        cases = vit_base_cases(batch_2d=256 if cuda else 8, batch_3d=32 if cuda else 2)
-        iters, warmup = args.iters or (20 if device.type == "cuda" else 3), 3 if device.type == "cuda" else 1
-    peak = measure_matmul_peak(device) if device.type == "cuda" else None
+        return QUICK_CASES, args.iters or 5, 2
+    cuda = device.type == "cuda"
+    cases = vit_base_cases(batch_2d=256 if cuda else 8, batch_3d=32 if cuda else 2)
+    return cases, args.iters or (20 if cuda else 3), 3 if cuda else 1
+
+
+def run_case(case: dict, mode: str, args, device: torch.device, iters: int, warmup: int) -> dict:
+    """Best wall and CPU seconds per step of every variant of ``case`` in ``mode``, interleaved repeats."""
+    variants = {
+        "kit": ("domainfm", None, "mae"),
+        "monai": ("monai", None, "mae"),
+        "monai_fused": ("monai", True, "mae"),
+        "dino": ("domainfm", None, "dino"),
+    }
+    if device.type == "cuda":
+        variants.pop("monai_fused")  # MONAI is already fused there
+    if not args.dino:
+        variants.pop("dino")
+    bf16 = True if "bf16" in mode else None if device.type == "cuda" else False
+    steps = {
+        k: build_step(kind, case, device, "compile" in mode, fused, objective, bf16)
+        for k, (kind, fused, objective) in variants.items()
+    }
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    mm_flops = 0.0
+    if device.type == "cpu" and args.flops:
+        steps["matmul"], mm_flops = matmul_step(torch.bfloat16 if "bf16" in mode else torch.float32)
+    wall = {k: float("inf") for k in steps}
+    cpu = dict(wall)
+    for _ in range(args.repeats):  # interleaved: contention from other processes hits every variant alike
+        for k, step in steps.items():
+            w, c = time_wall_cpu(step, iters, device)
+            wall[k], cpu[k] = min(wall[k], w), min(cpu[k], c)
+    flops = {}
+    if args.flops:
+        flops = {k: step_flops(steps[k]) for k in ("kit", "monai", "dino") if k in steps}
+    if mm_flops:
+        flops["matmul"] = mm_flops
+    return {"wall": wall, "cpu": cpu, "flops": flops}
+
+
+def print_header(args, device: torch.device, iters: int, peak) -> dict:
     load = f", load average {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
+    threads = torch.get_num_threads()
+    cpu_peak = cpu_peak_gflops(threads) if device.type == "cpu" else {}
     print(
         f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
         f"{'' if peak is None else f', measured bf16 matmul peak {peak:.0f} TFLOP/s'}, torch {torch.__version__}, "
-        f"compile={args.compile}, bf16 autocast={'all' if args.bf16 else device.type == 'cuda'}, "
-        f"threads={torch.get_num_threads()}{load}; {args.clock} clock; {args.repeats} interleaved repeats of "
-        f"{iters} steps, best of each"
+        f"modes={','.join(args.modes)}, threads={threads}, OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY', 'unset (libgomp spins)')}{load}; wall clock first, CPU seconds "
+        f"second; {args.repeats} interleaved repeats of {iters} steps, best of each"
     )
+    if cpu_peak:
+        print(
+            f"CPU peak at the nominal clock: {cpu_peak['fp32']:.0f} GFLOP/s fp32, {cpu_peak['bf16']:.0f} bf16 "
+            f"({cpu_peak['note']}); 'mm GFLOP/s' = 1024^3 matmuls of the mode's dtype, timed among the steps (the "
+            "practical peak); '%mm' = a step's GFLOP/s over it"
+        )
     print(
         "kit = domainfm MAE with its engine's AdamW (fused); MONAI = MaskedAutoEncoderViT with torch's AdamW "
         "defaults (fused on CUDA); MONAI+fused = the same with fused AdamW (isolates the model)"
     )
     print(
-        f"{'case':24s} {'batch':>5s} {'kit/s':>9s} {'MONAI/s':>9s} {'MONAI+fused/s':>14s} {'ratio':>6s} "
-        f"{'ratio vs +fused':>15s}" + ("  MFU kit  MFU MONAI" if peak else "")
+        f"{'case':24s} {'mode':12s} {'batch':>5s} {'kit/s':>9s} {'MONAI/s':>9s} {'MONAI+fused/s':>14s} {'ratio':>6s} "
+        f"{'vs +fused':>9s} {'kit CPU s':>9s} {'MONAI CPU s':>11s}"
+        + ("  mm GFLOP/s  kit GFLOP/s   %mm  %peak  MONAI GFLOP/s" if device.type == "cpu" and args.flops else "")
+        + ("  MFU kit  MFU MONAI" if peak else "")
     )
+    return cpu_peak
+
+
+def case_line(case: dict, mode: str, res: dict, cpu_peak: dict, peak) -> str:
+    rate = {k: case["batch"] / v for k, v in res["wall"].items()}
+    rate.setdefault("monai_fused", rate["monai"])
+    cpu = res["cpu"]
+    unit = "v" if case["dims"] == 3 else "i"
+    line = (
+        f"{case['name']:24s} {mode:12s} {case['batch']:5d} {rate['kit']:8.2f}{unit} {rate['monai']:8.2f}{unit} "
+        f"{rate['monai_fused']:13.2f}{unit} {rate['kit'] / rate['monai']:6.2f} "
+        f"{rate['kit'] / rate['monai_fused']:9.2f} {cpu['kit']:9.3f} {cpu['monai']:11.3f}"
+    )
+    flops = res["flops"]
+    if cpu_peak and flops:
+        top = cpu_peak["bf16" if "bf16" in mode else "fp32"]
+        mm, kit, monai = (flops[k] / res["wall"][k] / 1e9 for k in ("matmul", "kit", "monai"))
+        line += f"  {mm:10.1f} {kit:12.1f} {kit / mm:5.0%} {kit / top:6.1%} {monai:14.1f}"
+    if peak and flops:
+        mfu = {k: flops[k] / res["wall"][k] / 1e12 / peak for k in ("kit", "monai")}
+        line += f"  {mfu['kit']:7.1%}  {mfu['monai']:9.1%}"
+    return line
+
+
+def dino_line(case: dict, mode: str, res: dict, cpu_peak: dict) -> str:
+    rate = {k: case["batch"] / v for k, v in res["wall"].items()}
+    unit = "v" if case["dims"] == 3 else "i"
+    line = (
+        f"{case['name']:24s} {mode:12s} {case['batch']:5d} {rate['dino']:8.2f}{unit} {rate['kit']:8.2f}{unit} "
+        f"{rate['dino'] / rate['kit']:12.2f} {rate['dino'] / rate['monai']:14.2f} {res['cpu']['dino']:9.3f}"
+    )
+    if res["flops"].get("dino"):
+        g = res["flops"]["dino"] / res["wall"]["dino"] / 1e9
+        top = cpu_peak.get("bf16" if "bf16" in mode else "fp32")
+        mm = res["flops"]["matmul"] / res["wall"]["matmul"] / 1e9 if "matmul" in res["flops"] else None
+        line += f"  {g:12.1f}" + (f" {g / mm:5.0%}" if mm else "") + (f" {g / top:6.1%}" if top else "")
+    return line
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cases, iters, warmup = cases_for(args, device)
+    peak = measure_matmul_peak(device) if device.type == "cuda" else None
+    cpu_peak = print_header(args, device, iters, peak)
     out, dino_lines = {}, []
     for case in cases:
-        variants = {
-            "kit": ("domainfm", None, "mae"),
-            "monai": ("monai", None, "mae"),
-            "monai_fused": ("monai", True, "mae"),
-            "dino": ("domainfm", None, "dino"),
-        }
-        if device.type == "cuda":
-            variants.pop("monai_fused")  # MONAI is already fused there
-        if not args.dino:
-            variants.pop("dino")
-        steps = {
-            k: build_step(kind, case, device, args.compile, fused, objective, True if args.bf16 else None)
-            for k, (kind, fused, objective) in variants.items()
-        }
-        for step in steps.values():
-            for _ in range(warmup):
-                step()
-        best = {k: float("inf") for k in steps}
-        for _ in range(args.repeats):  # interleaved: contention from other processes hits every variant alike
-            for k, step in steps.items():
-                best[k] = min(best[k], time_steps(step, iters, device, clock=args.clock))
-        rate = {k: case["batch"] / v for k, v in best.items()}
-        rate.setdefault("monai_fused", rate["monai"])
-        unit = "v" if case["dims"] == 3 else "i"
-        line = (
-            f"{case['name']:24s} {case['batch']:5d} {rate['kit']:8.2f}{unit} {rate['monai']:8.2f}{unit} "
-            f"{rate['monai_fused']:13.2f}{unit} {rate['kit'] / rate['monai']:6.2f} "
-            f"{rate['kit'] / rate['monai_fused']:15.2f}"
-        )
-        if peak:
-            mfu = {k: step_flops(steps[k]) / best[k] / 1e12 / peak for k in ("kit", "monai")}
-            line += f"  {mfu['kit']:7.1%}  {mfu['monai']:9.1%}"
-        print(line)
-        if "dino" in rate:
-            dino_lines.append(
-                f"{case['name']:24s} {case['batch']:5d} {rate['dino']:8.2f}{unit} {rate['kit']:8.2f}{unit} "
-                f"{rate['dino'] / rate['kit']:12.2f} {rate['dino'] / rate['monai']:14.2f}"
-            )
-        out[case["name"]] = rate
-        del steps
+        for mode in args.modes:
+            res = run_case(case, mode, args, device, iters, warmup)
+            print(case_line(case, mode, res, cpu_peak, peak), flush=True)
+            if "dino" in res["wall"]:
+                dino_lines.append(dino_line(case, mode, res, cpu_peak))
+            out[case["name"] if mode == "eager" else f"{case['name']} {mode}"] = {
+                k: case["batch"] / v for k, v in res["wall"].items()
+            }
     if dino_lines:
         print(
             f"dino step (kit DINO, 2 global crops + {DINO_LOCAL_CROPS} local crops of half the side per image, "
@@ -402,11 +564,22 @@ def main(argv=None) -> dict:
             "the MAE steps of the same run"
         )
         print(
-            f"{'case':24s} {'batch':>5s} {'dino/s':>9s} {'kit MAE/s':>9s} {'dino/kit MAE':>12s} {'dino/MONAI MAE':>14s}"
+            f"{'case':24s} {'mode':12s} {'batch':>5s} {'dino/s':>9s} {'kit MAE/s':>9s} {'dino/kit MAE':>12s} "
+            f"{'dino/MONAI MAE':>14s} {'CPU s':>9s}"
+            + ("  dino GFLOP/s   %mm  %peak" if cpu_peak and args.flops else "")
         )
         print("\n".join(dino_lines))
+    for mode in (m for m in args.modes if m != "eager" and args.check_steps):
+        for objective in ("mae", "dino") if args.dino else ("mae",):
+            worst, last = loss_drift(cases[0], mode, objective, args.check_steps)
+            print(
+                f"numerics: kit {objective} loss, {mode} vs fp32 eager over {args.check_steps} steps "
+                f"({cases[0]['name']}, same seed and data): largest relative difference {worst:.2e}, "
+                f"last step {last:.2e}"
+            )
     return out
 
 
 if __name__ == "__main__":
+    reexec_with_omp_wait(parse_args(sys.argv[1:]).omp_wait, sys.argv[1:])
     main()

@@ -7,6 +7,7 @@ Example:
     192
 """
 
+from domainfm import _omp  # noqa: F401  (before torch loads: see domainfm/_omp.py)
 from domainfm.api import (
     Config,
     FoundationModel,

@@ -22,6 +22,7 @@ from torch import nn
 
 from domainfm.config import MAX_SIDE
 from domainfm.errors import ConfigError, DataError, did_you_mean
+from domainfm.models.attention import Attention
 from domainfm.models.patch_embed import _tuple, build_patch_embed, gather_tokens
 from domainfm.models.pos_embed import resample_pos_embed, sincos_pos_embed
 from domainfm.registry import get_encoder_arch, register_encoder
@@ -128,6 +129,7 @@ class ViTEncoder(nn.Module):
                     drop_path=dpr[i],
                     init_values=init_values,
                     norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                    attn_layer=Attention,
                 )
                 for i in range(depth)
             ]

@@ -23,6 +23,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from domainfm.errors import ConfigError
+from domainfm.models.attention import Attention, attention
 from domainfm.models.encoder import ViTEncoder
 from domainfm.models.patch_embed import build_pixel_head, gather_tokens
 from domainfm.models.pos_embed import sincos_pos_embed
@@ -96,7 +97,7 @@ def block_at(block: Block, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     q = attn.q_norm(q.reshape(b, m, heads, d // heads).transpose(1, 2))
     k, v = kv.reshape(b, n, 2, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)
     drop = attn.attn_drop.p if block.training else 0.0
-    o = F.scaled_dot_product_attention(q, attn.k_norm(k), v, dropout_p=drop, scale=attn.scale)
+    o = attention(q, attn.k_norm(k), v, dropout_p=drop, scale=attn.scale)
     o = attn.proj_drop(attn.proj(attn.norm(o.transpose(1, 2).reshape(b, m, d))))
     y = gather_tokens(x, ids) + block.drop_path1(block.ls1(o))
     return y + block.drop_path2(block.ls2(block.mlp(block.norm2(y))))
@@ -130,7 +131,14 @@ class MAE(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
         self.decoder_blocks = nn.ModuleList(
             [
-                Block(decoder_dim, decoder_heads, 4.0, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+                Block(
+                    decoder_dim,
+                    decoder_heads,
+                    4.0,
+                    qkv_bias=True,
+                    norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                    attn_layer=Attention,
+                )
                 for _ in range(decoder_depth)
             ]
         )
