@@ -512,8 +512,8 @@ class _FinalValidation:
         not (and add the scores to its card)."""
         if self.metrics is None:
             self.metrics = self._scores(None if self.memory else load(ckpt))
-            if self.metrics:
-                card = Card.read(ckpt)
+            card = Card.read(ckpt)
+            if self.metrics and card.val_metrics != self.metrics:  # a finished run resumed keeps its card as is
                 card.val_metrics = self.metrics
                 write_json_atomic(ckpt / "card.json", card.to_dict())
         if self.metrics:

@@ -119,3 +119,9 @@ def test_pretrain_and_finetune_cards_come_from_the_one_builder_and_are_complete_
     assert card.val_metrics == json.loads((tmp_path / "ft" / "val_metrics.json").read_text())
     assert set(card.val_metrics) >= {"accuracy", "balanced_accuracy"}
     assert domainfm.load(tuned).card.val_metrics == card.val_metrics
+    before = (tuned / "card.json").read_bytes()
+    again = domainfm.finetune(
+        ckpt, task="classification", out=tmp_path / "ft", overrides=["train.steps=2"], resume=True
+    )
+    assert again == tuned and (tuned / "card.json").read_bytes() == before
+    assert rewrites == []  # a finished run resumed: its checkpoint's card is not written again
