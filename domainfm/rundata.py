@@ -65,11 +65,11 @@ def data_updates(data) -> dict:
 def stored_data(cfg: Config, data, split: str = "pretrain"):
     """``data`` unchanged, or, when none is given and ``data.path`` is a prepared store (``domainfm prepare``),
     the store's random crops (:func:`domainfm.store.open_store`) for ``split``: training then reads partial
-    chunks instead of the source files."""
+    chunks instead of the source files. The crop size is the one the store recorded when it was prepared
+    (the domain's, from the options given to ``domainfm prepare``)."""
     if data is not None or not cfg.data.path or not is_store(cfg.data.path):
         return data
-    crop = (cfg.data.options or {}).get("crop_size")
-    store = open_store(cfg.data.path, split, crop, seed=cfg.train.seed, domain=cfg.domain)
+    store = open_store(cfg.data.path, split, seed=cfg.train.seed, domain=cfg.domain)  # crops as prepared
     cfg.data.options = _with_store_options(cfg, (store.info["settings"] or {}).get("options") or {})
     return store
 

@@ -32,7 +32,7 @@ from domainfm.eval.embeddings import pooled_features
 from domainfm.heads.task import TaskModel
 from domainfm.models.lora import apply_lora, lora_parameter_count
 from domainfm.train.layer_decay import param_groups_layer_decay
-from domainfm.train.loop import Stepper, fit
+from domainfm.train.loop import Stepper, fit, refuse_divergence
 from domainfm.train.schedule import lr_at
 
 
@@ -168,10 +168,6 @@ def _fit(
         steps = int(min(max(epochs * math.ceil(n / bs), min_steps), max_steps))
     warmup = max(1, int(warmup_frac * steps))
 
-    def diverged(step: int, value: float) -> None:
-        if not math.isfinite(value):
-            raise DomainFMError(f"fine-tuning diverged (loss {value}) at step {step}; lower the lr (now {lr})")
-
     stepper = Stepper(
         model,
         lambda idx: {"loss": loss_of(idx)},
@@ -179,7 +175,7 @@ def _fit(
         lambda step: lr_at(step, 1.0, steps, warmup),
         steps,
         clip_grad=1.0,
-        check_loss=diverged,
+        check_loss=refuse_divergence("fine-tuning", opt),
     )
     result = fit(stepper, _Shuffled(n, bs, seed))
     model.eval()

@@ -75,7 +75,7 @@ from domainfm.eval.baseline_nets import (  # noqa: F401  (importable here as bef
 from domainfm.heads.task import IGNORE_INDEX
 from domainfm.ramps import cosine_ramp
 from domainfm.train.layer_decay import default_param_groups
-from domainfm.train.loop import Stepper
+from domainfm.train.loop import Stepper, refuse_divergence
 
 MIN_STEPS = 30  # with max_epochs given, early stopping never stops before this many steps
 DEFAULT_EPOCHS = 60  # max_epochs=None: 60 epochs, and at least DEFAULT_MIN_STEPS steps on tiny label sets
@@ -433,17 +433,6 @@ def _epoch_cap(n_fit: int, n_val: int, opts: _Options) -> int:
     return min(opts.max_epochs, math.ceil(opts.min_steps / len(_batch_sizes(n_fit, opts.batch_size))))
 
 
-def _refuse_divergence(opt: torch.optim.Optimizer) -> Callable[[int, float], None]:
-    """The loss check of the baseline's steps: a non-finite loss names the step and the learning rate."""
-
-    def check(step: int, value: float) -> None:
-        if not math.isfinite(value):
-            lr = opt.param_groups[0]["lr"]
-            raise DomainFMError(f"{WHAT}: training diverged (loss {value}) at step {step}; lower the lr (now {lr:g})")
-
-    return check
-
-
 def _fit(
     model: nn.Module, step_loss: Callable, val_loss: Callable | None, n_fit: int, max_epochs: int, opts: _Options
 ) -> _FitResult:
@@ -461,7 +450,7 @@ def _fit(
         opt,
         lambda step: cosine_ramp(step, total, opts.lr, 0.0),
         total,
-        check_loss=_refuse_divergence(opt),
+        check_loss=refuse_divergence(f"{WHAT}: training", opt),
     )
     best, step, last, epoch = _Best(), 0, math.nan, 0
     for epoch in range(1, max_epochs + 1):

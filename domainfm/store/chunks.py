@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .layout import StoreError
+from .layout import StoreError, store_library
 
 #: the codecs read here (after ``bytes``); anything else goes through zarr
 COMPRESSORS = ("blosc", "zstd", "gzip")
@@ -90,17 +90,11 @@ def _decoder(codecs: list):
         return bytes
     name = codecs[1].get("name")
     if name == "blosc":
-        from numcodecs import blosc  # comes with zarr: the `store` extra
-
-        return blosc.decompress
+        return store_library("numcodecs.blosc").decompress
     if name == "zstd":
-        from numcodecs import Zstd  # the `store` extra
-
-        return Zstd().decode
+        return store_library("numcodecs").Zstd().decode
     if name == "gzip":
-        from numcodecs import GZip  # the `store` extra
-
-        return GZip().decode
+        return store_library("numcodecs").GZip().decode
     return None
 
 
@@ -149,9 +143,7 @@ class StoredArray:
         plain = grid.get("name") == "regular" and keys.get("name") == "default" and not meta.get("storage_transformers")
         dtype = meta.get("data_type")
         if decode is None or not plain or not isinstance(dtype, str) or dtype not in np.sctypeDict:
-            import zarr  # optional heavy dependency: the `store` extra
-
-            return zarr.open_array(str(folder), mode="r")
+            return store_library().open_array(str(folder), mode="r")
         return cls(folder, meta, decode, cache)
 
     def __repr__(self) -> str:
@@ -178,9 +170,8 @@ class StoredArray:
     def __getitem__(self, key) -> np.ndarray:
         axes = self._selection(key)
         if axes is None:
-            import zarr  # an indexing form not read here (steps, arrays): zarr reads it
-
-            return np.asarray(zarr.open_array(str(self.folder), mode="r")[key])
+            # an indexing form not read here (steps, arrays): zarr reads it
+            return np.asarray(store_library().open_array(str(self.folder), mode="r")[key])
         out = np.empty(tuple(b - a for a, b, _ in axes), self.dtype)
         ranges = [range(a // c, (b - 1) // c + 1) if b > a else range(0) for (a, b, _), c in zip(axes, self.chunks)]
         for index in itertools.product(*ranges):

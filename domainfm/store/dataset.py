@@ -140,8 +140,7 @@ class StoreDataset(EpochAware, Dataset):
         counts = np.array([max(0, int(r.get("samples", 1))) for r in items], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.info = {"settings": manifest["settings"], "summary": manifest.get("summary") or {}}
-        self.provenance = store_record(self.path, manifest, len(items))
-        self.store = self.provenance  # what the card records (domainfm.contract's "store")
+        self.store = store_record(self.path, manifest, len(items))  # the card's data.store (domainfm.contract)
         self.crop = _crop_of(crop, manifest["settings"].get("crop"))
         self.split, self.seed, self.epoch = split, int(seed), 0
         self.max_open = max(1, int(max_open))

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -129,12 +130,10 @@ COMPRESSION = "lz4"
 
 def compressor(name: str = COMPRESSION):
     """Blosc (``lz4`` or ``zstd``, :data:`COMPRESSIONS`) with byte shuffle, through zarr's own codec."""
-    from zarr.codecs import BloscCodec  # optional heavy dependency: the `store` extra
-
     if name not in COMPRESSIONS:
         raise ConfigError(f"compression: unknown {name!r}; choose one of {', '.join(COMPRESSIONS)}")
     cname, level = COMPRESSIONS[name]
-    return BloscCodec(cname=cname, clevel=level, shuffle="shuffle")
+    return store_library("zarr.codecs").BloscCodec(cname=cname, clevel=level, shuffle="shuffle")
 
 
 class ItemWriter:
@@ -150,8 +149,7 @@ class ItemWriter:
     """
 
     def __init__(self, folder: str | Path, compression: str = COMPRESSION):
-        import zarr  # optional heavy dependency: the `store` extra
-
+        zarr = store_library()
         self.folder = Path(folder)
         self.compression = compression
         self.group = zarr.open_group(str(self.folder), mode="w")
@@ -170,11 +168,30 @@ class ItemWriter:
         return record
 
 
+def store_library(name: str = "zarr"):
+    """The module ``name`` of the ``store`` extra (zarr, or the numcodecs it brings), imported when a store is
+    written or read; without it, one line saying what to install.
+
+    Example:
+        >>> store_library("numpy").__name__
+        'numpy'
+        >>> try:
+        ...     store_library("no_such_codec_library")
+        ... except ConfigError as exc:
+        ...     print(exc)
+        prepared stores need no_such_codec_library, which is not installed: pip install 'domainfm[store]'
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ConfigError(
+            f"prepared stores need {name.split('.')[0]}, which is not installed: pip install 'domainfm[store]'"
+        ) from None
+
+
 def create_root(path: Path, domain: str) -> None:
     """The root zarr group of a new store (so other zarr tools open it)."""
-    import zarr  # optional heavy dependency: the `store` extra
-
-    zarr.open_group(str(path), mode="a", attributes={"format": FORMAT, "domain": domain})
+    store_library().open_group(str(path), mode="a", attributes={"format": FORMAT, "domain": domain})
     (path / ITEMS).mkdir(exist_ok=True)
 
 

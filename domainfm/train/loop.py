@@ -51,6 +51,26 @@ def _refuse_non_finite(step: int, value: float) -> None:
         raise NonFiniteLossError(f"loss became {value} at step {step + 1} (try a lower learning rate)")
 
 
+def refuse_divergence(what: str, optimizer: torch.optim.Optimizer) -> Callable[[int, float], None]:
+    """A ``check_loss`` for :class:`Stepper`: a non-finite loss is one line naming ``what``, the step and the
+    learning rate to lower.
+
+    Example:
+        >>> opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.5)
+        >>> refuse_divergence("fine-tuning", opt)(3, float("nan"))
+        Traceback (most recent call last):
+        ...
+        domainfm.errors.NonFiniteLossError: fine-tuning diverged (loss nan) at step 3; lower the lr (now 0.5)
+    """
+
+    def check(step: int, value: float) -> None:
+        if not math.isfinite(value):
+            lr = optimizer.param_groups[0]["lr"]
+            raise NonFiniteLossError(f"{what} diverged (loss {value}) at step {step}; lower the lr (now {lr:g})")
+
+    return check
+
+
 @dataclass
 class Stepper:
     """The optimiser step (see the module text) for ``module`` trained through ``forward``.

@@ -3,10 +3,12 @@ unreadable source among good ones (named in one line, the others prepared, the i
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
+from domainfm.errors import DomainFMError
 from domainfm.store import StoreError, open_store, prepare
 from tests.robustness.conftest import assert_one_line_error, digest, run_cli
 
@@ -109,3 +111,21 @@ def test_an_option_that_contradicts_the_store(tmp_path, capsys):
     assert code == 2
     assert_one_line_error(err, str(store), "modality", "prepare the store again")
     assert digest(store) == before
+
+
+def test_without_the_store_extra_prepare_and_reading_say_what_to_install(tmp_path, capsys, monkeypatch):
+    """Without zarr and numcodecs (the ``store`` extra), ``domainfm prepare`` and reading a store are one line
+    naming the extra, not a ModuleNotFoundError from inside a worker; the inputs stay as they were."""
+    src, store = _store(tmp_path)
+    before = digest(src), digest(store)
+    for name in ("zarr", "zarr.codecs", "numcodecs", "numcodecs.blosc"):
+        monkeypatch.setitem(sys.modules, name, None)  # an import of it now fails as if not installed
+    code, err = run_cli(
+        ["prepare", "--domain", "medical", "--data", src, "--out", tmp_path / "other", "--modality", "ct"], capsys
+    )
+    assert code == 2
+    assert_one_line_error(err, "zarr", "pip install 'domainfm[store]'")
+    with pytest.raises(DomainFMError) as exc:
+        open_store(store, crop=8)[0]
+    _one_line(exc.value, "numcodecs", "domainfm[store]")
+    assert (digest(src), digest(store)) == before
